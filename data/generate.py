@@ -1,0 +1,197 @@
+"""
+Generate skill-labelled math questions with DeepMind's own generator and write
+them as LiLA task files, one per skill.
+
+    make data                                 # the default: data/lila/<skill>.json
+    .venv-gen/bin/python data/generate.py --train 200 --out /tmp/small
+
+The generator is the PyPI package `mathematics-dataset` 1.0.1 (Saxton et al.,
+"Analysing Mathematical Reasoning Abilities of Neural Models", 2019). It only
+imports with old pins (sympy 1.4, numpy 1.23.5), which clash with torch, so this
+script runs in a virtual environment of its own (`.venv-gen`, made by
+`make data`) and imports nothing from the project.
+
+What it does, step by step:
+  1. Build the generator's `train-easy` modules: every skill (top-level module:
+     algebra, arithmetic, ...) has submodules (`algebra__linear_1d`, ...).
+  2. Cut every submodule's work into fixed chunks of CHUNK questions. A chunk's
+     random seed is derived from (--seed, submodule, chunk index), so the output
+     does not depend on how many worker processes share the chunks.
+  3. Questions are deduplicated per submodule in chunk order; the first --test
+     unique questions go to `test`, the next --dev to `dev`, the next --train to
+     `train`. No question can sit in two splits.
+  4. One LiLA task file per skill, instances sorted by submodule; each instance
+     keeps its submodule. `--composed` also writes the `*_composed` submodules
+     (questions that chain two skills) to `<out>/composed/<skill>.json`, apart
+     from the single-skill files.
+
+Same arguments give byte-identical files (hash randomisation is pinned too,
+because sympy iterates over sets).
+
+Left out: the train-medium/-hard and interpolate/extrapolate regimes.
+"""
+import argparse
+import hashlib
+import json
+import multiprocessing
+import os
+import random
+import sys
+import time
+
+SKILLS = ["algebra", "arithmetic", "calculus", "comparison",
+          "measurement", "numbers", "polynomials", "probability"]
+CHUNK = 100           # questions per work unit (and per seed)
+OVERSAMPLE = 1.15     # draw this many more than needed, to survive deduplication
+
+
+def submodules():
+    """{'algebra__linear_1d': callable, ...} for the train-easy regime."""
+    from mathematics_dataset.modules import modules
+
+    def easy(range_):  # the generator's _make_entropy_fn(0, 3): lowest third
+        lo, hi = range_
+        return (lo, lo + (hi - lo) / 3)
+
+    flat = {}
+    for skill, subs in modules.train(easy).items():
+        for name, fn in subs.items():
+            flat[f"{skill}__{name}"] = fn
+    return flat
+
+
+def _expand_entities(context, **kwargs):
+    """The generator's composition.expand_entities, with one change: it dedupes
+    entities in a list, not a set. Entities hash by memory address, so the set's
+    order (and hence the order of "Let ..." clauses in composed questions) would
+    differ from run to run. random.shuffle follows, as in the original."""
+    from mathematics_dataset.util import composition
+    kwargs = kwargs.copy()
+    entities = list(dict.fromkeys(context.child_entities))
+    for key, value in kwargs.items():
+        if isinstance(value, composition.Entity):
+            if value not in entities:
+                entities.append(value)
+            kwargs[key] = value.handle
+    random.shuffle(entities)
+    parts = []
+    for entity in entities:
+        parts.append(entity.child_description)
+        if not entity.expression_used:
+            parts.append(entity.description)
+    return " ".join(s for s in parts if s), kwargs
+
+
+def chunk_seed(seed, name, index):
+    digest = hashlib.sha256(f"{seed}/{name}/{index}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def run_chunk(task):
+    """Generate CHUNK (question, answer) pairs for one submodule and chunk.
+
+    Runs in a freshly forked process (maxtasksperchild=1): the generator and
+    sympy keep caches that change how later draws consume random numbers, so a
+    chunk must never see another chunk's leftovers."""
+    import numpy as np
+    from mathematics_dataset import generate_settings as gs
+    from mathematics_dataset.util import composition
+    composition.expand_entities = _expand_entities
+    name, index, seed = task
+    module = submodules()[name]
+    s = chunk_seed(seed, name, index)
+    random.seed(s)
+    np.random.seed(s)
+    out = []
+    while len(out) < CHUNK:  # as the generator's sample_from_module: drop overlong ones
+        problem = module()
+        q, a = str(problem.question), str(problem.answer)
+        if len(q) <= gs.MAX_QUESTION_LENGTH and len(a) <= gs.MAX_ANSWER_LENGTH:
+            out.append((q, a))
+    return task, out
+
+
+def task_file(skill, instances, composed):
+    kind = "composed questions (two skills chained)" if composed else "questions"
+    return {
+        "Definition": [f"Answer the {skill} {kind}. Give only the final answer."],
+        "Source": ["DeepMind mathematics_dataset 1.0.1 (train-easy)"],
+        "Categories": [{"Math category": skill, "Format": "Generative question answering"}],
+        "Instances": instances,
+    }
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="data/lila", help="output directory for <skill>.json files")
+    p.add_argument("--train", type=int, default=2000, help="train questions per submodule")
+    p.add_argument("--dev", type=int, default=50, help="dev questions per submodule")
+    p.add_argument("--test", type=int, default=100, help="test questions per submodule")
+    p.add_argument("--seed", type=int, default=1234, help="random seed; same seed, same bytes")
+    p.add_argument("--workers", type=int, default=os.cpu_count(), help="worker processes")
+    p.add_argument("--composed", action="store_true",
+                   help="also write *_composed submodules to OUT/composed/")
+    p.add_argument("--skills", default=",".join(SKILLS), help="comma-separated skills to generate")
+    args = p.parse_args()
+
+    if os.environ.get("PYTHONHASHSEED") != "0":  # sympy orders some output by hash: pin it
+        os.environ["PYTHONHASHSEED"] = "0"
+        os.execv(sys.executable, [sys.executable] + sys.argv)
+
+    skills = args.skills.split(",")
+    unknown = sorted(set(skills) - set(SKILLS))
+    if unknown:
+        sys.exit(f"generate.py: unknown skill(s) {unknown}; known: {SKILLS}")
+    names = [n for n in submodules() if n.split("__")[0] in skills
+             and (args.composed or not n.endswith("_composed"))]
+    need = args.train + args.dev + args.test
+    n_chunks = -(-int(need * OVERSAMPLE) // CHUNK)
+    tasks = [(n, i, args.seed) for n in names for i in range(n_chunks)]
+    print(f"generating {len(names)} submodules x {n_chunks * CHUNK} questions "
+          f"({len(tasks)} chunks) on {args.workers} workers")
+
+    from tqdm import tqdm
+    t0 = time.time()
+    results = {}
+    import mathematics_dataset.modules.modules  # noqa: F401  imported once, before the forks
+    with multiprocessing.Pool(args.workers, maxtasksperchild=1) as pool:
+        for task, pairs in tqdm(pool.imap_unordered(run_chunk, tasks), total=len(tasks)):
+            results[task] = pairs
+
+    files = {}  # (composed, skill) -> instances
+    for name in names:
+        seen, unique = set(), []
+        for i in range(n_chunks):
+            for q, a in results[(name, i, args.seed)]:
+                if q not in seen:
+                    seen.add(q)
+                    unique.append((q, a))
+        if len(unique) < need:
+            print(f"  note: {name} has only {len(unique)} unique questions of {need} wanted; "
+                  "train gets fewer")
+        bounds = [("test", args.test), ("dev", args.dev), ("train", args.train)]
+        start = 0
+        skill = name.split("__")[0]
+        bucket = files.setdefault((name.endswith("_composed"), skill), [])
+        for split, n in bounds:
+            for q, a in unique[start:start + n]:
+                bucket.append({"Input": q, "Output Program": [], "Output Answer": [a],
+                               "split": split, "submodule": name})
+            start += n
+
+    for (composed, skill), instances in sorted(files.items()):
+        folder = os.path.join(args.out, "composed") if composed else args.out
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"{skill}.json")
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(task_file(skill, instances, composed), f, indent=1)
+            f.write("\n")
+        os.replace(tmp, path)
+        counts = {s: sum(x["split"] == s for x in instances) for s in ("train", "dev", "test")}
+        print(f"wrote {path}: {counts}")
+    print(f"done in {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,496 @@
+"""
+phi-2 in plain PyTorch: the network, loading of Hugging Face checkpoint
+directories, and KV-cache generation. Nothing here imports transformers.
+
+    model, tok = load("checkpoints/phi-tiny")          # or a microsoft/phi-2 directory
+    print(complete(model, tok, ["Question: What is 2 + 3?\nAnswer:"], stop="\n"))
+
+Chapters, top to bottom:
+  1. PhiConfig        the config.json fields we use, phi-2's values as defaults
+  2. RoPE             half-split ("NeoX") rotary embedding on the first 32 of 80 dims
+  3. the network      attention (+ KV cache), MLP, the parallel block, the LM
+  4. loading/saving   HF layout: config.json, model.safetensors (or shards), tokenizer.json
+  5. generation       batched, left-padded prefill + decode loop; greedy or sampled
+
+References: microsoft/phi-2 config.json; transformers' models/phi/modeling_phi.py
+(the parity tests compare against it); nanoGPT and gpt-fast for the shape of the
+code (a static KV cache written in place, as gpt-fast does).
+
+Letters used in shape comments: B batch, T tokens in this call, S key slots in
+the cache (S = start + T), C hidden size, nh heads, hs head size (C = nh*hs),
+R rotary dims (R = 0.4*hs = 32 for phi-2), V vocabulary.
+
+Deliberately left out: dropout (inference, and our small-model training, use
+none), qk_layernorm and grouped KV heads (phi-2 uses neither; such configs are
+rejected), flash/SDPA kernels (attention is written out in full), and the old
+"phi-msft" checkpoint layout (rejected with a message).
+"""
+import json
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from tokenizers import Tokenizer
+
+EOT = "<|endoftext|>"
+
+# ---------------------------------------------------------------------------
+# 1. Config
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class PhiConfig:
+    vocab_size: int = 51200               # embedding rows (tokenizer ids must be fewer)
+    hidden_size: int = 2560               # C
+    intermediate_size: int = 10240        # MLP width, 4*C
+    num_hidden_layers: int = 32
+    num_attention_heads: int = 32         # nh; head size hs = C / nh = 80
+    partial_rotary_factor: float = 0.4    # RoPE on the first 0.4*hs = 32 dims
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 2048
+    layer_norm_eps: float = 1e-5
+    bos_token_id: int = 50256
+    eos_token_id: int = 50256
+
+    @property
+    def head_dim(self):
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def rotary_dim(self):
+        return int(self.head_dim * self.partial_rotary_factor)
+
+    @classmethod
+    def from_json(cls, path):
+        """Read an HF config.json. Every field above must be present (the token
+        ids fall back to phi-2's), and the architecture must be plain phi-2."""
+        with open(path) as f:
+            raw = json.load(f)
+        rope = raw.get("rope_parameters") or {}   # transformers>=5 nests these two
+        for key in ("partial_rotary_factor", "rope_theta"):
+            if key not in raw and key in rope:
+                raw[key] = rope[key]
+        if raw.get("model_type") != "phi":
+            raise ValueError(f"{path}: model_type is {raw.get('model_type')!r}, expected 'phi'")
+        checks = {"hidden_act": "gelu_new", "qk_layernorm": False}
+        for key, want in checks.items():
+            if raw.get(key, want) != want:
+                raise ValueError(f"{path}: {key} is {raw[key]!r}; only {want!r} (as phi-2) is supported")
+        kv = raw.get("num_key_value_heads") or raw.get("num_attention_heads")
+        if kv != raw.get("num_attention_heads"):
+            raise ValueError(f"{path}: num_key_value_heads {kv} != num_attention_heads; "
+                             "phi-2 has no grouped KV heads")
+        optional = {"bos_token_id", "eos_token_id"}
+        args = {}
+        for name in cls.__dataclass_fields__:
+            if name in raw and raw[name] is not None:
+                args[name] = raw[name]
+            elif name not in optional:
+                raise ValueError(f"{path}: config field {name!r} is missing")
+        cfg = cls(**args)
+        if cfg.hidden_size % cfg.num_attention_heads or cfg.rotary_dim % 2:
+            raise ValueError(f"{path}: hidden_size {cfg.hidden_size} must split into "
+                             f"{cfg.num_attention_heads} heads with an even rotary dim")
+        return cfg
+
+    def to_hf(self, dtype=torch.float32):
+        """The config.json that transformers' PhiForCausalLM also reads."""
+        d = {"architectures": ["PhiForCausalLM"], "model_type": "phi"}
+        d.update({k: getattr(self, k) for k in self.__dataclass_fields__})
+        d.update(num_key_value_heads=self.num_attention_heads, hidden_act="gelu_new",
+                 qk_layernorm=False, tie_word_embeddings=False, resid_pdrop=0.0,
+                 embd_pdrop=0.0, attention_dropout=0.0, initializer_range=0.02,
+                 torch_dtype=str(dtype).removeprefix("torch."), use_cache=True)
+        return d
+
+
+# ---------------------------------------------------------------------------
+# 2. RoPE
+# ---------------------------------------------------------------------------
+
+
+def rope_tables(cfg, device=None):
+    """cos and sin tables, (max_position_embeddings, R), in fp32.
+
+    phi-2 uses the half-split form: the R rotary dims are two halves, and pair
+    (i, i + R/2) rotates by angle pos * theta^(-2i/R). Hence emb = cat(freqs,
+    freqs). (llama2.c's interleaved pairs (2i, 2i+1) would give different numbers.)"""
+    R = cfg.rotary_dim
+    inv_freq = 1.0 / cfg.rope_theta ** (torch.arange(0, R, 2, device=device).float() / R)
+    pos = torch.arange(cfg.max_position_embeddings, device=device).float()
+    freqs = torch.outer(pos, inv_freq)             # (P, R/2)
+    emb = torch.cat((freqs, freqs), dim=-1)        # (P, R)
+    return emb.cos(), emb.sin()
+
+
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x, cos, sin, R):
+    """Rotate the first R dims of every head; dims R.. pass through untouched.
+    x (B, nh, T, hs); cos, sin (B, 1, T, R), already in x's dtype."""
+    x_rot, x_pass = x[..., :R], x[..., R:]
+    x_rot = x_rot * cos + rotate_half(x_rot) * sin
+    return torch.cat((x_rot, x_pass), dim=-1)
+
+
+# ---------------------------------------------------------------------------
+# 3. The network. Module names equal the checkpoint keys, so weights load as is.
+# ---------------------------------------------------------------------------
+
+
+class KVCache(nn.Module):
+    """Keys and values of past tokens, preallocated for the whole generation
+    and written in place (gpt-fast style): no torch.cat per step."""
+
+    def __init__(self, B, nh, S_max, hs, dtype, device):
+        super().__init__()
+        self.register_buffer("k", torch.zeros(B, nh, S_max, hs, dtype=dtype, device=device), persistent=False)
+        self.register_buffer("v", torch.zeros(B, nh, S_max, hs, dtype=dtype, device=device), persistent=False)
+
+    def update(self, start, k, v):
+        """Write k, v (B, nh, T, hs) at slots start..start+T; return all S slots so far."""
+        T = k.shape[2]
+        self.k[:, :, start:start + T] = k
+        self.v[:, :, start:start + T] = v
+        return self.k[:, :, :start + T], self.v[:, :, :start + T]   # (B, nh, S, hs)
+
+
+class PhiAttention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        C = cfg.hidden_size
+        self.nh, self.hs, self.R = cfg.num_attention_heads, cfg.head_dim, cfg.rotary_dim
+        self.q_proj = nn.Linear(C, C)
+        self.k_proj = nn.Linear(C, C)
+        self.v_proj = nn.Linear(C, C)
+        self.dense = nn.Linear(C, C)
+        self.kv_cache = None
+
+    def forward(self, x, cos, sin, mask, start):
+        B, T, C = x.shape
+        q = self.q_proj(x).view(B, T, self.nh, self.hs).transpose(1, 2)   # (B, nh, T, hs)
+        k = self.k_proj(x).view(B, T, self.nh, self.hs).transpose(1, 2)   # (B, nh, T, hs)
+        v = self.v_proj(x).view(B, T, self.nh, self.hs).transpose(1, 2)   # (B, nh, T, hs)
+        q, k = apply_rope(q, cos, sin, self.R), apply_rope(k, cos, sin, self.R)
+        if self.kv_cache is not None:
+            k, v = self.kv_cache.update(start, k, v)                       # (B, nh, S, hs)
+        # Scores in fp32: phi-2's q.k overflows fp16 (HF upcasts for the same reason).
+        att = q.float() @ k.float().transpose(-2, -1) / math.sqrt(self.hs)  # (B, nh, T, S)
+        att = (att + mask).softmax(dim=-1).to(v.dtype)
+        y = att @ v                                                        # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, C)                             # (B, T, C)
+        return self.dense(y)
+
+
+class PhiMLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))   # gelu_new is the tanh form
+
+
+class PhiDecoderLayer(nn.Module):
+    """phi's parallel block: attention and MLP read the same LayerNorm output,
+    and both are added to the residual stream at once."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.input_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.self_attn = PhiAttention(cfg)
+        self.mlp = PhiMLP(cfg)
+
+    def forward(self, x, cos, sin, mask, start):
+        h = self.input_layernorm(x)
+        return x + self.self_attn(h, cos, sin, mask, start) + self.mlp(h)
+
+
+class PhiModel(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(PhiDecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.final_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+
+
+class PhiForCausalLM(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.config = cfg
+        self.model = PhiModel(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size)   # phi-2's head has a bias
+        self.init_rope()
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m):
+        """GPT-2-style init, used only when training from scratch."""
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+        if isinstance(m, nn.Linear):
+            nn.init.zeros_(m.bias)
+
+    def init_rope(self, device=None):
+        cos, sin = rope_tables(self.config, device)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def setup_cache(self, B, S_max):
+        """Allocate a KV cache in every layer for B rows of up to S_max tokens."""
+        p = self.lm_head.weight
+        for layer in self.model.layers:
+            a = layer.self_attn
+            a.kv_cache = KVCache(B, a.nh, S_max, a.hs, p.dtype, p.device)
+
+    def clear_cache(self):
+        for layer in self.model.layers:
+            layer.self_attn.kv_cache = None
+
+    def forward(self, idx, pos=None, valid=None, start=0, hidden_layer=None):
+        """Logits (B, T, V) for token ids idx (B, T).
+
+        pos   (B, T) RoPE positions; default 0..T-1 (left-padded rows need their own).
+        valid (B, S) bool, which key slots hold real tokens (False for padding).
+        start first cache slot of this call (0 without a cache).
+        hidden_layer: return the (B, T, C) input of that layer instead (for embeddings);
+        num_hidden_layers gives the final_layernorm output."""
+        B, T = idx.shape
+        S = start + T
+        if pos is None:
+            pos = torch.arange(start, S, device=idx.device).expand(B, T)
+        x = self.model.embed_tokens(idx)                                   # (B, T, C)
+        cos = self.rope_cos[pos].unsqueeze(1).to(x.dtype)                  # (B, 1, T, R)
+        sin = self.rope_sin[pos].unsqueeze(1).to(x.dtype)                  # (B, 1, T, R)
+        # Additive mask (B, 1, T, S): query slot start+t sees key slots <= start+t that
+        # are valid. A finite minimum (not -inf) keeps all-padding rows from giving NaN.
+        q_slot = torch.arange(start, S, device=idx.device)
+        allowed = torch.arange(S, device=idx.device)[None, :] <= q_slot[:, None]   # (T, S)
+        if valid is not None:
+            allowed = allowed[None] & valid[:, None, :]                    # (B, T, S)
+        mask = torch.zeros(allowed.shape, device=idx.device).masked_fill(
+            ~allowed, torch.finfo(torch.float32).min)
+        mask = mask.view(-1, 1, T, S)                                      # (B or 1, 1, T, S)
+        for i, layer in enumerate(self.model.layers):
+            if i == hidden_layer:
+                return x
+            x = layer(x, cos, sin, mask, start)
+        x = self.model.final_layernorm(x)
+        if hidden_layer is not None:
+            return x
+        return self.lm_head(x)                                             # (B, T, V)
+
+    def num_params(self):
+        return sum(p.numel() for p in self.parameters())
+
+
+# ---------------------------------------------------------------------------
+# 4. Loading and saving the HF checkpoint layout
+# ---------------------------------------------------------------------------
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def weight_files(ckpt):
+    """{tensor name: file} from model.safetensors or model.safetensors.index.json."""
+    single = os.path.join(ckpt, "model.safetensors")
+    index = os.path.join(ckpt, "model.safetensors.index.json")
+    if os.path.exists(index):
+        try:
+            with open(index) as f:
+                weight_map = json.load(f)["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise ValueError(f"{index}: not a safetensors index with a 'weight_map' ({e})") from None
+        return {k: os.path.join(ckpt, v) for k, v in weight_map.items()}
+    if os.path.exists(single):
+        return None   # one file: names come from the file itself
+    raise FileNotFoundError(f"{ckpt}: no model.safetensors or model.safetensors.index.json")
+
+
+def _open(path):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: weight file listed for this checkpoint is missing")
+    try:
+        return safe_open(path, framework="pt", device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ValueError(f"{path}: truncated or corrupt safetensors file ({e})") from None
+
+
+def load_state(ckpt, expected, dtype, device):
+    """Read every tensor once, straight into `dtype` on `device`, checking names
+    and shapes against `expected` ({name: shape}). Returns a state dict."""
+    files = weight_files(ckpt)
+    if files is None:
+        path = os.path.join(ckpt, "model.safetensors")
+        with _open(path) as f:
+            files = {k: path for k in f.keys()}
+    names = set(files)
+    if any(n.startswith("transformer.h.") or ".mixer.Wqkv" in n for n in names):
+        raise ValueError(f"{ckpt}: this is the old 'phi-msft' layout (transformer.h.N.mixer.Wqkv); "
+                         "convert it to the HF layout (model.layers.N.self_attn.q_proj, ...) first")
+    missing, unexpected = sorted(set(expected) - names), sorted(names - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{ckpt}: checkpoint does not match the config: "
+                         f"missing tensors {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+                         f"unexpected tensors {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+    state = {}
+    for path in sorted(set(files.values())):
+        with _open(path) as f:
+            for name in f.keys():
+                if name not in expected:
+                    continue
+                try:
+                    t = f.get_tensor(name)
+                except (SafetensorError, OSError, ValueError) as e:
+                    raise ValueError(f"{path}: cannot read tensor {name} ({e})") from None
+                if tuple(t.shape) != tuple(expected[name]):
+                    raise ValueError(f"{path}: tensor {name} has shape {tuple(t.shape)}, "
+                                     f"expected {tuple(expected[name])} from config.json")
+                state[name] = t.to(device=device, dtype=dtype)
+                del t
+    return state
+
+
+def load(ckpt, dtype=torch.float32, device="cpu", verbose=True):
+    """Load an HF-layout phi checkpoint directory: (model in eval mode, tokenizer).
+
+    The model is built on the meta device (no memory, no random init) and the
+    tensors read from disk are assigned into it, so peak memory stays near one
+    copy of the weights in the target dtype."""
+    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    if not os.path.isdir(ckpt):
+        raise FileNotFoundError(f"{ckpt}: checkpoint directory not found")
+    for name in ("config.json", "tokenizer.json"):
+        if not os.path.exists(os.path.join(ckpt, name)):
+            raise FileNotFoundError(f"{ckpt}: {name} is missing")
+    cfg = PhiConfig.from_json(os.path.join(ckpt, "config.json"))
+    with torch.device("meta"):
+        model = PhiForCausalLM(cfg)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    state = load_state(ckpt, expected, dtype, device)
+    model.load_state_dict(state, assign=True)
+    model.init_rope(device)
+    tok = load_tokenizer(os.path.join(ckpt, "tokenizer.json"), cfg)
+    if verbose:
+        print(f"loaded {ckpt}: {model.num_params() / 1e6:.1f}M parameters, "
+              f"{cfg.num_hidden_layers} layers, {dtype}, {device}")
+    return model.eval(), tok
+
+
+def load_tokenizer(path, cfg):
+    try:
+        tok = Tokenizer.from_file(path)
+    except Exception as e:
+        raise ValueError(f"{path}: not a tokenizers tokenizer.json ({e})") from None
+    if tok.token_to_id(EOT) is None:
+        raise ValueError(f"{path}: has no {EOT} token")
+    if tok.get_vocab_size() > cfg.vocab_size:
+        raise ValueError(f"{path}: {tok.get_vocab_size()} tokens, more than the "
+                         f"{cfg.vocab_size} embedding rows of config.json")
+    return tok
+
+
+def save(model, tok, out_dir, dtype=None):
+    """Write an HF-layout directory (config.json, model.safetensors, tokenizer.json).
+    Each file is written to a temporary name and renamed, so a crash never leaves
+    a half-written checkpoint behind."""
+    os.makedirs(out_dir, exist_ok=True)
+    dtype = dtype or model.lm_head.weight.dtype
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    files = {"model.safetensors": lambda p: save_file(state, p, metadata={"format": "pt"}),
+             "config.json": lambda p: open(p, "w").write(json.dumps(model.config.to_hf(dtype), indent=2)),
+             "tokenizer.json": lambda p: tok.save(p)}
+    for name, write in files.items():
+        tmp = os.path.join(out_dir, name + ".tmp")
+        write(tmp)
+        os.replace(tmp, os.path.join(out_dir, name))
+
+
+# ---------------------------------------------------------------------------
+# 5. Generation
+# ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=None, eos_id=None,
+             stop_fn=None, generator=None):
+    """Continue each prompt (a list of token ids); return the new ids per prompt.
+
+    Prompts of different lengths are left-padded into one batch. Padding slots
+    are masked as keys, and each row's positions count from its first real token,
+    so a row gets the same tokens as it would alone. Prefill runs the padded
+    prompts once; each decode step feeds one token per row through the KV cache.
+    A row stops at eos_id or when stop_fn(its new ids) is true; the loop ends
+    when all rows have stopped. temperature 0 is greedy; otherwise sample from
+    softmax(logits / temperature), restricted to the top_k logits if given."""
+    P = model.config.max_position_embeddings
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"prompt {i} is empty")
+        if len(p) > P:
+            raise ValueError(f"prompt {i} has {len(p)} tokens, more than "
+                             f"max_position_embeddings={P}")
+    B, L = len(prompts), max(len(p) for p in prompts)
+    max_new_tokens = min(max_new_tokens, P - L)
+    device = model.lm_head.weight.device
+    idx = torch.zeros(B, L, dtype=torch.long, device=device)
+    valid = torch.zeros(B, L + max_new_tokens, dtype=torch.bool, device=device)
+    for b, p in enumerate(prompts):
+        idx[b, L - len(p):] = torch.tensor(p, device=device)
+        valid[b, L - len(p):L] = True
+    pos = (valid[:, :L].long().cumsum(-1) - 1).clamp(min=0)                # (B, L)
+
+    model.setup_cache(B, L + max_new_tokens)
+    try:
+        logits = model(idx, pos, valid[:, :L], start=0)[:, -1]              # (B, V)
+        out, done = [[] for _ in range(B)], [False] * B
+        next_pos = pos[:, -1:] + 1                                          # (B, 1)
+        for t in range(max_new_tokens):
+            nxt = sample(logits, temperature, top_k, generator)            # (B,)
+            for b, tok_id in enumerate(nxt.tolist()):
+                if done[b]:
+                    continue
+                if tok_id == eos_id:
+                    done[b] = True
+                    continue
+                out[b].append(tok_id)
+                done[b] = stop_fn is not None and stop_fn(out[b])
+            if all(done) or t == max_new_tokens - 1:
+                break
+            valid[:, L + t] = True
+            logits = model(nxt[:, None], next_pos, valid[:, :L + t + 1], start=L + t)[:, -1]
+            next_pos = next_pos + 1
+    finally:
+        model.clear_cache()
+    return out
+
+
+def sample(logits, temperature, top_k, generator=None):
+    """Next token per row from logits (B, V)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]   # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+def complete(model, tok, prompts, max_new_tokens=32, stop="\n", **kw):
+    """Text in, text out: each prompt's continuation, cut before `stop`."""
+    ids = [tok.encode(p).ids for p in prompts]
+    stop_fn = (lambda new: stop in tok.decode(new)) if stop else None
+    new = generate(model, ids, max_new_tokens, eos_id=tok.token_to_id(EOT), stop_fn=stop_fn, **kw)
+    texts = [tok.decode(n) for n in new]
+    return [t.split(stop)[0] if stop else t for t in texts]
