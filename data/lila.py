@@ -1,0 +1,193 @@
+"""
+Load LiLA task files into a flat list of Examples.
+
+    from data.lila import load, by_skill
+    train = load("data/lila", split="train")              # every <skill>.json in the folder
+    test = load("data/lila", split="test", skills=["algebra", "numbers"])
+    shots_pool = by_skill(train)                          # {"algebra": [...], ...}
+
+A LiLA task file (Mishra et al., "Lila: A Unified Benchmark for Mathematical
+Reasoning", EMNLP 2022; github.com/allenai/Lila) is one JSON object:
+
+    {"Definition": [...], "Source": [...],
+     "Categories": [{"Math category": "algebra", ...}],
+     "Instances": [{"Input": "Solve 95 = 35*z - 10 for z.",
+                    "Output Program": [...], "Output Answer": ["3"],
+                    "split": "train", "submodule": "algebra__linear_1d"}, ...]}
+
+Our generator (data/generate.py) writes exactly this, one file per skill. A real
+LiLA download (lila.zip: `all/*.json`, `multi/iid/{train,dev,test}.json`) reads
+too; fields it lacks are filled in as follows.
+
+  skill      the task's "Math category" in Categories; else the file name:
+             `deepmind_mathematics_algebra__linear_1d.json` -> "algebra" (the
+             prefix dropped, cut at "__"), `amps_algebra.json` -> "amps_algebra",
+             `algebra_train.json` -> "algebra"; a file named just `train.json`
+             (as in multi/iid/) takes its folder's name ("iid").
+  split      the instance's "split" ("train", "dev" or "test"); else the file
+             name (`train.json`, `algebra_dev.json`); else "test": a file that
+             says nothing is held-out evaluation data, never trained on.
+  submodule  the instance's "submodule"; else the file's skill-bearing name
+             (`deepmind_mathematics_algebra`).
+  answers    every "Output Answer", in order; the first is the one shots show.
+
+"Output Program" and the other task fields are not read. A malformed file
+raises LilaError naming the file, the instance index and the field.
+Left out: LiLA's Robust split (perturbed questions) and jsonl/parquet exports.
+"""
+import json
+import os
+import re
+from dataclasses import dataclass
+
+SPLITS = ("train", "dev", "test")
+
+
+class LilaError(ValueError):
+    """A task file that is not valid LiLA, or a request the data cannot meet."""
+
+
+@dataclass(frozen=True)
+class Example:
+    question: str
+    answers: tuple[str, ...]  # all accepted answers; answers[0] is shown in shots
+    skill: str                # e.g. "algebra"
+    submodule: str            # e.g. "algebra__linear_1d"
+    split: str                # "train", "dev" or "test"
+
+
+# ----------------------------------------------------------------------------
+# what the file name says
+
+def _name_parts(path):
+    """(name, split or None) from a path: 'x/algebra_dev.json' -> ('algebra', 'dev'),
+    'multi/iid/train.json' -> ('iid', 'train'), 'amps_algebra.json' -> ('amps_algebra', None)."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    if stem in SPLITS:
+        folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
+        return folder, stem
+    m = re.fullmatch(r"(.+)_(train|dev|test)", stem)
+    return (m[1], m[2]) if m else (stem, None)
+
+
+def _skill_from_name(name):
+    """'deepmind_mathematics_algebra__linear_1d' -> 'algebra'; other names are kept."""
+    return name.removeprefix("deepmind_mathematics_").split("__")[0]
+
+
+# ----------------------------------------------------------------------------
+# one file
+
+def _category(task, path):
+    """The task's "Math category" from Categories, or None when it has none."""
+    categories = task.get("Categories", [])
+    if not isinstance(categories, list):
+        raise LilaError(f"{path}: field 'Categories': expected a list, got {type(categories).__name__}")
+    for c in categories:
+        if isinstance(c, dict) and "Math category" in c:
+            value = c["Math category"]
+            if not (isinstance(value, str) and value):
+                raise LilaError(f"{path}: field 'Categories'/'Math category': "
+                                f"expected a non-empty string, got {value!r}")
+            return value
+    return None
+
+
+def _instance(x, i, path, skill, name, file_split):
+    """Check one instance and turn it into an Example."""
+    def bad(field, why):
+        return LilaError(f"{path}: instance {i}: field {field!r}: {why}")
+
+    if not isinstance(x, dict):
+        raise LilaError(f"{path}: instance {i}: expected a JSON object, got {type(x).__name__}")
+    question = x.get("Input")
+    if question is None:
+        raise bad("Input", "missing")
+    if not (isinstance(question, str) and question.strip()):
+        raise bad("Input", f"expected a non-empty string, got {question!r:.80}")
+    answers = x.get("Output Answer")
+    if not (isinstance(answers, list) and answers and all(isinstance(a, str) for a in answers)):
+        raise bad("Output Answer", f"expected a non-empty list of strings, got {answers!r:.80}")
+    split = x.get("split", file_split or "test")
+    if split not in SPLITS:
+        raise bad("split", f"expected one of {SPLITS}, got {split!r}")
+    submodule = x.get("submodule", name)
+    if not (isinstance(submodule, str) and submodule):
+        raise bad("submodule", f"expected a non-empty string, got {submodule!r}")
+    return Example(question, tuple(answers), skill, submodule, split)
+
+
+def load_file(path):
+    """Every instance of one task file, as Examples, in file order."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            task = json.load(f)
+    except json.JSONDecodeError as e:
+        raise LilaError(f"{path}: invalid JSON: {e}") from None
+    if not isinstance(task, dict):
+        raise LilaError(f"{path}: expected a JSON object with 'Instances', got {type(task).__name__}")
+    instances = task.get("Instances")
+    if instances is None:
+        raise LilaError(f"{path}: field 'Instances': missing")
+    if not isinstance(instances, list):
+        raise LilaError(f"{path}: field 'Instances': expected a list, got {type(instances).__name__}")
+    name, file_split = _name_parts(path)
+    skill = _category(task, path) or _skill_from_name(name)
+    return [_instance(x, i, path, skill, name, file_split) for i, x in enumerate(instances)]
+
+
+# ----------------------------------------------------------------------------
+# many files
+
+def task_files(paths):
+    """Expand files and folders to a list of task files. A folder gives the
+    *.json files directly inside it, sorted (composed/ and other subfolders are
+    not searched)."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files = []
+    for p in map(os.fspath, paths):
+        if os.path.isdir(p):
+            found = sorted(os.path.join(p, n) for n in os.listdir(p)
+                           if n.endswith(".json") and os.path.isfile(os.path.join(p, n)))
+            if not found:
+                raise LilaError(f"{p}: no *.json task files in this folder")
+            files += found
+        elif os.path.isfile(p):
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such task file or folder (make data writes data/lila/)")
+    return files
+
+
+def load(paths, split=None, skills=None):
+    """Examples from task files or folders (see task_files), in file order,
+    optionally only one split and only some skills (a name or a list of names).
+    Asking for a skill that has no examples (in that split) is an error, not an
+    empty list."""
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
+    examples = [e for f in task_files(paths) for e in load_file(f)]
+    if split is not None:
+        examples = [e for e in examples if e.split == split]
+    if skills is not None:
+        wanted = {skills} if isinstance(skills, str) else set(skills)
+        missing = sorted(wanted - {e.skill for e in examples})
+        if missing:
+            raise LilaError(f"no {split + ' ' if split else ''}examples of skill(s) {missing} in {paths}; "
+                            f"found: {skills_of(examples)}")
+        examples = [e for e in examples if e.skill in wanted]
+    return examples
+
+
+def skills_of(examples):
+    """The sorted distinct skills of some examples."""
+    return sorted({e.skill for e in examples})
+
+
+def by_skill(examples):
+    """{skill: [examples of it, in order]}, skills sorted: the shot pool for prompts."""
+    groups = {s: [] for s in skills_of(examples)}
+    for e in examples:
+        groups[e.skill].append(e)
+    return groups

@@ -1,0 +1,211 @@
+"""data.lila (loading, real-LiLA shapes, malformed files), data.prompts and data.tokenizer.
+
+Fixtures: tests/fixtures/ours/ holds small files cut from data/generate.py output
+(composed/ beside them must not be read); tests/fixtures/lila/ holds files shaped
+like a real allenai/Lila download (several answers, program lists, no split or
+submodule fields, an iid/dev.json)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from tokenizers import Tokenizer
+
+from data.lila import Example, LilaError, by_skill, load, skills_of
+from data.prompts import draw_shots, few_shot_prompt, format_qa
+from data.tokenizer import EOT, train_tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+OURS = os.path.join(FIXTURES, "ours")
+LILA = os.path.join(FIXTURES, "lila")
+
+
+# ----------------------------------------------------------------------------
+# loading our generator's files
+
+def test_load_folder_reads_every_skill_file_but_not_composed():
+    examples = load(OURS)
+    assert skills_of(examples) == ["algebra", "numbers"]
+    assert len(examples) == 25 + 45
+    composed = load(os.path.join(OURS, "composed"))
+    assert not {e.question for e in composed} & {e.question for e in examples}
+    assert all(e.submodule.startswith(e.skill + "__") for e in examples)
+
+
+def test_load_split_and_skills_filters():
+    train = load(OURS, split="train")
+    assert {e.split for e in train} == {"train"} and len(train) == 3 * (5 + 9)
+    algebra = load([os.path.join(OURS, "algebra.json"), os.path.join(OURS, "numbers.json")],
+                   split="test", skills=["algebra"])
+    assert [e.submodule for e in algebra] == ["algebra__linear_1d", "algebra__linear_2d",
+                                              "algebra__polynomial_roots",
+                                              "algebra__sequence_next_term",
+                                              "algebra__sequence_nth_term"]
+    first = algebra[0]
+    assert first == Example("Solve 65*l = 50*l for l.", ("0",), "algebra", "algebra__linear_1d", "test")
+
+
+def test_load_errors_on_missing_skill_bad_split_and_missing_path(tmp_path):
+    with pytest.raises(LilaError, match=r"skill\(s\) \['geometry'\].*found: \['algebra', 'numbers'\]"):
+        load(OURS, skills=["algebra", "geometry"])
+    with pytest.raises(ValueError, match="split must be one of"):
+        load(OURS, split="validation")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        load(os.path.join(OURS, "nowhere"))
+    with pytest.raises(LilaError, match="no \\*.json task files"):
+        load(str(tmp_path))
+
+
+def test_real_lila_shapes():
+    """all/-style file: split per instance, several answers, skill from the file
+    name (no "Math category"); a file without splits is test; iid/dev.json is dev."""
+    examples = load(LILA)  # the folder: addsub.json, deepmind_mathematics_algebra.json
+    assert [(e.skill, e.split) for e in examples] == [
+        ("addsub", "test"), ("algebra", "train"), ("algebra", "train"), ("algebra", "dev"),
+        ("algebra", "test")]
+    assert examples[2].answers == ("3", "3.0")
+    assert examples[2].submodule == "deepmind_mathematics_algebra"
+    iid = load(os.path.join(LILA, "iid", "dev.json"))
+    assert [(e.skill, e.split, e.answers) for e in iid] == [("iid", "dev", ("2.321",)),
+                                                            ("iid", "dev", ("-1/62",))]
+
+
+def test_file_name_gives_skill_and_split(tmp_path):
+    task = {"Instances": [{"Input": "What is 7 times 6?", "Output Answer": ["42"]}]}
+    for name, skill, split in [("deepmind_mathematics_arithmetic__mul_test.json", "arithmetic", "test"),
+                               ("amps_algebra_train.json", "amps_algebra", "train"),
+                               ("numbers_dev.json", "numbers", "dev")]:
+        path = tmp_path / name
+        path.write_text(json.dumps(task))
+        (e,) = load(str(path))
+        assert (e.skill, e.split) == (skill, split), name
+
+
+GOOD = {"Input": "What is 2 + 3?", "Output Program": [], "Output Answer": ["5"], "split": "test"}
+
+
+@pytest.mark.parametrize("instance, field", [
+    ({k: v for k, v in GOOD.items() if k != "Input"}, "Input"),
+    ({**GOOD, "Input": 7}, "Input"),
+    ({**GOOD, "Input": "  "}, "Input"),
+    ({k: v for k, v in GOOD.items() if k != "Output Answer"}, "Output Answer"),
+    ({**GOOD, "Output Answer": "5"}, "Output Answer"),
+    ({**GOOD, "Output Answer": []}, "Output Answer"),
+    ({**GOOD, "Output Answer": [5]}, "Output Answer"),
+    ({**GOOD, "split": "validation"}, "split"),
+    ({**GOOD, "submodule": None}, "submodule"),
+])
+def test_malformed_instance_names_file_index_and_field(tmp_path, instance, field):
+    path = tmp_path / "broken_task.json"
+    path.write_text(json.dumps({"Instances": [GOOD, instance]}))
+    with pytest.raises(LilaError) as err:
+        load(str(path))
+    msg = str(err.value)
+    assert "broken_task.json" in msg and "instance 1" in msg and repr(field) in msg, msg
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('{"Instances": [', "invalid JSON"),
+    ('[{"Input": "q"}]', "expected a JSON object with 'Instances'"),
+    ('{"Definition": []}', "field 'Instances': missing"),
+    ('{"Instances": {"Input": "q"}}', "field 'Instances': expected a list"),
+    ('{"Instances": ["What is 2 + 3?"]}', "instance 0: expected a JSON object"),
+    ('{"Categories": [{"Math category": ""}], "Instances": []}', "'Math category'"),
+])
+def test_malformed_file_names_file_and_problem(tmp_path, text, expected):
+    path = tmp_path / "broken_task.json"
+    path.write_text(text)
+    with pytest.raises(LilaError) as err:
+        load(str(path))
+    assert "broken_task.json" in str(err.value) and expected in str(err.value), str(err.value)
+
+
+# ----------------------------------------------------------------------------
+# prompts
+
+def test_format_qa():
+    assert format_qa("What is 2 + 3?", "5") == "Question: What is 2 + 3?\nAnswer: 5\n\n"
+    assert format_qa("What is 2 + 3?") == "Question: What is 2 + 3?\nAnswer:"
+
+
+def test_few_shot_prompt_layout():
+    train = load(OURS, split="train")
+    (example,) = [e for e in load(OURS, split="test") if e.submodule == "numbers__gcd"]
+    prompt = few_shot_prompt(example, train, k=4, seed=0)
+    shots = draw_shots(example, train, k=4, seed=0)
+    assert prompt == "".join(f"Question: {s.question}\nAnswer: {s.answers[0]}\n\n" for s in shots) \
+        + f"Question: {example.question}\nAnswer:"
+    assert prompt.count("Question: ") == 5 and prompt.endswith("Answer:")
+    assert few_shot_prompt(example, train, k=0, seed=0) == format_qa(example.question)
+
+
+def test_shots_same_skill_never_the_question_and_deterministic():
+    train = load(OURS, split="train")
+    pool = by_skill(train)
+    for e in train:  # the hardest case: the question is in the pool itself
+        shots = draw_shots(e, train, k=4, seed=7)
+        assert all(s.skill == e.skill and s.question != e.question for s in shots)
+        assert len({s.question for s in shots}) == 4
+        assert shots == draw_shots(e, train, k=4, seed=7) == draw_shots(e, pool, k=4, seed=7)
+    redrawn = [draw_shots(e, train, k=4, seed=8) != draw_shots(e, train, k=4, seed=7) for e in train]
+    assert sum(redrawn) > len(train) // 2
+
+
+def test_shots_do_not_depend_on_python_hash_seed():
+    code = ("from data.lila import load; from data.prompts import draw_shots; "
+            f"t = load({OURS!r}, split='train'); "
+            "print([s.question for s in draw_shots(t[0], t, 4, 1)])")
+    outs = {subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}, check=True).stdout
+            for seed in ("1", "2")}
+    assert len(outs) == 1
+
+
+def test_too_few_shots_is_a_clear_error():
+    train = load(OURS, split="train", skills=["algebra"])  # 15 algebra questions
+    with pytest.raises(ValueError, match="need 15 shots of skill 'algebra'.* only 14"):
+        draw_shots(train[0], train, k=15, seed=0)
+    (numbers_q,) = [e for e in load(OURS, split="test") if e.submodule == "numbers__gcd"]
+    with pytest.raises(ValueError, match="skill 'numbers'.* only 0"):
+        draw_shots(numbers_q, train, k=1, seed=0)
+
+
+# ----------------------------------------------------------------------------
+# tokenizer
+
+@pytest.fixture(scope="module")
+def tok():
+    train = load(OURS, split="train")
+    return train_tokenizer([format_qa(e.question, e.answers[0]) for e in train], vocab_size=300)
+
+
+def test_tokenizer_roundtrip_digits_and_eot(tok, tmp_path):
+    text = "Question: Solve -21*v - 96 = 156 for v.\nAnswer: -12\n\n\tLet f(x) = x**2 - 0.5*x. é"
+    assert tok.decode(tok.encode(text).ids) == text
+    assert tok.token_to_id(EOT) == 0
+    assert tok.encode(EOT + "7").ids[0] == 0
+    assert tok.decode(tok.encode("1" + EOT).ids, skip_special_tokens=False) == "1" + EOT
+    ids = tok.encode("x = 1234567890").ids
+    digits = [tok.decode([i]) for i in ids if tok.decode([i]).strip().isdigit()]
+    assert digits == list("1234567890")
+    path = str(tmp_path / "tokenizer.json")
+    tok.save(path)
+    loaded = Tokenizer.from_file(path)
+    assert loaded.encode(text).ids == tok.encode(text).ids
+
+
+def test_tokenizer_training_is_deterministic(tok):
+    train = load(OURS, split="train")
+    again = train_tokenizer([format_qa(e.question, e.answers[0]) for e in train], vocab_size=300)
+    assert again.to_str() == tok.to_str()
+    assert tok.get_vocab_size() == 300
+
+
+def test_tokenizer_cli(tmp_path):
+    out = str(tmp_path / "tokenizer.json")
+    run = subprocess.run([sys.executable, "-m", "data.tokenizer", "--data", OURS, "--out", out,
+                          "--vocab-size", "300"], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert "42 train questions" in run.stdout and "wrote" in run.stdout
+    assert Tokenizer.from_file(out).get_vocab_size() == 300
