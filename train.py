@@ -41,45 +41,70 @@ from eval import evaluate, mean_accuracy, select
 
 class Episodes:
     """Rows of T+1 tokens: <|endoftext|>, then solved questions of one submodule,
-    "Question: q\\nAnswer: a\\n\\n" after another, cut at T+1 tokens.
+    "Question: q\\nAnswer: a\\n\\n" after another, cut at T+1 tokens: the shape
+    of a few-shot prompt, so that in-context learning emerges.
 
-    Row r of step s is drawn from a generator seeded by (seed, s, r), so any
-    step's batch can be rebuilt after a restart. loss="all" trains on every
-    token; loss="answer" only on the answer tokens " a\\n\\n" (the targets of
-    all other positions are -100, ignored by cross_entropy)."""
+    Every submodule's questions are shuffled and laid end to end in one long
+    token stream; a row is a window of that stream starting at a question. The
+    shuffle is redrawn every RESHUFFLE steps (so neighbours change), and a row's
+    submodule and window come from a generator seeded by (seed, step): any
+    step's batch is rebuilt exactly after a restart. Slicing streams instead of
+    assembling rows question by question keeps a batch of 128 x 512 tokens at
+    about a millisecond (a GPU step is tens of ms).
+
+    loss="all" trains on every token; loss="answer" only on the answer tokens
+    " a\\n\\n" (the targets elsewhere are -100, which cross_entropy ignores)."""
+
+    RESHUFFLE = 200
 
     def __init__(self, tok, examples, T, seed, loss="all"):
-        self.T, self.seed, self.loss = T, seed, loss
+        self.T, self.seed = T, seed
         self.eot = tok.token_to_id(M.EOT)
         groups = {}
         for e in examples:
             groups.setdefault(e.submodule, []).append(e)
-        self.groups = []   # per submodule: list of (question ids, answer ids)
+        if not groups:
+            raise ValueError("no training examples")
+        self.groups = []   # per submodule: list of (token ids, loss mask) per question
         for name in sorted(groups):
             qs = tok.encode_batch([format_qa(e.question) for e in groups[name]])
             ans = tok.encode_batch([format_qa("", e.answers[0]).split("Answer:", 1)[1]
                                     for e in groups[name]])
-            self.groups.append([(np.array(q.ids), np.array(a.ids)) for q, a in zip(qs, ans)])
-        if not self.groups:
-            raise ValueError("no training examples")
+            self.groups.append([(np.array(q.ids + a.ids),
+                                 np.array([loss == "all"] * len(q.ids) + [True] * len(a.ids)))
+                                for q, a in zip(qs, ans)])
+        self._epoch, self._streams = None, None
 
-    def row(self, rng):
-        pairs = self.groups[rng.integers(len(self.groups))]
-        ids, train = [np.array([self.eot])], [np.array([False])]
-        n = 1
-        while n < self.T + 1:
-            q, a = pairs[rng.integers(len(pairs))]
-            ids += [q, a]
-            train += [np.full(len(q), self.loss == "all"), np.full(len(a), True)]
-            n += len(q) + len(a)
-        return np.concatenate(ids)[:self.T + 1], np.concatenate(train)[:self.T + 1]
+    def streams(self, epoch):
+        """Per submodule: (ids, mask, starts) of its shuffled stream for this epoch."""
+        if self._epoch != epoch:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._streams = []
+            for pairs in self.groups:
+                n_tokens = sum(len(p[0]) for p in pairs)
+                reps = -(-2 * self.T // n_tokens) + 1        # tiny data: repeat to fill a row
+                order = np.concatenate([rng.permutation(len(pairs)) for _ in range(reps)])
+                lengths = np.array([len(pairs[i][0]) for i in order])
+                ids = np.concatenate([pairs[i][0] for i in order])
+                mask = np.concatenate([pairs[i][1] for i in order])
+                starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+                self._streams.append((ids, mask, starts[starts <= len(ids) - self.T]))
+            self._epoch = epoch
+        return self._streams
 
     def batch(self, step, B, device="cpu"):
         """x (B, T) inputs and y (B, T) targets, -100 where no loss is taken."""
-        rows = [self.row(np.random.default_rng([self.seed, step, r])) for r in range(B)]
-        ids = torch.from_numpy(np.stack([r[0] for r in rows])).long()        # (B, T+1)
-        train = torch.from_numpy(np.stack([r[1] for r in rows]))             # (B, T+1)
-        x, y = ids[:, :-1], ids[:, 1:].masked_fill(~train[:, 1:], -100)      # (B, T) each
+        streams = self.streams(step // self.RESHUFFLE)
+        rng = np.random.default_rng([self.seed, step])
+        rows = np.empty((B, self.T + 1), dtype=np.int64)
+        train = np.empty((B, self.T + 1), dtype=bool)
+        rows[:, 0], train[:, 0] = self.eot, False
+        for r, g in enumerate(rng.integers(len(streams), size=B)):
+            ids, mask, starts = streams[g]
+            o = starts[rng.integers(len(starts))]
+            rows[r, 1:], train[r, 1:] = ids[o:o + self.T], mask[o:o + self.T]
+        ids, train = torch.from_numpy(rows), torch.from_numpy(train)        # (B, T+1) each
+        x, y = ids[:, :-1], ids[:, 1:].masked_fill(~train[:, 1:], -100)     # (B, T) each
         return x.to(device), y.to(device)
 
 
@@ -133,8 +158,13 @@ def atomic_save(obj, path):
     os.replace(tmp, path)
 
 
+TIMED = (50, 150)   # --minutes: the steps whose speed sets the total (inside the warmup)
+
+
 def pretrain(args):
     torch.manual_seed(args.seed)
+    if args.minutes and args.warmup < TIMED[1]:
+        raise ValueError(f"--minutes needs --warmup >= {TIMED[1]} (the speed is measured during warmup)")
     device = args.device
     os.makedirs(args.out, exist_ok=True)
     tok = Tokenizer.from_file(args.tokenizer)
@@ -161,6 +191,7 @@ def pretrain(args):
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         step, best, log = state["step"], state["best"], state["log"]
+        args.steps, args.minutes = state["args"]["steps"], None   # the schedule of the original run
         print(f"resumed from {state_path} at step {step} (best dev accuracy {best:.3f})")
     elif args.resume:
         print(f"--resume: no {state_path} yet, starting from scratch")
@@ -187,8 +218,8 @@ def pretrain(args):
 
     t0 = time.time() - (log[-1]["time"] if log else 0)
     model.train()
-    bar = tqdm(range(step, args.steps), initial=step, total=args.steps, desc="pretrain")
-    for step in bar:
+    bar = tqdm(initial=step, total=args.steps, desc="pretrain")
+    while step < args.steps:
         lr = lr_at(step, args.lr, args.warmup, args.steps)
         for g in opt.param_groups:
             g["lr"] = lr
@@ -202,12 +233,21 @@ def pretrain(args):
         if step % 10 == 0:
             log.append({"step": step, "loss": loss.item(), "lr": lr, "time": time.time() - t0})
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}")
-        done = step + 1
-        if done % args.eval_every == 0 or done == args.steps or done == args.stop_at:
-            checkpoint(done)
-        if done == args.stop_at:
-            print(f"stopping at step {done} as asked (--stop-at); continue with --resume")
+        step += 1
+        bar.update(1)
+        if args.minutes and step == TIMED[0]:
+            timer = time.time()
+        if args.minutes and step == TIMED[1]:   # still in warmup: the schedule is not yet used
+            per_step = (time.time() - timer) / (TIMED[1] - TIMED[0])
+            args.steps = max(step + 1, int(args.minutes * 60 / per_step))
+            bar.total = args.steps
+            tqdm.write(f"--minutes {args.minutes}: {1000 * per_step:.1f} ms/step -> {args.steps} steps")
+        if step % args.eval_every == 0 or step == args.steps or step == args.stop_at:
+            checkpoint(step)
+        if step == args.stop_at:
+            print(f"stopping at step {step} as asked (--stop-at); continue with --resume")
             break
+    bar.close()
     return model
 
 
@@ -237,6 +277,8 @@ def main():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+    p.add_argument("--minutes", type=float, default=None, help="train for about this long: "
+                   f"--steps is set from the speed of steps {TIMED[0]}-{TIMED[1]}")
     p.add_argument("--stop-at", type=int, default=None, help="checkpoint and stop after this step "
                    "(split a long run across sessions; the schedule still follows --steps)")
     args = p.parse_args()

@@ -1,0 +1,511 @@
+"""
+LoRA by hand: low-rank adapters on the Linear layers of model.py's phi, a
+multi-expert LoRA layer for the router, merging, and adapter files in the
+PEFT layout (so `peft.PeftModel.from_pretrained` reads ours and we read theirs).
+
+    names = add_lora(model, r=8, alpha=16)        # q/k/v/dense/fc1/fc2 get adapters
+    mark_only_lora_trainable(model)               # ... train ...
+    save_adapter(model, "adapters/algebra", "checkpoints/phi-tiny")
+    load_adapter(model2, "adapters/algebra"); merge_lora(model2)   # zero-overhead inference
+
+Chapters, top to bottom:
+  1. LoRALinear        y = W x + b + (alpha/r) * B(A(dropout(x))); merge/unmerge
+  2. MultiLoRALinear   E experts in one layer, mixed by router weights (einsum, no loop)
+  3. attach/detach     add_lora, remove_lora, merge_lora, mark_only_lora_trainable, ...
+  4. adapter files     save_adapter / load_adapter / load_experts (PEFT layout, checked)
+
+Naming. A LoRALinear takes over the wrapped Linear's own `weight` and `bias`
+Parameters (the same tensors, no copy), so the base keys keep their names
+(`model.layers.0.self_attn.q_proj.weight`) and the adapter adds
+`...q_proj.lora_A.weight` (r, in) and `...q_proj.lora_B.weight` (out, r).
+A PEFT file key is then simply "base_model.model." + our key.
+
+References: Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language
+Models" (arXiv 2106.09685), and microsoft/LoRA's loralib; Hugging Face PEFT
+(tuners/lora/layer.py for the init, utils/save_and_load.py for the file
+layout). The tests check parity with peft 0.21 in both directions.
+
+Letters in shape comments: B batch, T tokens, E experts, r rank,
+I in_features, O out_features.
+
+Left out: DoRA, rsLoRA, per-module rank/alpha patterns, trainable biases
+(bias "none" only), LoRA on embeddings or convolutions, several named adapters
+inside one module (PEFT's adapter_name dicts; we use MultiLoRALinear instead),
+quantised base weights. Adapter files that need any of these are rejected
+with a message saying which setting is unsupported.
+"""
+import json
+import math
+import os
+import re
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2")
+PEFT_PREFIX = "base_model.model."        # PEFT key = PEFT_PREFIX + our key
+CONFIG_NAME, WEIGHTS_NAME = "adapter_config.json", "adapter_model.safetensors"
+FINGERPRINT_KEY = "skill_moe.base_fingerprint"   # safetensors metadata; PEFT ignores it
+
+# ---------------------------------------------------------------------------
+# 1. LoRALinear
+# ---------------------------------------------------------------------------
+
+
+class LoRALinear(nn.Module):
+    """A Linear plus a trainable low-rank update: y = W x + b + s * B A x, s = alpha / r.
+
+    A (r, I) starts kaiming-uniform and B (O, r) starts at zero, so a fresh
+    adapter changes nothing. merge() folds s*B@A into W once (inference then
+    costs the same as the plain Linear); unmerge() takes it out again, up to
+    float rounding (about 1e-7 relative in fp32)."""
+
+    def __init__(self, base: nn.Linear, r=8, alpha=16, dropout=0.0):
+        super().__init__()
+        if r <= 0:
+            raise ValueError(f"LoRA rank r must be positive, got {r}")
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight, self.bias = base.weight, base.bias   # same Parameters: keys unchanged
+        self.r, self.alpha, self.scaling = r, alpha, alpha / r
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        kw = dict(bias=False, device=base.weight.device, dtype=base.weight.dtype)
+        self.lora_A = nn.Linear(self.in_features, r, **kw)    # weight (r, I)
+        self.lora_B = nn.Linear(r, self.out_features, **kw)   # weight (O, r)
+        self.merged = False
+        self.reset_lora_parameters()
+
+    def reset_lora_parameters(self):
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))   # as PEFT and loralib
+        nn.init.zeros_(self.lora_B.weight)
+
+    @property
+    def dropout_p(self):
+        return self.lora_dropout.p if isinstance(self.lora_dropout, nn.Dropout) else 0.0
+
+    def delta_weight(self):
+        """s * B @ A, (O, I), computed in fp32 and returned in W's dtype."""
+        return (self.scaling * self.lora_B.weight.float() @ self.lora_A.weight.float()).to(self.weight.dtype)
+
+    def forward(self, x):
+        y = F.linear(x, self.weight, self.bias)                        # (..., O)
+        if self.merged:
+            return y                                                   # W already holds s*B@A
+        return y + self.scaling * self.lora_B(self.lora_A(self.lora_dropout(x)))
+
+    @torch.no_grad()
+    def merge(self):
+        if not self.merged:
+            self.weight += self.delta_weight()
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self):
+        if self.merged:
+            self.weight -= self.delta_weight()
+            self.merged = False
+
+    def extra_repr(self):
+        return (f"in={self.in_features}, out={self.out_features}, r={self.r}, "
+                f"alpha={self.alpha}, dropout={self.dropout_p}, merged={self.merged}")
+
+
+# ---------------------------------------------------------------------------
+# 2. MultiLoRALinear: E experts in one layer
+# ---------------------------------------------------------------------------
+
+
+class MultiLoRALinear(nn.Module):
+    """One Linear with E LoRA experts, mixed by routing weights w:
+
+        y = W x + b + sum_e w_e * s_e * B_e A_e x
+
+    lora_A (E, r, I) and lora_B (E, O, r) are stacked Parameters; lora_scaling
+    (E,) holds each expert's alpha/r (experts of smaller rank are zero-padded to
+    r, which leaves B_e A_e unchanged). Weights may be per token (B, T, E), per
+    sequence (B, E) or one vector for everything (E,).
+
+    How weights reach the layer. The model's forward signature is fixed, so a
+    router writes them into the attribute `self.weights` before the forward
+    (set_expert_weights() does it for every layer; a layer-wise gate can do it
+    from a forward pre-hook on the decoder layer, whose input it sees first).
+    forward(x, weights) also takes them as an argument, which wins over the
+    attribute. All experts' A x are computed at once (E*r extra dims, cheap
+    for small r) and one dropout mask is shared by the experts."""
+
+    def __init__(self, base: nn.Linear, n_experts, r=8, alpha=16, dropout=0.0):
+        super().__init__()
+        self.in_features, self.out_features = base.in_features, base.out_features
+        self.weight, self.bias = base.weight, base.bias   # same Parameters, as LoRALinear
+        self.n_experts, self.r = n_experts, r
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        kw = dict(device=base.weight.device, dtype=base.weight.dtype)
+        self.lora_A = nn.Parameter(torch.empty(n_experts, r, self.in_features, **kw))    # (E, r, I)
+        self.lora_B = nn.Parameter(torch.zeros(n_experts, self.out_features, r, **kw))   # (E, O, r)
+        for e in range(n_experts):
+            nn.init.kaiming_uniform_(self.lora_A.data[e], a=math.sqrt(5))
+        self.register_buffer("lora_scaling", torch.full((n_experts,), alpha / r, device=kw["device"]))
+        self.weights = None          # set by the router before each forward
+        self.merged = None           # the (E,) weights merged into W, or None
+
+    @classmethod
+    def from_loras(cls, loras):
+        """Stack E LoRALinear layers that wrap the same base weight into one layer."""
+        first = loras[0]
+        base = nn.Linear(first.in_features, first.out_features, bias=first.bias is not None, device="meta")
+        base.weight, base.bias = first.weight, first.bias
+        multi = cls(base, len(loras), max(m.r for m in loras), dropout=first.dropout_p)
+        for e, m in enumerate(loras):
+            if m.weight is not first.weight:
+                raise ValueError(f"expert {e} wraps a different base weight than expert 0")
+            multi.set_expert(e, m.lora_A.weight, m.lora_B.weight, m.scaling)
+        return multi
+
+    @torch.no_grad()
+    def set_expert(self, e, A, B, scaling):
+        """Copy one expert in: A (r_e, I), B (O, r_e) with r_e <= r; rows beyond r_e stay zero."""
+        r_e = A.shape[0]
+        if r_e > self.r or A.shape != (r_e, self.in_features) or B.shape != (self.out_features, r_e):
+            raise ValueError(f"expert {e}: A {tuple(A.shape)} / B {tuple(B.shape)} do not fit "
+                             f"A (<= {self.r}, {self.in_features}) / B ({self.out_features}, <= {self.r})")
+        self.lora_A[e].zero_()
+        self.lora_B[e].zero_()
+        self.lora_A[e, :r_e] = A
+        self.lora_B[e, :, :r_e] = B
+        self.lora_scaling[e] = scaling
+
+    def forward(self, x, weights=None):
+        y = F.linear(x, self.weight, self.bias)                        # (B, T, O)
+        if self.merged is not None:
+            return y
+        w = self.weights if weights is None else weights
+        if w is None:
+            raise RuntimeError("MultiLoRALinear: no routing weights; set .weights (e.g. with "
+                               "set_expert_weights) or pass forward(x, weights)")
+        if w.shape[-1] != self.n_experts:
+            raise ValueError(f"routing weights {tuple(w.shape)}: last dim must be E={self.n_experts}")
+        w = w.to(x.dtype) * self.lora_scaling.to(x.dtype)               # fold s_e into w_e
+        if w.dim() == 2:
+            w = w[:, None, :]                                           # (B, E) -> (B, 1, E): same for every token
+        # Legend: b batch, t token, i in_features, o out_features, e expert, r rank.
+        u = torch.einsum("bti,eri->bter", self.lora_dropout(x), self.lora_A)   # (B, T, E, r): A_e x for all e
+        u = u * w[..., None]                                            # (B, T, E, r) * (B|1, T|1, E, 1)
+        return y + torch.einsum("bter,eor->bto", u, self.lora_B)        # sum over experts e and rank r
+
+    def delta_weight(self, w):
+        """sum_e w_e s_e B_e @ A_e for one weight vector w (E,): (O, I)."""
+        ws = w.float() * self.lora_scaling.float()                      # (E,)
+        # Legend: e expert, o out_features, r rank, i in_features.
+        delta = torch.einsum("e,eor,eri->oi", ws, self.lora_B.float(), self.lora_A.float())
+        return delta.to(self.weight.dtype)
+
+    @torch.no_grad()
+    def merge(self):
+        """Fold a fixed mix (self.weights must be one (E,) vector, e.g. one-hot for
+        task-level routing to a single expert) into W."""
+        if self.merged is not None:
+            return
+        if self.weights is None or self.weights.dim() != 1:
+            raise ValueError("MultiLoRALinear.merge needs .weights of shape (E,): one fixed mix")
+        self.merged = self.weights.detach().clone()
+        self.weight += self.delta_weight(self.merged)
+
+    @torch.no_grad()
+    def unmerge(self):
+        if self.merged is not None:
+            self.weight -= self.delta_weight(self.merged)
+            self.merged = None
+
+    def extra_repr(self):
+        return f"in={self.in_features}, out={self.out_features}, experts={self.n_experts}, r={self.r}"
+
+
+# ---------------------------------------------------------------------------
+# 3. Attaching, detaching, merging, freezing
+# ---------------------------------------------------------------------------
+
+LORA_TYPES = (LoRALinear, MultiLoRALinear)
+
+
+def _matches(name, targets):
+    """PEFT's rule: a string is a regex matched against the full module name
+    ("all-linear" means every Linear but lm_head); a list matches a module
+    whose name is, or ends with "." + , one of its entries."""
+    if isinstance(targets, str):
+        if targets.lower() == "all-linear":
+            return name != "lm_head"
+        return re.fullmatch(targets, name) is not None
+    return any(name == t or name.endswith("." + t) for t in targets)
+
+
+def target_names(model, targets):
+    """Names of the Linear (or already-LoRA) modules that `targets` selects."""
+    return [name for name, mod in model.named_modules()
+            if (isinstance(mod, LORA_TYPES) or (isinstance(mod, nn.Linear) and ".lora_" not in name))
+            and _matches(name, targets)]
+
+
+def lora_modules(model, kind=LORA_TYPES):
+    return {name: mod for name, mod in model.named_modules() if isinstance(mod, kind)}
+
+
+def _replace(model, name, new):
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, new)
+
+
+def add_lora(model, r=8, alpha=16, dropout=0.0, targets=DEFAULT_TARGETS):
+    """Wrap every Linear that `targets` selects in a LoRALinear, in place; return their names."""
+    if lora_modules(model):
+        raise ValueError("model already has LoRA layers; call remove_lora(model) first")
+    names = target_names(model, targets)
+    if not names:
+        raise ValueError(f"targets {targets!r} match no nn.Linear in the model")
+    for name in names:
+        _replace(model, name, LoRALinear(model.get_submodule(name), r, alpha, dropout))
+    return names
+
+
+def remove_lora(model, merge=False):
+    """Put plain nn.Linear layers back (the same weight/bias Parameters). merge=True
+    keeps the adapters' effect in W; merge=False returns the original base W."""
+    names = list(lora_modules(model))
+    for name in names:
+        m = model.get_submodule(name)
+        m.merge() if merge else m.unmerge()
+        lin = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
+        lin.weight, lin.bias = m.weight, m.bias
+        _replace(model, name, lin)
+    return names
+
+
+def merge_lora(model):
+    for m in lora_modules(model).values():
+        m.merge()
+
+
+def unmerge_lora(model):
+    for m in lora_modules(model).values():
+        m.unmerge()
+
+
+def mark_only_lora_trainable(model):
+    """requires_grad only for lora_A/lora_B; everything else (base weights, biases,
+    LayerNorms, embeddings) is frozen. Returns the number of trainable parameters."""
+    for name, p in model.named_parameters():
+        p.requires_grad_(".lora_" in name)
+    return count_trainable(model, verbose=False)[0]
+
+
+def count_trainable(model, verbose=True):
+    """(trainable, total) parameter counts; prints them as PEFT does unless verbose=False."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    if verbose:
+        print(f"trainable params: {trainable:,} || all params: {total:,} || "
+              f"trainable%: {100 * trainable / max(total, 1):.4f}")
+    return trainable, total
+
+
+def lora_state_dict(model):
+    """Only the adapter tensors, under our keys (`...q_proj.lora_A.weight`)."""
+    return {k: v for k, v in model.state_dict().items() if ".lora_" in k}
+
+
+def set_expert_weights(model, weights, layer=None):
+    """Routing weights for every MultiLoRALinear (or only those of model.layers.{layer})."""
+    prefix = None if layer is None else f"model.layers.{layer}."
+    for name, m in lora_modules(model, MultiLoRALinear).items():
+        if prefix is None or name.startswith(prefix):
+            m.weights = weights
+
+
+# ---------------------------------------------------------------------------
+# 4. Adapter files in the PEFT layout
+# ---------------------------------------------------------------------------
+
+# adapter_config.json settings we do not implement: they must be absent/false/empty.
+UNSUPPORTED = ("use_dora", "use_rslora", "lora_bias", "fan_in_fan_out", "modules_to_save",
+               "rank_pattern", "alpha_pattern", "layers_to_transform", "layer_replication",
+               "exclude_modules", "target_parameters", "trainable_token_indices",
+               "alora_invocation_tokens", "use_qalora", "use_bdlora")
+
+
+def base_fingerprint(model):
+    """What identifies the base an adapter belongs to: the config's shapes and a
+    few values of the first weight (compared loosely, so fp16/bf16 loads agree)."""
+    cfg = getattr(model, "config", None)
+    fields = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+    fp = {k: getattr(cfg, k, None) for k in fields}
+    name, p = next(iter(model.named_parameters()))
+    fp["probe_tensor"], fp["probe"] = name, [round(v, 6) for v in p.detach().flatten()[:8].float().tolist()]
+    return fp
+
+
+def _check_fingerprint(model, fp, where):
+    mine = base_fingerprint(model)
+    diff = [f"{k} {fp[k]} (this model: {mine[k]})" for k in fp
+            if k not in ("probe", "probe_tensor") and fp[k] != mine.get(k)]
+    if diff:
+        raise ValueError(f"{where}: adapter was made for another base model: " + ", ".join(diff))
+    params = dict(model.named_parameters())
+    if fp.get("probe_tensor") in params:
+        now = params[fp["probe_tensor"]].detach().flatten()[:len(fp["probe"])].float()
+        if not torch.allclose(now, torch.tensor(fp["probe"]), rtol=1e-2, atol=1e-4):
+            raise ValueError(f"{where}: adapter was made for another base model: the base's "
+                             f"{fp['probe_tensor']} differs (same shapes, different weights)")
+
+
+def _write_json(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+
+
+def save_adapter(model, out_dir, base_model_name_or_path="", r=None, alpha=None, dropout=None,
+                 targets=None):
+    """Write adapter_config.json and adapter_model.safetensors (PEFT layout) for the
+    model's LoRALinear layers. r/alpha/dropout/targets default to what the layers
+    hold; if given they must agree. Each file goes to a temporary name and is then
+    renamed (weights first, config last), so a crash never leaves a torn file."""
+    mods = lora_modules(model, LoRALinear)
+    if not mods:
+        raise ValueError("model has no LoRALinear layers to save (MultiLoRALinear is not a PEFT adapter)")
+    if any(m.merged for m in mods.values()):
+        raise ValueError("adapters are merged into W; unmerge_lora(model) before saving")
+    held = {"r": {m.r for m in mods.values()}, "alpha": {m.alpha for m in mods.values()},
+            "dropout": {m.dropout_p for m in mods.values()}}
+    given = {"r": r, "alpha": alpha, "dropout": dropout}
+    for k, vals in held.items():
+        if len(vals) != 1 or (given[k] is not None and given[k] not in vals):
+            raise ValueError(f"{k}: layers hold {sorted(vals)}, asked to save {given[k]}")
+    targets = targets if targets is not None else sorted({n.rsplit(".", 1)[-1] for n in mods})
+    if set(target_names(model, targets)) != set(mods):
+        raise ValueError(f"target_modules {targets!r} do not select exactly the {len(mods)} LoRA layers")
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM",
+              "base_model_name_or_path": str(base_model_name_or_path), "revision": None,
+              "r": held["r"].pop(), "lora_alpha": held["alpha"].pop(),
+              "lora_dropout": held["dropout"].pop(),
+              "target_modules": targets if isinstance(targets, str) else list(targets),
+              "bias": "none", "fan_in_fan_out": False, "inference_mode": True,
+              "init_lora_weights": True, "use_rslora": False, "use_dora": False,
+              "modules_to_save": None, "layers_to_transform": None, "rank_pattern": {},
+              "alpha_pattern": {}}
+    tensors = {PEFT_PREFIX + k: v.detach().to("cpu").contiguous() for k, v in lora_state_dict(model).items()}
+    metadata = {"format": "pt", FINGERPRINT_KEY: json.dumps(base_fingerprint(model))}
+    os.makedirs(out_dir, exist_ok=True)
+    writers = [(WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata=metadata)),
+               (CONFIG_NAME, lambda p: _write_json(p, config))]
+    for name, write in writers:
+        tmp = os.path.join(out_dir, name + ".tmp")
+        write(tmp)
+        os.replace(tmp, os.path.join(out_dir, name))
+    return config
+
+
+def read_adapter(model, adapter_dir, check_base=True):
+    """Read and check an adapter directory against `model`.
+
+    Returns (config, {module name: (A (r, I), B (O, r))}). Raises FileNotFoundError
+    for missing files and ValueError (naming file, key or tensor and what was
+    expected) for a non-LoRA or unsupported config, missing/unexpected tensors,
+    wrong shapes, or a base model other than the one it was made for."""
+    cfg_path, w_path = os.path.join(adapter_dir, CONFIG_NAME), os.path.join(adapter_dir, WEIGHTS_NAME)
+    for path in (cfg_path, w_path):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} not found (an adapter directory holds {CONFIG_NAME} "
+                                    f"and {WEIGHTS_NAME})")
+    try:
+        with open(cfg_path) as f:
+            config = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
+    if config.get("peft_type") != "LORA":
+        raise ValueError(f"{cfg_path}: peft_type is {config.get('peft_type')!r}, expected 'LORA'")
+    for key in ("r", "lora_alpha", "target_modules"):
+        if key not in config:
+            raise ValueError(f"{cfg_path}: required key {key!r} is missing")
+    if config.get("bias", "none") != "none":
+        raise ValueError(f"{cfg_path}: bias {config['bias']!r} is not supported (only 'none')")
+    for key in UNSUPPORTED:
+        if config.get(key):
+            raise ValueError(f"{cfg_path}: {key}={config[key]!r} is not supported by lora.py")
+    try:
+        f = safe_open(w_path, framework="pt", device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{w_path}: truncated or corrupt safetensors file ({e})") from None
+    with f:
+        fp = (f.metadata() or {}).get(FINGERPRINT_KEY)
+        if check_base and fp is not None:
+            _check_fingerprint(model, json.loads(fp), adapter_dir)
+        if lora_modules(model):
+            raise ValueError("model already has LoRA layers; call remove_lora(model) first")
+        names = target_names(model, config["target_modules"])
+        if not names:
+            raise ValueError(f"{cfg_path}: target_modules {config['target_modules']!r} match no "
+                             "Linear of this model")
+        r = config["r"]
+        expected = {}                                     # PEFT key -> (module name, shape)
+        for n in names:
+            lin = model.get_submodule(n)
+            expected[f"{PEFT_PREFIX}{n}.lora_A.weight"] = (n, (r, lin.in_features))
+            expected[f"{PEFT_PREFIX}{n}.lora_B.weight"] = (n, (lin.out_features, r))
+        keys = set(f.keys())
+        missing, unexpected = sorted(set(expected) - keys), sorted(keys - set(expected))
+        if missing or unexpected:
+            parts = [f"{what} {len(ks)} tensors, e.g. {ks[:3]}" for what, ks in
+                     (("missing", missing), ("unexpected", unexpected)) if ks]
+            raise ValueError(f"{w_path}: tensors do not match {CONFIG_NAME} (target_modules "
+                             f"{config['target_modules']!r}, r={config['r']}) and this model: "
+                             + "; ".join(parts))
+        tensors = {}
+        for key, (n, shape) in expected.items():
+            t = f.get_tensor(key)
+            if tuple(t.shape) != shape:
+                lin = model.get_submodule(n)
+                raise ValueError(f"{w_path}: tensor {key} has shape {tuple(t.shape)}, expected {shape} "
+                                 f"(r={r} from {CONFIG_NAME}; {n} is Linear({lin.in_features}, "
+                                 f"{lin.out_features}))")
+            tensors[key] = t
+    layers = {n: (tensors[f"{PEFT_PREFIX}{n}.lora_A.weight"], tensors[f"{PEFT_PREFIX}{n}.lora_B.weight"])
+              for n in names}
+    return config, layers
+
+
+def load_adapter(model, adapter_dir, check_base=True):
+    """Attach LoRA as adapter_config.json says and load the weights; returns the
+    names of the wrapped layers. check_base=False skips the base-model fingerprint
+    (to apply an adapter to a deliberately different base of the same shapes)."""
+    config, layers = read_adapter(model, adapter_dir, check_base)
+    names = add_lora(model, config["r"], config["lora_alpha"], config.get("lora_dropout", 0.0),
+                     config["target_modules"])
+    with torch.no_grad():
+        for n, (A, B) in layers.items():
+            m = model.get_submodule(n)
+            m.lora_A.weight.copy_(A)
+            m.lora_B.weight.copy_(B)
+    return names
+
+
+def load_experts(model, adapter_dirs, check_base=True):
+    """Load E single-expert adapters into MultiLoRALinear layers (expert e = adapter_dirs[e]).
+
+    Every module that any adapter targets becomes one MultiLoRALinear; an expert
+    that does not target it contributes zeros there, and ranks are zero-padded to
+    the largest. Returns the names of the wrapped layers; set routing weights
+    with set_expert_weights before running the model."""
+    read = [read_adapter(model, d, check_base) for d in adapter_dirs]
+    names = [n for n, _ in model.named_modules() if any(n in layers for _, layers in read)]
+    r_max = max(cfg["r"] for cfg, _ in read)
+    dropout = max(cfg.get("lora_dropout", 0.0) for cfg, _ in read)
+    for n in names:
+        multi = MultiLoRALinear(model.get_submodule(n), len(read), r_max, dropout=dropout)
+        for e, (cfg, layers) in enumerate(read):
+            if n in layers:
+                multi.set_expert(e, *layers[n], cfg["lora_alpha"] / cfg["r"])
+            else:
+                multi.set_expert(e, multi.lora_A.new_zeros(1, multi.in_features),
+                                 multi.lora_B.new_zeros(multi.out_features, 1), 0.0)
+        _replace(model, n, multi)
+    return names
