@@ -1,21 +1,36 @@
 """
-Training: pretrain the small default model (--base) on LiLA math questions.
+Training, in three modes that share one loop:
 
-    python train.py --base --out runs/base                     # phi-tiny, CPU recipe
-    python train.py --base --out runs/base --resume            # continue a killed run
+    python train.py --base                       # pretrain phi-tiny from scratch
+    python train.py --expert algebra             # one LoRA skill expert on a frozen base
+    python train.py --expert cluster:3           # ... on the questions of k-means cluster 3
+    python train.py --mixed                      # one LoRA on all skills (the baseline)
+    torchrun --nproc-per-node 2 train.py --expert algebra    # data parallel, 2 processes
+    python train.py --expert algebra --resume    # continue a killed run
 
 Chapters:
-  1. Episodes     the training stream: rows of question/answer pairs of one
+  1. Episodes     the training stream: rows of solved questions of one
                   submodule, packed as few-shot prompts are, so that in-context
                   learning emerges; deterministic per step (exact resume)
-  2. the loop     AdamW, linear warmup + cosine decay, gradient clipping,
-                  periodic dev loss and dev accuracy, keeping the best model
-  3. checkpoints  atomic (temp file + rename) training state for --resume, and
-                  an HF-layout directory of the best model (model.py's save)
+  2. the loop     AdamW, linear warmup + cosine decay, gradient clipping, data
+                  parallel gradients, periodic dev loss and dev accuracy
+  3. the modes    what each mode trains, on which questions, and what it saves:
+                  an HF-layout model (--base) or a PEFT-layout adapter (LoRA)
 
-References: nanoGPT's train.py (the loop, the schedule, decay groups).
+Checkpoints are atomic (temp file + rename): OUT/train_state.pt holds the
+trainable weights, the optimizer, the step and the log; the model or adapter
+in OUT is the best one by dev accuracy so far.
+
+Data parallel by hand: every process builds the same global batch (it is a
+function of the step), takes its share of the rows, and the gradients are
+summed with all_reduce (gloo on CPU, nccl on GPU). The loss is a sum over the
+process's target tokens divided by the global count, so the summed gradient is
+exactly the single-process gradient of the global batch.
+
+References: nanoGPT's train.py (loop, schedule, decay groups); LoRA (Hu et al.
+2021); PyTorch DDP's gradient all-reduce.
 Left out: gradient accumulation, mixed precision on CPU (bf16 autocast is used
-on CUDA only), and distributed pretraining.
+on CUDA only), and the router (router.py trains it).
 """
 import argparse
 import json
@@ -25,10 +40,12 @@ import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
+import lora
 import model as M
 from data.lila import load as load_examples
 from data.prompts import format_qa
@@ -122,17 +139,22 @@ def lr_at(step, lr, warmup, total, floor=0.1):
 
 
 def make_optimizer(model, lr, weight_decay, device):
-    """AdamW; matrices decay, biases/LayerNorms/embeddings don't (nanoGPT's split,
-    less the embeddings, which are small here and look up rare digits)."""
-    decay = [p for n, p in model.named_parameters() if p.dim() == 2 and "embed" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.dim() == 2 and "embed" not in n)]
+    """AdamW over the trainable parameters; matrices decay, biases, LayerNorms
+    and embeddings don't (nanoGPT's split, less the small embeddings)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in named if p.dim() == 2 and "embed" not in n]
+    rest = [p for n, p in named if not (p.dim() == 2 and "embed" not in n)]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=(device == "cuda"))
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device.startswith("cuda"))
 
 
-def lm_loss(model, x, y):
+def lm_loss(model, x, y, n_targets=None):
+    """Summed cross-entropy over the targets of y (-100 = none), divided by
+    n_targets (default: this batch's count; data parallel passes the global one)."""
     logits = model(x)                                                   # (B, T, V)
-    return F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100)
+    total = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100,
+                            reduction="sum")
+    return total / (n_targets if n_targets is not None else (y != -100).sum().clamp(min=1))
 
 
 @torch.no_grad()
@@ -147,9 +169,29 @@ def dev_loss(model, episodes, batches, B, device, autocast):
     return sum(losses) / len(losses)
 
 
+def distributed(device):
+    """(rank, world, device) under torchrun; (0, 1, device) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    if device.startswith("cuda"):
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank(), world, device
+
+
 # ---------------------------------------------------------------------------
-# 3. Checkpoints
+# 3. The modes
 # ---------------------------------------------------------------------------
+
+TIMED = (50, 150)   # --minutes: the steps whose speed sets the total (inside the warmup)
+DEFAULTS = {        # per mode: the flags left unset on the command line
+    "base": dict(steps=3000, batch_size=16, lr=2e-3, seq_len=512, warmup=200, loss="all",
+                 eval_every=500, out="runs/base"),
+    "lora": dict(steps=300, batch_size=16, lr=2e-3, seq_len=256, warmup=30, loss="answer",
+                 eval_every=100, out=None),
+}
 
 
 def atomic_save(obj, path):
@@ -158,18 +200,8 @@ def atomic_save(obj, path):
     os.replace(tmp, path)
 
 
-TIMED = (50, 150)   # --minutes: the steps whose speed sets the total (inside the warmup)
-
-
-def pretrain(args):
-    torch.manual_seed(args.seed)
-    if args.minutes and args.warmup < TIMED[1]:
-        raise ValueError(f"--minutes needs --warmup >= {TIMED[1]} (the speed is measured during warmup)")
-    device = args.device
-    os.makedirs(args.out, exist_ok=True)
-    tok = Tokenizer.from_file(args.tokenizer)
-    train = load_examples(args.data, split="train")
-    dev = load_examples(args.data, split="dev")
+def setup_base(args, tok, device):
+    """A fresh phi-architecture model; every parameter trains."""
     vocab = -(-tok.get_vocab_size() // 64) * 64          # round up: friendlier matmul shapes
     cfg = M.PhiConfig(vocab_size=vocab, hidden_size=args.n_embd, intermediate_size=4 * args.n_embd,
                       num_hidden_layers=args.n_layer, num_attention_heads=args.n_head,
@@ -178,17 +210,72 @@ def pretrain(args):
     model = M.PhiForCausalLM(cfg).to(device)
     print(f"phi-tiny: {model.num_params() / 1e6:.2f}M parameters, {cfg.num_hidden_layers} layers, "
           f"width {cfg.hidden_size}, {cfg.num_attention_heads} heads of {cfg.head_dim}")
-    episodes = Episodes(tok, train, args.seq_len, args.seed, args.loss)
-    dev_episodes = Episodes(tok, dev, args.seq_len, args.seed + 1, args.loss)
-    dev_questions = select(dev, args.eval_questions // 8, args.seed)
-    print(f"{len(train)} train / {len(dev)} dev questions in {len(episodes.groups)} submodules; "
-          f"{args.steps} steps of {args.batch_size} x {args.seq_len} tokens")
+    save = lambda out: M.save(model, tok, out, dtype=M.DTYPES[args.save_dtype])
+    return model, save
+
+
+def setup_lora(args, device):
+    """The frozen base from --model with LoRA on the target modules; only LoRA trains."""
+    model, tok = M.load(args.model, device=device)
+    lora.add_lora(model, r=args.rank, alpha=args.alpha, dropout=args.dropout,
+                  targets=args.targets.split(","))
+    lora.mark_only_lora_trainable(model)
+    lora.count_trainable(model)
+    save = lambda out: lora.save_adapter(model, out, args.model)
+    return model, tok, save
+
+
+def select_examples(args, split):
+    """The questions a mode trains on: one skill, one cluster, or everything."""
+    if args.expert and args.expert.startswith("cluster:"):
+        import cluster
+        everything = load_examples(args.data, split=split)
+        return cluster.examples_of_cluster(args.clusters, int(args.expert.split(":")[1]), everything)
+    skills = [args.expert] if args.expert else None
+    return load_examples(args.data, split=split, skills=skills)
+
+
+def train(args):
+    """Set up the chosen mode, then run the shared loop; returns the model."""
+    mode = "base" if args.base else "lora"
+    for k, v in DEFAULTS[mode].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.out is None:
+        name = "mixed" if args.mixed else args.expert.replace(":", "-")
+        args.out = os.path.join("out", "experts" if args.expert else "", name)
+    if args.minutes and args.warmup < TIMED[1]:
+        raise ValueError(f"--minutes needs --warmup >= {TIMED[1]} (the speed is measured during warmup)")
+    rank, world, device = distributed(args.device)
+    torch.manual_seed(args.seed)
+    if mode == "base":
+        tok = Tokenizer.from_file(args.tokenizer)
+        model, save = setup_base(args, tok, device)
+    else:
+        model, tok, save = setup_lora(args, device)
+    train_ex, dev_ex = select_examples(args, "train"), select_examples(args, "dev")
+    if args.mixed and args.steps_per_skill:        # as much training as all experts together
+        args.steps = args.steps_per_skill * len({e.skill for e in train_ex})
+    pool = load_examples(args.data, split="train")   # few-shot shots for the dev accuracy
+    if args.batch_size % world:
+        raise ValueError(f"--batch-size {args.batch_size} must divide among {world} processes")
+    os.makedirs(args.out, exist_ok=True)
+    episodes = Episodes(tok, train_ex, args.seq_len, args.seed, args.loss)
+    dev_episodes = Episodes(tok, dev_ex, args.seq_len, args.seed + 1, args.loss)
+    n_skills = len({e.skill for e in dev_ex})
+    dev_questions = select(dev_ex, max(1, args.eval_questions // n_skills), args.seed)
+    print(f"{len(train_ex)} train / {len(dev_ex)} dev questions in {len(episodes.groups)} submodules; "
+          f"{args.steps} steps of {args.batch_size} x {args.seq_len} tokens on {world} process(es)")
+
+    params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(model, args.lr, args.weight_decay, device)
+    trainable = lambda: {n: p for n, p in model.state_dict().items()
+                         if mode == "base" or "lora_" in n}
     state_path = os.path.join(args.out, "train_state.pt")
     step, best, log = 0, -1.0, []
     if args.resume and os.path.exists(state_path):
         state = torch.load(state_path, map_location=device)
-        model.load_state_dict(state["model"])
+        model.load_state_dict(state["model"], strict=False)
         opt.load_state_dict(state["opt"])
         step, best, log = state["step"], state["best"], state["log"]
         args.steps, args.minutes = state["args"]["steps"], None   # the schedule of the original run
@@ -196,41 +283,51 @@ def pretrain(args):
     elif args.resume:
         print(f"--resume: no {state_path} yet, starting from scratch")
     fwd = torch.compile(model) if args.compile else model
-    autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=(device == "cuda"))
+    autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
 
     def checkpoint(step):
         nonlocal best
-        dl = dev_loss(fwd, dev_episodes, args.eval_batches, args.batch_size, device, autocast)
-        model.eval()
-        with autocast():
-            acc = mean_accuracy(evaluate(model, tok, dev_questions, train, shots=4,
-                                         batch_size=64, desc="dev accuracy"))
-        model.train()
-        log.append({"step": step, "dev_loss": dl, "dev_accuracy": acc, "time": time.time() - t0})
-        if acc > best:
-            best = acc
-            M.save(model, tok, args.out, dtype=M.DTYPES[args.save_dtype])
-        atomic_save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step,
-                     "best": best, "log": log, "args": vars(args)}, state_path)
-        with open(os.path.join(args.out, "log.json"), "w") as f:
-            json.dump(log, f, indent=1)
-        tqdm.write(f"step {step}: dev loss {dl:.4f}, dev accuracy {acc:.3f} (best {best:.3f})")
+        if rank == 0:
+            dl = dev_loss(fwd, dev_episodes, args.eval_batches, args.batch_size, device, autocast)
+            model.eval()
+            with autocast():
+                acc = mean_accuracy(evaluate(model, tok, dev_questions, pool, shots=4,
+                                             batch_size=64, desc="dev accuracy"))
+            model.train()
+            log.append({"step": step, "dev_loss": dl, "dev_accuracy": acc, "time": time.time() - t0})
+            if acc > best:
+                best = acc
+                save(args.out)
+            atomic_save({"model": trainable(), "opt": opt.state_dict(), "step": step,
+                         "best": best, "log": log, "args": vars(args)}, state_path)
+            with open(os.path.join(args.out, "log.json"), "w") as f:
+                json.dump(log, f, indent=1)
+            tqdm.write(f"step {step}: dev loss {dl:.4f}, dev accuracy {acc:.3f} (best {best:.3f})")
+        if world > 1:
+            dist.barrier()
 
     t0 = time.time() - (log[-1]["time"] if log else 0)
     model.train()
-    bar = tqdm(initial=step, total=args.steps, desc="pretrain")
+    bar = tqdm(initial=step, total=args.steps, desc=mode, disable=rank != 0)
     while step < args.steps:
         lr = lr_at(step, args.lr, args.warmup, args.steps)
         for g in opt.param_groups:
             g["lr"] = lr
-        x, y = episodes.batch(step, args.batch_size, device)
+        x, y = episodes.batch(step, args.batch_size, device)             # the global batch
+        n_targets = (y != -100).sum().clamp(min=1)
+        x, y = x[rank::world], y[rank::world]                            # this process's rows
         with autocast():
-            loss = lm_loss(fwd, x, y)
+            loss = lm_loss(fwd, x, y, n_targets)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        if world > 1:
+            for p in params:
+                dist.all_reduce(p.grad)                                  # sum over processes
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if step % 10 == 0:
+            if world > 1:
+                dist.all_reduce(loss := loss.detach())
             log.append({"step": step, "loss": loss.item(), "lr": lr, "time": time.time() - t0})
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}")
         step += 1
@@ -248,31 +345,32 @@ def pretrain(args):
             print(f"stopping at step {step} as asked (--stop-at); continue with --resume")
             break
     bar.close()
+    if world > 1:
+        dist.destroy_process_group()
     return model
 
 
-def main():
-    p = argparse.ArgumentParser(description="Pretrain phi-tiny (--base).")
-    p.add_argument("--base", action="store_true", help="pretrain a phi-architecture model from scratch")
+def parser():
+    p = argparse.ArgumentParser(description="Pretrain phi-tiny, or train LoRA skill experts.")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--base", action="store_true", help="pretrain a phi-architecture model from scratch")
+    mode.add_argument("--expert", metavar="SKILL", help="train a LoRA expert on one skill, or on "
+                      "cluster:K (the questions cluster.py put in cluster K)")
+    mode.add_argument("--mixed", action="store_true", help="train one LoRA on all skills (baseline)")
     p.add_argument("--data", default="data/lila", help="LiLA task file(s) or directory")
-    p.add_argument("--tokenizer", default="data/tokenizer.json", help="tokenizer.json (make data writes it)")
-    p.add_argument("--out", default="runs/base", help="output directory (HF layout + train_state.pt)")
-    p.add_argument("--n-layer", type=int, default=8, help="transformer blocks")
-    p.add_argument("--n-embd", type=int, default=320, help="hidden size (MLP is 4x)")
-    p.add_argument("--n-head", type=int, default=4, help="attention heads (head size = n-embd / n-head)")
-    p.add_argument("--rotary", type=float, default=0.4, help="partial_rotary_factor, as phi-2")
-    p.add_argument("--max-pos", type=int, default=1024, help="max_position_embeddings")
-    p.add_argument("--seq-len", type=int, default=512, help="training sequence length")
-    p.add_argument("--loss", default="all", choices=["all", "answer"], help="tokens that carry the loss")
-    p.add_argument("--steps", type=int, default=3000, help="optimizer steps")
-    p.add_argument("--batch-size", type=int, default=16, help="sequences per step")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate")
-    p.add_argument("--warmup", type=int, default=200, help="linear warmup steps")
+    p.add_argument("--out", default=None, help="output directory (default runs/base, "
+                   "out/experts/SKILL, out/mixed)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (base 3000, LoRA 300)")
+    p.add_argument("--batch-size", type=int, default=None, help="sequences per step, over all processes (16)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (2e-3)")
+    p.add_argument("--seq-len", type=int, default=None, help="training sequence length (base 512, LoRA 256)")
+    p.add_argument("--warmup", type=int, default=None, help="linear warmup steps (base 200, LoRA 30)")
+    p.add_argument("--loss", default=None, choices=["all", "answer"],
+                   help="tokens that carry the loss (base: all, LoRA: answer)")
     p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay on matrices")
-    p.add_argument("--eval-every", type=int, default=500, help="steps between dev evaluations/checkpoints")
+    p.add_argument("--eval-every", type=int, default=None, help="steps between dev evaluations (base 500, LoRA 100)")
     p.add_argument("--eval-batches", type=int, default=4, help="batches for the dev loss")
     p.add_argument("--eval-questions", type=int, default=200, help="dev questions for the dev accuracy")
-    p.add_argument("--save-dtype", default="float16", choices=sorted(M.DTYPES), help="dtype of model.safetensors")
     p.add_argument("--seed", type=int, default=1234, help="random seed (init and data order)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
@@ -281,10 +379,29 @@ def main():
                    f"--steps is set from the speed of steps {TIMED[0]}-{TIMED[1]}")
     p.add_argument("--stop-at", type=int, default=None, help="checkpoint and stop after this step "
                    "(split a long run across sessions; the schedule still follows --steps)")
-    args = p.parse_args()
-    if not args.base:
-        p.error("choose a mode: --base")
-    pretrain(args)
+    g = p.add_argument_group("--base: the model to pretrain")
+    g.add_argument("--tokenizer", default="data/tokenizer.json", help="tokenizer.json (make data writes it)")
+    g.add_argument("--n-layer", type=int, default=8, help="transformer blocks")
+    g.add_argument("--n-embd", type=int, default=320, help="hidden size (MLP is 4x)")
+    g.add_argument("--n-head", type=int, default=4, help="attention heads (head size = n-embd / n-head)")
+    g.add_argument("--rotary", type=float, default=0.4, help="partial_rotary_factor, as phi-2")
+    g.add_argument("--max-pos", type=int, default=1024, help="max_position_embeddings")
+    g.add_argument("--save-dtype", default="float16", choices=sorted(M.DTYPES), help="dtype of model.safetensors")
+    g = p.add_argument_group("--expert / --mixed: LoRA on a frozen base")
+    g.add_argument("--model", default="checkpoints/phi-tiny", help="base model directory (HF layout)")
+    g.add_argument("--rank", type=int, default=8, help="LoRA rank r")
+    g.add_argument("--alpha", type=float, default=16, help="LoRA alpha (scale alpha/r)")
+    g.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout")
+    g.add_argument("--targets", default=",".join(lora.DEFAULT_TARGETS), help="modules that get LoRA")
+    g.add_argument("--clusters", default="out/clusters", help="cluster.py output, for --expert cluster:K")
+    g.add_argument("--steps-per-skill", type=int, default=None, help="--mixed: steps = this x the "
+                   "number of skills (as much as all experts together); --rank 64 matches the "
+                   "parameters of eight rank-8 experts")
+    return p
+
+
+def main():
+    train(parser().parse_args())
 
 
 if __name__ == "__main__":

@@ -28,12 +28,16 @@ def tokenizer_path(tmp_path_factory):
 
 
 def base_args(out, tok, **kw):
-    args = dict(base=True, data=FIXTURE, tokenizer=tok, out=str(out), n_layer=2, n_embd=32, n_head=2,
-                rotary=0.5, max_pos=256, seq_len=64, loss="all", steps=6, batch_size=2, lr=1e-3,
-                warmup=2, weight_decay=0.1, eval_every=3, eval_batches=1, eval_questions=8,
-                save_dtype="float32", seed=0, device="cpu", compile=False, resume=False, stop_at=None, minutes=None)
-    args.update(kw)
-    return Namespace(**args)
+    """train.py's own parser, with a 2-layer model and a few steps."""
+    argv = ["--base", "--data", FIXTURE, "--tokenizer", tok, "--out", str(out), "--n-layer", "2",
+            "--n-embd", "32", "--n-head", "2", "--rotary", "0.5", "--max-pos", "256",
+            "--seq-len", "64", "--steps", "6", "--batch-size", "2", "--lr", "1e-3", "--warmup", "2",
+            "--eval-every", "3", "--eval-batches", "1", "--eval-questions", "8",
+            "--save-dtype", "float32", "--seed", "0", "--device", "cpu"]
+    args = train.parser().parse_args(argv)
+    for k, v in kw.items():
+        setattr(args, k, v)
+    return args
 
 
 def test_episodes_are_deterministic_and_mask_questions(tokenizer_path):
@@ -50,9 +54,9 @@ def test_episodes_are_deterministic_and_mask_questions(tokenizer_path):
 
 
 def test_resume_restores_state_exactly(tmp_path, tokenizer_path):
-    full = train.pretrain(base_args(tmp_path / "full", tokenizer_path))
-    train.pretrain(base_args(tmp_path / "cut", tokenizer_path, stop_at=3))
-    resumed = train.pretrain(base_args(tmp_path / "cut", tokenizer_path, resume=True))
+    full = train.train(base_args(tmp_path / "full", tokenizer_path))
+    train.train(base_args(tmp_path / "cut", tokenizer_path, stop_at=3))
+    resumed = train.train(base_args(tmp_path / "cut", tokenizer_path, resume=True))
     for (name, p), q in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(p, q), name
     log = json.load(open(tmp_path / "cut" / "log.json"))
@@ -64,7 +68,7 @@ def test_resume_restores_state_exactly(tmp_path, tokenizer_path):
 
 def test_pretrained_directory_loads_in_transformers(tmp_path, tokenizer_path):
     from transformers import PhiForCausalLM
-    train.pretrain(base_args(tmp_path, tokenizer_path, steps=3))
+    train.train(base_args(tmp_path, tokenizer_path, steps=3))
     ours, _ = M.load(str(tmp_path))
     hf = PhiForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
     idx = torch.randint(1, 300, (2, 20))
@@ -73,7 +77,7 @@ def test_pretrained_directory_loads_in_transformers(tmp_path, tokenizer_path):
 
 
 def test_eval_cli_end_to_end(tmp_path, tokenizer_path):
-    train.pretrain(base_args(tmp_path / "m", tokenizer_path, steps=3))
+    train.train(base_args(tmp_path / "m", tokenizer_path, steps=3))
     out = tmp_path / "eval.json"
     cmd = [sys.executable, "eval.py", "--model", str(tmp_path / "m"), "--data", FIXTURE,
            "--shots", "2", "--limit", "3", "--batch-size", "4", "--json", str(out)]
