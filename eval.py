@@ -3,12 +3,20 @@ Few-shot evaluation of a phi checkpoint on LiLA math questions, per skill.
 
     python eval.py --shots 4                         # phi-tiny on the generated test split
     python eval.py --model /path/to/phi-2 --data /path/to/lila --limit 100 --json out/eval.json
+    python eval.py --adapter out/experts/algebra     # base + one LoRA expert, merged
+    python eval.py --forgetting out/experts          # every expert on every skill, minus base
 
 For every question: k solved questions of the same skill from the train split,
 then the question (data/prompts.py); greedy decoding with the KV cache, batched,
 stopping at the first newline (model.py); exact match after normalisation
 (data/score.py). The result is a markdown table of accuracy per skill and per
 submodule, and optionally a JSON file with every prediction.
+
+An expert (--adapter) is merged into the base weights before evaluation, so it
+costs nothing at inference. The forgetting matrix (--forgetting) evaluates every
+expert on every skill and subtracts the base model's accuracy: the diagonal is
+what an expert gains on its own skill, the rest is what fine-tuning on one skill
+does to the others ("catastrophic forgetting" when negative).
 
 Reference: the conventions of lm-evaluation-harness for generative QA
 (few-shot "Question:/Answer:" prompts, greedy, stop at newline, exact match).
@@ -26,6 +34,7 @@ from collections import defaultdict
 import torch
 from tqdm import tqdm
 
+import lora
 import model as M
 from data.lila import by_skill, load as load_examples
 from data.prompts import few_shot_prompt
@@ -108,6 +117,76 @@ def markdown(records, title):
     return "\n".join(lines)
 
 
+def expert_dirs(root):
+    """{name: dir} of the adapter directories directly under root."""
+    found = {d: os.path.join(root, d) for d in sorted(os.listdir(root))
+             if os.path.exists(os.path.join(root, d, lora.CONFIG_NAME))}
+    if not found:
+        raise FileNotFoundError(f"{root}: no adapter directories (with {lora.CONFIG_NAME}) inside")
+    return found
+
+
+def forgetting(model, tok, examples, pool, args):
+    """Accuracy of base and of each expert (merged, then removed) on every skill;
+    writes forgetting.md/.json/.png under args.out. Returns the JSON dict."""
+    run = lambda desc: accuracy(evaluate(model, tok, examples, pool, args.shots, args.batch_size,
+                                         args.seed, args.max_new_tokens, desc=desc))
+    base = {k: c / n for k, (c, n) in run("base").items()}
+    skills = list(base)
+    acc = {}
+    for name, path in expert_dirs(args.forgetting).items():
+        lora.load_adapter(model, path)
+        lora.merge_lora(model)
+        acc[name] = {k: c / n for k, (c, n) in run(name).items()}
+        lora.remove_lora(model, merge=False)          # back to the base weights
+    delta = {e: {s: acc[e][s] - base[s] for s in skills} for e in acc}
+    lines = ["### Forgetting: expert accuracy minus base accuracy (points), "
+             f"{args.shots}-shot, {args.split} split", "",
+             "| expert \\ skill | " + " | ".join(skills) + " | mean |",
+             "|---|" + "---:|" * (len(skills) + 1),
+             "| *base accuracy* | " + " | ".join(f"{100 * base[s]:.1f}" for s in skills)
+             + f" | {100 * sum(base.values()) / len(skills):.1f} |"]
+    for e in acc:
+        row = [f"**{100 * delta[e][s]:+.1f}**" if s == e else f"{100 * delta[e][s]:+.1f}" for s in skills]
+        lines.append(f"| {e} | " + " | ".join(row) + f" | {100 * sum(delta[e].values()) / len(skills):+.1f} |")
+    table = "\n".join(lines)
+    print(table)
+    os.makedirs(args.out, exist_ok=True)
+    report = {"skills": skills, "base": base, "accuracy": acc, "delta": delta}
+    with open(os.path.join(args.out, "forgetting.md"), "w") as f:
+        f.write(table + "\n")
+    with open(os.path.join(args.out, "forgetting.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    heatmap([[100 * delta[e][s] for s in skills] for e in acc], list(acc), skills,
+            "expert accuracy - base accuracy (points)", os.path.join(args.out, "forgetting.png"))
+    return report
+
+
+def heatmap(values, rows, cols, title, path):
+    """A PNG heatmap (matplotlib is optional: without it, say so and go on)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"matplotlib is not installed: skipping {path}")
+        return
+    fig, ax = plt.subplots(figsize=(1 + 0.9 * len(cols), 1 + 0.5 * len(rows)))
+    lim = max(1e-9, max(abs(v) for row in values for v in row))
+    im = ax.imshow(values, cmap="RdBu", vmin=-lim, vmax=lim)
+    ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
+    ax.set_yticks(range(len(rows)), rows)
+    for i, row in enumerate(values):
+        for j, v in enumerate(row):
+            ax.text(j, i, f"{v:+.0f}", ha="center", va="center", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
 def main():
     p = argparse.ArgumentParser(description="Few-shot evaluation of a phi checkpoint on LiLA math questions.")
     p.add_argument("--model", default=DEFAULT_MODEL, help="HF-layout phi checkpoint directory")
@@ -122,6 +201,10 @@ def main():
     p.add_argument("--dtype", default="float32", choices=sorted(M.DTYPES), help="model dtype")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     p.add_argument("--json", default=None, help="write accuracies and every prediction to this JSON file")
+    p.add_argument("--adapter", default=None, help="a LoRA expert (PEFT layout) merged into the base")
+    p.add_argument("--forgetting", default=None, metavar="DIR_OF_EXPERTS",
+                   help="evaluate every expert under this directory on every skill (forgetting matrix)")
+    p.add_argument("--out", default="out/forgetting", help="where --forgetting writes .md/.json/.png")
     args = p.parse_args()
 
     skills = args.skills.split(",") if args.skills else None
@@ -129,11 +212,19 @@ def main():
     examples = select(load_examples(args.data, split=args.split, skills=skills), args.limit, args.seed)
     pool = load_examples(args.data, split="train", skills=skills) if args.shots else []
     print(f"evaluating {len(examples)} {args.split} questions, {args.shots}-shot")
+    if args.forgetting:
+        forgetting(model, tok, examples, pool, args)
+        return
+    if args.adapter:
+        lora.load_adapter(model, args.adapter)
+        lora.merge_lora(model)
+        print(f"merged the adapter {args.adapter} into the base weights")
     t0 = time.time()
     records = evaluate(model, tok, examples, pool, args.shots, args.batch_size, args.seed,
                        args.max_new_tokens)
     seconds = time.time() - t0
-    title = f"{os.path.basename(os.path.normpath(args.model))}, {args.shots}-shot, {args.split} split"
+    name = os.path.basename(os.path.normpath(args.adapter or args.model))
+    title = f"{name}, {args.shots}-shot, {args.split} split"
     print(markdown(records, title))
     print(f"\n{len(records)} questions in {seconds:.1f}s ({len(records) / seconds:.1f} questions/s)")
     if args.json:

@@ -1,0 +1,586 @@
+"""
+Meta-questions and NumPy k-means: group questions by skill without labels.
+
+    python cluster.py --out runs/cluster                   # k = number of submodules in the data
+    python cluster.py --k 8 --split test --out runs/cluster-test --cosine
+
+Each question is reduced to its meta-question (its skeleton), embedded with the
+base model's own hidden states, and k-means groups the embeddings. The clusters
+stand in for hand-made skill labels: an expert per cluster (train.py --expert
+cluster:K, via examples_of_cluster), centroids as the instance "intuition" an
+Intuition-MoR1E router compares with, and a second k-means over the centroids for
+the groups of the grouped gate. Chapters:
+
+  1. meta_question   numbers -> N, names -> canonical names, literal lists collapse
+  2. embeddings      mean over real tokens of one layer's hidden states, cached on disk
+  3. k-means         k-means++ init, n_init restarts, Lloyd iterations, empty-cluster
+                     repair, cosine variant; seeded k-means for a few labelled questions
+  4. metrics         purity and NMI against the skills and the submodules; a PCA picture
+  5. the CLI         centroids, assignments, majority skills, groups, report
+
+Worked meta-questions, real generator output (data/generate.py), one per skill
+(tests/test_cluster.py checks every pair below):
+
+  algebra      Solve -12704 = -5*s - 12744 for s.
+            -> Solve N = x + N for x.
+  algebra      What is the k'th term of 113, 469, 1061, 1889, 2953, 4253?
+            -> What is the x'th term of [list]?
+  arithmetic   In base 4, what is 10 + -2231?
+            -> In base N, what is N + N?
+  calculus     What is the second derivative of -1940*y**2 - 14311*y + 1 wrt y?
+            -> What is the second derivative of x**N + x + N wrt x?
+  comparison   Which is the third biggest value?  (a) -1/3  (b) -3/5  (c) -2/311
+            -> Which is the third biggest value? [list]
+  measurement  How many micrograms are there in 42/5 of a milligram?
+            -> How many micrograms are there in N/N of a milligram?
+  numbers      Round -0.00030706 to 4 decimal places.
+            -> Round N to N decimal places.
+  polynomials  Let a(x) = 2*x - 4. What is a(4)?
+            -> Let f(x) = x + N. What is f(N)?
+  probability  Two letters picked without replacement from {x: 4, e: 2, v: 8}. Give prob of sequence xx.
+            -> N letters picked without replacement from {letters}. Give prob of sequence {letters}.
+
+References: Intuition-MoR1E / T-REX (arXiv 2404.08985) for clustering instance
+embeddings to guide a mixture of LoRA experts; Arthur & Vassilvitskii, "k-means++:
+The Advantages of Careful Seeding" (SODA 2007); Basu, Banerjee & Mooney,
+"Semi-supervised Clustering by Seeding" (ICML 2002); Strehl & Ghosh (JMLR 2002)
+for NMI. The tests check k-means and NMI against scikit-learn, which is never
+imported here.
+
+Left out: Elkan's and mini-batch k-means, choosing k automatically, and a real
+parser: the abstraction is a chain of regular expressions tuned to DeepMind-style
+questions (a base-16 numeral written with letters only, like "bc", stays a name;
+"a" is told from the article by the word after it).
+"""
+import argparse
+import hashlib
+import json
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+import model as M
+from data.lila import load as load_examples
+
+DEFAULT_MODEL = "checkpoints/phi-tiny"
+DEFAULT_DATA = "data/lila"
+DEFAULT_CACHE = "runs/embed-cache"
+
+# ---------------------------------------------------------------------------
+# 1. Meta-questions
+# ---------------------------------------------------------------------------
+
+NUM = r"N(?:/N)?"   # a number or a fraction, once numbers are N
+RULES = [           # applied in order
+    # numbers -> N: integers, decimals, base-b numerals (4a, -c9), units glued on (9232.153l) ...
+    (r"\b[0-9a-z]*\d[0-9a-z]*(?:\.\d+[a-z]*)?\b", "N"),
+    # ... and number words ("three fifths of a meter")
+    (r"(?i)\b(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve)\b", "N"),
+    (r"(?<![\w)])-(?=[\w(.])", ""),   # a unary minus is part of its number: -44*v -> 44*v
+    (r" - ", " + "),                  # so a binary minus is a plus
+    (r"(?<![\w)*/^.])N\*(?=[a-z](?!\w))", ""),   # coefficients drop (1 is never written): N*v -> v
+    (r"( \+ ([\w*/^]+))(?: \+ \2)+(?![\w*/^(:])", r"\1"),   # repeated terms merge: v + N + N -> v + N
+    (r"\s*(?:\([a-z]\) " + NUM + r"\s*){2,}", " [list]"),   # options (a) N  (b) N/N ... -> [list]
+    (r"(?<![\w*/^.)])(?<![=+*/] )" + NUM + r"(?:, " + NUM + r"){2,}(?![\w*/^(:]| [=+*/])",
+     "[list]"),                                             # N, N, N/N -> [list]
+    (r"\{[a-z]: N(?:, [a-z]: N)*\}", "{letters}"),          # a bag {x: N, e: N} ...
+    (r"(?<=replacement from )[a-z]+\b|(?<=sequence )[a-z]+\b", "{letters}"),   # ... or string of letters
+]
+VARIABLES, FUNCTIONS = "xyzwvutsrqpo", "fghjklmn"   # canonical names, in order of appearance
+NOT_ARTICLE = {"be", "is", "and", "or", "for", "when", "in", "wrt"}   # "Let a be", "picking N a and"
+
+
+def _canonical_names(q):
+    """Rename single-letter names in order of appearance: functions (a letter
+    before "(") to f, g, h, ..., variables to x, y, z, ...; "a" before a word
+    (other than NOT_ARTICLE) is the article and stays."""
+    names = {}
+
+    def rename(m):
+        letter, rest = m[0], q[m.end():]
+        word = re.match(r" ([a-z]{2,})\b", rest)
+        if letter == "a" and word and word[1] not in NOT_ARTICLE:
+            return letter
+        if letter not in names:
+            is_function = rest.startswith("(")
+            pool = FUNCTIONS if is_function else VARIABLES
+            used = sum(f == is_function for _, f in names.values())
+            names[letter] = (pool[used] if used < len(pool) else f"{pool[0]}{used}", is_function)
+        return names[letter][0]
+
+    return re.sub(r"(?<![\w'])[a-z](?!\w)", rename, q)
+
+
+def meta_question(question):
+    """The skeleton of a question; see the worked examples at the top of the file."""
+    for pattern, replacement in RULES:
+        question = re.sub(pattern, replacement, question)
+    return _canonical_names(question)
+
+
+# ---------------------------------------------------------------------------
+# 2. Embeddings
+# ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def embed(texts, model, tok, layer, batch_size=32):
+    """(len(texts), C) float32: the input of `layer` (num_hidden_layers gives the
+    final-layernorm output), averaged over each text's tokens. Texts are sorted by
+    length and right-padded per batch; padding is masked and left out of the mean."""
+    pad = tok.token_to_id(M.EOT)
+    ids = [tok.encode(t).ids[:model.config.max_position_embeddings] for t in texts]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out = np.zeros((len(ids), model.config.hidden_size), np.float32)
+    device = model.lm_head.weight.device
+    for b in tqdm(range(0, len(order), batch_size), desc=f"embedding (layer {layer})", unit="batch"):
+        rows = order[b:b + batch_size]
+        T = max(len(ids[i]) for i in rows)
+        idx = torch.full((len(rows), T), pad, dtype=torch.long)
+        valid = torch.zeros(len(rows), T, dtype=torch.bool)
+        for r, i in enumerate(rows):
+            idx[r, :len(ids[i])] = torch.tensor(ids[i])
+            valid[r, :len(ids[i])] = True
+        valid = valid.to(device)
+        h = model(idx.to(device), valid=valid, hidden_layer=layer).float()   # (B, T, C)
+        w = valid.unsqueeze(-1).float()                                      # (B, T, 1)
+        out[rows] = ((h * w).sum(1) / w.sum(1)).cpu().numpy()
+    return out
+
+
+def resolve_layer(ckpt, layer=None):
+    """Check that ckpt holds a model and that 0 <= layer <= num_hidden_layers;
+    None gives the middle layer."""
+    config = os.path.join(ckpt, "config.json")
+    if not os.path.isfile(config):
+        raise FileNotFoundError(f"{ckpt}: no model here (config.json missing); "
+                                "train one with train.py --base or pass --model DIR")
+    n_layers = M.PhiConfig.from_json(config).num_hidden_layers
+    layer = n_layers // 2 if layer is None else layer
+    if not 0 <= layer <= n_layers:
+        raise ValueError(f"layer {layer} out of range: {ckpt} has layers 0..{n_layers}")
+    return layer
+
+
+def embed_cached(texts, ckpt, layer, cache_dir=DEFAULT_CACHE, batch_size=32,
+                 dtype="float32", device="cpu"):
+    """embed() for each distinct text once, cached in cache_dir/<hash>.npy. The hash
+    covers the model directory (path, and size and time of each file, so retraining
+    in place invalidates it), the layer, the dtype and the texts. The model is only
+    loaded on a cache miss."""
+    layer = resolve_layer(ckpt, layer)
+    if not texts:
+        raise ValueError("no texts to embed")
+    distinct, inverse = np.unique(np.array(texts), return_inverse=True)
+    key = hashlib.sha256(f"{os.path.realpath(ckpt)}|{layer}|{dtype}".encode())
+    for name in sorted(os.listdir(ckpt)):
+        st = os.stat(os.path.join(ckpt, name))
+        key.update(f"|{name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    for t in distinct:
+        key.update(t.encode() + b"\0")
+    path = os.path.join(cache_dir, key.hexdigest()[:20] + ".npy")
+    if os.path.exists(path):
+        print(f"embeddings from cache {path}")
+        return np.load(path)[inverse]
+    model, tok = M.load(ckpt, dtype=dtype, device=device)
+    X = embed(list(distinct), model, tok, layer, batch_size)
+    os.makedirs(cache_dir, exist_ok=True)
+    with open(path + ".tmp", "wb") as f:   # temp file + rename: never a half-written cache
+        np.save(f, X)
+    os.replace(path + ".tmp", path)
+    return X[inverse]
+
+
+# ---------------------------------------------------------------------------
+# 3. k-means
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class KMeansResult:
+    centroids: np.ndarray   # (k, d)
+    labels: np.ndarray      # (n,) index of each point's nearest centroid
+    inertia: float          # sum of squared distances of the points to their centroids
+    n_iter: int             # Lloyd iterations run
+    history: list           # inertia after each iteration; never rises
+
+
+def unit(A):
+    """Rows scaled to length 1 (zero rows stay zero)."""
+    return A / np.linalg.norm(A, axis=1, keepdims=True).clip(1e-12)
+
+
+def sq_dists(X, C):
+    """(n, k) squared Euclidean distances as |x|^2 - 2 x.c + |c|^2: one matmul."""
+    d = (X * X).sum(1)[:, None] - 2 * X @ C.T + (C * C).sum(1)[None, :]
+    return np.maximum(d, 0)   # rounding can make a zero distance slightly negative
+
+
+def check_k(k, n):
+    if n == 0:
+        raise ValueError("no points to cluster (empty data)")
+    if not 1 <= k <= n:
+        raise ValueError(f"k={k} clusters for {n} points: k must be between 1 and the number of points")
+
+
+def kmeans_plusplus(X, k, rng):
+    """Greedy k-means++ seeding: the first centroid uniformly at random; for each
+    next one, 2 + log(k) candidates drawn with probability proportional to their
+    squared distance to the nearest centroid so far, keeping the candidate that
+    lowers the inertia most (the greedy variant from the paper, as scikit-learn)."""
+    C = np.empty((k, X.shape[1]), X.dtype)
+    C[0] = X[rng.integers(len(X))]
+    d = sq_dists(X, C[:1])[:, 0]   # (n,) squared distance to the nearest centroid
+    trials = 2 + int(np.log(k))
+    for j in range(1, k):
+        p = d / d.sum() if d.sum() > 0 else None   # None (uniform) once every point is a centroid
+        candidates = rng.choice(len(X), trials, p=p)
+        d_new = np.minimum(d[:, None], sq_dists(X, X[candidates]))   # (n, trials)
+        best = d_new.sum(0).argmin()
+        C[j], d = X[candidates[best]], d_new[:, best]
+    return C
+
+
+def _repair_empty(labels, dist, k):
+    """Give every empty cluster the point farthest from its centroid, taken from a
+    cluster that keeps at least one point (as scikit-learn does)."""
+    counts = np.bincount(labels, minlength=k)
+    farthest_first = np.argsort(-dist, kind="stable")
+    for j in np.flatnonzero(counts == 0):
+        i = next(i for i in farthest_first if counts[labels[i]] > 1)
+        counts[labels[i]] -= 1
+        labels[i], counts[j] = j, 1
+    return labels
+
+
+def _centroids(X, labels, k, cosine):
+    """Mean of each cluster: sort the points by cluster and sum each run (no cluster
+    is empty); unit length if cosine."""
+    counts = np.bincount(labels, minlength=k)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    C = np.add.reduceat(X[np.argsort(labels, kind="stable")], starts) / counts[:, None].astype(X.dtype)
+    return unit(C) if cosine else C
+
+
+def _lloyd(X, C, max_iter, tol, cosine):
+    """Lloyd's iterations from centroids C until the labels stop changing, the
+    centroids move less than tol (sum of squared shifts), or max_iter."""
+    history, labels = [], None
+    for n_iter in range(1, max_iter + 1):
+        d = sq_dists(X, C)
+        new = d.argmin(1)
+        new = _repair_empty(new, d[np.arange(len(X)), new], len(C))
+        C_new = _centroids(X, new, len(C), cosine)
+        history.append(float(((X - C_new[new]) ** 2).sum(dtype=np.float64)))
+        shift, C = ((C_new - C) ** 2).sum(), C_new
+        done = labels is not None and np.array_equal(new, labels)
+        labels = new
+        if done or shift <= tol:
+            break
+    d = sq_dists(X, C)
+    labels = d.argmin(1)   # the final labels belong to the final centroids
+    return KMeansResult(C, labels, float(d[np.arange(len(X)), labels].sum(dtype=np.float64)),
+                        n_iter, history)
+
+
+def kmeans(X, k, n_init=10, max_iter=300, tol=1e-4, seed=0, cosine=False, init=None):
+    """Best of n_init k-means++ starts (lowest inertia); or one run from the
+    centroids `init` (k, d). tol is relative to the mean variance of the features,
+    as in scikit-learn. cosine: spherical k-means (points and centroids unit length,
+    so squared distance = 2 - 2 cos). The same seed gives the same result."""
+    X = np.asarray(X)
+    X = X.astype(np.float32 if X.dtype == np.float32 else np.float64)
+    if X.ndim != 2:
+        raise ValueError(f"X must be a (points, features) array, got shape {X.shape}")
+    check_k(k, len(X))
+    if not np.isfinite(X).all():
+        raise ValueError("X contains NaN or infinite values")
+    if cosine:
+        X = unit(X)
+    tol = tol * float(X.var(0).mean())
+    if init is not None:
+        init = np.asarray(init, X.dtype)
+        if init.shape != (k, X.shape[1]):
+            raise ValueError(f"init has shape {init.shape}, expected {(k, X.shape[1])}")
+        starts = [unit(init) if cosine else init]
+    else:
+        rng = np.random.default_rng(seed)
+        starts = (kmeans_plusplus(X, k, rng) for _ in range(n_init))
+    return min((_lloyd(X, C, max_iter, tol, cosine) for C in starts), key=lambda r: r.inertia)
+
+
+def seeded_kmeans(X, y, labelled, **kw):
+    """Seeded k-means (Basu et al. 2002): one cluster per class of y[labelled],
+    started at the mean of that class's labelled points, then ordinary k-means.
+    Returns the predicted class of every point."""
+    classes = np.unique(y[labelled])
+    init = np.stack([X[labelled][y[labelled] == c].mean(0) for c in classes])
+    return classes[kmeans(X, len(classes), init=init, **kw).labels]
+
+
+def seeded_accuracy(X, y, per_class, trials=5, seed=0, **kw):
+    """Accuracy of seeded k-means on the unlabelled points, per_class random
+    labelled points of each class, averaged over `trials` draws; None when a class
+    has no more than per_class points."""
+    classes, counts = np.unique(y, return_counts=True)
+    if counts.min() <= per_class:
+        return None
+    rng = np.random.default_rng(seed)
+    accuracies = []
+    for _ in range(trials):
+        labelled = np.concatenate([rng.choice(np.flatnonzero(y == c), per_class, replace=False)
+                                   for c in classes])
+        rest = np.ones(len(y), bool)
+        rest[labelled] = False
+        accuracies.append((seeded_kmeans(X, y, labelled, **kw)[rest] == y[rest]).mean())
+    return float(np.mean(accuracies))
+
+
+def expert_groups(centroids, n_groups, seed=0, cosine=False):
+    """Expert groups for the grouped gate: a k-means over the cluster centroids.
+    Returns one sorted list of cluster ids per group."""
+    labels = kmeans(centroids, n_groups, seed=seed, cosine=cosine).labels
+    return [np.flatnonzero(labels == g).tolist() for g in range(n_groups)]
+
+
+# ---------------------------------------------------------------------------
+# 4. Metrics and the picture
+# ---------------------------------------------------------------------------
+
+
+def contingency(a, b):
+    """(distinct a, distinct b) table of co-occurrence counts."""
+    _, ai = np.unique(np.asarray(a), return_inverse=True)
+    _, bi = np.unique(np.asarray(b), return_inverse=True)
+    table = np.zeros((ai.max() + 1, bi.max() + 1))
+    np.add.at(table, (ai, bi), 1)
+    return table
+
+
+def purity(labels_true, labels_pred):
+    """Share of the points that belong to their cluster's majority class."""
+    table = contingency(labels_pred, labels_true)   # (clusters, classes)
+    return float(table.max(1).sum() / table.sum())
+
+
+def nmi(labels_true, labels_pred):
+    """Normalised mutual information, MI / mean(H(true), H(pred)) in nats: scikit-
+    learn's default ("arithmetic"). Two single-cluster labellings agree: 1."""
+    p = contingency(labels_true, labels_pred)
+    p /= p.sum()
+    pt, pp = p.sum(1), p.sum(0)
+    nz = p > 0
+    mi = (p[nz] * np.log(p[nz] / np.outer(pt, pp)[nz])).sum()
+    ht, hp = -(pt * np.log(pt)).sum(), -(pp * np.log(pp)).sum()
+    return 1.0 if ht == hp == 0 else float(max(mi, 0.0) / ((ht + hp) / 2))
+
+
+def pca_2d(X):
+    """The points projected on their first two principal components (via SVD)."""
+    Xc = X - X.mean(0)
+    return Xc @ np.linalg.svd(Xc, full_matrices=False)[2][:2].T
+
+
+def plot_clusters(X, labels, skills, path, title):
+    """2-D PCA picture: colour = cluster, marker = true skill (skipped without matplotlib)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no picture (pip install matplotlib)")
+        return
+    P = pca_2d(X)
+    fig, ax = plt.subplots(figsize=(9, 7))
+    cmap = "tab20" if labels.max() < 20 else "turbo"
+    for s, marker in zip(sorted(set(skills)), "osv^D<>pP*hX" * 10):
+        m = skills == s
+        ax.scatter(P[m, 0], P[m, 1], c=labels[m], cmap=cmap, vmin=0, vmax=max(labels.max(), 1),
+                   marker=marker, s=22, alpha=0.8, edgecolors="none")
+        ax.scatter([], [], marker=marker, c="grey", label=s)   # legend entry: marker only
+    ax.legend(title="true skill", fontsize=8)
+    ax.set(title=title, xlabel="principal component 1", ylabel="principal component 2")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------
+# 5. Using the assignments, and the CLI
+# ---------------------------------------------------------------------------
+
+
+def examples_of_cluster(assign_dir, k, examples):
+    """The examples (data.lila.Example) that cluster.py --out assign_dir put in
+    cluster k, in order: for train.py --expert cluster:K. Every example must have
+    been clustered (run cluster.py on the same data and split)."""
+    path = os.path.join(assign_dir, "assignments.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: run python cluster.py --out {assign_dir} first")
+    with open(path) as f:
+        cluster_of = {r["question"]: r["cluster"] for r in json.load(f)}
+    n_clusters = max(cluster_of.values()) + 1
+    if not 0 <= k < n_clusters:
+        raise ValueError(f"cluster {k} does not exist: {path} has clusters 0..{n_clusters - 1}")
+    missing = [e.question for e in examples if e.question not in cluster_of]
+    if missing:
+        raise ValueError(f"{len(missing)} of {len(examples)} questions are not in {path} "
+                         f"(clustered from other data or another split?), e.g. {missing[0]!r}")
+    return [e for e in examples if cluster_of[e.question] == k]
+
+
+LABELS_PER_SKILL = (1, 5, 20)
+
+
+def agreement(labels, skills, submodules):
+    """Purity and NMI of a clustering against the skills and the submodules."""
+    out = {}
+    for name, truth in (("skills", skills), ("submodules", submodules)):
+        out[f"purity ({name})"], out[f"NMI ({name})"] = purity(truth, labels), nmi(truth, labels)
+    return out
+
+
+def majority(values):
+    """(most common value, its share); ("-", 0.0) when there are none."""
+    if len(values) == 0:
+        return "-", 0.0
+    value, count = Counter(values).most_common(1)[0]
+    return value, count / len(values)
+
+
+def describe(labels, k, skills, submodules, metas, group_of):
+    """{cluster: size, majority skill and its share, majority submodule, group, an example}."""
+    out = {}
+    for c in range(k):
+        members = np.flatnonzero(labels == c)   # empty only if the final assignment emptied it
+        (skill, share), (submodule, _) = majority(skills[members]), majority(submodules[members])
+        out[c] = dict(size=len(members), skill=skill, share=share, submodule=submodule,
+                      group=group_of[c], example=metas[members[0]] if len(members) else "")
+    return out
+
+
+def fmt(x):
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def table(header, rows):
+    """A markdown table, as a list of lines."""
+    return (["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+            + ["| " + " | ".join(map(str, row)) + " |" for row in rows])
+
+
+def report(args, n, layer, rows, seeded, clusters, groups):
+    """The markdown report: agreement with the labels, seeded k-means, clusters, groups."""
+    metrics = list(rows["meta-questions"]["agreement"])
+    lines = [f"# Clusters of {n} {args.split} questions", "",
+             f"model `{args.model}` (layer {layer}), data `{args.data}`, k = {args.k}, "
+             f"{'cosine' if args.cosine else 'euclidean'} k-means, n_init {args.n_init}, "
+             f"seed {args.seed}", ""]
+    lines += table(["embedded text", "distinct texts", "inertia", *metrics],
+                   [[name, r["distinct"], f"{r['inertia']:.4g}", *map(fmt, r["agreement"].values())]
+                    for name, r in rows.items()])
+    lines += ["", "## Seeded k-means, one cluster per skill", "",
+              "Centroids start at the mean of m labelled questions per skill, drawn at random from this "
+              f"split; accuracy on the other questions, mean of {args.label_trials} draws (n/a: some skill "
+              "has no more than m questions).", ""]
+    lines += table(["labels per skill", *rows], [[m, *(fmt(seeded[name][m]) for name in rows)]
+                                                 for m in LABELS_PER_SKILL])
+    lines += ["", "## Clusters", ""]
+    lines += table(["cluster", "size", "majority skill", "share", "majority submodule", "group", "example"],
+                   [[c, d["size"], d["skill"], f"{d['share']:.2f}", d["submodule"], d["group"],
+                     f"`{d['example']}`"] for c, d in clusters.items()])
+    lines += ["", "## Expert groups", ""]
+    for g, members in enumerate(groups):
+        skills = sorted({clusters[c]["skill"] for c in members})
+        lines.append(f"- group {g}: clusters {', '.join(map(str, members))} ({', '.join(skills)})")
+    return "\n".join(lines) + "\n"
+
+
+def cluster_texts(texts, args, layer, skills, submodules):
+    """Embed texts, k-means them, score the clusters: (X, KMeansResult, row, seeded accuracies)."""
+    X = embed_cached(texts, args.model, layer, args.cache_dir, args.batch_size, args.dtype, args.device)
+    r = kmeans(X, args.k, n_init=args.n_init, seed=args.seed, cosine=args.cosine)
+    row = dict(distinct=len(set(texts)), inertia=r.inertia, agreement=agreement(r.labels, skills, submodules))
+    seeded = {m: seeded_accuracy(X, skills, m, args.label_trials, args.seed, cosine=args.cosine)
+              for m in LABELS_PER_SKILL}
+    return X, r, row, seeded
+
+
+def run(args):
+    examples = load_examples(args.data, split=args.split)
+    if not examples:
+        raise ValueError(f"no {args.split} questions in {args.data}")
+    args.k = args.k or len({e.submodule for e in examples})
+    check_k(args.k, len(examples))
+    layer = resolve_layer(args.model, args.layer)
+    skills = np.array([e.skill for e in examples])
+    submodules = np.array([e.submodule for e in examples])
+    metas = [meta_question(e.question) for e in examples]
+    rows, seeded = {}, {}
+    X, best, rows["meta-questions"], seeded["meta-questions"] = cluster_texts(
+        metas, args, layer, skills, submodules)
+    if not args.no_raw:   # the same without abstraction, to compare with
+        _, _, rows["raw questions"], seeded["raw questions"] = cluster_texts(
+            [e.question for e in examples], args, layer, skills, submodules)
+
+    n_groups = min(args.groups or max(1, round(args.k ** 0.5)), args.k)
+    groups = expert_groups(best.centroids, n_groups, args.seed, args.cosine)
+    group_of = {c: g for g, members in enumerate(groups) for c in members}
+    clusters = describe(best.labels, args.k, skills, submodules, metas, group_of)
+    text = report(args, len(examples), layer, rows, seeded, clusters, groups)
+    print(text.split("## Clusters")[0])
+
+    os.makedirs(args.out, exist_ok=True)
+    np.save(os.path.join(args.out, "centroids.npy"), best.centroids.astype(np.float32))
+    records = [dict(question=e.question, meta=m, cluster=int(c), skill=e.skill, submodule=e.submodule)
+               for e, m, c in zip(examples, metas, best.labels)]
+    files = {"assignments.json": records,
+             "cluster_skills.json": {str(c): {k: d[k] for k in ("skill", "share", "size", "submodule")}
+                                     for c, d in clusters.items()},
+             "groups.json": {"k": args.k, "groups": groups}}
+    for name, obj in files.items():
+        with open(os.path.join(args.out, name), "w") as f:
+            json.dump(obj, f, indent=1)
+    with open(os.path.join(args.out, "report.md"), "w") as f:
+        f.write(text)
+    title = f"{args.k} clusters of {len(examples)} {args.split} meta-questions (PCA of layer {layer})"
+    plot_clusters(X, best.labels, skills, os.path.join(args.out, "clusters.png"), title)
+    print(f"wrote {', '.join(sorted(os.listdir(args.out)))} to {args.out}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Cluster the meta-questions of LiLA questions with "
+                                            "NumPy k-means over base-model embeddings.")
+    p.add_argument("--k", type=int, default=None, help="clusters (default: number of submodules in the data)")
+    p.add_argument("--out", default="runs/cluster", help="output directory")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="HF-layout phi checkpoint directory")
+    p.add_argument("--data", default=DEFAULT_DATA, help="LiLA task file(s) or directory")
+    p.add_argument("--split", default="train", choices=["train", "dev", "test"],
+                   help="questions to cluster (train for experts; test for the quality report)")
+    p.add_argument("--layer", type=int, default=None, help="hidden layer to embed (default: the middle one)")
+    p.add_argument("--cosine", action="store_true", help="spherical (cosine) k-means")
+    p.add_argument("--groups", type=int, default=None, help="expert groups (default: about sqrt(k))")
+    p.add_argument("--n-init", type=int, default=10, help="k-means++ restarts; the best is kept")
+    p.add_argument("--seed", type=int, default=0, help="random seed (k-means++ and labelled draws)")
+    p.add_argument("--label-trials", type=int, default=5,
+                   help="draws of labelled questions for seeded k-means")
+    p.add_argument("--no-raw", action="store_true",
+                   help="skip the comparison with raw (not abstracted) questions")
+    p.add_argument("--batch-size", type=int, default=32, help="questions embedded together")
+    p.add_argument("--cache-dir", default=DEFAULT_CACHE, help="where embeddings are cached (.npy)")
+    p.add_argument("--dtype", default="float32", choices=sorted(M.DTYPES), help="model dtype")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    args = p.parse_args(argv)
+    try:
+        run(args)
+    except (FileNotFoundError, ValueError) as e:
+        p.error(str(e))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,227 @@
+"""cluster.py: meta-questions, k-means (by hand and against scikit-learn), metrics,
+embeddings and their cache, the CLI end to end on a tiny random checkpoint."""
+import json
+import os
+import re
+import sys
+
+import numpy as np
+import pytest
+
+import cluster as C
+import model as M
+from data.lila import load as load_examples
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "ours")
+
+
+# --- meta-questions ----------------------------------------------------------
+
+def test_meta_question_shared_by_two_linear_equations():
+    a = C.meta_question("Solve -44*v - 6 - 390 = 0 for v.")
+    b = C.meta_question("Solve 3*y - 1 = -13 for y.")
+    assert a == b == "Solve x + N = N for x."
+
+
+def test_docstring_examples_cover_every_skill():
+    pairs = re.findall(r"^  (\w+) +(.+)\n +-> (.+)$", C.__doc__, flags=re.M)
+    assert {skill for skill, _, _ in pairs} == {"algebra", "arithmetic", "calculus", "comparison",
+                                                "measurement", "numbers", "polynomials", "probability"}
+    for _, question, meta in pairs:
+        assert C.meta_question(question) == meta
+
+
+@pytest.mark.parametrize("question, meta", [
+    ("What comes next: 201, 198, 195, 192, 189?", "What comes next: [list]?"),
+    ("Sort -0.03, -5/6, 3/4, -3/8, -1.", "Sort [list]."),
+    ("Which is the closest to 0.1?  (a) 3  (b) 0.2  (c) 18  (d) 4", "Which is the closest to N? [list]"),
+    ("Is 3607 a prime number?", "Is N a prime number?"),                       # the article stays
+    ("Let a be 3. Is a a multiple of 2?", "Let x be N. Is x a multiple of N?"),   # the variable does not
+    ("Let b(h) = h**2. Let i(j) = -3*j. Calculate i(b(o)).",
+     "Let f(x) = x**N. Let g(y) = y. Calculate g(f(z))."),                   # functions vs variables
+    ("Four letters picked without replacement from sssssssssssmsss. What is prob of sequence sssm?",
+     "N letters picked without replacement from {letters}. What is prob of sequence {letters}?"),
+    ("In base 13, what is 4a + 11?", "In base N, what is N + N?"),
+    ("Convert 9232.153l to millilitres.", "Convert N to millilitres."),
+    ("Solve -2*z + 8 = 2*z + 3*o, 5*z = 4*o - 21 for z.", "Solve x + N = x + y, x = y + N for x."),
+])
+def test_meta_question_rules(question, meta):
+    assert C.meta_question(question) == meta
+
+
+# --- k-means -----------------------------------------------------------------
+
+def blobs(n=300, k=5, d=4, std=1.0, seed=0):
+    from sklearn.datasets import make_blobs
+    return make_blobs(n_samples=n, centers=k, n_features=d, cluster_std=std, random_state=seed)
+
+
+def test_kmeans_worked_example():
+    # 1-D points 0 1 2 10 11 from centroids 0 and 1:
+    # it 1: {0} {1,2,10,11} -> means 0, 6  (inertia 0 + 25+16+16+25 = 82)
+    # it 2: {0,1,2} {10,11} -> means 1, 10.5  (inertia 2 + 0.5 = 2.5); it 3: no change
+    X = np.array([[0.], [1.], [2.], [10.], [11.]])
+    r = C.kmeans(X, 2, init=[[0.], [1.]])
+    assert r.history == [82.0, 2.5, 2.5] and r.n_iter == 3
+    np.testing.assert_allclose(r.centroids, [[1.], [10.5]])
+    assert r.labels.tolist() == [0, 0, 0, 1, 1] and r.inertia == 2.5
+
+
+def test_kmeans_square_by_hand():
+    X = np.array([[0., 0.], [0., 1.], [10., 0.], [10., 1.]])
+    r = C.kmeans(X, 2, n_init=3)
+    assert r.inertia == pytest.approx(1.0)
+    assert sorted(map(tuple, r.centroids)) == [(0., 0.5), (10., 0.5)]
+
+
+def test_inertia_never_rises_and_empty_cluster_is_repaired():
+    X = np.array([[0.], [1.], [2.], [3.]])
+    r = C.kmeans(X, 3, init=[[0.], [1.], [100.]])   # nothing is near 100 at first
+    assert np.bincount(r.labels, minlength=3).min() >= 1
+    assert 100 not in r.centroids
+    X = blobs(std=3.0)[0]
+    for seed in range(3):
+        h = C.kmeans(X, 7, n_init=1, seed=seed).history
+        assert all(b <= a + 1e-9 for a, b in zip(h, h[1:]))
+
+
+@pytest.mark.parametrize("std, k", [(1.0, 5), (2.5, 8)])
+def test_inertia_within_one_percent_of_sklearn(std, k):
+    from sklearn.cluster import KMeans
+    X = blobs(k=k, std=std)[0]   # the 8 blobs overlap
+    ours = C.kmeans(X, k, n_init=10, seed=0).inertia
+    ref = KMeans(n_clusters=k, n_init=10, random_state=0).fit(X).inertia_
+    assert ours <= 1.01 * ref
+
+
+def test_labels_match_sklearn_on_separated_blobs():
+    from sklearn.cluster import KMeans
+    from sklearn.metrics import adjusted_rand_score
+    X, y = blobs(std=0.5)
+    ours = C.kmeans(X, 5, seed=1).labels
+    assert adjusted_rand_score(ours, KMeans(5, n_init=10, random_state=0).fit(X).labels_) == 1.0
+    assert adjusted_rand_score(ours, y) == 1.0
+
+
+def test_kmeans_is_deterministic():
+    X = blobs(std=3.0)[0]
+    a, b = C.kmeans(X, 6, seed=3), C.kmeans(X, 6, seed=3)
+    assert np.array_equal(a.labels, b.labels) and np.array_equal(a.centroids, b.centroids)
+
+
+def test_cosine_kmeans_groups_by_direction():
+    X = np.array([[1., 0.], [5., 0.1], [0.2, 9.], [0., 1.]])   # lengths differ, directions pair up
+    r = C.kmeans(X, 2, cosine=True)
+    assert r.labels[0] == r.labels[1] != r.labels[2] == r.labels[3]
+    np.testing.assert_allclose(np.linalg.norm(r.centroids, axis=1), 1.0)
+
+
+def test_seeded_kmeans():
+    X, y = blobs(std=0.5)
+    labelled = np.array([np.flatnonzero(y == c)[0] for c in range(5)])
+    assert np.array_equal(C.seeded_kmeans(X, y, labelled), y)
+    assert C.seeded_accuracy(X, y, 1, trials=2) == 1.0
+    assert C.seeded_accuracy(X, y, 100) is None   # a class has only 60 points
+
+
+@pytest.mark.parametrize("X, k, msg", [
+    (np.zeros((0, 3)), 1, "empty"),
+    (np.zeros((4, 3)), 5, "k=5 clusters for 4 points"),
+    (np.zeros((4, 3)), 0, "k=0"),
+    (np.zeros(4), 1, "shape"),
+    (np.array([[0.], [np.nan]]), 1, "NaN"),
+])
+def test_kmeans_bad_input(X, k, msg):
+    with pytest.raises(ValueError, match=msg):
+        C.kmeans(X, k)
+    with pytest.raises(ValueError, match="init has shape"):
+        C.kmeans(np.zeros((4, 3)), 2, init=np.zeros((2, 2)))
+
+
+# --- metrics -----------------------------------------------------------------
+
+def test_purity_worked_example():
+    # cluster 0 = {a, a}: 2; cluster 1 = {a, b, b}: 2; cluster 2 = {c}: 1 -> 5/6
+    assert C.purity(list("aaabbc"), [0, 0, 1, 1, 1, 2]) == pytest.approx(5 / 6)
+
+
+def test_nmi_matches_sklearn():
+    from sklearn.metrics import normalized_mutual_info_score as ref
+    rng = np.random.default_rng(0)
+    cases = [(rng.integers(0, 4, 50), rng.integers(0, 6, 50)),
+             (rng.choice(list("abc"), 30), rng.integers(0, 2, 30)),
+             ([0, 0, 1, 1], [1, 1, 0, 0]), ([0, 0, 0, 0], [0, 1, 2, 3]), ([2, 2], [5, 5])]
+    for a, b in cases:
+        assert abs(C.nmi(a, b) - ref(a, b)) < 1e-10
+
+
+# --- embeddings, CLI, examples_of_cluster --------------------------------------
+
+def test_embed_batched_equals_one_by_one(tiny_ckpt):
+    model, tok = M.load(tiny_ckpt[0], verbose=False)
+    texts = ["Solve x + N = N for x.", "What is N + N?", "Is N a prime number?"]
+    X = C.embed(texts, model, tok, layer=1, batch_size=3)
+    for i, t in enumerate(texts):
+        np.testing.assert_allclose(X[i], C.embed([t], model, tok, layer=1)[0], atol=1e-5)
+
+
+def test_embed_cached(tiny_ckpt, tmp_path, monkeypatch):
+    texts = ["What is N + N?", "Is N prime?", "What is N + N?"]
+    X = C.embed_cached(texts, tiny_ckpt[0], 2, cache_dir=str(tmp_path))
+    assert X.shape == (3, 64) and np.array_equal(X[0], X[2])
+    assert len(list(tmp_path.glob("*.npy"))) == 1
+    monkeypatch.setattr(M, "load", lambda *a, **k: pytest.fail("cache miss"))
+    assert np.array_equal(C.embed_cached(texts, tiny_ckpt[0], 2, cache_dir=str(tmp_path)), X)
+    with pytest.raises(ValueError, match="layer 3 out of range"):
+        C.embed_cached(texts, tiny_ckpt[0], 3, cache_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="config.json missing"):
+        C.embed_cached(texts, str(tmp_path / "nope"), 1, cache_dir=str(tmp_path))
+
+
+def test_cli_end_to_end(tiny_ckpt, tmp_path):
+    out = tmp_path / "out"
+    C.main(["--k", "3", "--out", str(out), "--model", tiny_ckpt[0], "--data", FIXTURES,
+            "--split", "train", "--n-init", "2", "--cache-dir", str(tmp_path / "cache")])
+    assert sorted(os.listdir(out)) == ["assignments.json", "centroids.npy", "cluster_skills.json",
+                                       "clusters.png", "groups.json", "report.md"]
+    train = load_examples(FIXTURES, split="train")
+    records = json.load(open(out / "assignments.json"))
+    assert [r["question"] for r in records] == [e.question for e in train]
+    assert {r["cluster"] for r in records} == {0, 1, 2}
+    assert np.load(out / "centroids.npy").shape == (3, 64)
+    assert set(json.load(open(out / "cluster_skills.json"))) == {"0", "1", "2"}
+    groups = json.load(open(out / "groups.json"))["groups"]
+    assert sorted(c for g in groups for c in g) == [0, 1, 2]
+    assert "NMI (submodules)" in (out / "report.md").read_text()
+    chosen = [C.examples_of_cluster(str(out), k, train) for k in range(3)]
+    assert sorted(sum(chosen, []), key=train.index) == train
+    with pytest.raises(ValueError, match="not in"):
+        C.examples_of_cluster(str(out), 0, load_examples(FIXTURES, split="test"))
+    with pytest.raises(ValueError, match="cluster 3 does not exist"):
+        C.examples_of_cluster(str(out), 3, train)
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--k", "100"], "k=100 clusters for 42 points"),
+    (["--model", "/nonexistent"], "config.json missing"),
+])
+def test_cli_errors(tiny_ckpt, tmp_path, capsys, args, msg):
+    base = ["--model", tiny_ckpt[0], "--data", FIXTURES, "--out", str(tmp_path)]
+    with pytest.raises(SystemExit):
+        C.main(base + args)
+    assert msg in capsys.readouterr().err
+
+
+def test_cli_empty_data(tiny_ckpt, tmp_path, capsys):
+    empty = tmp_path / "empty.json"
+    empty.write_text(json.dumps({"Categories": [{"Math category": "algebra"}], "Instances": []}))
+    with pytest.raises(SystemExit):
+        C.main(["--model", tiny_ckpt[0], "--data", str(empty), "--out", str(tmp_path)])
+    assert "no train questions" in capsys.readouterr().err
+
+
+def test_picture_skipped_without_matplotlib(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)   # import matplotlib now fails
+    C.plot_clusters(np.eye(3), np.array([0, 1, 2]), np.array(list("aab")), str(tmp_path / "c.png"), "t")
+    assert "matplotlib is not installed" in capsys.readouterr().out
+    assert not (tmp_path / "c.png").exists()
