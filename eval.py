@@ -31,11 +31,13 @@ import random
 import time
 from collections import defaultdict
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 import lora
 import model as M
+import router as R
 from data.lila import by_skill, load as load_examples
 from data.prompts import few_shot_prompt
 from data.score import is_correct
@@ -60,8 +62,10 @@ def select(examples, limit, seed):
 
 @torch.no_grad()
 def evaluate(model, tok, examples, pool, shots=4, batch_size=32, seed=1234,
-             max_new_tokens=32, desc="eval"):
+             max_new_tokens=32, desc="eval", on_batch=None):
     """Answer every example k-shot; return one record per example (input order).
+    on_batch(indices), if given, runs before each batch is generated and may
+    return a dict of extra fields per record (the router uses it for routing).
 
     Prompts are sorted by length before batching, so a batch holds prompts of
     similar length and little compute goes to padding. A prompt too long for the
@@ -73,19 +77,22 @@ def evaluate(model, tok, examples, pool, shots=4, batch_size=32, seed=1234,
     ids = [tok.encode(p).ids[-limit:] for p in prompts]
     order = sorted(range(len(examples)), key=lambda i: len(ids[i]))
     eot, newline = tok.token_to_id(M.EOT), "\n"
-    predictions = [None] * len(examples)
+    predictions, extra = [None] * len(examples), [{} for _ in examples]
     bar = tqdm(total=len(examples), desc=desc, unit="q", leave=False)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
+        after = on_batch(chunk) if on_batch else None
         new = M.generate(model, [ids[i] for i in chunk], max_new_tokens, eos_id=eot,
                          stop_fn=lambda n: newline in tok.decode(n))
-        for i, n in zip(chunk, new):
+        for j, (i, n) in enumerate(zip(chunk, new)):
             predictions[i] = tok.decode(n).split(newline)[0].strip()
+            if after:
+                extra[i] = after(j)
         bar.update(len(chunk))
     bar.close()
     return [{"question": e.question, "prediction": p, "answers": list(e.answers),
-             "skill": e.skill, "submodule": e.submodule, "correct": is_correct(p, e.answers)}
-            for e, p in zip(examples, predictions)]
+             "skill": e.skill, "submodule": e.submodule, "correct": is_correct(p, e.answers), **x}
+            for e, p, x in zip(examples, predictions, extra)]
 
 
 def accuracy(records, key="skill"):
@@ -117,15 +124,6 @@ def markdown(records, title):
     return "\n".join(lines)
 
 
-def expert_dirs(root):
-    """{name: dir} of the adapter directories directly under root."""
-    found = {d: os.path.join(root, d) for d in sorted(os.listdir(root))
-             if os.path.exists(os.path.join(root, d, lora.CONFIG_NAME))}
-    if not found:
-        raise FileNotFoundError(f"{root}: no adapter directories (with {lora.CONFIG_NAME}) inside")
-    return found
-
-
 def forgetting(model, tok, examples, pool, args):
     """Accuracy of base and of each expert (merged, then removed) on every skill;
     writes forgetting.md/.json/.png under args.out. Returns the JSON dict."""
@@ -134,7 +132,7 @@ def forgetting(model, tok, examples, pool, args):
     base = {k: c / n for k, (c, n) in run("base").items()}
     skills = list(base)
     acc = {}
-    for name, path in expert_dirs(args.forgetting).items():
+    for name, path in R.expert_dirs(args.forgetting).items():
         lora.load_adapter(model, path)
         lora.merge_lora(model)
         acc[name] = {k: c / n for k, (c, n) in run(name).items()}
@@ -187,6 +185,85 @@ def heatmap(values, rows, cols, title, path):
     print(f"wrote {path}")
 
 
+def moe(model, tok, examples, pool, args):
+    """Evaluate base + experts + router (--moe DIR). Variants (--variant):
+    full      the two-level router: task prior mixed with the per-layer grouped gate
+    task-soft the task-level prior alone, as fixed expert weights per question
+    task-hard each question's top task-level expert, merged into the weights
+    Records get a `routing` field: per layer, the expert and group weights at
+    the positions that produced the answer (full), or the task weights."""
+    router = R.load_router(args.moe)
+    cfg = router.cfg
+    dirs = R.expert_dirs(args.experts or cfg.extra["experts_dir"])
+    if list(dirs) != cfg.experts:
+        raise ValueError(f"{args.moe} routes over {cfg.experts}, but the experts found are {list(dirs)}")
+    X = R.meta_embeddings(examples, args.model, cfg.embed_layer)
+    priors = router.task.prior(X)                                        # (N, E)
+    M_ = router.M
+    if args.variant == "task-hard":
+        records = [None] * len(examples)
+        top = priors.argmax(-1).tolist()
+        for e, path in enumerate(dirs.values()):
+            idx = [i for i, t in enumerate(top) if t == e]
+            if not idx:
+                continue
+            lora.load_adapter(model, path)
+            lora.merge_lora(model)
+            for i, r in zip(idx, evaluate(model, tok, [examples[i] for i in idx], pool, args.shots,
+                                          args.batch_size, args.seed, args.max_new_tokens, desc=cfg.experts[e])):
+                r["routing"] = {"expert": cfg.experts[e], "prior": priors[i].tolist()}
+                records[i] = r
+            lora.remove_lora(model, merge=False)
+        return records, router
+    lora.load_experts(model, list(dirs.values()))
+    if args.variant == "full":
+        router.to(args.device).attach(model).eval()
+
+    def on_batch(idx):
+        p = priors[idx].to(args.device)
+        if args.variant == "task-soft":
+            lora.set_expert_weights(model, p)
+            return lambda j: {"routing": {"prior": priors[idx[j]].tolist()}}
+        router.set_prior(p if cfg.prior != "none" else None)
+        router.trace = []
+        summary = {}
+
+        def after(j):
+            if "w" not in summary:
+                summary["w"] = R.trace_summary(router.trace, cfg.n_layers, len(idx))   # (B, L, E)
+                router.trace = None
+            w = summary["w"][j]
+            return {"routing": {"experts": w.tolist(), "groups": (w @ M_).tolist(),
+                                "prior": priors[idx[j]].tolist()}}
+        return after
+
+    records = evaluate(model, tok, examples, pool, args.shots, args.batch_size, args.seed,
+                       args.max_new_tokens, desc=f"moe ({args.variant})", on_batch=on_batch)
+    return records, router
+
+
+def routing_report(records, router, out_dir):
+    """Per skill: mean expert and group weights per layer -> routing.json and a
+    heatmap PNG per skill (layers x experts)."""
+    cfg = router.cfg
+    os.makedirs(out_dir, exist_ok=True)
+    report = {"experts": cfg.experts, "groups": R.group_names(cfg), "per_skill": {}}
+    for skill in sorted({r["skill"] for r in records}):
+        rs = [r["routing"] for r in records if r["skill"] == skill and "experts" in r["routing"]]
+        if not rs:
+            continue
+        experts = np.mean([r["experts"] for r in rs], axis=0)             # (L, E)
+        groups = np.mean([r["groups"] for r in rs], axis=0)               # (L, G)
+        report["per_skill"][skill] = {"experts": experts.tolist(), "groups": groups.tolist(),
+                                      "group_entropy": float(np.mean([R.entropy(np.mean(r["groups"], 0)) for r in rs]))}
+        heatmap(experts.tolist(), [f"layer {l}" for l in range(len(experts))], cfg.experts,
+                f"{skill}: mean expert weight per layer", os.path.join(out_dir, f"routing_{skill}.png"))
+    with open(os.path.join(out_dir, "routing.json"), "w") as f:
+        json.dump(report, f, indent=1)
+    print(f"wrote {out_dir}/routing.json")
+    return report
+
+
 def main():
     p = argparse.ArgumentParser(description="Few-shot evaluation of a phi checkpoint on LiLA math questions.")
     p.add_argument("--model", default=DEFAULT_MODEL, help="HF-layout phi checkpoint directory")
@@ -204,7 +281,13 @@ def main():
     p.add_argument("--adapter", default=None, help="a LoRA expert (PEFT layout) merged into the base")
     p.add_argument("--forgetting", default=None, metavar="DIR_OF_EXPERTS",
                    help="evaluate every expert under this directory on every skill (forgetting matrix)")
-    p.add_argument("--out", default="out/forgetting", help="where --forgetting writes .md/.json/.png")
+    p.add_argument("--moe", default=None, metavar="ROUTER_DIR", help="evaluate the routed mixture "
+                   "(train.py --router output) over its experts")
+    p.add_argument("--experts", default=None, help="--moe: the experts directory (default: the one it was trained on)")
+    p.add_argument("--variant", default="full", choices=["full", "task-soft", "task-hard"],
+                   help="--moe: two-level routing, task prior alone as weights, or top-1 expert merged")
+    p.add_argument("--out", default=None, help="where --forgetting / --moe write tables and heatmaps "
+                   "(default out/forgetting, out/routing)")
     args = p.parse_args()
 
     skills = args.skills.split(",") if args.skills else None
@@ -213,6 +296,7 @@ def main():
     pool = load_examples(args.data, split="train", skills=skills) if args.shots else []
     print(f"evaluating {len(examples)} {args.split} questions, {args.shots}-shot")
     if args.forgetting:
+        args.out = args.out or "out/forgetting"
         forgetting(model, tok, examples, pool, args)
         return
     if args.adapter:
@@ -220,19 +304,29 @@ def main():
         lora.merge_lora(model)
         print(f"merged the adapter {args.adapter} into the base weights")
     t0 = time.time()
-    records = evaluate(model, tok, examples, pool, args.shots, args.batch_size, args.seed,
-                       args.max_new_tokens)
+    if args.moe:
+        records, router = moe(model, tok, examples, pool, args)
+    else:
+        records = evaluate(model, tok, examples, pool, args.shots, args.batch_size, args.seed,
+                           args.max_new_tokens)
     seconds = time.time() - t0
-    name = os.path.basename(os.path.normpath(args.adapter or args.model))
+    name = os.path.basename(os.path.normpath(args.moe or args.adapter or args.model))
+    if args.moe:
+        name += f" ({args.variant})"
     title = f"{name}, {args.shots}-shot, {args.split} split"
     print(markdown(records, title))
     print(f"\n{len(records)} questions in {seconds:.1f}s ({len(records) / seconds:.1f} questions/s)")
+    routing = None
+    if args.moe and args.variant == "full":
+        routing = routing_report(records, router, args.out or "out/routing")
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         report = {"model": args.model, "shots": args.shots, "split": args.split,
                   "accuracy": {k: c / n for k, (c, n) in accuracy(records).items()},
                   "counts": {k: {"correct": c, "total": n} for k, (c, n) in accuracy(records).items()},
                   "mean_accuracy": mean_accuracy(records), "records": records}
+        if routing is not None:
+            report["routing"] = routing
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
         print(f"wrote {args.json}")

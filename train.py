@@ -78,10 +78,12 @@ class Episodes:
         self.T, self.seed = T, seed
         self.eot = tok.token_to_id(M.EOT)
         groups = {}
-        for e in examples:
-            groups.setdefault(e.submodule, []).append(e)
+        for i, e in enumerate(examples):
+            groups.setdefault(e.submodule, []).append(i)
         if not groups:
             raise ValueError("no training examples")
+        self.index = [groups[name] for name in sorted(groups)]   # example indices per submodule
+        groups = {name: [examples[i] for i in idx] for name, idx in groups.items()}
         self.groups = []   # per submodule: list of (token ids, loss mask) per question
         for name in sorted(groups):
             qs = tok.encode_batch([format_qa(e.question) for e in groups[name]])
@@ -93,11 +95,12 @@ class Episodes:
         self._epoch, self._streams = None, None
 
     def streams(self, epoch):
-        """Per submodule: (ids, mask, starts) of its shuffled stream for this epoch."""
+        """Per submodule: (ids, mask, starts, first) of its shuffled stream for this
+        epoch; first[j] is the index (in `examples`) of the question at starts[j]."""
         if self._epoch != epoch:
             rng = np.random.default_rng([self.seed, epoch])
             self._streams = []
-            for pairs in self.groups:
+            for pairs, index in zip(self.groups, self.index):
                 n_tokens = sum(len(p[0]) for p in pairs)
                 reps = -(-2 * self.T // n_tokens) + 1        # tiny data: repeat to fill a row
                 order = np.concatenate([rng.permutation(len(pairs)) for _ in range(reps)])
@@ -105,23 +108,29 @@ class Episodes:
                 ids = np.concatenate([pairs[i][0] for i in order])
                 mask = np.concatenate([pairs[i][1] for i in order])
                 starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-                self._streams.append((ids, mask, starts[starts <= len(ids) - self.T]))
+                fits = starts <= len(ids) - self.T
+                self._streams.append((ids, mask, starts[fits], np.asarray(index)[order][fits]))
             self._epoch = epoch
         return self._streams
 
-    def batch(self, step, B, device="cpu"):
-        """x (B, T) inputs and y (B, T) targets, -100 where no loss is taken."""
+    def batch(self, step, B, device="cpu", with_first=False):
+        """x (B, T) inputs and y (B, T) targets, -100 where no loss is taken
+        (with_first: also each row's first question, as an index into `examples`)."""
         streams = self.streams(step // self.RESHUFFLE)
         rng = np.random.default_rng([self.seed, step])
         rows = np.empty((B, self.T + 1), dtype=np.int64)
         train = np.empty((B, self.T + 1), dtype=bool)
         rows[:, 0], train[:, 0] = self.eot, False
+        first = np.empty(B, dtype=np.int64)
         for r, g in enumerate(rng.integers(len(streams), size=B)):
-            ids, mask, starts = streams[g]
-            o = starts[rng.integers(len(starts))]
-            rows[r, 1:], train[r, 1:] = ids[o:o + self.T], mask[o:o + self.T]
+            ids, mask, starts, firsts = streams[g]
+            j = rng.integers(len(starts))
+            o = starts[j]
+            rows[r, 1:], train[r, 1:], first[r] = ids[o:o + self.T], mask[o:o + self.T], firsts[j]
         ids, train = torch.from_numpy(rows), torch.from_numpy(train)        # (B, T+1) each
         x, y = ids[:, :-1], ids[:, 1:].masked_fill(~train[:, 1:], -100)     # (B, T) each
+        if with_first:
+            return x.to(device), y.to(device), first
         return x.to(device), y.to(device)
 
 
@@ -191,6 +200,8 @@ DEFAULTS = {        # per mode: the flags left unset on the command line
                  eval_every=500, out="runs/base"),
     "lora": dict(steps=300, batch_size=16, lr=2e-3, seq_len=256, warmup=30, loss="answer",
                  eval_every=100, out=None),
+    "router": dict(steps=300, batch_size=16, lr=5e-3, seq_len=256, warmup=30, loss="answer",
+                   eval_every=100, out=None),
 }
 
 
@@ -211,7 +222,7 @@ def setup_base(args, tok, device):
     print(f"phi-tiny: {model.num_params() / 1e6:.2f}M parameters, {cfg.num_hidden_layers} layers, "
           f"width {cfg.hidden_size}, {cfg.num_attention_heads} heads of {cfg.head_dim}")
     save = lambda out: M.save(model, tok, out, dtype=M.DTYPES[args.save_dtype])
-    return model, save
+    return model, model, save
 
 
 def setup_lora(args, device):
@@ -222,11 +233,23 @@ def setup_lora(args, device):
     lora.mark_only_lora_trainable(model)
     lora.count_trainable(model)
     save = lambda out: lora.save_adapter(model, out, args.model)
-    return model, tok, save
+    return model, tok, model, save
+
+
+def setup_router(args, device, train_ex, dev_ex):
+    """Base + frozen experts (or fresh rank-1 experts) + a Router; the router trains."""
+    import router as R
+    model, tok = M.load(args.model, device=device)
+    setup = R.build(model, args, train_ex, dev_ex, device)
+    save = lambda out: R.save_router(setup.router, out)
+    return model, tok, setup, save
 
 
 def select_examples(args, split):
-    """The questions a mode trains on: one skill, one cluster, or everything."""
+    """The questions a mode trains on: one skill, one cluster, or everything
+    (the router: at most --router-questions per skill)."""
+    if args.router:
+        return select(load_examples(args.data, split=split), args.router_questions, args.seed)
     if args.expert and args.expert.startswith("cluster:"):
         import cluster
         everything = load_examples(args.data, split=split)
@@ -237,23 +260,27 @@ def select_examples(args, split):
 
 def train(args):
     """Set up the chosen mode, then run the shared loop; returns the model."""
-    mode = "base" if args.base else "lora"
+    mode = "base" if args.base else "router" if args.router else "lora"
     for k, v in DEFAULTS[mode].items():
         if getattr(args, k) is None:
             setattr(args, k, v)
     if args.out is None:
-        name = "mixed" if args.mixed else args.expert.replace(":", "-")
+        name = "mixed" if args.mixed else "router" if args.router else args.expert.replace(":", "-")
         args.out = os.path.join("out", "experts" if args.expert else "", name)
     if args.minutes and args.warmup < TIMED[1]:
         raise ValueError(f"--minutes needs --warmup >= {TIMED[1]} (the speed is measured during warmup)")
     rank, world, device = distributed(args.device)
     torch.manual_seed(args.seed)
+    train_ex, dev_ex = select_examples(args, "train"), select_examples(args, "dev")
+    routing = None            # --router: the Router set-up (priors per question, aux losses)
     if mode == "base":
         tok = Tokenizer.from_file(args.tokenizer)
-        model, save = setup_base(args, tok, device)
+        model, learner, save = setup_base(args, tok, device)
+    elif mode == "lora":
+        model, tok, learner, save = setup_lora(args, device)
     else:
-        model, tok, save = setup_lora(args, device)
-    train_ex, dev_ex = select_examples(args, "train"), select_examples(args, "dev")
+        model, tok, routing, save = setup_router(args, device, train_ex, dev_ex)
+        learner = routing.router
     if args.mixed and args.steps_per_skill:        # as much training as all experts together
         args.steps = args.steps_per_skill * len({e.skill for e in train_ex})
     pool = load_examples(args.data, split="train")   # few-shot shots for the dev accuracy
@@ -267,15 +294,15 @@ def train(args):
     print(f"{len(train_ex)} train / {len(dev_ex)} dev questions in {len(episodes.groups)} submodules; "
           f"{args.steps} steps of {args.batch_size} x {args.seq_len} tokens on {world} process(es)")
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(model, args.lr, args.weight_decay, device)
-    trainable = lambda: {n: p for n, p in model.state_dict().items()
-                         if mode == "base" or "lora_" in n}
+    params = [p for p in learner.parameters() if p.requires_grad]
+    opt = make_optimizer(learner, args.lr, args.weight_decay, device)
+    trainable = lambda: {n: p for n, p in learner.state_dict().items()
+                         if mode != "lora" or "lora_" in n}
     state_path = os.path.join(args.out, "train_state.pt")
     step, best, log = 0, -1.0, []
     if args.resume and os.path.exists(state_path):
         state = torch.load(state_path, map_location=device)
-        model.load_state_dict(state["model"], strict=False)
+        learner.load_state_dict(state["model"], strict=False)
         opt.load_state_dict(state["opt"])
         step, best, log = state["step"], state["best"], state["log"]
         args.steps, args.minutes = state["args"]["steps"], None   # the schedule of the original run
@@ -291,8 +318,9 @@ def train(args):
             dl = dev_loss(fwd, dev_episodes, args.eval_batches, args.batch_size, device, autocast)
             model.eval()
             with autocast():
-                acc = mean_accuracy(evaluate(model, tok, dev_questions, pool, shots=4,
-                                             batch_size=64, desc="dev accuracy"))
+                on_batch = routing.dev_batch(dev_questions) if routing else None
+                acc = mean_accuracy(evaluate(model, tok, dev_questions, pool, shots=4, batch_size=64,
+                                             desc="dev accuracy", on_batch=on_batch))
             model.train()
             log.append({"step": step, "dev_loss": dl, "dev_accuracy": acc, "time": time.time() - t0})
             if acc > best:
@@ -313,11 +341,15 @@ def train(args):
         lr = lr_at(step, args.lr, args.warmup, args.steps)
         for g in opt.param_groups:
             g["lr"] = lr
-        x, y = episodes.batch(step, args.batch_size, device)             # the global batch
+        x, y, first = episodes.batch(step, args.batch_size, device, with_first=True)  # global batch
         n_targets = (y != -100).sum().clamp(min=1)
         x, y = x[rank::world], y[rank::world]                            # this process's rows
+        if routing:
+            routing.train_rows(first[rank::world], train_ex)             # task-level priors
         with autocast():
             loss = lm_loss(fwd, x, y, n_targets)
+            if routing:
+                loss = loss + routing.router.aux_loss() / world
         loss.backward()
         if world > 1:
             for p in params:
@@ -357,6 +389,8 @@ def parser():
     mode.add_argument("--expert", metavar="SKILL", help="train a LoRA expert on one skill, or on "
                       "cluster:K (the questions cluster.py put in cluster K)")
     mode.add_argument("--mixed", action="store_true", help="train one LoRA on all skills (baseline)")
+    mode.add_argument("--router", action="store_true", help="train the two-level router over the "
+                      "frozen experts in --experts")
     p.add_argument("--data", default="data/lila", help="LiLA task file(s) or directory")
     p.add_argument("--out", default=None, help="output directory (default runs/base, "
                    "out/experts/SKILL, out/mixed)")
@@ -397,6 +431,19 @@ def parser():
     g.add_argument("--steps-per-skill", type=int, default=None, help="--mixed: steps = this x the "
                    "number of skills (as much as all experts together); --rank 64 matches the "
                    "parameters of eight rank-8 experts")
+    g = p.add_argument_group("--router: two-level grouped routing (router.py)")
+    g.add_argument("--experts", default="out/experts", help="directory with one adapter directory per expert")
+    g.add_argument("--router-questions", type=int, default=500, help="train/dev questions per skill for the router")
+    g.add_argument("--level", default="token", choices=["token", "sequence"],
+                   help="grouped gate input: each token's hidden state, or the input pooled")
+    g.add_argument("--prior", default="centroid", choices=["centroid", "learned", "none"],
+                   help="task-level prior: similarity to expert centroids, a learned classifier, or none")
+    g.add_argument("--n-groups", type=int, default=3, help="expert groups (k-means over the expert centroids)")
+    g.add_argument("--top-k", type=int, default=0, help="keep the k largest expert weights (0 = all)")
+    g.add_argument("--temperature", type=float, default=1.0, help="temperature of the gate softmaxes")
+    g.add_argument("--tau", type=float, default=1.0, help="temperature of the centroid prior")
+    g.add_argument("--entropy-weight", type=float, default=0.0, help="weight of the routing entropy term")
+    g.add_argument("--balance-weight", type=float, default=0.0, help="weight of the load-balancing loss")
     return p
 
 

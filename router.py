@@ -1,0 +1,396 @@
+"""
+Two-level routing over LoRA skill experts: a task-level router over whole
+questions and a layer-wise grouped gate over tokens, mixed by a learned weight.
+
+    experts = lora.load_experts(model, dirs)          # E experts stacked per layer
+    router = Router(cfg).attach(model)                # one grouped gate per layer
+    router.set_prior(task.prior(embeddings))          # (B, E) for the questions in the batch
+    logits = model(idx)                               # the gates route inside every layer
+
+Chapters:
+  1. TaskRouter   question -> distribution over experts, from the embedding of its
+                  meta-question (cluster.py): training-free (similarity to the expert
+                  centroids) or learned (a linear classifier on the train split)
+  2. GroupedGate  AT-MoE's layer-wise grouped gate, for layer l and input h:
+                      w[g, e] = softmax_g(U_l h)[g] * softmax_{e in g}(V_l h)[e]
+                  group weights first, then a normalisation inside each group; the
+                  E weights sum to 1 and each group's share is explicit
+  3. Router       the two levels together: in layer l,
+                      w = lambda_l * prior + (1 - lambda_l) * gate_l(h),
+                  lambda_l = sigmoid(mix_l) learned (T-REX mixes centroid similarity
+                  with a learned router the same way); optional top-k with
+                  renormalisation, temperature, an entropy regulariser and a
+                  load-balancing loss; forward pre-hooks write the weights into
+                  the layer's MultiLoRALinear modules; a trace records them
+  4. files        router.safetensors + router.json
+
+Expert groups come from a second k-means over the expert centroids (cluster.py).
+With one expert in one group, the router reduces to that expert's LoRA
+(a test checks it). Hard task-level routing to one expert is served by merging
+that expert into the weights (eval.py does it): zero inference overhead.
+
+References: AT-MoE (arXiv 2410.10896) for the grouped gate; Intuition-MoR1E /
+T-REX (arXiv 2404.08985) for centroid "intuition", the learned mix, rank-1
+experts and entropy regularisation; Switch Transformer (arXiv 2101.03961) for
+the load-balancing loss. The AT-MoE equations are our reading (see DESIGN.md).
+
+Letters: B batch, T tokens, C hidden size, E experts, G groups, L layers.
+Left out: per-expert capacity limits and token dropping (dense mixing of small
+LoRA experts costs little), and gates that see more than their layer's input.
+"""
+import json
+import os
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+import lora
+
+# ---------------------------------------------------------------------------
+# 1. Task level
+# ---------------------------------------------------------------------------
+
+
+class TaskRouter(nn.Module):
+    """Meta-question embedding (N, C) -> expert distribution (N, E).
+
+    centroid (training-free): softmax over experts of -d^2 / (tau * s), d the
+    distance to each expert's centroid (the mean embedding of its train
+    questions) and s the median squared distance of a question to its nearest
+    centroid, so tau is scale-free. learned: softmax(W x + b), fitted by
+    cross-entropy to the expert labels of the train questions."""
+
+    def __init__(self, centroids, kind="centroid", tau=1.0):
+        super().__init__()
+        E, C = centroids.shape
+        self.kind, self.tau = kind, tau
+        self.register_buffer("centroids", torch.as_tensor(centroids, dtype=torch.float32))   # (E, C)
+        self.register_buffer("scale", torch.ones(()))
+        self.linear = nn.Linear(C, E)
+
+    def distances(self, X):
+        return torch.cdist(torch.as_tensor(X, dtype=torch.float32), self.centroids) ** 2   # (N, E)
+
+    @torch.no_grad()
+    def calibrate(self, X):
+        self.scale.fill_(self.distances(X).min(dim=1).values.median().clamp(min=1e-8))
+
+    def fit(self, X, labels, steps=300, lr=0.05, weight_decay=1e-3):
+        """Calibrate the centroid scale and fit the learned classifier (full batch)."""
+        self.calibrate(X)
+        X = torch.as_tensor(X, dtype=torch.float32)
+        mu, sd = X.mean(0), X.std(0) + 1e-6
+        with torch.no_grad():   # fold the standardisation into the layer afterwards
+            self.linear.reset_parameters()
+        opt = torch.optim.Adam(self.linear.parameters(), lr=lr, weight_decay=weight_decay)
+        y = torch.as_tensor(labels, dtype=torch.long)
+        Z = (X - mu) / sd
+        for _ in range(steps):
+            loss = F.cross_entropy(self.linear(Z), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():   # W (x - mu) / sd + b  ==  (W / sd) x + (b - W mu / sd)
+            W = self.linear.weight / sd
+            self.linear.bias -= (self.linear.weight * (mu / sd)).sum(1)
+            self.linear.weight.copy_(W)
+        return loss.item()
+
+    @torch.no_grad()
+    def prior(self, X):
+        if self.kind == "centroid":
+            return F.softmax(-self.distances(X) / (self.tau * self.scale), dim=-1)
+        return F.softmax(self.linear(torch.as_tensor(X, dtype=torch.float32)), dim=-1)
+
+
+# ---------------------------------------------------------------------------
+# 2. The grouped gate of one layer
+# ---------------------------------------------------------------------------
+
+
+def membership(groups, E):
+    """One-hot (E, G): M[e, g] = 1 if expert e is in group g. Groups partition 0..E-1."""
+    flat = sorted(e for g in groups for e in g)
+    if flat != list(range(E)):
+        raise ValueError(f"groups {groups} must partition the experts 0..{E - 1}, each exactly once")
+    M = torch.zeros(E, len(groups))
+    for g, members in enumerate(groups):
+        M[members, g] = 1.0
+    return M
+
+
+class GroupedGate(nn.Module):
+    """w = softmax_g(U h / t)[group(e)] * softmax_{e' in group(e)}(V h / t)[e].
+
+    Both projections start at zero: every group gets 1/G and every expert 1/|g|
+    of its group, a neutral start for the learned mix."""
+
+    def __init__(self, C, M, temperature=1.0):
+        super().__init__()
+        E, G = M.shape
+        self.U = nn.Linear(C, G)
+        self.V = nn.Linear(C, E)
+        for lin in (self.U, self.V):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+        self.register_buffer("M", M, persistent=False)   # (E, G), from the groups
+        self.temperature = temperature
+
+    def forward(self, h):
+        """h (..., C) -> expert weights (..., E); rows sum to 1."""
+        h = h.float()
+        g = F.softmax(self.U(h) / self.temperature, dim=-1)             # (..., G) group weights
+        v = self.V(h) / self.temperature                               # (..., E)
+        ev = torch.exp(v - v.max(dim=-1, keepdim=True).values)          # (..., E)
+        in_group = ev / ((ev @ self.M) @ self.M.T)                      # (..., E) softmax within each group
+        return (g @ self.M.T) * in_group                                # (..., E) group share x share in group
+
+
+# ---------------------------------------------------------------------------
+# 3. The router: both levels, regularisers, hooks, trace
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class RouterConfig:
+    experts: list                 # expert names, in the order they are stacked
+    groups: list                  # expert indices per group (a partition)
+    hidden_size: int
+    n_layers: int
+    level: str = "token"          # gate input: each token's h ("token") or h pooled over the input ("sequence")
+    prior: str = "centroid"       # task level: "centroid", "learned" or "none" (gate only)
+    top_k: int = 0                # keep the k largest weights and renormalise (0 = all)
+    temperature: float = 1.0      # of the gate softmaxes
+    tau: float = 1.0              # of the centroid prior
+    entropy_weight: float = 0.0   # + weight * mean entropy of w (> 0 sharpens, < 0 spreads)
+    balance_weight: float = 0.0   # + weight * E * sum_e f_e P_e (Switch load balancing)
+    embed_layer: int = 0          # the base-model layer of the meta-question embeddings
+    extra: dict = field(default_factory=dict)   # free-form notes (e.g. how groups were made)
+
+
+class Router(nn.Module):
+    def __init__(self, cfg, centroids):
+        super().__init__()
+        self.cfg = cfg
+        E = len(cfg.experts)
+        M = membership(cfg.groups, E)
+        self.register_buffer("M", M, persistent=False)
+        self.gates = nn.ModuleList(GroupedGate(cfg.hidden_size, M, cfg.temperature)
+                                   for _ in range(cfg.n_layers))
+        self.mix = nn.Parameter(torch.zeros(cfg.n_layers))   # lambda_l = sigmoid(mix_l), 0.5 at start
+        self.task = TaskRouter(centroids, "learned" if cfg.prior == "learned" else "centroid", cfg.tau)
+        self.prior_w = None          # (B, E) task-level weights of the current batch
+        self.pooled = {}             # level="sequence": pooled h per layer, kept for decode steps
+        self.aux = []                # regulariser terms of the last forward
+        self.trace = None            # a list to record (layer, weights at the last position)
+        self.handles = []
+
+    def set_prior(self, prior):
+        """Task-level weights (B, E) for the next forward(s), or None."""
+        self.prior_w = prior
+        self.pooled = {}
+
+    def weights(self, layer, h):
+        """Final expert weights for layer `layer` with input h (B, T, C):
+        (B, T, E) at token level, (B, E) at sequence level."""
+        if self.cfg.level == "sequence":
+            if h.shape[1] > 1 or layer not in self.pooled:          # prefill (or training): pool
+                self.pooled[layer] = h.float().mean(dim=1)           # (B, C)
+            h = self.pooled[layer]
+        w = self.gates[layer](h)                                      # (B, [T,] E)
+        if self.prior_w is not None and self.cfg.prior != "none":
+            lam = torch.sigmoid(self.mix[layer])
+            p = self.prior_w.to(w.device, w.dtype)
+            w = lam * (p[:, None, :] if w.dim() == 3 else p) + (1 - lam) * w
+        if self.cfg.top_k:
+            kth = w.topk(self.cfg.top_k, dim=-1).values[..., -1:]
+            w = w * (w >= kth)
+            w = w / w.sum(dim=-1, keepdim=True)
+        return w
+
+    def regularisers(self, w):
+        """Entropy of the weights and the Switch load-balancing term."""
+        flat = w.reshape(-1, w.shape[-1])                              # (N, E)
+        terms = []
+        if self.cfg.entropy_weight:
+            entropy = -(flat * flat.clamp(min=1e-9).log()).sum(-1).mean()
+            terms.append(self.cfg.entropy_weight * entropy)
+        if self.cfg.balance_weight:
+            E = flat.shape[-1]
+            f = F.one_hot(flat.argmax(-1), E).float().mean(0)           # share of top-1 choices
+            terms.append(self.cfg.balance_weight * E * (f * flat.mean(0)).sum())
+        return terms
+
+    def aux_loss(self):
+        return sum(self.aux) if self.aux else 0.0
+
+    def attach(self, model):
+        """Install a forward pre-hook on every decoder layer: it computes that layer's
+        weights from the layer's input and hands them to its MultiLoRALinear modules."""
+        layers = model.model.layers
+        if len(layers) != self.cfg.n_layers:
+            raise ValueError(f"router has {self.cfg.n_layers} layers, the model {len(layers)}")
+        multi = lora.lora_modules(model, lora.MultiLoRALinear)
+        if not multi:
+            raise ValueError("the model has no MultiLoRALinear layers: lora.load_experts() first")
+        for l, layer in enumerate(layers):
+            mods = [m for n, m in multi.items() if n.startswith(f"model.layers.{l}.")]
+
+            def hook(module, inputs, l=l, mods=mods):
+                w = self.weights(l, inputs[0])
+                if l == 0:
+                    self.aux = []
+                if self.training:
+                    self.aux += self.regularisers(w)
+                if self.trace is not None:
+                    self.trace.append((l, (w[:, -1] if w.dim() == 3 else w).detach().float().cpu()))
+                for m in mods:
+                    m.weights = w
+            self.handles.append(layer.register_forward_pre_hook(hook))
+        return self
+
+    def detach(self):
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+
+    def trainable(self):
+        """The gate parameters trained by train.py --router (the task router is fitted apart)."""
+        return [p for n, p in self.named_parameters() if not n.startswith("task.")]
+
+
+def trace_summary(trace, n_layers, B):
+    """Per row: mean over the recorded forwards of each layer's weights -> (B, L, E)."""
+    per_layer = [[w for l, w in trace if l == layer and w.shape[0] == B] for layer in range(n_layers)]
+    return torch.stack([torch.stack(ws).mean(0) for ws in per_layer], dim=1)
+
+
+# ---------------------------------------------------------------------------
+# 4. Files: router.safetensors (gates, mix, task router) + router.json (config)
+# ---------------------------------------------------------------------------
+
+
+def save_router(router, out_dir):
+    os.makedirs(out_dir, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in router.state_dict().items()}
+    for name, write in (("router.safetensors", lambda p: save_file(tensors, p)),
+                        ("router.json", lambda p: open(p, "w").write(json.dumps(asdict(router.cfg), indent=1)))):
+        tmp = os.path.join(out_dir, name + ".tmp")
+        write(tmp)
+        os.replace(tmp, os.path.join(out_dir, name))
+
+
+def load_router(out_dir):
+    for name in ("router.json", "router.safetensors"):
+        if not os.path.exists(os.path.join(out_dir, name)):
+            raise FileNotFoundError(f"{out_dir}: {name} is missing (train.py --router writes it)")
+    with open(os.path.join(out_dir, "router.json")) as f:
+        cfg = RouterConfig(**json.load(f))
+    state = load_file(os.path.join(out_dir, "router.safetensors"))
+    router = Router(cfg, state["task.centroids"].numpy())
+    router.load_state_dict(state)
+    return router
+
+
+def group_names(cfg):
+    """A readable name per group: its experts joined by '+'."""
+    return ["+".join(cfg.experts[e] for e in g) for g in cfg.groups]
+
+
+def entropy(p):
+    p = np.asarray(p, dtype=np.float64)
+    return float(-(p * np.log(np.clip(p, 1e-12, None))).sum())
+
+
+# ---------------------------------------------------------------------------
+# 5. Building a router for train.py --router and eval.py --moe
+# ---------------------------------------------------------------------------
+
+
+def expert_dirs(root):
+    """{name: dir} of the adapter directories directly under root, sorted by name."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"{root}: no such directory of experts (train.py --expert writes them)")
+    found = {d: os.path.join(root, d) for d in sorted(os.listdir(root))
+             if os.path.exists(os.path.join(root, d, lora.CONFIG_NAME))}
+    if not found:
+        raise FileNotFoundError(f"{root}: no adapter directories (with {lora.CONFIG_NAME}) inside")
+    return found
+
+
+def expert_labels(examples, names, clusters_dir):
+    """The expert of each example: its skill, or (experts named cluster-K) its
+    cluster in clusters_dir/assignments.json; -1 where none applies."""
+    if all(n.startswith("cluster-") for n in names):
+        with open(os.path.join(clusters_dir, "assignments.json")) as f:
+            cluster_of = {r["question"]: r["cluster"] for r in json.load(f)}
+        index = {int(n.split("-")[1]): i for i, n in enumerate(names)}
+        return np.array([index.get(cluster_of.get(e.question, -1), -1) for e in examples])
+    return np.array([names.index(e.skill) if e.skill in names else -1 for e in examples])
+
+
+def meta_embeddings(examples, ckpt, layer):
+    import cluster
+    return cluster.embed_cached([cluster.meta_question(e.question) for e in examples], ckpt, layer)
+
+
+class Routing:
+    """What train.py needs around a router: the task-level priors of the
+    training rows and of the dev questions, looked up by question."""
+
+    def __init__(self, router, examples, X):
+        self.router = router
+        self.prior = {e.question: p for e, p in zip(examples, router.task.prior(X))}
+
+    def train_rows(self, first, train_ex):
+        self.set([train_ex[i] for i in first])
+
+    def set(self, examples):
+        if self.router.cfg.prior == "none":
+            self.router.set_prior(None)
+        else:
+            self.router.set_prior(torch.stack([self.prior[e.question] for e in examples]))
+
+    def dev_batch(self, questions):
+        def on_batch(indices):
+            self.set([questions[i] for i in indices])
+        return on_batch
+
+
+def build(model, args, train_ex, dev_ex, device):
+    """Load the experts into `model` (frozen), make groups from the expert
+    centroids, fit the task router, attach a fresh Router; return a Routing."""
+    import cluster
+    dirs = expert_dirs(args.experts)
+    names = list(dirs)
+    lora.load_experts(model, list(dirs.values()))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    layer = cluster.resolve_layer(args.model, None)
+    X = meta_embeddings(train_ex + dev_ex, args.model, layer)
+    Xtr, labels = X[:len(train_ex)], expert_labels(train_ex, names, args.clusters)
+    missing = [n for i, n in enumerate(names) if not (labels == i).any()]
+    if missing:
+        raise ValueError(f"no training questions for the experts {missing}; expert names must be "
+                         f"skills in the data or cluster-K (with --clusters)")
+    centroids = np.stack([Xtr[labels == i].mean(0) for i in range(len(names))])   # (E, C)
+    n_groups = min(args.n_groups, len(names))
+    groups = [g for g in cluster.expert_groups(centroids, n_groups, seed=args.seed) if g]
+    cfg = RouterConfig(experts=names, groups=groups, hidden_size=model.config.hidden_size,
+                       n_layers=model.config.num_hidden_layers, level=args.level, prior=args.prior,
+                       top_k=args.top_k, temperature=args.temperature, tau=args.tau,
+                       entropy_weight=args.entropy_weight, balance_weight=args.balance_weight,
+                       embed_layer=layer, extra={"experts_dir": args.experts})
+    router = Router(cfg, centroids)
+    keep = labels >= 0
+    acc_loss = router.task.fit(Xtr[keep], labels[keep])
+    router.to(device).attach(model)
+    for p in router.task.parameters():
+        p.requires_grad_(False)
+    print(f"router over {len(names)} experts {names} in groups {group_names(cfg)}; "
+          f"task prior '{args.prior}' (classifier loss {acc_loss:.3f}), gate per {args.level}")
+    return Routing(router, train_ex + dev_ex, X)

@@ -1,0 +1,100 @@
+"""router.py: the grouped gate's algebra, the single-expert reduction, and
+train.py --router / eval.py --moe end to end on a tiny base."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import lora
+import model as M
+import router as R
+import train
+from conftest import ROOT
+from test_experts import base_dir, expert_argv  # noqa: F401  (fixture)
+from test_train_eval import FIXTURE, tokenizer_path  # noqa: F401  (fixture)
+
+
+def test_grouped_gate_is_the_product_form():
+    torch.manual_seed(0)
+    groups = [[0, 2], [1], [3, 4, 5]]
+    gate = R.GroupedGate(8, R.membership(groups, 6), temperature=0.7)
+    for lin in (gate.U, gate.V):
+        torch.nn.init.normal_(lin.weight)
+        torch.nn.init.normal_(lin.bias)
+    h = torch.randn(2, 5, 8)
+    w = gate(h)                                                    # (2, 5, 6)
+    assert torch.allclose(w.sum(-1), torch.ones(2, 5), atol=1e-6)
+    g = torch.softmax(gate.U(h) / 0.7, -1)                         # by hand, group by group
+    v = gate.V(h) / 0.7
+    for gi, members in enumerate(groups):
+        inside = torch.softmax(v[..., members], -1)
+        assert torch.allclose(w[..., members], g[..., gi:gi + 1] * inside, atol=1e-6)
+        assert torch.allclose(w[..., members].sum(-1), g[..., gi], atol=1e-6)   # the group's share
+
+
+def test_groups_must_partition_the_experts():
+    with pytest.raises(ValueError, match="partition"):
+        R.membership([[0, 1], [1, 2]], 3)
+
+
+def cfg(E, groups, **kw):
+    return R.RouterConfig(experts=[f"e{i}" for i in range(E)], groups=groups, hidden_size=64,
+                          n_layers=2, **kw)
+
+
+def test_top_k_renormalises():
+    router = R.Router(cfg(4, [[0, 1, 2, 3]], top_k=2, prior="none"), torch.zeros(4, 64).numpy())
+    torch.nn.init.normal_(router.gates[0].V.weight)
+    w = router.weights(0, torch.randn(3, 7, 64))
+    assert ((w > 0).sum(-1) == 2).all() and torch.allclose(w.sum(-1), torch.ones(3, 7))
+
+
+def test_one_expert_one_group_equals_that_expert(tiny_ckpt, tmp_path):
+    path = tiny_ckpt[0]
+    single, _ = M.load(path)
+    lora.add_lora(single, r=4, alpha=8)
+    for m in lora.lora_modules(single).values():
+        torch.nn.init.normal_(m.lora_B.weight, std=0.1)
+    lora.save_adapter(single, str(tmp_path / "e0"), path)
+    routed, _ = M.load(path)
+    lora.load_experts(routed, [str(tmp_path / "e0")])
+    router = R.Router(cfg(1, [[0]]), torch.zeros(1, 64).numpy()).attach(routed)
+    torch.nn.init.normal_(router.gates[1].U.weight)                # any gate: one expert gets weight 1
+    router.set_prior(torch.ones(3, 1))
+    idx = torch.randint(1, 300, (3, 9))
+    with torch.no_grad():
+        assert (routed(idx) - single(idx)).abs().max() < 1e-5
+
+
+def test_router_trains_resumes_and_evaluates(tmp_path, base_dir):  # noqa: F811
+    experts = tmp_path / "experts"
+    for skill in ("algebra", "numbers"):
+        argv = expert_argv(base_dir, experts / skill)
+        argv[argv.index("algebra")] = skill
+        train.train(train.parser().parse_args(argv + ["--steps", "2"]))
+    argv = ["--router", "--experts", str(experts), "--model", base_dir, "--data", FIXTURE,
+            "--steps", "4", "--batch-size", "4", "--seq-len", "64", "--warmup", "2", "--eval-every", "2",
+            "--eval-batches", "1", "--eval-questions", "4", "--n-groups", "2", "--entropy-weight", "0.01",
+            "--balance-weight", "0.01", "--seed", "0", "--device", "cpu"]
+    full = train.train(train.parser().parse_args(argv + ["--out", str(tmp_path / "full")]))
+    train.train(train.parser().parse_args(argv + ["--out", str(tmp_path / "cut"), "--stop-at", "2"]))
+    train.train(train.parser().parse_args(argv + ["--out", str(tmp_path / "cut"), "--resume"]))
+    a = torch.load(tmp_path / "full" / "train_state.pt")["model"]
+    b = torch.load(tmp_path / "cut" / "train_state.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert a["gates.0.U.weight"].abs().sum() > 0          # the group gate learned (one expert per group)
+    saved = R.load_router(str(tmp_path / "full"))
+    assert saved.cfg.experts == ["algebra", "numbers"]
+    out = tmp_path / "moe.json"
+    cmd = [sys.executable, "eval.py", "--model", base_dir, "--data", FIXTURE, "--moe", str(tmp_path / "full"),
+           "--shots", "2", "--limit", "2", "--json", str(out), "--out", str(tmp_path / "routing")]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.load(open(out))
+    rec = report["records"][0]["routing"]
+    assert len(rec["experts"]) == 2 and abs(sum(rec["experts"][0]) - 1) < 1e-4   # (L, E), rows sum to 1
+    assert set(report["routing"]["per_skill"]) == {"algebra", "numbers"}
+    assert os.path.exists(tmp_path / "routing" / "routing.json")
