@@ -417,8 +417,8 @@ def plot_clusters(X, labels, skills, path, title):
 
 def examples_of_cluster(assign_dir, k, examples):
     """The examples (data.lila.Example) that cluster.py --out assign_dir put in
-    cluster k, in order: for train.py --expert cluster:K. Every example must have
-    been clustered (run cluster.py on the same data and split)."""
+    cluster k, in order: for train.py --expert cluster:K. Examples that were not
+    clustered (cluster.py --limit samples) are left out; none at all is an error."""
     path = os.path.join(assign_dir, "assignments.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: run python cluster.py --out {assign_dir} first")
@@ -427,11 +427,10 @@ def examples_of_cluster(assign_dir, k, examples):
     n_clusters = max(cluster_of.values()) + 1
     if not 0 <= k < n_clusters:
         raise ValueError(f"cluster {k} does not exist: {path} has clusters 0..{n_clusters - 1}")
-    missing = [e.question for e in examples if e.question not in cluster_of]
-    if missing:
-        raise ValueError(f"{len(missing)} of {len(examples)} questions are not in {path} "
-                         f"(clustered from other data or another split?), e.g. {missing[0]!r}")
-    return [e for e in examples if cluster_of[e.question] == k]
+    if not any(e.question in cluster_of for e in examples):
+        raise ValueError(f"none of the {len(examples)} questions is in {path} "
+                         "(clustered from other data or another split?)")
+    return [e for e in examples if cluster_of.get(e.question) == k]
 
 
 LABELS_PER_SKILL = (1, 5, 20)
@@ -513,6 +512,9 @@ def cluster_texts(texts, args, layer, skills, submodules):
 
 def run(args):
     examples = load_examples(args.data, split=args.split)
+    if args.limit:   # a seeded sample of at most --limit questions per skill
+        from eval import select
+        examples = select(examples, args.limit, args.seed)
     if not examples:
         raise ValueError(f"no {args.split} questions in {args.data}")
     args.k = args.k or len({e.submodule for e in examples})
@@ -562,6 +564,8 @@ def main(argv=None):
     p.add_argument("--data", default=DEFAULT_DATA, help="LiLA task file(s) or directory")
     p.add_argument("--split", default="train", choices=["train", "dev", "test"],
                    help="questions to cluster (train for experts; test for the quality report)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many questions per skill "
+                   "(a seeded sample; train.py --expert cluster:K then trains on these)")
     p.add_argument("--layer", type=int, default=None, help="hidden layer to embed (default: the middle one)")
     p.add_argument("--cosine", action="store_true", help="spherical (cosine) k-means")
     p.add_argument("--groups", type=int, default=None, help="expert groups (default: about sqrt(k))")

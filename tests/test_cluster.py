@@ -195,7 +195,7 @@ def test_cli_end_to_end(tiny_ckpt, tmp_path):
     assert "NMI (submodules)" in (out / "report.md").read_text()
     chosen = [C.examples_of_cluster(str(out), k, train) for k in range(3)]
     assert sorted(sum(chosen, []), key=train.index) == train
-    with pytest.raises(ValueError, match="not in"):
+    with pytest.raises(ValueError, match="none of the"):
         C.examples_of_cluster(str(out), 0, load_examples(FIXTURES, split="test"))
     with pytest.raises(ValueError, match="cluster 3 does not exist"):
         C.examples_of_cluster(str(out), 3, train)
