@@ -71,7 +71,10 @@ class PhiConfig:
         """Read an HF config.json. Every field above must be present (the token
         ids fall back to phi-2's), and the architecture must be plain phi-2."""
         with open(path) as f:
-            raw = json.load(f)
+            try:
+                raw = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: not valid JSON ({e})") from None
         rope = raw.get("rope_parameters") or {}   # transformers>=5 nests these two
         for key in ("partial_rotary_factor", "rope_theta"):
             if key not in raw and key in rope:
@@ -319,10 +322,17 @@ def weight_files(ckpt):
 
 
 def _open(path):
+    """safe_open with pread(2) rather than its default mmap. With mmap, every page
+    of the file that we touch counts as this process's memory until the file is
+    closed, so loading fp16 weights into fp32 (or bf16) peaks at the converted
+    weights plus the whole file (1.5x-2x). With pread each tensor is copied once
+    into its own memory, and converted and freed one at a time: the peak stays
+    near one copy of the weights in the target dtype, whatever the file dtype.
+    The model also no longer points into the file, so rewriting it is safe."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: weight file listed for this checkpoint is missing")
     try:
-        return safe_open(path, framework="pt", device="cpu")
+        return safe_open(path, framework="pt", device="cpu", backend="pread")
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"{path}: truncated or corrupt safetensors file ({e})") from None
 
@@ -331,25 +341,33 @@ def load_state(ckpt, expected, dtype, device):
     """Read every tensor once, straight into `dtype` on `device`, checking names
     and shapes against `expected` ({name: shape}). Returns a state dict."""
     files = weight_files(ckpt)
+    source = os.path.join(ckpt, "model.safetensors.index.json")   # what names the tensors
     if files is None:
-        path = os.path.join(ckpt, "model.safetensors")
-        with _open(path) as f:
-            files = {k: path for k in f.keys()}
+        source = os.path.join(ckpt, "model.safetensors")
+        with _open(source) as f:
+            files = {k: source for k in f.keys()}
     names = set(files)
     if any(n.startswith("transformer.h.") or ".mixer.Wqkv" in n for n in names):
-        raise ValueError(f"{ckpt}: this is the old 'phi-msft' layout (transformer.h.N.mixer.Wqkv); "
+        raise ValueError(f"{source}: this is the old 'phi-msft' layout (transformer.h.N.mixer.Wqkv); "
                          "convert it to the HF layout (model.layers.N.self_attn.q_proj, ...) first")
+
+    def some(names):   # at most five names in a message
+        return str(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
     missing, unexpected = sorted(set(expected) - names), sorted(names - set(expected))
     if missing or unexpected:
-        raise ValueError(f"{ckpt}: checkpoint does not match the config: "
-                         f"missing tensors {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-                         f"unexpected tensors {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+        problems = ([f"missing tensors {some(missing)}"] if missing else []) + \
+                   ([f"unexpected tensors {some(unexpected)}"] if unexpected else [])
+        raise ValueError(f"{source}: tensors do not match the {len(expected)} that config.json "
+                         f"describes: {'; '.join(problems)}")
     state = {}
     for path in sorted(set(files.values())):
         with _open(path) as f:
-            for name in f.keys():
-                if name not in expected:
-                    continue
+            listed = sorted(n for n, p in files.items() if p == path)
+            absent = sorted(set(listed) - set(f.keys()))
+            if absent:
+                raise ValueError(f"{path}: tensors {some(absent)} are listed for this file "
+                                 f"in {os.path.basename(source)} but are not in it")
+            for name in listed:
                 try:
                     t = f.get_tensor(name)
                 except (SafetensorError, OSError, ValueError) as e:
@@ -434,13 +452,18 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=None, eos_id
     A row stops at eos_id or when stop_fn(its new ids) is true; the loop ends
     when all rows have stopped. temperature 0 is greedy; otherwise sample from
     softmax(logits / temperature), restricted to the top_k logits if given."""
-    P = model.config.max_position_embeddings
+    P, V = model.config.max_position_embeddings, model.config.vocab_size
+    if len(prompts) == 0:
+        raise ValueError("no prompts given")
     for i, p in enumerate(prompts):
         if len(p) == 0:
             raise ValueError(f"prompt {i} is empty")
         if len(p) > P:
             raise ValueError(f"prompt {i} has {len(p)} tokens, more than "
                              f"max_position_embeddings={P}")
+        if not 0 <= min(p) <= max(p) < V:
+            raise ValueError(f"prompt {i} has token ids from {min(p)} to {max(p)}, "
+                             f"outside the vocabulary 0..{V - 1}")
     B, L = len(prompts), max(len(p) for p in prompts)
     max_new_tokens = min(max_new_tokens, P - L)
     device = model.lm_head.weight.device
@@ -453,7 +476,11 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=None, eos_id
 
     model.setup_cache(B, L + max_new_tokens)
     try:
-        logits = model(idx, pos, valid[:, :L], start=0)[:, -1]              # (B, V)
+        # Prefill. Only the last position's logits are needed, so stop at the final
+        # LayerNorm and apply lm_head to that one position: for phi-2 (V = 51200)
+        # the head over all L positions would cost about as much as two layers.
+        h = model(idx, pos, valid[:, :L], start=0, hidden_layer=model.config.num_hidden_layers)
+        logits = model.lm_head(h[:, -1])                                    # (B, V)
         out, done = [[] for _ in range(B)], [False] * B
         next_pos = pos[:, -1:] + 1                                          # (B, 1)
         for t in range(max_new_tokens):
