@@ -8,7 +8,7 @@ TRAIN   ?= 10000
 DEV     ?= 50
 TEST    ?= 100
 
-.PHONY: demo test data clean-venv
+.PHONY: demo test data experiment
 
 .venv/.runtime: requirements.txt
 	python3 -m venv .venv
@@ -41,3 +41,7 @@ demo: .venv-gen/.ready .venv/.runtime
 
 test: .venv/.test .venv-gen/.ready
 	$(PY) -m pytest -q
+
+# The whole study (see experiment.sh for its knobs); matplotlib comes with the test set.
+experiment: .venv/.test .venv-gen/.ready
+	bash experiment.sh
