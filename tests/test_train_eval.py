@@ -88,3 +88,13 @@ def test_eval_cli_end_to_end(tmp_path, tokenizer_path):
     assert set(report["accuracy"]) == {"algebra", "numbers"}
     assert len(report["records"]) == 6
     assert set(report["records"][0]) == {"question", "prediction", "answers", "skill", "submodule", "correct"}
+
+
+def test_shipped_phi_tiny_matches_transformers():
+    from transformers import PhiForCausalLM
+    path = os.path.join(ROOT, "checkpoints", "phi-tiny")
+    ours, tok = M.load(path)
+    hf = PhiForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    idx = torch.tensor([tok.encode("Question: What is 12 + 30?\nAnswer: 42\n\nQuestion: What is 7 + 5?\nAnswer:").ids])
+    with torch.no_grad():
+        assert (ours(idx) - hf(idx).logits).abs().max() <= 1e-4
