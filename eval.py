@@ -160,8 +160,9 @@ def forgetting(model, tok, examples, pool, args):
     return report
 
 
-def heatmap(values, rows, cols, title, path):
-    """A PNG heatmap (matplotlib is optional: without it, say so and go on)."""
+def heatmap(values, rows, cols, title, path, fmt="{:+.0f}", diverging=True):
+    """A PNG heatmap (matplotlib is optional: without it, say so and go on).
+    diverging: red/blue around 0 (differences); else one colour from 0 (weights)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -171,12 +172,12 @@ def heatmap(values, rows, cols, title, path):
         return
     fig, ax = plt.subplots(figsize=(1 + 0.9 * len(cols), 1 + 0.5 * len(rows)))
     lim = max(1e-9, max(abs(v) for row in values for v in row))
-    im = ax.imshow(values, cmap="RdBu", vmin=-lim, vmax=lim)
+    im = ax.imshow(values, cmap="RdBu" if diverging else "Blues", vmin=-lim if diverging else 0, vmax=lim)
     ax.set_xticks(range(len(cols)), cols, rotation=45, ha="right")
     ax.set_yticks(range(len(rows)), rows)
     for i, row in enumerate(values):
         for j, v in enumerate(row):
-            ax.text(j, i, f"{v:+.0f}", ha="center", va="center", fontsize=8)
+            ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=8)
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, shrink=0.8)
     fig.tight_layout()
@@ -257,7 +258,8 @@ def routing_report(records, router, out_dir):
         report["per_skill"][skill] = {"experts": experts.tolist(), "groups": groups.tolist(),
                                       "group_entropy": float(np.mean([R.entropy(np.mean(r["groups"], 0)) for r in rs]))}
         heatmap(experts.tolist(), [f"layer {l}" for l in range(len(experts))], cfg.experts,
-                f"{skill}: mean expert weight per layer", os.path.join(out_dir, f"routing_{skill}.png"))
+                f"{skill}: mean expert weight per layer", os.path.join(out_dir, f"routing_{skill}.png"),
+                fmt="{:.2f}", diverging=False)
     with open(os.path.join(out_dir, "routing.json"), "w") as f:
         json.dump(report, f, indent=1)
     print(f"wrote {out_dir}/routing.json")
