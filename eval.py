@@ -64,8 +64,9 @@ def select(examples, limit, seed):
 def evaluate(model, tok, examples, pool, shots=4, batch_size=32, seed=1234,
              max_new_tokens=32, desc="eval", on_batch=None):
     """Answer every example k-shot; return one record per example (input order).
-    on_batch(indices), if given, runs before each batch is generated and may
-    return a dict of extra fields per record (the router uses it for routing).
+    on_batch(indices), if given, runs before each batch is generated (the router
+    sets its task-level weights there); it may return after(j), called once the
+    batch is generated, giving a dict of extra fields for the batch's row j.
 
     Prompts are sorted by length before batching, so a batch holds prompts of
     similar length and little compute goes to padding. A prompt too long for the
@@ -96,13 +97,12 @@ def evaluate(model, tok, examples, pool, shots=4, batch_size=32, seed=1234,
 
 
 def accuracy(records, key="skill"):
-    """{group: (correct, total)} by skill or submodule, plus 'mean' over groups."""
+    """{group: (correct, total)} by skill or submodule."""
     counts = defaultdict(lambda: [0, 0])
     for r in records:
         counts[r[key]][0] += r["correct"]
         counts[r[key]][1] += 1
-    table = {k: tuple(v) for k, v in sorted(counts.items())}
-    return table
+    return {k: tuple(v) for k, v in sorted(counts.items())}
 
 
 def mean_accuracy(records):

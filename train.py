@@ -5,6 +5,7 @@ Training, in three modes that share one loop:
     python train.py --expert algebra             # one LoRA skill expert on a frozen base
     python train.py --expert cluster:3           # ... on the questions of k-means cluster 3
     python train.py --mixed                      # one LoRA on all skills (the baseline)
+    python train.py --router --experts out/experts   # the two-level router over frozen experts
     torchrun --nproc-per-node 2 train.py --expert algebra    # data parallel, 2 processes
     python train.py --expert algebra --resume    # continue a killed run
 
@@ -29,8 +30,10 @@ exactly the single-process gradient of the global batch.
 
 References: nanoGPT's train.py (loop, schedule, decay groups); LoRA (Hu et al.
 2021); PyTorch DDP's gradient all-reduce.
-Left out: gradient accumulation, mixed precision on CPU (bf16 autocast is used
-on CUDA only), and the router (router.py trains it).
+The router mode trains only router.py's gates and mix (base and experts stay
+frozen), with the router's entropy and balance terms added to the loss.
+Left out: gradient accumulation, and mixed precision on CPU (bf16 autocast is
+used on CUDA only).
 """
 import argparse
 import json
