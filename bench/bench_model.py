@@ -1,8 +1,8 @@
 """
 model.py against transformers' PhiForCausalLM, on the same weights, on this CPU.
 
-    python bench/bench_model.py            # everything (about 10 minutes on 2 cores)
-    python bench/bench_model.py --quick    # smaller, fewer repeats (about 3 minutes)
+    python bench/bench_model.py            # everything (about 5 minutes on 2 idle cores)
+    python bench/bench_model.py --quick    # smaller, fewer repeats (about 2 minutes)
 
 Speed (one table row per config; batch 1, fp32, both models in this process):
   prefill tok/s   prompt tokens / time to the first new token, i.e. generate()
@@ -55,14 +55,14 @@ def parse_args():
     p.add_argument("--load-layers", type=int, default=4,
                    help="layers of the phi-2-width checkpoint for the load-memory test")
     p.add_argument("--load-dtype", default="fp16", choices=["fp16", "bf16", "fp32"],
-                   help="dtype of that checkpoint on disk, and of the loaded model")
+                   help="dtype of that checkpoint on disk; it is loaded both as this dtype and as fp32")
     p.add_argument("--load-shard", default="50GB",
                    help="max shard size when writing it (default: one model.safetensors file)")
     p.add_argument("--skip-speed", action="store_true", help="only the load-memory test")
     p.add_argument("--skip-load", action="store_true", help="only the speed tests")
     p.add_argument("--workdir", default=None,
                    help="where to write the checkpoints (default: a temporary directory, removed after)")
-    p.add_argument("--measure-load", nargs=2, metavar=("LOADER", "CKPT"),
+    p.add_argument("--measure-load", nargs=3, metavar=("LOADER", "CKPT", "DTYPE"),
                    help=argparse.SUPPRESS)   # internal: the child process of the memory test
     return p.parse_args()
 
@@ -77,6 +77,14 @@ def write_checkpoint(path, cfg, dtype, shard="50GB"):
     hf.to(dtype).save_pretrained(path, max_shard_size=shard)
     del hf
     Tokenizer(models.WordLevel({M.EOT: 0}, unk_token=M.EOT)).save(os.path.join(path, "tokenizer.json"))
+
+
+def load_average():
+    """The 1-minute load average: above ~0.5, something else shares the CPU."""
+    try:
+        return f"load average {open('/proc/loadavg').read().split()[0]}"
+    except OSError:
+        return "load average unknown"
 
 
 def median_times(fns, repeats):
@@ -178,15 +186,16 @@ def bench_load(ckpt, args):
     if on_disk < 1e9:
         print(f"[load] warning: only {on_disk / 1e9:.2f} GB of weights; use more --load-layers")
     rows = []
-    for loader in ("ours", "transformers"):
-        print(f"[load] {loader}: peak RSS of loading {on_disk / 1e9:.2f} GB in a fresh process",
-              flush=True)
-        out = subprocess.run([sys.executable, os.path.abspath(__file__), "--threads", str(args.threads),
-                              "--load-dtype", args.load_dtype, "--measure-load", loader, ckpt],
-                             capture_output=True, text=True, check=True)
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        r["loader"] = loader
-        rows.append(r)
+    for as_dtype in dict.fromkeys([args.load_dtype, "fp32"]):
+        for loader in ("ours", "transformers"):
+            print(f"[load] {loader}: peak RSS of loading {on_disk / 1e9:.2f} GB ({args.load_dtype}) "
+                  f"as {as_dtype}, in a fresh process", flush=True)
+            out = subprocess.run([sys.executable, os.path.abspath(__file__), "--threads", str(args.threads),
+                                  "--measure-load", loader, ckpt, as_dtype],
+                                 capture_output=True, text=True, check=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            r.update(loader=loader, dtype=as_dtype)
+            rows.append(r)
     return rows
 
 
@@ -203,22 +212,24 @@ def print_tables(speed, load, args):
                   f"| {r['decode_ours']:.1f} | {r['decode_hf']:.1f} | {r['decode_ours'] / r['decode_hf']:.2f}x "
                   f"| {r['same']} |")
     if load:
-        print(f"\n### Load: phi-2 width, {args.load_layers} layers, {args.load_dtype}, "
+        print(f"\n### Load: phi-2 width, {args.load_layers} layers, {args.load_dtype} on disk, "
               f"fresh process each, peak RSS = VmHWM\n")
-        print("| loader | weights GB | seconds | peak RSS before load GB | after load GB "
+        print("| loader | loaded as | weights GB | seconds | peak RSS before load GB | after load GB "
               "| after reading all weights GB | (peak - before) / weights | peak / weights |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
         for r in load:
             w = r["weights"]
-            print(f"| {r['loader']} | {w / 1e9:.2f} | {r['seconds']:.1f} | {r['before'] / 1e9:.2f} "
+            print(f"| {r['loader']} | {r['dtype']} | {w / 1e9:.2f} | {r['seconds']:.1f} | {r['before'] / 1e9:.2f} "
                   f"| {r['loaded'] / 1e9:.2f} | {r['touched'] / 1e9:.2f} "
                   f"| {(r['touched'] - r['before']) / w:.2f}x | {r['touched'] / w:.2f}x |")
+
 
 def main():
     args = parse_args()
     torch.set_num_threads(args.threads)
     if args.measure_load:
-        measure_load(*args.measure_load, M.DTYPES[args.load_dtype])
+        loader, ckpt, dtype = args.measure_load
+        measure_load(loader, ckpt, M.DTYPES[dtype])
         return
     import transformers
     transformers.logging.set_verbosity_error()
@@ -230,13 +241,14 @@ def main():
         configs = configs[:2]
         args.prompt_len, args.new_tokens, args.repeats = 128, 32, 3
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
-          f"{args.threads} threads", flush=True)
+          f"{args.threads} threads, {load_average()}", flush=True)
     with tempfile.TemporaryDirectory(dir=args.workdir) as work:
         speed = [] if args.skip_speed else [
             bench_speed(name, cfg, os.path.join(work, f"speed{i}"), args)
             for i, (name, cfg) in enumerate(configs)]
         load = [] if args.skip_load else bench_load(os.path.join(work, "load"), args)
     print_tables(speed, load, args)
+    print(f"\n{load_average()} at the end (timings are only clean on an otherwise idle machine)")
 
 
 if __name__ == "__main__":
