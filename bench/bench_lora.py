@@ -1,0 +1,104 @@
+"""
+LoRA training speed: lora.py on model.py against PEFT on transformers'
+PhiForCausalLM, same checkpoint (phi-tiny), batch, rank, alpha and targets, in
+one run; plus merged against unmerged inference with our LoRA.
+
+    python bench/bench_lora.py              # phi-tiny, batch 8 x 256, rank 8
+    python bench/bench_lora.py --steps 5    # quicker
+
+Each number is the median step time over --steps timed steps after 2 warm-up
+steps; ours and PEFT's steps alternate, so a slow spell hits both. A step is
+forward, answer-free full-sequence loss, backward and an AdamW update of the
+LoRA parameters only. transformers and peft are the reference, never a
+dependency of lora.py.
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import lora  # noqa: E402
+import model as M  # noqa: E402
+
+
+def step_fn(forward, params):
+    opt = torch.optim.AdamW(params, lr=1e-4)
+
+    def step(x):
+        logits = forward(x)
+        loss = F.cross_entropy(logits[:, :-1].flatten(0, 1), x[:, 1:].flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def timed(fn, x):
+    t = time.perf_counter()
+    fn(x)
+    return time.perf_counter() - t
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="checkpoints/phi-tiny", help="HF-layout phi checkpoint")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per step")
+    p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence")
+    p.add_argument("--rank", type=int, default=8, help="LoRA rank")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per library")
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    from peft import LoraConfig, get_peft_model
+    from transformers import PhiForCausalLM
+
+    targets = list(lora.DEFAULT_TARGETS)
+    ours, _ = M.load(args.model, verbose=False)
+    lora.add_lora(ours, r=args.rank, alpha=2 * args.rank, targets=targets)
+    lora.mark_only_lora_trainable(ours)
+    ours.train()
+    hf = PhiForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    theirs = get_peft_model(hf, LoraConfig(r=args.rank, lora_alpha=2 * args.rank, target_modules=targets,
+                                           lora_dropout=0.0))
+    theirs.train()
+    steps = {"ours": step_fn(ours, [p for p in ours.parameters() if p.requires_grad]),
+             "peft": step_fn(lambda x: theirs(x).logits, [p for p in theirs.parameters() if p.requires_grad])}
+    x = torch.randint(1, ours.config.vocab_size, (args.batch_size, args.seq_len),
+                      generator=torch.Generator().manual_seed(0))
+    print(f"LoRA training, {args.batch_size} x {args.seq_len} tokens, rank {args.rank}, "
+          f"targets {targets}, {args.threads} threads, load average {os.getloadavg()[0]:.2f}")
+    times = {k: [] for k in steps}
+    for i in range(args.steps + 2):
+        for name, fn in steps.items():
+            t = timed(fn, x)
+            if i >= 2:
+                times[name].append(t)
+    tok = args.batch_size * args.seq_len
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print("| library | s/step | tokens/s |\n|---|---:|---:|")
+    for k in med:
+        print(f"| {k} | {med[k]:.3f} | {tok / med[k]:.0f} |")
+    print(f"ours / peft tokens/s: {med['peft'] / med['ours']:.2f}x")
+
+    ours.eval()
+    xi = x[:, :64]
+    infer = {}
+    with torch.no_grad():
+        for state in ("unmerged", "merged"):
+            if state == "merged":
+                lora.merge_lora(ours)
+            ts = [timed(ours, xi) for _ in range(args.steps + 2)][2:]
+            infer[state] = statistics.median(ts)
+    print("| inference (forward, 8 x 64) | s | \n|---|---:|")
+    for k, v in infer.items():
+        print(f"| {k} | {v:.4f} |")
+    print(f"merged speed-up: {infer['unmerged'] / infer['merged']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
