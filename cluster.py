@@ -544,7 +544,7 @@ def run(args):
     files = {"assignments.json": records,
              "cluster_skills.json": {str(c): {k: d[k] for k in ("skill", "share", "size", "submodule")}
                                      for c, d in clusters.items()},
-             "groups.json": {"k": args.k, "groups": groups}}
+             "groups.json": {"k": args.k, "groups": groups, "layer": layer, "cosine": args.cosine}}
     for name, obj in files.items():
         with open(os.path.join(args.out, name), "w") as f:
             json.dump(obj, f, indent=1)

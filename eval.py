@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import explain
 import lora
 import model as M
 import router as R
@@ -44,6 +45,7 @@ from data.score import is_correct
 
 DEFAULT_MODEL = "checkpoints/phi-tiny"
 DEFAULT_DATA = "data/lila"
+SHIPPED = "checkpoints/phi-tiny-moe"     # experts, router and clusters for phi-tiny, in the repository
 
 
 def select(examples, limit, seed):
@@ -193,15 +195,26 @@ def moe(model, tok, examples, pool, args):
     task-hard each question's top task-level expert, merged into the weights
     Records get a `routing` field: per layer, the expert and group weights at
     the positions that produced the answer (full), or the task weights."""
-    router = R.load_router(args.moe)
+    router = R.load_router(args.moe, model)          # rank-1 experts come inside the router
     cfg = router.cfg
-    dirs = R.expert_dirs(args.experts or cfg.extra["experts_dir"])
-    if list(dirs) != cfg.experts:
-        raise ValueError(f"{args.moe} routes over {cfg.experts}, but the experts found are {list(dirs)}")
-    X = R.meta_embeddings(examples, args.model, cfg.embed_layer)
-    priors = router.task.prior(X)                                        # (N, E)
+    if cfg.rank1 and args.variant != "full":
+        raise ValueError(f"{args.moe} holds rank-1 experts without a task prior: only --variant full")
+    if not cfg.rank1:
+        dirs = R.expert_dirs(args.experts or cfg.extra["experts_dir"])
+        if list(dirs) != cfg.experts:
+            raise ValueError(f"{args.moe} routes over {cfg.experts}, but the experts found are {list(dirs)}")
+    priors, forced = None, None
+    if args.route:                     # steering: the user's weights replace the task level
+        if cfg.rank1 or cfg.prior == "none":
+            raise ValueError(f"--route: {args.moe} has no task level to replace (rank-1 experts or --prior none)")
+        route = explain.parse_route(args.route, cfg)
+        priors, forced = route.expand(len(examples), -1), explain.forced_expert(route)   # (N, E)
+        print(f"--route {args.route}: expert weights {dict(zip(cfg.experts, route.tolist()))}")
+    elif cfg.prior != "none" or args.variant != "full":
+        X = R.meta_embeddings(examples, args.model, cfg.embed_layer)
+        priors = router.task.prior(X)                                    # (N, E)
     M_ = router.M
-    if args.variant == "task-hard":
+    if args.variant == "task-hard" or forced is not None:   # one expert per question, merged
         records = [None] * len(examples)
         top = priors.argmax(-1).tolist()
         for e, path in enumerate(dirs.values()):
@@ -216,12 +229,13 @@ def moe(model, tok, examples, pool, args):
                 records[i] = r
             lora.remove_lora(model, merge=False)
         return records, router
-    lora.load_experts(model, list(dirs.values()))
+    if not cfg.rank1:
+        lora.load_experts(model, list(dirs.values()))
     if args.variant == "full":
         router.to(args.device).attach(model).eval()
 
     def on_batch(idx):
-        p = priors[idx].to(args.device)
+        p = None if priors is None else priors[idx].to(args.device)
         if args.variant == "task-soft":
             lora.set_expert_weights(model, p)
             return lambda j: {"routing": {"prior": priors[idx[j]].tolist()}}
@@ -235,7 +249,7 @@ def moe(model, tok, examples, pool, args):
                 router.trace = None
             w = summary["w"][j]
             return {"routing": {"experts": w.tolist(), "groups": (w @ M_).tolist(),
-                                "prior": priors[idx[j]].tolist()}}
+                                "prior": None if priors is None else priors[idx[j]].tolist()}}
         return after
 
     records = evaluate(model, tok, examples, pool, args.shots, args.batch_size, args.seed,
@@ -255,8 +269,11 @@ def routing_report(records, router, out_dir):
             continue
         experts = np.mean([r["experts"] for r in rs], axis=0)             # (L, E)
         groups = np.mean([r["groups"] for r in rs], axis=0)               # (L, G)
-        report["per_skill"][skill] = {"experts": experts.tolist(), "groups": groups.tolist(),
-                                      "group_entropy": float(np.mean([R.entropy(np.mean(r["groups"], 0)) for r in rs]))}
+        per_question = [np.mean(r["groups"], 0) for r in rs]               # (G,) each: mean over layers
+        report["per_skill"][skill] = {
+            "experts": experts.tolist(), "groups": groups.tolist(), "questions": len(rs),
+            "group_entropy": float(np.mean([R.entropy(g) for g in per_question])),
+            "groups_above_10pct": float(np.mean([(g > 0.1).sum() for g in per_question]))}
         heatmap(experts.tolist(), [f"layer {l}" for l in range(len(experts))], cfg.experts,
                 f"{skill}: mean expert weight per layer", os.path.join(out_dir, f"routing_{skill}.png"),
                 fmt="{:.2f}", diverging=False)
@@ -288,12 +305,24 @@ def main():
     p.add_argument("--experts", default=None, help="--moe: the experts directory (default: the one it was trained on)")
     p.add_argument("--variant", default="full", choices=["full", "task-soft", "task-hard"],
                    help="--moe: two-level routing, task prior alone as weights, or top-1 expert merged")
+    p.add_argument("--route", default=None, metavar="SPEC", help="--moe: replace the task-level weights "
+                   "by these, e.g. 'algebra=0.7,arithmetic=0.3' (expert or group names); one name forces "
+                   "that expert")
+    p.add_argument("--explain", default=None, metavar="QUESTION", help="explain the routing of one "
+                   f"question (router --moe, default {SHIPPED}/router) and answer it")
+    p.add_argument("--clusters", default=None, help="--explain: cluster.py output for the meta-question's "
+                   "cluster (default: the one the router was trained with)")
     p.add_argument("--out", default=None, help="where --forgetting / --moe write tables and heatmaps "
                    "(default out/forgetting, out/routing)")
     args = p.parse_args()
 
     skills = args.skills.split(",") if args.skills else None
     model, tok = M.load(args.model, dtype=args.dtype, device=args.device)
+    if args.explain:
+        args.moe = args.moe or os.path.join(SHIPPED, "router")
+        args.clusters = args.clusters or R.load_config(args.moe).extra.get("clusters_dir", "out/clusters")
+        explain.explain(model, tok, args)
+        return
     examples = select(load_examples(args.data, split=args.split, skills=skills), args.limit, args.seed)
     pool = load_examples(args.data, split="train", skills=skills) if args.shots else []
     print(f"evaluating {len(examples)} {args.split} questions, {args.shots}-shot")
@@ -314,7 +343,7 @@ def main():
     seconds = time.time() - t0
     name = os.path.basename(os.path.normpath(args.moe or args.adapter or args.model))
     if args.moe:
-        name += f" ({args.variant})"
+        name += f" (route {args.route})" if args.route else f" ({args.variant})"
     title = f"{name}, {args.shots}-shot, {args.split} split"
     print(markdown(records, title))
     print(f"\n{len(records)} questions in {seconds:.1f}s ({len(records) / seconds:.1f} questions/s)")

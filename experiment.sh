@@ -58,6 +58,9 @@ ROUTER=(--router "${COMMON[@]}" --steps "$ROUTER_STEPS" --batch-size "$BATCH" --
 "$PY" train.py "${ROUTER[@]}" --experts "$OUT/experts" --prior centroid --level sequence --out "$OUT/routers/centroid-sequence"
 "$PY" train.py "${ROUTER[@]}" --experts "$OUT/cluster-experts" --clusters "$OUT/clusters" \
     --prior centroid --level token --out "$OUT/routers/clusters-token"
+# Intuition-MoR1E's comparison point: 64 fresh rank-1 experts (the parameters of the eight
+# rank-8 experts) trained jointly with the gates, as many steps as the mixed LoRA
+"$PY" train.py "${ROUTER[@]}" --rank1 64 --n-groups 8 --steps $((8 * STEPS)) --out "$OUT/routers/rank1"
 
 stage "evaluation ($LIMIT test questions per skill, 4-shot unless named)"
 ev() {  # ev NAME [eval.py flags]: one configuration -> out/eval/NAME.json
@@ -70,7 +73,7 @@ ev base-4shot
 ev mixed --adapter "$OUT/mixed"
 [ -e "$OUT/forgetting/forgetting.json" ] || "$PY" eval.py "${COMMON[@]}" --dtype "$DTYPE" \
     --limit "$LIMIT" --forgetting "$OUT/experts" --out "$OUT/forgetting"
-for r in centroid-token learned-token centroid-sequence clusters-token; do
+for r in centroid-token learned-token centroid-sequence clusters-token rank1; do
     ev "moe-$r" --moe "$OUT/routers/$r" --out "$OUT/routing/$r"
 done
 ev moe-task-soft --moe "$OUT/routers/centroid-token" --variant task-soft

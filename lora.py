@@ -268,6 +268,20 @@ def add_lora(model, r=8, alpha=16, dropout=0.0, targets=DEFAULT_TARGETS):
     return names
 
 
+def add_experts(model, n_experts, r=1, alpha=2.0, targets=DEFAULT_TARGETS):
+    """Fresh MultiLoRALinear layers of n_experts experts (A kaiming-uniform, B zero),
+    to be trained jointly with a router: Intuition-MoR1E's many rank-1 experts.
+    Return the names of the wrapped layers."""
+    if lora_modules(model):
+        raise ValueError("model already has LoRA layers; call remove_lora(model) first")
+    names = target_names(model, targets)
+    if not names:
+        raise ValueError(f"targets {targets!r} match no nn.Linear in the model")
+    for name in names:
+        _replace(model, name, MultiLoRALinear(model.get_submodule(name), n_experts, r, alpha))
+    return names
+
+
 def remove_lora(model, merge=False):
     """Put plain nn.Linear layers back (the same weight/bias Parameters). merge=True
     keeps the adapters' effect in W; merge=False returns the original base W."""

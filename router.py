@@ -35,6 +35,10 @@ experts and entropy regularisation; Switch Transformer (arXiv 2101.03961) for
 the load-balancing loss. The AT-MoE equations are our reading (see DESIGN.md).
 
 Letters: B batch, T tokens, C hidden size, E experts, G groups, L layers.
+Rank-1 experts (RouterConfig.rank1 > 0, train.py --router --rank1 N) are
+Intuition-MoR1E's comparison point: N fresh rank-1 LoRA experts per layer,
+trained jointly with the gates on mixed data; they have no task prior.
+
 Left out: per-expert capacity limits and token dropping (dense mixing of small
 LoRA experts costs little), and gates that see more than their layer's input.
 """
@@ -169,6 +173,9 @@ class RouterConfig:
     entropy_weight: float = 0.0   # + weight * mean entropy of w (> 0 sharpens, < 0 spreads)
     balance_weight: float = 0.0   # + weight * E * sum_e f_e P_e (Switch load balancing)
     embed_layer: int = 0          # the base-model layer of the meta-question embeddings
+    rank1: int = 0                # > 0: that many fresh rank-1 experts, trained with the gates
+    rank1_alpha: float = 2.0      # their LoRA alpha (scale alpha/1)
+    targets: list = field(default_factory=lambda: list(lora.DEFAULT_TARGETS))   # rank-1 expert modules
     extra: dict = field(default_factory=dict)   # free-form notes (e.g. how groups were made)
 
 
@@ -188,6 +195,15 @@ class Router(nn.Module):
         self.aux = []                # regulariser terms of the last forward
         self.trace = None            # a list to record (layer, weights at the last position)
         self.handles = []
+        self.rank1 = nn.ParameterList()   # cfg.rank1 > 0: the experts' A and B, trained here
+
+    def own_experts(self, model):
+        """Rank-1 experts: add them to `model` (fresh) and register their A and B as
+        router parameters, so they train, save and load with the gates."""
+        lora.add_experts(model, self.cfg.rank1, 1, self.cfg.rank1_alpha, self.cfg.targets)
+        for m in lora.lora_modules(model, lora.MultiLoRALinear).values():
+            self.rank1.extend([m.lora_A, m.lora_B])
+        return self
 
     def set_prior(self, prior):
         """Task-level weights (B, E) for the next forward(s), or None."""
@@ -284,14 +300,27 @@ def save_router(router, out_dir):
         os.replace(tmp, os.path.join(out_dir, name))
 
 
-def load_router(out_dir):
+def load_config(out_dir):
+    path = os.path.join(out_dir, "router.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{out_dir}: router.json is missing (train.py --router writes it)")
+    with open(path) as f:
+        return RouterConfig(**json.load(f))
+
+
+def load_router(out_dir, model=None):
+    """The router saved in out_dir. A router with rank-1 experts puts them into
+    `model` (fresh MultiLoRALinear layers, then the saved A and B)."""
     for name in ("router.json", "router.safetensors"):
         if not os.path.exists(os.path.join(out_dir, name)):
             raise FileNotFoundError(f"{out_dir}: {name} is missing (train.py --router writes it)")
-    with open(os.path.join(out_dir, "router.json")) as f:
-        cfg = RouterConfig(**json.load(f))
+    cfg = load_config(out_dir)
     state = load_file(os.path.join(out_dir, "router.safetensors"))
     router = Router(cfg, state["task.centroids"].numpy())
+    if cfg.rank1:
+        if model is None:
+            raise ValueError(f"{out_dir} holds {cfg.rank1} rank-1 experts: load_router needs the model")
+        router.own_experts(model)
     router.load_state_dict(state)
     return router
 
@@ -344,7 +373,7 @@ class Routing:
 
     def __init__(self, router, examples, X):
         self.router = router
-        self.prior = {e.question: p for e, p in zip(examples, router.task.prior(X))}
+        self.prior = {} if X is None else {e.question: p for e, p in zip(examples, router.task.prior(X))}
 
     def train_rows(self, first, train_ex):
         self.set([train_ex[i] for i in first])
@@ -361,10 +390,35 @@ class Routing:
         return on_batch
 
 
+def build_rank1(model, args, train_ex, dev_ex, device):
+    """Intuition-MoR1E's variant: args.rank1 fresh rank-1 experts in args.n_groups
+    contiguous groups, trained jointly with the grouped gates on mixed data.
+    They have no labelled questions, hence no centroids: no task prior."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    E, G = args.rank1, min(args.n_groups, args.rank1)
+    groups = [list(g) for g in np.array_split(np.arange(E), G)]
+    cfg = RouterConfig(experts=[f"r1-{e:02d}" for e in range(E)], groups=[[int(e) for e in g] for g in groups],
+                       hidden_size=model.config.hidden_size, n_layers=model.config.num_hidden_layers,
+                       level=args.level, prior="none", top_k=args.top_k, temperature=args.temperature,
+                       entropy_weight=args.entropy_weight, balance_weight=args.balance_weight,
+                       rank1=E, rank1_alpha=args.alpha, targets=args.targets.split(","))
+    router = Router(cfg, np.zeros((E, model.config.hidden_size), np.float32)).own_experts(model)
+    router.to(device).attach(model)
+    for p in router.task.parameters():
+        p.requires_grad_(False)
+    n = sum(p.numel() for p in router.rank1)
+    print(f"router over {E} fresh rank-1 experts ({n:,} parameters) in {G} groups, "
+          f"gate per {args.level}, no task prior")
+    return Routing(router, train_ex + dev_ex, None)
+
+
 def build(model, args, train_ex, dev_ex, device):
     """Load the experts into `model` (frozen), make groups from the expert
     centroids, fit the task router, attach a fresh Router; return a Routing."""
     import cluster
+    if args.rank1:
+        return build_rank1(model, args, train_ex, dev_ex, device)
     dirs = expert_dirs(args.experts)
     names = list(dirs)
     lora.load_experts(model, list(dirs.values()))
@@ -384,7 +438,7 @@ def build(model, args, train_ex, dev_ex, device):
                        n_layers=model.config.num_hidden_layers, level=args.level, prior=args.prior,
                        top_k=args.top_k, temperature=args.temperature, tau=args.tau,
                        entropy_weight=args.entropy_weight, balance_weight=args.balance_weight,
-                       embed_layer=layer, extra={"experts_dir": args.experts})
+                       embed_layer=layer, extra={"experts_dir": args.experts, "clusters_dir": args.clusters})
     router = Router(cfg, centroids)
     keep = labels >= 0
     acc_loss = router.task.fit(Xtr[keep], labels[keep])

@@ -441,6 +441,8 @@ def parser():
                    help="grouped gate input: each token's hidden state, or the input pooled")
     g.add_argument("--prior", default="centroid", choices=["centroid", "learned", "none"],
                    help="task-level prior: similarity to expert centroids, a learned classifier, or none")
+    g.add_argument("--rank1", type=int, default=0, metavar="N", help="instead of --experts: N fresh "
+                   "rank-1 experts trained jointly with the gates (Intuition-MoR1E; scale --alpha)")
     g.add_argument("--n-groups", type=int, default=3, help="expert groups (k-means over the expert centroids)")
     g.add_argument("--top-k", type=int, default=0, help="keep the k largest expert weights (0 = all)")
     g.add_argument("--temperature", type=float, default=1.0, help="temperature of the gate softmaxes")

@@ -23,7 +23,7 @@ What it does, step by step:
   4. One LiLA task file per skill, instances sorted by submodule; each instance
      keeps its submodule. `--composed` also writes the `*_composed` submodules
      (questions that chain two skills) to `<out>/composed/<skill>.json`, apart
-     from the single-skill files.
+     from the single-skill files; `--composed-only` writes just those.
 
 Same arguments give byte-identical files (hash randomisation is pinned too,
 because sympy iterates over sets).
@@ -104,7 +104,10 @@ def run_chunk(task):
     np.random.seed(s)
     out = []
     while len(out) < CHUNK:  # as the generator's sample_from_module: drop overlong ones
-        problem = module()
+        try:
+            problem = module()
+        except AssertionError:   # a rare dead end in the generator's composed samplers: draw again
+            continue
         q, a = str(problem.question), str(problem.answer)
         if len(q) <= gs.MAX_QUESTION_LENGTH and len(a) <= gs.MAX_ANSWER_LENGTH:
             out.append((q, a))
@@ -131,6 +134,8 @@ def main():
     p.add_argument("--workers", type=int, default=os.cpu_count(), help="worker processes")
     p.add_argument("--composed", action="store_true",
                    help="also write *_composed submodules to OUT/composed/")
+    p.add_argument("--composed-only", action="store_true",
+                   help="write only the *_composed submodules (to OUT/composed/)")
     p.add_argument("--skills", default=",".join(SKILLS), help="comma-separated skills to generate")
     args = p.parse_args()
 
@@ -142,8 +147,9 @@ def main():
     unknown = sorted(set(skills) - set(SKILLS))
     if unknown:
         sys.exit(f"generate.py: unknown skill(s) {unknown}; known: {SKILLS}")
+    composed = lambda n: n.endswith("_composed")
     names = [n for n in submodules() if n.split("__")[0] in skills
-             and (args.composed or not n.endswith("_composed"))]
+             and (composed(n) if args.composed_only else args.composed or not composed(n))]
     need = args.train + args.dev + args.test
     n_chunks = -(-int(need * OVERSAMPLE) // CHUNK)
     tasks = [(n, i, args.seed) for n in names for i in range(n_chunks)]

@@ -98,3 +98,33 @@ def test_router_trains_resumes_and_evaluates(tmp_path, base_dir):  # noqa: F811
     assert len(rec["experts"]) == 2 and abs(sum(rec["experts"][0]) - 1) < 1e-4   # (L, E), rows sum to 1
     assert set(report["routing"]["per_skill"]) == {"algebra", "numbers"}
     assert os.path.exists(tmp_path / "routing" / "routing.json")
+
+
+def test_rank1_experts_train_with_the_router_and_reload(tmp_path, base_dir):  # noqa: F811
+    argv = ["--router", "--rank1", "4", "--n-groups", "2", "--model", base_dir, "--data", FIXTURE,
+            "--steps", "3", "--batch-size", "4", "--seq-len", "64", "--warmup", "1", "--eval-every", "3",
+            "--eval-batches", "1", "--eval-questions", "4", "--seed", "0", "--device", "cpu",
+            "--out", str(tmp_path / "r1")]
+    trained = train.train(train.parser().parse_args(argv))
+    saved = R.load_file(str(tmp_path / "r1" / "router.safetensors"))
+    Bs = [v for k, v in saved.items() if k.startswith("rank1.") and v.shape[-1] == 1 and v.dim() == 3
+          and v.shape[1] > 1]
+    assert Bs and all(b.abs().sum() > 0 for b in Bs)          # B started at zero and learned
+    assert not any(k.startswith("model.") for k in saved)     # no base weights in the router file
+    base = M.load(base_dir)[0]
+    assert all(torch.equal(p, q) for p, q in zip(base.state_dict().values(),
+               {k: v for k, v in trained.state_dict().items() if ".lora_" not in k}.values()))
+    fresh = M.load(base_dir)[0]
+    router = R.load_router(str(tmp_path / "r1"), fresh).attach(fresh).eval()
+    assert router.cfg.groups == [[0, 1], [2, 3]] and router.cfg.prior == "none"
+    trained.eval()
+    idx = torch.randint(0, trained.config.vocab_size, (2, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(idx), trained(idx))
+    with pytest.raises(ValueError, match="needs the model"):
+        R.load_router(str(tmp_path / "r1"))
+    cmd = [sys.executable, "eval.py", "--model", base_dir, "--data", FIXTURE, "--moe", str(tmp_path / "r1"),
+           "--shots", "2", "--limit", "2", "--out", str(tmp_path / "routing")]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "r1 (full)" in run.stdout

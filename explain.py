@@ -1,0 +1,177 @@
+"""
+Steering and explaining the routed mixture: what eval.py --route and
+eval.py --explain do.
+
+    python eval.py --moe out/routers/centroid-token --route "algebra=0.7,arithmetic=0.3"
+    python eval.py --moe out/routers/centroid-token --route algebra     # force one expert
+    python eval.py --explain "Solve 3*y - 1 = -13 for y."               # the shipped router
+
+Steering (AT-MoE's "controllability"). A route spec names experts or groups
+with weights, e.g. "algebra=0.7,arithmetic=0.3". parse_route turns it into one
+expert-weight vector (E,) that replaces the router's task-level weights for
+every question; a group's weight is split evenly among its experts, and the
+weights are normalised to sum to 1. Worked example, experts [algebra,
+arithmetic, calculus] in groups [[0, 2], [1]] (names "algebra+calculus",
+"arithmetic"):
+
+    "algebra=0.7,arithmetic=0.3"      -> [0.7, 0.3, 0.0]
+    "algebra+calculus=1,arithmetic=1" -> [0.25, 0.5, 0.25]
+    "calculus"                        -> [0.0, 0.0, 1.0]   one name: forced
+
+A single name forces that expert: eval.py merges it into the weights, so the
+result is exactly --adapter with that expert. Several names replace the task
+prior, and in the two-level router the layer-wise gate still mixes in with its
+learned weight lambda_l (--variant task-soft uses the weights alone).
+
+Explaining (AT-MoE's "interpretability"). explain() prints, for one question:
+its meta-question, the nearest cluster of cluster.py and that cluster's
+majority skill, the task-level group and expert weights, the grouped gate of
+every layer as a text heatmap (mean over the generated tokens), and the answer.
+The shots of the prompt come from the train split of the cluster's majority
+skill, when the data is there.
+
+Left out: steering per layer or per token (the spec is one vector per run).
+"""
+import json
+import os
+
+import numpy as np
+import torch
+
+import cluster
+import lora
+import model as M
+import router as R
+from data.lila import Example, by_skill, load as load_examples
+from data.prompts import few_shot_prompt
+
+BLOCKS = " ▁▂▃▄▅▆▇█"   # a weight w in [0, 1] is drawn as BLOCKS[round(8 w)]
+
+
+def parse_route(spec, cfg):
+    """Route spec -> expert weights (E,) that sum to 1 (see the module docstring)."""
+    experts, groups = cfg.experts, R.group_names(cfg)
+    known = f"experts: {', '.join(experts)}; groups: {', '.join(groups)}"
+    w = torch.zeros(len(experts))
+    for part in spec.split(","):
+        name, eq, value = (s.strip() for s in part.partition("="))
+        try:
+            v = float(value) if eq else 1.0
+        except ValueError:
+            raise ValueError(f"--route {spec!r}: the weight of {name!r} must be a number, got {value!r}")
+        if v < 0:
+            raise ValueError(f"--route {spec!r}: the weight of {name!r} is negative")
+        if name in experts:
+            w[experts.index(name)] += v
+        elif name in groups:
+            members = cfg.groups[groups.index(name)]
+            w[members] += v / len(members)
+        else:
+            raise ValueError(f"--route {spec!r}: unknown name {name!r}; {known}")
+    if w.sum() <= 0:
+        raise ValueError(f"--route {spec!r}: the weights sum to 0")
+    return w / w.sum()
+
+
+def forced_expert(w):
+    """The expert index if w is one-hot, else None."""
+    return int(w.argmax()) if w.max() == 1 else None
+
+
+def bar(w):
+    return BLOCKS[int(round(8 * min(max(float(w), 0.0), 1.0)))]
+
+
+def text_heatmap(rows, row_names, col_names):
+    """Weights in [0, 1] as a block-character table, two digits beside each block."""
+    width = max(5, *(len(c) for c in col_names))
+    head = " " * 9 + " ".join(c[:width].rjust(width) for c in col_names)
+    lines = [head]
+    for name, row in zip(row_names, rows):
+        cells = [f"{bar(v)}{100 * v:3.0f}%".rjust(width) for v in row]
+        lines.append(f"{name:<9}" + " ".join(cells))
+    return "\n".join(lines)
+
+
+def short(names, n=8):
+    return [x if len(x) <= n else x[:n - 1] + "~" for x in names]
+
+
+def nearest_cluster(meta, model, tok, clusters_dir, ckpt):
+    """(cluster id, its cluster_skills.json entry) for one meta-question, or None
+    when clusters_dir has no cluster.py output."""
+    need = ["centroids.npy", "cluster_skills.json", "groups.json"]
+    if not all(os.path.exists(os.path.join(clusters_dir, n)) for n in need):
+        return None
+    with open(os.path.join(clusters_dir, "groups.json")) as f:
+        info = json.load(f)
+    with open(os.path.join(clusters_dir, "cluster_skills.json")) as f:
+        skills = json.load(f)
+    C = np.load(os.path.join(clusters_dir, "centroids.npy"))                       # (k, C)
+    x = cluster.embed([meta], model, tok, info.get("layer", cluster.resolve_layer(ckpt)))
+    if info.get("cosine"):
+        x, C = cluster.unit(x), cluster.unit(C)
+    c = int(cluster.sq_dists(x, C)[0].argmin())
+    return c, skills[str(c)]
+
+
+@torch.no_grad()
+def explain(model, tok, args):
+    """Print the explanation of args.explain (one question) under the router args.moe."""
+    question = args.explain
+    meta = cluster.meta_question(question)
+    found = nearest_cluster(meta, model, tok, args.clusters, args.model)
+    router = R.load_router(args.moe, model)
+    cfg = router.cfg
+    x = cluster.embed([meta], model, tok, cfg.embed_layer) if cfg.prior != "none" else None
+    if not cfg.rank1:                  # base-only work (embeddings) is done: now the experts
+        lora.load_experts(model, list(R.expert_dirs(args.experts or cfg.extra["experts_dir"]).values()))
+    router.to(args.device).attach(model).eval()
+    prior = parse_route(args.route, cfg)[None] if args.route else (
+        router.task.prior(x) if x is not None else None)                        # (1, E)
+
+    print(f"question       {question}")
+    print(f"meta-question  {meta}")
+    skill = None
+    if found:
+        c, info = found
+        skill = info["skill"]
+        print(f"cluster        {c} of {args.clusters}: majority skill {skill} "
+              f"({100 * info['share']:.0f}% of its {info['size']} questions, mostly {info['submodule']})")
+    else:
+        print(f"cluster        ({args.clusters} has no cluster.py output)")
+    groups = R.group_names(cfg)
+    if prior is not None:
+        source = f"--route {args.route}" if args.route else f"{cfg.prior} task router"
+        g = (prior @ router.M)[0]
+        print(f"\ntask level ({source}):")
+        for gi, name in enumerate(groups):
+            print(f"  group {name:<40} {bar(g[gi])} {100 * g[gi]:5.1f}%")
+        for e in prior[0].argsort(descending=True)[:3].tolist():
+            print(f"  expert {cfg.experts[e]:<39} {bar(prior[0, e])} {100 * prior[0, e]:5.1f}%")
+        skill = skill or cfg.experts[int(prior[0].argmax())]
+
+    pool = []
+    if args.shots and skill:
+        try:
+            pool = load_examples(args.data, split="train", skills=[skill])
+        except (OSError, ValueError) as err:    # no data here, or no such skill in it: zero-shot
+            print(f"\n(no shots: {err})")
+    if pool:
+        prompt = few_shot_prompt(Example(question, ("",), skill, skill, "test"), by_skill(pool), args.shots, args.seed)
+    else:
+        prompt = f"Question: {question}\nAnswer:"
+    router.set_prior(prior)
+    router.trace = []
+    new = M.generate(model, [tok.encode(prompt).ids], args.max_new_tokens, eos_id=tok.token_to_id(M.EOT),
+                     stop_fn=lambda n: "\n" in tok.decode(n))[0]
+    w = R.trace_summary(router.trace, cfg.n_layers, 1)[0]                          # (L, E)
+    router.trace = None
+    layers = [f"layer {l}" for l in range(cfg.n_layers)]
+    print(f"\ngrouped gate per layer, mean over the generated tokens ({len(pool) and args.shots}-shot prompt):")
+    print(text_heatmap((w @ router.M).tolist(), layers, [f"G{g}" for g in range(len(groups))]))
+    print("  " + "; ".join(f"G{g} = {name}" for g, name in enumerate(groups)))
+    if not cfg.rank1:
+        print(text_heatmap(w.tolist(), layers, short(cfg.experts)))
+    print(f"\nanswer         {tok.decode(new).split(chr(10))[0].strip()}")
+

@@ -1,0 +1,102 @@
+"""explain.py and eval.py --route / --explain: route specs by hand, a forced
+expert equals --adapter, a soft route replaces the task level, and --explain
+runs end to end on a tiny base with two experts, a router and clusters."""
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import cluster as C
+import explain
+import train
+from conftest import ROOT
+from test_experts import base_dir, expert_argv  # noqa: F401  (fixture)
+from test_train_eval import FIXTURE, tokenizer_path  # noqa: F401  (fixture)
+
+CFG = SimpleNamespace(experts=["algebra", "arithmetic", "calculus"], groups=[[0, 2], [1]])
+
+
+def test_route_specs_by_hand():
+    assert explain.parse_route("algebra=0.7,arithmetic=0.3", CFG).tolist() == pytest.approx([0.7, 0.3, 0.0])
+    assert explain.parse_route("algebra+calculus=1, arithmetic=1", CFG).tolist() == [0.25, 0.5, 0.25]
+    forced = explain.parse_route("calculus", CFG)
+    assert forced.tolist() == [0.0, 0.0, 1.0] and explain.forced_expert(forced) == 2
+    assert explain.forced_expert(explain.parse_route("algebra=2,calculus=2", CFG)) is None
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("geometry=1", "unknown name 'geometry'; experts: algebra, arithmetic, calculus; "
+                   "groups: algebra+calculus, arithmetic"),
+    ("algebra=lots", "must be a number, got 'lots'"),
+    ("algebra=-1", "negative"),
+    ("algebra=0", "sum to 0"),
+])
+def test_bad_route_specs(spec, message):
+    with pytest.raises(ValueError, match=message.replace("+", r"\+")):
+        explain.parse_route(spec, CFG)
+
+
+def test_text_heatmap_blocks():
+    text = explain.text_heatmap([[0.0, 1.0], [0.5, 0.25]], ["layer 0", "layer 1"], ["a", "b"])
+    assert text.splitlines()[1].split()[-2:] == ["0%", "█100%"]
+    assert "▄ 50%" in text and "▂ 25%" in text
+
+
+@pytest.fixture(scope="module")
+def routed(tmp_path_factory, base_dir):  # noqa: F811
+    """Two experts (algebra, numbers), a router over them, and clusters of the fixture."""
+    root = tmp_path_factory.mktemp("routed")
+    for skill in ("algebra", "numbers"):
+        argv = expert_argv(base_dir, root / "experts" / skill)
+        argv[argv.index("algebra")] = skill
+        train.train(train.parser().parse_args(argv + ["--steps", "2"]))
+    C.main(["--k", "2", "--out", str(root / "clusters"), "--model", base_dir, "--data", FIXTURE,
+            "--split", "train", "--n-init", "2", "--no-raw", "--label-trials", "1"])
+    train.train(train.parser().parse_args([
+        "--router", "--experts", str(root / "experts"), "--clusters", str(root / "clusters"),
+        "--model", base_dir, "--data", FIXTURE, "--steps", "2", "--batch-size", "4", "--seq-len", "64",
+        "--warmup", "1", "--eval-every", "2", "--eval-batches", "1", "--eval-questions", "4",
+        "--n-groups", "2", "--seed", "0", "--device", "cpu", "--out", str(root / "router")]))
+    return root
+
+
+def run_eval(base, *argv):
+    cmd = [sys.executable, "eval.py", "--model", base, "--data", FIXTURE, "--shots", "2", *argv]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout
+
+
+def test_forced_route_equals_the_adapter(routed, base_dir, tmp_path):  # noqa: F811
+    run_eval(base_dir, "--moe", str(routed / "router"), "--route", "numbers", "--json", str(tmp_path / "r.json"))
+    run_eval(base_dir, "--adapter", str(routed / "experts" / "numbers"), "--json", str(tmp_path / "a.json"))
+    routed_recs = json.load(open(tmp_path / "r.json"))["records"]
+    adapter_recs = json.load(open(tmp_path / "a.json"))["records"]
+    assert [r["prediction"] for r in routed_recs] == [r["prediction"] for r in adapter_recs]
+    assert {r["routing"]["expert"] for r in routed_recs} == {"numbers"}
+
+
+def test_soft_route_replaces_the_task_level(routed, base_dir, tmp_path):  # noqa: F811
+    out = run_eval(base_dir, "--moe", str(routed / "router"), "--route", "algebra=0.7,numbers=0.3",
+                   "--json", str(tmp_path / "s.json"), "--out", str(tmp_path / "routing"))
+    assert "route algebra=0.7,numbers=0.3" in out
+    for r in json.load(open(tmp_path / "s.json"))["records"]:
+        assert r["routing"]["prior"] == pytest.approx([0.7, 0.3])
+    bad = subprocess.run([sys.executable, "eval.py", "--model", base_dir, "--data", FIXTURE,
+                          "--moe", str(routed / "router"), "--route", "geometry"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode != 0 and "unknown name 'geometry'; experts: algebra, numbers" in bad.stderr
+
+
+def test_explain_one_question(routed, base_dir):  # noqa: F811
+    out = run_eval(base_dir, "--moe", str(routed / "router"), "--explain", "Solve 3*y - 1 = -13 for y.")
+    assert f"meta-question  {C.meta_question('Solve 3*y - 1 = -13 for y.')}\n" in out
+    assert f"of {routed / 'clusters'}: majority skill" in out          # the router's clusters_dir
+    assert "task level (centroid task router)" in out
+    assert "layer 0" in out and "layer 1" in out and "answer" in out
+    forced = run_eval(base_dir, "--moe", str(routed / "router"), "--explain", "What is 2 + 3?",
+                      "--route", "numbers")
+    assert "--route numbers" in forced and "expert numbers" in forced and "100.0%" in forced
