@@ -28,7 +28,12 @@ LORA=(--steps "$STEPS" --batch-size "$BATCH" --eval-every 1000 --eval-questions 
 stage() { echo; echo "=== $* (at $((SECONDS / 60)) min)"; }
 
 stage "data"
-[ -e "$DATA/algebra.json" ] || make data
+if [ "$DATA" = data/lila ]; then   # generated; a LiLA download (DATA=...) is used as it is
+    GEN=.venv-gen/bin/python
+    [ -e "$DATA/algebra.json" ] || "$GEN" data/generate.py --out "$DATA" --train 2000
+    [ -e "$DATA/composed/algebra.json" ] || "$GEN" data/generate.py --out "$DATA" --composed-only \
+        --train 200 --dev 0 --test 50
+fi
 
 stage "skill experts"
 for s in $SKILLS; do
@@ -78,6 +83,24 @@ for r in centroid-token learned-token centroid-sequence clusters-token rank1; do
 done
 ev moe-task-soft --moe "$OUT/routers/centroid-token" --variant task-soft
 ev moe-task-hard --moe "$OUT/routers/centroid-token" --variant task-hard
+
+if [ -d "$DATA/composed" ]; then
+    stage "composed questions (two skills chained): the same configurations"
+    ev composed/base-4shot --data "$DATA/composed"
+    ev composed/mixed --data "$DATA/composed" --adapter "$OUT/mixed"
+    for r in centroid-token learned-token centroid-sequence clusters-token rank1; do
+        ev "composed/moe-$r" --data "$DATA/composed" --moe "$OUT/routers/$r" --out "$OUT/routing-composed/$r"
+    done
+    ev composed/moe-task-hard --data "$DATA/composed" --moe "$OUT/routers/centroid-token" --variant task-hard
+fi
+
+stage "steering (--route): each skill's questions sent to its own expert, and to the next skill's"
+set -- $SKILLS
+for s in $SKILLS; do
+    wrong=$(echo $SKILLS $1 | tr ' ' '\n' | grep -A1 -x "$s" | sed -n 2p)
+    ev "steer/own-$s" --skills "$s" --moe "$OUT/routers/centroid-token" --route "$s"
+    ev "steer/wrong-$s" --skills "$s" --moe "$OUT/routers/centroid-token" --route "$wrong"
+done
 
 stage "report"
 "$PY" report.py --out "$OUT"

@@ -189,10 +189,27 @@ class MultiLoRALinear(nn.Module):
         w = w.to(x.dtype) * self.lora_scaling.to(x.dtype)               # fold s_e into w_e
         if w.dim() == 2:
             w = w[:, None, :]                                           # (B, E) -> (B, 1, E): same for every token
-        # Legend: b batch, t token, i in_features, o out_features, e expert, r rank.
-        u = torch.einsum("bti,eri->bter", self.lora_dropout(x), self.lora_A)   # (B, T, E, r): A_e x for all e
-        u = u * w[..., None]                                            # (B, T, E, r) * (B|1, T|1, E, 1)
-        return y + torch.einsum("bter,eor->bto", u, self.lora_B)        # sum over experts e and rank r
+        # The two einsums "bti,eri->bter" and "bter,eor->bto" (b batch, t token,
+        # i in, o out, e expert, r rank), written as two plain matmuls over the
+        # E*r stacked rank dimensions, which is what makes them fast:
+        E, r = self.n_experts, self.r
+        u = F.linear(self.lora_dropout(x), self.lora_A.reshape(E * r, self.in_features))   # (B, T, E*r)
+        u = (u.unflatten(-1, (E, r)) * w[..., None]).flatten(-2)        # (B, T, E, r) * (B|1, T|1, E, 1) -> (B, T, E*r)
+        return y + u @ self.stacked_B()                                 # (B, T, E*r) @ (E*r, O): sum over e and r
+
+    def stacked_B(self):
+        """lora_B (E, O, r) as one (E*r, O) matrix, row e*r + j = B_e[:, j]. Under
+        autograd it is built every call; for inference it is cached until lora_B
+        changes in place (tensor._version counts those changes), as in decoding,
+        where rebuilding it every step would cost more than the product itself."""
+        def build():
+            return self.lora_B.transpose(1, 2).reshape(self.n_experts * self.r, self.out_features)   # (E*r, O)
+        if torch.is_grad_enabled() and self.lora_B.requires_grad:
+            return build()
+        key = (self.lora_B._version, self.lora_B.data_ptr(), self.lora_B.device, self.lora_B.dtype)
+        if getattr(self, "_stacked_key", None) != key:
+            self._stacked_B, self._stacked_key = build().contiguous(), key
+        return self._stacked_B
 
     def delta_weight(self, w):
         """sum_e w_e s_e B_e @ A_e for one weight vector w (E,): (O, I)."""

@@ -53,6 +53,81 @@ def results_table(out):
     return "\n".join(lines), table
 
 
+def load(out, *parts):
+    path = os.path.join(out, *parts)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def mean(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def pct(x, digits=1):
+    return "-" if x is None else f"{100 * x:.{digits}f}"
+
+
+def routing_stats(report, skills):
+    """(mean group entropy, mean number of groups above 10%) over the skills, or Nones."""
+    per = (report or {}).get("routing", {}).get("per_skill", {})
+    rows = [per[s] for s in skills if s in per]
+    if not rows:
+        return None, None
+    return mean(r["group_entropy"] for r in rows), mean(r["groups_above_10pct"] for r in rows)
+
+
+def composed_table(out):
+    """Composed questions beside plain questions of the same skills, per configuration."""
+    lines = ["| configuration | plain acc. | composed acc. | plain: group entropy | composed: group entropy "
+             "| plain: groups > 10% | composed: groups > 10% |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for key, label in ROWS:
+        comp = load(out, "eval", "composed", f"{key}.json")
+        plain = load(out, "eval", f"{key}.json")
+        if comp is None or plain is None:
+            continue
+        skills = sorted(comp["accuracy"])
+        (pe, pg), (ce, cg) = routing_stats(plain, skills), routing_stats(comp, skills)
+        f = lambda x: "-" if x is None else f"{x:.2f}"
+        lines.append(f"| {label} | {pct(mean(plain['accuracy'].get(s) for s in skills))} | "
+                     f"{pct(mean(comp['accuracy'].values()))} | {f(pe)} | {f(ce)} | {f(pg)} | {f(cg)} |")
+    return "\n".join(lines) if len(lines) > 2 else None
+
+
+def steering_table(out):
+    """Each skill's questions steered to its own expert, to the next skill's, and routed."""
+    routed = load(out, "eval", "moe-centroid-token.json")
+    lines = ["| skill | steered to own expert | steered to a wrong expert | the router decides |",
+             "|---|---:|---:|---:|"]
+    cols = [[], [], []]
+    for s in SKILLS:
+        own, wrong = load(out, "eval", "steer", f"own-{s}.json"), load(out, "eval", "steer", f"wrong-{s}.json")
+        if own is None or wrong is None:
+            continue
+        vals = [own["accuracy"][s], wrong["accuracy"][s], routed["accuracy"].get(s) if routed else None]
+        for c, v in zip(cols, vals):
+            c.append(v)
+        lines.append(f"| {s} | " + " | ".join(pct(v) for v in vals) + " |")
+    if len(lines) == 2:
+        return None
+    lines.append("| **mean** | " + " | ".join(f"**{pct(mean(c))}**" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def training_times(out):
+    """Minutes of training per expert and for the mixed LoRA and routers (log.json)."""
+    rows = []
+    for path in sorted(glob.glob(os.path.join(out, "*", "log.json")) + glob.glob(os.path.join(out, "*", "*", "log.json"))):
+        with open(path) as f:
+            log = json.load(f)
+        if log:
+            rows.append(f"| {os.path.relpath(os.path.dirname(path), out)} | {log[-1]['step']} "
+                        f"| {log[-1]['time'] / 60:.1f} |")
+    return "\n".join(["| run | steps | minutes |", "|---|---:|---:|"] + rows) if rows else None
+
+
 def main():
     p = argparse.ArgumentParser(description="Collect the study's outputs into out/REPORT.md.")
     p.add_argument("--out", default="out", help="the output directory of experiment.sh")
@@ -71,6 +146,12 @@ def main():
     if os.path.exists(clus):
         parts += ["## Clusters of meta-questions (test split)", "", open(clus).read(),
                   "![clusters](clusters-test/clusters.png)", ""]
+    for title, text in (("Composed questions (two skills chained) beside plain ones of the same skills",
+                         composed_table(args.out)),
+                        ("Steering with --route (router centroid-token)", steering_table(args.out)),
+                        ("Training time (wall, as logged)", training_times(args.out))):
+        if text:
+            parts += [f"## {title}", "", text, ""]
     heatmaps = sorted(glob.glob(os.path.join(args.out, "routing", "*", "routing_*.png")))
     if heatmaps:
         parts += ["## Routing: mean expert weight per layer, per skill", ""]
