@@ -5,12 +5,18 @@ Few-shot evaluation of a phi checkpoint on LiLA math questions, per skill.
     python eval.py --model /path/to/phi-2 --data /path/to/lila --limit 100 --json out/eval.json
     python eval.py --adapter out/experts/algebra     # base + one LoRA expert, merged
     python eval.py --forgetting out/experts          # every expert on every skill, minus base
+    python eval.py --study out --data /path/to/lila  # every configuration of the study, one table
+    python eval.py --moe out/routers/centroid-token --route "algebra=0.7,arithmetic=0.3"   # steered
+    python eval.py --explain "Solve 3*y - 1 = -13 for y."                                 # explained
 
 For every question: k solved questions of the same skill from the train split,
 then the question (data/prompts.py); greedy decoding with the KV cache, batched,
 stopping at the first newline (model.py); exact match after normalisation
 (data/score.py). The result is a markdown table of accuracy per skill and per
 submodule, and optionally a JSON file with every prediction.
+
+The routed mixture (--moe) is evaluated here too; steering (--route) and the
+explanation of one question (--explain) live in explain.py.
 
 An expert (--adapter) is merged into the base weights before evaluation, so it
 costs nothing at inference. The forgetting matrix (--forgetting) evaluates every
@@ -25,6 +31,7 @@ Left out: log-likelihood (multiple-choice) scoring, chain-of-thought, and
 sampling-based metrics such as pass@k.
 """
 import argparse
+import glob
 import json
 import os
 import random
@@ -283,6 +290,67 @@ def routing_report(records, router, out_dir):
     return report
 
 
+def study(model, tok, examples, pool, args):
+    """Every configuration of a study directory (experiment.sh's OUT) on the same
+    questions, in one call: base 0-shot and k-shot, the mixed LoRA, each skill's
+    expert on its own skill, and every router under OUT/routers (two-level, and
+    the task level alone, soft and hard). Writes one table (markdown + JSON)."""
+    root, table = args.study, {}
+
+    def run(label, records):
+        table[label] = {k: c / n for k, (c, n) in accuracy(records).items()}
+        print(f"{label}: mean {100 * mean_accuracy(records):.1f}%")
+
+    ev = lambda shots, desc, exs=examples: evaluate(model, tok, exs, pool, shots, args.batch_size, args.seed,
+                                                    args.max_new_tokens, desc=desc)
+    run("base, 0-shot", ev(0, "base 0-shot"))
+    run(f"base, {args.shots}-shot", ev(args.shots, "base"))
+    adapters = [("mixed LoRA", os.path.join(root, "mixed"), examples)]
+    experts = R.expert_dirs(os.path.join(root, "experts")) if os.path.isdir(os.path.join(root, "experts")) else {}
+    own = [(path, [e for e in examples if e.skill == name]) for name, path in experts.items()]
+    own_records = []
+    for label, path, exs in adapters + [("own", p, exs) for p, exs in own if exs]:
+        if not os.path.exists(os.path.join(path, lora.CONFIG_NAME)):
+            continue
+        lora.load_adapter(model, path)
+        lora.merge_lora(model)
+        records = ev(args.shots, os.path.basename(path), exs)
+        lora.remove_lora(model, merge=False)
+        own_records += records if label == "own" else []
+        if label != "own":
+            run(label, records)
+    if own_records:
+        run("each skill's expert on its own skill", own_records)
+    routers = sorted(glob.glob(os.path.join(root, "routers", "*", "router.json")))
+    for path in routers:
+        cfg = R.load_config(os.path.dirname(path))
+        variants = ["full"] + ([] if cfg.rank1 or cfg.prior == "none" else ["task-soft", "task-hard"])
+        for variant in variants:
+            sub = argparse.Namespace(**{**vars(args), "moe": os.path.dirname(path), "variant": variant,
+                                        "route": None, "experts": None})
+            records, router = moe(model, tok, examples, pool, sub)
+            router.detach()
+            lora.remove_lora(model, merge=False)
+            run(f"router {os.path.basename(os.path.dirname(path))} ({variant})", records)
+    skills = sorted({s for accs in table.values() for s in accs})
+    lines = [f"### Every configuration of {root} on {args.data} ({args.split} split, {len(examples)} questions)",
+             "", "| configuration | " + " | ".join(skills) + " | mean |", "|---|" + "---:|" * (len(skills) + 1)]
+    for label, accs in table.items():
+        vals = [accs.get(s) for s in skills]
+        cells = ["-" if v is None else f"{100 * v:.1f}" for v in vals]
+        known = [v for v in vals if v is not None]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | **{100 * sum(known) / len(known):.1f}** |")
+    text = "\n".join(lines)
+    print(text)
+    out = args.out or os.path.join(root, "heldout")
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(text + "\n")
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump({"data": args.data, "split": args.split, "accuracy": table}, f, indent=1)
+    print(f"wrote {out}/results.md and results.json")
+
+
 def main():
     p = argparse.ArgumentParser(description="Few-shot evaluation of a phi checkpoint on LiLA math questions.")
     p.add_argument("--model", default=DEFAULT_MODEL, help="HF-layout phi checkpoint directory")
@@ -305,6 +373,8 @@ def main():
     p.add_argument("--experts", default=None, help="--moe: the experts directory (default: the one it was trained on)")
     p.add_argument("--variant", default="full", choices=["full", "task-soft", "task-hard"],
                    help="--moe: two-level routing, task prior alone as weights, or top-1 expert merged")
+    p.add_argument("--study", default=None, metavar="OUT", help="evaluate every configuration of a "
+                   "study directory (make experiment's out/) on --data, in one call, into one table")
     p.add_argument("--route", default=None, metavar="SPEC", help="--moe: replace the task-level weights "
                    "by these, e.g. 'algebra=0.7,arithmetic=0.3' (expert or group names); one name forces "
                    "that expert")
@@ -326,6 +396,9 @@ def main():
     examples = select(load_examples(args.data, split=args.split, skills=skills), args.limit, args.seed)
     pool = load_examples(args.data, split="train", skills=skills) if args.shots else []
     print(f"evaluating {len(examples)} {args.split} questions, {args.shots}-shot")
+    if args.study:
+        study(model, tok, examples, pool, args)
+        return
     if args.forgetting:
         args.out = args.out or "out/forgetting"
         forgetting(model, tok, examples, pool, args)

@@ -59,7 +59,7 @@ def routed(tmp_path_factory, base_dir):  # noqa: F811
         "--router", "--experts", str(root / "experts"), "--clusters", str(root / "clusters"),
         "--model", base_dir, "--data", FIXTURE, "--steps", "2", "--batch-size", "4", "--seq-len", "64",
         "--warmup", "1", "--eval-every", "2", "--eval-batches", "1", "--eval-questions", "4",
-        "--n-groups", "2", "--seed", "0", "--device", "cpu", "--out", str(root / "router")]))
+        "--n-groups", "2", "--seed", "0", "--device", "cpu", "--out", str(root / "routers" / "two-level")]))
     return root
 
 
@@ -71,7 +71,7 @@ def run_eval(base, *argv):
 
 
 def test_forced_route_equals_the_adapter(routed, base_dir, tmp_path):  # noqa: F811
-    run_eval(base_dir, "--moe", str(routed / "router"), "--route", "numbers", "--json", str(tmp_path / "r.json"))
+    run_eval(base_dir, "--moe", str(routed / "routers" / "two-level"), "--route", "numbers", "--json", str(tmp_path / "r.json"))
     run_eval(base_dir, "--adapter", str(routed / "experts" / "numbers"), "--json", str(tmp_path / "a.json"))
     routed_recs = json.load(open(tmp_path / "r.json"))["records"]
     adapter_recs = json.load(open(tmp_path / "a.json"))["records"]
@@ -80,23 +80,33 @@ def test_forced_route_equals_the_adapter(routed, base_dir, tmp_path):  # noqa: F
 
 
 def test_soft_route_replaces_the_task_level(routed, base_dir, tmp_path):  # noqa: F811
-    out = run_eval(base_dir, "--moe", str(routed / "router"), "--route", "algebra=0.7,numbers=0.3",
+    out = run_eval(base_dir, "--moe", str(routed / "routers" / "two-level"), "--route", "algebra=0.7,numbers=0.3",
                    "--json", str(tmp_path / "s.json"), "--out", str(tmp_path / "routing"))
     assert "route algebra=0.7,numbers=0.3" in out
     for r in json.load(open(tmp_path / "s.json"))["records"]:
         assert r["routing"]["prior"] == pytest.approx([0.7, 0.3])
     bad = subprocess.run([sys.executable, "eval.py", "--model", base_dir, "--data", FIXTURE,
-                          "--moe", str(routed / "router"), "--route", "geometry"],
+                          "--moe", str(routed / "routers" / "two-level"), "--route", "geometry"],
                          cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode != 0 and "unknown name 'geometry'; experts: algebra, numbers" in bad.stderr
 
 
 def test_explain_one_question(routed, base_dir):  # noqa: F811
-    out = run_eval(base_dir, "--moe", str(routed / "router"), "--explain", "Solve 3*y - 1 = -13 for y.")
+    out = run_eval(base_dir, "--moe", str(routed / "routers" / "two-level"), "--explain", "Solve 3*y - 1 = -13 for y.")
     assert f"meta-question  {C.meta_question('Solve 3*y - 1 = -13 for y.')}\n" in out
     assert f"of {routed / 'clusters'}: majority skill" in out          # the router's clusters_dir
     assert "task level (centroid task router)" in out
     assert "layer 0" in out and "layer 1" in out and "answer" in out
-    forced = run_eval(base_dir, "--moe", str(routed / "router"), "--explain", "What is 2 + 3?",
+    forced = run_eval(base_dir, "--moe", str(routed / "routers" / "two-level"), "--explain", "What is 2 + 3?",
                       "--route", "numbers")
     assert "--route numbers" in forced and "expert numbers" in forced and "100.0%" in forced
+
+
+def test_study_evaluates_every_configuration(routed, base_dir, tmp_path):  # noqa: F811
+    out = run_eval(base_dir, "--study", str(routed), "--limit", "2", "--out", str(tmp_path))
+    table = json.load(open(tmp_path / "results.json"))["accuracy"]
+    assert list(table) == ["base, 0-shot", "base, 2-shot", "each skill's expert on its own skill",
+                           "router two-level (full)", "router two-level (task-soft)",
+                           "router two-level (task-hard)"]
+    assert all(set(accs) == {"algebra", "numbers"} for accs in table.values())
+    assert "| router two-level (task-hard) |" in open(tmp_path / "results.md").read() and "mean" in out
