@@ -93,7 +93,8 @@ class LoRALinear(nn.Module):
         y = F.linear(x, self.weight, self.bias)                        # (..., O)
         if self.merged:
             return y                                                   # W already holds s*B@A
-        return y + self.scaling * self.lora_B(self.lora_A(self.lora_dropout(x)))
+        # s multiplies the r-wide A x rather than the O-wide result: same value, less work
+        return y + self.lora_B(self.lora_A(self.lora_dropout(x)) * self.scaling)
 
     @torch.no_grad()
     def merge(self):
