@@ -143,6 +143,23 @@ def test_multi_per_token_weights_equal_python_loop():
     assert multi.merged is None and torch.allclose(multi(x), y, atol=1e-6)
 
 
+def test_multi_inference_cache_follows_in_place_changes():
+    """Under no_grad the stacked B is cached; an in-place change to lora_B (an
+    optimizer step, set_expert, load_state_dict) must be seen at once."""
+    base, experts = make_experts(E=2)
+    multi = lora.MultiLoRALinear.from_loras(experts)
+    x, w = torch.randn(2, 4, 8), torch.tensor([0.0, 1.0])
+    with torch.no_grad():
+        before = multi(x, w)
+        multi.set_expert(1, experts[0].lora_A.weight, experts[0].lora_B.weight, experts[0].scaling)
+        torch.testing.assert_close(multi(x, w), experts[0](x))
+        multi.lora_B.mul_(0)
+        torch.testing.assert_close(multi(x, w), base(x))
+    assert not torch.allclose(before, base(x))
+    y = multi(x, w)                                             # with autograd: built each call
+    assert y.requires_grad and torch.allclose(y, base(x))
+
+
 def test_load_experts_one_hot_equals_single_adapter(tiny_ckpt, our_adapter, tmp_path):
     adapter_dir, with_adapter = our_adapter
     other = ours(tiny_ckpt[0])                                 # a second expert: rank 2, fc1 only
