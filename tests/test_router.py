@@ -1,6 +1,7 @@
 """router.py: the grouped gate's algebra, the single-expert reduction, and
 train.py --router / eval.py --moe end to end on a tiny base."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -128,3 +129,58 @@ def test_rank1_experts_train_with_the_router_and_reload(tmp_path, base_dir):  # 
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "r1 (full)" in run.stdout
+
+
+def test_regularisers_on_hand_made_distributions():
+    router = R.Router(cfg(4, [[0, 1], [2, 3]], entropy_weight=0.5, balance_weight=2.0),
+                      torch.zeros(4, 64).numpy())
+    uniform = torch.full((3, 4), 0.25)
+    entropy, balance = router.regularisers(uniform)
+    assert entropy.item() == pytest.approx(0.5 * math.log(4))
+    # every token's top-1 is expert 0 (ties go to the first): f = (1, 0, 0, 0), P = 1/4 each
+    assert balance.item() == pytest.approx(2.0 * 4 * 0.25)
+    one_hot = torch.eye(4)                                     # perfectly balanced, certain
+    entropy, balance = router.regularisers(one_hot)
+    assert entropy.item() == pytest.approx(0.0, abs=1e-6)
+    assert balance.item() == pytest.approx(2.0 * 4 * (4 * 0.25 * 0.25))   # = 2.0, the minimum
+
+
+def test_only_router_parameters_get_gradients(tiny_ckpt, tmp_path):
+    path = tiny_ckpt[0]
+    model, _ = M.load(path)
+    for e in range(2):
+        lora.add_lora(model, r=2, alpha=4)
+        lora.save_adapter(model, str(tmp_path / f"e{e}"), path)
+        lora.remove_lora(model)
+    lora.load_experts(model, [str(tmp_path / "e0"), str(tmp_path / "e1")])
+    for p in model.parameters():
+        p.requires_grad_(False)
+    router = R.Router(cfg(2, [[0], [1]], entropy_weight=0.1), torch.zeros(2, 64).numpy()).attach(model)
+    router.set_prior(torch.tensor([[0.3, 0.7]]))
+    router.train()
+    idx = torch.randint(1, 300, (1, 6))
+    (model(idx).logsumexp(-1).mean() + router.aux_loss()).backward()
+    assert all(p.grad is None for p in model.parameters())
+    got = {n for n, p in router.named_parameters() if p.grad is not None}
+    assert got and all(n.startswith(("gates.", "mix")) for n in got)
+
+
+def test_hard_merged_route_equals_soft_one_hot(tiny_ckpt, tmp_path):
+    path = tiny_ckpt[0]
+    model, _ = M.load(path)
+    dirs = []
+    for e in range(3):
+        lora.add_lora(model, r=2, alpha=4)
+        for m in lora.lora_modules(model).values():
+            torch.nn.init.normal_(m.lora_B.weight, std=0.1)
+        dirs.append(str(tmp_path / f"e{e}"))
+        lora.save_adapter(model, dirs[-1], path)
+        lora.remove_lora(model)
+    lora.load_experts(model, dirs)
+    idx = torch.randint(1, 300, (2, 5))
+    with torch.no_grad():
+        lora.set_expert_weights(model, torch.tensor([[0.0, 1.0, 0.0]] * 2))    # soft, per sequence
+        soft = model(idx)
+        lora.set_expert_weights(model, torch.tensor([0.0, 1.0, 0.0]))          # hard: merged into W
+        lora.merge_lora(model)
+        torch.testing.assert_close(model(idx), soft, atol=1e-5, rtol=1e-5)
