@@ -415,10 +415,12 @@ def plot_clusters(X, labels, skills, path, title):
 # ---------------------------------------------------------------------------
 
 
-def examples_of_cluster(assign_dir, k, examples):
-    """The examples (data.lila.Example) that cluster.py --out assign_dir put in
-    cluster k, in order: for train.py --expert cluster:K. Examples that were not
-    clustered (cluster.py --limit samples) are left out; none at all is an error."""
+def examples_of_cluster(assign_dir, k, examples, ckpt=None):
+    """The examples (data.lila.Example) of cluster k of cluster.py --out assign_dir,
+    in order: for train.py --expert cluster:K. An example that was not clustered
+    (another split, or left out by --limit) goes to its nearest centroid when ckpt,
+    the model that embedded the clusters, is given, and is left out otherwise;
+    none at all is an error."""
     path = os.path.join(assign_dir, "assignments.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: run python cluster.py --out {assign_dir} first")
@@ -427,6 +429,16 @@ def examples_of_cluster(assign_dir, k, examples):
     n_clusters = max(cluster_of.values()) + 1
     if not 0 <= k < n_clusters:
         raise ValueError(f"cluster {k} does not exist: {path} has clusters 0..{n_clusters - 1}")
+    new = [e for e in examples if e.question not in cluster_of]
+    if new and ckpt:
+        with open(os.path.join(assign_dir, "groups.json")) as f:
+            info = json.load(f)
+        X = embed_cached([meta_question(e.question) for e in new], ckpt, info.get("layer", resolve_layer(ckpt)))
+        C = np.load(os.path.join(assign_dir, "centroids.npy"))
+        if info.get("cosine"):
+            X, C = unit(X), unit(C)
+        for e, c in zip(new, sq_dists(X, C).argmin(1)):
+            cluster_of[e.question] = int(c)
     if not any(e.question in cluster_of for e in examples):
         raise ValueError(f"none of the {len(examples)} questions is in {path} "
                          "(clustered from other data or another split?)")

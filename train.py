@@ -256,7 +256,7 @@ def select_examples(args, split):
     if args.expert and args.expert.startswith("cluster:"):
         import cluster
         everything = load_examples(args.data, split=split)
-        return cluster.examples_of_cluster(args.clusters, int(args.expert.split(":")[1]), everything)
+        return cluster.examples_of_cluster(args.clusters, int(args.expert.split(":")[1]), everything, args.model)
     skills = [args.expert] if args.expert else None
     return load_examples(args.data, split=split, skills=skills)
 

@@ -195,8 +195,15 @@ def test_cli_end_to_end(tiny_ckpt, tmp_path):
     assert "NMI (submodules)" in (out / "report.md").read_text()
     chosen = [C.examples_of_cluster(str(out), k, train) for k in range(3)]
     assert sorted(sum(chosen, []), key=train.index) == train
+    test = load_examples(FIXTURES, split="test")
     with pytest.raises(ValueError, match="none of the"):
-        C.examples_of_cluster(str(out), 0, load_examples(FIXTURES, split="test"))
+        C.examples_of_cluster(str(out), 0, test)
+    by_centroid = [C.examples_of_cluster(str(out), k, test, tiny_ckpt[0]) for k in range(3)]
+    assert sorted(sum(by_centroid, []), key=test.index) == test      # unclustered: nearest centroid
+    layer = json.load(open(out / "groups.json"))["layer"]
+    X = C.embed_cached([C.meta_question(e.question) for e in test], tiny_ckpt[0], layer)
+    nearest = C.sq_dists(X, np.load(out / "centroids.npy")).argmin(1)
+    assert [e for e, c in zip(test, nearest) if c == 1] == by_centroid[1]
     with pytest.raises(ValueError, match="cluster 3 does not exist"):
         C.examples_of_cluster(str(out), 3, train)
 
