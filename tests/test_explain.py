@@ -110,3 +110,15 @@ def test_study_evaluates_every_configuration(routed, base_dir, tmp_path):  # noq
                            "router two-level (task-hard)"]
     assert all(set(accs) == {"algebra", "numbers"} for accs in table.values())
     assert "| router two-level (task-hard) |" in open(tmp_path / "results.md").read() and "mean" in out
+
+
+def test_explain_the_shipped_router_from_a_fresh_clone(tmp_path):
+    """checkpoints/phi-tiny-moe works without generated data (zero-shot then)."""
+    out = subprocess.run([sys.executable, "eval.py", "--explain", "What is 12 + 30?",
+                          "--data", str(tmp_path / "no-data")], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    text = out.stdout
+    assert "meta-question  What is N + N?" in text
+    assert "of checkpoints/phi-tiny-moe/clusters: majority skill" in text
+    assert "group arithmetic" in text and "(no shots:" in text and "(0-shot prompt)" in text
+    assert "layer 3" in text and "\nanswer " in text
