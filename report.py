@@ -152,10 +152,12 @@ def main():
                         ("Training time (wall, as logged)", training_times(args.out))):
         if text:
             parts += [f"## {title}", "", text, ""]
-    heatmaps = sorted(glob.glob(os.path.join(args.out, "routing", "*", "routing_*.png")))
-    if heatmaps:
-        parts += ["## Routing: mean expert weight per layer, per skill", ""]
-        parts += [f"![{os.path.relpath(h, args.out)}]({os.path.relpath(h, args.out)})" for h in heatmaps]
+    for folder, title in (("routing", "plain questions"), ("routing-composed", "composed questions")):
+        heatmaps = sorted(glob.glob(os.path.join(args.out, folder, "*", "routing_*.png")))
+        if heatmaps:
+            parts += [f"## Routing on {title}: mean expert weight per layer, per skill", ""]
+            parts += [f"![{os.path.relpath(h, args.out)}]({os.path.relpath(h, args.out)})" for h in heatmaps]
+            parts.append("")
     with open(os.path.join(args.out, "REPORT.md"), "w") as f:
         f.write("\n".join(parts) + "\n")
     print(table)

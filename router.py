@@ -149,8 +149,12 @@ class GroupedGate(nn.Module):
         h = h.float()
         g = F.softmax(self.U(h) / self.temperature, dim=-1)             # (..., G) group weights
         v = self.V(h) / self.temperature                               # (..., E)
-        ev = torch.exp(v - v.max(dim=-1, keepdim=True).values)          # (..., E)
-        in_group = ev / ((ev @ self.M) @ self.M.T)                      # (..., E) softmax within each group
+        # Softmax within each group. Subtract each group's own max before exp: with a
+        # global max, a group far below it underflows to 0/0 (NaN).
+        masked = v.unsqueeze(-1).masked_fill(self.M == 0, float("-inf"))   # (..., E, G), -inf outside the group
+        shift = masked.amax(dim=-2) @ self.M.T                         # (..., E): the max of e's group
+        ev = torch.exp(v - shift)                                      # (..., E), 1 at each group's max
+        in_group = ev / ((ev @ self.M) @ self.M.T)                      # (..., E) divided by e's group sum
         return (g @ self.M.T) * in_group                                # (..., E) group share x share in group
 
 

@@ -36,6 +36,17 @@ def test_grouped_gate_is_the_product_form():
         assert torch.allclose(w[..., members].sum(-1), g[..., gi], atol=1e-6)   # the group's share
 
 
+def test_grouped_gate_is_stable_for_far_apart_groups():
+    """A group whose scores are all far below another group's must not underflow to 0/0."""
+    gate = R.GroupedGate(2, R.membership([[0, 1], [2, 3]], 4))
+    with torch.no_grad():
+        gate.V.bias.copy_(torch.tensor([0.0, 1.0, -200.0, -199.0]))
+    w = gate(torch.zeros(3, 2))
+    assert torch.isfinite(w).all()
+    inside = torch.softmax(torch.tensor([0.0, 1.0]), -1) / 2        # U = 0: each group gets 1/2
+    torch.testing.assert_close(w[0], torch.cat([inside, inside]))
+
+
 def test_groups_must_partition_the_experts():
     with pytest.raises(ValueError, match="partition"):
         R.membership([[0, 1], [1, 2]], 3)
