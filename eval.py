@@ -40,6 +40,7 @@ from collections import defaultdict
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 
 import explain
@@ -70,6 +71,25 @@ def select(examples, limit, seed):
 
 
 @torch.no_grad()
+def answer_nll(model, prompts, answers):
+    """Mean negative log-likelihood per token (nats) of each gold answer after its
+    prompt, by teacher forcing: a continuous score that still moves when a weak
+    model gets almost nothing exactly right. prompts and answers are token-id
+    lists; the batch is right-padded, so causal attention never sees the padding."""
+    seqs = [p + a for p, a in zip(prompts, answers)]
+    device = model.lm_head.weight.device
+    idx = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        idx[r, :len(s)] = torch.tensor(s)
+    logits = model(idx.to(device))                                      # (B, T, V)
+    out = []
+    for r, (p, a) in enumerate(zip(prompts, answers)):
+        pred = logits[r, len(p) - 1:len(p) + len(a) - 1].float()      # (len(a), V): the positions before each answer token
+        out.append(F.cross_entropy(pred, torch.tensor(a, device=device)).item())
+    return out
+
+
+@torch.no_grad()
 def evaluate(model, tok, examples, pool, shots=4, batch_size=32, seed=1234,
              max_new_tokens=32, desc="eval", on_batch=None):
     """Answer every example k-shot; return one record per example (input order).
@@ -87,7 +107,9 @@ def evaluate(model, tok, examples, pool, shots=4, batch_size=32, seed=1234,
     ids = [tok.encode(p).ids[-limit:] for p in prompts]
     order = sorted(range(len(examples)), key=lambda i: len(ids[i]))
     eot, newline = tok.token_to_id(M.EOT), "\n"
+    gold = [tok.encode(f" {e.answers[0]}\n").ids for e in examples]   # the answer as a shot shows it
     predictions, extra = [None] * len(examples), [{} for _ in examples]
+    nll = [None] * len(examples)
     bar = tqdm(total=len(examples), desc=desc, unit="q", leave=False)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
@@ -98,11 +120,15 @@ def evaluate(model, tok, examples, pool, shots=4, batch_size=32, seed=1234,
             predictions[i] = tok.decode(n).split(newline)[0].strip()
             if after:
                 extra[i] = after(j)
+        for i, v in zip(chunk, answer_nll(model, [ids[i][-(limit + max_new_tokens - len(gold[i])):] for i in chunk],
+                                          [gold[i] for i in chunk])):
+            nll[i] = v
         bar.update(len(chunk))
     bar.close()
     return [{"question": e.question, "prediction": p, "answers": list(e.answers),
-             "skill": e.skill, "submodule": e.submodule, "correct": is_correct(p, e.answers), **x}
-            for e, p, x in zip(examples, predictions, extra)]
+             "skill": e.skill, "submodule": e.submodule, "correct": is_correct(p, e.answers),
+             "answer_nll": v, **x}
+            for e, p, x, v in zip(examples, predictions, extra, nll)]
 
 
 def accuracy(records, key="skill"):
@@ -114,6 +140,14 @@ def accuracy(records, key="skill"):
     return {k: tuple(v) for k, v in sorted(counts.items())}
 
 
+def answer_nlls(records):
+    """{skill: mean answer NLL}."""
+    per = defaultdict(list)
+    for r in records:
+        per[r["skill"]].append(r["answer_nll"])
+    return {k: sum(v) / len(v) for k, v in sorted(per.items())}
+
+
 def mean_accuracy(records):
     """Unweighted mean over skills of the per-skill accuracy."""
     table = accuracy(records)
@@ -121,32 +155,36 @@ def mean_accuracy(records):
 
 
 def markdown(records, title):
-    lines = [f"### {title}", "", "| skill | submodule | correct | total | accuracy |",
-             "|---|---|---:|---:|---:|"]
-    subs = accuracy(records, "submodule")
+    lines = [f"### {title}", "", "| skill | submodule | correct | total | accuracy | answer NLL |",
+             "|---|---|---:|---:|---:|---:|"]
+    subs, nll = accuracy(records, "submodule"), answer_nlls(records)
     for skill, (c, n) in accuracy(records).items():
-        lines.append(f"| **{skill}** | (all) | {c} | {n} | **{100 * c / n:.1f}%** |")
+        lines.append(f"| **{skill}** | (all) | {c} | {n} | **{100 * c / n:.1f}%** | {nll[skill]:.3f} |")
         for sub, (sc, sn) in subs.items():
             if sub.split("__")[0] == skill and sub != skill:
-                lines.append(f"| | {sub.split('__', 1)[-1]} | {sc} | {sn} | {100 * sc / sn:.1f}% |")
-    lines.append(f"| **mean over skills** | | | {len(records)} | **{100 * mean_accuracy(records):.1f}%** |")
+                lines.append(f"| | {sub.split('__', 1)[-1]} | {sc} | {sn} | {100 * sc / sn:.1f}% | |")
+    lines.append(f"| **mean over skills** | | | {len(records)} | **{100 * mean_accuracy(records):.1f}%** "
+                 f"| {sum(nll.values()) / len(nll):.3f} |")
     return "\n".join(lines)
 
 
 def forgetting(model, tok, examples, pool, args):
     """Accuracy of base and of each expert (merged, then removed) on every skill;
     writes forgetting.md/.json/.png under args.out. Returns the JSON dict."""
-    run = lambda desc: accuracy(evaluate(model, tok, examples, pool, args.shots, args.batch_size,
-                                         args.seed, args.max_new_tokens, desc=desc))
-    base = {k: c / n for k, (c, n) in run("base").items()}
+    def run(desc):
+        records = evaluate(model, tok, examples, pool, args.shots, args.batch_size, args.seed,
+                           args.max_new_tokens, desc=desc)
+        return {k: c / n for k, (c, n) in accuracy(records).items()}, answer_nlls(records)
+    base, base_nll = run("base")
     skills = list(base)
-    acc = {}
+    acc, nll = {}, {}
     for name, path in R.expert_dirs(args.forgetting).items():
         lora.load_adapter(model, path)
         lora.merge_lora(model)
-        acc[name] = {k: c / n for k, (c, n) in run(name).items()}
+        acc[name], nll[name] = run(name)
         lora.remove_lora(model, merge=False)          # back to the base weights
     delta = {e: {s: acc[e][s] - base[s] for s in skills} for e in acc}
+    nll_delta = {e: {s: nll[e][s] - base_nll[s] for s in skills} for e in nll}
     lines = ["### Forgetting: expert accuracy minus base accuracy (points), "
              f"{args.shots}-shot, {args.split} split", "",
              "| expert \\ skill | " + " | ".join(skills) + " | mean |",
@@ -156,16 +194,28 @@ def forgetting(model, tok, examples, pool, args):
     for e in acc:
         row = [f"**{100 * delta[e][s]:+.1f}**" if s == e else f"{100 * delta[e][s]:+.1f}" for s in skills]
         lines.append(f"| {e} | " + " | ".join(row) + f" | {100 * sum(delta[e].values()) / len(skills):+.1f} |")
+    lines += ["", "### Forgetting in answer NLL: expert minus base (nats per answer token; "
+              "negative = the expert is better)", "",
+              "| expert \\ skill | " + " | ".join(skills) + " | mean |", "|---|" + "---:|" * (len(skills) + 1),
+              "| *base NLL* | " + " | ".join(f"{base_nll[s]:.3f}" for s in skills)
+              + f" | {sum(base_nll.values()) / len(skills):.3f} |"]
+    for e in nll:
+        row = [f"**{nll_delta[e][s]:+.3f}**" if s == e else f"{nll_delta[e][s]:+.3f}" for s in skills]
+        lines.append(f"| {e} | " + " | ".join(row) + f" | {sum(nll_delta[e].values()) / len(skills):+.3f} |")
     table = "\n".join(lines)
     print(table)
     os.makedirs(args.out, exist_ok=True)
-    report = {"skills": skills, "base": base, "accuracy": acc, "delta": delta}
+    report = {"skills": skills, "base": base, "accuracy": acc, "delta": delta,
+              "base_nll": base_nll, "nll": nll, "nll_delta": nll_delta}
     with open(os.path.join(args.out, "forgetting.md"), "w") as f:
         f.write(table + "\n")
     with open(os.path.join(args.out, "forgetting.json"), "w") as f:
         json.dump(report, f, indent=1)
     heatmap([[100 * delta[e][s] for s in skills] for e in acc], list(acc), skills,
             "expert accuracy - base accuracy (points)", os.path.join(args.out, "forgetting.png"))
+    heatmap([[-nll_delta[e][s] for s in skills] for e in nll], list(nll), skills,
+            "base answer NLL - expert answer NLL (nats; > 0: expert better)",
+            os.path.join(args.out, "forgetting_nll.png"), fmt="{:+.2f}")
     return report
 
 
@@ -295,10 +345,11 @@ def study(model, tok, examples, pool, args):
     questions, in one call: base 0-shot and k-shot, the mixed LoRA, each skill's
     expert on its own skill, and every router under OUT/routers (two-level, and
     the task level alone, soft and hard). Writes one table (markdown + JSON)."""
-    root, table = args.study, {}
+    root, table, nlls = args.study, {}, {}
 
     def run(label, records):
         table[label] = {k: c / n for k, (c, n) in accuracy(records).items()}
+        nlls[label] = answer_nlls(records)
         print(f"{label}: mean {100 * mean_accuracy(records):.1f}%")
 
     ev = lambda shots, desc, exs=examples: evaluate(model, tok, exs, pool, shots, args.batch_size, args.seed,
@@ -335,11 +386,14 @@ def study(model, tok, examples, pool, args):
     skills = sorted({s for accs in table.values() for s in accs})
     lines = [f"### Every configuration of {root} on {args.data} ({args.split} split, {len(examples)} questions)",
              "", "| configuration | " + " | ".join(skills) + " | mean |", "|---|" + "---:|" * (len(skills) + 1)]
-    for label, accs in table.items():
-        vals = [accs.get(s) for s in skills]
-        cells = ["-" if v is None else f"{100 * v:.1f}" for v in vals]
-        known = [v for v in vals if v is not None]
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | **{100 * sum(known) / len(known):.1f}** |")
+    for what, values, scale, digits in (("accuracy (%)", table, 100, 1), ("answer NLL", nlls, 1, 3)):
+        if what != "accuracy (%)":
+            lines += ["", f"{what}:", "", lines[2], lines[3]]
+        for label, per_skill in values.items():
+            vals = [per_skill.get(s) for s in skills]
+            cells = ["-" if v is None else f"{scale * v:.{digits}f}" for v in vals]
+            known = [v for v in vals if v is not None]
+            lines.append(f"| {label} | " + " | ".join(cells) + f" | **{scale * sum(known) / len(known):.{digits}f}** |")
     text = "\n".join(lines)
     print(text)
     out = args.out or os.path.join(root, "heldout")
@@ -347,7 +401,7 @@ def study(model, tok, examples, pool, args):
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(text + "\n")
     with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"data": args.data, "split": args.split, "accuracy": table}, f, indent=1)
+        json.dump({"data": args.data, "split": args.split, "accuracy": table, "answer_nll": nlls}, f, indent=1)
     print(f"wrote {out}/results.md and results.json")
 
 
@@ -428,7 +482,8 @@ def main():
         report = {"model": args.model, "shots": args.shots, "split": args.split,
                   "accuracy": {k: c / n for k, (c, n) in accuracy(records).items()},
                   "counts": {k: {"correct": c, "total": n} for k, (c, n) in accuracy(records).items()},
-                  "mean_accuracy": mean_accuracy(records), "records": records}
+                  "mean_accuracy": mean_accuracy(records), "answer_nll": answer_nlls(records),
+                  "records": records}
         if routing is not None:
             report["routing"] = routing
         with open(args.json, "w") as f:

@@ -87,7 +87,9 @@ def test_eval_cli_end_to_end(tmp_path, tokenizer_path):
     report = json.load(open(out))
     assert set(report["accuracy"]) == {"algebra", "numbers"}
     assert len(report["records"]) == 6
-    assert set(report["records"][0]) == {"question", "prediction", "answers", "skill", "submodule", "correct"}
+    assert set(report["records"][0]) == {"question", "prediction", "answers", "skill", "submodule", "correct",
+                                           "answer_nll"}
+    assert set(report["answer_nll"]) == {"algebra", "numbers"}
 
 
 def test_shipped_phi_tiny_matches_transformers():
@@ -98,3 +100,17 @@ def test_shipped_phi_tiny_matches_transformers():
     idx = torch.tensor([tok.encode("Question: What is 12 + 30?\nAnswer: 42\n\nQuestion: What is 7 + 5?\nAnswer:").ids])
     with torch.no_grad():
         assert (ours(idx) - hf(idx).logits).abs().max() <= 1e-4
+
+
+def test_answer_nll_is_padding_free_cross_entropy():
+    """Batched and right-padded, each row's answer NLL equals the cross-entropy of
+    the answer tokens computed on that row alone."""
+    import torch.nn.functional as F
+    from eval import answer_nll
+    model, _ = M.load(os.path.join(ROOT, "checkpoints", "phi-tiny"))
+    prompts, answers = [[5, 6, 7, 8, 9, 10], [11, 12]], [[20, 21, 22], [23]]
+    got = answer_nll(model, prompts, answers)
+    for p, a, g in zip(prompts, answers, got):
+        with torch.no_grad():
+            logits = model(torch.tensor([p + a]))[0]
+        assert g == pytest.approx(F.cross_entropy(logits[len(p) - 1:-1], torch.tensor(a)).item(), rel=1e-5)
