@@ -26,30 +26,36 @@ ROWS = [("base-0shot", "base, 0-shot"), ("base-4shot", "base, 4-shot"), ("mixed"
         ("moe-rank1", "64 rank-1 experts trained jointly with the gate (MoR1E)")]
 
 
-def row(name, acc):
-    vals = [acc.get(s) for s in SKILLS]
+METRICS = {  # metric -> (key in eval.py's JSON, key in forgetting.json, scale, digits)
+    "accuracy": ("accuracy", "accuracy", 100, 1),
+    "answer NLL": ("answer_nll", "nll", 1, 3),
+}
+
+
+def row(name, values, metric="accuracy"):
+    _, _, scale, digits = METRICS[metric]
+    vals = [values.get(s) for s in SKILLS]
     known = [v for v in vals if v is not None]
-    cells = ["-" if v is None else f"{100 * v:.1f}" for v in vals]
-    mean = f"{100 * sum(known) / len(known):.1f}" if known else "-"
+    cells = ["-" if v is None else f"{scale * v:.{digits}f}" for v in vals]
+    mean = f"{scale * sum(known) / len(known):.{digits}f}" if known else "-"
     return f"| {name} | " + " | ".join(cells) + f" | **{mean}** |"
 
 
-def results_table(out):
+def results_table(out, metric="accuracy"):
+    """One row per configuration: the metric per skill and its mean over skills."""
+    key, forg_key, _, _ = METRICS[metric]
     lines = ["| configuration | " + " | ".join(SKILLS) + " | mean |", "|---|" + "---:|" * (len(SKILLS) + 1)]
     table = {}
-    for key, label in ROWS:
-        path = os.path.join(out, "eval", f"{key}.json")
-        if os.path.exists(path):
-            with open(path) as f:
-                table[key] = json.load(f)["accuracy"]
-            lines.append(row(label, table[key]))
-        if key == "mixed":
-            forg = os.path.join(out, "forgetting", "forgetting.json")
-            if os.path.exists(forg):
-                with open(forg) as f:
-                    acc = json.load(f)["accuracy"]
-                table["expert-own-skill"] = {s: acc[s][s] for s in SKILLS if s in acc}
-                lines.append(row("each skill's expert on its own skill", table["expert-own-skill"]))
+    for name, label in ROWS:
+        report = load(out, "eval", f"{name}.json")
+        if report is not None and key in report:
+            table[name] = report[key]
+            lines.append(row(label, table[name], metric))
+        forg = load(out, "forgetting", "forgetting.json")
+        if name == "mixed" and forg is not None and forg_key in forg:
+            per = forg[forg_key]
+            table["expert-own-skill"] = {s: per[s][s] for s in SKILLS if s in per}
+            lines.append(row("each skill's expert on its own skill", table["expert-own-skill"], metric))
     return "\n".join(lines), table
 
 
@@ -81,8 +87,9 @@ def routing_stats(report, skills):
 
 def composed_table(out):
     """Composed questions beside plain questions of the same skills, per configuration."""
-    lines = ["| configuration | plain acc. | composed acc. | plain: group entropy | composed: group entropy "
-             "| plain: groups > 10% | composed: groups > 10% |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| configuration | plain acc. | composed acc. | plain NLL | composed NLL | plain: group entropy "
+             "| composed: group entropy | plain: groups > 10% | composed: groups > 10% |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for key, label in ROWS:
         comp = load(out, "eval", "composed", f"{key}.json")
         plain = load(out, "eval", f"{key}.json")
@@ -92,7 +99,9 @@ def composed_table(out):
         (pe, pg), (ce, cg) = routing_stats(plain, skills), routing_stats(comp, skills)
         f = lambda x: "-" if x is None else f"{x:.2f}"
         lines.append(f"| {label} | {pct(mean(plain['accuracy'].get(s) for s in skills))} | "
-                     f"{pct(mean(comp['accuracy'].values()))} | {f(pe)} | {f(ce)} | {f(pg)} | {f(cg)} |")
+                     f"{pct(mean(comp['accuracy'].values()))} | "
+                     f"{f(mean(plain.get('answer_nll', {}).get(s) for s in skills))} | "
+                     f"{f(mean(comp.get('answer_nll', {}).values()))} | {f(pe)} | {f(ce)} | {f(pg)} | {f(cg)} |")
     return "\n".join(lines) if len(lines) > 2 else None
 
 
@@ -133,12 +142,15 @@ def main():
     p.add_argument("--out", default="out", help="the output directory of experiment.sh")
     args = p.parse_args()
     table, data = results_table(args.out)
+    nll_table, nll_data = results_table(args.out, "answer NLL")
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(table + "\n")
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(data, f, indent=1)
+        json.dump({"accuracy": data, "answer_nll": nll_data}, f, indent=1)
     parts = ["# Study report", "", "Accuracy (%) on the test split, 4-shot unless named; every "
-             "configuration sees the same questions (see experiment.sh for the sizes).", "", table, ""]
+             "configuration sees the same questions (see experiment.sh for the sizes).", "", table, "",
+             "Answer NLL (nats per answer token, teacher-forced after the same prompt; lower is "
+             "better): it moves even where almost no answer is exactly right.", "", nll_table, ""]
     forg = os.path.join(args.out, "forgetting", "forgetting.md")
     if os.path.exists(forg):
         parts += ["## Forgetting", "", open(forg).read(), "![forgetting](forgetting/forgetting.png)", ""]
