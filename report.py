@@ -125,6 +125,27 @@ def steering_table(out):
     return "\n".join(lines)
 
 
+def routing_accuracy(out):
+    """Share of test questions whose largest weight goes to their own skill's
+    expert: of the task-level prior, and of the final weights (mean over layers)."""
+    lines = ["| router | task level (prior) | final weights, mean over layers |", "|---|---:|---:|"]
+    for name, label in ROWS:
+        report = load(out, "eval", f"{name}.json")
+        if not name.startswith("moe-") or report is None or "routing" not in report:
+            continue
+        experts = report["routing"]["experts"]
+        recs = [r for r in report["records"] if r["skill"] in experts]
+        prior = [r for r in recs if r["routing"].get("prior")]
+        hit_prior = mean(float(experts[max(range(len(experts)), key=r["routing"]["prior"].__getitem__)]
+                               == r["skill"]) for r in prior)
+        final = [r for r in recs if "experts" in r["routing"]]
+        hit_final = mean(float(experts[max(range(len(experts)), key=lambda e: sum(w[e] for w in r["routing"]["experts"]))]
+                               == r["skill"]) for r in final)
+        if hit_prior is not None or hit_final is not None:
+            lines.append(f"| {label} | {pct(hit_prior)} | {pct(hit_final)} |")
+    return "\n".join(lines) if len(lines) > 2 else None
+
+
 def training_times(out):
     """Minutes of training per expert and for the mixed LoRA and routers (log.json)."""
     rows = []
@@ -160,6 +181,8 @@ def main():
                   "![clusters](clusters-test/clusters.png)", ""]
     for title, text in (("Composed questions (two skills chained) beside plain ones of the same skills",
                          composed_table(args.out)),
+                        ("Routing accuracy: the largest weight on the question's own skill (%)",
+                         routing_accuracy(args.out)),
                         ("Steering with --route (router centroid-token)", steering_table(args.out)),
                         ("Training time (wall, as logged)", training_times(args.out))):
         if text:
