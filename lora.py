@@ -274,30 +274,28 @@ def _replace(model, name, new):
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
 
-def add_lora(model, r=8, alpha=16, dropout=0.0, targets=DEFAULT_TARGETS):
-    """Wrap every Linear that `targets` selects in a LoRALinear, in place; return their names."""
+def _wrap(model, targets, make):
+    """Replace every Linear that `targets` selects by make(linear), in place; return their names."""
     if lora_modules(model):
         raise ValueError("model already has LoRA layers; call remove_lora(model) first")
     names = target_names(model, targets)
     if not names:
         raise ValueError(f"targets {targets!r} match no nn.Linear in the model")
     for name in names:
-        _replace(model, name, LoRALinear(model.get_submodule(name), r, alpha, dropout))
+        _replace(model, name, make(model.get_submodule(name)))
     return names
+
+
+def add_lora(model, r=8, alpha=16, dropout=0.0, targets=DEFAULT_TARGETS):
+    """Wrap every Linear that `targets` selects in a LoRALinear, in place; return their names."""
+    return _wrap(model, targets, lambda lin: LoRALinear(lin, r, alpha, dropout))
 
 
 def add_experts(model, n_experts, r=1, alpha=2.0, targets=DEFAULT_TARGETS):
     """Fresh MultiLoRALinear layers of n_experts experts (A kaiming-uniform, B zero),
     to be trained jointly with a router: Intuition-MoR1E's many rank-1 experts.
     Return the names of the wrapped layers."""
-    if lora_modules(model):
-        raise ValueError("model already has LoRA layers; call remove_lora(model) first")
-    names = target_names(model, targets)
-    if not names:
-        raise ValueError(f"targets {targets!r} match no nn.Linear in the model")
-    for name in names:
-        _replace(model, name, MultiLoRALinear(model.get_submodule(name), n_experts, r, alpha))
-    return names
+    return _wrap(model, targets, lambda lin: MultiLoRALinear(lin, n_experts, r, alpha))
 
 
 def remove_lora(model, merge=False):
