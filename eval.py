@@ -48,7 +48,7 @@ import lora
 import model as M
 import router as R
 from data.lila import by_skill, load as load_examples
-from data.prompts import few_shot_prompt
+from data.prompts import few_shot_prompt, format_qa
 from data.score import is_correct
 
 DEFAULT_MODEL = "checkpoints/phi-tiny"
@@ -107,7 +107,8 @@ def evaluate(model, tok, examples, pool, shots=4, batch_size=32, seed=1234,
     ids = [tok.encode(p).ids[-limit:] for p in prompts]
     order = sorted(range(len(examples)), key=lambda i: len(ids[i]))
     eot, newline = tok.token_to_id(M.EOT), "\n"
-    gold = [tok.encode(f" {e.answers[0]}\n").ids for e in examples]   # the answer as a shot shows it
+    # the answer and its end marker, tokenized exactly as train.py's answer loss sees them
+    gold = [tok.encode(format_qa("", e.answers[0]).split("Answer:", 1)[1]).ids for e in examples]
     predictions, extra = [None] * len(examples), [{} for _ in examples]
     nll = [None] * len(examples)
     bar = tqdm(total=len(examples), desc=desc, unit="q", leave=False)
