@@ -415,6 +415,22 @@ def plot_clusters(X, labels, skills, path, title):
 # ---------------------------------------------------------------------------
 
 
+def saved_centroids(assign_dir, ckpt):
+    """(centroids (k, C), embedding layer, cosine) of cluster.py --out assign_dir;
+    the layer defaults to ckpt's middle one for outputs that did not record it."""
+    with open(os.path.join(assign_dir, "groups.json")) as f:
+        info = json.load(f)
+    C = np.load(os.path.join(assign_dir, "centroids.npy"))
+    return C, info.get("layer", resolve_layer(ckpt)), info.get("cosine", False)
+
+
+def nearest_centroid(X, C, cosine=False):
+    """(N,) index of the nearest centroid (k, C) for each embedding in X (N, C)."""
+    if cosine:
+        X, C = unit(X), unit(C)
+    return sq_dists(X, C).argmin(1)
+
+
 def examples_of_cluster(assign_dir, k, examples, ckpt=None):
     """The examples (data.lila.Example) of cluster k of cluster.py --out assign_dir,
     in order: for train.py --expert cluster:K. An example that was not clustered
@@ -431,13 +447,9 @@ def examples_of_cluster(assign_dir, k, examples, ckpt=None):
         raise ValueError(f"cluster {k} does not exist: {path} has clusters 0..{n_clusters - 1}")
     new = [e for e in examples if e.question not in cluster_of]
     if new and ckpt:
-        with open(os.path.join(assign_dir, "groups.json")) as f:
-            info = json.load(f)
-        X = embed_cached([meta_question(e.question) for e in new], ckpt, info.get("layer", resolve_layer(ckpt)))
-        C = np.load(os.path.join(assign_dir, "centroids.npy"))
-        if info.get("cosine"):
-            X, C = unit(X), unit(C)
-        for e, c in zip(new, sq_dists(X, C).argmin(1)):
+        C, layer, cosine = saved_centroids(assign_dir, ckpt)
+        X = embed_cached([meta_question(e.question) for e in new], ckpt, layer)
+        for e, c in zip(new, nearest_centroid(X, C, cosine)):
             cluster_of[e.question] = int(c)
     if not any(e.question in cluster_of for e in examples):
         raise ValueError(f"none of the {len(examples)} questions is in {path} "

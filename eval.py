@@ -169,6 +169,17 @@ def markdown(records, title):
     return "\n".join(lines)
 
 
+def with_adapter(model, path, run):
+    """run() with the LoRA adapter at `path` merged into the weights (zero overhead);
+    the base weights are restored afterwards. Returns what run() returns."""
+    lora.load_adapter(model, path)
+    lora.merge_lora(model)
+    try:
+        return run()
+    finally:
+        lora.remove_lora(model, merge=False)
+
+
 def forgetting(model, tok, examples, pool, args):
     """Accuracy of base and of each expert (merged, then removed) on every skill;
     writes forgetting.md/.json/.png under args.out. Returns the JSON dict."""
@@ -180,10 +191,7 @@ def forgetting(model, tok, examples, pool, args):
     skills = list(base)
     acc, nll = {}, {}
     for name, path in R.expert_dirs(args.forgetting).items():
-        lora.load_adapter(model, path)
-        lora.merge_lora(model)
-        acc[name], nll[name] = run(name)
-        lora.remove_lora(model, merge=False)          # back to the base weights
+        acc[name], nll[name] = with_adapter(model, path, lambda: run(name))
     delta = {e: {s: acc[e][s] - base[s] for s in skills} for e in acc}
     nll_delta = {e: {s: nll[e][s] - base_nll[s] for s in skills} for e in nll}
     lines = ["### Forgetting: expert accuracy minus base accuracy (points), "
@@ -279,13 +287,12 @@ def moe(model, tok, examples, pool, args):
             idx = [i for i, t in enumerate(top) if t == e]
             if not idx:
                 continue
-            lora.load_adapter(model, path)
-            lora.merge_lora(model)
-            for i, r in zip(idx, evaluate(model, tok, [examples[i] for i in idx], pool, args.shots,
-                                          args.batch_size, args.seed, args.max_new_tokens, desc=cfg.experts[e])):
+            chosen = with_adapter(model, path, lambda: evaluate(
+                model, tok, [examples[i] for i in idx], pool, args.shots, args.batch_size, args.seed,
+                args.max_new_tokens, desc=cfg.experts[e]))
+            for i, r in zip(idx, chosen):
                 r["routing"] = {"expert": cfg.experts[e], "prior": priors[i].tolist()}
                 records[i] = r
-            lora.remove_lora(model, merge=False)
         return records, router
     if not cfg.rank1:
         lora.load_experts(model, list(dirs.values()))
@@ -357,20 +364,15 @@ def study(model, tok, examples, pool, args):
                                                     args.max_new_tokens, desc=desc)
     run("base, 0-shot", ev(0, "base 0-shot"))
     run(f"base, {args.shots}-shot", ev(args.shots, "base"))
-    adapters = [("mixed LoRA", os.path.join(root, "mixed"), examples)]
+    merged = lambda path, exs: with_adapter(model, path, lambda: ev(args.shots, os.path.basename(path), exs))
+    mixed = os.path.join(root, "mixed")
+    if os.path.exists(os.path.join(mixed, lora.CONFIG_NAME)):
+        run("mixed LoRA", merged(mixed, examples))
     experts = R.expert_dirs(os.path.join(root, "experts")) if os.path.isdir(os.path.join(root, "experts")) else {}
-    own = [(path, [e for e in examples if e.skill == name]) for name, path in experts.items()]
     own_records = []
-    for label, path, exs in adapters + [("own", p, exs) for p, exs in own if exs]:
-        if not os.path.exists(os.path.join(path, lora.CONFIG_NAME)):
-            continue
-        lora.load_adapter(model, path)
-        lora.merge_lora(model)
-        records = ev(args.shots, os.path.basename(path), exs)
-        lora.remove_lora(model, merge=False)
-        own_records += records if label == "own" else []
-        if label != "own":
-            run(label, records)
+    for name, path in experts.items():
+        exs = [e for e in examples if e.skill == name]
+        own_records += merged(path, exs) if exs else []
     if own_records:
         run("each skill's expert on its own skill", own_records)
     routers = sorted(glob.glob(os.path.join(root, "routers", "*", "router.json")))
@@ -385,11 +387,10 @@ def study(model, tok, examples, pool, args):
             lora.remove_lora(model, merge=False)
             run(f"router {os.path.basename(os.path.dirname(path))} ({variant})", records)
     skills = sorted({s for accs in table.values() for s in accs})
-    lines = [f"### Every configuration of {root} on {args.data} ({args.split} split, {len(examples)} questions)",
-             "", "| configuration | " + " | ".join(skills) + " | mean |", "|---|" + "---:|" * (len(skills) + 1)]
+    header = ["| configuration | " + " | ".join(skills) + " | mean |", "|---|" + "---:|" * (len(skills) + 1)]
+    lines = [f"### Every configuration of {root} on {args.data} ({args.split} split, {len(examples)} questions)"]
     for what, values, scale, digits in (("accuracy (%)", table, 100, 1), ("answer NLL", nlls, 1, 3)):
-        if what != "accuracy (%)":
-            lines += ["", f"{what}:", "", lines[2], lines[3]]
+        lines += ["", f"{what}:", "", *header]
         for label, per_skill in values.items():
             vals = [per_skill.get(s) for s in skills]
             cells = ["-" if v is None else f"{scale * v:.{digits}f}" for v in vals]

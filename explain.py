@@ -35,7 +35,6 @@ Left out: steering per layer or per token (the spec is one vector per run).
 import json
 import os
 
-import numpy as np
 import torch
 
 import cluster
@@ -103,15 +102,10 @@ def nearest_cluster(meta, model, tok, clusters_dir, ckpt):
     need = ["centroids.npy", "cluster_skills.json", "groups.json"]
     if not all(os.path.exists(os.path.join(clusters_dir, n)) for n in need):
         return None
-    with open(os.path.join(clusters_dir, "groups.json")) as f:
-        info = json.load(f)
     with open(os.path.join(clusters_dir, "cluster_skills.json")) as f:
         skills = json.load(f)
-    C = np.load(os.path.join(clusters_dir, "centroids.npy"))                       # (k, C)
-    x = cluster.embed([meta], model, tok, info.get("layer", cluster.resolve_layer(ckpt)))
-    if info.get("cosine"):
-        x, C = cluster.unit(x), cluster.unit(C)
-    c = int(cluster.sq_dists(x, C)[0].argmin())
+    C, layer, cosine = cluster.saved_centroids(clusters_dir, ckpt)
+    c = int(cluster.nearest_centroid(cluster.embed([meta], model, tok, layer), C, cosine)[0])
     return c, skills[str(c)]
 
 

@@ -46,12 +46,12 @@ def results_table(out, metric="accuracy"):
     key, forg_key, _, _ = METRICS[metric]
     lines = ["| configuration | " + " | ".join(SKILLS) + " | mean |", "|---|" + "---:|" * (len(SKILLS) + 1)]
     table = {}
+    forg = load(out, "forgetting", "forgetting.json")
     for name, label in ROWS:
         report = load(out, "eval", f"{name}.json")
         if report is not None and key in report:
             table[name] = report[key]
             lines.append(row(label, table[name], metric))
-        forg = load(out, "forgetting", "forgetting.json")
         if name == "mixed" and forg is not None and forg_key in forg:
             per = forg[forg_key]
             table["expert-own-skill"] = {s: per[s][s] for s in SKILLS if s in per}

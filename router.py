@@ -315,10 +315,9 @@ def load_config(out_dir):
 def load_router(out_dir, model=None):
     """The router saved in out_dir. A router with rank-1 experts puts them into
     `model` (fresh MultiLoRALinear layers, then the saved A and B)."""
-    for name in ("router.json", "router.safetensors"):
-        if not os.path.exists(os.path.join(out_dir, name)):
-            raise FileNotFoundError(f"{out_dir}: {name} is missing (train.py --router writes it)")
     cfg = load_config(out_dir)
+    if not os.path.exists(os.path.join(out_dir, "router.safetensors")):
+        raise FileNotFoundError(f"{out_dir}: router.safetensors is missing (train.py --router writes it)")
     state = load_file(os.path.join(out_dir, "router.safetensors"))
     router = Router(cfg, state["task.centroids"].numpy())
     if cfg.rank1:
@@ -401,8 +400,8 @@ def build_rank1(model, args, train_ex, dev_ex, device):
     for p in model.parameters():
         p.requires_grad_(False)
     E, G = args.rank1, min(args.n_groups, args.rank1)
-    groups = [list(g) for g in np.array_split(np.arange(E), G)]
-    cfg = RouterConfig(experts=[f"r1-{e:02d}" for e in range(E)], groups=[[int(e) for e in g] for g in groups],
+    groups = [[int(e) for e in g] for g in np.array_split(np.arange(E), G)]   # contiguous, sizes differ by <= 1
+    cfg = RouterConfig(experts=[f"r1-{e:02d}" for e in range(E)], groups=groups,
                        hidden_size=model.config.hidden_size, n_layers=model.config.num_hidden_layers,
                        level=args.level, prior="none", top_k=args.top_k, temperature=args.temperature,
                        entropy_weight=args.entropy_weight, balance_weight=args.balance_weight,
