@@ -8,8 +8,12 @@
 #   MODEL=/path/to/phi-2 DEVICE=cuda bash experiment.sh     # the real phi-2 on a GPU
 #
 # Knobs (environment): MODEL, DATA, OUT, STEPS (LoRA steps per expert),
-# ROUTER_STEPS, BATCH (LoRA batch), LIMIT (test questions per skill in every
-# evaluation), DEVICE, DTYPE (evaluation dtype, e.g. bfloat16 on a GPU).
+# ROUTER_STEPS, BATCH (LoRA batch), EVAL_EVERY (steps between dev evaluations;
+# the best is kept), LIMIT (test questions per skill in every evaluation), DEVICE,
+# DTYPE (evaluation dtype, e.g. bfloat16 on a GPU), JOBS (commands of a stage
+# run at once: 1 on a CPU; a GPU takes several).
+#
+#   DEVICE=cuda PY=python3 STEPS=300 BATCH=16 ROUTER_STEPS=300 EVAL_EVERY=100 JOBS=8 bash experiment.sh
 set -euo pipefail
 cd "$(dirname "$0")"
 MODEL=${MODEL:-checkpoints/phi-tiny}
@@ -18,14 +22,20 @@ OUT=${OUT:-out}
 STEPS=${STEPS:-60}
 ROUTER_STEPS=${ROUTER_STEPS:-100}
 BATCH=${BATCH:-8}
+EVAL_EVERY=${EVAL_EVERY:-1000}
 LIMIT=${LIMIT:-40}
 DEVICE=${DEVICE:-cpu}
 DTYPE=${DTYPE:-float32}
+JOBS=${JOBS:-1}
 PY=${PY:-.venv/bin/python}
 SKILLS="algebra arithmetic calculus comparison measurement numbers polynomials probability"
 COMMON=(--model "$MODEL" --data "$DATA" --device "$DEVICE")
-LORA=(--steps "$STEPS" --batch-size "$BATCH" --eval-every 1000 --eval-questions 64 --resume)
-stage() { echo; echo "=== $* (at $((SECONDS / 60)) min)"; }
+LORA=(--steps "$STEPS" --batch-size "$BATCH" --eval-every "$EVAL_EVERY" --eval-questions 64 --resume)
+# Every stage starts its commands with `job` (at most JOBS at once); the next
+# stage first waits for all of them, and a failed command stops the study there.
+PIDS=()
+job() { "$@" & PIDS+=($!); while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 0.5; done; }
+stage() { for p in "${PIDS[@]}"; do wait "$p"; done; PIDS=(); echo; echo "=== $* (at $((SECONDS / 60)) min)"; }
 
 stage "data"
 if [ "$DATA" = data/lila ]; then   # generated; a LiLA download (DATA=...) is used as it is
@@ -37,46 +47,47 @@ fi
 
 stage "skill experts"
 for s in $SKILLS; do
-    "$PY" train.py --expert "$s" "${COMMON[@]}" "${LORA[@]}" --out "$OUT/experts/$s"
+    job "$PY" train.py --expert "$s" "${COMMON[@]}" "${LORA[@]}" --out "$OUT/experts/$s"
 done
 
 stage "mixed LoRA (as many steps as all experts together)"
-"$PY" train.py --mixed "${COMMON[@]}" "${LORA[@]}" --steps-per-skill "$STEPS" --out "$OUT/mixed"
+job "$PY" train.py --mixed "${COMMON[@]}" "${LORA[@]}" --steps-per-skill "$STEPS" --out "$OUT/mixed"
 
-stage "clusters of meta-questions"
-[ -e "$OUT/clusters/assignments.json" ] || "$PY" cluster.py --k 8 --split train --limit 300 \
+echo; echo "=== clusters of meta-questions (beside the mixed LoRA)"
+[ -e "$OUT/clusters/assignments.json" ] || job "$PY" cluster.py --k 8 --split train --limit 300 \
     --model "$MODEL" --data "$DATA" --device "$DEVICE" --out "$OUT/clusters"
-[ -e "$OUT/clusters-test/report.md" ] || "$PY" cluster.py --k 8 --split test --limit 100 \
+[ -e "$OUT/clusters-test/report.md" ] || job "$PY" cluster.py --k 8 --split test --limit 100 \
     --model "$MODEL" --data "$DATA" --device "$DEVICE" --out "$OUT/clusters-test"
 
 stage "cluster experts"
 for k in 0 1 2 3 4 5 6 7; do
-    "$PY" train.py --expert "cluster:$k" --clusters "$OUT/clusters" "${COMMON[@]}" "${LORA[@]}" \
+    job "$PY" train.py --expert "cluster:$k" --clusters "$OUT/clusters" "${COMMON[@]}" "${LORA[@]}" \
         --out "$OUT/cluster-experts/cluster-$k"
 done
 
 stage "routers"
+# the cluster experts are done: every router can train at once
 ROUTER=(--router "${COMMON[@]}" --steps "$ROUTER_STEPS" --batch-size "$BATCH" --eval-every 1000
         --eval-questions 64 --router-questions 200 --resume)
-"$PY" train.py "${ROUTER[@]}" --experts "$OUT/experts" --prior centroid --level token --out "$OUT/routers/centroid-token"
-"$PY" train.py "${ROUTER[@]}" --experts "$OUT/experts" --prior learned --level token --out "$OUT/routers/learned-token"
-"$PY" train.py "${ROUTER[@]}" --experts "$OUT/experts" --prior centroid --level sequence --out "$OUT/routers/centroid-sequence"
-"$PY" train.py "${ROUTER[@]}" --experts "$OUT/cluster-experts" --clusters "$OUT/clusters" \
+job "$PY" train.py "${ROUTER[@]}" --experts "$OUT/experts" --prior centroid --level token --out "$OUT/routers/centroid-token"
+job "$PY" train.py "${ROUTER[@]}" --experts "$OUT/experts" --prior learned --level token --out "$OUT/routers/learned-token"
+job "$PY" train.py "${ROUTER[@]}" --experts "$OUT/experts" --prior centroid --level sequence --out "$OUT/routers/centroid-sequence"
+job "$PY" train.py "${ROUTER[@]}" --experts "$OUT/cluster-experts" --clusters "$OUT/clusters" \
     --prior centroid --level token --out "$OUT/routers/clusters-token"
 # Intuition-MoR1E's comparison point: 64 fresh rank-1 experts (the parameters of the eight
 # rank-8 experts) trained jointly with the gates, as many steps as the mixed LoRA
-"$PY" train.py "${ROUTER[@]}" --rank1 64 --n-groups 8 --steps $((8 * STEPS)) --out "$OUT/routers/rank1"
+job "$PY" train.py "${ROUTER[@]}" --rank1 64 --n-groups 8 --steps $((8 * STEPS)) --out "$OUT/routers/rank1"
 
 stage "evaluation ($LIMIT test questions per skill, 4-shot unless named)"
-ev() {  # ev NAME [eval.py flags]: one configuration -> out/eval/NAME.json
+ev() {  # ev NAME [eval.py flags]: one configuration -> out/eval/NAME.json, as a job
     local name=$1; shift
-    [ -e "$OUT/eval/$name.json" ] || "$PY" eval.py "${COMMON[@]}" --dtype "$DTYPE" --limit "$LIMIT" \
+    [ -e "$OUT/eval/$name.json" ] || job "$PY" eval.py "${COMMON[@]}" --dtype "$DTYPE" --limit "$LIMIT" \
         --json "$OUT/eval/$name.json" "$@"
 }
 ev base-0shot --shots 0
 ev base-4shot
 ev mixed --adapter "$OUT/mixed"
-[ -e "$OUT/forgetting/forgetting.json" ] || "$PY" eval.py "${COMMON[@]}" --dtype "$DTYPE" \
+[ -e "$OUT/forgetting/forgetting.json" ] || job "$PY" eval.py "${COMMON[@]}" --dtype "$DTYPE" \
     --limit "$LIMIT" --forgetting "$OUT/experts" --out "$OUT/forgetting"
 for r in centroid-token learned-token centroid-sequence clusters-token rank1; do
     ev "moe-$r" --moe "$OUT/routers/$r" --out "$OUT/routing/$r"

@@ -382,7 +382,7 @@ def _check_fingerprint(model, fp, where):
         raise ValueError(f"{where}: adapter was made for another base model: " + ", ".join(diff))
     params = dict(model.named_parameters())
     if fp.get("probe_tensor") in params:
-        now = params[fp["probe_tensor"]].detach().flatten()[:len(fp["probe"])].float()
+        now = params[fp["probe_tensor"]].detach().flatten()[:len(fp["probe"])].float().cpu()
         if not torch.allclose(now, torch.tensor(fp["probe"]), rtol=1e-2, atol=1e-4):
             raise ValueError(f"{where}: adapter was made for another base model: the base's "
                              f"{fp['probe_tensor']} differs (same shapes, different weights)")

@@ -34,3 +34,20 @@ def test_cuda_batched_greedy_equals_one_at_a_time(tiny_ckpt):
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(1, 320, (n,), generator=g).tolist() for n in (3, 11, 6, 1)]
     assert M.generate(model, prompts, 20) == [M.generate(model, [p], 20)[0] for p in prompts]
+
+
+def test_cuda_adapter_saved_on_cpu_loads_on_gpu(tiny_ckpt, tmp_path):
+    """An adapter made on the CPU loads onto a CUDA base (the base check compares
+    a probe of the weights on the CPU) and gives the CPU's logits."""
+    import lora
+    cpu, _ = M.load(tiny_ckpt[0])
+    lora.add_lora(cpu, r=4, alpha=8)
+    for n, p in cpu.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.1, generator=torch.Generator().manual_seed(len(n)))
+    lora.save_adapter(cpu, str(tmp_path), tiny_ckpt[0])
+    gpu, _ = M.load(tiny_ckpt[0], device="cuda")
+    lora.load_adapter(gpu, str(tmp_path))
+    idx = torch.randint(1, 320, (2, 17), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        assert (gpu(idx.cuda()).cpu() - cpu(idx)).abs().max() < 1e-4
