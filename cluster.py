@@ -421,7 +421,12 @@ def saved_centroids(assign_dir, ckpt):
     with open(os.path.join(assign_dir, "groups.json")) as f:
         info = json.load(f)
     C = np.load(os.path.join(assign_dir, "centroids.npy"))
-    return C, info.get("layer", resolve_layer(ckpt)), info.get("cosine", False)
+    layer = info.get("layer", resolve_layer(ckpt))
+    width = M.PhiConfig.from_json(os.path.join(ckpt, "config.json")).hidden_size
+    if C.shape[1] != width:
+        raise ValueError(f"{assign_dir}/centroids.npy: centroids are {C.shape[1]} wide, but {ckpt} "
+                         f"embeds {width} wide: these clusters were made with another base model")
+    return C, layer, info.get("cosine", False)
 
 
 def nearest_centroid(X, C, cosine=False):

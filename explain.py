@@ -123,6 +123,7 @@ def explain(model, tok, args):
     router.to(args.device).attach(model).eval()
     prior = parse_route(args.route, cfg)[None] if args.route else (
         router.task.prior(x) if x is not None else None)                        # (1, E)
+    prior = prior.to(args.device) if prior is not None else None
 
     print(f"question       {question}")
     print(f"meta-question  {meta}")

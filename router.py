@@ -77,7 +77,8 @@ class TaskRouter(nn.Module):
         self.linear = nn.Linear(C, E)
 
     def distances(self, X):
-        return torch.cdist(torch.as_tensor(X, dtype=torch.float32), self.centroids) ** 2   # (N, E)
+        X = torch.as_tensor(X, dtype=torch.float32, device=self.centroids.device)
+        return torch.cdist(X, self.centroids) ** 2                                       # (N, E)
 
     @torch.no_grad()
     def calibrate(self, X):
@@ -108,7 +109,7 @@ class TaskRouter(nn.Module):
     def prior(self, X):
         if self.kind == "centroid":
             return F.softmax(-self.distances(X) / (self.tau * self.scale), dim=-1)
-        return F.softmax(self.linear(torch.as_tensor(X, dtype=torch.float32)), dim=-1)
+        return F.softmax(self.linear(torch.as_tensor(X, dtype=torch.float32, device=self.centroids.device)), dim=-1)
 
 
 # ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import pytest
 
 import cluster as C
 import model as M
+from conftest import TINY, write_hf_checkpoint
 from data.lila import load as load_examples
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "ours")
@@ -206,6 +207,10 @@ def test_cli_end_to_end(tiny_ckpt, tmp_path):
     assert [e for e, c in zip(test, nearest) if c == 1] == by_centroid[1]
     with pytest.raises(ValueError, match="cluster 3 does not exist"):
         C.examples_of_cluster(str(out), 3, train)
+    wider = str(tmp_path / "wider")                      # clusters of another base: a clear error
+    write_hf_checkpoint(wider, **{**TINY, "hidden_size": 96})
+    with pytest.raises(ValueError, match="centroids are 64 wide, but .* embeds 96 wide"):
+        C.saved_centroids(str(out), wider)
 
 
 @pytest.mark.parametrize("args, msg", [
