@@ -20,6 +20,8 @@ What it does, step by step:
   3. Questions are deduplicated per submodule in chunk order; the first --test
      unique questions go to `test`, the next --dev to `dev`, the next --train to
      `train`. No question can sit in two splits.
+     `--exclude DIR` counts every question of DIR as seen already: a fresh draw
+     (another --seed) then shares no question with DIR.
   4. One LiLA task file per skill, instances sorted by submodule; each instance
      keeps its submodule. `--composed` also writes the `*_composed` submodules
      (questions that chain two skills) to `<out>/composed/<skill>.json`, apart
@@ -114,6 +116,19 @@ def run_chunk(task):
     return task, out
 
 
+def excluded_questions(folder):
+    """Every Input of every *.json LiLA task file under folder (composed/ included)."""
+    found = set()
+    for root, _, names in os.walk(folder):
+        for n in sorted(names):
+            if n.endswith(".json"):
+                with open(os.path.join(root, n)) as f:
+                    found.update(x["Input"] for x in json.load(f)["Instances"])
+    if not found:
+        sys.exit(f"generate.py: --exclude {folder}: no LiLA task files (*.json) with questions there")
+    return found
+
+
 def task_file(skill, instances, composed):
     kind = "composed questions (two skills chained)" if composed else "questions"
     return {
@@ -137,6 +152,9 @@ def main():
     p.add_argument("--composed-only", action="store_true",
                    help="write only the *_composed submodules (to OUT/composed/)")
     p.add_argument("--skills", default=",".join(SKILLS), help="comma-separated skills to generate")
+    p.add_argument("--exclude", default=None, metavar="DIR",
+                   help="LiLA folder whose questions (every split, composed/ too) are never written: "
+                        "a fresh draw that a model trained on DIR has not seen")
     args = p.parse_args()
 
     if os.environ.get("PYTHONHASHSEED") != "0":  # sympy orders some output by hash: pin it
@@ -147,6 +165,9 @@ def main():
     unknown = sorted(set(skills) - set(SKILLS))
     if unknown:
         sys.exit(f"generate.py: unknown skill(s) {unknown}; known: {SKILLS}")
+    excluded = excluded_questions(args.exclude) if args.exclude else set()
+    if args.exclude:
+        print(f"excluding the {len(excluded)} questions of {args.exclude}")
     composed = lambda n: n.endswith("_composed")
     names = [n for n in submodules() if n.split("__")[0] in skills
              and (composed(n) if args.composed_only else args.composed or not composed(n))]
@@ -166,7 +187,7 @@ def main():
 
     files = {}  # (composed, skill) -> instances
     for name in names:
-        seen, unique = set(), []
+        seen, unique = set(excluded), []
         for i in range(n_chunks):
             for q, a in results[(name, i, args.seed)]:
                 if q not in seen:

@@ -54,3 +54,18 @@ def test_splits_sizes_submodules_and_no_leaks(generated):
     for e in examples:
         split_of[e.question].add(e.split)
     assert all(len(splits) == 1 for splits in split_of.values())
+
+
+def test_exclude_gives_a_draw_without_those_questions(generated, tmp_path):
+    """The same seed with --exclude of its own output: not one question repeats."""
+    out = str(tmp_path / "fresh")
+    run = subprocess.run([GEN_PYTHON, "data/generate.py", "--skills", "comparison", "--train", "20",
+                          "--dev", "5", "--test", "0", "--workers", "2", "--exclude", generated[0],
+                          "--out", out], cwd=ROOT, check=True, capture_output=True, text=True)
+    assert f"excluding the {len(load(generated[0]))} questions of {generated[0]}" in run.stdout
+    before = {e.question for e in load(generated[0])}
+    fresh = load(out)
+    assert fresh and not before & {e.question for e in fresh}
+    bad = subprocess.run([GEN_PYTHON, "data/generate.py", "--exclude", str(tmp_path / "nothing"),
+                          "--out", out], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode != 0 and "no LiLA task files" in bad.stderr
