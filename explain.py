@@ -121,9 +121,8 @@ def explain(model, tok, args):
     if not cfg.rank1:                  # base-only work (embeddings) is done: now the experts
         lora.load_experts(model, list(R.expert_dirs(args.experts or cfg.extra["experts_dir"]).values()))
     router.to(args.device).attach(model).eval()
-    prior = parse_route(args.route, cfg)[None] if args.route else (
+    prior = parse_route(args.route, cfg)[None].to(args.device) if args.route else (
         router.task.prior(x) if x is not None else None)                        # (1, E)
-    prior = prior.to(args.device) if prior is not None else None
 
     print(f"question       {question}")
     print(f"meta-question  {meta}")

@@ -76,9 +76,12 @@ class TaskRouter(nn.Module):
         self.register_buffer("scale", torch.ones(()))
         self.linear = nn.Linear(C, E)
 
+    def _tensor(self, X):
+        """Embeddings (N, C), NumPy or torch, as fp32 on the router's device."""
+        return torch.as_tensor(X, dtype=torch.float32, device=self.centroids.device)
+
     def distances(self, X):
-        X = torch.as_tensor(X, dtype=torch.float32, device=self.centroids.device)
-        return torch.cdist(X, self.centroids) ** 2                                       # (N, E)
+        return torch.cdist(self._tensor(X), self.centroids) ** 2                     # (N, E)
 
     @torch.no_grad()
     def calibrate(self, X):
@@ -109,7 +112,7 @@ class TaskRouter(nn.Module):
     def prior(self, X):
         if self.kind == "centroid":
             return F.softmax(-self.distances(X) / (self.tau * self.scale), dim=-1)
-        return F.softmax(self.linear(torch.as_tensor(X, dtype=torch.float32, device=self.centroids.device)), dim=-1)
+        return F.softmax(self.linear(self._tensor(X)), dim=-1)
 
 
 # ---------------------------------------------------------------------------

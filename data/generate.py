@@ -165,8 +165,9 @@ def main():
     unknown = sorted(set(skills) - set(SKILLS))
     if unknown:
         sys.exit(f"generate.py: unknown skill(s) {unknown}; known: {SKILLS}")
-    excluded = excluded_questions(args.exclude) if args.exclude else set()
+    excluded = set()
     if args.exclude:
+        excluded = excluded_questions(args.exclude)
         print(f"excluding the {len(excluded)} questions of {args.exclude}")
     composed = lambda n: n.endswith("_composed")
     names = [n for n in submodules() if n.split("__")[0] in skills
