@@ -32,6 +32,7 @@ sampling-based metrics such as pass@k.
 """
 import argparse
 import glob
+import hashlib
 import json
 import os
 import random
@@ -58,14 +59,17 @@ SHIPPED = "checkpoints/phi-tiny-moe"     # experts, router and clusters for phi-
 
 def select(examples, limit, seed):
     """At most `limit` questions per skill: a seeded shuffle, then the first ones,
-    so every submodule of a skill is represented in proportion."""
+    so every submodule of a skill is represented in proportion. Each skill has its
+    own shuffle, drawn from (seed, skill), so a skill gets the same questions
+    whichever other skills are loaded with it (`--skills probability` and a run
+    over all eight agree)."""
     if limit is None:
         return examples
-    rng = random.Random(seed)
     out = []
     for skill, group in by_skill(examples).items():
         group = list(group)
-        rng.shuffle(group)
+        digest = hashlib.sha256(f"{seed}\n{skill}".encode()).digest()
+        random.Random(int.from_bytes(digest[:8], "little")).shuffle(group)
         out += group[:limit]
     return out
 

@@ -114,3 +114,17 @@ def test_answer_nll_is_padding_free_cross_entropy():
         with torch.no_grad():
             logits = model(torch.tensor([p + a]))[0]
         assert g == pytest.approx(F.cross_entropy(logits[len(p) - 1:-1], torch.tensor(a)).item(), rel=1e-5)
+
+
+def test_limit_draws_a_skill_independently_of_the_others():
+    """--limit picks a skill's questions from (seed, skill) alone: evaluating one
+    skill, or it among all the others, compares the same questions."""
+    from data.lila import Example
+    from eval import select
+    skills = ["algebra", "numbers", "probability"]
+    examples = [Example(f"{s} question {i}", ("1",), s, f"{s}__x", "test") for s in skills for i in range(50)]
+    alone = select([e for e in examples if e.skill == "probability"], 10, seed=7)
+    together = [e for e in select(examples, 10, seed=7) if e.skill == "probability"]
+    assert alone == together and len(alone) == 10
+    assert alone != examples[100:110]                                    # shuffled, not the first ten
+    assert alone != select(examples[100:], 10, seed=8)                   # the seed redraws them
