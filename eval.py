@@ -34,6 +34,7 @@ import argparse
 import glob
 import hashlib
 import json
+import math
 import os
 import random
 import time
@@ -159,6 +160,58 @@ def mean_accuracy(records):
     return sum(c / n for c, n in table.values()) / max(len(table), 1)
 
 
+def sign_test(wins, losses):
+    """Two-sided exact sign test on paired answers: if two models were equally
+    good, each question that only one of them gets right is a fair coin. The
+    p-value is the chance of a split at least as uneven as wins : losses.
+    Worked example: 9 wins, 1 loss -> 2 * (C(10,0) + C(10,1)) / 2**10 = 0.021."""
+    n = wins + losses
+    tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def paired(base_records, records):
+    """Question-by-question comparison per skill, over the questions in both:
+    {skill: {"questions", "base", "model", "wins", "losses", "p"}}. base and model
+    count correct answers; wins are questions only the model gets right, losses
+    the reverse; p is sign_test(wins, losses)."""
+    base = {(r["skill"], r["question"]): r["correct"] for r in base_records}
+    per = defaultdict(lambda: [0, 0, 0, 0, 0])
+    for r in records:
+        b = base.get((r["skill"], r["question"]))
+        if b is None:
+            continue
+        c = per[r["skill"]]
+        c[0] += 1
+        c[1] += b
+        c[2] += r["correct"]
+        c[3] += r["correct"] and not b
+        c[4] += b and not r["correct"]
+    return {s: {"questions": n, "base": b, "model": m, "wins": w, "losses": l, "p": sign_test(w, l)}
+            for s, (n, b, m, w, l) in sorted(per.items())}
+
+
+def read_records(path):
+    """The records of an earlier `eval.py --json` run, with a clear error if the
+    file is not one."""
+    try:
+        with open(path) as f:
+            records = json.load(f)["records"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise SystemExit(f"{path}: expected the JSON that `eval.py --json` writes, with a "
+                         f"'records' list ({type(e).__name__}: {e})") from None
+    return records
+
+
+def paired_markdown(table, title, row_name="skill"):
+    lines = [f"### {title}", "", f"| {row_name} | questions | base correct | correct | wins | losses "
+             "| sign-test p |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, t in table.items():
+        lines.append(f"| {name} | {t['questions']} | {t['base']} | {t['model']} | {t['wins']} "
+                     f"| {t['losses']} | {t['p']:.2f} |")
+    return "\n".join(lines)
+
+
 def markdown(records, title):
     lines = [f"### {title}", "", "| skill | submodule | correct | total | accuracy | answer NLL |",
              "|---|---|---:|---:|---:|---:|"]
@@ -188,14 +241,20 @@ def forgetting(model, tok, examples, pool, args):
     """Accuracy of base and of each expert (merged, then removed) on every skill;
     writes forgetting.md/.json/.png under args.out. Returns the JSON dict."""
     def run(desc):
-        records = evaluate(model, tok, examples, pool, args.shots, args.batch_size, args.seed,
-                           args.max_new_tokens, desc=desc)
+        return evaluate(model, tok, examples, pool, args.shots, args.batch_size, args.seed,
+                        args.max_new_tokens, desc=desc)
+
+    def scores(records):
         return {k: c / n for k, (c, n) in accuracy(records).items()}, answer_nlls(records)
-    base, base_nll = run("base")
+    base_records = run("base")
+    base, base_nll = scores(base_records)
     skills = list(base)
-    acc, nll = {}, {}
+    acc, nll, own = {}, {}, {}
     for name, path in R.expert_dirs(args.forgetting).items():
-        acc[name], nll[name] = with_adapter(model, path, lambda: run(name))
+        records = with_adapter(model, path, lambda: run(name))
+        acc[name], nll[name] = scores(records)
+        if name in skills:   # an expert named after a skill: is it better there, question by question?
+            own[name] = paired(base_records, [r for r in records if r["skill"] == name])[name]
     delta = {e: {s: acc[e][s] - base[s] for s in skills} for e in acc}
     nll_delta = {e: {s: nll[e][s] - base_nll[s] for s in skills} for e in nll}
     lines = ["### Forgetting: expert accuracy minus base accuracy (points), "
@@ -215,11 +274,14 @@ def forgetting(model, tok, examples, pool, args):
     for e in nll:
         row = [f"**{nll_delta[e][s]:+.3f}**" if s == e else f"{nll_delta[e][s]:+.3f}" for s in skills]
         lines.append(f"| {e} | " + " | ".join(row) + f" | {sum(nll_delta[e].values()) / len(skills):+.3f} |")
+    if own:
+        lines += ["", paired_markdown(own, "Each expert on its own skill, question by question "
+                                      "(wins: only the expert is right; losses: only the base)", "expert")]
     table = "\n".join(lines)
     print(table)
     os.makedirs(args.out, exist_ok=True)
     report = {"skills": skills, "base": base, "accuracy": acc, "delta": delta,
-              "base_nll": base_nll, "nll": nll, "nll_delta": nll_delta}
+              "base_nll": base_nll, "nll": nll, "nll_delta": nll_delta, "own_skill": own}
     with open(os.path.join(args.out, "forgetting.md"), "w") as f:
         f.write(table + "\n")
     with open(os.path.join(args.out, "forgetting.json"), "w") as f:
@@ -426,6 +488,8 @@ def main():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     p.add_argument("--json", default=None, help="write accuracies and every prediction to this JSON file")
     p.add_argument("--adapter", default=None, help="a LoRA expert (PEFT layout) merged into the base")
+    p.add_argument("--paired", default=None, metavar="JSON", help="compare with another run's --json "
+                   "(e.g. the base's) question by question: wins, losses and a sign test per skill")
     p.add_argument("--forgetting", default=None, metavar="DIR_OF_EXPERTS",
                    help="evaluate every expert under this directory on every skill (forgetting matrix)")
     p.add_argument("--moe", default=None, metavar="ROUTER_DIR", help="evaluate the routed mixture "
@@ -480,6 +544,14 @@ def main():
     title = f"{name}, {args.shots}-shot, {args.split} split"
     print(markdown(records, title))
     print(f"\n{len(records)} questions in {seconds:.1f}s ({len(records) / seconds:.1f} questions/s)")
+    against = None
+    if args.paired:
+        against = paired(read_records(args.paired), records)
+        if not against:
+            raise SystemExit(f"--paired {args.paired}: none of its questions is among these "
+                             f"{len(records)}; evaluate both with the same --data, --split, --limit and --seed")
+        print(paired_markdown(against, f"{name} against {args.paired}, question by question "
+                                       "(wins: only this model is right; losses: only the other)"))
     routing = None
     if args.moe and args.variant == "full":
         routing = routing_report(records, router, args.out or "out/routing")
@@ -492,6 +564,8 @@ def main():
                   "records": records}
         if routing is not None:
             report["routing"] = routing
+        if against is not None:
+            report["paired"] = {"against": args.paired, **against}
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)
         print(f"wrote {args.json}")

@@ -128,3 +128,59 @@ def test_limit_draws_a_skill_independently_of_the_others():
     assert alone == together and len(alone) == 10
     assert alone != examples[100:110]                                    # shuffled, not the first ten
     assert alone != select(examples[100:], 10, seed=8)                   # the seed redraws them
+
+
+def test_sign_test_matches_scipy():
+    from scipy.stats import binomtest
+    from eval import sign_test
+    assert sign_test(9, 1) == pytest.approx(2 * 11 / 1024)          # the docstring's worked example
+    assert sign_test(0, 0) == 1.0 and sign_test(3, 3) == 1.0
+    for wins, losses in [(10, 4), (6, 10), (17, 7), (0, 5), (40, 25)]:
+        assert sign_test(wins, losses) == pytest.approx(binomtest(wins, wins + losses).pvalue, rel=1e-9)
+
+
+def test_paired_counts_question_by_question():
+    from eval import paired
+    rec = lambda q, ok, skill="algebra": {"question": q, "skill": skill, "correct": ok}  # noqa: E731
+    base = [rec("a", True), rec("b", False), rec("c", True), rec("d", False), rec("e", False, "numbers")]
+    new = [rec("a", True), rec("b", True), rec("c", False), rec("d", True), rec("z", True)]  # z: not in base
+    assert paired(base, new) == {"algebra": {"questions": 4, "base": 2, "model": 3, "wins": 2, "losses": 1,
+                                             "p": 1.0}}
+
+
+def test_forgetting_and_paired_agree_with_the_records(tmp_path):
+    """eval.py --forgetting (shipped phi-tiny, two shipped experts) and eval.py
+    --adapter --paired BASE_JSON give the same own-skill comparison, and both
+    equal a count over the saved records."""
+    shipped = os.path.join(ROOT, "checkpoints", "phi-tiny-moe", "experts")
+    experts = tmp_path / "experts"
+    experts.mkdir()
+    for skill in ("algebra", "numbers"):
+        os.symlink(os.path.join(shipped, skill), experts / skill)
+    common = [sys.executable, "eval.py", "--model", os.path.join(ROOT, "checkpoints", "phi-tiny"),
+              "--data", FIXTURE, "--shots", "2", "--limit", "4"]
+
+    def run(*extra):
+        done = subprocess.run(common + list(extra), cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+    run("--forgetting", str(experts), "--out", str(tmp_path / "f"))
+    run("--json", str(tmp_path / "base.json"))
+    out = run("--adapter", str(experts / "algebra"), "--paired", str(tmp_path / "base.json"),
+              "--json", str(tmp_path / "algebra.json"))
+    assert "question by question" in out
+    forgetting = json.load(open(tmp_path / "f" / "forgetting.json"))
+    base, alg = json.load(open(tmp_path / "base.json")), json.load(open(tmp_path / "algebra.json"))
+    assert forgetting["base"] == base["accuracy"] and forgetting["accuracy"]["algebra"] == alg["accuracy"]
+    for e in ("algebra", "numbers"):
+        for s in forgetting["skills"]:
+            assert forgetting["delta"][e][s] == pytest.approx(forgetting["accuracy"][e][s] - forgetting["base"][s])
+    by_q = {r["question"]: r["correct"] for r in base["records"]}
+    mine = [r for r in alg["records"] if r["skill"] == "algebra"]
+    wins = sum(r["correct"] and not by_q[r["question"]] for r in mine)
+    losses = sum(by_q[r["question"]] and not r["correct"] for r in mine)
+    own = forgetting["own_skill"]["algebra"]
+    assert (own["questions"], own["wins"], own["losses"]) == (len(mine), wins, losses)
+    assert alg["paired"]["algebra"] == own and set(forgetting["own_skill"]) == {"algebra", "numbers"}
+    bad = subprocess.run(common + ["--paired", str(tmp_path / "nope.json")], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode != 0 and "nope.json: expected the JSON that `eval.py --json` writes" in bad.stderr
