@@ -4,6 +4,7 @@ Few-shot evaluation of a phi checkpoint on LiLA math questions, per skill.
     python eval.py --shots 4                         # phi-tiny on the generated test split
     python eval.py --model /path/to/phi-2 --data /path/to/lila --limit 100 --json out/eval.json
     python eval.py --adapter out/experts/algebra     # base + one LoRA expert, merged
+    python eval.py --json base.json; python eval.py --adapter out/experts/algebra --paired base.json
     python eval.py --forgetting out/experts          # every expert on every skill, minus base
     python eval.py --study out --data /path/to/lila  # every configuration of the study, one table
     python eval.py --moe out/routers/centroid-token --route "algebra=0.7,arithmetic=0.3"   # steered
@@ -23,6 +24,10 @@ costs nothing at inference. The forgetting matrix (--forgetting) evaluates every
 expert on every skill and subtracts the base model's accuracy: the diagonal is
 what an expert gains on its own skill, the rest is what fine-tuning on one skill
 does to the others ("catastrophic forgetting" when negative).
+
+Differences of a few questions are common between experts and the base, so
+--paired (and --forgetting, on each expert's own skill) compares two runs
+question by question: wins, losses, and an exact sign test on them.
 
 Reference: the conventions of lm-evaluation-harness for generative QA
 (few-shot "Question:/Answer:" prompts, greedy, stop at newline, exact match).
@@ -176,19 +181,16 @@ def paired(base_records, records):
     count correct answers; wins are questions only the model gets right, losses
     the reverse; p is sign_test(wins, losses)."""
     base = {(r["skill"], r["question"]): r["correct"] for r in base_records}
-    per = defaultdict(lambda: [0, 0, 0, 0, 0])
+    pairs = defaultdict(list)                      # skill -> [(base correct, model correct)]
     for r in records:
-        b = base.get((r["skill"], r["question"]))
-        if b is None:
-            continue
-        c = per[r["skill"]]
-        c[0] += 1
-        c[1] += b
-        c[2] += r["correct"]
-        c[3] += r["correct"] and not b
-        c[4] += b and not r["correct"]
-    return {s: {"questions": n, "base": b, "model": m, "wins": w, "losses": l, "p": sign_test(w, l)}
-            for s, (n, b, m, w, l) in sorted(per.items())}
+        if (r["skill"], r["question"]) in base:
+            pairs[r["skill"]].append((base[r["skill"], r["question"]], r["correct"]))
+    table = {}
+    for skill, ab in sorted(pairs.items()):
+        wins, losses = sum(m and not b for b, m in ab), sum(b and not m for b, m in ab)
+        table[skill] = {"questions": len(ab), "base": sum(b for b, _ in ab), "model": sum(m for _, m in ab),
+                        "wins": wins, "losses": losses, "p": sign_test(wins, losses)}
+    return table
 
 
 def read_records(path):
