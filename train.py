@@ -62,7 +62,9 @@ from eval import evaluate, mean_accuracy, select
 class Episodes:
     """Rows of T+1 tokens: <|endoftext|>, then solved questions of one submodule,
     "Question: q\\nAnswer: a\\n\\n" after another, cut at T+1 tokens: the shape
-    of a few-shot prompt, so that in-context learning emerges.
+    of a few-shot prompt, so that in-context learning emerges. rows="skill"
+    instead fills a row with questions of one skill, its submodules mixed, which
+    is the shape of eval.py's prompts (shots drawn from the whole skill).
 
     Every submodule's questions are shuffled and laid end to end in one long
     token stream; a row is a window of that stream starting at a question. The
@@ -77,17 +79,17 @@ class Episodes:
 
     RESHUFFLE = 200
 
-    def __init__(self, tok, examples, T, seed, loss="all"):
+    def __init__(self, tok, examples, T, seed, loss="all", rows="submodule"):
         self.T, self.seed = T, seed
         self.eot = tok.token_to_id(M.EOT)
         groups = {}
         for i, e in enumerate(examples):
-            groups.setdefault(e.submodule, []).append(i)
+            groups.setdefault(e.submodule if rows == "submodule" else e.skill, []).append(i)
         if not groups:
             raise ValueError("no training examples")
-        self.index = [groups[name] for name in sorted(groups)]   # example indices per submodule
+        self.index = [groups[name] for name in sorted(groups)]   # example indices per group
         groups = {name: [examples[i] for i in idx] for name, idx in groups.items()}
-        self.groups = []   # per submodule: list of (token ids, loss mask) per question
+        self.groups = []   # per group (submodule or skill): list of (token ids, loss mask) per question
         for name in sorted(groups):
             qs = tok.encode_batch([format_qa(e.question) for e in groups[name]])
             ans = tok.encode_batch([format_qa("", e.answers[0]).split("Answer:", 1)[1]
@@ -290,11 +292,11 @@ def train(args):
     if args.batch_size % world:
         raise ValueError(f"--batch-size {args.batch_size} must divide among {world} processes")
     os.makedirs(args.out, exist_ok=True)
-    episodes = Episodes(tok, train_ex, args.seq_len, args.seed, args.loss)
-    dev_episodes = Episodes(tok, dev_ex, args.seq_len, args.seed + 1, args.loss)
+    episodes = Episodes(tok, train_ex, args.seq_len, args.seed, args.loss, args.rows)
+    dev_episodes = Episodes(tok, dev_ex, args.seq_len, args.seed + 1, args.loss, args.rows)
     n_skills = len({e.skill for e in dev_ex})
     dev_questions = select(dev_ex, max(1, args.eval_questions // n_skills), args.seed)
-    print(f"{len(train_ex)} train / {len(dev_ex)} dev questions in {len(episodes.groups)} submodules; "
+    print(f"{len(train_ex)} train / {len(dev_ex)} dev questions in {len(episodes.groups)} {args.rows} groups; "
           f"{args.steps} steps of {args.batch_size} x {args.seq_len} tokens on {world} process(es)")
 
     params = [p for p in learner.parameters() if p.requires_grad]
@@ -404,6 +406,9 @@ def parser():
     p.add_argument("--warmup", type=int, default=None, help="linear warmup steps (base 200, LoRA 30)")
     p.add_argument("--loss", default=None, choices=["all", "answer"],
                    help="tokens that carry the loss (base: all, LoRA: answer)")
+    p.add_argument("--rows", default="submodule", choices=["submodule", "skill"],
+                   help="what one training row holds: questions of one submodule, or of one skill "
+                   "with its submodules mixed, like eval.py's few-shot prompts")
     p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay on matrices")
     p.add_argument("--eval-every", type=int, default=None, help="steps between dev evaluations (base 500, LoRA 100)")
     p.add_argument("--eval-batches", type=int, default=4, help="batches for the dev loss")

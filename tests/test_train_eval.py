@@ -53,6 +53,24 @@ def test_episodes_are_deterministic_and_mask_questions(tokenizer_path):
     assert "Question" not in text and "Answer" not in text     # only answers carry the loss
 
 
+
+@pytest.mark.parametrize("rows", ["submodule", "skill"])
+def test_episode_rows_hold_one_submodule_or_one_skill(tokenizer_path, rows):
+    """rows="submodule" (pretraining's rows): every row is one submodule.
+    rows="skill": every row is one skill, and some rows mix its submodules."""
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(tokenizer_path)
+    ex = load(FIXTURE, split="train")
+    by_question = {e.question: e for e in ex}
+    x, _ = train.Episodes(tok, ex, 256, seed=0, rows=rows).batch(0, 16)
+    mixed = 0
+    for row in x:
+        whole = tok.decode(row.tolist()).split("Question: ")[1:-1]      # the last one may be cut
+        found = [by_question[q.split("\nAnswer:")[0].strip()] for q in whole]
+        assert len(found) >= 2 and len({e.skill for e in found}) == 1
+        mixed += len({e.submodule for e in found}) > 1
+    assert (mixed > 0) == (rows == "skill")
+
 def test_resume_restores_state_exactly(tmp_path, tokenizer_path):
     full = train.train(base_args(tmp_path / "full", tokenizer_path))
     train.train(base_args(tmp_path / "cut", tokenizer_path, stop_at=3))
