@@ -210,7 +210,7 @@ def paired_markdown(table, title, row_name="skill"):
              "| sign-test p |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, t in table.items():
         lines.append(f"| {name} | {t['questions']} | {t['base']} | {t['model']} | {t['wins']} "
-                     f"| {t['losses']} | {t['p']:.2f} |")
+                     f"| {t['losses']} | {t['p']:.2g} |")
     return "\n".join(lines)
 
 
