@@ -37,11 +37,9 @@ sampling-based metrics such as pass@k.
 """
 import argparse
 import glob
-import hashlib
 import json
 import math
 import os
-import random
 import time
 from collections import defaultdict
 
@@ -55,7 +53,7 @@ import lora
 import model as M
 import router as R
 from data.lila import by_skill, load as load_examples
-from data.prompts import few_shot_prompt, format_qa
+from data.prompts import few_shot_prompt, format_qa, seeded_random
 from data.score import is_correct
 
 DEFAULT_MODEL = "checkpoints/phi-tiny"
@@ -74,8 +72,7 @@ def select(examples, limit, seed):
     out = []
     for skill, group in by_skill(examples).items():
         group = list(group)
-        digest = hashlib.sha256(f"{seed}\n{skill}".encode()).digest()
-        random.Random(int.from_bytes(digest[:8], "little")).shuffle(group)
+        seeded_random(seed, skill).shuffle(group)
         out += group[:limit]
     return out
 
@@ -256,7 +253,7 @@ def forgetting(model, tok, examples, pool, args):
         records = with_adapter(model, path, lambda: run(name))
         acc[name], nll[name] = scores(records)
         if name in skills:   # an expert named after a skill: is it better there, question by question?
-            own[name] = paired(base_records, [r for r in records if r["skill"] == name])[name]
+            own[name] = paired(base_records, records)[name]
     delta = {e: {s: acc[e][s] - base[s] for s in skills} for e in acc}
     nll_delta = {e: {s: nll[e][s] - base_nll[s] for s in skills} for e in nll}
     lines = ["### Forgetting: expert accuracy minus base accuracy (points), "

@@ -67,8 +67,8 @@ class Episodes:
     instead fills a row with questions of one skill, its submodules mixed, which
     is the shape of eval.py's prompts (shots drawn from the whole skill).
 
-    Every submodule's questions are shuffled and laid end to end in one long
-    token stream; a row is a window of that stream starting at a question. The
+    Every group's (submodule's or skill's) questions are shuffled and laid end
+    to end in one long token stream; a row is a window of that stream starting at a question. The
     shuffle is redrawn every RESHUFFLE steps (so neighbours change), and a row's
     submodule and window come from a generator seeded by (seed, step): any
     step's batch is rebuilt exactly after a restart. Slicing streams instead of

@@ -34,6 +34,13 @@ def format_qa(question, answer=None):
     return f"Question: {question}\nAnswer: {answer}\n\n"
 
 
+def seeded_random(seed, key):
+    """A random.Random fixed by (seed, key) alone: sha256, not Python's salted
+    hash(), so every run and process draws the same."""
+    digest = hashlib.sha256(f"{seed}\n{key}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "little"))
+
+
 def draw_shots(example, pool, k, seed):
     """k examples of example.skill from pool, never the question itself.
 
@@ -44,9 +51,7 @@ def draw_shots(example, pool, k, seed):
     if len(candidates) < k:
         raise ValueError(f"need {k} shots of skill {example.skill!r}, but the pool has only "
                          f"{len(candidates)} other questions of it")
-    digest = hashlib.sha256(f"{seed}\n{example.question}".encode()).digest()
-    rng = random.Random(int.from_bytes(digest[:8], "little"))
-    return rng.sample(candidates, k)
+    return seeded_random(seed, example.question).sample(candidates, k)
 
 
 def few_shot_prompt(example, pool, k, seed):

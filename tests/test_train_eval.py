@@ -53,7 +53,6 @@ def test_episodes_are_deterministic_and_mask_questions(tokenizer_path):
     assert "Question" not in text and "Answer" not in text     # only answers carry the loss
 
 
-
 @pytest.mark.parametrize("rows", ["submodule", "skill"])
 def test_episode_rows_hold_one_submodule_or_one_skill(tokenizer_path, rows):
     """rows="submodule" (pretraining's rows): every row is one submodule.
@@ -70,6 +69,7 @@ def test_episode_rows_hold_one_submodule_or_one_skill(tokenizer_path, rows):
         assert len(found) >= 2 and len({e.skill for e in found}) == 1
         mixed += len({e.submodule for e in found}) > 1
     assert (mixed > 0) == (rows == "skill")
+
 
 def test_resume_restores_state_exactly(tmp_path, tokenizer_path):
     full = train.train(base_args(tmp_path / "full", tokenizer_path))
