@@ -68,10 +68,10 @@ class Episodes:
     is the shape of eval.py's prompts (shots drawn from the whole skill).
 
     Every group's (submodule's or skill's) questions are shuffled and laid end
-    to end in one long token stream; a row is a window of that stream starting at a question. The
-    shuffle is redrawn every RESHUFFLE steps (so neighbours change), and a row's
-    submodule and window come from a generator seeded by (seed, step): any
-    step's batch is rebuilt exactly after a restart. Slicing streams instead of
+    to end in one long token stream; a row is a window of that stream starting
+    at a question. The shuffle is redrawn every RESHUFFLE steps (so neighbours
+    change), and a row's group and window come from a generator seeded by
+    (seed, step): any step's batch is rebuilt exactly after a restart. Slicing streams instead of
     assembling rows question by question keeps a batch of 128 x 512 tokens at
     about a millisecond (a GPU step is tens of ms).
 
