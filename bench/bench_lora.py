@@ -5,6 +5,7 @@ one run; plus merged against unmerged inference with our LoRA.
 
     python bench/bench_lora.py              # phi-tiny, batch 8 x 256, rank 8
     python bench/bench_lora.py --steps 5    # quicker
+    python bench/bench_lora.py --profile    # also: where each library spends a step
 
 Each number is the median step time over --steps timed steps after 2 warm-up
 steps; ours and PEFT's steps alternate, so a slow spell hits both. A step is
@@ -52,6 +53,8 @@ def main():
     p.add_argument("--rank", type=int, default=8, help="LoRA rank")
     p.add_argument("--steps", type=int, default=10, help="timed steps per library")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--profile", action="store_true",
+                   help="also run 3 steps of each under torch.profiler and print the top ops")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     from peft import LoraConfig, get_peft_model
@@ -84,6 +87,14 @@ def main():
     for k in med:
         print(f"| {k} | {med[k]:.3f} | {tok / med[k]:.0f} |")
     print(f"ours / peft tokens/s: {med['peft'] / med['ours']:.2f}x")
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+        for name, fn in steps.items():
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(3):
+                    fn(x)
+            print(f"\n{name}, 3 steps, by self CPU time:")
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
     ours.eval()
     xi = x[:, :64]
