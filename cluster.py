@@ -7,7 +7,7 @@ Meta-questions and NumPy k-means: group questions by skill without labels.
 Each question is reduced to its meta-question (its skeleton), embedded with the
 base model's own hidden states, and k-means groups the embeddings. The clusters
 stand in for hand-made skill labels: an expert per cluster (train.py --expert
-cluster:K, via examples_of_cluster), centroids as the instance "intuition" an
+cluster:K, via examples_of_cluster and clusters_of), centroids as the instance "intuition" an
 Intuition-MoR1E router compares with, and a second k-means over the centroids for
 the groups of the grouped gate. Chapters:
 
@@ -436,30 +436,39 @@ def nearest_centroid(X, C, cosine=False):
     return sq_dists(X, C).argmin(1)
 
 
-def examples_of_cluster(assign_dir, k, examples, ckpt=None):
-    """The examples (data.lila.Example) of cluster k of cluster.py --out assign_dir,
-    in order: for train.py --expert cluster:K. An example that was not clustered
-    (another split, or left out by --limit) goes to its nearest centroid when ckpt,
-    the model that embedded the clusters, is given, and is left out otherwise;
-    none at all is an error."""
+def clusters_of(assign_dir, examples, ckpt=None):
+    """(cluster of each example (N,), number of clusters) for cluster.py --out
+    assign_dir. A question that was clustered keeps its cluster; one that was not
+    (another split, or left out by --limit) goes to its nearest centroid when
+    ckpt, the model that embedded the clusters, is given, and gets -1 otherwise.
+    Expert training (examples_of_cluster) and the router's labels both use it,
+    so a question means the same cluster to both."""
     path = os.path.join(assign_dir, "assignments.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: run python cluster.py --out {assign_dir} first")
     with open(path) as f:
         cluster_of = {r["question"]: r["cluster"] for r in json.load(f)}
     n_clusters = max(cluster_of.values()) + 1
-    if not 0 <= k < n_clusters:
-        raise ValueError(f"cluster {k} does not exist: {path} has clusters 0..{n_clusters - 1}")
-    new = [e for e in examples if e.question not in cluster_of]
+    new = list(dict.fromkeys(e.question for e in examples if e.question not in cluster_of))
     if new and ckpt:
         C, layer, cosine = saved_centroids(assign_dir, ckpt)
-        X = embed_cached([meta_question(e.question) for e in new], ckpt, layer)
-        for e, c in zip(new, nearest_centroid(X, C, cosine)):
-            cluster_of[e.question] = int(c)
-    if not any(e.question in cluster_of for e in examples):
+        X = embed_cached([meta_question(q) for q in new], ckpt, layer)
+        cluster_of.update(zip(new, nearest_centroid(X, C, cosine).tolist()))
+    return np.array([cluster_of.get(e.question, -1) for e in examples], dtype=int), n_clusters
+
+
+def examples_of_cluster(assign_dir, k, examples, ckpt=None):
+    """The examples (data.lila.Example) of cluster k of cluster.py --out assign_dir,
+    in order: for train.py --expert cluster:K. Unclustered questions are placed as
+    in clusters_of; none at all is an error."""
+    ids, n_clusters = clusters_of(assign_dir, examples, ckpt)
+    path = os.path.join(assign_dir, "assignments.json")
+    if not 0 <= k < n_clusters:
+        raise ValueError(f"cluster {k} does not exist: {path} has clusters 0..{n_clusters - 1}")
+    if (ids < 0).all():
         raise ValueError(f"none of the {len(examples)} questions is in {path} "
                          "(clustered from other data or another split?)")
-    return [e for e in examples if cluster_of.get(e.question) == k]
+    return [e for e, c in zip(examples, ids) if c == k]
 
 
 LABELS_PER_SKILL = (1, 5, 20)

@@ -358,14 +358,15 @@ def expert_dirs(root):
     return found
 
 
-def expert_labels(examples, names, clusters_dir):
+def expert_labels(examples, names, clusters_dir, ckpt):
     """The expert of each example: its skill, or (experts named cluster-K) its
-    cluster in clusters_dir/assignments.json; -1 where none applies."""
+    cluster as cluster.clusters_of places it, the way that expert's training
+    questions were chosen; -1 where none applies."""
     if all(n.startswith("cluster-") for n in names):
-        with open(os.path.join(clusters_dir, "assignments.json")) as f:
-            cluster_of = {r["question"]: r["cluster"] for r in json.load(f)}
+        import cluster
+        ids, _ = cluster.clusters_of(clusters_dir, examples, ckpt)
         index = {int(n.split("-")[1]): i for i, n in enumerate(names)}
-        return np.array([index.get(cluster_of.get(e.question, -1), -1) for e in examples])
+        return np.array([index.get(c, -1) for c in ids.tolist()])
     return np.array([names.index(e.skill) if e.skill in names else -1 for e in examples])
 
 
@@ -433,7 +434,7 @@ def build(model, args, train_ex, dev_ex, device):
         p.requires_grad_(False)
     layer = cluster.resolve_layer(args.model, None)
     X = meta_embeddings(train_ex + dev_ex, args.model, layer)
-    Xtr, labels = X[:len(train_ex)], expert_labels(train_ex, names, args.clusters)
+    Xtr, labels = X[:len(train_ex)], expert_labels(train_ex, names, args.clusters, args.model)
     missing = [n for i, n in enumerate(names) if not (labels == i).any()]
     if missing:
         raise ValueError(f"no training questions for the experts {missing}; expert names must be "
