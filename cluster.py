@@ -7,9 +7,9 @@ Meta-questions and NumPy k-means: group questions by skill without labels.
 Each question is reduced to its meta-question (its skeleton), embedded with the
 base model's own hidden states, and k-means groups the embeddings. The clusters
 stand in for hand-made skill labels: an expert per cluster (train.py --expert
-cluster:K, via examples_of_cluster and clusters_of), centroids as the instance "intuition" an
-Intuition-MoR1E router compares with, and a second k-means over the centroids for
-the groups of the grouped gate. Chapters:
+cluster:K, via examples_of_cluster and clusters_of), centroids as the instance
+"intuition" an Intuition-MoR1E router compares with, and a second k-means over
+the centroids for the groups of the grouped gate. Chapters:
 
   1. meta_question   numbers -> N, names -> canonical names, literal lists collapse
   2. embeddings      mean over real tokens of one layer's hidden states, cached on disk
