@@ -71,9 +71,9 @@ class Episodes:
     to end in one long token stream; a row is a window of that stream starting
     at a question. The shuffle is redrawn every RESHUFFLE steps (so neighbours
     change), and a row's group and window come from a generator seeded by
-    (seed, step): any step's batch is rebuilt exactly after a restart. Slicing streams instead of
-    assembling rows question by question keeps a batch of 128 x 512 tokens at
-    about a millisecond (a GPU step is tens of ms).
+    (seed, step): any step's batch is rebuilt exactly after a restart. Slicing
+    streams instead of assembling rows question by question keeps a batch of
+    128 x 512 tokens at about a millisecond (a GPU step is tens of ms).
 
     loss="all" trains on every token; loss="answer" only on the answer tokens
     " a\\n\\n" (the targets elsewhere are -100, which cross_entropy ignores)."""

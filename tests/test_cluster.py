@@ -212,6 +212,7 @@ def test_cli_end_to_end(tiny_ckpt, tmp_path):
     with pytest.raises(ValueError, match="centroids are 64 wide, but .* embeds 96 wide"):
         C.saved_centroids(str(out), wider)
 
+
 def test_router_labels_are_the_cluster_experts_training_questions(tiny_ckpt, tmp_path):
     """A router over cluster experts labels every question with the cluster its
     expert trained on, also questions that were not clustered (--limit). The
