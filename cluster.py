@@ -153,31 +153,27 @@ def embed(texts, model, tok, layer, batch_size=32):
     return out
 
 
-def resolve_layer(ckpt, layer=None):
-    """Check that ckpt holds a model and that 0 <= layer <= num_hidden_layers;
-    None gives the middle layer."""
-    config = os.path.join(ckpt, "config.json")
-    if not os.path.isfile(config):
-        raise FileNotFoundError(f"{ckpt}: no model here (config.json missing); "
-                                "train one with train.py --base or pass --model DIR")
-    n_layers = M.PhiConfig.from_json(config).num_hidden_layers
+def resolve_layer(config, layer=None):
+    """Check that 0 <= layer <= num_hidden_layers of the model's config; None
+    gives the middle layer."""
+    n_layers = config.num_hidden_layers
     layer = n_layers // 2 if layer is None else layer
     if not 0 <= layer <= n_layers:
-        raise ValueError(f"layer {layer} out of range: {ckpt} has layers 0..{n_layers}")
+        raise ValueError(f"layer {layer} out of range: the model has layers 0..{n_layers}")
     return layer
 
 
-def embed_cached(texts, ckpt, layer, cache_dir=DEFAULT_CACHE, batch_size=32,
-                 dtype="float32", device="cpu"):
-    """embed() for each distinct text once, cached in cache_dir/<hash>.npy. The hash
-    covers the model directory (path, and size and time of each file, so retraining
-    in place invalidates it), the layer, the dtype and the texts. The model is only
-    loaded on a cache miss."""
-    layer = resolve_layer(ckpt, layer)
+def embed_cached(texts, model, tok, layer, cache_dir=DEFAULT_CACHE, batch_size=32):
+    """embed() for each distinct text once, cached in cache_dir/<hash>.npy. The
+    model is the run's one base model (no adapters attached); the hash covers the
+    directory it was loaded from (path, and size and time of each file, so
+    retraining in place invalidates it), its dtype, the layer and the texts."""
+    layer = resolve_layer(model.config, layer)
     if not texts:
         raise ValueError("no texts to embed")
     distinct, inverse = np.unique(np.array(texts), return_inverse=True)
-    key = hashlib.sha256(f"{os.path.realpath(ckpt)}|{layer}|{dtype}".encode())
+    ckpt = model.name_or_path
+    key = hashlib.sha256(f"{os.path.realpath(ckpt)}|{layer}|{model.lm_head.weight.dtype}".encode())
     for name in sorted(os.listdir(ckpt)):
         st = os.stat(os.path.join(ckpt, name))
         key.update(f"|{name}:{st.st_size}:{st.st_mtime_ns}".encode())
@@ -187,7 +183,6 @@ def embed_cached(texts, ckpt, layer, cache_dir=DEFAULT_CACHE, batch_size=32,
     if os.path.exists(path):
         print(f"embeddings from cache {path}")
         return np.load(path)[inverse]
-    model, tok = M.load(ckpt, dtype=dtype, device=device)
     X = embed(list(distinct), model, tok, layer, batch_size)
     os.makedirs(cache_dir, exist_ok=True)
     with open(path + ".tmp", "wb") as f:   # temp file + rename: never a half-written cache
@@ -415,17 +410,18 @@ def plot_clusters(X, labels, skills, path, title):
 # ---------------------------------------------------------------------------
 
 
-def saved_centroids(assign_dir, ckpt):
-    """(centroids (k, C), embedding layer, cosine) of cluster.py --out assign_dir;
-    the layer defaults to ckpt's middle one for outputs that did not record it."""
+def saved_centroids(assign_dir, config):
+    """(centroids (k, C), embedding layer, cosine) of cluster.py --out assign_dir,
+    checked against the base model's config; the layer defaults to its middle
+    one for outputs that did not record it."""
     with open(os.path.join(assign_dir, "groups.json")) as f:
         info = json.load(f)
     C = np.load(os.path.join(assign_dir, "centroids.npy"))
-    layer = info.get("layer", resolve_layer(ckpt))
-    width = M.PhiConfig.from_json(os.path.join(ckpt, "config.json")).hidden_size
-    if C.shape[1] != width:
-        raise ValueError(f"{assign_dir}/centroids.npy: centroids are {C.shape[1]} wide, but {ckpt} "
-                         f"embeds {width} wide: these clusters were made with another base model")
+    layer = info.get("layer", resolve_layer(config))
+    if C.shape[1] != config.hidden_size:
+        raise ValueError(f"{assign_dir}/centroids.npy: centroids are {C.shape[1]} wide, but the base "
+                         f"model embeds {config.hidden_size} wide: these clusters were made with "
+                         "another base model")
     return C, layer, info.get("cosine", False)
 
 
@@ -436,11 +432,11 @@ def nearest_centroid(X, C, cosine=False):
     return sq_dists(X, C).argmin(1)
 
 
-def clusters_of(assign_dir, examples, ckpt=None):
+def clusters_of(assign_dir, examples, model=None, tok=None):
     """(cluster of each example (N,), number of clusters) for cluster.py --out
     assign_dir. A question that was clustered keeps its cluster; one that was not
     (another split, or left out by --limit) goes to its nearest centroid when
-    ckpt, the model that embedded the clusters, is given, and gets -1 otherwise.
+    the base model that embedded the clusters is given, and gets -1 otherwise.
     Expert training (examples_of_cluster) and the router's labels both use it,
     so a question means the same cluster to both."""
     path = os.path.join(assign_dir, "assignments.json")
@@ -450,18 +446,18 @@ def clusters_of(assign_dir, examples, ckpt=None):
         cluster_of = {r["question"]: r["cluster"] for r in json.load(f)}
     n_clusters = max(cluster_of.values()) + 1
     new = list(dict.fromkeys(e.question for e in examples if e.question not in cluster_of))
-    if new and ckpt:
-        C, layer, cosine = saved_centroids(assign_dir, ckpt)
-        X = embed_cached([meta_question(q) for q in new], ckpt, layer)
+    if new and model is not None:
+        C, layer, cosine = saved_centroids(assign_dir, model.config)
+        X = embed_cached([meta_question(q) for q in new], model, tok, layer)
         cluster_of.update(zip(new, nearest_centroid(X, C, cosine).tolist()))
     return np.array([cluster_of.get(e.question, -1) for e in examples], dtype=int), n_clusters
 
 
-def examples_of_cluster(assign_dir, k, examples, ckpt=None):
+def examples_of_cluster(assign_dir, k, examples, model=None, tok=None):
     """The examples (data.lila.Example) of cluster k of cluster.py --out assign_dir,
     in order: for train.py --expert cluster:K. Unclustered questions are placed as
     in clusters_of; none at all is an error."""
-    ids, n_clusters = clusters_of(assign_dir, examples, ckpt)
+    ids, n_clusters = clusters_of(assign_dir, examples, model, tok)
     path = os.path.join(assign_dir, "assignments.json")
     if not 0 <= k < n_clusters:
         raise ValueError(f"cluster {k} does not exist: {path} has clusters 0..{n_clusters - 1}")
@@ -538,9 +534,9 @@ def report(args, n, layer, rows, seeded, clusters, groups):
     return "\n".join(lines) + "\n"
 
 
-def cluster_texts(texts, args, layer, skills, submodules):
+def cluster_texts(texts, model, tok, args, layer, skills, submodules):
     """Embed texts, k-means them, score the clusters: (X, KMeansResult, row, seeded accuracies)."""
-    X = embed_cached(texts, args.model, layer, args.cache_dir, args.batch_size, args.dtype, args.device)
+    X = embed_cached(texts, model, tok, layer, args.cache_dir, args.batch_size)
     r = kmeans(X, args.k, n_init=args.n_init, seed=args.seed, cosine=args.cosine)
     row = dict(distinct=len(set(texts)), inertia=r.inertia, agreement=agreement(r.labels, skills, submodules))
     seeded = {m: seeded_accuracy(X, skills, m, args.label_trials, args.seed, cosine=args.cosine)
@@ -557,16 +553,17 @@ def run(args):
         raise ValueError(f"no {args.split} questions in {args.data}")
     args.k = args.k or len({e.submodule for e in examples})
     check_k(args.k, len(examples))
-    layer = resolve_layer(args.model, args.layer)
+    model, tok = M.load(args.model, dtype=args.dtype, device=args.device)
+    layer = resolve_layer(model.config, args.layer)
     skills = np.array([e.skill for e in examples])
     submodules = np.array([e.submodule for e in examples])
     metas = [meta_question(e.question) for e in examples]
     rows, seeded = {}, {}
     X, best, rows["meta-questions"], seeded["meta-questions"] = cluster_texts(
-        metas, args, layer, skills, submodules)
+        metas, model, tok, args, layer, skills, submodules)
     if not args.no_raw:   # the same without abstraction, to compare with
         _, _, rows["raw questions"], seeded["raw questions"] = cluster_texts(
-            [e.question for e in examples], args, layer, skills, submodules)
+            [e.question for e in examples], model, tok, args, layer, skills, submodules)
 
     n_groups = min(args.groups or max(1, round(args.k ** 0.5)), args.k)
     groups = expert_groups(best.centroids, n_groups, args.seed, args.cosine)

@@ -53,7 +53,7 @@ import lora
 import model as M
 import router as R
 from data.lila import by_skill, load as load_examples
-from data.prompts import few_shot_prompt, format_qa, seeded_random
+from data.prompts import draw_shots, prompt_ids, seeded_random
 from data.score import is_correct
 
 DEFAULT_MODEL = "checkpoints/phi-tiny"
@@ -75,6 +75,22 @@ def select(examples, limit, seed):
         seeded_random(seed, skill).shuffle(group)
         out += group[:limit]
     return out
+
+
+def encode(tok, example, pool, shots, seed, context, max_new_tokens):
+    """(prompt ids, gold answer ids) of one question, by data.prompts.prompt_ids,
+    the function that builds train.py's rows too. A prompt that leaves no room in
+    the context for the answer loses its oldest shots, one at a time."""
+    solved = [(s.question, s.answers[0]) for s in draw_shots(example, pool, shots, seed)]
+    while True:
+        prompt, gold = prompt_ids(tok, solved, example.question, example.answers[0])
+        if len(prompt) + max(max_new_tokens, len(gold)) <= context:
+            return prompt, gold
+        if not solved:
+            raise ValueError(f"a {example.skill} question of {len(prompt)} tokens leaves no room for a "
+                             f"{max(max_new_tokens, len(gold))}-token answer in the model's "
+                             f"{context}-token context: {example.question[:60]!r}...")
+        solved = solved[1:]
 
 
 @torch.no_grad()
@@ -105,17 +121,12 @@ def evaluate(model, tok, examples, pool, shots=4, batch_size=32, seed=1234,
     batch is generated, giving a dict of extra fields for the batch's row j.
 
     Prompts are sorted by length before batching, so a batch holds prompts of
-    similar length and little compute goes to padding. A prompt too long for the
-    model keeps its last tokens (the oldest shots are cut)."""
+    similar length and little compute goes to padding."""
     pool = by_skill(pool) if isinstance(pool, list) else pool
-    limit = model.config.max_position_embeddings - max_new_tokens
-    prompts = [few_shot_prompt(e, pool, shots, seed) if shots else f"Question: {e.question}\nAnswer:"
-               for e in examples]
-    ids = [tok.encode(p).ids[-limit:] for p in prompts]
+    ids, gold = zip(*(encode(tok, e, pool, shots, seed, model.config.max_position_embeddings,
+                             max_new_tokens) for e in examples))
     order = sorted(range(len(examples)), key=lambda i: len(ids[i]))
     eot, newline = tok.token_to_id(M.EOT), "\n"
-    # the answer and its end marker, tokenized exactly as train.py's answer loss sees them
-    gold = [tok.encode(format_qa("", e.answers[0]).split("Answer:", 1)[1]).ids for e in examples]
     predictions, extra = [None] * len(examples), [{} for _ in examples]
     nll = [None] * len(examples)
     bar = tqdm(total=len(examples), desc=desc, unit="q", leave=False)
@@ -123,13 +134,12 @@ def evaluate(model, tok, examples, pool, shots=4, batch_size=32, seed=1234,
         chunk = order[start:start + batch_size]
         after = on_batch(chunk) if on_batch else None
         new = M.generate(model, [ids[i] for i in chunk], max_new_tokens, eos_id=eot,
-                         stop_fn=lambda n: newline in tok.decode(n))
+                         stop_fn=lambda n: newline in tok.decode(n), n_tokens=tok.get_vocab_size())
         for j, (i, n) in enumerate(zip(chunk, new)):
             predictions[i] = tok.decode(n).split(newline)[0].strip()
             if after:
                 extra[i] = after(j)
-        for i, v in zip(chunk, answer_nll(model, [ids[i][-(limit + max_new_tokens - len(gold[i])):] for i in chunk],
-                                          [gold[i] for i in chunk])):
+        for i, v in zip(chunk, answer_nll(model, [ids[i] for i in chunk], [gold[i] for i in chunk])):
             nll[i] = v
         bar.update(len(chunk))
     bar.close()
@@ -342,7 +352,7 @@ def moe(model, tok, examples, pool, args):
         priors, forced = route.expand(len(examples), -1), explain.forced_expert(route)   # (N, E)
         print(f"--route {args.route}: expert weights {dict(zip(cfg.experts, route.tolist()))}")
     elif cfg.prior != "none" or args.variant != "full":
-        X = R.meta_embeddings(examples, args.model, cfg.embed_layer)
+        X = R.meta_embeddings(examples, model, tok, cfg.embed_layer)
         priors = router.task.prior(X)                                    # (N, E)
     M_ = router.M
     if args.variant == "task-hard" or forced is not None:   # one expert per question, merged

@@ -42,7 +42,7 @@ import lora
 import model as M
 import router as R
 from data.lila import Example, by_skill, load as load_examples
-from data.prompts import few_shot_prompt
+from data.prompts import draw_shots, prompt_ids
 
 BLOCKS = " ▁▂▃▄▅▆▇█"   # a weight w in [0, 1] is drawn as BLOCKS[round(8 w)]
 
@@ -96,7 +96,7 @@ def short(names, n=8):
     return [x if len(x) <= n else x[:n - 1] + "~" for x in names]
 
 
-def nearest_cluster(meta, model, tok, clusters_dir, ckpt):
+def nearest_cluster(meta, model, tok, clusters_dir):
     """(cluster id, its cluster_skills.json entry) for one meta-question, or None
     when clusters_dir has no cluster.py output."""
     need = ["centroids.npy", "cluster_skills.json", "groups.json"]
@@ -104,7 +104,7 @@ def nearest_cluster(meta, model, tok, clusters_dir, ckpt):
         return None
     with open(os.path.join(clusters_dir, "cluster_skills.json")) as f:
         skills = json.load(f)
-    C, layer, cosine = cluster.saved_centroids(clusters_dir, ckpt)
+    C, layer, cosine = cluster.saved_centroids(clusters_dir, model.config)
     c = int(cluster.nearest_centroid(cluster.embed([meta], model, tok, layer), C, cosine)[0])
     return c, skills[str(c)]
 
@@ -114,7 +114,7 @@ def explain(model, tok, args):
     """Print the explanation of args.explain (one question) under the router args.moe."""
     question = args.explain
     meta = cluster.meta_question(question)
-    found = nearest_cluster(meta, model, tok, args.clusters, args.model)
+    found = nearest_cluster(meta, model, tok, args.clusters)
     router = R.load_router(args.moe, model)
     cfg = router.cfg
     x = cluster.embed([meta], model, tok, cfg.embed_layer) if cfg.prior != "none" else None
@@ -151,14 +151,13 @@ def explain(model, tok, args):
             pool = load_examples(args.data, split="train", skills=[skill])
         except (OSError, ValueError) as err:    # no data here, or no such skill in it: zero-shot
             print(f"\n(no shots: {err})")
-    if pool:
-        prompt = few_shot_prompt(Example(question, ("",), skill, skill, "test"), by_skill(pool), args.shots, args.seed)
-    else:
-        prompt = f"Question: {question}\nAnswer:"
+    shots = draw_shots(Example(question, ("",), skill, skill, "test"), by_skill(pool), args.shots,
+                       args.seed) if pool else []
+    ids, _ = prompt_ids(tok, [(s.question, s.answers[0]) for s in shots], question)
     router.set_prior(prior)
     router.trace = []
-    new = M.generate(model, [tok.encode(prompt).ids], args.max_new_tokens, eos_id=tok.token_to_id(M.EOT),
-                     stop_fn=lambda n: "\n" in tok.decode(n))[0]
+    new = M.generate(model, [ids], args.max_new_tokens, eos_id=tok.token_to_id(M.EOT),
+                     stop_fn=lambda n: "\n" in tok.decode(n), n_tokens=tok.get_vocab_size())[0]
     w = R.trace_summary(router.trace, cfg.n_layers, 1)[0]                          # (L, E)
     router.trace = None
     layers = [f"layer {l}" for l in range(cfg.n_layers)]

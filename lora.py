@@ -59,9 +59,11 @@ class LoRALinear(nn.Module):
     """A Linear plus a trainable low-rank update: y = W x + b + s * B A x, s = alpha / r.
 
     A (r, I) starts kaiming-uniform and B (O, r) starts at zero, so a fresh
-    adapter changes nothing. merge() folds s*B@A into W once (inference then
-    costs the same as the plain Linear); unmerge() takes it out again, up to
-    float rounding (about 1e-7 relative in fp32)."""
+    adapter changes nothing. A and B are fp32 whatever W's dtype: a bf16 or fp16
+    base trains fp32 adapters, as with PEFT. merge() folds s*B@A into W once
+    (inference then costs the same as the plain Linear) and keeps the original W
+    on the CPU; unmerge() puts that copy back, so the base is restored bit for
+    bit in every dtype (subtracting s*B@A again would not be, in half precision)."""
 
     def __init__(self, base: nn.Linear, r=8, alpha=16, dropout=0.0):
         super().__init__()
@@ -71,10 +73,10 @@ class LoRALinear(nn.Module):
         self.weight, self.bias = base.weight, base.bias   # same Parameters: keys unchanged
         self.r, self.alpha, self.scaling = r, alpha, alpha / r
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        kw = dict(bias=False, device=base.weight.device, dtype=base.weight.dtype)
+        kw = dict(bias=False, device=base.weight.device, dtype=torch.float32)
         self.lora_A = nn.Linear(self.in_features, r, **kw)    # weight (r, I)
         self.lora_B = nn.Linear(r, self.out_features, **kw)   # weight (O, r)
-        self.merged = False
+        self.original = None                                  # W before merge(), while merged
         self.reset_lora_parameters()
 
     def reset_lora_parameters(self):
@@ -94,19 +96,24 @@ class LoRALinear(nn.Module):
         if self.merged:
             return y                                                   # W already holds s*B@A
         # s multiplies the r-wide A x rather than the O-wide result: same value, less work
-        return y + self.lora_B(self.lora_A(self.lora_dropout(x)) * self.scaling)
+        x = self.lora_dropout(x).to(self.lora_A.weight.dtype)
+        return y + self.lora_B(self.lora_A(x) * self.scaling).to(y.dtype)
+
+    @property
+    def merged(self):
+        return self.original is not None
 
     @torch.no_grad()
     def merge(self):
         if not self.merged:
+            self.original = self.weight.detach().to("cpu", copy=True)
             self.weight += self.delta_weight()
-            self.merged = True
 
     @torch.no_grad()
     def unmerge(self):
         if self.merged:
-            self.weight -= self.delta_weight()
-            self.merged = False
+            self.weight.copy_(self.original)
+            self.original = None
 
     def extra_repr(self):
         return (f"in={self.in_features}, out={self.out_features}, r={self.r}, "
@@ -142,7 +149,7 @@ class MultiLoRALinear(nn.Module):
         self.weight, self.bias = base.weight, base.bias   # same Parameters, as LoRALinear
         self.n_experts, self.r = n_experts, r
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        kw = dict(device=base.weight.device, dtype=base.weight.dtype)
+        kw = dict(device=base.weight.device, dtype=torch.float32)      # fp32, as LoRALinear
         self.lora_A = nn.Parameter(torch.empty(n_experts, r, self.in_features, **kw))    # (E, r, I)
         self.lora_B = nn.Parameter(torch.zeros(n_experts, self.out_features, r, **kw))   # (E, O, r)
         for e in range(n_experts):
@@ -150,6 +157,7 @@ class MultiLoRALinear(nn.Module):
         self.register_buffer("lora_scaling", torch.full((n_experts,), alpha / r, device=kw["device"]))
         self.weights = None          # set by the router before each forward
         self.merged = None           # the (E,) weights merged into W, or None
+        self.original = None         # W before merge(), on the CPU, while merged
 
     @classmethod
     def from_loras(cls, loras):
@@ -187,16 +195,17 @@ class MultiLoRALinear(nn.Module):
                                "set_expert_weights) or pass forward(x, weights)")
         if w.shape[-1] != self.n_experts:
             raise ValueError(f"routing weights {tuple(w.shape)}: last dim must be E={self.n_experts}")
-        w = w.to(x.dtype) * self.lora_scaling.to(x.dtype)               # fold s_e into w_e
+        w = w.float() * self.lora_scaling                               # fold s_e into w_e
         if w.dim() == 2:
             w = w[:, None, :]                                           # (B, E) -> (B, 1, E): same for every token
         # The two einsums "bti,eri->bter" and "bter,eor->bto" (b batch, t token,
         # i in, o out, e expert, r rank), written as two plain matmuls over the
         # E*r stacked rank dimensions, which is what makes them fast:
         E, r = self.n_experts, self.r
-        u = F.linear(self.lora_dropout(x), self.lora_A.reshape(E * r, self.in_features))   # (B, T, E*r)
-        u = (u.unflatten(-1, (E, r)) * w[..., None]).flatten(-2)        # (B, T, E, r) * (B|1, T|1, E, 1) -> (B, T, E*r)
-        return y + u @ self.stacked_B()                                 # (B, T, E*r) @ (E*r, O): sum over e and r
+        x = self.lora_dropout(x).to(self.lora_A.dtype)
+        u = F.linear(x, self.lora_A.reshape(E * r, self.in_features))  # (B, T, E*r)
+        u = (u.unflatten(-1, (E, r)) * w[..., None].to(u.dtype)).flatten(-2)   # (B, T, E, r) * (B|1, T|1, E, 1) -> (B, T, E*r)
+        return y + (u @ self.stacked_B()).to(y.dtype)                   # (B, T, E*r) @ (E*r, O): sum over e and r
 
     def stacked_B(self):
         """lora_B (E, O, r) as one (E*r, O) matrix, row e*r + j = B_e[:, j]. Under
@@ -228,13 +237,14 @@ class MultiLoRALinear(nn.Module):
         if self.weights is None or self.weights.dim() != 1:
             raise ValueError("MultiLoRALinear.merge needs .weights of shape (E,): one fixed mix")
         self.merged = self.weights.detach().clone()
+        self.original = self.weight.detach().to("cpu", copy=True)      # exact restore, as LoRALinear
         self.weight += self.delta_weight(self.merged)
 
     @torch.no_grad()
     def unmerge(self):
         if self.merged is not None:
-            self.weight -= self.delta_weight(self.merged)
-            self.merged = None
+            self.weight.copy_(self.original)
+            self.merged = self.original = None
 
     def extra_repr(self):
         return f"in={self.in_features}, out={self.out_features}, experts={self.n_experts}, r={self.r}"

@@ -37,7 +37,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
-EOT = "<|endoftext|>"
+from data.tokenizer import EOT
 
 # ---------------------------------------------------------------------------
 # 1. Config
@@ -167,7 +167,32 @@ class KVCache(nn.Module):
         return self.k[:, :, :start + T], self.v[:, :, :start + T]   # (B, nh, S, hs)
 
 
+def attention(q, k, v, allowed):
+    """softmax(q k^T / sqrt(hs), over the allowed keys) v, written out in full:
+    the reference that the fast path (F.scaled_dot_product_attention) must match.
+    q (B, nh, T, hs); k, v (B, nh, S, hs); allowed (B or 1, 1, T, S) bool, or None
+    for plain causal attention (T = S).
+
+    Two subtle points:
+    - The scores are computed in fp32 with autocast switched off. phi-2's q.k
+      overflows fp16 (HF upcasts for the same reason), and under autocast a
+      matmul of fp32 tensors would quietly run in half precision again.
+    - A masked score is -inf, so it gets exactly zero weight. That is safe only
+      because no row is masked entirely: every query sees at least its own slot
+      (PhiForCausalLM.forward), even a padding one, so softmax never meets a row
+      of -inf only (which gives 0/0 = NaN, and NaN would spread through att @ v)."""
+    T, S = q.shape[2], k.shape[2]
+    if allowed is None:
+        allowed = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)   # (T, S)
+    with torch.autocast(q.device.type, enabled=False):
+        att = (q.float() / math.sqrt(q.shape[-1])) @ k.float().transpose(-2, -1)   # (B, nh, T, S)
+        att = att.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+    return att.to(v.dtype) @ v                                                      # (B, nh, T, hs)
+
+
 class PhiAttention(nn.Module):
+    sdpa = True   # the fused kernel; False runs attention() above (tests compare the two)
+
     def __init__(self, cfg):
         super().__init__()
         C = cfg.hidden_size
@@ -178,7 +203,7 @@ class PhiAttention(nn.Module):
         self.dense = nn.Linear(C, C)
         self.kv_cache = None
 
-    def forward(self, x, cos, sin, mask, start):
+    def forward(self, x, cos, sin, allowed, start):
         B, T, C = x.shape
         q = self.q_proj(x).view(B, T, self.nh, self.hs).transpose(1, 2)   # (B, nh, T, hs)
         k = self.k_proj(x).view(B, T, self.nh, self.hs).transpose(1, 2)   # (B, nh, T, hs)
@@ -186,12 +211,12 @@ class PhiAttention(nn.Module):
         q, k = apply_rope(q, cos, sin, self.R), apply_rope(k, cos, sin, self.R)
         if self.kv_cache is not None:
             k, v = self.kv_cache.update(start, k, v)                       # (B, nh, S, hs)
-        # Scores in fp32: phi-2's q.k overflows fp16 (HF upcasts for the same reason).
-        # Scaling q (T x hs numbers) rather than the scores (T x S) gives the same
-        # product with less work, and the mask is added in place.
-        att = (q.float() / math.sqrt(self.hs)) @ k.float().transpose(-2, -1)  # (B, nh, T, S)
-        att = att.add_(mask).softmax(dim=-1).to(v.dtype)
-        y = att @ v                                                        # (B, nh, T, hs)
+        if not self.sdpa:
+            y = attention(q, k, v, allowed)                                # (B, nh, T, hs)
+        elif allowed is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)    # (B, nh, T, hs)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
         y = y.transpose(1, 2).reshape(B, T, C)                             # (B, T, C)
         return self.dense(y)
 
@@ -216,9 +241,9 @@ class PhiDecoderLayer(nn.Module):
         self.self_attn = PhiAttention(cfg)
         self.mlp = PhiMLP(cfg)
 
-    def forward(self, x, cos, sin, mask, start):
+    def forward(self, x, cos, sin, allowed, start):
         h = self.input_layernorm(x)
-        return x + self.self_attn(h, cos, sin, mask, start) + self.mlp(h)
+        return x + self.self_attn(h, cos, sin, allowed, start) + self.mlp(h)
 
 
 class PhiModel(nn.Module):
@@ -277,19 +302,23 @@ class PhiForCausalLM(nn.Module):
         x = self.model.embed_tokens(idx)                                   # (B, T, C)
         cos = self.rope_cos[pos].unsqueeze(1).to(x.dtype)                  # (B, 1, T, R)
         sin = self.rope_sin[pos].unsqueeze(1).to(x.dtype)                  # (B, 1, T, R)
-        # Additive mask (B, 1, T, S): query slot start+t sees key slots <= start+t that
-        # are valid. A finite minimum (not -inf) keeps all-padding rows from giving NaN.
-        q_slot = torch.arange(start, S, device=idx.device)
-        allowed = torch.arange(S, device=idx.device)[None, :] <= q_slot[:, None]   # (T, S)
-        if valid is not None:
-            allowed = allowed[None] & valid[:, None, :]                    # (B, T, S)
-        mask = torch.zeros(allowed.shape, device=idx.device).masked_fill(
-            ~allowed, torch.finfo(torch.float32).min)
-        mask = mask.view(-1, 1, T, S)                                      # (B or 1, 1, T, S)
+        # Which key slots each query may see, (B or 1, 1, T, S): slots up to its own
+        # that hold real tokens. Every query also sees its own slot, so a padding
+        # query is never left with no key at all (see attention()). None: plain
+        # causal attention over this call's tokens, which lets sdpa use its
+        # causal kernel.
+        allowed = None
+        if valid is not None or start > 0:
+            q_slot = torch.arange(start, S, device=idx.device)[:, None]             # (T, 1)
+            k_slot = torch.arange(S, device=idx.device)[None, :]                    # (1, S)
+            allowed = k_slot <= q_slot                                               # (T, S)
+            if valid is not None:
+                allowed = (allowed & valid[:, None, :]) | (k_slot == q_slot)        # (B, T, S)
+            allowed = allowed.view(-1, 1, T, S)                                      # (B or 1, 1, T, S)
         for i, layer in enumerate(self.model.layers):
             if i == hidden_layer:
                 return x
-            x = layer(x, cos, sin, mask, start)
+            x = layer(x, cos, sin, allowed, start)
         x = self.model.final_layernorm(x)
         if hidden_layer is not None:
             return x
@@ -401,6 +430,7 @@ def load(ckpt, dtype=torch.float32, device="cpu", verbose=True):
     state = load_state(ckpt, expected, dtype, device)
     model.load_state_dict(state, assign=True)
     model.init_rope(device)
+    model.name_or_path = ckpt              # where it came from, as transformers records it
     tok = load_tokenizer(os.path.join(ckpt, "tokenizer.json"), cfg)
     if verbose:
         print(f"loaded {ckpt}: {model.num_params() / 1e6:.1f}M parameters, "
@@ -444,7 +474,7 @@ def save(model, tok, out_dir, dtype=None):
 
 @torch.no_grad()
 def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=None, eos_id=None,
-             stop_fn=None, generator=None):
+             stop_fn=None, generator=None, n_tokens=None):
     """Continue each prompt (a list of token ids); return the new ids per prompt.
 
     Prompts of different lengths are left-padded into one batch. Padding slots
@@ -453,7 +483,9 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=None, eos_id
     prompts once; each decode step feeds one token per row through the KV cache.
     A row stops at eos_id or when stop_fn(its new ids) is true; the loop ends
     when all rows have stopped. temperature 0 is greedy; otherwise sample from
-    softmax(logits / temperature), restricted to the top_k logits if given."""
+    softmax(logits / temperature), restricted to the top_k logits if given.
+    n_tokens: only ids below it are ever produced. phi-2 has 51200 embedding rows
+    but 50295 tokens, and an id without a token would be dropped by decode()."""
     P, V = model.config.max_position_embeddings, model.config.vocab_size
     if len(prompts) == 0:
         raise ValueError("no prompts given")
@@ -486,7 +518,7 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=None, eos_id
         out, done = [[] for _ in range(B)], [False] * B
         next_pos = pos[:, -1:] + 1                                          # (B, 1)
         for t in range(max_new_tokens):
-            nxt = sample(logits, temperature, top_k, generator)            # (B,)
+            nxt = sample(logits[:, :n_tokens], temperature, top_k, generator)   # (B,)
             for b, tok_id in enumerate(nxt.tolist()):
                 if done[b]:
                     continue
@@ -520,6 +552,7 @@ def complete(model, tok, prompts, max_new_tokens=32, stop="\n", **kw):
     """Text in, text out: each prompt's continuation, cut before `stop`."""
     ids = [tok.encode(p).ids for p in prompts]
     stop_fn = (lambda new: stop in tok.decode(new)) if stop else None
-    new = generate(model, ids, max_new_tokens, eos_id=tok.token_to_id(EOT), stop_fn=stop_fn, **kw)
+    new = generate(model, ids, max_new_tokens, eos_id=tok.token_to_id(EOT), stop_fn=stop_fn,
+                   n_tokens=tok.get_vocab_size(), **kw)
     texts = [tok.decode(n) for n in new]
     return [t.split(stop)[0] if stop else t for t in texts]

@@ -358,21 +358,23 @@ def expert_dirs(root):
     return found
 
 
-def expert_labels(examples, names, clusters_dir, ckpt):
+def expert_labels(examples, names, clusters_dir, model, tok):
     """The expert of each example: its skill, or (experts named cluster-K) its
     cluster as cluster.clusters_of places it, the way that expert's training
     questions were chosen; -1 where none applies."""
     if all(n.startswith("cluster-") for n in names):
         import cluster
-        ids, _ = cluster.clusters_of(clusters_dir, examples, ckpt)
+        ids, _ = cluster.clusters_of(clusters_dir, examples, model, tok)
         index = {int(n.split("-")[1]): i for i, n in enumerate(names)}
         return np.array([index.get(c, -1) for c in ids.tolist()])
     return np.array([names.index(e.skill) if e.skill in names else -1 for e in examples])
 
 
-def meta_embeddings(examples, ckpt, layer):
+def meta_embeddings(examples, model, tok, layer):
+    """The embeddings (N, C) of the examples' meta-questions at `layer` of the base
+    model, which must not have experts attached yet."""
     import cluster
-    return cluster.embed_cached([cluster.meta_question(e.question) for e in examples], ckpt, layer)
+    return cluster.embed_cached([cluster.meta_question(e.question) for e in examples], model, tok, layer)
 
 
 class Routing:
@@ -421,7 +423,7 @@ def build_rank1(model, args, train_ex, dev_ex, device):
     return Routing(router, train_ex + dev_ex, None)
 
 
-def build(model, args, train_ex, dev_ex, device):
+def build(model, tok, args, train_ex, dev_ex, device):
     """Load the experts into `model` (frozen), make groups from the expert
     centroids, fit the task router, attach a fresh Router; return a Routing."""
     import cluster
@@ -429,12 +431,12 @@ def build(model, args, train_ex, dev_ex, device):
         return build_rank1(model, args, train_ex, dev_ex, device)
     dirs = expert_dirs(args.experts)
     names = list(dirs)
+    layer = cluster.resolve_layer(model.config)
+    X = meta_embeddings(train_ex + dev_ex, model, tok, layer)          # the base alone, before the experts
+    Xtr, labels = X[:len(train_ex)], expert_labels(train_ex, names, args.clusters, model, tok)
     lora.load_experts(model, list(dirs.values()))
     for p in model.parameters():
         p.requires_grad_(False)
-    layer = cluster.resolve_layer(args.model, None)
-    X = meta_embeddings(train_ex + dev_ex, args.model, layer)
-    Xtr, labels = X[:len(train_ex)], expert_labels(train_ex, names, args.clusters, args.model)
     missing = [n for i, n in enumerate(names) if not (labels == i).any()]
     if missing:
         raise ValueError(f"no training questions for the experts {missing}; expert names must be "

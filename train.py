@@ -33,8 +33,10 @@ References: nanoGPT's train.py (loop, schedule, decay groups); LoRA (Hu et al.
 2021); PyTorch DDP's gradient all-reduce.
 The router mode trains only router.py's gates and mix (base and experts stay
 frozen), with the router's entropy and balance terms added to the loss.
-Left out: gradient accumulation, and mixed precision on CPU (bf16 autocast is
-used on CUDA only).
+Precision (--dtype): LoRA and the router train fp32 weights on a frozen base
+held in --dtype, the matmuls under autocast, as PEFT + transformers users do
+(bf16 by default on CUDA); pretraining keeps fp32 weights under the same autocast.
+Left out: gradient accumulation.
 """
 import argparse
 import json
@@ -52,7 +54,7 @@ from tqdm import tqdm
 import lora
 import model as M
 from data.lila import load as load_examples
-from data.prompts import format_qa
+from data.prompts import solved_ids
 from eval import evaluate, mean_accuracy, select
 
 # ---------------------------------------------------------------------------
@@ -63,7 +65,10 @@ from eval import evaluate, mean_accuracy, select
 class Episodes:
     """Rows of T+1 tokens: <|endoftext|>, then solved questions of one submodule,
     "Question: q\\nAnswer: a\\n\\n" after another, cut at T+1 tokens: the shape
-    of a few-shot prompt, so that in-context learning emerges. rows="skill"
+    of a few-shot prompt, so that in-context learning emerges. The questions are
+    tokenized by data.prompts.solved_ids, piece by piece, exactly as eval.py's
+    prompts are (prompt_ids), so a model is evaluated on the token sequences it
+    was trained on. rows="skill"
     instead fills a row with questions of one skill, its submodules mixed, which
     is the shape of eval.py's prompts (shots drawn from the whole skill).
 
@@ -92,12 +97,9 @@ class Episodes:
         groups = {name: [examples[i] for i in idx] for name, idx in groups.items()}
         self.groups = []   # per group (submodule or skill): list of (token ids, loss mask) per question
         for name in sorted(groups):
-            qs = tok.encode_batch([format_qa(e.question) for e in groups[name]])
-            ans = tok.encode_batch([format_qa("", e.answers[0]).split("Answer:", 1)[1]
-                                    for e in groups[name]])
-            self.groups.append([(np.array(q.ids + a.ids),
-                                 np.array([loss == "all"] * len(q.ids) + [True] * len(a.ids)))
-                                for q, a in zip(qs, ans)])
+            pieces = solved_ids(tok, [(e.question, e.answers[0]) for e in groups[name]])
+            self.groups.append([(np.array(q + a), np.array([loss == "all"] * len(q) + [True] * len(a)))
+                                for q, a in pieces])
         self._epoch, self._streams = None, None
 
     def streams(self, epoch):
@@ -234,27 +236,25 @@ def setup_base(args, tok, device):
     return model, model, save
 
 
-def setup_lora(args, device):
-    """The frozen base from --model with LoRA on the target modules; only LoRA trains."""
-    model, tok = M.load(args.model, device=device)
+def setup_lora(args, model):
+    """LoRA on the target modules of the frozen base; only LoRA (fp32) trains."""
     lora.add_lora(model, r=args.rank, alpha=args.alpha, dropout=args.dropout,
                   targets=args.targets.split(","))
     lora.mark_only_lora_trainable(model)
     lora.count_trainable(model)
     save = lambda out: lora.save_adapter(model, out, args.model)
-    return model, tok, model, save
+    return model, save
 
 
-def setup_router(args, device, train_ex, dev_ex):
+def setup_router(args, model, tok, device, train_ex, dev_ex):
     """Base + frozen experts (or fresh rank-1 experts) + a Router; the router trains."""
     import router as R
-    model, tok = M.load(args.model, device=device)
-    setup = R.build(model, args, train_ex, dev_ex, device)
+    setup = R.build(model, tok, args, train_ex, dev_ex, device)
     save = lambda out: R.save_router(setup.router, out)
-    return model, tok, setup, save
+    return setup, save
 
 
-def select_examples(args, split):
+def select_examples(args, split, model, tok):
     """The questions a mode trains on: one skill, one cluster, or everything
     (the router: at most --router-questions per skill)."""
     if args.router:
@@ -262,7 +262,8 @@ def select_examples(args, split):
     if args.expert and args.expert.startswith("cluster:"):
         import cluster
         everything = load_examples(args.data, split=split)
-        return cluster.examples_of_cluster(args.clusters, int(args.expert.split(":")[1]), everything, args.model)
+        return cluster.examples_of_cluster(args.clusters, int(args.expert.split(":")[1]), everything,
+                                           model, tok)
     skills = [args.expert] if args.expert else None
     return load_examples(args.data, split=split, skills=skills)
 
@@ -279,16 +280,20 @@ def train(args):
     if args.minutes and args.warmup < TIMED[1]:
         raise ValueError(f"--minutes needs --warmup >= {TIMED[1]} (the speed is measured during warmup)")
     rank, world, device = distributed(args.device)
+    dtype = M.DTYPES[args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")]
     torch.manual_seed(args.seed)
-    train_ex, dev_ex = select_examples(args, "train"), select_examples(args, "dev")
+    if mode == "base":
+        model, tok = None, Tokenizer.from_file(args.tokenizer)
+    else:                     # the one frozen base of this process, in --dtype
+        model, tok = M.load(args.model, dtype=dtype, device=device)
+    train_ex, dev_ex = select_examples(args, "train", model, tok), select_examples(args, "dev", model, tok)
     routing = None            # --router: the Router set-up (priors per question, aux losses)
     if mode == "base":
-        tok = Tokenizer.from_file(args.tokenizer)
         model, learner, save = setup_base(args, tok, device)
     elif mode == "lora":
-        model, tok, learner, save = setup_lora(args, device)
+        learner, save = setup_lora(args, model)
     else:
-        model, tok, routing, save = setup_router(args, device, train_ex, dev_ex)
+        routing, save = setup_router(args, model, tok, device, train_ex, dev_ex)
         learner = routing.router
     if args.mixed and args.steps_per_skill:        # as much training as all experts together
         args.steps = args.steps_per_skill * len({e.skill for e in train_ex})
@@ -307,19 +312,23 @@ def train(args):
     opt = make_optimizer(learner, args.lr, args.weight_decay, device)
     trainable = lambda: {n: p for n, p in learner.state_dict().items()
                          if mode != "lora" or "lora_" in n}
+    # Trainable weights are fp32; in half precision, the matmuls run in --dtype under
+    # autocast, and fp16 gradients are scaled so that small ones do not underflow.
+    autocast = lambda: torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32)
+    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=dtype == torch.float16)
     state_path = os.path.join(args.out, "train_state.pt")
     step, best, log = 0, -1.0, []
     if args.resume and os.path.exists(state_path):
         state = torch.load(state_path, map_location=device)
         learner.load_state_dict(state["model"], strict=False)
         opt.load_state_dict(state["opt"])
+        scaler.load_state_dict(state["scaler"])
         step, best, log = state["step"], state["best"], state["log"]
         args.steps, args.minutes = state["args"]["steps"], None   # the schedule of the original run
         print(f"resumed from {state_path} at step {step} (best dev accuracy {best:.3f})")
     elif args.resume:
         print(f"--resume: no {state_path} yet, starting from scratch")
     fwd = torch.compile(model) if args.compile else model
-    autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda"))
 
     def checkpoint(step):
         nonlocal best
@@ -335,8 +344,8 @@ def train(args):
             if acc > best:
                 best = acc
                 save(args.out)
-            atomic_save({"model": trainable(), "opt": opt.state_dict(), "step": step,
-                         "best": best, "log": log, "args": vars(args)}, state_path)
+            atomic_save({"model": trainable(), "opt": opt.state_dict(), "scaler": scaler.state_dict(),
+                         "step": step, "best": best, "log": log, "args": vars(args)}, state_path)
             with open(os.path.join(args.out, "log.json"), "w") as f:
                 json.dump(log, f, indent=1)
             tqdm.write(f"step {step}: dev loss {dl:.4f}, dev accuracy {acc:.3f} (best {best:.3f})")
@@ -359,12 +368,14 @@ def train(args):
             loss = lm_loss(fwd, x, y, n_targets)
             if routing:
                 loss = loss + routing.router.aux_loss() / world
-        loss.backward()
+        scaler.scale(loss).backward()
         if world > 1:
             for p in params:
                 dist.all_reduce(p.grad)                                  # sum over processes
+        scaler.unscale_(opt)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        scaler.step(opt)
+        scaler.update()
         opt.zero_grad(set_to_none=True)
         if step % 10 == 0:
             if world > 1:
@@ -420,6 +431,9 @@ def parser():
     p.add_argument("--eval-questions", type=int, default=200, help="dev questions for the dev accuracy")
     p.add_argument("--seed", type=int, default=1234, help="random seed (init and data order)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
+                   help="dtype of the frozen base and of autocast; trainable weights stay fp32 "
+                   "(default: bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
     p.add_argument("--minutes", type=float, default=None, help="train for about this long: "

@@ -21,10 +21,34 @@ every run, model and process (the seed is hashed with sha256, not Python's
 salted hash()), and changing the seed redraws them. A question is never its
 own shot. Shots show their first answer.
 
+One tokenization. A byte-level BPE splits the same characters differently
+depending on what follows them: " 42\n\n" alone ends in one token for "\n\n",
+while inside "42\n\nQuestion" the two newlines become two tokens. So the model
+must never be shown a prompt tokenized one way after being trained on rows
+tokenized the other. prompt_ids() is the one function that turns questions into
+token ids, for training rows (train.py) and for evaluation prompts and their
+gold answers (eval.py) alike:
+
+    [<|endoftext|>] + tok("Question: q1\nAnswer:") + tok(" a1\n\n") + ...
+                    + tok("Question: q\nAnswer:") [+ tok(" a\n\n")]
+
+Each question and each answer is encoded on its own, so a prompt followed by
+its gold answer is token for token a training row of the same questions
+(tests/test_data.py holds this for phi-tiny's tokenizer and a phi-2-like one).
+The pieces are the ones phi-tiny was pretrained on, which is why they were
+chosen. They suit a model pretrained on natural text as well: every piece is
+the natural tokenization of its own text, the answer piece ends in the "\n\n"
+token that ends paragraphs and documents in such text, and the model is never
+asked to produce the separator (generation stops at the first newline).
+<|endoftext|> in front is where every training row starts, and what phi-2
+puts between documents.
+
 Left out: instructions/task definitions in the prompt, and shots from other skills.
 """
 import hashlib
 import random
+
+from data.tokenizer import EOT
 
 
 def format_qa(question, answer=None):
@@ -32,6 +56,26 @@ def format_qa(question, answer=None):
     if answer is None:
         return f"Question: {question}\nAnswer:"
     return f"Question: {question}\nAnswer: {answer}\n\n"
+
+
+def solved_ids(tok, pairs):
+    """Per (question, answer) pair: (ids of "Question: q\nAnswer:", ids of " a\n\n"),
+    each piece encoded on its own; answer None gives no answer ids. The two
+    texts joined are format_qa(q, a)."""
+    questions = tok.encode_batch([format_qa(q) for q, _ in pairs])
+    answers = tok.encode_batch(["" if a is None else f" {a}\n\n" for _, a in pairs])
+    return [(q.ids, a.ids) for q, a in zip(questions, answers)]
+
+
+def prompt_ids(tok, shots, question, answer=None):
+    """(prompt ids, answer ids): <|endoftext|>, the solved shots (question, answer)
+    and the open question; the answer ids are those of " answer\n\n" ([] if None).
+    prompt + answer is exactly the token row train.py builds from these questions."""
+    pieces = solved_ids(tok, list(shots) + [(question, answer)])
+    ids = [tok.token_to_id(EOT)]
+    for q, a in pieces[:-1]:
+        ids += q + a
+    return ids + pieces[-1][0], pieces[-1][1]
 
 
 def seeded_random(seed, key):

@@ -168,15 +168,18 @@ def test_embed_batched_equals_one_by_one(tiny_ckpt):
 
 def test_embed_cached(tiny_ckpt, tmp_path, monkeypatch):
     texts = ["What is N + N?", "Is N prime?", "What is N + N?"]
-    X = C.embed_cached(texts, tiny_ckpt[0], 2, cache_dir=str(tmp_path))
+    model, tok = M.load(tiny_ckpt[0], verbose=False)
+    X = C.embed_cached(texts, model, tok, 2, cache_dir=str(tmp_path))
     assert X.shape == (3, 64) and np.array_equal(X[0], X[2])
+    np.testing.assert_allclose(X[:2], C.embed(texts[:2], model, tok, 2), atol=1e-6)
     assert len(list(tmp_path.glob("*.npy"))) == 1
-    monkeypatch.setattr(M, "load", lambda *a, **k: pytest.fail("cache miss"))
-    assert np.array_equal(C.embed_cached(texts, tiny_ckpt[0], 2, cache_dir=str(tmp_path)), X)
+    half, _ = M.load(tiny_ckpt[0], dtype="bfloat16", verbose=False)      # another dtype: another entry
+    C.embed_cached(texts, half, tok, 2, cache_dir=str(tmp_path))
+    assert len(list(tmp_path.glob("*.npy"))) == 2
+    monkeypatch.setattr(C, "embed", lambda *a, **k: pytest.fail("cache miss"))
+    assert np.array_equal(C.embed_cached(texts, model, tok, 2, cache_dir=str(tmp_path)), X)
     with pytest.raises(ValueError, match="layer 3 out of range"):
-        C.embed_cached(texts, tiny_ckpt[0], 3, cache_dir=str(tmp_path))
-    with pytest.raises(FileNotFoundError, match="config.json missing"):
-        C.embed_cached(texts, str(tmp_path / "nope"), 1, cache_dir=str(tmp_path))
+        C.embed_cached(texts, model, tok, 3, cache_dir=str(tmp_path))
 
 
 def test_cli_end_to_end(tiny_ckpt, tmp_path):
@@ -199,10 +202,11 @@ def test_cli_end_to_end(tiny_ckpt, tmp_path):
     test = load_examples(FIXTURES, split="test")
     with pytest.raises(ValueError, match="none of the"):
         C.examples_of_cluster(str(out), 0, test)
-    by_centroid = [C.examples_of_cluster(str(out), k, test, tiny_ckpt[0]) for k in range(3)]
+    model, tok = M.load(tiny_ckpt[0], verbose=False)
+    by_centroid = [C.examples_of_cluster(str(out), k, test, model, tok) for k in range(3)]
     assert sorted(sum(by_centroid, []), key=test.index) == test      # unclustered: nearest centroid
     layer = json.load(open(out / "groups.json"))["layer"]
-    X = C.embed_cached([C.meta_question(e.question) for e in test], tiny_ckpt[0], layer)
+    X = C.embed([C.meta_question(e.question) for e in test], model, tok, layer)
     nearest = C.sq_dists(X, np.load(out / "centroids.npy")).argmin(1)
     assert [e for e, c in zip(test, nearest) if c == 1] == by_centroid[1]
     with pytest.raises(ValueError, match="cluster 3 does not exist"):
@@ -210,7 +214,7 @@ def test_cli_end_to_end(tiny_ckpt, tmp_path):
     wider = str(tmp_path / "wider")                      # clusters of another base: a clear error
     write_hf_checkpoint(wider, **{**TINY, "hidden_size": 96})
     with pytest.raises(ValueError, match="centroids are 64 wide, but .* embeds 96 wide"):
-        C.saved_centroids(str(out), wider)
+        C.saved_centroids(str(out), M.load(wider, verbose=False)[0].config)
 
 
 def test_router_labels_are_the_cluster_experts_training_questions(tiny_ckpt, tmp_path):
@@ -225,20 +229,21 @@ def test_router_labels_are_the_cluster_experts_training_questions(tiny_ckpt, tmp
     train = load_examples(FIXTURES, split="train")
     clustered = {r["question"] for r in json.load(open(out / "assignments.json"))}
     assert 0 < len(clustered) < len({e.question for e in train})     # --limit left questions out
-    labels = R.expert_labels(train, ["cluster-0", "cluster-1", "cluster-2"], str(out), tiny_ckpt[0])
+    model, tok = M.load(tiny_ckpt[0], verbose=False)
+    labels = R.expert_labels(train, ["cluster-0", "cluster-1", "cluster-2"], str(out), model, tok)
     assert (labels >= 0).all()
     for k in range(3):
         assert [e for e, c in zip(train, labels) if c == k] == \
-            C.examples_of_cluster(str(out), k, train, tiny_ckpt[0])
+            C.examples_of_cluster(str(out), k, train, model, tok)
     ids, n = C.clusters_of(str(out), train)                         # no model: unclustered get -1
     assert n == 3 and {e.question for e, c in zip(train, ids) if c >= 0} == clustered
-    swapped = R.expert_labels(train, ["cluster-2", "cluster-0"], str(out), tiny_ckpt[0])
+    swapped = R.expert_labels(train, ["cluster-2", "cluster-0"], str(out), model, tok)
     assert ((swapped == 0) == (labels == 2)).all() and ((swapped == -1) == (labels == 1)).all()
 
 
 @pytest.mark.parametrize("args, msg", [
     (["--k", "100"], "k=100 clusters for 42 points"),
-    (["--model", "/nonexistent"], "config.json missing"),
+    (["--model", "/nonexistent"], "/nonexistent: checkpoint directory not found"),
 ])
 def test_cli_errors(tiny_ckpt, tmp_path, capsys, args, msg):
     base = ["--model", tiny_ckpt[0], "--data", FIXTURES, "--out", str(tmp_path)]
