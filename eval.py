@@ -79,17 +79,20 @@ def select(examples, limit, seed):
 
 def encode(tok, example, pool, shots, seed, context, max_new_tokens):
     """(prompt ids, gold answer ids) of one question, by data.prompts.prompt_ids,
-    the function that builds train.py's rows too. A prompt that leaves no room in
-    the context for the answer loses its oldest shots, one at a time."""
+    the function that builds train.py's rows too. A prompt that leaves less than
+    max_new_tokens of the context free loses its oldest shots, one at a time; with
+    none left, the gold answer must still fit (generation stops at the context)."""
     solved = [(s.question, s.answers[0]) for s in draw_shots(example, pool, shots, seed)]
     while True:
         prompt, gold = prompt_ids(tok, solved, example.question, example.answers[0])
         if len(prompt) + max(max_new_tokens, len(gold)) <= context:
             return prompt, gold
         if not solved:
-            raise ValueError(f"a {example.skill} question of {len(prompt)} tokens leaves no room for a "
-                             f"{max(max_new_tokens, len(gold))}-token answer in the model's "
-                             f"{context}-token context: {example.question[:60]!r}...")
+            if len(prompt) + len(gold) <= context:
+                return prompt, gold
+            raise ValueError(f"a {example.skill} question of {len(prompt)} tokens and its "
+                             f"{len(gold)}-token answer do not fit the model's {context}-token "
+                             f"context: {example.question[:60]!r}...")
         solved = solved[1:]
 
 

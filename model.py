@@ -20,10 +20,13 @@ Letters used in shape comments: B batch, T tokens in this call, S key slots in
 the cache (S = start + T), C hidden size, nh heads, hs head size (C = nh*hs),
 R rotary dims (R = 0.4*hs = 32 for phi-2), V vocabulary.
 
+Attention is written out in full in attention(), as the reference; as in
+nanoGPT, the model runs F.scaled_dot_product_attention (fused, and it never
+stores the T x S scores), and a test holds the two together.
+
 Deliberately left out: dropout (inference, and our small-model training, use
 none), qk_layernorm and grouped KV heads (phi-2 uses neither; such configs are
-rejected), flash/SDPA kernels (attention is written out in full), and the old
-"phi-msft" checkpoint layout (rejected with a message).
+rejected), and the old "phi-msft" checkpoint layout (rejected with a message).
 """
 import json
 import math

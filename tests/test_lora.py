@@ -59,8 +59,43 @@ def test_merge_equals_w_plus_sBA_and_unmerge_restores():
     assert torch.allclose(m.weight, W0 + 2.0 * m.lora_B.weight @ m.lora_A.weight, atol=1e-6)
     assert torch.allclose(m(x), y_unmerged, atol=1e-5)
     m.unmerge()
-    assert (m.weight - W0).abs().max() <= 1e-6
+    assert torch.equal(m.weight, W0)                           # restored bit for bit
     assert base.weight is m.weight                             # the same Parameter, never copied
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_eight_experts_merged_and_removed_in_half_precision_restore_the_base(tiny_ckpt, dtype):
+    """--forgetting and task-hard routing merge one expert after another into the
+    same base. In half precision W + sBA - sBA is not W, so the original weights
+    are kept and put back: after 8 experts the base is bit-identical."""
+    model = load(tiny_ckpt[0], dtype=dtype, verbose=False)[0]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for e in range(8):
+        lora.add_lora(model, r=4, alpha=8, targets=TARGETS)
+        randomise_lora(model, seed=e)
+        lora.merge_lora(model)
+        assert not torch.equal(model.model.layers[0].mlp.fc1.weight, before["model.layers.0.mlp.fc1.weight"])
+        lora.remove_lora(model, merge=False)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_lora_on_a_bf16_base_is_fp32_and_matches_the_fp32_model(tiny_ckpt):
+    """LoRA weights stay fp32 on a bf16 base (what train.py --dtype bfloat16
+    trains), with or without autocast, and the output is the fp32 one up to bf16
+    rounding."""
+    ref, half = ours(tiny_ckpt[0]), load(tiny_ckpt[0], dtype="bfloat16", verbose=False)[0]
+    for m in (ref, half):
+        lora.add_lora(m, r=4, alpha=8, targets=TARGETS)
+        randomise_lora(m)
+    assert {p.dtype for n, p in half.named_parameters() if "lora_" in n} == {torch.float32}
+    with torch.no_grad():
+        want = ref(IDX)
+        plain = half(IDX).float()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            auto = half(IDX).float()
+    for got in (plain, auto):
+        assert (got - want).abs().max() < 0.1 and (got.argmax(-1) == want.argmax(-1)).float().mean() > 0.8
 
 
 def test_fresh_lora_changes_nothing(tiny_ckpt):

@@ -133,3 +133,73 @@ def test_phi2_width_logits_match_transformers(tmp_path):
     hf.generation_config.eos_token_id = None
     ref = hf.generate(idx[:1], max_new_tokens=32, do_sample=False, pad_token_id=0)[0, 12:].tolist()
     assert M.generate(model, [idx[0].tolist()], 32)[0] == ref
+
+
+def reference_attention(model, on):
+    """Switch every layer between the written-out attention() and sdpa."""
+    for layer in model.model.layers:
+        layer.self_attn.sdpa = not on
+
+
+def left_padded(T=12, lengths=(12, 5, 1), seed=4, vocab=320):
+    """A left-padded batch as generate() builds it: ids, valid, positions."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(1, vocab, (len(lengths), T), generator=g)
+    valid = torch.zeros(len(lengths), T, dtype=torch.bool)
+    for b, n in enumerate(lengths):
+        valid[b, T - n:] = True
+    return idx, valid, (valid.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 0.05)])
+def test_sdpa_equals_written_out_attention(tiny_ckpt, dtype, tol):
+    """The fast path (F.scaled_dot_product_attention) and the reference give the
+    same logits: plain causal, left-padded, and decoding through the KV cache."""
+    model, _ = M.load(tiny_ckpt[0], dtype=dtype)
+    idx, valid, pos = left_padded()
+
+    def run():
+        with torch.no_grad():
+            plain = model(idx).float()
+            padded = model(idx, pos, valid).float()
+            model.setup_cache(3, 13)
+            model(idx, pos, valid, start=0)
+            nxt = idx[:, :1]
+            step = model(nxt, pos[:, -1:] + 1, torch.cat([valid, valid[:, :1] | True], 1), start=12).float()
+            model.clear_cache()
+        return plain, padded[valid], step
+    fast = run()
+    reference_attention(model, True)
+    slow = run()
+    for a, b in zip(fast, slow):
+        assert not a.isnan().any() and (a - b).abs().max() <= tol
+
+
+def test_bf16_autocast_left_padded_has_no_nan_and_greedy_matches_fp32(tiny_ckpt):
+    """Under bf16 autocast (train.py's dev evaluation on a GPU; here on the CPU),
+    a left-padded batch has no NaN anywhere, padding rows included, in both
+    attention paths, and greedy decoding gives the fp32 tokens."""
+    model, _ = M.load(tiny_ckpt[0])
+    idx, valid, pos = left_padded()
+    prompts = [idx[b, valid[b]].tolist() for b in range(3)]
+    want = M.generate(model, prompts, 8)
+    for reference in (False, True):
+        reference_attention(model, reference)
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(idx, pos, valid)
+            got = M.generate(model, prompts, 8)
+        assert logits.isfinite().all()
+        assert got == want
+
+
+def test_generate_never_emits_ids_beyond_the_tokenizer(tiny_ckpt):
+    """phi-2 has more embedding rows than tokens: with n_tokens, the rows past the
+    tokenizer are never produced, greedy or sampled."""
+    model, _ = M.load(tiny_ckpt[0])
+    with torch.no_grad():
+        model.lm_head.bias[300:] += 100.0                 # make the ids without a token the likeliest
+    assert all(t >= 300 for t in M.generate(model, [[5, 6, 7]], 4)[0])
+    assert all(t < 300 for t in M.generate(model, [[5, 6, 7]], 4, n_tokens=300)[0])
+    sampled = M.generate(model, [[5, 6, 7]] * 4, 4, temperature=1.0, n_tokens=300,
+                         generator=torch.Generator().manual_seed(0))
+    assert all(t < 300 for row in sampled for t in row)

@@ -11,7 +11,7 @@ import torch
 
 import model as M
 import train
-from conftest import ROOT
+from conftest import ROOT, TINY, write_hf_checkpoint
 from data.lila import load
 from data.tokenizer import train_tokenizer
 from data.prompts import format_qa
@@ -202,3 +202,46 @@ def test_forgetting_and_paired_agree_with_the_records(tmp_path):
     assert alg["paired"]["algebra"] == own and set(forgetting["own_skill"]) == {"algebra", "numbers"}
     bad = subprocess.run(common + ["--paired", str(tmp_path / "nope.json")], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode != 0 and "nope.json: expected the JSON that `eval.py --json` writes" in bad.stderr
+
+
+def test_eval_prompts_are_the_tokens_of_training_rows():
+    """One tokenization: with phi-tiny's tokenizer, a 4-shot prompt followed by its
+    gold answer is token for token the training row (train.Episodes) that holds
+    the same five questions, and eval.py builds its prompts with that function;
+    natural tokenization of the same text differs (it splits the "\\n\\n" before
+    "Question" in two), so the test can fail."""
+    from data.prompts import draw_shots, format_qa, prompt_ids
+    from eval import encode
+    tok = M.load(os.path.join(ROOT, "checkpoints", "phi-tiny"), verbose=False)[1]
+    ex = load(FIXTURE, split="train", skills=["algebra"])                 # 15 questions
+    ids, _, starts, firsts = train.Episodes(tok, ex, 256, seed=0, rows="skill").streams(0)[0]
+    pairs = lambda es: [(e.question, e.answers[0]) for e in es]           # noqa: E731
+    for j in range(3):                               # rows starting at the first questions of the stream
+        five = [ex[i] for i in firsts[j:j + 5]]
+        row = [tok.token_to_id(M.EOT)] + ids[starts[j]:starts[j + 5]].tolist()
+        prompt, gold = prompt_ids(tok, pairs(five[:4]), five[4].question, five[4].answers[0])
+        assert prompt + gold == row
+        text = "".join(format_qa(q, a) for q, a in pairs(five))
+        assert tok.encode(text).ids != row[1:]
+    q, pool = five[4], {"algebra": five[:4]}
+    drawn = draw_shots(q, pool, 4, seed=0)
+    assert encode(tok, q, pool, 4, 0, 1024, 32) == prompt_ids(tok, pairs(drawn), q.question, q.answers[0])
+
+
+def test_lora_trains_on_a_bf16_base(tmp_path):
+    """train.py --dtype bfloat16: the frozen base is bf16, LoRA trains in fp32 under
+    autocast, and losses and dev accuracy are finite numbers."""
+    from safetensors import safe_open
+    base = str(tmp_path / "base")                       # tiny, with room for 4-shot prompts
+    write_hf_checkpoint(base, **{**TINY, "max_position_embeddings": 512})
+    argv = ["--expert", "algebra", "--model", base, "--data", FIXTURE, "--steps", "2", "--batch-size", "2", "--seq-len", "64", "--eval-every", "2",
+            "--eval-questions", "4", "--eval-batches", "1", "--dtype", "bfloat16", "--device", "cpu",
+            "--out", str(tmp_path / "out")]
+    model = train.train(train.parser().parse_args(argv))
+    dtypes = {n: p.dtype for n, p in model.named_parameters()}
+    assert dtypes["lm_head.weight"] == torch.bfloat16
+    assert {d for n, d in dtypes.items() if "lora_" in n} == {torch.float32}
+    log = json.load(open(tmp_path / "out" / "log.json"))
+    assert all(torch.isfinite(torch.tensor(r.get("loss", r.get("dev_loss")))) for r in log)
+    with safe_open(str(tmp_path / "out" / "adapter_model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float32}
