@@ -52,11 +52,11 @@ parser: the abstraction is a chain of regular expressions tuned to DeepMind-styl
 questions (a base-16 numeral written with letters only, like "bc", stays a name;
 "a" is told from the article by the word after it).
 """
-import argparse
 import hashlib
 import json
 import os
 import re
+import shutil
 from collections import Counter
 from dataclasses import dataclass
 
@@ -65,6 +65,7 @@ import torch
 from tqdm import tqdm
 
 import model as M
+from data.cli import Parser, nonneg_int, positive_int, run
 from data.lila import load as load_examples
 
 DEFAULT_MODEL = "checkpoints/phi-tiny"
@@ -544,7 +545,15 @@ def cluster_texts(texts, model, tok, args, layer, skills, submodules):
     return X, r, row, seeded
 
 
-def run(args):
+OUTPUTS = {"assignments.json", "centroids.npy", "cluster_skills.json", "clusters.png", "groups.json",
+           "report.md"}
+
+
+def cluster_questions(args):
+    if os.path.isdir(args.out) and set(os.listdir(args.out)) - OUTPUTS:
+        raise ValueError(f"--out {args.out}: holds files that cluster.py did not write "
+                         f"({sorted(set(os.listdir(args.out)) - OUTPUTS)[:3]}); cluster.py replaces "
+                         "its --out folder as a whole, so give it a folder of its own")
     examples = load_examples(args.data, split=args.split)
     if args.limit:   # a seeded sample of at most --limit questions per skill
         from eval import select
@@ -572,8 +581,12 @@ def run(args):
     text = report(args, len(examples), layer, rows, seeded, clusters, groups)
     print(text.split("## Clusters")[0])
 
-    os.makedirs(args.out, exist_ok=True)
-    np.save(os.path.join(args.out, "centroids.npy"), best.centroids.astype(np.float32))
+    # The files are one set (labels, centroids and groups of the same run): written
+    # into a fresh folder beside --out, which then takes --out's place.
+    tmp = args.out.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    np.save(os.path.join(tmp, "centroids.npy"), best.centroids.astype(np.float32))
     records = [dict(question=e.question, meta=m, cluster=int(c), skill=e.skill, submodule=e.submodule)
                for e, m, c in zip(examples, metas, best.labels)]
     files = {"assignments.json": records,
@@ -581,44 +594,52 @@ def run(args):
                                      for c, d in clusters.items()},
              "groups.json": {"k": args.k, "groups": groups, "layer": layer, "cosine": args.cosine}}
     for name, obj in files.items():
-        with open(os.path.join(args.out, name), "w") as f:
+        with open(os.path.join(tmp, name), "w") as f:
             json.dump(obj, f, indent=1)
-    with open(os.path.join(args.out, "report.md"), "w") as f:
+    with open(os.path.join(tmp, "report.md"), "w") as f:
         f.write(text)
     title = f"{args.k} clusters of {len(examples)} {args.split} meta-questions (PCA of layer {layer})"
-    plot_clusters(X, best.labels, skills, os.path.join(args.out, "clusters.png"), title)
+    plot_clusters(X, best.labels, skills, os.path.join(tmp, "clusters.png"), title)
+    replace_dir(tmp, args.out)
     print(f"wrote {', '.join(sorted(os.listdir(args.out)))} to {args.out}")
 
 
+def replace_dir(new, old):
+    """Put folder `new` where `old` is, by renames: a reader finds the old set or the
+    new set, never a mix of both."""
+    shutil.rmtree(old.rstrip("/") + ".old", ignore_errors=True)
+    if os.path.isdir(old):
+        os.replace(old, old.rstrip("/") + ".old")
+    os.replace(new, old)
+    shutil.rmtree(old.rstrip("/") + ".old", ignore_errors=True)
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Cluster the meta-questions of LiLA questions with "
+    p = Parser(description="Cluster the meta-questions of LiLA questions with "
                                             "NumPy k-means over base-model embeddings.")
-    p.add_argument("--k", type=int, default=None, help="clusters (default: number of submodules in the data)")
+    p.add_argument("--k", type=positive_int, default=None, help="clusters (default: number of submodules in the data)")
     p.add_argument("--out", default="runs/cluster", help="output directory")
     p.add_argument("--model", default=DEFAULT_MODEL, help="HF-layout phi checkpoint directory")
     p.add_argument("--data", default=DEFAULT_DATA, help="LiLA task file(s) or directory")
     p.add_argument("--split", default="train", choices=["train", "dev", "test"],
                    help="questions to cluster (train for experts; test for the quality report)")
-    p.add_argument("--limit", type=int, default=None, help="at most this many questions per skill "
+    p.add_argument("--limit", type=positive_int, default=None, help="at most this many questions per skill "
                    "(a seeded sample; train.py --expert cluster:K then trains on these)")
-    p.add_argument("--layer", type=int, default=None, help="hidden layer to embed (default: the middle one)")
+    p.add_argument("--layer", type=nonneg_int, default=None, help="hidden layer to embed (default: the middle one)")
     p.add_argument("--cosine", action="store_true", help="spherical (cosine) k-means")
-    p.add_argument("--groups", type=int, default=None, help="expert groups (default: about sqrt(k))")
-    p.add_argument("--n-init", type=int, default=10, help="k-means++ restarts; the best is kept")
+    p.add_argument("--groups", type=positive_int, default=None, help="expert groups (default: about sqrt(k))")
+    p.add_argument("--n-init", type=positive_int, default=10, help="k-means++ restarts; the best is kept")
     p.add_argument("--seed", type=int, default=0, help="random seed (k-means++ and labelled draws)")
-    p.add_argument("--label-trials", type=int, default=5,
+    p.add_argument("--label-trials", type=positive_int, default=5,
                    help="draws of labelled questions for seeded k-means")
     p.add_argument("--no-raw", action="store_true",
                    help="skip the comparison with raw (not abstracted) questions")
-    p.add_argument("--batch-size", type=int, default=32, help="questions embedded together")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="questions embedded together")
     p.add_argument("--cache-dir", default=DEFAULT_CACHE, help="where embeddings are cached (.npy)")
     p.add_argument("--dtype", default="float32", choices=sorted(M.DTYPES), help="model dtype")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     args = p.parse_args(argv)
-    try:
-        run(args)
-    except (FileNotFoundError, ValueError) as e:
-        p.error(str(e))
+    run(lambda: cluster_questions(args))
 
 
 if __name__ == "__main__":

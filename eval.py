@@ -52,6 +52,7 @@ import explain
 import lora
 import model as M
 import router as R
+from data.cli import Parser, nonempty, nonneg_int, positive_int, run, writable_file
 from data.lila import by_skill, load as load_examples
 from data.prompts import draw_shots, prompt_ids, seeded_random
 from data.score import is_correct
@@ -210,7 +211,7 @@ def read_records(path):
         with open(path) as f:
             records = json.load(f)["records"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise SystemExit(f"{path}: expected the JSON that `eval.py --json` writes, with a "
+        raise ValueError(f"{path}: expected the JSON that `eval.py --json` writes, with a "
                          f"'records' list ({type(e).__name__}: {e})") from None
     return records
 
@@ -486,19 +487,19 @@ def study(model, tok, examples, pool, args):
 
 
 def main():
-    p = argparse.ArgumentParser(description="Few-shot evaluation of a phi checkpoint on LiLA math questions.")
+    p = Parser(description="Few-shot evaluation of a phi checkpoint on LiLA math questions.")
     p.add_argument("--model", default=DEFAULT_MODEL, help="HF-layout phi checkpoint directory")
     p.add_argument("--data", default=DEFAULT_DATA, help="LiLA task file(s) or directory")
-    p.add_argument("--shots", type=int, default=4, help="solved examples in each prompt (0 = zero-shot)")
-    p.add_argument("--skills", default=None, help="comma-separated skills (default: all in the data)")
+    p.add_argument("--shots", type=nonneg_int, default=4, help="solved examples in each prompt (0 = zero-shot)")
+    p.add_argument("--skills", type=nonempty, default=None, help="comma-separated skills (default: all in the data)")
     p.add_argument("--split", default="test", choices=["train", "dev", "test"], help="split to evaluate")
-    p.add_argument("--limit", type=int, default=None, help="at most this many questions per skill")
-    p.add_argument("--batch-size", type=int, default=32, help="questions decoded together")
+    p.add_argument("--limit", type=positive_int, default=None, help="at most this many questions per skill")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="questions decoded together")
     p.add_argument("--seed", type=int, default=1234, help="seed for shot selection and --limit")
-    p.add_argument("--max-new-tokens", type=int, default=32, help="longest answer generated")
+    p.add_argument("--max-new-tokens", type=positive_int, default=32, help="longest answer generated")
     p.add_argument("--dtype", default="float32", choices=sorted(M.DTYPES), help="model dtype")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
-    p.add_argument("--json", default=None, help="write accuracies and every prediction to this JSON file")
+    p.add_argument("--json", type=writable_file, default=None, help="write accuracies and every prediction to this JSON file")
     p.add_argument("--adapter", default=None, help="a LoRA expert (PEFT layout) merged into the base")
     p.add_argument("--paired", default=None, metavar="JSON", help="compare with another run's --json "
                    "(e.g. the base's) question by question: wins, losses and a sign test per skill")
@@ -511,16 +512,19 @@ def main():
                    help="--moe: two-level routing, task prior alone as weights, or top-1 expert merged")
     p.add_argument("--study", default=None, metavar="OUT", help="evaluate every configuration of a "
                    "study directory (make experiment's out/) on --data, in one call, into one table")
-    p.add_argument("--route", default=None, metavar="SPEC", help="--moe: replace the task-level weights "
+    p.add_argument("--route", type=nonempty, default=None, metavar="SPEC", help="--moe: replace the task-level weights "
                    "by these, e.g. 'algebra=0.7,arithmetic=0.3' (expert or group names); one name forces "
                    "that expert")
-    p.add_argument("--explain", default=None, metavar="QUESTION", help="explain the routing of one "
+    p.add_argument("--explain", type=nonempty, default=None, metavar="QUESTION", help="explain the routing of one "
                    f"question (router --moe, default {SHIPPED}/router) and answer it")
     p.add_argument("--clusters", default=None, help="--explain: cluster.py output for the meta-question's "
                    "cluster (default: the one the router was trained with)")
     p.add_argument("--out", default=None, help="where --forgetting / --moe write tables and heatmaps "
                    "(default out/forgetting, out/routing)")
     args = p.parse_args()
+    for flag, needs in (("route", "moe"), ("variant", "moe"), ("experts", "moe"), ("clusters", "explain")):
+        if getattr(args, flag) != p.get_default(flag) and not (getattr(args, needs) or args.explain):
+            p.error(f"--{flag} needs --{needs}")
 
     skills = args.skills.split(",") if args.skills else None
     model, tok = M.load(args.model, dtype=args.dtype, device=args.device)
@@ -543,6 +547,7 @@ def main():
         lora.load_adapter(model, args.adapter)
         lora.merge_lora(model)
         print(f"merged the adapter {args.adapter} into the base weights")
+    earlier = read_records(args.paired) if args.paired else None    # read before the long run
     t0 = time.time()
     if args.moe:
         records, router = moe(model, tok, examples, pool, args)
@@ -558,9 +563,9 @@ def main():
     print(f"\n{len(records)} questions in {seconds:.1f}s ({len(records) / seconds:.1f} questions/s)")
     against = None
     if args.paired:
-        against = paired(read_records(args.paired), records)
+        against = paired(earlier, records)
         if not against:
-            raise SystemExit(f"--paired {args.paired}: none of its questions is among these "
+            raise ValueError(f"--paired {args.paired}: none of its questions is among these "
                              f"{len(records)}; evaluate both with the same --data, --split, --limit and --seed")
         print(paired_markdown(against, f"{name} against {args.paired}, question by question "
                                        "(wins: only this model is right; losses: only the other)"))
@@ -584,4 +589,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -33,6 +33,7 @@ skill, when the data is there.
 Left out: steering per layer or per token (the spec is one vector per run).
 """
 import json
+import math
 import os
 
 import torch
@@ -58,8 +59,9 @@ def parse_route(spec, cfg):
             v = float(value) if eq else 1.0
         except ValueError:
             raise ValueError(f"--route {spec!r}: the weight of {name!r} must be a number, got {value!r}")
-        if v < 0:
-            raise ValueError(f"--route {spec!r}: the weight of {name!r} is negative")
+        if not (math.isfinite(v) and v >= 0):
+            raise ValueError(f"--route {spec!r}: the weight of {name!r} must be a finite number >= 0, "
+                             f"got {value!r}")
         if name in experts:
             w[experts.index(name)] += v
         elif name in groups:

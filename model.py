@@ -99,6 +99,7 @@ class PhiConfig:
                 args[name] = raw[name]
             elif name not in optional:
                 raise ValueError(f"{path}: config field {name!r} is missing")
+        _check_config_types(path, args)
         cfg = cls(**args)
         if cfg.hidden_size % cfg.num_attention_heads or cfg.rotary_dim % 2:
             raise ValueError(f"{path}: hidden_size {cfg.hidden_size} must split into "
@@ -406,6 +407,9 @@ def load_state(ckpt, expected, dtype, device):
                     t = f.get_tensor(name)
                 except (SafetensorError, OSError, ValueError) as e:
                     raise ValueError(f"{path}: cannot read tensor {name} ({e})") from None
+                if not t.is_floating_point() or not torch.isfinite(t).all():
+                    raise ValueError(f"{path}: tensor {name} is {t.dtype}" + (" with NaN or inf values"
+                                     if t.is_floating_point() else "") + "; expected finite floating-point weights")
                 if tuple(t.shape) != tuple(expected[name]):
                     raise ValueError(f"{path}: tensor {name} has shape {tuple(t.shape)}, "
                                      f"expected {tuple(expected[name])} from config.json")
@@ -559,3 +563,24 @@ def complete(model, tok, prompts, max_new_tokens=32, stop="\n", **kw):
                    n_tokens=tok.get_vocab_size(), **kw)
     texts = [tok.decode(n) for n in new]
     return [t.split(stop)[0] if stop else t for t in texts]
+
+
+# ---------------------------------------------------------------------------
+# Checks at the edges
+# ---------------------------------------------------------------------------
+
+
+def _check_config_types(path, fields):
+    """config.json values: ints are ints >= 1 (not 8.0, "320" or true), floats
+    finite and > 0, partial_rotary_factor at most 1."""
+    for name, v in fields.items():
+        kind = PhiConfig.__dataclass_fields__[name].type
+        if kind == "int" or kind is int:
+            ok = isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or name.endswith("token_id") and v >= 0)
+            want = "an integer >= 0" if name.endswith("token_id") else "an integer >= 1"
+        else:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 \
+                and (name != "partial_rotary_factor" or v <= 1)
+            want = "a number in (0, 1]" if name == "partial_rotary_factor" else "a finite number > 0"
+        if not ok:
+            raise ValueError(f"{path}: config field {name!r} is {v!r}; expected {want}")

@@ -38,7 +38,6 @@ held in --dtype, the matmuls under autocast, as PEFT + transformers users do
 (bf16 by default on CUDA); pretraining keeps fp32 weights under the same autocast.
 Left out: gradient accumulation.
 """
-import argparse
 import json
 import math
 import os
@@ -53,6 +52,8 @@ from tqdm import tqdm
 
 import lora
 import model as M
+from data.cli import (Parser, finite_float, nonempty, nonneg_float, nonneg_int, positive_float, positive_int,
+                      probability, run)
 from data.lila import load as load_examples
 from data.prompts import solved_ids
 from eval import evaluate, mean_accuracy, select
@@ -216,10 +217,46 @@ DEFAULTS = {        # per mode: the flags left unset on the command line
 # numbers and measurement, and 10.5-12.0 with skill rows (README, issue 6).
 
 
-def atomic_save(obj, path):
+def atomic_save(obj, path, json_indent=None):
+    """torch.save (or, with json_indent, json.dump) to a temporary name, then rename:
+    a crash never leaves a torn file behind."""
     tmp = path + ".tmp"
-    torch.save(obj, tmp)
+    if json_indent is None:
+        torch.save(obj, tmp)
+    else:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, indent=json_indent)
     os.replace(tmp, path)
+
+
+# What may change when a run is resumed; every other flag defines the run.
+NOT_THE_RUN = ("resume", "stop_at", "device", "compile", "minutes", "out")
+
+
+def restore(path, identity, learner, opt, scaler, device):
+    """Load OUT/train_state.pt into the learner, optimizer, grad scaler and the
+    random number generators; return (step, best, log, total steps). Refused, naming the flags,
+    if the saved run was started with other flags (another skill, targets, lr, ...)."""
+    state = torch.load(path, map_location=device, weights_only=False)
+    saved = state.get("run")
+    if saved is None:
+        raise ValueError(f"{path}: no run configuration recorded (an older train.py wrote it); "
+                         "start again in a new --out")
+    differ = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
+    if differ:
+        raise ValueError(f"{path}: --resume must continue the same run, but " + ", ".join(
+            f"--{k.replace('_', '-')} is {identity.get(k)!r} (the run's: {saved.get(k)!r})" for k in differ))
+    missing, unexpected = learner.load_state_dict(state["model"], strict=False)
+    trainable = {n for n, p in learner.named_parameters() if p.requires_grad}
+    if unexpected or trainable & set(missing):
+        raise ValueError(f"{path}: its weights do not fit this model (missing "
+                         f"{sorted(trainable & set(missing))[:3]}, unexpected {unexpected[:3]})")
+    opt.load_state_dict(state["opt"])
+    scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng"]["cpu"])
+    if "cuda" in state["rng"]:
+        torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+    return state["step"], state["best"], state["log"], state["steps"]
 
 
 def setup_base(args, tok, device):
@@ -279,6 +316,7 @@ def train(args):
         args.out = os.path.join("out", "experts" if args.expert else "", name)
     if args.minutes and args.warmup < TIMED[1]:
         raise ValueError(f"--minutes needs --warmup >= {TIMED[1]} (the speed is measured during warmup)")
+    identity = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_THE_RUN}
     rank, world, device = distributed(args.device)
     dtype = M.DTYPES[args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")]
     torch.manual_seed(args.seed)
@@ -300,6 +338,9 @@ def train(args):
     pool = load_examples(args.data, split="train")   # few-shot shots for the dev accuracy
     if args.batch_size % world:
         raise ValueError(f"--batch-size {args.batch_size} must divide among {world} processes")
+    if args.seq_len > model.config.max_position_embeddings:
+        raise ValueError(f"--seq-len {args.seq_len} is longer than the model's context "
+                         f"({model.config.max_position_embeddings} positions)")
     os.makedirs(args.out, exist_ok=True)
     episodes = Episodes(tok, train_ex, args.seq_len, args.seed, args.loss, args.rows)
     dev_episodes = Episodes(tok, dev_ex, args.seq_len, args.seed + 1, args.loss, args.rows)
@@ -319,12 +360,8 @@ def train(args):
     state_path = os.path.join(args.out, "train_state.pt")
     step, best, log = 0, -1.0, []
     if args.resume and os.path.exists(state_path):
-        state = torch.load(state_path, map_location=device)
-        learner.load_state_dict(state["model"], strict=False)
-        opt.load_state_dict(state["opt"])
-        scaler.load_state_dict(state["scaler"])
-        step, best, log = state["step"], state["best"], state["log"]
-        args.steps, args.minutes = state["args"]["steps"], None   # the schedule of the original run
+        step, best, log, args.steps = restore(state_path, identity, learner, opt, scaler, device)
+        args.minutes = None                                    # the schedule of the original run
         print(f"resumed from {state_path} at step {step} (best dev accuracy {best:.3f})")
     elif args.resume:
         print(f"--resume: no {state_path} yet, starting from scratch")
@@ -344,10 +381,13 @@ def train(args):
             if acc > best:
                 best = acc
                 save(args.out)
+            rng = {"cpu": torch.get_rng_state()}
+            if device.startswith("cuda"):
+                rng["cuda"] = torch.cuda.get_rng_state(device)
             atomic_save({"model": trainable(), "opt": opt.state_dict(), "scaler": scaler.state_dict(),
-                         "step": step, "best": best, "log": log, "args": vars(args)}, state_path)
-            with open(os.path.join(args.out, "log.json"), "w") as f:
-                json.dump(log, f, indent=1)
+                         "step": step, "steps": args.steps, "best": best, "log": log, "run": identity,
+                         "rng": rng}, state_path)
+            atomic_save(log, os.path.join(args.out, "log.json"), json_indent=1)
             tqdm.write(f"step {step}: dev loss {dl:.4f}, dev accuracy {acc:.3f} (best {best:.3f})")
         if world > 1:
             dist.barrier()
@@ -368,6 +408,9 @@ def train(args):
             loss = lm_loss(fwd, x, y, n_targets)
             if routing:
                 loss = loss + routing.router.aux_loss() / world
+        if not torch.isfinite(loss):
+            raise ValueError(f"step {step}: the loss is {loss.item()}; stopped before updating the "
+                             f"weights. The last checkpoint, if any, is {state_path}; try a lower --lr")
         scaler.scale(loss).backward()
         if world > 1:
             for p in params:
@@ -403,10 +446,10 @@ def train(args):
 
 
 def parser():
-    p = argparse.ArgumentParser(description="Pretrain phi-tiny, or train LoRA skill experts.")
+    p = Parser(description="Pretrain phi-tiny, or train LoRA skill experts.")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--base", action="store_true", help="pretrain a phi-architecture model from scratch")
-    mode.add_argument("--expert", metavar="SKILL", help="train a LoRA expert on one skill, or on "
+    mode.add_argument("--expert", type=nonempty, metavar="SKILL", help="train a LoRA expert on one skill, or on "
                       "cluster:K (the questions cluster.py put in cluster K)")
     mode.add_argument("--mixed", action="store_true", help="train one LoRA on all skills (baseline)")
     mode.add_argument("--router", action="store_true", help="train the two-level router over the "
@@ -414,21 +457,21 @@ def parser():
     p.add_argument("--data", default="data/lila", help="LiLA task file(s) or directory")
     p.add_argument("--out", default=None, help="output directory (default runs/base, "
                    "out/experts/SKILL, out/mixed)")
-    p.add_argument("--steps", type=int, default=None, help="optimizer steps (base 3000, LoRA 300)")
-    p.add_argument("--batch-size", type=int, default=None, help="sequences per step, over all processes (16)")
-    p.add_argument("--lr", type=float, default=None, help="peak learning rate (2e-3)")
-    p.add_argument("--seq-len", type=int, default=None, help="training sequence length (base 512, LoRA 256)")
-    p.add_argument("--warmup", type=int, default=None, help="linear warmup steps (base 200, LoRA 30)")
+    p.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (base 3000, LoRA 300)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="sequences per step, over all processes (16)")
+    p.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (2e-3)")
+    p.add_argument("--seq-len", type=positive_int, default=None, help="training sequence length (base 512, LoRA 256)")
+    p.add_argument("--warmup", type=nonneg_int, default=None, help="linear warmup steps (base 200, LoRA 30)")
     p.add_argument("--loss", default=None, choices=["all", "answer"],
                    help="tokens that carry the loss (base: all, LoRA: answer)")
     p.add_argument("--rows", default=None, choices=["submodule", "skill"],
                    help="what one training row holds: questions of one submodule, or of one skill "
                    "with its submodules mixed, like eval.py's few-shot prompts (base and router "
                    "submodule, LoRA skill)")
-    p.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay on matrices")
-    p.add_argument("--eval-every", type=int, default=None, help="steps between dev evaluations (base 500, LoRA 100)")
-    p.add_argument("--eval-batches", type=int, default=4, help="batches for the dev loss")
-    p.add_argument("--eval-questions", type=int, default=200, help="dev questions for the dev accuracy")
+    p.add_argument("--weight-decay", type=nonneg_float, default=0.1, help="AdamW weight decay on matrices")
+    p.add_argument("--eval-every", type=positive_int, default=None, help="steps between dev evaluations (base 500, LoRA 100)")
+    p.add_argument("--eval-batches", type=positive_int, default=4, help="batches for the dev loss")
+    p.add_argument("--eval-questions", type=positive_int, default=200, help="dev questions for the dev accuracy")
     p.add_argument("--seed", type=int, default=1234, help="random seed (init and data order)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
@@ -436,43 +479,43 @@ def parser():
                    "(default: bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
-    p.add_argument("--minutes", type=float, default=None, help="train for about this long: "
+    p.add_argument("--minutes", type=positive_float, default=None, help="train for about this long: "
                    f"--steps is set from the speed of steps {TIMED[0]}-{TIMED[1]}")
-    p.add_argument("--stop-at", type=int, default=None, help="checkpoint and stop after this step "
+    p.add_argument("--stop-at", type=positive_int, default=None, help="checkpoint and stop after this step "
                    "(split a long run across sessions; the schedule still follows --steps)")
     g = p.add_argument_group("--base: the model to pretrain")
     g.add_argument("--tokenizer", default="data/tokenizer.json", help="tokenizer.json (make data writes it)")
-    g.add_argument("--n-layer", type=int, default=8, help="transformer blocks")
-    g.add_argument("--n-embd", type=int, default=320, help="hidden size (MLP is 4x)")
-    g.add_argument("--n-head", type=int, default=4, help="attention heads (head size = n-embd / n-head)")
-    g.add_argument("--rotary", type=float, default=0.4, help="partial_rotary_factor, as phi-2")
-    g.add_argument("--max-pos", type=int, default=1024, help="max_position_embeddings")
+    g.add_argument("--n-layer", type=positive_int, default=8, help="transformer blocks")
+    g.add_argument("--n-embd", type=positive_int, default=320, help="hidden size (MLP is 4x)")
+    g.add_argument("--n-head", type=positive_int, default=4, help="attention heads (head size = n-embd / n-head)")
+    g.add_argument("--rotary", type=positive_float, default=0.4, help="partial_rotary_factor, as phi-2")
+    g.add_argument("--max-pos", type=positive_int, default=1024, help="max_position_embeddings")
     g.add_argument("--save-dtype", default="float16", choices=sorted(M.DTYPES), help="dtype of model.safetensors")
     g = p.add_argument_group("--expert / --mixed: LoRA on a frozen base")
     g.add_argument("--model", default="checkpoints/phi-tiny", help="base model directory (HF layout)")
-    g.add_argument("--rank", type=int, default=8, help="LoRA rank r")
-    g.add_argument("--alpha", type=float, default=16, help="LoRA alpha (scale alpha/r)")
-    g.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout")
-    g.add_argument("--targets", default=",".join(lora.DEFAULT_TARGETS), help="modules that get LoRA")
+    g.add_argument("--rank", type=positive_int, default=8, help="LoRA rank r")
+    g.add_argument("--alpha", type=positive_float, default=16, help="LoRA alpha (scale alpha/r)")
+    g.add_argument("--dropout", type=probability, default=0.0, help="LoRA dropout")
+    g.add_argument("--targets", type=nonempty, default=",".join(lora.DEFAULT_TARGETS), help="modules that get LoRA")
     g.add_argument("--clusters", default="out/clusters", help="cluster.py output, for --expert cluster:K")
-    g.add_argument("--steps-per-skill", type=int, default=None, help="--mixed: steps = this x the "
+    g.add_argument("--steps-per-skill", type=positive_int, default=None, help="--mixed: steps = this x the "
                    "number of skills (as much as all experts together); --rank 64 matches the "
                    "parameters of eight rank-8 experts")
     g = p.add_argument_group("--router: two-level grouped routing (router.py)")
     g.add_argument("--experts", default="out/experts", help="directory with one adapter directory per expert")
-    g.add_argument("--router-questions", type=int, default=500, help="train/dev questions per skill for the router")
+    g.add_argument("--router-questions", type=positive_int, default=500, help="train/dev questions per skill for the router")
     g.add_argument("--level", default="token", choices=["token", "sequence"],
                    help="grouped gate input: each token's hidden state, or the input pooled")
     g.add_argument("--prior", default="centroid", choices=["centroid", "learned", "none"],
                    help="task-level prior: similarity to expert centroids, a learned classifier, or none")
-    g.add_argument("--rank1", type=int, default=0, metavar="N", help="instead of --experts: N fresh "
+    g.add_argument("--rank1", type=nonneg_int, default=0, metavar="N", help="instead of --experts: N fresh "
                    "rank-1 experts trained jointly with the gates (Intuition-MoR1E; scale --alpha)")
-    g.add_argument("--n-groups", type=int, default=3, help="expert groups (k-means over the expert centroids)")
-    g.add_argument("--top-k", type=int, default=0, help="keep the k largest expert weights (0 = all)")
-    g.add_argument("--temperature", type=float, default=1.0, help="temperature of the gate softmaxes")
-    g.add_argument("--tau", type=float, default=1.0, help="temperature of the centroid prior")
-    g.add_argument("--entropy-weight", type=float, default=0.0, help="weight of the routing entropy term")
-    g.add_argument("--balance-weight", type=float, default=0.0, help="weight of the load-balancing loss")
+    g.add_argument("--n-groups", type=positive_int, default=3, help="expert groups (k-means over the expert centroids)")
+    g.add_argument("--top-k", type=nonneg_int, default=0, help="keep the k largest expert weights (0 = all)")
+    g.add_argument("--temperature", type=positive_float, default=1.0, help="temperature of the gate softmaxes")
+    g.add_argument("--tau", type=positive_float, default=1.0, help="temperature of the centroid prior")
+    g.add_argument("--entropy-weight", type=finite_float, default=0.0, help="weight of the routing entropy term")
+    g.add_argument("--balance-weight", type=nonneg_float, default=0.0, help="weight of the load-balancing loss")
     return p
 
 
@@ -481,4 +524,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -124,6 +124,10 @@ def load_file(path):
             task = json.load(f)
     except json.JSONDecodeError as e:
         raise LilaError(f"{path}: invalid JSON: {e}") from None
+    except UnicodeDecodeError as e:
+        raise LilaError(f"{path}: not UTF-8 text ({e})") from None
+    except IsADirectoryError:
+        raise LilaError(f"{path}: is a directory, expected a task file") from None
     if not isinstance(task, dict):
         raise LilaError(f"{path}: expected a JSON object with 'Instances', got {type(task).__name__}")
     instances = task.get("Instances")

@@ -1,8 +1,10 @@
 """train.py --expert / --mixed on a tiny base: exact resume, torchrun data
 parallel equals one process, clear errors."""
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -32,16 +34,45 @@ def adapter(out):
     return torch.load(os.path.join(out, "train_state.pt"))["model"]
 
 
-def test_expert_resume_reaches_the_same_adapter(tmp_path, base_dir):
-    train.train(train.parser().parse_args(expert_argv(base_dir, tmp_path / "full")))
-    train.train(train.parser().parse_args(expert_argv(base_dir, tmp_path / "cut", "--stop-at", "3")))
-    train.train(train.parser().parse_args(expert_argv(base_dir, tmp_path / "cut", "--resume")))
+def test_expert_killed_with_sigkill_resumes_bit_exactly_with_dropout(tmp_path, base_dir):
+    """kill -9 in the middle of a run with dropout, then --resume: the final LoRA
+    equals the uninterrupted run's bit for bit (the optimizer, the grad scaler
+    and every random number generator are restored)."""
+    argv = expert_argv(base_dir, tmp_path / "full", "--dropout", "0.1", "--steps", "12")
+    train.train(train.parser().parse_args(argv))
+    cut = expert_argv(base_dir, tmp_path / "cut", "--dropout", "0.1", "--steps", "12")
+    proc = subprocess.Popen([sys.executable, "train.py", *cut], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "cut" / "train_state.pt"
+    while not state.exists() and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert torch.load(state)["step"] < 12                      # it was killed before the end
+    train.train(train.parser().parse_args(cut + ["--resume"]))
     a, b = adapter(tmp_path / "full"), adapter(tmp_path / "cut")
     assert a.keys() == b.keys() and all("lora_" in k for k in a)
     for k in a:
         assert torch.equal(a[k], b[k]), k
     saved = load_file(os.path.join(tmp_path / "full", "adapter_model.safetensors"))
     assert all(k.startswith("base_model.model.model.layers.") for k in saved)
+
+
+@pytest.mark.parametrize("change, flag", [
+    (["--expert", "numbers"], "--expert"), (["--targets", "k_proj"], "--targets"),
+    (["--lr", "1e-2"], "--lr"), (["--seed", "1"], "--seed"), (["--rank", "8"], "--rank"),
+    (["--steps", "9"], "--steps")])
+def test_resume_of_another_run_is_refused(tmp_path, base_dir, change, flag):
+    argv = expert_argv(base_dir, tmp_path, "--stop-at", "3")
+    train.train(train.parser().parse_args(argv))
+    other = expert_argv(base_dir, tmp_path, "--resume")
+    if change[0] in other:
+        i = other.index(change[0])
+        other[i:i + 2] = change
+    else:
+        other += change
+    with pytest.raises(ValueError, match=f"--resume must continue the same run, but {flag} is"):
+        train.train(train.parser().parse_args(other))
 
 
 def test_two_processes_equal_one(tmp_path, base_dir):

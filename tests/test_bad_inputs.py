@@ -1,0 +1,193 @@
+"""Bad input on the command line and in the files a user points the CLIs at:
+every case is refused with exit status 2 and one line on stderr that names the
+flag, file or field, never a traceback and never a silent wrong result.
+The adapter and router files have their own table in test_bad_files.py."""
+import json
+import os
+import shutil
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import cluster
+import eval as E
+import train
+from conftest import ROOT
+from data.cli import run
+
+PHI_TINY = os.path.join(ROOT, "checkpoints", "phi-tiny")
+ROUTER = os.path.join(ROOT, "checkpoints", "phi-tiny-moe", "router")
+DATA = os.path.join(ROOT, "tests", "fixtures", "ours")
+
+
+def cli(main, argv, capsys, monkeypatch):
+    """Run a CLI's main() as `python script.py argv` would: (exit status, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["script.py", *argv])
+    with pytest.raises(SystemExit) as exit_:
+        run(main)
+    return exit_.value.code, capsys.readouterr().err
+
+
+EVAL = [   # (arguments, what the one-line message must say)
+    (["--limit", "-1"], "--limit: expected an integer >= 1, got '-1'"),
+    (["--limit", "0"], "--limit: expected an integer >= 1"),
+    (["--limit", "2.5"], "--limit: expected an integer >= 1"),
+    (["--max-new-tokens", "0"], "--max-new-tokens: expected an integer >= 1"),
+    (["--batch-size", "0"], "--batch-size: expected an integer >= 1"),
+    (["--shots", "-1"], "--shots: expected an integer >= 0"),
+    (["--explain", ""], "--explain: expected a non-empty string"),
+    (["--explain", "   "], "--explain: expected a non-empty string"),
+    (["--route", ""], "--route: expected a non-empty string"),
+    (["--route", "algebra=1"], "--route needs --moe"),
+    (["--variant", "task-hard"], "--variant needs --moe"),
+    (["--experts", "x"], "--experts needs --moe"),
+    (["--json", "/tmp"], "--json: expected a file name to write, got '/tmp' (a directory)"),
+    (["--moe", ROUTER, "--route", "algebra=nan", "--data", DATA], "the weight of 'algebra' must be a finite number"),
+    (["--moe", ROUTER, "--route", "algebra=inf", "--data", DATA], "the weight of 'algebra' must be a finite number"),
+    (["--moe", ROUTER, "--route", "algebra=-1", "--data", DATA], "the weight of 'algebra' must be a finite number"),
+    (["--moe", ROUTER, "--route", "algebra=0", "--data", DATA], "the weights sum to 0"),
+    (["--moe", ROUTER, "--route", "geometry", "--data", DATA], "unknown name 'geometry'"),
+    (["--model", "/nonexistent"], "/nonexistent: checkpoint directory not found"),
+    (["--data", "/nonexistent", "--model", PHI_TINY], "/nonexistent"),
+    (["--data", DATA, "--skills", "geometry"], "geometry"),
+    (["--data", DATA, "--paired", "/nonexistent.json"], "/nonexistent.json"),
+    (["--dtype", "fp8"], "--dtype: invalid choice: 'fp8'"),
+    (["--split", "validation"], "--split: invalid choice"),
+]
+
+
+@pytest.mark.parametrize("argv, message", EVAL, ids=[" ".join(a)[:40] for a, _ in EVAL])
+def test_eval_refuses(argv, message, capsys, monkeypatch):
+    code, err = cli(E.main, argv, capsys, monkeypatch)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+TRAIN = [
+    (["--steps", "0"], "--steps: expected an integer >= 1"),
+    (["--batch-size", "0"], "--batch-size: expected an integer >= 1"),
+    (["--lr", "nan"], "--lr: expected a finite number > 0, got 'nan'"),
+    (["--lr", "0"], "--lr: expected a finite number > 0"),
+    (["--alpha", "nan"], "--alpha: expected a finite number > 0"),
+    (["--alpha", "inf"], "--alpha: expected a finite number > 0"),
+    (["--dropout", "1"], "--dropout: expected a number in [0, 1)"),
+    (["--dropout", "-0.1"], "--dropout: expected a number in [0, 1)"),
+    (["--temperature", "0"], "--temperature: expected a finite number > 0"),
+    (["--tau", "nan"], "--tau: expected a finite number > 0"),
+    (["--rank", "0"], "--rank: expected an integer >= 1"),
+    (["--warmup", "-1"], "--warmup: expected an integer >= 0"),
+    (["--entropy-weight", "inf"], "--entropy-weight: expected a finite number"),
+    (["--weight-decay", "nan"], "--weight-decay: expected a finite number >= 0"),
+    (["--eval-every", "0"], "--eval-every: expected an integer >= 1"),
+    (["--top-k", "-1"], "--top-k: expected an integer >= 0"),
+    (["--seq-len", "100000", "--data", DATA], "--seq-len 100000 is longer than the model's context (1024 positions)"),
+    (["--model", "/nonexistent"], "/nonexistent: checkpoint directory not found"),
+    (["--data", DATA, "--expert", "geometry"], "geometry"),
+]
+
+
+@pytest.mark.parametrize("argv, message", TRAIN, ids=[" ".join(a)[:40] for a, _ in TRAIN])
+def test_train_refuses(argv, message, capsys, monkeypatch, tmp_path):
+    argv = ["--expert", "algebra", "--out", str(tmp_path / "out"), *argv]
+    if argv.count("--expert") == 2:
+        del argv[:2]
+    code, err = cli(train.main, argv, capsys, monkeypatch)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_train_expert_empty_name_is_refused(capsys, monkeypatch):
+    code, err = cli(train.main, ["--expert", ""], capsys, monkeypatch)
+    assert code == 2 and "--expert: expected a non-empty string" in err
+
+
+CLUSTER = [
+    (["--k", "0"], "--k: expected an integer >= 1"),
+    (["--limit", "0"], "--limit: expected an integer >= 1"),
+    (["--n-init", "0"], "--n-init: expected an integer >= 1"),
+    (["--layer", "-1"], "--layer: expected an integer >= 0"),
+    (["--layer", "99", "--data", DATA], "layer 99 out of range"),
+]
+
+
+@pytest.mark.parametrize("argv, message", CLUSTER, ids=[" ".join(a) for a, _ in CLUSTER])
+def test_cluster_refuses(argv, message, capsys, monkeypatch, tmp_path):
+    code, err = cli(lambda: cluster.main(argv + ["--out", str(tmp_path / "c")]), [], capsys, monkeypatch)
+    assert code == 2 and message in err, err
+
+
+def test_cluster_never_replaces_a_folder_of_other_files(capsys, monkeypatch, tmp_path):
+    (tmp_path / "mine.txt").write_text("a user's file")
+    code, err = cli(lambda: cluster.main(["--data", DATA, "--out", str(tmp_path)]), [], capsys, monkeypatch)
+    assert code == 2 and "holds files that cluster.py did not write (['mine.txt'])" in err
+    assert (tmp_path / "mine.txt").read_text() == "a user's file"
+
+
+# --- files: a model directory and a LiLA task file -------------------------------
+
+def broken_copy(tmp_path, config=None, tensor=None):
+    """phi-tiny copied, with config.json fields replaced or one tensor replaced."""
+    d = tmp_path / "model"
+    shutil.copytree(PHI_TINY, d)
+    if config:
+        cfg = json.load(open(d / "config.json"))
+        cfg.update(config)
+        json.dump(cfg, open(d / "config.json", "w"))
+    if tensor:
+        state = load_file(str(d / "model.safetensors"))
+        name, make = tensor
+        state[name] = make(state[name])
+        save_file(state, str(d / "model.safetensors"))
+    return str(d)
+
+
+def with_nan(t):
+    t = t.clone()
+    t.view(-1)[3] = float("nan")
+    return t
+
+
+FILES = [
+    ({"config": {"hidden_size": "320"}}, "config field 'hidden_size' is '320'; expected an integer >= 1"),
+    ({"config": {"num_hidden_layers": 8.0}}, "config field 'num_hidden_layers' is 8.0"),
+    ({"config": {"max_position_embeddings": True}}, "config field 'max_position_embeddings' is True"),
+    ({"config": {"rope_theta": "nan"}}, "config field 'rope_theta'"),
+    ({"config": {"layer_norm_eps": -1e-5}}, "config field 'layer_norm_eps' is -1e-05"),
+    ({"config": {"partial_rotary_factor": 1.5}}, "expected a number in (0, 1]"),
+    ({"tensor": ("model.layers.3.mlp.fc1.weight", with_nan)}, "model.layers.3.mlp.fc1.weight is torch.float16 with NaN"),
+    ({"tensor": ("lm_head.bias", lambda t: torch.full_like(t, float("inf")))}, "lm_head.bias is torch.float16 with NaN or inf"),
+    ({"tensor": ("model.final_layernorm.weight", lambda t: t.to(torch.int32))}, "is torch.int32; expected finite"),
+]
+
+
+@pytest.mark.parametrize("broken, message", FILES, ids=[str(b)[:50] for b, _ in FILES])
+def test_model_directory_refused(broken, message, capsys, monkeypatch, tmp_path):
+    ckpt = broken_copy(tmp_path, **broken)
+    code, err = cli(E.main, ["--model", ckpt, "--data", DATA], capsys, monkeypatch)
+    assert code == 2 and message in err and ckpt in err, err
+
+
+def test_task_file_that_is_not_utf8_is_named(capsys, monkeypatch, tmp_path):
+    bad = tmp_path / "algebra.json"
+    bad.write_bytes(b'{"Instances": ["\xff\xfe"]}')
+    code, err = cli(E.main, ["--data", str(bad)], capsys, monkeypatch)
+    assert code == 2 and f"{bad}: not UTF-8 text" in err
+
+
+def test_a_question_too_long_for_the_context_is_an_error_not_cut(capsys, monkeypatch, tmp_path):
+    task = json.load(open(os.path.join(DATA, os.listdir(DATA)[0])))
+    task["Instances"] = [dict(x, Input="What is " + " + ".join(["1"] * 600) + "?") if x["split"] == "test" else x
+                         for x in task["Instances"]]
+    path = tmp_path / "long.json"
+    json.dump(task, open(path, "w"))
+    code, err = cli(E.main, ["--data", str(path), "--shots", "0"], capsys, monkeypatch)
+    assert code == 2 and "do not fit the model's 1024-token context" in err
+
+
+def test_nonfinite_loss_stops_training_without_saving(capsys, monkeypatch, tmp_path):
+    """A run whose loss turns NaN stops with a message and writes no adapter."""
+    monkeypatch.setattr(train, "lm_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    code, err = cli(train.main, ["--expert", "algebra", "--data", DATA, "--steps", "2", "--out",
+                                 str(tmp_path / "out")], capsys, monkeypatch)
+    assert code == 2 and "step 0: the loss is nan; stopped" in err
+    assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
