@@ -13,6 +13,8 @@ Chapters, top to bottom:
   2. MultiLoRALinear   E experts in one layer, mixed by router weights (einsum, no loop)
   3. attach/detach     add_lora, remove_lora, merge_lora, mark_only_lora_trainable, ...
   4. adapter files     save_adapter / load_adapter / load_experts (PEFT layout, checked)
+  5. checks            what the readers refuse, and why (_check_adapter_config, _check_tensor,
+                       _check_fingerprint, _check_routing_weights)
 
 Naming. A LoRALinear takes over the wrapped Linear's own `weight` and `bias`
 Parameters (the same tensors, no copy), so the base keys keep their names
@@ -141,7 +143,12 @@ class MultiLoRALinear(nn.Module):
     from a forward pre-hook on the decoder layer, whose input it sees first).
     forward(x, weights) also takes them as an argument, which wins over the
     attribute. All experts' A x are computed at once (E*r extra dims, cheap
-    for small r) and one dropout mask is shared by the experts."""
+    for small r) and one dropout mask is shared by the experts.
+
+    Weights that come from outside (set_expert_weights, the forward argument,
+    merge) are checked: a float tensor (..., E) of finite values, or ValueError.
+    Those a router's hook writes straight into `.weights` are its own softmax
+    output and are not checked per layer (that would stop a GPU at every layer)."""
 
     def __init__(self, base: nn.Linear, n_experts, r=8, alpha=16, dropout=0.0):
         super().__init__()
@@ -189,6 +196,8 @@ class MultiLoRALinear(nn.Module):
         y = F.linear(x, self.weight, self.bias)                        # (B, T, O)
         if self.merged is not None:
             return y
+        if weights is not None:
+            _check_routing_weights(weights, self.n_experts, "MultiLoRALinear.forward")
         w = self.weights if weights is None else weights
         if w is None:
             raise RuntimeError("MultiLoRALinear: no routing weights; set .weights (e.g. with "
@@ -236,6 +245,7 @@ class MultiLoRALinear(nn.Module):
             return
         if self.weights is None or self.weights.dim() != 1:
             raise ValueError("MultiLoRALinear.merge needs .weights of shape (E,): one fixed mix")
+        _check_routing_weights(self.weights, self.n_experts, "MultiLoRALinear.merge")
         self.merged = self.weights.detach().clone()
         self.original = self.weight.detach().to("cpu", copy=True)      # exact restore, as LoRALinear
         self.weight += self.delta_weight(self.merged)
@@ -355,11 +365,16 @@ def lora_state_dict(model):
 
 
 def set_expert_weights(model, weights, layer=None):
-    """Routing weights for every MultiLoRALinear (or only those of model.layers.{layer})."""
+    """Routing weights for every MultiLoRALinear (or only those of model.layers.{layer});
+    None clears them. weights (E,), (B, E) or (B, T, E) must be finite (checked once)."""
     prefix = None if layer is None else f"model.layers.{layer}."
-    for name, m in lora_modules(model, MultiLoRALinear).items():
-        if prefix is None or name.startswith(prefix):
-            m.weights = weights
+    mods = [m for name, m in lora_modules(model, MultiLoRALinear).items()
+            if prefix is None or name.startswith(prefix)]
+    if weights is not None:
+        for E in sorted({m.n_experts for m in mods}):
+            _check_routing_weights(weights, E, "set_expert_weights")
+    for m in mods:
+        m.weights = weights
 
 
 # ---------------------------------------------------------------------------
@@ -373,29 +388,34 @@ UNSUPPORTED = ("use_dora", "use_rslora", "lora_bias", "fan_in_fan_out", "modules
                "alora_invocation_tokens", "use_qalora", "use_bdlora")
 
 
+SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+PROBES = 8          # values sampled from every base tensor for the fingerprint
+
+
+def base_parameters(model):
+    """(name, tensor) of the base model's parameters: all but LoRA's A and B."""
+    return [(n, p) for n, p in model.named_parameters() if ".lora_" not in n]
+
+
+def probe(p, k=PROBES, first=False):
+    """k values of tensor p in fp32, at k evenly spaced positions of the flattened
+    tensor (all of them if it has fewer; the first k with first=True)."""
+    flat = p.detach().reshape(-1)
+    k = min(k, flat.numel())
+    at = torch.arange(k) if first else torch.linspace(0, flat.numel() - 1, k).round().long()
+    return flat[at.to(flat.device)].float().cpu()
+
+
 def base_fingerprint(model):
-    """What identifies the base an adapter belongs to: the config's shapes and a
-    few values of the first weight (compared loosely, so fp16/bf16 loads agree)."""
+    """What identifies the base an adapter belongs to: the config's shapes and
+    PROBES values of every base tensor, at fixed evenly spaced positions, so a
+    base that differs in any one layer is told apart (phi-2: 453 tensors, about
+    3,600 numbers). _check_fingerprint compares the values with a relative
+    tolerance, so the same weights loaded in fp32, bf16 or fp16 agree."""
     cfg = getattr(model, "config", None)
-    fields = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
-    fp = {k: getattr(cfg, k, None) for k in fields}
-    name, p = next(iter(model.named_parameters()))
-    fp["probe_tensor"], fp["probe"] = name, [round(v, 6) for v in p.detach().flatten()[:8].float().tolist()]
+    fp = {k: getattr(cfg, k, None) for k in SHAPE_FIELDS}
+    fp["probes"] = {n: [float(f"{v:.6g}") for v in probe(p).tolist()] for n, p in base_parameters(model)}
     return fp
-
-
-def _check_fingerprint(model, fp, where):
-    mine = base_fingerprint(model)
-    diff = [f"{k} {fp[k]} (this model: {mine[k]})" for k in fp
-            if k not in ("probe", "probe_tensor") and fp[k] != mine.get(k)]
-    if diff:
-        raise ValueError(f"{where}: adapter was made for another base model: " + ", ".join(diff))
-    params = dict(model.named_parameters())
-    if fp.get("probe_tensor") in params:
-        now = params[fp["probe_tensor"]].detach().flatten()[:len(fp["probe"])].float().cpu()
-        if not torch.allclose(now, torch.tensor(fp["probe"]), rtol=1e-2, atol=1e-4):
-            raise ValueError(f"{where}: adapter was made for another base model: the base's "
-                             f"{fp['probe_tensor']} differs (same shapes, different weights)")
 
 
 def _write_json(path, obj):
@@ -448,9 +468,11 @@ def read_adapter(model, adapter_dir, check_base=True):
     """Read and check an adapter directory against `model`.
 
     Returns (config, {module name: (A (r, I), B (O, r))}). Raises FileNotFoundError
-    for missing files and ValueError (naming file, key or tensor and what was
-    expected) for a non-LoRA or unsupported config, missing/unexpected tensors,
-    wrong shapes, or a base model other than the one it was made for."""
+    for missing files and ValueError (starting with the file's path, naming the
+    key or tensor and what was expected) for a non-LoRA, unsupported or
+    ill-typed config (_check_adapter_config), missing/unexpected tensors, wrong
+    shapes, tensors that are not floating point or not finite (_check_tensor),
+    or a base model other than the one it was made for (_check_fingerprint)."""
     cfg_path, w_path = os.path.join(adapter_dir, CONFIG_NAME), os.path.join(adapter_dir, WEIGHTS_NAME)
     for path in (cfg_path, w_path):
         if not os.path.exists(path):
@@ -459,18 +481,11 @@ def read_adapter(model, adapter_dir, check_base=True):
     try:
         with open(cfg_path) as f:
             config = json.load(f)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
-    if config.get("peft_type") != "LORA":
-        raise ValueError(f"{cfg_path}: peft_type is {config.get('peft_type')!r}, expected 'LORA'")
-    for key in ("r", "lora_alpha", "target_modules"):
-        if key not in config:
-            raise ValueError(f"{cfg_path}: required key {key!r} is missing")
-    if config.get("bias", "none") != "none":
-        raise ValueError(f"{cfg_path}: bias {config['bias']!r} is not supported (only 'none')")
-    for key in UNSUPPORTED:
-        if config.get(key):
-            raise ValueError(f"{cfg_path}: {key}={config[key]!r} is not supported by lora.py")
+    _check_adapter_config(cfg_path, config)
+    if lora_modules(model):
+        raise ValueError("model already has LoRA layers; call remove_lora(model) first")
     try:
         f = safe_open(w_path, framework="pt", device="cpu")
     except (SafetensorError, OSError) as e:
@@ -478,9 +493,7 @@ def read_adapter(model, adapter_dir, check_base=True):
     with f:
         fp = (f.metadata() or {}).get(FINGERPRINT_KEY)
         if check_base and fp is not None:
-            _check_fingerprint(model, json.loads(fp), adapter_dir)
-        if lora_modules(model):
-            raise ValueError("model already has LoRA layers; call remove_lora(model) first")
+            _check_fingerprint(model, fp, w_path)
         names = target_names(model, config["target_modules"])
         if not names:
             raise ValueError(f"{cfg_path}: target_modules {config['target_modules']!r} match no "
@@ -507,6 +520,7 @@ def read_adapter(model, adapter_dir, check_base=True):
                 raise ValueError(f"{w_path}: tensor {key} has shape {tuple(t.shape)}, expected {shape} "
                                  f"(r={r} from {CONFIG_NAME}; {n} is Linear({lin.in_features}, "
                                  f"{lin.out_features}))")
+            _check_tensor(w_path, key, t)
             tensors[key] = t
     layers = {n: (tensors[f"{PEFT_PREFIX}{n}.lora_A.weight"], tensors[f"{PEFT_PREFIX}{n}.lora_B.weight"])
               for n in names}
@@ -549,3 +563,114 @@ def load_experts(model, adapter_dirs, check_base=True):
                                  multi.lora_B.new_zeros(multi.out_features, 1), 0.0)
         _replace(model, n, multi)
     return names
+
+
+# ---------------------------------------------------------------------------
+# 5. Checks: what read_adapter and the routing weights refuse
+# ---------------------------------------------------------------------------
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)         # JSON true is not a rank
+
+
+def _is_number(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _short(v, width=60):
+    """repr(v), cut to `width` characters for messages."""
+    text = repr(v)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _bad(path, key, value, expected):
+    return ValueError(f"{path}: {key} is {_short(value)}, expected {expected}")
+
+
+def _check_adapter_config(path, config):
+    """adapter_config.json: a LoRA config whose r, lora_alpha, lora_dropout and
+    target_modules have PEFT's types and sensible ranges, and no setting that
+    lora.py does not implement (UNSUPPORTED)."""
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    if config.get("peft_type") != "LORA":
+        raise _bad(path, "peft_type", config.get("peft_type"), "'LORA'")
+    for key in ("r", "lora_alpha", "target_modules"):
+        if key not in config:
+            raise ValueError(f"{path}: required key {key!r} is missing")
+    r, alpha, dropout = config["r"], config["lora_alpha"], config.get("lora_dropout", 0.0)
+    if not (_is_int(r) and r > 0):
+        raise _bad(path, "r", r, "a positive int")
+    if not (_is_number(alpha) and math.isfinite(alpha) and alpha > 0):
+        raise _bad(path, "lora_alpha", alpha, "a finite number > 0")
+    if not (_is_number(dropout) and 0 <= dropout < 1):
+        raise _bad(path, "lora_dropout", dropout, "a number in [0, 1)")
+    _check_targets(path, config["target_modules"])
+    if config.get("bias", "none") != "none":
+        raise ValueError(f"{path}: bias {config['bias']!r} is not supported (only 'none')")
+    for key in UNSUPPORTED:
+        if config.get(key):
+            raise ValueError(f"{path}: {key}={config[key]!r} is not supported by lora.py")
+
+
+def _check_targets(path, targets):
+    """target_modules: a non-empty list of module names, or one regex string (PEFT allows both)."""
+    if isinstance(targets, str) and targets:
+        try:
+            re.compile(targets)
+        except re.error as e:
+            raise _bad(path, "target_modules", targets, f"a valid regex ({e})") from None
+    elif not (isinstance(targets, list) and targets and all(isinstance(t, str) and t for t in targets)):
+        raise _bad(path, "target_modules", targets, "a non-empty list of module names or one regex string")
+
+
+def _check_tensor(path, key, t):
+    """An adapter tensor: floating point, and no NaN or inf."""
+    if t.dtype not in FLOAT_DTYPES:
+        raise ValueError(f"{path}: tensor {key} has dtype {t.dtype}, expected a floating-point dtype "
+                         "(float16, bfloat16, float32 or float64)")
+    if not torch.isfinite(t).all():
+        nan, inf = int(t.isnan().sum()), int(t.isinf().sum())
+        raise ValueError(f"{path}: tensor {key} has {nan} NaN and {inf} inf values, expected finite values")
+
+
+def _check_fingerprint(model, fp, path):
+    """Refuse an adapter made for another base: first the config's shapes, then
+    the sampled values of every tensor, to rtol 1e-2 (bf16 rounds by at most
+    2^-9, relative). Fingerprints written before issue 19 sampled only the first
+    8 values of the first tensor ("probe_tensor", "probe"): those are checked."""
+    try:
+        fp = json.loads(fp)
+        old = "probe_tensor" in fp
+        probes = {fp["probe_tensor"]: fp["probe"]} if old else fp["probes"]
+        probes = {n: torch.tensor(v, dtype=torch.float32).reshape(-1) for n, v in probes.items()}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise ValueError(f"{path}: metadata {FINGERPRINT_KEY} is malformed: expected a JSON object as "
+                         "base_fingerprint writes it") from None
+    cfg = getattr(model, "config", None)
+    diff = [f"{k} {fp[k]} (this model: {getattr(cfg, k, None)})" for k in SHAPE_FIELDS
+            if k in fp and fp[k] != getattr(cfg, k, None)]
+    if diff:
+        raise ValueError(f"{path}: adapter was made for another base model: " + ", ".join(diff))
+    params = dict(base_parameters(model))
+    differ = [n for n, saved in probes.items() if n not in params or not torch.allclose(
+        probe(params[n], saved.numel(), first=old), saved, rtol=1e-2, atol=1e-4)]
+    if differ:
+        more = f" (and {len(differ) - 1} more tensors)" if len(differ) > 1 else ""
+        raise ValueError(f"{path}: adapter was made for another base model: the base's {differ[0]} "
+                         f"differs{more} (same shapes, different weights)")
+
+
+def _check_routing_weights(w, n_experts, where):
+    """Routing weights: a floating-point tensor (E,), (B, E) or (B, T, E) of finite values."""
+    if not (isinstance(w, torch.Tensor) and w.is_floating_point()):
+        raise ValueError(f"{where}: routing weights must be a floating-point tensor, got {_short(w)}")
+    if w.dim() not in (1, 2, 3) or w.shape[-1] != n_experts:
+        raise ValueError(f"{where}: routing weights {tuple(w.shape)}, expected (E,), (B, E) or "
+                         f"(B, T, E) with E={n_experts}")
+    if not torch.isfinite(w).all():
+        raise ValueError(f"{where}: routing weights {tuple(w.shape)} contain NaN or inf, "
+                         "expected finite values")

@@ -23,6 +23,9 @@ Chapters:
                   load-balancing loss; forward pre-hooks write the weights into
                   the layer's MultiLoRALinear modules; a trace records them
   4. files        router.safetensors + router.json
+  5. building     a router for train.py --router and eval.py --moe
+  6. checks       what load_config, load_router and Router refuse (_check_config,
+                  _check_state, _check_positive)
 
 Expert groups come from a second k-means over the expert centroids (cluster.py).
 With one expert in one group, the router reduces to that expert's LoRA
@@ -43,13 +46,16 @@ Left out: per-expert capacity limits and token dropping (dense mixing of small
 LoRA experts costs little), and gates that see more than their layer's input.
 """
 import json
+import math
+import numbers
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import lora
@@ -70,6 +76,9 @@ class TaskRouter(nn.Module):
 
     def __init__(self, centroids, kind="centroid", tau=1.0):
         super().__init__()
+        _check_positive("TaskRouter", "tau", tau)
+        if kind not in ("centroid", "learned"):
+            raise ValueError(f"TaskRouter: kind is {kind!r}, expected 'centroid' or 'learned'")
         E, C = centroids.shape
         self.kind, self.tau = kind, tau
         self.register_buffer("centroids", torch.as_tensor(centroids, dtype=torch.float32))   # (E, C)
@@ -139,6 +148,7 @@ class GroupedGate(nn.Module):
 
     def __init__(self, C, M, temperature=1.0):
         super().__init__()
+        _check_positive("GroupedGate", "temperature", temperature)
         E, G = M.shape
         self.U = nn.Linear(C, G)
         self.V = nn.Linear(C, E)
@@ -190,6 +200,7 @@ class RouterConfig:
 class Router(nn.Module):
     def __init__(self, cfg, centroids):
         super().__init__()
+        _check_config({f.name: getattr(cfg, f.name) for f in fields(RouterConfig)}, "RouterConfig")
         self.cfg = cfg
         E = len(cfg.experts)
         M = membership(cfg.groups, E)
@@ -309,25 +320,44 @@ def save_router(router, out_dir):
 
 
 def load_config(out_dir):
+    """out_dir/router.json as a RouterConfig, every field checked (_check_config)."""
     path = os.path.join(out_dir, "router.json")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{out_dir}: router.json is missing (train.py --router writes it)")
-    with open(path) as f:
-        return RouterConfig(**json.load(f))
+        raise FileNotFoundError(f"{path} not found (train.py --router writes it)")
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    _check_config(raw, path)
+    return RouterConfig(**raw)
 
 
 def load_router(out_dir, model=None):
     """The router saved in out_dir. A router with rank-1 experts puts them into
-    `model` (fresh MultiLoRALinear layers, then the saved A and B)."""
+    `model` (fresh MultiLoRALinear layers, then the saved A and B). Every tensor
+    of router.safetensors is checked against the config (_check_state)."""
     cfg = load_config(out_dir)
-    if not os.path.exists(os.path.join(out_dir, "router.safetensors")):
-        raise FileNotFoundError(f"{out_dir}: router.safetensors is missing (train.py --router writes it)")
-    state = load_file(os.path.join(out_dir, "router.safetensors"))
-    router = Router(cfg, state["task.centroids"].numpy())
+    path = os.path.join(out_dir, "router.safetensors")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found (train.py --router writes it)")
+    try:
+        state = load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path}: truncated or corrupt safetensors file ({e})") from None
+    router = Router(cfg, np.zeros((len(cfg.experts), cfg.hidden_size), np.float32))   # centroids: from state
     if cfg.rank1:
         if model is None:
             raise ValueError(f"{out_dir} holds {cfg.rank1} rank-1 experts: load_router needs the model")
         router.own_experts(model)
+    try:
+        _check_state(path, state, router.state_dict())
+    except ValueError:
+        if cfg.rank1:
+            lora.remove_lora(model)          # leave the model as it came
+        raise
     router.load_state_dict(state)
     return router
 
@@ -458,3 +488,107 @@ def build(model, tok, args, train_ex, dev_ex, device):
     print(f"router over {len(names)} experts {names} in groups {group_names(cfg)}; "
           f"task prior '{args.prior}' (classifier loss {acc_loss:.3f}), gate per {args.level}")
     return Routing(router, train_ex + dev_ex, X)
+
+
+# ---------------------------------------------------------------------------
+# 6. Checks: what load_config, load_router and Router refuse
+# ---------------------------------------------------------------------------
+
+
+def _is_int(v):
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)   # JSON true is not a count
+
+
+def _is_finite(v):
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_names(v):
+    return isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(s, str) and s for s in v)
+
+
+def _is_groups(v):
+    return isinstance(v, (list, tuple)) and all(
+        isinstance(g, (list, tuple)) and g and all(_is_int(e) for e in g) for g in v)
+
+
+# Each RouterConfig field: (test of its value, what was expected). Ranges that
+# depend on other fields (groups, top_k, rank1, embed_layer) are in _check_config.
+FIELD_RULES = {
+    "experts": (lambda v: _is_names(v) and len(set(v)) == len(v), "a non-empty list of distinct names"),
+    "groups": (_is_groups, "a list of non-empty lists of expert indices"),
+    "hidden_size": (lambda v: _is_int(v) and v > 0, "a positive int"),
+    "n_layers": (lambda v: _is_int(v) and v > 0, "a positive int"),
+    "level": (lambda v: v in ("token", "sequence"), "'token' or 'sequence'"),
+    "prior": (lambda v: v in ("centroid", "learned", "none"), "'centroid', 'learned' or 'none'"),
+    "top_k": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
+    "temperature": (lambda v: _is_finite(v) and v > 0, "a finite number > 0"),
+    "tau": (lambda v: _is_finite(v) and v > 0, "a finite number > 0"),
+    "entropy_weight": (_is_finite, "a finite number"),
+    "balance_weight": (lambda v: _is_finite(v) and v >= 0, "a finite number >= 0"),
+    "embed_layer": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
+    "rank1": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
+    "rank1_alpha": (lambda v: _is_finite(v) and v > 0, "a finite number > 0"),
+    "targets": (lambda v: (isinstance(v, str) and v) or _is_names(v),
+                "a non-empty list of module names or one regex string"),
+    "extra": (lambda v: isinstance(v, dict), "a JSON object"),
+}
+
+
+def _short(v, width=60):
+    """repr(v), cut to `width` characters for messages."""
+    text = repr(v)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _check_config(values, where):
+    """RouterConfig fields {name: value}, from router.json or from Python: no
+    unknown or missing field, each value of the right type and range, groups a
+    partition of the experts. `where` (the file, or "RouterConfig") starts every message."""
+    known = {f.name: f for f in fields(RouterConfig)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown}; a RouterConfig has {sorted(known)}")
+    required = [n for n, f in known.items() if f.default is MISSING and f.default_factory is MISSING]
+    missing = [n for n in required if n not in values]
+    if missing:
+        raise ValueError(f"{where}: required field(s) {missing} missing")
+    for name, (ok, expected) in FIELD_RULES.items():
+        if name in values and not ok(values[name]):
+            raise ValueError(f"{where}: field {name!r} is {_short(values[name])}, expected {expected}")
+    E, L = len(values["experts"]), values["n_layers"]
+    top_k, rank1, embed_layer = (values.get(n, known[n].default) for n in ("top_k", "rank1", "embed_layer"))
+    if sorted(e for g in values["groups"] for e in g) != list(range(E)):
+        raise ValueError(f"{where}: field 'groups' is {_short(values['groups'])}, expected a partition "
+                         f"of the expert indices 0..{E - 1} (each in exactly one group)")
+    if top_k > E:
+        raise ValueError(f"{where}: field 'top_k' is {top_k}, expected 0..{E} (the number of experts)")
+    if rank1 and rank1 != E:
+        raise ValueError(f"{where}: field 'rank1' is {rank1}, expected 0 or {E} (the number of experts)")
+    if embed_layer > L:
+        raise ValueError(f"{where}: field 'embed_layer' is {embed_layer}, expected 0..{L} (n_layers)")
+
+
+def _check_state(path, state, expected):
+    """router.safetensors: exactly the tensors of `expected` (the state_dict of a
+    fresh Router made from router.json), with its shapes, floating point, finite."""
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = [f"{what} {len(ks)} tensors, e.g. {ks[:3]}" for what, ks in
+                 (("missing", missing), ("unexpected", unexpected)) if ks]
+        raise ValueError(f"{path}: tensors do not match router.json: " + "; ".join(parts))
+    for key, t in state.items():
+        if t.shape != expected[key].shape:
+            raise ValueError(f"{path}: tensor {key} has shape {tuple(t.shape)}, expected "
+                             f"{tuple(expected[key].shape)} (from router.json)")
+        if not t.is_floating_point():
+            raise ValueError(f"{path}: tensor {key} has dtype {t.dtype}, expected a floating-point dtype")
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{path}: tensor {key} has {int(t.isnan().sum())} NaN and "
+                             f"{int(t.isinf().sum())} inf values, expected finite values")
+
+
+def _check_positive(where, name, value):
+    """A temperature: a finite number > 0 (0 divides by zero, NaN poisons every weight)."""
+    if not (_is_finite(value) and value > 0):
+        raise ValueError(f"{where}: {name} is {_short(value)}, expected a finite number > 0")

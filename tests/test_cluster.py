@@ -256,7 +256,7 @@ def test_cli_empty_data(tiny_ckpt, tmp_path, capsys):
     empty = tmp_path / "empty.json"
     empty.write_text(json.dumps({"Categories": [{"Math category": "algebra"}], "Instances": []}))
     with pytest.raises(SystemExit):
-        C.main(["--model", tiny_ckpt[0], "--data", str(empty), "--out", str(tmp_path)])
+        C.main(["--model", tiny_ckpt[0], "--data", str(empty), "--out", str(tmp_path / "out")])
     assert "no train questions" in capsys.readouterr().err
 
 

@@ -31,7 +31,7 @@ def test_route_specs_by_hand():
     ("geometry=1", "unknown name 'geometry'; experts: algebra, arithmetic, calculus; "
                    "groups: algebra+calculus, arithmetic"),
     ("algebra=lots", "must be a number, got 'lots'"),
-    ("algebra=-1", "negative"),
+    ("algebra=-1", "must be a finite number >= 0"), ("algebra=nan", "must be a finite number >= 0"),
     ("algebra=0", "sum to 0"),
 ])
 def test_bad_route_specs(spec, message):

@@ -1,0 +1,500 @@
+"""Issue 19: bad input never passes silently. Every file lora.py and router.py
+read (adapter_config.json, adapter_model.safetensors and its base fingerprint,
+router.json, router.safetensors) is a copy of a good one with one thing broken;
+each must fail with the right exception, whose message starts with the file's
+path and names the offending field or tensor. Tiny fixtures only (2 layers, 64 wide)."""
+import contextlib
+import copy
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+import lora
+import model as M
+import router as R
+from conftest import ROOT
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]
+A0 = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"    # (4, 64)
+B1 = "base_model.model.model.layers.1.mlp.fc2.lora_B.weight"             # (64, 4)
+DELETE = object()                          # "remove this key" in the tables below
+
+
+@contextlib.contextmanager
+def expect(error, path, *parts):
+    """pytest.raises for `error` whose message starts with `path` and contains every part."""
+    with pytest.raises(error) as info:
+        yield info
+    message = str(info.value)
+    assert message.startswith(str(path)), f"message does not start with {path}: {message}"
+    for part in parts:
+        assert part in message, f"{part!r} not in: {message}"
+
+
+def edit_json(path, key, value):
+    """Set (or with DELETE remove) one key of a JSON object file."""
+    with open(path) as f:
+        obj = json.load(f)
+    if value is DELETE:
+        del obj[key]
+    else:
+        obj[key] = value
+    with open(path, "w") as f:
+        json.dump(obj, f)                  # NaN and Infinity are written as such
+
+
+def edit_safetensors(path, edit):
+    """Let edit(state) change a safetensors file; its metadata is kept."""
+    with safe_open(path, framework="pt") as f:
+        metadata = f.metadata()
+    state = load_file(path)
+    edit(state)
+    save_file(state, path, metadata=metadata)
+
+
+# ---------------------------------------------------------------------------
+# Fixtures: one tiny base, one adapter made on it, one router
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def base(tiny_ckpt):
+    return M.load(tiny_ckpt[0], verbose=False)[0]
+
+
+@pytest.fixture(scope="module")
+def good_adapter(base, tmp_path_factory):
+    model = copy.deepcopy(base)
+    lora.add_lora(model, r=4, alpha=8, targets=TARGETS)
+    for m in lora.lora_modules(model).values():
+        torch.nn.init.normal_(m.lora_B.weight, std=0.1)
+    out = str(tmp_path_factory.mktemp("adapter"))
+    lora.save_adapter(model, out)
+    return out
+
+
+@pytest.fixture
+def adapter(good_adapter, tmp_path):
+    """A fresh copy of the good adapter, to break."""
+    return shutil.copytree(good_adapter, str(tmp_path / "adapter"))
+
+
+@pytest.fixture(scope="module")
+def good_router(tmp_path_factory):
+    cfg = R.RouterConfig(experts=["e0", "e1"], groups=[[0], [1]], hidden_size=64, n_layers=2)
+    router = R.Router(cfg, np.random.default_rng(0).normal(size=(2, 64)).astype(np.float32))
+    out = str(tmp_path_factory.mktemp("router"))
+    R.save_router(router, out)
+    return out
+
+
+@pytest.fixture
+def router_dir(good_router, tmp_path):
+    return shutil.copytree(good_router, str(tmp_path / "router"))
+
+
+def test_good_files_load(base, good_adapter, good_router):
+    config, layers = lora.read_adapter(base, good_adapter)
+    assert len(layers) == 12 and config["r"] == 4
+    assert R.load_router(good_router).cfg.groups == [[0], [1]]
+
+
+# ---------------------------------------------------------------------------
+# adapter_config.json
+# ---------------------------------------------------------------------------
+
+ADAPTER_CONFIG = [   # (key, bad value, what the message says)
+    ("r", "8", "r is '8', expected a positive int"),
+    ("r", 8.0, "r is 8.0, expected a positive int"),
+    ("r", True, "r is True, expected a positive int"),
+    ("r", 0, "r is 0, expected a positive int"),
+    ("r", -4, "r is -4"),
+    ("r", DELETE, "required key 'r' is missing"),
+    ("lora_alpha", "16", "lora_alpha is '16', expected a finite number > 0"),
+    ("lora_alpha", float("nan"), "lora_alpha is nan"),
+    ("lora_alpha", float("inf"), "lora_alpha is inf"),
+    ("lora_alpha", 0, "lora_alpha is 0"),
+    ("lora_alpha", False, "lora_alpha is False"),
+    ("lora_alpha", DELETE, "required key 'lora_alpha' is missing"),
+    ("lora_dropout", 1.0, "lora_dropout is 1.0, expected a number in [0, 1)"),
+    ("lora_dropout", -0.1, "lora_dropout is -0.1"),
+    ("lora_dropout", "0.1", "lora_dropout is '0.1'"),
+    ("lora_dropout", float("nan"), "lora_dropout is nan"),
+    ("lora_dropout", None, "lora_dropout is None"),
+    ("target_modules", [], "target_modules is [], expected a non-empty list"),
+    ("target_modules", ["q_proj", 3], "target_modules is ['q_proj', 3]"),
+    ("target_modules", "", "target_modules is ''"),
+    ("target_modules", "(q_proj", "target_modules is '(q_proj', expected a valid regex"),
+    ("target_modules", None, "target_modules is None"),
+    ("target_modules", {"q_proj": 1}, "target_modules is {'q_proj': 1}"),
+    ("target_modules", DELETE, "required key 'target_modules' is missing"),
+    ("target_modules", ["nothing_here"], "target_modules ['nothing_here'] match no Linear"),
+    ("peft_type", "IA3", "peft_type is 'IA3', expected 'LORA'"),
+    ("peft_type", DELETE, "peft_type is None, expected 'LORA'"),
+    ("bias", "all", "bias 'all' is not supported"),
+    ("use_dora", True, "use_dora=True is not supported"),
+]
+
+
+@pytest.mark.parametrize("key,value,message", ADAPTER_CONFIG,
+                         ids=[f"{k}={'missing' if v is DELETE else v!r}" for k, v, _ in ADAPTER_CONFIG])
+def test_adapter_config(base, adapter, key, value, message):
+    path = os.path.join(adapter, lora.CONFIG_NAME)
+    edit_json(path, key, value)
+    with expect(ValueError, path, message):
+        lora.read_adapter(base, adapter)
+
+
+@pytest.mark.parametrize("text,message", [("[1, 2]", "expected a JSON object, got list"),
+                                          ('{"r": 4,', "not valid JSON"),
+                                          ("\udcff", "not valid JSON")], ids=["list", "truncated", "binary"])
+def test_adapter_config_not_an_object(base, adapter, text, message):
+    path = os.path.join(adapter, lora.CONFIG_NAME)
+    with open(path, "wb") as f:
+        f.write(text.encode("utf-8", "surrogateescape"))
+    with expect(ValueError, path, message):
+        lora.read_adapter(base, adapter)
+
+
+PEFT_FORMS = [("target_modules", r"model\.layers\.\d+\..*(q_proj|k_proj|v_proj|dense|fc1|fc2)"),
+              ("lora_alpha", 8.0), ("lora_dropout", 0.05)]
+
+
+@pytest.mark.parametrize("key,value", PEFT_FORMS,
+                         ids=["target_modules-regex", "lora_alpha-float", "lora_dropout-0.05"])
+def test_adapter_config_forms_peft_allows(base, adapter, key, value):
+    edit_json(os.path.join(adapter, lora.CONFIG_NAME), key, value)
+    config, layers = lora.read_adapter(base, adapter)
+    assert len(layers) == 12 and config[key] == value
+
+
+def test_missing_adapter_files(base, adapter):
+    for name in (lora.WEIGHTS_NAME, lora.CONFIG_NAME):
+        path = os.path.join(adapter, name)
+        os.remove(path)
+        with expect(FileNotFoundError, path, "not found"):
+            lora.read_adapter(base, adapter)
+
+
+# ---------------------------------------------------------------------------
+# adapter_model.safetensors
+# ---------------------------------------------------------------------------
+
+
+def put(key, value):
+    """An edit that sets element [0, 0] of tensor `key`."""
+    def edit(state):
+        state[key][0, 0] = value
+    return edit
+
+
+def retype(key, dtype):
+    def edit(state):
+        state[key] = state[key].to(dtype)
+    return edit
+
+
+def remove(key):
+    def edit(state):
+        del state[key]
+    return edit
+
+
+ADAPTER_TENSORS = [   # (edit, tensor the message names, what it says)
+    (put(A0, float("nan")), A0, "1 NaN and 0 inf values, expected finite"),
+    (put(B1, float("inf")), B1, "0 NaN and 1 inf values"),
+    (put(B1, float("-inf")), B1, "0 NaN and 1 inf values"),
+    (retype(A0, torch.int32), A0, "dtype torch.int32, expected a floating-point dtype"),
+    (retype(B1, torch.bool), B1, "dtype torch.bool"),
+    (lambda s: s.update({A0: s[A0][:3]}), A0, "has shape (3, 64), expected (4, 64)"),
+    (lambda s: s.update({B1: s[B1].T.contiguous()}), B1, "has shape (4, 64), expected (64, 4)"),
+    (remove(B1), B1, "missing 1 tensors"),
+    (lambda s: s.update({A0 + ".extra": s[A0].clone()}), A0 + ".extra", "unexpected 1 tensors"),
+]
+
+
+@pytest.mark.parametrize("edit,key,message", ADAPTER_TENSORS,
+                         ids=["nan", "inf", "-inf", "int32", "bool", "rows", "transposed", "missing",
+                              "unexpected"])
+def test_adapter_tensors(base, adapter, edit, key, message):
+    path = os.path.join(adapter, lora.WEIGHTS_NAME)
+    edit_safetensors(path, edit)
+    with expect(ValueError, path, key, message):
+        lora.read_adapter(base, adapter)
+
+
+def test_half_precision_adapter_tensors_load(base, adapter):
+    path = os.path.join(adapter, lora.WEIGHTS_NAME)
+    edit_safetensors(path, lambda s: s.update({k: v.to(torch.bfloat16) for k, v in s.items()}))
+    assert len(lora.read_adapter(base, adapter)[1]) == 12
+
+
+def test_truncated_adapter_weights(base, adapter):
+    path = os.path.join(adapter, lora.WEIGHTS_NAME)
+    with open(path, "r+b") as f:
+        f.truncate(100)
+    with expect(ValueError, path, "truncated or corrupt"):
+        lora.read_adapter(base, adapter)
+
+
+# ---------------------------------------------------------------------------
+# The base fingerprint
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tensor", ["model.layers.1.mlp.fc2.weight", "model.layers.0.input_layernorm.bias",
+                                    "model.layers.1.self_attn.v_proj.weight", "lm_head.bias"])
+def test_base_that_differs_in_one_tensor_is_refused(base, good_adapter, tensor):
+    """Same config, same embedding (the old fingerprint's only probe), one other tensor re-drawn."""
+    other = copy.deepcopy(base)
+    with torch.no_grad():
+        p = other.get_parameter(tensor)
+        p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(5)) * p.std().clamp(min=0.02))
+    path = os.path.join(good_adapter, lora.WEIGHTS_NAME)
+    with expect(ValueError, path, "another base model", f"the base's {tensor} differs"):
+        lora.read_adapter(other, good_adapter)
+    assert lora.read_adapter(other, good_adapter, check_base=False)        # on purpose: allowed
+
+
+def test_base_of_other_shape_is_refused(good_adapter):
+    wider = M.PhiForCausalLM(M.PhiConfig(vocab_size=320, hidden_size=128, intermediate_size=256,
+                                         num_hidden_layers=2, num_attention_heads=4,
+                                         max_position_embeddings=64, partial_rotary_factor=0.5))
+    path = os.path.join(good_adapter, lora.WEIGHTS_NAME)
+    with expect(ValueError, path, "another base model: hidden_size 64 (this model: 128)"):
+        lora.read_adapter(wider, good_adapter)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_same_base_in_half_precision_is_accepted_both_ways(tiny_ckpt, base, good_adapter, tmp_path, dtype):
+    """An fp32-made adapter loads onto the base in bf16/fp16, and one made on the
+    half-precision base loads onto the fp32 base."""
+    half = M.load(tiny_ckpt[0], dtype=dtype, verbose=False)[0]
+    assert len(lora.read_adapter(half, good_adapter)[1]) == 12
+    lora.add_lora(half, r=2, alpha=4, targets=("fc1",))
+    lora.save_adapter(half, str(tmp_path / "half"))
+    assert len(lora.read_adapter(base, str(tmp_path / "half"))[1]) == 2
+
+
+def old_fingerprint(model, **changes):
+    """The fingerprint format before issue 19: config shapes, 8 values of the first tensor."""
+    fp = {k: getattr(model.config, k) for k in lora.SHAPE_FIELDS}
+    name, p = next(iter(model.named_parameters()))
+    fp.update(probe_tensor=name, probe=[round(v, 6) for v in p.detach().flatten()[:8].float().tolist()])
+    fp.update(changes)
+    return json.dumps(fp)
+
+
+def set_fingerprint(adapter, text):
+    path = os.path.join(adapter, lora.WEIGHTS_NAME)
+    state = load_file(path)
+    save_file(state, path, metadata={"format": "pt", lora.FINGERPRINT_KEY: text})
+    return path
+
+
+def test_old_fingerprint_is_still_checked(base, adapter):
+    set_fingerprint(adapter, old_fingerprint(base))
+    assert len(lora.read_adapter(base, adapter)[1]) == 12
+    path = set_fingerprint(adapter, old_fingerprint(base, num_hidden_layers=3))
+    with expect(ValueError, path, "num_hidden_layers 3 (this model: 2)"):
+        lora.read_adapter(base, adapter)
+    path = set_fingerprint(adapter, old_fingerprint(base, probe=[9.0] * 8))
+    with expect(ValueError, path, "model.embed_tokens.weight differs"):
+        lora.read_adapter(base, adapter)
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"probes": {"lm_head.bias": ["a"]}}',
+                                  '{"hidden_size": 64}'],
+                         ids=["not-json", "list", "probe-strings", "no-probes"])
+def test_malformed_fingerprint(base, adapter, text):
+    path = set_fingerprint(adapter, text)
+    with expect(ValueError, path, lora.FINGERPRINT_KEY, "malformed"):
+        lora.read_adapter(base, adapter)
+
+
+SHIPPED = os.path.join(ROOT, "checkpoints")
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHIPPED, "phi-tiny-moe", "experts")),
+                    reason="no shipped checkpoints")
+def test_shipped_adapters_in_the_old_format_load_onto_phi_tiny():
+    model = M.load(os.path.join(SHIPPED, "phi-tiny"), dtype="bfloat16", verbose=False)[0]
+    dirs = list(R.expert_dirs(os.path.join(SHIPPED, "phi-tiny-moe", "experts")).values())
+    assert len(lora.load_experts(model, dirs)) == 6 * model.config.num_hidden_layers
+    assert R.load_router(os.path.join(SHIPPED, "phi-tiny-moe", "router")).cfg.n_layers == 8
+
+
+# ---------------------------------------------------------------------------
+# Routing weights
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def experts_model(base, good_adapter):
+    model = copy.deepcopy(base)
+    lora.load_experts(model, [good_adapter, good_adapter])
+    return model
+
+
+BAD_WEIGHTS = [torch.tensor([0.5, float("nan")]), torch.tensor([[float("inf"), 0.0]]),
+               torch.full((1, 3, 2), float("-inf")), torch.tensor([1, 0]), torch.tensor([0.2, 0.3, 0.5])]
+BAD_WEIGHTS_SAY = ["contain NaN or inf", "contain NaN or inf", "contain NaN or inf",
+                   "must be a floating-point tensor", "expected (E,), (B, E) or (B, T, E) with E=2"]
+
+
+@pytest.mark.parametrize("w,message", list(zip(BAD_WEIGHTS, BAD_WEIGHTS_SAY)),
+                         ids=["nan", "inf", "-inf-per-token", "ints", "three-experts"])
+def test_bad_routing_weights(experts_model, w, message):
+    with expect(ValueError, "set_expert_weights", "routing weights", message):
+        lora.set_expert_weights(experts_model, w)
+    fc1 = experts_model.model.layers[0].mlp.fc1
+    with expect(ValueError, "MultiLoRALinear.forward", message):
+        fc1(torch.randn(1, 3, 64), w)
+    fc1.weights = w
+    if w.dim() == 1 and w.is_floating_point() and w.numel() == 2:
+        with expect(ValueError, "MultiLoRALinear.merge", message):
+            fc1.merge()
+    lora.set_expert_weights(experts_model, None)
+
+
+# ---------------------------------------------------------------------------
+# router.json
+# ---------------------------------------------------------------------------
+
+ROUTER_JSON = [   # (key, bad value, what the message says); the router has 2 experts, 2 layers
+    ("temprature", 1.0, "unknown field(s) ['temprature']"),
+    ("experts", DELETE, "required field(s) ['experts'] missing"),
+    ("experts", "e0", "field 'experts' is 'e0', expected a non-empty list of distinct names"),
+    ("experts", ["e0", "e0"], "field 'experts'"),
+    ("experts", [], "field 'experts'"),
+    ("groups", [[0], [0]], "field 'groups' is [[0], [0]], expected a partition of the expert indices 0..1"),
+    ("groups", [[0]], "field 'groups' is [[0]], expected a partition"),
+    ("groups", [[0, 1], []], "field 'groups' is [[0, 1], []], expected a list of non-empty lists"),
+    ("groups", [["0"], [1]], "field 'groups'"),
+    ("groups", [[0], [1.0]], "field 'groups'"),
+    ("hidden_size", "64", "field 'hidden_size' is '64', expected a positive int"),
+    ("hidden_size", 0, "field 'hidden_size' is 0"),
+    ("n_layers", 2.0, "field 'n_layers' is 2.0, expected a positive int"),
+    ("n_layers", True, "field 'n_layers' is True"),
+    ("level", "tokens", "field 'level' is 'tokens', expected 'token' or 'sequence'"),
+    ("prior", "centriod", "field 'prior' is 'centriod', expected 'centroid', 'learned' or 'none'"),
+    ("top_k", 3, "field 'top_k' is 3, expected 0..2 (the number of experts)"),
+    ("top_k", -1, "field 'top_k' is -1, expected an int >= 0"),
+    ("top_k", 1.5, "field 'top_k' is 1.5"),
+    ("temperature", 0, "field 'temperature' is 0, expected a finite number > 0"),
+    ("temperature", -1.0, "field 'temperature' is -1.0"),
+    ("temperature", "1", "field 'temperature' is '1'"),
+    ("tau", float("nan"), "field 'tau' is nan, expected a finite number > 0"),
+    ("tau", float("inf"), "field 'tau' is inf"),
+    ("entropy_weight", float("nan"), "field 'entropy_weight' is nan, expected a finite number"),
+    ("balance_weight", -0.1, "field 'balance_weight' is -0.1, expected a finite number >= 0"),
+    ("embed_layer", 3, "field 'embed_layer' is 3, expected 0..2 (n_layers)"),
+    ("rank1", 3, "field 'rank1' is 3, expected 0 or 2"),
+    ("rank1_alpha", 0.0, "field 'rank1_alpha' is 0.0"),
+    ("targets", [], "field 'targets' is []"),
+    ("extra", [], "field 'extra' is [], expected a JSON object"),
+]
+
+
+@pytest.mark.parametrize("key,value,message", ROUTER_JSON,
+                         ids=[f"{k}={'missing' if v is DELETE else v!r}" for k, v, _ in ROUTER_JSON])
+def test_router_json(router_dir, key, value, message):
+    path = os.path.join(router_dir, "router.json")
+    edit_json(path, key, value)
+    with expect(ValueError, path, message):
+        R.load_config(router_dir)
+    with expect(ValueError, path, message):
+        R.load_router(router_dir)
+
+
+@pytest.mark.parametrize("text,message", [("[]", "expected a JSON object, got list"), ("{", "not valid JSON")],
+                         ids=["list", "truncated"])
+def test_router_json_not_an_object(router_dir, text, message):
+    path = os.path.join(router_dir, "router.json")
+    with open(path, "w") as f:
+        f.write(text)
+    with expect(ValueError, path, message):
+        R.load_config(router_dir)
+
+
+def test_missing_router_files(router_dir):
+    for name in ("router.safetensors", "router.json"):
+        path = os.path.join(router_dir, name)
+        os.remove(path)
+        with expect(FileNotFoundError, path, "not found"):
+            R.load_router(router_dir)
+
+
+# ---------------------------------------------------------------------------
+# router.safetensors
+# ---------------------------------------------------------------------------
+
+
+def put_flat(key, value):
+    def edit(state):
+        state[key].view(-1)[0] = value
+    return edit
+
+
+ROUTER_TENSORS = [   # (edit, tensor the message names, what it says)
+    (put_flat("gates.0.U.weight", float("nan")), "gates.0.U.weight", "1 NaN and 0 inf values"),
+    (put_flat("mix", float("inf")), "mix", "0 NaN and 1 inf values"),
+    (put_flat("task.centroids", float("nan")), "task.centroids", "1 NaN"),
+    (lambda s: s.update({"task.scale": torch.tensor(float("nan"))}), "task.scale", "1 NaN"),
+    (remove("task.centroids"), "task.centroids", "missing 1 tensors"),
+    (remove("gates.1.V.bias"), "gates.1.V.bias", "missing 1 tensors"),
+    (lambda s: s.update({"gates.2.U.weight": s["gates.0.U.weight"].clone()}), "gates.2.U.weight",
+     "unexpected 1 tensors"),
+    (lambda s: s.update({"gates.1.V.weight": torch.zeros(3, 64)}), "gates.1.V.weight",
+     "has shape (3, 64), expected (2, 64)"),
+    (retype("mix", torch.int64), "mix", "dtype torch.int64, expected a floating-point dtype"),
+]
+
+
+@pytest.mark.parametrize("edit,key,message", ROUTER_TENSORS,
+                         ids=["nan-gate", "inf-mix", "nan-centroid", "nan-scale", "no-centroids", "no-bias",
+                              "extra-layer", "shape", "int-mix"])
+def test_router_tensors(router_dir, edit, key, message):
+    path = os.path.join(router_dir, "router.safetensors")
+    edit_safetensors(path, edit)
+    with expect(ValueError, path, key, message):
+        R.load_router(router_dir)
+
+
+def test_truncated_router_weights(router_dir):
+    path = os.path.join(router_dir, "router.safetensors")
+    with open(path, "r+b") as f:
+        f.truncate(50)
+    with expect(ValueError, path, "truncated or corrupt"):
+        R.load_router(router_dir)
+
+
+# ---------------------------------------------------------------------------
+# Routers built from Python (train.py --router turns its flags into a RouterConfig)
+# ---------------------------------------------------------------------------
+
+PYTHON_SETTINGS = [("temperature", 0.0), ("temperature", -2.0), ("temperature", math.nan),
+                   ("temperature", math.inf), ("tau", 0.0), ("tau", math.nan), ("tau", -math.inf),
+                   ("top_k", 5), ("level", "seq")]
+
+
+@pytest.mark.parametrize("key,value", PYTHON_SETTINGS, ids=[f"{k}={v}" for k, v in PYTHON_SETTINGS])
+def test_router_from_python(key, value):
+    cfg = R.RouterConfig(experts=["e0", "e1"], groups=[[0], [1]], hidden_size=64, n_layers=2, **{key: value})
+    with expect(ValueError, "RouterConfig", f"field {key!r} is {value!r}"):
+        R.Router(cfg, np.zeros((2, 64), np.float32))
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0, math.nan, math.inf])
+def test_gate_and_task_router_from_python(value):
+    with expect(ValueError, "TaskRouter", f"tau is {value!r}, expected a finite number > 0"):
+        R.TaskRouter(np.zeros((2, 8), np.float32), tau=value)
+    with expect(ValueError, "GroupedGate", f"temperature is {value!r}, expected a finite number > 0"):
+        R.GroupedGate(8, R.membership([[0], [1]], 2), temperature=value)
