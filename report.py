@@ -9,10 +9,11 @@ It reads what eval.py, cluster.py and train.py wrote and computes nothing new,
 except the "expert on its own skill" row, which is the diagonal of the
 forgetting matrix. Missing pieces are reported as missing, not invented.
 """
-import argparse
 import glob
 import json
 import os
+
+from data.cli import Parser, run
 
 SKILLS = ["algebra", "arithmetic", "calculus", "comparison", "measurement", "numbers",
           "polynomials", "probability"]
@@ -159,7 +160,7 @@ def training_times(out):
 
 
 def main():
-    p = argparse.ArgumentParser(description="Collect the study's outputs into out/REPORT.md.")
+    p = Parser(description="Collect the study's outputs into out/REPORT.md.")
     p.add_argument("--out", default="out", help="the output directory of experiment.sh")
     args = p.parse_args()
     table, data = results_table(args.out)
@@ -200,4 +201,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

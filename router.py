@@ -381,8 +381,11 @@ def expert_dirs(root):
     """{name: dir} of the adapter directories directly under root, sorted by name."""
     if not os.path.isdir(root):
         raise FileNotFoundError(f"{root}: no such directory of experts (train.py --expert writes them)")
-    found = {d: os.path.join(root, d) for d in sorted(os.listdir(root))
-             if os.path.exists(os.path.join(root, d, lora.CONFIG_NAME))}
+    found = {d: os.path.join(root, d) for d in sorted(os.listdir(root)) if os.path.isdir(os.path.join(root, d))}
+    strays = [d for d, path in found.items() if not os.path.exists(os.path.join(path, lora.CONFIG_NAME))]
+    if strays:   # never drop an expert silently: a half-written or misplaced one is an error
+        raise FileNotFoundError(f"{root}: the folders {strays} hold no {lora.CONFIG_NAME}; every folder "
+                                "here must be an expert's adapter directory")
     if not found:
         raise FileNotFoundError(f"{root}: no adapter directories (with {lora.CONFIG_NAME}) inside")
     return found

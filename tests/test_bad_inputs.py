@@ -191,3 +191,12 @@ def test_nonfinite_loss_stops_training_without_saving(capsys, monkeypatch, tmp_p
                                  str(tmp_path / "out")], capsys, monkeypatch)
     assert code == 2 and "step 0: the loss is nan; stopped" in err
     assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
+
+
+def test_forgetting_never_drops_an_expert_folder_silently(capsys, monkeypatch, tmp_path):
+    experts = tmp_path / "experts"
+    shutil.copytree(os.path.join(ROOT, "checkpoints", "phi-tiny-moe", "experts", "algebra"), experts / "algebra")
+    (experts / "numbers").mkdir()                                  # killed before its first save
+    (experts / "numbers" / "train_state.pt").write_bytes(b"")
+    code, err = cli(E.main, ["--data", DATA, "--forgetting", str(experts)], capsys, monkeypatch)
+    assert code == 2 and "the folders ['numbers'] hold no adapter_config.json" in err
