@@ -45,6 +45,7 @@ trained jointly with the gates on mixed data; they have no task prior.
 Left out: per-expert capacity limits and token dropping (dense mixing of small
 LoRA experts costs little), and gates that see more than their layer's input.
 """
+import hashlib
 import json
 import math
 import numbers
@@ -55,8 +56,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 import lora
 
@@ -309,11 +310,19 @@ def trace_summary(trace, n_layers, B):
 # ---------------------------------------------------------------------------
 
 
+CONFIG_HASH = "skill_moe.router_json_sha256"   # router.safetensors metadata: which router.json it belongs to
+
+
 def save_router(router, out_dir):
+    """router.json, then router.safetensors carrying a hash of that router.json:
+    the two are one set, and load_router refuses a pair from different saves (a
+    crash between the two writes). Each file goes to a temporary name first."""
     os.makedirs(out_dir, exist_ok=True)
+    config = json.dumps(asdict(router.cfg), indent=1)
     tensors = {k: v.detach().cpu().contiguous() for k, v in router.state_dict().items()}
-    for name, write in (("router.safetensors", lambda p: save_file(tensors, p)),
-                        ("router.json", lambda p: open(p, "w").write(json.dumps(asdict(router.cfg), indent=1)))):
+    meta = {"format": "pt", CONFIG_HASH: hashlib.sha256(config.encode()).hexdigest()}
+    for name, write in (("router.json", lambda p: open(p, "w").write(config)),
+                        ("router.safetensors", lambda p: save_file(tensors, p, metadata=meta))):
         tmp = os.path.join(out_dir, name + ".tmp")
         write(tmp)
         os.replace(tmp, os.path.join(out_dir, name))
@@ -344,9 +353,15 @@ def load_router(out_dir, model=None):
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found (train.py --router writes it)")
     try:
-        state = load_file(path)
+        with safe_open(path, framework="pt") as f:
+            state, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
     except (SafetensorError, OSError) as e:
         raise ValueError(f"{path}: truncated or corrupt safetensors file ({e})") from None
+    with open(os.path.join(out_dir, "router.json"), "rb") as f:
+        config_hash = hashlib.sha256(f.read()).hexdigest()
+    if meta.get(CONFIG_HASH, config_hash) != config_hash:     # routers saved before the hash pass
+        raise ValueError(f"{path}: written with another router.json than the one beside it "
+                         "(an interrupted save?); train the router again")
     router = Router(cfg, np.zeros((len(cfg.experts), cfg.hidden_size), np.float32))   # centroids: from state
     if cfg.rank1:
         if model is None:

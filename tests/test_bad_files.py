@@ -498,3 +498,17 @@ def test_gate_and_task_router_from_python(value):
         R.TaskRouter(np.zeros((2, 8), np.float32), tau=value)
     with expect(ValueError, "GroupedGate", f"temperature is {value!r}, expected a finite number > 0"):
         R.GroupedGate(8, R.membership([[0], [1]], 2), temperature=value)
+
+
+def test_router_files_from_two_saves_are_refused(tmp_path):
+    """save_router writes router.json, then router.safetensors with a hash of it: a
+    router.json from another save (a crash between the two writes) is refused."""
+    import router as R
+    cfg = R.RouterConfig(experts=["a", "b"], groups=[[0], [1]], hidden_size=8, n_layers=2)
+    R.save_router(R.Router(cfg, np.zeros((2, 8), np.float32)), str(tmp_path))
+    R.load_router(str(tmp_path))                                             # the set loads
+    other = json.load(open(tmp_path / "router.json"))
+    other["temperature"] = 2.0
+    json.dump(other, open(tmp_path / "router.json", "w"), indent=1)
+    with pytest.raises(ValueError, match="written with another router.json than the one beside it"):
+        R.load_router(str(tmp_path))

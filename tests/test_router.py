@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import lora
 import model as M
@@ -118,7 +119,7 @@ def test_rank1_experts_train_with_the_router_and_reload(tmp_path, base_dir):  # 
             "--eval-batches", "1", "--eval-questions", "4", "--seed", "0", "--device", "cpu",
             "--out", str(tmp_path / "r1")]
     trained = train.train(train.parser().parse_args(argv))
-    saved = R.load_file(str(tmp_path / "r1" / "router.safetensors"))
+    saved = load_file(str(tmp_path / "r1" / "router.safetensors"))
     Bs = [v for k, v in saved.items() if k.startswith("rank1.") and v.shape[-1] == 1 and v.dim() == 3
           and v.shape[1] > 1]
     assert Bs and all(b.abs().sum() > 0 for b in Bs)          # B started at zero and learned
