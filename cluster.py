@@ -562,7 +562,7 @@ def cluster_questions(args):
         raise ValueError(f"no {args.split} questions in {args.data}")
     args.k = args.k or len({e.submodule for e in examples})
     check_k(args.k, len(examples))
-    model, tok = M.load(args.model, dtype=args.dtype, device=args.device)
+    model, tok = M.load(args.model, dtype=args.dtype, device=args.device, revision=args.revision)
     layer = resolve_layer(model.config, args.layer)
     skills = np.array([e.skill for e in examples])
     submodules = np.array([e.submodule for e in examples])
@@ -619,7 +619,10 @@ def main(argv=None):
                                             "NumPy k-means over base-model embeddings.")
     p.add_argument("--k", type=positive_int, default=None, help="clusters (default: number of submodules in the data)")
     p.add_argument("--out", default="runs/cluster", help="output directory")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="HF-layout phi checkpoint directory")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="HF-layout phi checkpoint directory, "
+                   "or a Hugging Face id, e.g. microsoft/phi-2")
+    p.add_argument("--revision", default=None, help="--model id: branch, tag or commit "
+                   "(default: the repository's main branch)")
     p.add_argument("--data", default=DEFAULT_DATA, help="LiLA task file(s) or directory")
     p.add_argument("--split", default="train", choices=["train", "dev", "test"],
                    help="questions to cluster (train for experts; test for the quality report)")

@@ -488,7 +488,10 @@ def study(model, tok, examples, pool, args):
 
 def main():
     p = Parser(description="Few-shot evaluation of a phi checkpoint on LiLA math questions.")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="HF-layout phi checkpoint directory")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="HF-layout phi checkpoint directory, "
+                   "or a Hugging Face id, e.g. microsoft/phi-2")
+    p.add_argument("--revision", default=None, help="--model id: branch, tag or commit "
+                   "(default: the repository's main branch)")
     p.add_argument("--data", default=DEFAULT_DATA, help="LiLA task file(s) or directory")
     p.add_argument("--shots", type=nonneg_int, default=4, help="solved examples in each prompt (0 = zero-shot)")
     p.add_argument("--skills", type=nonempty, default=None, help="comma-separated skills (default: all in the data)")
@@ -527,7 +530,7 @@ def main():
             p.error(f"--{flag} needs --{needs}")
 
     skills = args.skills.split(",") if args.skills else None
-    model, tok = M.load(args.model, dtype=args.dtype, device=args.device)
+    model, tok = M.load(args.model, dtype=args.dtype, device=args.device, revision=args.revision)
     if args.explain:
         args.moe = args.moe or os.path.join(SHIPPED, "router")
         args.clusters = args.clusters or R.load_config(args.moe).extra.get("clusters_dir", "out/clusters")

@@ -5,13 +5,14 @@
 # resumes what is already done, so a killed run continues where it stopped.
 #
 #   bash experiment.sh                          # phi-tiny, CPU
-#   MODEL=/path/to/phi-2 DEVICE=cuda bash experiment.sh     # the real phi-2 on a GPU
+#   MODEL=microsoft/phi-2 DEVICE=cuda bash experiment.sh    # the real phi-2 on a GPU
 #
-# Knobs (environment): MODEL, DATA, OUT, STEPS (LoRA steps per expert),
-# ROUTER_STEPS, BATCH (LoRA batch), EVAL_EVERY (steps between dev evaluations;
-# the best is kept), LIMIT (test questions per skill in every evaluation), DEVICE,
-# DTYPE (evaluation dtype, e.g. bfloat16 on a GPU), JOBS (commands of a stage
-# run at once: 1 on a CPU; a GPU takes several).
+# Knobs (environment): MODEL (a folder or a Hugging Face id), DATA, OUT, STEPS
+# (LoRA steps per expert), ROUTER_STEPS, BATCH (LoRA batch), EVAL_EVERY (steps
+# between dev evaluations; the best is kept), LIMIT (test questions per skill in
+# every evaluation), DEVICE, DTYPE (evaluation dtype, e.g. bfloat16 on a GPU),
+# JOBS (commands of a stage run at once: 1 on a CPU; a GPU takes several, and
+# with DEVICE=cuda they are spread over the GPUs, see job() below), PY (python).
 #
 #   DEVICE=cuda PY=python3 STEPS=300 BATCH=16 ROUTER_STEPS=300 EVAL_EVERY=100 JOBS=8 bash experiment.sh
 set -euo pipefail
@@ -33,8 +34,37 @@ COMMON=(--model "$MODEL" --data "$DATA" --device "$DEVICE")
 LORA=(--steps "$STEPS" --batch-size "$BATCH" --eval-every "$EVAL_EVERY" --eval-questions 64 --resume)
 # Every stage starts its commands with `job` (at most JOBS at once); the next
 # stage first waits for all of them, and a failed command stops the study there.
+#
+# Several GPUs: with DEVICE=cuda and JOBS > 1, the jobs running at once hold slots
+# 0..JOBS-1, and slot i sees only GPU i mod (number of GPUs) through
+# CUDA_VISIBLE_DEVICES (so its `--device cuda` is that GPU). A job takes the first
+# slot whose job has ended, so JOBS=8 on an 8-GPU node trains eight experts side
+# by side, one per GPU. The GPUs are those CUDA_VISIBLE_DEVICES names if it is set,
+# else all that `nvidia-smi -L` lists (N_GPUS=n overrides that count).
+GPUS=()
+if [ "$DEVICE" = cuda ] && [ "$JOBS" -gt 1 ]; then
+    if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then
+        IFS=, read -ra GPUS <<< "$CUDA_VISIBLE_DEVICES"
+    else
+        n=${N_GPUS:-$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)}
+        for ((i = 0; i < n; i++)); do GPUS+=("$i"); done
+    fi
+    if [ "${#GPUS[@]}" -gt 1 ]; then echo "jobs spread over GPUs ${GPUS[*]}"; fi
+fi
 PIDS=()
-job() { "$@" & PIDS+=($!); while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 0.5; done; }
+SLOT_PID=()   # slot -> the job that holds (or held) it
+job() {
+    if [ "${#GPUS[@]}" -gt 1 ]; then
+        local slot running=" $(jobs -rp | tr '\n' ' ') "
+        for ((slot = 0; slot < JOBS - 1; slot++)); do     # the first free slot
+            [[ $running == *" ${SLOT_PID[slot]:-none} "* ]] || break
+        done
+        CUDA_VISIBLE_DEVICES=${GPUS[slot % ${#GPUS[@]}]} "$@" & PIDS+=($!); SLOT_PID[slot]=$!
+    else
+        "$@" & PIDS+=($!)
+    fi
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 0.5; done
+}
 stage() { for p in "${PIDS[@]}"; do wait "$p"; done; PIDS=(); echo; echo "=== $* (at $((SECONDS / 60)) min)"; }
 
 stage "data"

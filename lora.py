@@ -423,12 +423,16 @@ def _write_json(path, obj):
         json.dump(obj, f, indent=2)
 
 
-def save_adapter(model, out_dir, base_model_name_or_path="", r=None, alpha=None, dropout=None,
-                 targets=None):
+def save_adapter(model, out_dir, base_model_name_or_path=None, r=None, alpha=None, dropout=None,
+                 targets=None, revision=None):
     """Write adapter_config.json and adapter_model.safetensors (PEFT layout) for the
     model's LoRALinear layers. r/alpha/dropout/targets default to what the layers
     hold; if given they must agree. Each file goes to a temporary name and is then
-    renamed (weights first, config last), so a crash never leaves a torn file."""
+    renamed (weights first, config last), so a crash never leaves a torn file.
+
+    The base is named as PEFT names it: base_model_name_or_path is the folder or
+    Hub id the user gave (model.load records it as model.model_id), and revision
+    the Hub commit it resolved to (model.revision; None for a plain folder)."""
     mods = lora_modules(model, LoRALinear)
     if not mods:
         raise ValueError("model has no LoRALinear layers to save (MultiLoRALinear is not a PEFT adapter)")
@@ -443,8 +447,12 @@ def save_adapter(model, out_dir, base_model_name_or_path="", r=None, alpha=None,
     targets = targets if targets is not None else sorted({n.rsplit(".", 1)[-1] for n in mods})
     if set(target_names(model, targets)) != set(mods):
         raise ValueError(f"target_modules {targets!r} do not select exactly the {len(mods)} LoRA layers")
+    if base_model_name_or_path is None:
+        base_model_name_or_path = getattr(model, "model_id", "")
+    if revision is None:
+        revision = getattr(model, "revision", None)
     config = {"peft_type": "LORA", "task_type": "CAUSAL_LM",
-              "base_model_name_or_path": str(base_model_name_or_path), "revision": None,
+              "base_model_name_or_path": str(base_model_name_or_path), "revision": revision,
               "r": held["r"].pop(), "lora_alpha": held["alpha"].pop(),
               "lora_dropout": held["dropout"].pop(),
               "target_modules": targets if isinstance(targets, str) else list(targets),

@@ -2,14 +2,15 @@
 phi-2 in plain PyTorch: the network, loading of Hugging Face checkpoint
 directories, and KV-cache generation. Nothing here imports transformers.
 
-    model, tok = load("checkpoints/phi-tiny")          # or a microsoft/phi-2 directory
+    model, tok = load("checkpoints/phi-tiny")          # or a phi-2 folder, or "microsoft/phi-2"
     print(complete(model, tok, ["Question: What is 2 + 3?\nAnswer:"], stop="\n"))
 
 Chapters, top to bottom:
   1. PhiConfig        the config.json fields we use, phi-2's values as defaults
   2. RoPE             half-split ("NeoX") rotary embedding on the first 32 of 80 dims
   3. the network      attention (+ KV cache), MLP, the parallel block, the LM
-  4. loading/saving   HF layout: config.json, model.safetensors (or shards), tokenizer.json
+  4. loading/saving   HF layout: config.json, model.safetensors (or shards), tokenizer.json;
+                      a Hub id ("microsoft/phi-2") is resolved to such a folder in the HF cache
   5. generation       batched, left-padded prefill + decode loop; greedy or sampled
 
 References: microsoft/phi-2 config.json; transformers' models/phi/modeling_phi.py
@@ -31,6 +32,7 @@ rejected), and the old "phi-msft" checkpoint layout (rejected with a message).
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -82,6 +84,10 @@ class PhiConfig:
         for key in ("partial_rotary_factor", "rope_theta"):
             if key not in raw and key in rope:
                 raw[key] = rope[key]
+        if raw.get("model_type") == "phi-msft":   # phi-2's Hub revisions before its HF conversion
+            raise ValueError(f"{path}: this is the old 'phi-msft' layout (transformer.h.N.mixer.Wqkv); "
+                             "convert it to the HF layout (model.layers.N.self_attn.q_proj, ...) first, "
+                             "or use a later --revision")
         if raw.get("model_type") != "phi":
             raise ValueError(f"{path}: model_type is {raw.get('model_type')!r}, expected 'phi'")
         checks = {"hidden_act": "gelu_new", "qk_layernorm": False}
@@ -418,15 +424,81 @@ def load_state(ckpt, expected, dtype, device):
     return state
 
 
-def load(ckpt, dtype=torch.float32, device="cpu", verbose=True):
-    """Load an HF-layout phi checkpoint directory: (model in eval mode, tokenizer).
+# The files of a Hub repository that load() reads; nothing else is downloaded
+# (phi-2's repository also holds vocab.json, merges.txt, remote code, ...).
+HUB_FILES = ["config.json", "*.safetensors", "model.safetensors.index.json", "tokenizer.json"]
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")    # "org/name", as the Hub spells ids
+
+
+def looks_like_hub_id(name):
+    """Is `name` a Hub id ("microsoft/phi-2") rather than a path ("/x/y", "./y", "a/b/c")?
+    "checkpoints/phi-tny" counts as a path, because checkpoints/ is a local folder: a
+    typo in a folder's name gets the folder's message, not a Hub look-up."""
+    return bool(HUB_ID.fullmatch(name)) and ".." not in name and not os.path.isdir(name.split("/")[0])
+
+
+def resolve(name_or_path, revision=None, verbose=True):
+    """The local checkpoint folder for a folder or a Hugging Face model id, and
+    its revision: (folder, commit hash), or (folder, None) for a plain folder.
+
+    An id is looked up in the HF cache first (HF_HOME, HF_HUB_CACHE), without a
+    network call; only on a miss, and unless HF_HUB_OFFLINE is set, are the
+    HUB_FILES downloaded into that cache. So a cached `main` is used as it is,
+    and a --revision (branch, tag or commit hash) pins another one. Either way
+    the folder is the cache's snapshots/<commit hash>, as `from_pretrained` uses."""
+    if os.path.isdir(name_or_path):
+        if revision is not None:
+            raise ValueError(f"{name_or_path}: a folder has no revision; --revision is for a Hugging Face model id")
+        return name_or_path, None
+    if not looks_like_hub_id(name_or_path):
+        raise FileNotFoundError(f"{name_or_path}: checkpoint directory not found")
+    # huggingface_hub is not one of our declared dependencies: it comes with tokenizers
+    # (which needs it), and only a Hub id ever imports it.
+    import huggingface_hub
+    from huggingface_hub import constants
+    where = name_or_path + (f" (revision {revision})" if revision else "")
+
+    def snapshot(**kw):   # revision None means the repository's main branch
+        return huggingface_hub.snapshot_download(name_or_path, revision=revision,
+                                                 allow_patterns=HUB_FILES, **kw)
+    try:
+        folder = snapshot(local_files_only=True)
+    except (OSError, ValueError):   # LocalEntryNotFoundError: not cached (or not all of it)
+        folder = None
+    if folder is None or not _is_checkpoint(folder):    # not cached, or only partly
+        if constants.HF_HUB_OFFLINE:   # read by huggingface_hub from HF_HUB_OFFLINE at import
+            raise FileNotFoundError(f"{where}: no such folder, and not in the Hugging Face cache "
+                                    f"{constants.HF_HUB_CACHE} (HF_HUB_OFFLINE is set, so nothing is "
+                                    "downloaded)")
+        try:
+            folder = snapshot()
+        except Exception as e:     # network, HTTP, authentication, unknown repo or revision
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise ValueError(f"{where}: no such folder, and the download from the Hugging Face Hub "
+                             f"failed ({type(e).__name__}: {first})") from None
+    commit = os.path.basename(os.path.normpath(folder))   # the cache names snapshots by commit
+    if verbose:
+        print(f"{where}: commit {commit}, {folder}")
+    return folder, commit
+
+
+def _is_checkpoint(folder):
+    """The files load() needs are there (a cache may hold a partial snapshot)."""
+    has = lambda name: os.path.exists(os.path.join(folder, name))
+    return has("config.json") and has("tokenizer.json") and (
+        has("model.safetensors") or has("model.safetensors.index.json"))
+
+
+def load(ckpt, dtype=torch.float32, device="cpu", verbose=True, revision=None):
+    """Load an HF-layout phi checkpoint: (model in eval mode, tokenizer). `ckpt` is
+    a folder or a Hugging Face model id (see resolve()).
 
     The model is built on the meta device (no memory, no random init) and the
     tensors read from disk are assigned into it, so peak memory stays near one
     copy of the weights in the target dtype."""
     dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
-    if not os.path.isdir(ckpt):
-        raise FileNotFoundError(f"{ckpt}: checkpoint directory not found")
+    model_id = ckpt
+    ckpt, revision = resolve(ckpt, revision, verbose)
     for name in ("config.json", "tokenizer.json"):
         if not os.path.exists(os.path.join(ckpt, name)):
             raise FileNotFoundError(f"{ckpt}: {name} is missing")
@@ -437,10 +509,12 @@ def load(ckpt, dtype=torch.float32, device="cpu", verbose=True):
     state = load_state(ckpt, expected, dtype, device)
     model.load_state_dict(state, assign=True)
     model.init_rope(device)
-    model.name_or_path = ckpt              # where it came from, as transformers records it
+    model.name_or_path = ckpt              # the local folder it was read from (cluster.py hashes its files)
+    model.model_id = model_id              # the folder or Hub id as given: adapters name their base by it
+    model.revision = revision              # the Hub commit, or None for a plain folder
     tok = load_tokenizer(os.path.join(ckpt, "tokenizer.json"), cfg)
     if verbose:
-        print(f"loaded {ckpt}: {model.num_params() / 1e6:.1f}M parameters, "
+        print(f"loaded {model_id}: {model.num_params() / 1e6:.1f}M parameters, "
               f"{cfg.num_hidden_layers} layers, {dtype}, {device}")
     return model.eval(), tok
 

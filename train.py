@@ -323,7 +323,7 @@ def train(args):
     if mode == "base":
         model, tok = None, Tokenizer.from_file(args.tokenizer)
     else:                     # the one frozen base of this process, in --dtype
-        model, tok = M.load(args.model, dtype=dtype, device=device)
+        model, tok = M.load(args.model, dtype=dtype, device=device, revision=args.revision)
     train_ex, dev_ex = select_examples(args, "train", model, tok), select_examples(args, "dev", model, tok)
     routing = None            # --router: the Router set-up (priors per question, aux losses)
     if mode == "base":
@@ -492,7 +492,10 @@ def parser():
     g.add_argument("--max-pos", type=positive_int, default=1024, help="max_position_embeddings")
     g.add_argument("--save-dtype", default="float16", choices=sorted(M.DTYPES), help="dtype of model.safetensors")
     g = p.add_argument_group("--expert / --mixed: LoRA on a frozen base")
-    g.add_argument("--model", default="checkpoints/phi-tiny", help="base model directory (HF layout)")
+    g.add_argument("--model", default="checkpoints/phi-tiny",
+                   help="base model: a directory (HF layout) or a Hugging Face id, e.g. microsoft/phi-2")
+    g.add_argument("--revision", default=None, help="--model id: branch, tag or commit "
+                   "(default: the repository's main branch)")
     g.add_argument("--rank", type=positive_int, default=8, help="LoRA rank r")
     g.add_argument("--alpha", type=positive_float, default=16, help="LoRA alpha (scale alpha/r)")
     g.add_argument("--dropout", type=probability, default=0.0, help="LoRA dropout")

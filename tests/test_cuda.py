@@ -1,10 +1,16 @@
 """The same model on a GPU: fp32 CUDA equals CPU, bf16 stays close, batched
 greedy decoding still equals one-at-a-time. Skipped where there is no GPU (CI);
 run on the lent GPU machine with `python -m pytest -q tests/test_cuda.py`."""
+import subprocess
+import sys
+
 import pytest
 import torch
 
 import model as M
+from conftest import ROOT
+from test_experts import adapter, base_dir, expert_argv  # noqa: F401  (base_dir: a fixture)
+from test_train_eval import tokenizer_path  # noqa: F401  (a fixture that base_dir uses)
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -51,3 +57,24 @@ def test_cuda_adapter_saved_on_cpu_loads_on_gpu(tiny_ckpt, tmp_path):
     idx = torch.randint(1, 320, (2, 17), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         assert (gpu(idx.cuda()).cpu() - cpu(idx)).abs().max() < 1e-4
+
+
+# --- data parallel on GPUs: torchrun over nccl ---------------------------------------
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
+def test_cuda_two_processes_equal_one(tmp_path, base_dir):  # noqa: F811
+    """test_experts' 2-processes-equal-1 on GPUs: train.py's distributed() gives
+    rank r the device cuda:r and all-reduces the gradients over nccl (gloo on the
+    CPU). fp32 (--dtype float32; the GPU default is bf16 autocast), so the two
+    runs differ only by summation order, as on the CPU."""
+    argv = lambda out: [*expert_argv(base_dir, out), "--device", "cuda", "--dtype", "float32"]
+    subprocess.run([sys.executable, "train.py", *argv(tmp_path / "one")], cwd=ROOT, check=True,
+                   capture_output=True)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+                          "--master-port", "29518", "train.py", *argv(tmp_path / "two")],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "on 2 process(es)" in run.stdout
+    a, b = adapter(tmp_path / "one"), adapter(tmp_path / "two")
+    for k in a:
+        assert torch.allclose(a[k].cpu(), b[k].cpu(), atol=1e-5), (k, (a[k].cpu() - b[k].cpu()).abs().max())

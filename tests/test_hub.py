@@ -1,0 +1,293 @@
+"""--model takes a Hugging Face id ("org/name") as well as a folder, and
+experiment.sh spreads its parallel jobs over the GPUs.
+
+No network: each test builds a fake HF cache in tmp_path, in the layout that
+huggingface_hub itself writes (files in blobs/, named by content, linked from
+snapshots/<commit>/; refs/main holds the commit of `main`), from a tiny
+checkpoint, and sets HF_HUB_OFFLINE=1 and HF_HOME. huggingface_hub reads those
+variables when it is imported: a subprocess sees them as a user's shell would,
+and in this process (where transformers has already imported it) the test sets
+its constants as well."""
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import types
+
+import pytest
+import torch
+
+import lora
+import model as M
+from conftest import ROOT, TINY, write_hf_checkpoint
+
+REPO = "org/name"
+MAIN = "1" * 40                           # commit hashes: 40 hex digits
+OLD = "0" * 40                            # an old "phi-msft" revision of the same repository
+DATA = os.path.join(ROOT, "tests", "fixtures", "ours")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """The tiny phi of conftest with a context long enough for 4-shot prompts."""
+    path = str(tmp_path_factory.mktemp("ckpt"))
+    write_hf_checkpoint(path, **{**TINY, "max_position_embeddings": 1024})
+    return path
+
+
+def add_snapshot(cache, repo_id, commit, files, ref=None):
+    """Put `files` ({name: source path}) in the cache as snapshots/<commit>/name,
+    each a relative link to blobs/<sha256 of its content>, as huggingface_hub does;
+    with `ref`, refs/<ref> names that commit."""
+    repo = os.path.join(cache, "models--" + repo_id.replace("/", "--"))
+    snap = os.path.join(repo, "snapshots", commit)
+    os.makedirs(os.path.join(repo, "blobs"), exist_ok=True)
+    os.makedirs(snap, exist_ok=True)
+    for name, src in files.items():
+        blob = hashlib.sha256(open(src, "rb").read()).hexdigest()
+        shutil.copyfile(src, os.path.join(repo, "blobs", blob))
+        os.symlink(os.path.join("..", "..", "blobs", blob), os.path.join(snap, name))
+    if ref:
+        os.makedirs(os.path.join(repo, "refs"), exist_ok=True)
+        with open(os.path.join(repo, "refs", ref), "w") as f:
+            f.write(commit)                              # no newline, as huggingface_hub writes it
+    return snap
+
+
+@pytest.fixture
+def hub(ckpt, tmp_path, monkeypatch):
+    """HF_HOME with org/name cached at MAIN (refs/main) and an old phi-msft commit
+    OLD; offline. Returns (environment for a subprocess, snapshot folder of MAIN)."""
+    home = tmp_path / "hf"
+    cache = str(home / "hub")
+    snap = add_snapshot(cache, REPO, MAIN, {n: os.path.join(ckpt, n) for n in os.listdir(ckpt)}, ref="main")
+    old = tmp_path / "old"             # what microsoft/phi-2 held before its HF conversion
+    old.mkdir()
+    (old / "config.json").write_text(json.dumps({"model_type": "phi-msft", "n_embd": 64, "n_layer": 2}))
+    add_snapshot(cache, REPO, OLD, {"config.json": str(old / "config.json"),
+                                    "tokenizer.json": os.path.join(ckpt, "tokenizer.json"),
+                                    "model.safetensors.index.json":
+                                        os.path.join(ckpt, "model.safetensors.index.json")})
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "TRANSFORMERS_CACHE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(home))           # the cache is HF_HOME/hub
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from huggingface_hub import constants              # already imported: set what it read
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", cache)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return dict(os.environ), snap
+
+
+def logits(model):
+    idx = torch.randint(1, 300, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        return model(idx)
+
+
+# --- model.load with an id -------------------------------------------------------------
+
+
+def test_id_loads_the_cached_snapshot_with_the_folders_logits(hub, ckpt, capsys):
+    _, snap = hub
+    by_id, _ = M.load(REPO)
+    assert f"{REPO}: commit {MAIN}, {snap}" in capsys.readouterr().out   # folder and revision printed
+    by_folder, _ = M.load(ckpt, verbose=False)
+    assert torch.equal(logits(by_id), logits(by_folder))
+    assert (by_id.model_id, by_id.revision, by_id.name_or_path) == (REPO, MAIN, snap)
+    assert (by_folder.model_id, by_folder.revision) == (ckpt, None)
+
+
+def test_cluster_embeddings_of_an_id(hub, ckpt, tmp_path):
+    """cluster.embed_cached hashes the files of model.name_or_path: the snapshot
+    folder, whose files are links into blobs/."""
+    import cluster
+    texts = ["Solve 3*y - 1 = -13 for y.", "What is 2 + 3?"]
+    by_id = cluster.embed_cached(texts, *M.load(REPO, verbose=False), 1, str(tmp_path / "c"))
+    by_folder = cluster.embed_cached(texts, *M.load(ckpt, verbose=False), 1, str(tmp_path / "c"))
+    assert by_id.shape == by_folder.shape and abs(by_id - by_folder).max() < 1e-5
+
+
+def test_revision_by_commit_hash(hub):
+    model, _ = M.load(REPO, revision=MAIN, verbose=False)
+    assert model.revision == MAIN
+
+
+@pytest.mark.parametrize("name, revision, error, message", [
+    ("org/absent", None, FileNotFoundError, "org/absent: no such folder, and not in the Hugging Face cache"),
+    (REPO, "2" * 40, FileNotFoundError, f"revision {'2' * 40}): no such folder, and not in the Hugging Face cache"),
+    (REPO, "v9", FileNotFoundError, "(revision v9): no such folder, and not in the Hugging Face cache"),
+    (REPO, OLD, ValueError, "this is the old 'phi-msft' layout"),
+])
+def test_unresolvable_ids_and_revisions_are_refused(hub, name, revision, error, message):
+    with pytest.raises(error) as e:
+        M.load(name, revision=revision, verbose=False)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.fixture
+def online(hub, monkeypatch):
+    """HF_HUB_OFFLINE unset, and snapshot_download's network half replaced by
+    net.download (set by the test; net.calls records its arguments): the cache is
+    still read for real."""
+    import huggingface_hub
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    real, net = huggingface_hub.snapshot_download, types.SimpleNamespace(calls=[], download=None)
+
+    def snapshot_download(repo_id, **kw):
+        if kw.get("local_files_only"):
+            return real(repo_id, **kw)
+        net.calls.append((repo_id, kw))
+        return net.download(repo_id, **kw)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    return net
+
+
+def test_an_id_not_cached_is_downloaded_when_online(online, ckpt, tmp_path):
+    """Only the files load() reads are asked for, at the revision asked for."""
+    new = "3" * 40
+    online.download = lambda repo_id, **kw: add_snapshot(
+        str(tmp_path / "hf" / "hub"), repo_id, new, {n: os.path.join(ckpt, n) for n in os.listdir(ckpt)})
+    model, _ = M.load("org/other", revision="v2", verbose=False)
+    assert model.revision == new and model.model_id == "org/other"
+    assert online.calls == [("org/other", dict(revision="v2", allow_patterns=M.HUB_FILES))]
+    M.load(REPO, verbose=False)                        # a cached id makes no network call
+    assert len(online.calls) == 1
+
+
+def test_a_failed_download_says_so_in_one_line(online):
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def fail(repo_id, **kw):
+        raise LocalEntryNotFoundError("Got: ConnectError: [Errno -3] name resolution failed\n"
+                                      "An error happened while trying to locate the files on the Hub")
+    online.download = fail
+    with pytest.raises(ValueError) as e:
+        M.load("org/absent", verbose=False)
+    assert str(e.value) == ("org/absent: no such folder, and the download from the Hugging Face Hub "
+                            "failed (LocalEntryNotFoundError: Got: ConnectError: [Errno -3] name "
+                            "resolution failed)")
+
+
+@pytest.mark.parametrize("name, is_id", [
+    ("microsoft/phi-2", True), ("org/name.v1", True), ("/abs/path", False), ("./x/y", False),
+    ("a/b/c", False), ("phi-2", False), ("../x", False),
+    ("checkpoints/phi-tny", False),    # checkpoints/ is a folder here: a typo, not a Hub id
+])
+def test_what_looks_like_a_hub_id(name, is_id, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert M.looks_like_hub_id(name) == is_id
+
+
+def test_missing_folder_keeps_its_message(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(FileNotFoundError, match="^checkpoints/phi-tny: checkpoint directory not found$"):
+        M.load("checkpoints/phi-tny")
+
+
+def test_a_folder_has_no_revision(ckpt):
+    with pytest.raises(ValueError, match="a folder has no revision"):
+        M.load(ckpt, revision=MAIN)
+
+
+# --- the command line -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("extra, rc, expected", [
+    ([], 0, f"commit {MAIN}"),                          # refs/main
+    (["--revision", MAIN], 0, f"commit {MAIN}"),
+    (["--model", "org/absent"], 2, "eval.py: error: org/absent: no such folder, and not in the "
+                                   "Hugging Face cache"),
+])
+def test_eval_with_a_hub_id(hub, extra, rc, expected):
+    """The issue's check: eval.py --model org/name --shots 4 from the cache, offline."""
+    env, _ = hub
+    run = subprocess.run([sys.executable, "eval.py", "--model", REPO, "--shots", "4", "--limit", "1",
+                          "--data", DATA, "--device", "cpu", "--max-new-tokens", "4", *extra],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == rc, run.stderr[-2000:]
+    if rc == 0:
+        assert expected in run.stdout and "questions/s" in run.stdout
+    else:
+        assert run.stderr.strip().splitlines() == [run.stderr.strip()] and expected in run.stderr
+
+
+# --- adapters name their base as PEFT does -----------------------------------------------
+
+
+def test_save_adapter_records_the_id_and_the_revision(hub, ckpt, tmp_path):
+    model, _ = M.load(REPO, verbose=False)
+    lora.add_lora(model, r=2, alpha=4)
+    config = lora.save_adapter(model, str(tmp_path / "a"))            # named after the model
+    assert (config["base_model_name_or_path"], config["revision"]) == (REPO, MAIN)
+    lora.save_adapter(model, str(tmp_path / "b"), REPO)               # as train.py calls it
+    saved = json.load(open(tmp_path / "b" / "adapter_config.json"))
+    assert (saved["base_model_name_or_path"], saved["revision"]) == (REPO, MAIN)
+    lora.read_adapter(M.load(ckpt, verbose=False)[0], str(tmp_path / "b"))   # same weights: it fits
+    folder, _ = M.load(ckpt, verbose=False)
+    lora.add_lora(folder, r=2, alpha=4)
+    config = lora.save_adapter(folder, str(tmp_path / "c"))
+    assert (config["base_model_name_or_path"], config["revision"]) == (ckpt, None)
+
+
+def test_train_expert_on_a_hub_id(hub, tmp_path):
+    """python train.py --expert algebra --model org/name --revision <commit>: the
+    expert's adapter_config.json names the id and the commit."""
+    import train
+    out = tmp_path / "expert"
+    train.train(train.parser().parse_args([
+        "--expert", "algebra", "--model", REPO, "--revision", MAIN, "--data", DATA, "--out", str(out),
+        "--steps", "2", "--batch-size", "2", "--seq-len", "64", "--warmup", "1", "--eval-every", "2",
+        "--eval-batches", "1", "--eval-questions", "2", "--rank", "2", "--device", "cpu"]))
+    saved = json.load(open(out / "adapter_config.json"))
+    assert (saved["base_model_name_or_path"], saved["revision"]) == (REPO, MAIN)
+
+
+# --- experiment.sh: one GPU per job ------------------------------------------------------
+
+STUB = """#!/usr/bin/env bash
+# stands in for python: records the GPU each command was given, and whether another
+# command held that GPU at the same time (mkdir is atomic: it fails if the lock exists)
+echo "${CUDA_VISIBLE_DEVICES-unset} $*" >> "$STUB_DIR/log"
+if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then
+    mkdir "$STUB_DIR/lock-$CUDA_VISIBLE_DEVICES" 2>/dev/null || echo "SHARED $CUDA_VISIBLE_DEVICES" >> "$STUB_DIR/log"
+    sleep 0.1
+    rmdir "$STUB_DIR/lock-$CUDA_VISIBLE_DEVICES" 2>/dev/null || true
+fi
+"""
+
+
+def study_with_stub(tmp_path, **env):
+    """Run the whole experiment.sh with PY=a stub; returns [(device, command)] for each
+    command that it ran as a job, and fails on a GPU shared by two jobs at once."""
+    stub = tmp_path / "python"
+    stub.write_text(STUB)
+    stub.chmod(0o755)
+    (tmp_path / "data").mkdir()              # not data/lila: nothing is generated
+    full = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "N_GPUS")}
+    full.update(PY=str(stub), STUB_DIR=str(tmp_path), DATA=str(tmp_path / "data"),
+                OUT=str(tmp_path / "out"), **env)
+    run = subprocess.run(["bash", os.path.join(ROOT, "experiment.sh")], env=full,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = (tmp_path / "log").read_text().splitlines()
+    assert not [l for l in lines if l.startswith("SHARED")]
+    return [tuple(l.split(" ", 1)) for l in lines if not l.endswith("report.py --out " + full["OUT"])]
+
+
+@pytest.mark.parametrize("env, gpus", [
+    (dict(DEVICE="cuda", JOBS="3", N_GPUS="3"), {"0", "1", "2"}),     # three GPUs, three jobs
+    (dict(DEVICE="cuda", JOBS="2", CUDA_VISIBLE_DEVICES="5,7"), {"5", "7"}),   # the GPUs given
+    (dict(DEVICE="cuda", JOBS="3", N_GPUS="1"), {"unset"}),           # one GPU: as before
+    (dict(DEVICE="cpu", JOBS="3", N_GPUS="3"), {"unset"}),            # CPU: as before
+])
+def test_experiment_gives_each_job_its_own_gpu(tmp_path, env, gpus):
+    jobs = study_with_stub(tmp_path, **env)
+    assert len(jobs) > 40 and {device for device, _ in jobs} == gpus
+    experts = [device for device, cmd in jobs if cmd.startswith("train.py --expert ") and ":" not in cmd]
+    assert len(experts) == 8
+    if len(gpus) > 1:              # the first jobs of a stage fill the GPUs in turn
+        assert experts[:len(gpus)] == sorted(gpus)
+    assert all(f"--device {env['DEVICE']}" in cmd for _, cmd in jobs)
