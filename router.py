@@ -56,8 +56,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 import lora
 
@@ -310,22 +310,26 @@ def trace_summary(trace, n_layers, B):
 # ---------------------------------------------------------------------------
 
 
-CONFIG_HASH = "skill_moe.router_json_sha256"   # router.safetensors metadata: which router.json it belongs to
-
-
 def save_router(router, out_dir):
-    """router.json, then router.safetensors carrying a hash of that router.json:
-    the two are one set, and load_router refuses a pair from different saves (a
-    crash between the two writes). Each file goes to a temporary name first."""
+    """router.safetensors, then router.json with the sha256 of those weights in its
+    `extra` (weights_sha256): the two files are one set, and load_router refuses
+    weights that router.json does not name (a crash between the two writes).
+    router.json stays free to edit by hand. Each file goes to a temporary name first."""
     os.makedirs(out_dir, exist_ok=True)
-    config = json.dumps(asdict(router.cfg), indent=1)
     tensors = {k: v.detach().cpu().contiguous() for k, v in router.state_dict().items()}
-    meta = {"format": "pt", CONFIG_HASH: hashlib.sha256(config.encode()).hexdigest()}
-    for name, write in (("router.json", lambda p: open(p, "w").write(config)),
-                        ("router.safetensors", lambda p: save_file(tensors, p, metadata=meta))):
-        tmp = os.path.join(out_dir, name + ".tmp")
-        write(tmp)
-        os.replace(tmp, os.path.join(out_dir, name))
+    weights = os.path.join(out_dir, "router.safetensors")
+    save_file(tensors, weights + ".tmp")
+    os.replace(weights + ".tmp", weights)
+    cfg = asdict(router.cfg)
+    cfg["extra"] = {**cfg["extra"], "weights_sha256": _sha256(weights)}
+    with open(os.path.join(out_dir, "router.json.tmp"), "w") as f:
+        json.dump(cfg, f, indent=1)
+    os.replace(os.path.join(out_dir, "router.json.tmp"), os.path.join(out_dir, "router.json"))
+
+
+def _sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
 
 
 def load_config(out_dir):
@@ -352,16 +356,13 @@ def load_router(out_dir, model=None):
     path = os.path.join(out_dir, "router.safetensors")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found (train.py --router writes it)")
+    if cfg.extra.get("weights_sha256", _sha256(path)) != _sha256(path):   # older routers: no hash
+        raise ValueError(f"{path}: not the weights that router.json was saved with (an interrupted "
+                         "save?); train the router again")
     try:
-        with safe_open(path, framework="pt") as f:
-            state, meta = {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+        state = load_file(path)
     except (SafetensorError, OSError) as e:
         raise ValueError(f"{path}: truncated or corrupt safetensors file ({e})") from None
-    with open(os.path.join(out_dir, "router.json"), "rb") as f:
-        config_hash = hashlib.sha256(f.read()).hexdigest()
-    if meta.get(CONFIG_HASH, config_hash) != config_hash:     # routers saved before the hash pass
-        raise ValueError(f"{path}: written with another router.json than the one beside it "
-                         "(an interrupted save?); train the router again")
     router = Router(cfg, np.zeros((len(cfg.experts), cfg.hidden_size), np.float32))   # centroids: from state
     if cfg.rank1:
         if model is None:

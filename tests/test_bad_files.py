@@ -437,6 +437,15 @@ def test_missing_router_files(router_dir):
 # ---------------------------------------------------------------------------
 
 
+def reseal(router_dir):
+    """Make router.json name the edited weights, as if they had been saved so (a
+    training run that wrote NaN, say): the checks behind the set's hash then speak."""
+    path = os.path.join(router_dir, "router.json")
+    cfg = json.load(open(path))
+    cfg["extra"]["weights_sha256"] = R._sha256(os.path.join(router_dir, "router.safetensors"))
+    json.dump(cfg, open(path, "w"))
+
+
 def put_flat(key, value):
     def edit(state):
         state[key].view(-1)[0] = value
@@ -464,6 +473,7 @@ ROUTER_TENSORS = [   # (edit, tensor the message names, what it says)
 def test_router_tensors(router_dir, edit, key, message):
     path = os.path.join(router_dir, "router.safetensors")
     edit_safetensors(path, edit)
+    reseal(router_dir)
     with expect(ValueError, path, key, message):
         R.load_router(router_dir)
 
@@ -472,6 +482,7 @@ def test_truncated_router_weights(router_dir):
     path = os.path.join(router_dir, "router.safetensors")
     with open(path, "r+b") as f:
         f.truncate(50)
+    reseal(router_dir)
     with expect(ValueError, path, "truncated or corrupt"):
         R.load_router(router_dir)
 
@@ -501,14 +512,16 @@ def test_gate_and_task_router_from_python(value):
 
 
 def test_router_files_from_two_saves_are_refused(tmp_path):
-    """save_router writes router.json, then router.safetensors with a hash of it: a
-    router.json from another save (a crash between the two writes) is refused."""
-    import router as R
+    """save_router writes the weights, then router.json with their hash: weights
+    from another save (a crash between the two writes) are refused, while
+    router.json itself may be edited by hand."""
     cfg = R.RouterConfig(experts=["a", "b"], groups=[[0], [1]], hidden_size=8, n_layers=2)
-    R.save_router(R.Router(cfg, np.zeros((2, 8), np.float32)), str(tmp_path))
-    R.load_router(str(tmp_path))                                             # the set loads
-    other = json.load(open(tmp_path / "router.json"))
-    other["temperature"] = 2.0
-    json.dump(other, open(tmp_path / "router.json", "w"), indent=1)
-    with pytest.raises(ValueError, match="written with another router.json than the one beside it"):
-        R.load_router(str(tmp_path))
+    R.save_router(R.Router(cfg, np.zeros((2, 8), np.float32)), str(tmp_path / "one"))
+    R.save_router(R.Router(cfg, np.ones((2, 8), np.float32)), str(tmp_path / "two"))
+    edited = json.load(open(tmp_path / "one" / "router.json"))
+    edited["temperature"] = 2.0
+    json.dump(edited, open(tmp_path / "one" / "router.json", "w"), indent=1)
+    assert R.load_router(str(tmp_path / "one")).cfg.temperature == 2.0     # hand edits are fine
+    shutil.copy(tmp_path / "two" / "router.safetensors", tmp_path / "one" / "router.safetensors")
+    with pytest.raises(ValueError, match="not the weights that router.json was saved with"):
+        R.load_router(str(tmp_path / "one"))
