@@ -135,7 +135,11 @@ def embed(texts, model, tok, layer, batch_size=32):
     final-layernorm output), averaged over each text's tokens. Texts are sorted by
     length and right-padded per batch; padding is masked and left out of the mean."""
     pad = tok.token_to_id(M.EOT)
-    ids = [tok.encode(t).ids[:model.config.max_position_embeddings] for t in texts]
+    ids = [tok.encode(t).ids for t in texts]
+    long = [t for t, i in zip(texts, ids) if len(i) > model.config.max_position_embeddings]
+    if long:   # never embed a cut text as if it were whole
+        raise ValueError(f"{len(long)} texts are longer than the model's {model.config.max_position_embeddings}"
+                         f"-token context, e.g. {long[0][:60]!r}...")
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out = np.zeros((len(ids), model.config.hidden_size), np.float32)
     device = model.lm_head.weight.device

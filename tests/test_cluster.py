@@ -166,6 +166,12 @@ def test_embed_batched_equals_one_by_one(tiny_ckpt):
         np.testing.assert_allclose(X[i], C.embed([t], model, tok, layer=1)[0], atol=1e-5)
 
 
+def test_embed_refuses_a_text_longer_than_the_context(tiny_ckpt):
+    model, tok = M.load(tiny_ckpt[0], verbose=False)
+    with pytest.raises(ValueError, match="1 texts are longer than the model's 64-token context"):
+        C.embed(["What is N + N?", "N + " * 100], model, tok, layer=1)
+
+
 def test_embed_cached(tiny_ckpt, tmp_path, monkeypatch):
     texts = ["What is N + N?", "Is N prime?", "What is N + N?"]
     model, tok = M.load(tiny_ckpt[0], verbose=False)
@@ -185,7 +191,8 @@ def test_embed_cached(tiny_ckpt, tmp_path, monkeypatch):
 def test_cli_end_to_end(tiny_ckpt, tmp_path):
     out = tmp_path / "out"
     C.main(["--k", "3", "--out", str(out), "--model", tiny_ckpt[0], "--data", FIXTURES,
-            "--split", "train", "--n-init", "2", "--cache-dir", str(tmp_path / "cache")])
+            "--split", "train", "--n-init", "2", "--cache-dir", str(tmp_path / "cache"),
+            "--no-raw"])       # raw questions do not fit the tiny model's 64-token context
     assert sorted(os.listdir(out)) == ["assignments.json", "centroids.npy", "cluster_skills.json",
                                        "clusters.png", "groups.json", "report.md"]
     train = load_examples(FIXTURES, split="train")
@@ -225,7 +232,7 @@ def test_router_labels_are_the_cluster_experts_training_questions(tiny_ckpt, tmp
     import router as R
     out = tmp_path / "out"
     C.main(["--k", "3", "--out", str(out), "--model", tiny_ckpt[0], "--data", FIXTURES, "--split", "train",
-            "--limit", "3", "--n-init", "2", "--cache-dir", str(tmp_path / "cache")])
+            "--limit", "3", "--n-init", "2", "--cache-dir", str(tmp_path / "cache"), "--no-raw"])
     train = load_examples(FIXTURES, split="train")
     clustered = {r["question"] for r in json.load(open(out / "assignments.json"))}
     assert 0 < len(clustered) < len({e.question for e in train})     # --limit left questions out
