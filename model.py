@@ -29,6 +29,7 @@ Deliberately left out: dropout (inference, and our small-model training, use
 none), qk_layernorm and grouped KV heads (phi-2 uses neither; such configs are
 rejected), and the old "phi-msft" checkpoint layout (rejected with a message).
 """
+import hashlib
 import json
 import math
 import os
@@ -503,6 +504,7 @@ def load(ckpt, dtype=torch.float32, device="cpu", verbose=True, revision=None):
         if not os.path.exists(os.path.join(ckpt, name)):
             raise FileNotFoundError(f"{ckpt}: {name} is missing")
     cfg = PhiConfig.from_json(os.path.join(ckpt, "config.json"))
+    _check_file_set(ckpt)
     with torch.device("meta"):
         model = PhiForCausalLM(cfg)
     expected = {k: v.shape for k, v in model.state_dict().items()}
@@ -535,17 +537,20 @@ def load_tokenizer(path, cfg):
 def save(model, tok, out_dir, dtype=None):
     """Write an HF-layout directory (config.json, model.safetensors, tokenizer.json).
     Each file is written to a temporary name and renamed, so a crash never leaves
-    a half-written checkpoint behind."""
+    a half-written file; config.json comes last and records the sha256 of the other
+    two ("skill_moe_files"), so load() refuses a mix of two saves."""
     os.makedirs(out_dir, exist_ok=True)
     dtype = dtype or model.lm_head.weight.dtype
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
     files = {"model.safetensors": lambda p: save_file(state, p, metadata={"format": "pt"}),
-             "config.json": lambda p: open(p, "w").write(json.dumps(model.config.to_hf(dtype), indent=2)),
              "tokenizer.json": lambda p: tok.save(p)}
     for name, write in files.items():
-        tmp = os.path.join(out_dir, name + ".tmp")
-        write(tmp)
-        os.replace(tmp, os.path.join(out_dir, name))
+        write(os.path.join(out_dir, name + ".tmp"))
+        os.replace(os.path.join(out_dir, name + ".tmp"), os.path.join(out_dir, name))
+    config = {**model.config.to_hf(dtype), SET_KEY: {n: _sha256(os.path.join(out_dir, n)) for n in files}}
+    with open(os.path.join(out_dir, "config.json.tmp"), "w") as f:
+        json.dump(config, f, indent=2)
+    os.replace(os.path.join(out_dir, "config.json.tmp"), os.path.join(out_dir, "config.json"))
 
 
 # ---------------------------------------------------------------------------
@@ -658,3 +663,22 @@ def _check_config_types(path, fields):
             want = "a number in (0, 1]" if name == "partial_rotary_factor" else "a finite number > 0"
         if not ok:
             raise ValueError(f"{path}: config field {name!r} is {v!r}; expected {want}")
+
+
+SET_KEY = "skill_moe_files"   # config.json written by save(): {file: sha256} of the files saved with it
+
+
+def _sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _check_file_set(ckpt):
+    """A folder written by save() holds one save's files: config.json names the
+    sha256 of the others (checkpoints from elsewhere carry no such record)."""
+    with open(os.path.join(ckpt, "config.json")) as f:
+        saved = json.load(f).get(SET_KEY) or {}
+    for name, digest in saved.items():
+        if _sha256(os.path.join(ckpt, name)) != digest:
+            raise ValueError(f"{os.path.join(ckpt, name)}: not the file that config.json was saved with "
+                             "(an interrupted save?)")

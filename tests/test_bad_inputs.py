@@ -200,3 +200,18 @@ def test_forgetting_never_drops_an_expert_folder_silently(capsys, monkeypatch, t
     (experts / "numbers" / "train_state.pt").write_bytes(b"")
     code, err = cli(E.main, ["--data", DATA, "--forgetting", str(experts)], capsys, monkeypatch)
     assert code == 2 and "the folders ['numbers'] hold no adapter_config.json" in err
+
+
+def test_model_files_from_two_saves_are_refused(tmp_path):
+    """model.save writes the weights and tokenizer, then config.json with their
+    sha256: weights from another save (a crash between the writes) are refused."""
+    import model as M
+    m, tok = M.load(PHI_TINY, verbose=False)
+    M.save(m, tok, str(tmp_path / "a"))
+    M.load(str(tmp_path / "a"), verbose=False)                       # the set loads
+    with torch.no_grad():
+        m.lm_head.bias += 1
+    M.save(m, tok, str(tmp_path / "b"))
+    shutil.copy(tmp_path / "b" / "model.safetensors", tmp_path / "a" / "model.safetensors")
+    with pytest.raises(ValueError, match="model.safetensors: not the file that config.json was saved with"):
+        M.load(str(tmp_path / "a"), verbose=False)
