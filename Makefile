@@ -35,9 +35,11 @@ data: .venv-gen/.ready .venv/.runtime
 demo: .venv-gen/.ready .venv/.runtime
 	$(GEN) data/generate.py --out out/demo-data --train 20 --dev 0 --test 10 --seed 7
 	$(PY) eval.py --data out/demo-data --shots 4 --limit 20
-	$(PY) -c "import model as M; m, t = M.load('checkpoints/phi-tiny'); \
-	p = 'Question: What is 12 + 30?\nAnswer: 42\n\nQuestion: What is 7 + 5?\nAnswer:'; \
-	print(repr(p), '->', M.complete(m, t, [p])[0])"
+	$(PY) -c "import model as M; from data.prompts import prompt_ids; m, t = M.load('checkpoints/phi-tiny'); \
+	ids, _ = prompt_ids(t, [('What is 12 + 30?', '42')], 'What is 7 + 5?'); \
+	new = M.generate(m, [ids], 8, eos_id=t.token_to_id(M.EOT), n_tokens=t.get_vocab_size(), \
+	                 stop_fn=lambda n: chr(10) in t.decode(n))[0]; \
+	print('1-shot, What is 7 + 5? ->', t.decode(new).split(chr(10))[0])"
 
 test: .venv/.test .venv-gen/.ready
 	$(PY) -m pytest -q
