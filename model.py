@@ -653,8 +653,7 @@ def _check_config_types(path, fields):
     """config.json values: ints are ints >= 1 (not 8.0, "320" or true), floats
     finite and > 0, partial_rotary_factor at most 1."""
     for name, v in fields.items():
-        kind = PhiConfig.__dataclass_fields__[name].type
-        if kind == "int" or kind is int:
+        if PhiConfig.__dataclass_fields__[name].type is int:
             ok = isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or name.endswith("token_id") and v >= 0)
             want = "an integer >= 0" if name.endswith("token_id") else "an integer >= 1"
         else:
