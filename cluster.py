@@ -67,6 +67,7 @@ from tqdm import tqdm
 import model as M
 from data.cli import Parser, nonneg_int, positive_int, run
 from data.lila import load as load_examples
+from data.prompts import select
 
 DEFAULT_MODEL = "checkpoints/phi-tiny"
 DEFAULT_DATA = "data/lila"
@@ -560,7 +561,6 @@ def cluster_questions(args):
                          "its --out folder as a whole, so give it a folder of its own")
     examples = load_examples(args.data, split=args.split)
     if args.limit:   # a seeded sample of at most --limit questions per skill
-        from eval import select
         examples = select(examples, args.limit, args.seed)
     if not examples:
         raise ValueError(f"no {args.split} questions in {args.data}")

@@ -54,28 +54,12 @@ import model as M
 import router as R
 from data.cli import Parser, nonempty, nonneg_int, positive_int, run, writable_file
 from data.lila import by_skill, load as load_examples
-from data.prompts import draw_shots, prompt_ids, seeded_random
+from data.prompts import draw_shots, prompt_ids, select
 from data.score import is_correct
 
 DEFAULT_MODEL = "checkpoints/phi-tiny"
 DEFAULT_DATA = "data/lila"
 SHIPPED = "checkpoints/phi-tiny-moe"     # experts, router and clusters for phi-tiny, in the repository
-
-
-def select(examples, limit, seed):
-    """At most `limit` questions per skill: a seeded shuffle, then the first ones,
-    so every submodule of a skill is represented in proportion. Each skill has its
-    own shuffle, drawn from (seed, skill), so a skill gets the same questions
-    whichever other skills are loaded with it (`--skills probability` and a run
-    over all eight agree)."""
-    if limit is None:
-        return examples
-    out = []
-    for skill, group in by_skill(examples).items():
-        group = list(group)
-        seeded_random(seed, skill).shuffle(group)
-        out += group[:limit]
-    return out
 
 
 def encode(tok, example, pool, shots, seed, context, max_new_tokens):

@@ -55,8 +55,8 @@ import model as M
 from data.cli import (Parser, finite_float, nonempty, nonneg_float, nonneg_int, positive_float, positive_int,
                       probability, run)
 from data.lila import load as load_examples
-from data.prompts import solved_ids
-from eval import evaluate, mean_accuracy, select
+from data.prompts import select, solved_ids
+from eval import evaluate, mean_accuracy
 
 # ---------------------------------------------------------------------------
 # 1. Episodes

@@ -43,11 +43,15 @@ asked to produce the separator (generation stops at the first newline).
 <|endoftext|> in front is where every training row starts, and what phi-2
 puts between documents.
 
+select(examples, limit, seed) picks the questions an evaluation (or the router's
+training) uses: at most `limit` per skill, drawn from (seed, skill).
+
 Left out: instructions/task definitions in the prompt, and shots from other skills.
 """
 import hashlib
 import random
 
+from data.lila import by_skill
 from data.tokenizer import EOT
 
 
@@ -83,6 +87,22 @@ def seeded_random(seed, key):
     hash(), so every run and process draws the same."""
     digest = hashlib.sha256(f"{seed}\n{key}".encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "little"))
+
+
+def select(examples, limit, seed):
+    """At most `limit` questions per skill: a seeded shuffle, then the first ones,
+    so every submodule of a skill is represented in proportion. Each skill has its
+    own shuffle, drawn from (seed, skill), so a skill gets the same questions
+    whichever other skills are loaded with it (`--skills probability` and a run
+    over all eight agree)."""
+    if limit is None:
+        return examples
+    out = []
+    for skill, group in by_skill(examples).items():
+        group = list(group)
+        seeded_random(seed, skill).shuffle(group)
+        out += group[:limit]
+    return out
 
 
 def draw_shots(example, pool, k, seed):
