@@ -30,16 +30,19 @@ data: .venv-gen/.ready .venv/.runtime
 	$(GEN) data/generate.py --out $(DATA) --train $(TRAIN) --dev $(DEV) --test $(TEST)
 	$(PY) -m data.tokenizer --data $(DATA) --out data/tokenizer.json
 
-# A short end-to-end demo on the shipped phi-tiny: fresh questions from the
-# generator, 4-shot evaluation, and one answer generated from a prompt.
+# The mixture at work on the shipped phi-tiny, in under 3 minutes on 2 cores: fresh
+# questions from the generator; the base, the arithmetic expert merged and the routed
+# mixture on the same questions, each compared with the base question by question;
+# then one question explained.
+DEMO := $(PY) eval.py --data out/demo/data --limit 10
 demo: .venv-gen/.ready .venv/.runtime
-	$(GEN) data/generate.py --out out/demo-data --train 20 --dev 0 --test 10 --seed 7
-	$(PY) eval.py --data out/demo-data --shots 4 --limit 20
-	$(PY) -c "import model as M; from data.prompts import prompt_ids; m, t = M.load('checkpoints/phi-tiny'); \
-	ids, _ = prompt_ids(t, [('What is 12 + 30?', '42')], 'What is 7 + 5?'); \
-	new = M.generate(m, [ids], 8, eos_id=t.token_to_id(M.EOT), n_tokens=t.get_vocab_size(), \
-	                 stop_fn=lambda n: chr(10) in t.decode(n))[0]; \
-	print('1-shot, What is 7 + 5? ->', t.decode(new).split(chr(10))[0])"
+	$(GEN) data/generate.py --out out/demo/data --train 20 --dev 0 --test 10 --seed 7
+	$(DEMO) --json out/demo/base.json
+	$(DEMO) --adapter checkpoints/phi-tiny-moe/experts/arithmetic --json out/demo/arithmetic.json
+	$(DEMO) --moe checkpoints/phi-tiny-moe/router --out out/demo/routing --json out/demo/mixture.json
+	$(PY) study.py paired out/demo/base.json out/demo/arithmetic.json
+	$(PY) study.py paired out/demo/base.json out/demo/mixture.json
+	$(PY) eval.py --explain "Solve 3*y - 1 = -13 for y."
 
 test: .venv/.test .venv-gen/.ready
 	$(PY) -m pytest -q

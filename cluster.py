@@ -66,11 +66,10 @@ from tqdm import tqdm
 
 import model as M
 from data.cli import Parser, nonneg_int, positive_int, run
-from data.lila import load as load_examples
+from data.files import pyplot, write_atomic
+from data.lila import DEFAULT_DATA, load as load_examples
 from data.prompts import select
 
-DEFAULT_MODEL = "checkpoints/phi-tiny"
-DEFAULT_DATA = "data/lila"
 DEFAULT_CACHE = "runs/embed-cache"
 
 # ---------------------------------------------------------------------------
@@ -191,9 +190,10 @@ def embed_cached(texts, model, tok, layer, cache_dir=DEFAULT_CACHE, batch_size=3
         return np.load(path)[inverse]
     X = embed(list(distinct), model, tok, layer, batch_size)
     os.makedirs(cache_dir, exist_ok=True)
-    with open(path + ".tmp", "wb") as f:   # temp file + rename: never a half-written cache
-        np.save(f, X)
-    os.replace(path + ".tmp", path)
+    def save(tmp):
+        with open(tmp, "wb") as f:
+            np.save(f, X)
+    write_atomic(path, save)
     return X[inverse]
 
 
@@ -389,12 +389,8 @@ def pca_2d(X):
 
 def plot_clusters(X, labels, skills, path, title):
     """2-D PCA picture: colour = cluster, marker = true skill (skipped without matplotlib)."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no picture (pip install matplotlib)")
+    plt = pyplot()
+    if plt is None:
         return
     P = pca_2d(X)
     fig, ax = plt.subplots(figsize=(9, 7))
@@ -414,6 +410,12 @@ def plot_clusters(X, labels, skills, path, title):
 # ---------------------------------------------------------------------------
 # 5. Using the assignments, and the CLI
 # ---------------------------------------------------------------------------
+
+
+def meta_embeddings(examples, model, tok, layer):
+    """The embeddings (N, C) of the examples' meta-questions at `layer` of the base
+    model, which must not have experts attached yet."""
+    return embed_cached([meta_question(e.question) for e in examples], model, tok, layer)
 
 
 def saved_centroids(assign_dir, config):
@@ -623,11 +625,11 @@ def main(argv=None):
                                             "NumPy k-means over base-model embeddings.")
     p.add_argument("--k", type=positive_int, default=None, help="clusters (default: number of submodules in the data)")
     p.add_argument("--out", default="runs/cluster", help="output directory")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="HF-layout phi checkpoint directory, "
-                   "or a Hugging Face id, e.g. microsoft/phi-2")
+    p.add_argument("--model", default=M.DEFAULT_MODEL, help="HF-layout phi checkpoint directory, "
+                   f"or a Hugging Face id, e.g. microsoft/phi-2 (default {M.DEFAULT_MODEL})")
     p.add_argument("--revision", default=None, help="--model id: branch, tag or commit "
                    "(default: the repository's main branch)")
-    p.add_argument("--data", default=DEFAULT_DATA, help="LiLA task file(s) or directory")
+    p.add_argument("--data", default=DEFAULT_DATA, help=f"LiLA task file(s) or directory (default {DEFAULT_DATA})")
     p.add_argument("--split", default="train", choices=["train", "dev", "test"],
                    help="questions to cluster (train for experts; test for the quality report)")
     p.add_argument("--limit", type=positive_int, default=None, help="at most this many questions per skill "

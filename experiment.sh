@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole study in one command (make experiment): data, eight skill experts,
 # the mixed-LoRA baseline, clusters and cluster experts, router variants,
-# evaluation of every configuration, and out/REPORT.md. Every stage skips or
+# evaluation of every configuration, and out/REPORT.md (study.py). Every stage skips or
 # resumes what is already done, so a killed run continues where it stopped.
 #
 #   bash experiment.sh                          # phi-tiny, CPU
@@ -117,8 +117,8 @@ ev() {  # ev NAME [eval.py flags]: one configuration -> out/eval/NAME.json, as a
 ev base-0shot --shots 0
 ev base-4shot
 ev mixed --adapter "$OUT/mixed"
-[ -e "$OUT/forgetting/forgetting.json" ] || job "$PY" eval.py "${COMMON[@]}" --dtype "$DTYPE" \
-    --limit "$LIMIT" --forgetting "$OUT/experts" --out "$OUT/forgetting"
+[ -e "$OUT/forgetting/forgetting.json" ] || job "$PY" study.py forgetting "$OUT/experts" "${COMMON[@]}" \
+    --dtype "$DTYPE" --limit "$LIMIT" --out "$OUT/forgetting"
 for r in centroid-token learned-token centroid-sequence clusters-token rank1; do
     ev "moe-$r" --moe "$OUT/routers/$r" --out "$OUT/routing/$r"
 done
@@ -144,5 +144,5 @@ for s in $SKILLS; do
 done
 
 stage "report"
-"$PY" report.py --out "$OUT"
+"$PY" study.py report "$OUT"
 echo "the study took $((SECONDS / 60)) min"

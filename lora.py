@@ -47,6 +47,8 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from data.files import write_atomic, write_json
+
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2")
 PEFT_PREFIX = "base_model.model."        # PEFT key = PEFT_PREFIX + our key
 CONFIG_NAME, WEIGHTS_NAME = "adapter_config.json", "adapter_model.safetensors"
@@ -418,11 +420,6 @@ def base_fingerprint(model):
     return fp
 
 
-def _write_json(path, obj):
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2)
-
-
 def save_adapter(model, out_dir, base_model_name_or_path=None, r=None, alpha=None, dropout=None,
                  targets=None, revision=None):
     """Write adapter_config.json and adapter_model.safetensors (PEFT layout) for the
@@ -463,13 +460,23 @@ def save_adapter(model, out_dir, base_model_name_or_path=None, r=None, alpha=Non
     tensors = {PEFT_PREFIX + k: v.detach().to("cpu").contiguous() for k, v in lora_state_dict(model).items()}
     metadata = {"format": "pt", FINGERPRINT_KEY: json.dumps(base_fingerprint(model))}
     os.makedirs(out_dir, exist_ok=True)
-    writers = [(WEIGHTS_NAME, lambda p: save_file(tensors, p, metadata=metadata)),
-               (CONFIG_NAME, lambda p: _write_json(p, config))]
-    for name, write in writers:
-        tmp = os.path.join(out_dir, name + ".tmp")
-        write(tmp)
-        os.replace(tmp, os.path.join(out_dir, name))
+    write_atomic(os.path.join(out_dir, WEIGHTS_NAME), lambda p: save_file(tensors, p, metadata=metadata))
+    write_json(os.path.join(out_dir, CONFIG_NAME), config, indent=2)
     return config
+
+
+def expert_dirs(root):
+    """{name: dir} of the adapter directories directly under root, sorted by name."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"{root}: no such directory of experts (train.py --expert writes them)")
+    found = {d: os.path.join(root, d) for d in sorted(os.listdir(root)) if os.path.isdir(os.path.join(root, d))}
+    strays = [d for d, path in found.items() if not os.path.exists(os.path.join(path, CONFIG_NAME))]
+    if strays:   # never drop an expert silently: a half-written or misplaced one is an error
+        raise FileNotFoundError(f"{root}: the folders {strays} hold no {CONFIG_NAME}; every folder "
+                                "here must be an expert's adapter directory")
+    if not found:
+        raise FileNotFoundError(f"{root}: no adapter directories (with {CONFIG_NAME}) inside")
+    return found
 
 
 def read_adapter(model, adapter_dir, check_base=True):

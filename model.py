@@ -29,7 +29,6 @@ Deliberately left out: dropout (inference, and our small-model training, use
 none), qk_layernorm and grouped KV heads (phi-2 uses neither; such configs are
 rejected), and the old "phi-msft" checkpoint layout (rejected with a message).
 """
-import hashlib
 import json
 import math
 import os
@@ -43,7 +42,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
-from data.tokenizer import EOT
+from data.files import sha256, write_atomic, write_json
+from data.prompts import EOT
 
 # ---------------------------------------------------------------------------
 # 1. Config
@@ -343,6 +343,7 @@ class PhiForCausalLM(nn.Module):
 # 4. Loading and saving the HF checkpoint layout
 # ---------------------------------------------------------------------------
 
+DEFAULT_MODEL = "checkpoints/phi-tiny"   # the phi-architecture model shipped in the repository
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
@@ -545,12 +546,9 @@ def save(model, tok, out_dir, dtype=None):
     files = {"model.safetensors": lambda p: save_file(state, p, metadata={"format": "pt"}),
              "tokenizer.json": lambda p: tok.save(p)}
     for name, write in files.items():
-        write(os.path.join(out_dir, name + ".tmp"))
-        os.replace(os.path.join(out_dir, name + ".tmp"), os.path.join(out_dir, name))
-    config = {**model.config.to_hf(dtype), SET_KEY: {n: _sha256(os.path.join(out_dir, n)) for n in files}}
-    with open(os.path.join(out_dir, "config.json.tmp"), "w") as f:
-        json.dump(config, f, indent=2)
-    os.replace(os.path.join(out_dir, "config.json.tmp"), os.path.join(out_dir, "config.json"))
+        write_atomic(os.path.join(out_dir, name), write)
+    config = {**model.config.to_hf(dtype), SET_KEY: {n: sha256(os.path.join(out_dir, n)) for n in files}}
+    write_json(os.path.join(out_dir, "config.json"), config, indent=2)
 
 
 # ---------------------------------------------------------------------------
@@ -667,17 +665,12 @@ def _check_config_types(path, fields):
 SET_KEY = "skill_moe_files"   # config.json written by save(): {file: sha256} of the files saved with it
 
 
-def _sha256(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
 def _check_file_set(ckpt):
     """A folder written by save() holds one save's files: config.json names the
     sha256 of the others (checkpoints from elsewhere carry no such record)."""
     with open(os.path.join(ckpt, "config.json")) as f:
         saved = json.load(f).get(SET_KEY) or {}
     for name, digest in saved.items():
-        if _sha256(os.path.join(ckpt, name)) != digest:
+        if sha256(os.path.join(ckpt, name)) != digest:
             raise ValueError(f"{os.path.join(ckpt, name)}: not the file that config.json was saved with "
                              "(an interrupted save?)")

@@ -23,11 +23,11 @@ Chapters:
                   load-balancing loss; forward pre-hooks write the weights into
                   the layer's MultiLoRALinear modules; a trace records them
   4. files        router.safetensors + router.json
-  5. building     a router for train.py --router and eval.py --moe
-  6. checks       what load_config, load_router and Router refuse (_check_config,
+  5. checks       what load_config, load_router and Router refuse (_check_config,
                   _check_state, _check_positive)
 
-Expert groups come from a second k-means over the expert centroids (cluster.py).
+Expert groups come from a second k-means over the expert centroids (cluster.py);
+train.py --router builds a router from experts and questions, eval.py --moe runs one.
 With one expert in one group, the router reduces to that expert's LoRA
 (a test checks it). Hard task-level routing to one expert is served by merging
 that expert into the weights (eval.py does it): zero inference overhead.
@@ -45,7 +45,6 @@ trained jointly with the gates on mixed data; they have no task prior.
 Left out: per-expert capacity limits and token dropping (dense mixing of small
 LoRA experts costs little), and gates that see more than their layer's input.
 """
-import hashlib
 import json
 import math
 import numbers
@@ -60,6 +59,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 import lora
+from data.files import sha256, write_atomic, write_json
 
 # ---------------------------------------------------------------------------
 # 1. Task level
@@ -318,18 +318,10 @@ def save_router(router, out_dir):
     os.makedirs(out_dir, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in router.state_dict().items()}
     weights = os.path.join(out_dir, "router.safetensors")
-    save_file(tensors, weights + ".tmp")
-    os.replace(weights + ".tmp", weights)
+    write_atomic(weights, lambda p: save_file(tensors, p))
     cfg = asdict(router.cfg)
-    cfg["extra"] = {**cfg["extra"], "weights_sha256": _sha256(weights)}
-    with open(os.path.join(out_dir, "router.json.tmp"), "w") as f:
-        json.dump(cfg, f, indent=1)
-    os.replace(os.path.join(out_dir, "router.json.tmp"), os.path.join(out_dir, "router.json"))
-
-
-def _sha256(path):
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+    cfg["extra"] = {**cfg["extra"], "weights_sha256": sha256(weights)}
+    write_json(os.path.join(out_dir, "router.json"), cfg)
 
 
 def load_config(out_dir):
@@ -356,7 +348,7 @@ def load_router(out_dir, model=None):
     path = os.path.join(out_dir, "router.safetensors")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found (train.py --router writes it)")
-    if cfg.extra.get("weights_sha256", _sha256(path)) != _sha256(path):   # older routers: no hash
+    if cfg.extra.get("weights_sha256", sha256(path)) != sha256(path):   # older routers: no hash
         raise ValueError(f"{path}: not the weights that router.json was saved with (an interrupted "
                          "save?); train the router again")
     try:
@@ -389,128 +381,7 @@ def entropy(p):
 
 
 # ---------------------------------------------------------------------------
-# 5. Building a router for train.py --router and eval.py --moe
-# ---------------------------------------------------------------------------
-
-
-def expert_dirs(root):
-    """{name: dir} of the adapter directories directly under root, sorted by name."""
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"{root}: no such directory of experts (train.py --expert writes them)")
-    found = {d: os.path.join(root, d) for d in sorted(os.listdir(root)) if os.path.isdir(os.path.join(root, d))}
-    strays = [d for d, path in found.items() if not os.path.exists(os.path.join(path, lora.CONFIG_NAME))]
-    if strays:   # never drop an expert silently: a half-written or misplaced one is an error
-        raise FileNotFoundError(f"{root}: the folders {strays} hold no {lora.CONFIG_NAME}; every folder "
-                                "here must be an expert's adapter directory")
-    if not found:
-        raise FileNotFoundError(f"{root}: no adapter directories (with {lora.CONFIG_NAME}) inside")
-    return found
-
-
-def expert_labels(examples, names, clusters_dir, model, tok):
-    """The expert of each example: its skill, or (experts named cluster-K) its
-    cluster as cluster.clusters_of places it, the way that expert's training
-    questions were chosen; -1 where none applies."""
-    if all(n.startswith("cluster-") for n in names):
-        import cluster
-        ids, _ = cluster.clusters_of(clusters_dir, examples, model, tok)
-        index = {int(n.split("-")[1]): i for i, n in enumerate(names)}
-        return np.array([index.get(c, -1) for c in ids.tolist()])
-    return np.array([names.index(e.skill) if e.skill in names else -1 for e in examples])
-
-
-def meta_embeddings(examples, model, tok, layer):
-    """The embeddings (N, C) of the examples' meta-questions at `layer` of the base
-    model, which must not have experts attached yet."""
-    import cluster
-    return cluster.embed_cached([cluster.meta_question(e.question) for e in examples], model, tok, layer)
-
-
-class Routing:
-    """What train.py needs around a router: the task-level priors of the
-    training rows and of the dev questions, looked up by question."""
-
-    def __init__(self, router, examples, X):
-        self.router = router
-        self.prior = {} if X is None else {e.question: p for e, p in zip(examples, router.task.prior(X))}
-
-    def train_rows(self, first, train_ex):
-        self.set([train_ex[i] for i in first])
-
-    def set(self, examples):
-        if self.router.cfg.prior == "none":
-            self.router.set_prior(None)
-        else:
-            self.router.set_prior(torch.stack([self.prior[e.question] for e in examples]))
-
-    def dev_batch(self, questions):
-        def on_batch(indices):
-            self.set([questions[i] for i in indices])
-        return on_batch
-
-
-def build_rank1(model, args, train_ex, dev_ex, device):
-    """Intuition-MoR1E's variant: args.rank1 fresh rank-1 experts in args.n_groups
-    contiguous groups, trained jointly with the grouped gates on mixed data.
-    They have no labelled questions, hence no centroids: no task prior."""
-    for p in model.parameters():
-        p.requires_grad_(False)
-    E, G = args.rank1, min(args.n_groups, args.rank1)
-    groups = [[int(e) for e in g] for g in np.array_split(np.arange(E), G)]   # contiguous, sizes differ by <= 1
-    cfg = RouterConfig(experts=[f"r1-{e:02d}" for e in range(E)], groups=groups,
-                       hidden_size=model.config.hidden_size, n_layers=model.config.num_hidden_layers,
-                       level=args.level, prior="none", top_k=args.top_k, temperature=args.temperature,
-                       entropy_weight=args.entropy_weight, balance_weight=args.balance_weight,
-                       rank1=E, rank1_alpha=args.alpha, targets=args.targets.split(","))
-    router = Router(cfg, np.zeros((E, model.config.hidden_size), np.float32)).own_experts(model)
-    router.to(device).attach(model)
-    for p in router.task.parameters():
-        p.requires_grad_(False)
-    n = sum(p.numel() for p in router.rank1)
-    print(f"router over {E} fresh rank-1 experts ({n:,} parameters) in {G} groups, "
-          f"gate per {args.level}, no task prior")
-    return Routing(router, train_ex + dev_ex, None)
-
-
-def build(model, tok, args, train_ex, dev_ex, device):
-    """Load the experts into `model` (frozen), make groups from the expert
-    centroids, fit the task router, attach a fresh Router; return a Routing."""
-    import cluster
-    if args.rank1:
-        return build_rank1(model, args, train_ex, dev_ex, device)
-    dirs = expert_dirs(args.experts)
-    names = list(dirs)
-    layer = cluster.resolve_layer(model.config)
-    X = meta_embeddings(train_ex + dev_ex, model, tok, layer)          # the base alone, before the experts
-    Xtr, labels = X[:len(train_ex)], expert_labels(train_ex, names, args.clusters, model, tok)
-    lora.load_experts(model, list(dirs.values()))
-    for p in model.parameters():
-        p.requires_grad_(False)
-    missing = [n for i, n in enumerate(names) if not (labels == i).any()]
-    if missing:
-        raise ValueError(f"no training questions for the experts {missing}; expert names must be "
-                         f"skills in the data or cluster-K (with --clusters)")
-    centroids = np.stack([Xtr[labels == i].mean(0) for i in range(len(names))])   # (E, C)
-    n_groups = min(args.n_groups, len(names))
-    groups = [g for g in cluster.expert_groups(centroids, n_groups, seed=args.seed) if g]
-    cfg = RouterConfig(experts=names, groups=groups, hidden_size=model.config.hidden_size,
-                       n_layers=model.config.num_hidden_layers, level=args.level, prior=args.prior,
-                       top_k=args.top_k, temperature=args.temperature, tau=args.tau,
-                       entropy_weight=args.entropy_weight, balance_weight=args.balance_weight,
-                       embed_layer=layer, extra={"experts_dir": args.experts, "clusters_dir": args.clusters})
-    router = Router(cfg, centroids)
-    keep = labels >= 0
-    acc_loss = router.task.fit(Xtr[keep], labels[keep])
-    router.to(device).attach(model)
-    for p in router.task.parameters():
-        p.requires_grad_(False)
-    print(f"router over {len(names)} experts {names} in groups {group_names(cfg)}; "
-          f"task prior '{args.prior}' (classifier loss {acc_loss:.3f}), gate per {args.level}")
-    return Routing(router, train_ex + dev_ex, X)
-
-
-# ---------------------------------------------------------------------------
-# 6. Checks: what load_config, load_router and Router refuse
+# 5. Checks: what load_config, load_router and Router refuse
 # ---------------------------------------------------------------------------
 
 

@@ -38,7 +38,6 @@ held in --dtype, the matmuls under autocast, as PEFT + transformers users do
 (bf16 by default on CUDA); pretraining keeps fp32 weights under the same autocast.
 Left out: gradient accumulation.
 """
-import json
 import math
 import os
 import time
@@ -50,11 +49,14 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
+import cluster
 import lora
 import model as M
+import router as R
 from data.cli import (Parser, finite_float, nonempty, nonneg_float, nonneg_int, positive_float, positive_int,
                       probability, run)
-from data.lila import load as load_examples
+from data.files import write_atomic, write_json
+from data.lila import DEFAULT_DATA, load as load_examples
 from data.prompts import select, solved_ids
 from eval import evaluate, mean_accuracy
 
@@ -217,18 +219,6 @@ DEFAULTS = {        # per mode: the flags left unset on the command line
 # numbers and measurement, and 10.5-12.0 with skill rows (README, issue 6).
 
 
-def atomic_save(obj, path, json_indent=None):
-    """torch.save (or, with json_indent, json.dump) to a temporary name, then rename:
-    a crash never leaves a torn file behind."""
-    tmp = path + ".tmp"
-    if json_indent is None:
-        torch.save(obj, tmp)
-    else:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, indent=json_indent)
-    os.replace(tmp, path)
-
-
 # What may change when a run is resumed; every other flag defines the run.
 NOT_THE_RUN = ("resume", "stop_at", "device", "compile", "minutes", "out")
 
@@ -285,10 +275,102 @@ def setup_lora(args, model):
 
 def setup_router(args, model, tok, device, train_ex, dev_ex):
     """Base + frozen experts (or fresh rank-1 experts) + a Router; the router trains."""
-    import router as R
-    setup = R.build(model, tok, args, train_ex, dev_ex, device)
+    setup = build_router(model, tok, args, train_ex, dev_ex, device)
     save = lambda out: R.save_router(setup.router, out)
     return setup, save
+
+
+def expert_labels(examples, names, clusters_dir, model, tok):
+    """The expert of each example: its skill, or (experts named cluster-K) its
+    cluster as cluster.clusters_of places it, the way that expert's training
+    questions were chosen; -1 where none applies."""
+    if all(n.startswith("cluster-") for n in names):
+        ids, _ = cluster.clusters_of(clusters_dir, examples, model, tok)
+        index = {int(n.split("-")[1]): i for i, n in enumerate(names)}
+        return np.array([index.get(c, -1) for c in ids.tolist()])
+    return np.array([names.index(e.skill) if e.skill in names else -1 for e in examples])
+
+
+class Routing:
+    """What train.py needs around a router: the task-level priors of the
+    training rows and of the dev questions, looked up by question."""
+
+    def __init__(self, router, examples, X):
+        self.router = router
+        self.prior = {} if X is None else {e.question: p for e, p in zip(examples, router.task.prior(X))}
+
+    def train_rows(self, first, train_ex):
+        self.set([train_ex[i] for i in first])
+
+    def set(self, examples):
+        if self.router.cfg.prior == "none":
+            self.router.set_prior(None)
+        else:
+            self.router.set_prior(torch.stack([self.prior[e.question] for e in examples]))
+
+    def dev_batch(self, questions):
+        def on_batch(indices):
+            self.set([questions[i] for i in indices])
+        return on_batch
+
+
+def build_rank1(model, args, train_ex, dev_ex, device):
+    """Intuition-MoR1E's variant: args.rank1 fresh rank-1 experts in args.n_groups
+    contiguous groups, trained jointly with the grouped gates on mixed data.
+    They have no labelled questions, hence no centroids: no task prior."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    E, G = args.rank1, min(args.n_groups, args.rank1)
+    groups = [[int(e) for e in g] for g in np.array_split(np.arange(E), G)]   # contiguous, sizes differ by <= 1
+    cfg = R.RouterConfig(experts=[f"r1-{e:02d}" for e in range(E)], groups=groups,
+                       hidden_size=model.config.hidden_size, n_layers=model.config.num_hidden_layers,
+                       level=args.level, prior="none", top_k=args.top_k, temperature=args.temperature,
+                       entropy_weight=args.entropy_weight, balance_weight=args.balance_weight,
+                       rank1=E, rank1_alpha=args.alpha, targets=args.targets.split(","))
+    router = R.Router(cfg, np.zeros((E, model.config.hidden_size), np.float32)).own_experts(model)
+    router.to(device).attach(model)
+    for p in router.task.parameters():
+        p.requires_grad_(False)
+    n = sum(p.numel() for p in router.rank1)
+    print(f"router over {E} fresh rank-1 experts ({n:,} parameters) in {G} groups, "
+          f"gate per {args.level}, no task prior")
+    return Routing(router, train_ex + dev_ex, None)
+
+
+def build_router(model, tok, args, train_ex, dev_ex, device):
+    """Load the experts into `model` (frozen), make groups from the expert
+    centroids, fit the task router, attach a fresh Router; return a Routing."""
+    if args.rank1:
+        return build_rank1(model, args, train_ex, dev_ex, device)
+    dirs = lora.expert_dirs(args.experts)
+    names = list(dirs)
+    layer = cluster.resolve_layer(model.config)
+    X = cluster.meta_embeddings(train_ex + dev_ex, model, tok, layer)          # the base alone, before the experts
+    Xtr, labels = X[:len(train_ex)], expert_labels(train_ex, names, args.clusters, model, tok)
+    lora.load_experts(model, list(dirs.values()))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    missing = [n for i, n in enumerate(names) if not (labels == i).any()]
+    if missing:
+        raise ValueError(f"no training questions for the experts {missing}; expert names must be "
+                         f"skills in the data or cluster-K (with --clusters)")
+    centroids = np.stack([Xtr[labels == i].mean(0) for i in range(len(names))])   # (E, C)
+    n_groups = min(args.n_groups, len(names))
+    groups = [g for g in cluster.expert_groups(centroids, n_groups, seed=args.seed) if g]
+    cfg = R.RouterConfig(experts=names, groups=groups, hidden_size=model.config.hidden_size,
+                       n_layers=model.config.num_hidden_layers, level=args.level, prior=args.prior,
+                       top_k=args.top_k, temperature=args.temperature, tau=args.tau,
+                       entropy_weight=args.entropy_weight, balance_weight=args.balance_weight,
+                       embed_layer=layer, extra={"experts_dir": args.experts, "clusters_dir": args.clusters})
+    router = R.Router(cfg, centroids)
+    keep = labels >= 0
+    acc_loss = router.task.fit(Xtr[keep], labels[keep])
+    router.to(device).attach(model)
+    for p in router.task.parameters():
+        p.requires_grad_(False)
+    print(f"router over {len(names)} experts {names} in groups {R.group_names(cfg)}; "
+          f"task prior '{args.prior}' (classifier loss {acc_loss:.3f}), gate per {args.level}")
+    return Routing(router, train_ex + dev_ex, X)
 
 
 def select_examples(args, split, model, tok):
@@ -297,7 +379,6 @@ def select_examples(args, split, model, tok):
     if args.router:
         return select(load_examples(args.data, split=split), args.router_questions, args.seed)
     if args.expert and args.expert.startswith("cluster:"):
-        import cluster
         everything = load_examples(args.data, split=split)
         return cluster.examples_of_cluster(args.clusters, int(args.expert.split(":")[1]), everything,
                                            model, tok)
@@ -384,10 +465,10 @@ def train(args):
             rng = {"cpu": torch.get_rng_state()}
             if device.startswith("cuda"):
                 rng["cuda"] = torch.cuda.get_rng_state(device)
-            atomic_save({"model": trainable(), "opt": opt.state_dict(), "scaler": scaler.state_dict(),
-                         "step": step, "steps": args.steps, "best": best, "log": log, "run": identity,
-                         "rng": rng}, state_path)
-            atomic_save(log, os.path.join(args.out, "log.json"), json_indent=1)
+            state = {"model": trainable(), "opt": opt.state_dict(), "scaler": scaler.state_dict(),
+                     "step": step, "steps": args.steps, "best": best, "log": log, "run": identity, "rng": rng}
+            write_atomic(state_path, lambda p: torch.save(state, p))
+            write_json(os.path.join(args.out, "log.json"), log)
             tqdm.write(f"step {step}: dev loss {dl:.4f}, dev accuracy {acc:.3f} (best {best:.3f})")
         if world > 1:
             dist.barrier()
@@ -454,7 +535,7 @@ def parser():
     mode.add_argument("--mixed", action="store_true", help="train one LoRA on all skills (baseline)")
     mode.add_argument("--router", action="store_true", help="train the two-level router over the "
                       "frozen experts in --experts")
-    p.add_argument("--data", default="data/lila", help="LiLA task file(s) or directory")
+    p.add_argument("--data", default=DEFAULT_DATA, help=f"LiLA task file(s) or directory (default {DEFAULT_DATA})")
     p.add_argument("--out", default=None, help="output directory (default runs/base, "
                    "out/experts/SKILL, out/mixed)")
     p.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (base 3000, LoRA 300)")
@@ -492,8 +573,8 @@ def parser():
     g.add_argument("--max-pos", type=positive_int, default=1024, help="max_position_embeddings")
     g.add_argument("--save-dtype", default="float16", choices=sorted(M.DTYPES), help="dtype of model.safetensors")
     g = p.add_argument_group("--expert / --mixed: LoRA on a frozen base")
-    g.add_argument("--model", default="checkpoints/phi-tiny",
-                   help="base model: a directory (HF layout) or a Hugging Face id, e.g. microsoft/phi-2")
+    g.add_argument("--model", default=M.DEFAULT_MODEL, help="base model: a directory (HF layout) or a "
+                   f"Hugging Face id, e.g. microsoft/phi-2 (default {M.DEFAULT_MODEL})")
     g.add_argument("--revision", default=None, help="--model id: branch, tag or commit "
                    "(default: the repository's main branch)")
     g.add_argument("--rank", type=positive_int, default=8, help="LoRA rank r")

@@ -41,6 +41,7 @@ import re
 from dataclasses import dataclass
 
 SPLITS = ("train", "dev", "test")
+DEFAULT_DATA = "data/lila"          # where make data writes the generated task files
 
 
 class LilaError(ValueError):

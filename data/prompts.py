@@ -52,7 +52,8 @@ import hashlib
 import random
 
 from data.lila import by_skill
-from data.tokenizer import EOT
+
+EOT = "<|endoftext|>"     # the document separator: it opens every prompt and training row
 
 
 def format_qa(question, answer=None):

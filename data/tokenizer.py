@@ -25,7 +25,8 @@ import argparse
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-EOT = "<|endoftext|>"
+from data.lila import DEFAULT_DATA, load
+from data.prompts import EOT, format_qa
 
 
 def train_tokenizer(texts, vocab_size=1024):
@@ -44,13 +45,10 @@ def train_tokenizer(texts, vocab_size=1024):
 
 
 def main():
-    from data.lila import load
-    from data.prompts import format_qa
-
     p = argparse.ArgumentParser(description="Train the digit-split byte-level BPE tokenizer "
                                             "on the train split of LiLA task files.")
-    p.add_argument("--data", nargs="+", default=["data/lila"],
-                   help="task files or folders (a folder gives its *.json files)")
+    p.add_argument("--data", nargs="+", default=[DEFAULT_DATA],
+                   help=f"task files or folders (a folder gives its *.json files; default {DEFAULT_DATA})")
     p.add_argument("--out", default="data/tokenizer.json", help="where to write tokenizer.json")
     p.add_argument("--vocab-size", type=int, default=1024,
                    help="tokens in all: 256 bytes, <|endoftext|> and the learned merges")

@@ -20,6 +20,7 @@ import lora
 import model as M
 import router as R
 from conftest import ROOT
+from data.files import sha256
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]
 A0 = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"    # (4, 64)
@@ -326,7 +327,7 @@ SHIPPED = os.path.join(ROOT, "checkpoints")
                     reason="no shipped checkpoints")
 def test_shipped_adapters_in_the_old_format_load_onto_phi_tiny():
     model = M.load(os.path.join(SHIPPED, "phi-tiny"), dtype="bfloat16", verbose=False)[0]
-    dirs = list(R.expert_dirs(os.path.join(SHIPPED, "phi-tiny-moe", "experts")).values())
+    dirs = list(lora.expert_dirs(os.path.join(SHIPPED, "phi-tiny-moe", "experts")).values())
     assert len(lora.load_experts(model, dirs)) == 6 * model.config.num_hidden_layers
     assert R.load_router(os.path.join(SHIPPED, "phi-tiny-moe", "router")).cfg.n_layers == 8
 
@@ -442,7 +443,7 @@ def reseal(router_dir):
     training run that wrote NaN, say): the checks behind the set's hash then speak."""
     path = os.path.join(router_dir, "router.json")
     cfg = json.load(open(path))
-    cfg["extra"]["weights_sha256"] = R._sha256(os.path.join(router_dir, "router.safetensors"))
+    cfg["extra"]["weights_sha256"] = sha256(os.path.join(router_dir, "router.safetensors"))
     json.dump(cfg, open(path, "w"))
 
 

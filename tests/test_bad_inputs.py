@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 import cluster
 import eval as E
+import study
 import train
 from conftest import ROOT
 from data.cli import run
@@ -52,7 +53,6 @@ EVAL = [   # (arguments, what the one-line message must say)
     (["--model", "/nonexistent"], "/nonexistent: checkpoint directory not found"),
     (["--data", "/nonexistent", "--model", PHI_TINY], "/nonexistent"),
     (["--data", DATA, "--skills", "geometry"], "geometry"),
-    (["--data", DATA, "--paired", "/nonexistent.json"], "/nonexistent.json"),
     (["--dtype", "fp8"], "--dtype: invalid choice: 'fp8'"),
     (["--split", "validation"], "--split: invalid choice"),
 ]
@@ -198,7 +198,7 @@ def test_forgetting_never_drops_an_expert_folder_silently(capsys, monkeypatch, t
     shutil.copytree(os.path.join(ROOT, "checkpoints", "phi-tiny-moe", "experts", "algebra"), experts / "algebra")
     (experts / "numbers").mkdir()                                  # killed before its first save
     (experts / "numbers" / "train_state.pt").write_bytes(b"")
-    code, err = cli(E.main, ["--data", DATA, "--forgetting", str(experts)], capsys, monkeypatch)
+    code, err = cli(study.main, ["forgetting", str(experts), "--data", DATA], capsys, monkeypatch)
     assert code == 2 and "the folders ['numbers'] hold no adapter_config.json" in err
 
 

@@ -7,7 +7,6 @@ import sys
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 import cluster as C
 import explain
@@ -102,8 +101,13 @@ def test_explain_one_question(routed, base_dir):  # noqa: F811
     assert "--route numbers" in forced and "expert numbers" in forced and "100.0%" in forced
 
 
-def test_study_evaluates_every_configuration(routed, base_dir, tmp_path):  # noqa: F811
-    out = run_eval(base_dir, "--study", str(routed), "--limit", "2", "--out", str(tmp_path))
+def test_heldout_evaluates_every_configuration(routed, base_dir, tmp_path):  # noqa: F811
+    """study.py heldout: every configuration of a study folder on the same questions."""
+    cmd = [sys.executable, "study.py", "heldout", str(routed), "--model", base_dir, "--data", FIXTURE,
+           "--shots", "2", "--limit", "2", "--out", str(tmp_path)]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
     table = json.load(open(tmp_path / "results.json"))["accuracy"]
     assert list(table) == ["base, 0-shot", "base, 2-shot", "each skill's expert on its own skill",
                            "router two-level (full)", "router two-level (task-soft)",

@@ -274,7 +274,7 @@ def study_with_stub(tmp_path, **env):
     assert run.returncode == 0, run.stderr[-2000:]
     lines = (tmp_path / "log").read_text().splitlines()
     assert not [l for l in lines if l.startswith("SHARED")]
-    return [tuple(l.split(" ", 1)) for l in lines if not l.endswith("report.py --out " + full["OUT"])]
+    return [tuple(l.split(" ", 1)) for l in lines if not l.endswith("study.py report " + full["OUT"])]
 
 
 @pytest.mark.parametrize("env, gpus", [

@@ -65,7 +65,7 @@ def test_merge_equals_w_plus_sBA_and_unmerge_restores():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_eight_experts_merged_and_removed_in_half_precision_restore_the_base(tiny_ckpt, dtype):
-    """--forgetting and task-hard routing merge one expert after another into the
+    """study.py forgetting and task-hard routing merge one expert after another into the
     same base. In half precision W + sBA - sBA is not W, so the original weights
     are kept and put back: after 8 experts the base is bit-identical."""
     model = load(tiny_ckpt[0], dtype=dtype, verbose=False)[0]

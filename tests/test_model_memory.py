@@ -6,7 +6,6 @@ fresh process loads a ~230 MB fp16 checkpoint as fp32 (460 MB) and reports the
 growth of its peak RSS (VmHWM), which must stay within 1.2x the fp32 weights.
 Reading through mmap instead would count the file's pages too (1.5x here)."""
 import json
-import os
 import subprocess
 import sys
 

@@ -92,7 +92,7 @@ def test_router_trains_resumes_and_evaluates(tmp_path, base_dir):  # noqa: F811
             "--steps", "4", "--batch-size", "4", "--seq-len", "64", "--warmup", "2", "--eval-every", "2",
             "--eval-batches", "1", "--eval-questions", "4", "--n-groups", "2", "--entropy-weight", "0.01",
             "--balance-weight", "0.01", "--seed", "0", "--device", "cpu"]
-    full = train.train(train.parser().parse_args(argv + ["--out", str(tmp_path / "full")]))
+    train.train(train.parser().parse_args(argv + ["--out", str(tmp_path / "full")]))
     train.train(train.parser().parse_args(argv + ["--out", str(tmp_path / "cut"), "--stop-at", "2"]))
     train.train(train.parser().parse_args(argv + ["--out", str(tmp_path / "cut"), "--resume"]))
     a = torch.load(tmp_path / "full" / "train_state.pt")["model"]

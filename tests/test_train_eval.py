@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-from argparse import Namespace
 
 import pytest
 import torch
@@ -150,7 +149,7 @@ def test_limit_draws_a_skill_independently_of_the_others():
 
 def test_sign_test_matches_scipy():
     from scipy.stats import binomtest
-    from eval import sign_test
+    from study import sign_test
     assert sign_test(9, 1) == pytest.approx(2 * 11 / 1024)          # the docstring's worked example
     assert sign_test(0, 0) == 1.0 and sign_test(3, 3) == 1.0
     for wins, losses in [(10, 4), (6, 10), (17, 7), (0, 5), (40, 25)]:
@@ -158,7 +157,7 @@ def test_sign_test_matches_scipy():
 
 
 def test_paired_counts_question_by_question():
-    from eval import paired
+    from study import paired
     rec = lambda q, ok, skill="algebra": {"question": q, "skill": skill, "correct": ok}  # noqa: E731
     base = [rec("a", True), rec("b", False), rec("c", True), rec("d", False), rec("e", False, "numbers")]
     new = [rec("a", True), rec("b", True), rec("c", False), rec("d", True), rec("z", True)]  # z: not in base
@@ -167,26 +166,26 @@ def test_paired_counts_question_by_question():
 
 
 def test_forgetting_and_paired_agree_with_the_records(tmp_path):
-    """eval.py --forgetting (shipped phi-tiny, two shipped experts) and eval.py
-    --adapter --paired BASE_JSON give the same own-skill comparison, and both
+    """study.py forgetting (shipped phi-tiny, two shipped experts) and study.py
+    paired BASE_JSON EXPERT_JSON give the same own-skill comparison, and both
     equal a count over the saved records."""
     shipped = os.path.join(ROOT, "checkpoints", "phi-tiny-moe", "experts")
     experts = tmp_path / "experts"
     experts.mkdir()
     for skill in ("algebra", "numbers"):
         os.symlink(os.path.join(shipped, skill), experts / skill)
-    common = [sys.executable, "eval.py", "--model", os.path.join(ROOT, "checkpoints", "phi-tiny"),
-              "--data", FIXTURE, "--shots", "2", "--limit", "4"]
+    common = ["--model", os.path.join(ROOT, "checkpoints", "phi-tiny"), "--data", FIXTURE, "--shots", "2",
+              "--limit", "4"]
 
-    def run(*extra):
-        done = subprocess.run(common + list(extra), cwd=ROOT, capture_output=True, text=True)
+    def run(script, *argv):
+        done = subprocess.run([sys.executable, script, *argv], cwd=ROOT, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
         return done.stdout
-    run("--forgetting", str(experts), "--out", str(tmp_path / "f"))
-    run("--json", str(tmp_path / "base.json"))
-    out = run("--adapter", str(experts / "algebra"), "--paired", str(tmp_path / "base.json"),
-              "--json", str(tmp_path / "algebra.json"))
-    assert "question by question" in out
+    run("study.py", "forgetting", str(experts), *common, "--out", str(tmp_path / "f"))
+    run("eval.py", *common, "--json", str(tmp_path / "base.json"))
+    run("eval.py", *common, "--adapter", str(experts / "algebra"), "--json", str(tmp_path / "algebra.json"))
+    out = run("study.py", "paired", str(tmp_path / "base.json"), str(tmp_path / "algebra.json"))
+    assert "question by question" in out and "| algebra | 4 |" in out
     forgetting = json.load(open(tmp_path / "f" / "forgetting.json"))
     base, alg = json.load(open(tmp_path / "base.json")), json.load(open(tmp_path / "algebra.json"))
     assert forgetting["base"] == base["accuracy"] and forgetting["accuracy"]["algebra"] == alg["accuracy"]
@@ -199,9 +198,12 @@ def test_forgetting_and_paired_agree_with_the_records(tmp_path):
     losses = sum(by_q[r["question"]] and not r["correct"] for r in mine)
     own = forgetting["own_skill"]["algebra"]
     assert (own["questions"], own["wins"], own["losses"]) == (len(mine), wins, losses)
-    assert alg["paired"]["algebra"] == own and set(forgetting["own_skill"]) == {"algebra", "numbers"}
-    bad = subprocess.run(common + ["--paired", str(tmp_path / "nope.json")], cwd=ROOT, capture_output=True, text=True)
-    assert bad.returncode != 0 and "nope.json: expected the JSON that `eval.py --json` writes" in bad.stderr
+    assert set(forgetting["own_skill"]) == {"algebra", "numbers"}
+    row = f"| algebra | {own['questions']} | {own['base']} | {own['model']} | {wins} | {losses} |"
+    assert row in out
+    bad = subprocess.run([sys.executable, "study.py", "paired", str(tmp_path / "base.json"), str(tmp_path / "nope.json")],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "nope.json: expected the JSON that `eval.py --json` writes" in bad.stderr
 
 
 def test_eval_prompts_are_the_tokens_of_training_rows():

@@ -1,0 +1,435 @@
+"""
+The study: what the experts, the mixed LoRA and the routers do to every skill,
+compared question by question.
+
+    python study.py paired out/eval/base-4shot.json out/eval/mixed.json   # wins, losses, sign test
+    python study.py forgetting out/experts --out out/forgetting         # every expert on every skill
+    python study.py heldout out --data data/heldout                     # every configuration, new questions
+    python study.py report out                                          # out/results.md and out/REPORT.md
+
+eval.py evaluates one configuration and writes its records (--json); this file
+puts configurations side by side.
+
+- paired: two runs on the same questions, per skill. Differences of a few
+  questions are common, so a question only one run gets right is a win or a
+  loss, and an exact sign test says how likely so uneven a split is by chance.
+- forgetting: every expert (merged, then removed) on every skill, minus the base.
+  The diagonal is what an expert gains on its own skill; the rest is what
+  fine-tuning on one skill does to the others ("catastrophic forgetting" when
+  negative). In accuracy and in answer NLL, with a heatmap of each.
+- heldout: every configuration of a study folder (experiment.sh's OUT) on the
+  same questions in one call, e.g. on questions drawn apart from all training.
+- report: the tables of a finished `make experiment`, from what eval.py,
+  cluster.py and train.py wrote; nothing is recomputed and a missing piece is
+  reported missing, not invented.
+
+Left out: bootstrap intervals and corrections for many comparisons; the sign
+test is exact for one pair of runs.
+"""
+import glob
+import json
+import math
+import os
+from collections import defaultdict
+
+import eval as E
+import lora
+import router as R
+from data.cli import Parser, run
+from data.files import heatmap, write_json
+
+# ---------------------------------------------------------------------------
+# 1. Two runs, question by question
+# ---------------------------------------------------------------------------
+
+
+def sign_test(wins, losses):
+    """Two-sided exact sign test on paired answers: if two models were equally
+    good, each question that only one of them gets right is a fair coin. The
+    p-value is the chance of a split at least as uneven as wins : losses.
+    Worked example: 9 wins, 1 loss -> 2 * (C(10,0) + C(10,1)) / 2**10 = 0.021."""
+    n = wins + losses
+    tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def paired(base_records, records):
+    """Question-by-question comparison per skill, over the questions in both:
+    {skill: {"questions", "base", "model", "wins", "losses", "p"}}. base and model
+    count correct answers; wins are questions only the model gets right, losses
+    the reverse; p is sign_test(wins, losses)."""
+    base = {(r["skill"], r["question"]): r["correct"] for r in base_records}
+    pairs = defaultdict(list)                      # skill -> [(base correct, model correct)]
+    for r in records:
+        if (r["skill"], r["question"]) in base:
+            pairs[r["skill"]].append((base[r["skill"], r["question"]], r["correct"]))
+    table = {}
+    for skill, ab in sorted(pairs.items()):
+        wins, losses = sum(m and not b for b, m in ab), sum(b and not m for b, m in ab)
+        table[skill] = {"questions": len(ab), "base": sum(b for b, _ in ab), "model": sum(m for _, m in ab),
+                        "wins": wins, "losses": losses, "p": sign_test(wins, losses)}
+    return table
+
+
+def paired_markdown(table, title, row_name="skill"):
+    lines = [f"### {title}", "", f"| {row_name} | questions | base correct | correct | wins | losses "
+             "| sign-test p |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, t in table.items():
+        lines.append(f"| {name} | {t['questions']} | {t['base']} | {t['model']} | {t['wins']} "
+                     f"| {t['losses']} | {t['p']:.2g} |")
+    return "\n".join(lines)
+
+
+def read_records(path):
+    """The records of an `eval.py --json` run, with a clear error if the file is not one."""
+    try:
+        with open(path) as f:
+            records = json.load(f)["records"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: expected the JSON that `eval.py --json` writes, with a "
+                         f"'records' list ({type(e).__name__}: {e})") from None
+    return records
+
+
+def compare(base_json, other_json):
+    """study.py paired: the table of other_json against base_json."""
+    table = paired(read_records(base_json), read_records(other_json))
+    if not table:
+        raise ValueError(f"{other_json}: none of its questions is in {base_json}; evaluate both "
+                         "with the same --data, --split, --limit and --seed")
+    print(paired_markdown(table, f"{other_json} against {base_json}, question by question "
+                                 "(wins: only the first is right; losses: only the second)"))
+    return table
+
+
+# ---------------------------------------------------------------------------
+# 2. Forgetting: every expert on every skill
+# ---------------------------------------------------------------------------
+
+
+def per_skill(records):
+    """({skill: accuracy}, {skill: mean answer NLL}) of eval.py's records."""
+    return {k: c / n for k, (c, n) in E.accuracy(records).items()}, E.answer_nlls(records)
+
+
+def forgetting(ev, experts_dir, out):
+    """Accuracy and answer NLL of the base and of each expert in experts_dir on
+    every skill; ev(desc) evaluates the model as it is. Writes forgetting.md,
+    .json and two heatmaps under out; returns the JSON dict."""
+    base_records = ev("base")
+    base, base_nll = per_skill(base_records)
+    acc, nll, own = {}, {}, {}
+    for name, path in lora.expert_dirs(experts_dir).items():
+        records = E.with_adapter(ev.model, path, lambda: ev(name))
+        acc[name], nll[name] = per_skill(records)
+        if name in base:   # an expert named after a skill: is it better there, question by question?
+            own[name] = paired(base_records, records)[name]
+    skills = list(base)
+    delta = {e: {s: acc[e][s] - base[s] for s in skills} for e in acc}
+    nll_delta = {e: {s: nll[e][s] - base_nll[s] for s in skills} for e in nll}
+    text = "\n".join([
+        "### Forgetting: expert accuracy minus base accuracy (points)", "",
+        *delta_rows(skills, "base accuracy", {s: 100 * base[s] for s in skills},
+                    {e: {s: 100 * d for s, d in row.items()} for e, row in delta.items()}, "{:+.1f}", "{:.1f}"),
+        "", "### Forgetting in answer NLL: expert minus base (nats per answer token; "
+        "negative = the expert is better)", "",
+        *delta_rows(skills, "base NLL", base_nll, nll_delta, "{:+.3f}", "{:.3f}"),
+        *(["", paired_markdown(own, "Each expert on its own skill, question by question "
+                                    "(wins: only the expert is right; losses: only the base)", "expert")]
+          if own else [])])
+    print(text)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "forgetting.md"), "w") as f:
+        f.write(text + "\n")
+    report = {"skills": skills, "base": base, "accuracy": acc, "delta": delta,
+              "base_nll": base_nll, "nll": nll, "nll_delta": nll_delta, "own_skill": own}
+    write_json(os.path.join(out, "forgetting.json"), report)
+    heatmap([[100 * delta[e][s] for s in skills] for e in acc], list(acc), skills,
+            "expert accuracy - base accuracy (points)", os.path.join(out, "forgetting.png"))
+    heatmap([[-nll_delta[e][s] for s in skills] for e in nll], list(nll), skills,
+            "base answer NLL - expert answer NLL (nats; > 0: expert better)",
+            os.path.join(out, "forgetting_nll.png"), fmt="{:+.2f}")
+    return report
+
+
+def delta_rows(skills, base_label, base, delta, fmt, base_fmt):
+    """Markdown rows: the base's values, then each expert's change; an expert's
+    own skill in bold."""
+    mean = lambda row: sum(row.values()) / len(skills)   # noqa: E731
+    lines = ["| expert \\ skill | " + " | ".join(skills) + " | mean |", "|---|" + "---:|" * (len(skills) + 1),
+             f"| *{base_label}* | " + " | ".join(base_fmt.format(base[s]) for s in skills)
+             + f" | {base_fmt.format(mean(base))} |"]
+    for e, row in delta.items():
+        cells = [f"**{fmt.format(row[s])}**" if s == e else fmt.format(row[s]) for s in skills]
+        lines.append(f"| {e} | " + " | ".join(cells) + f" | {fmt.format(mean(row))} |")
+    return lines
+
+
+# ---------------------------------------------------------------------------
+# 3. Every configuration of a study folder on the same questions
+# ---------------------------------------------------------------------------
+
+
+def heldout(ev, root, shots, out):
+    """Base 0-shot and k-shot, the mixed LoRA, each skill's expert on its own
+    skill, and every router under root/routers (two-level, and the task level
+    alone, soft and hard), all on ev's questions. Writes results.md and
+    results.json under out; returns {"accuracy", "answer_nll"}."""
+    table, nlls = {}, {}
+
+    def add(label, records):
+        table[label], nlls[label] = per_skill(records)
+        print(f"{label}: mean {100 * E.mean_accuracy(records):.1f}%")
+
+    add("base, 0-shot", ev("base 0-shot", shots=0))
+    add(f"base, {shots}-shot", ev("base"))
+    mixed = os.path.join(root, "mixed")
+    if os.path.exists(os.path.join(mixed, lora.CONFIG_NAME)):
+        add("mixed LoRA", E.with_adapter(ev.model, mixed, lambda: ev("mixed")))
+    experts = os.path.join(root, "experts")
+    own = []
+    for name, path in (lora.expert_dirs(experts) if os.path.isdir(experts) else {}).items():
+        mine = [e for e in ev.examples if e.skill == name]
+        own += E.with_adapter(ev.model, path, lambda: ev(name, examples=mine)) if mine else []
+    if own:
+        add("each skill's expert on its own skill", own)
+    for path in sorted(glob.glob(os.path.join(root, "routers", "*", "router.json"))):
+        router_dir = os.path.dirname(path)
+        cfg = R.load_config(router_dir)
+        for variant in ["full"] + ([] if cfg.rank1 or cfg.prior == "none" else ["task-soft", "task-hard"]):
+            records, _ = E.moe(ev, router_dir, variant)
+            add(f"router {os.path.basename(router_dir)} ({variant})", records)
+    skills = sorted({s for accs in table.values() for s in accs})
+    lines = [f"### Every configuration of {root} ({len(ev.examples)} questions)"]
+    for what, values, fmt in (("accuracy (%)", {k: {s: 100 * v for s, v in a.items()} for k, a in table.items()},
+                               "{:.1f}"), ("answer NLL", nlls, "{:.3f}")):
+        lines += ["", f"{what}:", "", *config_rows(values, skills, fmt)]
+    text = "\n".join(lines)
+    print(text)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(text + "\n")
+    result = {"accuracy": table, "answer_nll": nlls}
+    write_json(os.path.join(out, "results.json"), result)
+    print(f"wrote {out}/results.md and results.json")
+    return result
+
+
+def config_rows(values, skills, fmt):
+    """Markdown rows: one configuration per row, its value per skill (- where it
+    has none) and the mean over the skills it has, in bold."""
+    lines = ["| configuration | " + " | ".join(skills) + " | mean |", "|---|" + "---:|" * (len(skills) + 1)]
+    for label, per in values.items():
+        known = [per[s] for s in skills if per.get(s) is not None]
+        cells = ["-" if per.get(s) is None else fmt.format(per[s]) for s in skills]
+        mean = f"**{fmt.format(sum(known) / len(known))}**" if known else "-"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {mean} |")
+    return lines
+
+
+# ---------------------------------------------------------------------------
+# 4. The report of a finished `make experiment`
+# ---------------------------------------------------------------------------
+
+ROWS = [("base-0shot", "base, 0-shot"), ("base-4shot", "base, 4-shot"), ("mixed", "mixed LoRA"),
+        ("moe-task-hard", "router: task level, top-1 expert merged"),
+        ("moe-task-soft", "router: task level, soft weights"),
+        ("moe-centroid-token", "router: two-level, centroid prior, token gate"),
+        ("moe-learned-token", "router: two-level, learned prior, token gate"),
+        ("moe-centroid-sequence", "router: two-level, centroid prior, sequence gate"),
+        ("moe-clusters-token", "router over cluster experts, two-level, token gate"),
+        ("moe-rank1", "64 rank-1 experts trained jointly with the gate (MoR1E)")]
+
+
+def load(out, *parts):
+    """The JSON at out/parts..., or None where that piece of the study is missing."""
+    path = os.path.join(out, *parts)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def mean(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def pct(x):
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def results_tables(out):
+    """{metric: {row: {skill: value}}} over ROWS, with each expert on its own skill
+    (the forgetting matrix's diagonal) after the mixed LoRA."""
+    forg = load(out, "forgetting", "forgetting.json") or {}
+    tables = {}
+    for metric, forg_key in (("accuracy", "accuracy"), ("answer_nll", "nll")):
+        rows = {}
+        for name, label in ROWS:
+            report = load(out, "eval", f"{name}.json")
+            if report is not None and metric in report:
+                rows[label] = report[metric]
+            if name == "mixed" and forg_key in forg:
+                rows["each skill's expert on its own skill"] = {e: v[e] for e, v in forg[forg_key].items()
+                                                                 if e in v}
+        tables[metric] = rows
+    return tables
+
+
+def routing_stats(report, skills):
+    """(mean group entropy, mean number of groups above 10%) over the skills, or Nones."""
+    per = (report or {}).get("routing", {}).get("per_skill", {})
+    rows = [per[s] for s in skills if s in per]
+    if not rows:
+        return None, None
+    return mean(r["group_entropy"] for r in rows), mean(r["groups_above_10pct"] for r in rows)
+
+
+def composed_table(out):
+    """Composed questions beside plain questions of the same skills, per configuration."""
+    lines = ["| configuration | plain acc. | composed acc. | plain NLL | composed NLL | plain: group entropy "
+             "| composed: group entropy | plain: groups > 10% | composed: groups > 10% |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    f = lambda x: "-" if x is None else f"{x:.2f}"   # noqa: E731
+    for key, label in ROWS:
+        comp, plain = load(out, "eval", "composed", f"{key}.json"), load(out, "eval", f"{key}.json")
+        if comp is None or plain is None:
+            continue
+        skills = sorted(comp["accuracy"])
+        (pe, pg), (ce, cg) = routing_stats(plain, skills), routing_stats(comp, skills)
+        lines.append(f"| {label} | {pct(mean(plain['accuracy'].get(s) for s in skills))} | "
+                     f"{pct(mean(comp['accuracy'].values()))} | "
+                     f"{f(mean(plain['answer_nll'].get(s) for s in skills))} | "
+                     f"{f(mean(comp['answer_nll'].values()))} | {f(pe)} | {f(ce)} | {f(pg)} | {f(cg)} |")
+    return "\n".join(lines) if len(lines) > 2 else None
+
+
+def steering_table(out):
+    """Each skill's questions steered to its own expert, to the next skill's, and routed."""
+    routed = load(out, "eval", "moe-centroid-token.json")
+    lines = ["| skill | steered to own expert | steered to a wrong expert | the router decides |",
+             "|---|---:|---:|---:|"]
+    cols = [[], [], []]
+    for path in sorted(glob.glob(os.path.join(out, "eval", "steer", "own-*.json"))):
+        s = os.path.basename(path)[len("own-"):-len(".json")]
+        own, wrong = load(path), load(out, "eval", "steer", f"wrong-{s}.json")
+        if wrong is None:
+            continue
+        vals = [own["accuracy"][s], wrong["accuracy"][s], routed["accuracy"].get(s) if routed else None]
+        for c, v in zip(cols, vals):
+            c.append(v)
+        lines.append(f"| {s} | " + " | ".join(pct(v) for v in vals) + " |")
+    if len(lines) == 2:
+        return None
+    lines.append("| **mean** | " + " | ".join(f"**{pct(mean(c))}**" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def routing_accuracy(out):
+    """Share of test questions whose largest weight goes to their own skill's
+    expert: of the task-level prior, and of the final weights (mean over layers)."""
+    lines = ["| router | task level (prior) | final weights, mean over layers |", "|---|---:|---:|"]
+    for name, label in ROWS:
+        report = load(out, "eval", f"{name}.json")
+        if not name.startswith("moe-") or report is None or "routing" not in report:
+            continue
+        experts = report["routing"]["experts"]
+        top = lambda w: experts[max(range(len(experts)), key=w.__getitem__)]   # noqa: E731
+        recs = [r for r in report["records"] if r["skill"] in experts]
+        hit_prior = mean(float(top(r["routing"]["prior"]) == r["skill"]) for r in recs if r["routing"].get("prior"))
+        hit_final = mean(float(top([sum(col) for col in zip(*r["routing"]["experts"])]) == r["skill"])
+                         for r in recs if "experts" in r["routing"])
+        if hit_prior is not None or hit_final is not None:
+            lines.append(f"| {label} | {pct(hit_prior)} | {pct(hit_final)} |")
+    return "\n".join(lines) if len(lines) > 2 else None
+
+
+def training_times(out):
+    """Minutes of training per expert and for the mixed LoRA and routers (log.json)."""
+    rows = []
+    for path in sorted(glob.glob(os.path.join(out, "*", "log.json")) + glob.glob(os.path.join(out, "*", "*", "log.json"))):
+        log = load(path)
+        if log:
+            rows.append(f"| {os.path.relpath(os.path.dirname(path), out)} | {log[-1]['step']} "
+                        f"| {log[-1]['time'] / 60:.1f} |")
+    return "\n".join(["| run | steps | minutes |", "|---|---:|---:|"] + rows) if rows else None
+
+
+def report(out):
+    """out/results.md, results.json and REPORT.md of a finished study folder."""
+    tables = results_tables(out)
+    skills = sorted({s for rows in tables.values() for per in rows.values() for s in per})
+    pcts = {label: {s: 100 * v for s, v in per.items()} for label, per in tables["accuracy"].items()}
+    acc = "\n".join(config_rows(pcts, skills, "{:.1f}"))
+    nll = "\n".join(config_rows(tables["answer_nll"], skills, "{:.3f}"))
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(acc + "\n")
+    write_json(os.path.join(out, "results.json"), tables)
+    parts = ["# Study report", "", "Accuracy (%) on the test split, 4-shot unless named; every "
+             "configuration sees the same questions (see experiment.sh for the sizes).", "", acc, "",
+             "Answer NLL (nats per answer token, teacher-forced after the same prompt; lower is "
+             "better): it moves even where almost no answer is exactly right.", "", nll, ""]
+    for folder, title, picture in (("forgetting/forgetting.md", "Forgetting", "forgetting/forgetting.png"),
+                                   ("clusters-test/report.md", "Clusters of meta-questions (test split)",
+                                    "clusters-test/clusters.png")):
+        if os.path.exists(os.path.join(out, folder)):
+            parts += [f"## {title}", "", open(os.path.join(out, folder)).read(), f"![{title}]({picture})", ""]
+    for title, text in (("Composed questions (two skills chained) beside plain ones of the same skills",
+                         composed_table(out)),
+                        ("Routing accuracy: the largest weight on the question's own skill (%)",
+                         routing_accuracy(out)),
+                        ("Steering with --route (router centroid-token)", steering_table(out)),
+                        ("Training time (wall, as logged)", training_times(out))):
+        if text:
+            parts += [f"## {title}", "", text, ""]
+    for folder, title in (("routing", "plain questions"), ("routing-composed", "composed questions")):
+        pictures = sorted(glob.glob(os.path.join(out, folder, "*", "routing_*.png")))
+        if pictures:
+            parts += [f"## Routing on {title}: mean expert weight per layer, per skill", ""]
+            parts += [f"![{os.path.relpath(h, out)}]({os.path.relpath(h, out)})" for h in pictures] + [""]
+    with open(os.path.join(out, "REPORT.md"), "w") as f:
+        f.write("\n".join(parts) + "\n")
+    print(acc)
+    print(f"wrote {out}/REPORT.md, results.md, results.json")
+
+
+# ---------------------------------------------------------------------------
+# 5. The command line
+# ---------------------------------------------------------------------------
+
+
+def parser():
+    p = Parser(description="Compare the study's configurations: paired tests, forgetting, held-out "
+                           "questions, the report.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    s = sub.add_parser("paired", help="two eval.py --json runs, question by question")
+    s.add_argument("base", help="eval.py --json of the reference run (e.g. the base model)")
+    s.add_argument("other", help="eval.py --json of the run compared with it, on the same questions")
+    s = sub.add_parser("forgetting", help="every expert on every skill, minus the base")
+    s.add_argument("experts", help="a folder of expert folders (train.py --expert outputs)")
+    s.add_argument("--out", default="out/forgetting", help="where forgetting.md/.json/.png go")
+    E.add_question_flags(s)
+    s = sub.add_parser("heldout", help="every configuration of a study folder on the same questions")
+    s.add_argument("root", help="a study folder (experiment.sh's OUT)")
+    s.add_argument("--out", default=None, help="where results.md/.json go (default ROOT/heldout)")
+    E.add_question_flags(s)
+    s = sub.add_parser("report", help="out/REPORT.md from a finished make experiment")
+    s.add_argument("root", nargs="?", default="out", help="the study folder (experiment.sh's OUT)")
+    return p
+
+
+def main():
+    args = parser().parse_args()
+    if args.command == "paired":
+        compare(args.base, args.other)
+    elif args.command == "report":
+        report(args.root)
+    elif args.command == "forgetting":
+        forgetting(E.Evaluator.from_args(args), args.experts, args.out)
+    else:
+        heldout(E.Evaluator.from_args(args), args.root, args.shots, args.out or os.path.join(args.root, "heldout"))
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,58 @@
+"""The core files import one way: data -> model -> lora, cluster -> router ->
+explain -> eval -> train -> study. A lower file never imports a higher one, and
+no project import hides inside a function to dodge a cycle."""
+import ast
+import os
+
+import pytest
+
+from conftest import ROOT
+
+# file -> its place in the reading order; a file may import only files of a lower place
+ORDER = {
+    "data/lila.py": 0, "data/score.py": 0, "data/cli.py": 0, "data/files.py": 0,
+    "data/prompts.py": 1, "data/tokenizer.py": 2,
+    "model.py": 3, "lora.py": 4, "cluster.py": 4, "router.py": 5,
+    "explain.py": 6, "eval.py": 7, "train.py": 8, "study.py": 9,
+}
+MODULE = {path[:-3].replace("/", "."): path for path in ORDER}      # "data.lila" -> "data/lila.py"
+
+
+def project_imports(path):
+    """[(module, line, at top level)] of the project modules that a file imports."""
+    tree = ast.parse(open(os.path.join(ROOT, path)).read())
+    top = set(map(id, tree.body))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        else:
+            continue
+        for name in names:
+            if name in MODULE:
+                found.append((name, node.lineno, id(node) in top))
+    return found
+
+
+def test_every_core_file_is_placed():
+    core = {f for f in os.listdir(ROOT) if f.endswith(".py")}
+    core |= {f"data/{f}" for f in os.listdir(os.path.join(ROOT, "data"))
+             if f.endswith(".py") and f not in ("__init__.py", "generate.py")}   # generate.py: its own venv
+    assert core == set(ORDER)
+
+
+@pytest.mark.parametrize("path", sorted(ORDER))
+def test_imports_run_one_way(path):
+    for module, line, at_top in project_imports(path):
+        assert at_top, f"{path}:{line} imports {module} inside a function"
+        assert ORDER[MODULE[module]] < ORDER[path], f"{path}:{line} imports {module}, which comes later"
+
+
+def test_the_check_can_fail(tmp_path, monkeypatch):
+    """An upward import and a function-level import are both found."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "lila.py").write_text("import eval\n\ndef f():\n    import model\n")
+    monkeypatch.setattr(__import__(__name__), "ROOT", str(tmp_path))
+    assert project_imports("data/lila.py") == [("eval", 1, True), ("model", 4, False)]
