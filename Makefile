@@ -30,18 +30,17 @@ data: .venv-gen/.ready .venv/.runtime
 	$(GEN) data/generate.py --out $(DATA) --train $(TRAIN) --dev $(DEV) --test $(TEST)
 	$(PY) -m data.tokenizer --data $(DATA) --out data/tokenizer.json
 
-# The mixture at work on the shipped phi-tiny, in under 3 minutes on 2 cores: fresh
-# questions from the generator; the base, the arithmetic expert merged and the routed
-# mixture on the same questions, each compared with the base question by question;
-# then one question explained.
+# The mixture at work on the shipped phi-tiny: fresh questions from the generator;
+# the base, the arithmetic expert merged and the routed mixture on the same questions
+# (each table in out/demo/*.md), side by side and question by question; then one
+# question explained.
 DEMO := $(PY) eval.py --data out/demo/data --limit 10
 demo: .venv-gen/.ready .venv/.runtime
 	$(GEN) data/generate.py --out out/demo/data --train 20 --dev 0 --test 10 --seed 7
-	$(DEMO) --json out/demo/base.json
-	$(DEMO) --adapter checkpoints/phi-tiny-moe/experts/arithmetic --json out/demo/arithmetic.json
-	$(DEMO) --moe checkpoints/phi-tiny-moe/router --out out/demo/routing --json out/demo/mixture.json
-	$(PY) study.py paired out/demo/base.json out/demo/arithmetic.json
-	$(PY) study.py paired out/demo/base.json out/demo/mixture.json
+	$(DEMO) --json out/demo/base.json > out/demo/base.md
+	$(DEMO) --adapter checkpoints/phi-tiny-moe/experts/arithmetic --json out/demo/arithmetic.json > out/demo/arithmetic.md
+	$(DEMO) --moe checkpoints/phi-tiny-moe/router --out out/demo/routing --json out/demo/mixture.json > out/demo/mixture.md
+	$(PY) study.py paired out/demo/base.json out/demo/arithmetic.json out/demo/mixture.json
 	$(PY) eval.py --explain "Solve 3*y - 1 = -13 for y."
 
 test: .venv/.test .venv-gen/.ready

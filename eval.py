@@ -31,6 +31,7 @@ sampling-based metrics such as pass@k.
 import os
 import time
 from collections import defaultdict
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,11 +93,12 @@ def answer_nll(model, prompts, answers):
 
 @torch.no_grad()
 def evaluate(model, tok, examples, pool, shots=4, batch_size=32, seed=1234,
-             max_new_tokens=32, desc="eval", on_batch=None):
+             max_new_tokens=32, desc="eval", route=None):
     """Answer every example k-shot; return one record per example (input order).
-    on_batch(indices), if given, runs before each batch is generated (the router
-    sets its task-level weights there); it may return after(j), called once the
-    batch is generated, giving a dict of extra fields for the batch's row j.
+    route(indices), if given, is a context entered around each batch's answers
+    (the router sets the batch's task-level weights there). It yields a list,
+    which holds one dict of extra fields per row of the batch once it exits, or
+    stays empty.
 
     Prompts are sorted by length before batching, so a batch holds prompts of
     similar length and little compute goes to padding."""
@@ -104,19 +106,16 @@ def evaluate(model, tok, examples, pool, shots=4, batch_size=32, seed=1234,
     ids, gold = zip(*(encode(tok, e, pool, shots, seed, model.config.max_position_embeddings,
                              max_new_tokens) for e in examples))
     order = sorted(range(len(examples)), key=lambda i: len(ids[i]))
-    eot, newline = tok.token_to_id(M.EOT), "\n"
     predictions, extra = [None] * len(examples), [{} for _ in examples]
     nll = [None] * len(examples)
     bar = tqdm(total=len(examples), desc=desc, unit="q", leave=False)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        after = on_batch(chunk) if on_batch else None
-        new = M.generate(model, [ids[i] for i in chunk], max_new_tokens, eos_id=eot,
-                         stop_fn=lambda n: newline in tok.decode(n), n_tokens=tok.get_vocab_size())
-        for j, (i, n) in enumerate(zip(chunk, new)):
-            predictions[i] = tok.decode(n).split(newline)[0].strip()
-            if after:
-                extra[i] = after(j)
+        with route(chunk) if route else nullcontext([]) as extras:
+            texts = M.complete(model, tok, [ids[i] for i in chunk], max_new_tokens)
+        for j, (i, text) in enumerate(zip(chunk, texts)):
+            predictions[i] = text.strip()
+            extra[i] = extras[j] if extras else {}
         for i, v in zip(chunk, answer_nll(model, [ids[i] for i in chunk], [gold[i] for i in chunk])):
             nll[i] = v
         bar.update(len(chunk))
@@ -204,25 +203,24 @@ def moe(ev, router_dir, variant="full", experts=None, route=None):
     if variant == "full":
         router.to(device).attach(model).eval()
 
-    def on_batch(idx):
-        p = None if priors is None else priors[idx].to(device)
+    @contextmanager
+    def route(idx):
+        """The batch's task-level weights in; its routing, per row, out."""
+        p = None if priors is None else priors[idx]                       # (B, E)
+        extras = []
         if variant == "task-soft":
-            lora.set_expert_weights(model, p)
-            return lambda j: {"routing": {"prior": priors[idx[j]].tolist()}}
-        router.set_prior(p if cfg.prior != "none" else None)
-        router.trace = []
-        summary = {}
-
-        def after(j):
-            if "w" not in summary:
-                summary["w"] = R.trace_summary(router.trace, cfg.n_layers, len(idx))   # (B, L, E)
-                router.trace = None
-            w = summary["w"][j]
-            return {"routing": {"experts": w.tolist(), "groups": (w @ router.M).tolist(),
-                                "prior": None if priors is None else priors[idx[j]].tolist()}}
-        return after
+            lora.set_expert_weights(model, p.to(device))
+            yield extras
+            extras += [{"routing": {"prior": w.tolist()}} for w in p]
+            return
+        router.set_prior(p.to(device) if cfg.prior != "none" else None)
+        with router.record() as rec:
+            yield extras
+        for j, w in enumerate(rec.weights()):                             # (L, E) each
+            extras.append({"routing": {"experts": w.tolist(), "groups": (w @ router.M).tolist(),
+                                       "prior": None if p is None else p[j].tolist()}})
     try:
-        return ev(f"moe ({variant})", on_batch=on_batch), router
+        return ev(f"moe ({variant})", route=route), router
     finally:
         router.detach()
         lora.remove_lora(model, merge=False)
@@ -283,10 +281,10 @@ class Evaluator:
     seed: int = 1234
     max_new_tokens: int = 32
 
-    def __call__(self, desc="eval", shots=None, examples=None, on_batch=None):
+    def __call__(self, desc="eval", shots=None, examples=None, route=None):
         return evaluate(self.model, self.tok, self.examples if examples is None else examples, self.pool,
                         self.shots if shots is None else shots, self.batch_size, self.seed,
-                        self.max_new_tokens, desc, on_batch)
+                        self.max_new_tokens, desc, route)
 
     @classmethod
     def from_args(cls, args):

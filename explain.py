@@ -157,16 +157,14 @@ def explain(model, tok, args):
                        args.seed) if pool else []
     ids, _ = prompt_ids(tok, [(s.question, s.answers[0]) for s in shots], question)
     router.set_prior(prior)
-    router.trace = []
-    new = M.generate(model, [ids], args.max_new_tokens, eos_id=tok.token_to_id(M.EOT),
-                     stop_fn=lambda n: "\n" in tok.decode(n), n_tokens=tok.get_vocab_size())[0]
-    w = R.trace_summary(router.trace, cfg.n_layers, 1)[0]                          # (L, E)
-    router.trace = None
+    with router.record() as rec:
+        answer = M.complete(model, tok, [ids], args.max_new_tokens)[0].strip()
+    w = rec.weights()[0]                                                          # (L, E)
     layers = [f"layer {l}" for l in range(cfg.n_layers)]
     print(f"\ngrouped gate per layer, mean over the generated tokens ({len(pool) and args.shots}-shot prompt):")
     print(text_heatmap((w @ router.M).tolist(), layers, [f"G{g}" for g in range(len(groups))]))
     print("  " + "; ".join(f"G{g} = {name}" for g, name in enumerate(groups)))
     if not cfg.rank1:
         print(text_heatmap(w.tolist(), layers, short(cfg.experts)))
-    print(f"\nanswer         {tok.decode(new).split(chr(10))[0].strip()}")
+    print(f"\nanswer         {answer}")
 

@@ -633,8 +633,9 @@ def sample(logits, temperature, top_k, generator=None):
 
 
 def complete(model, tok, prompts, max_new_tokens=32, stop="\n", **kw):
-    """Text in, text out: each prompt's continuation, cut before `stop`."""
-    ids = [tok.encode(p).ids for p in prompts]
+    """Each prompt's continuation as text, cut before `stop`. A prompt is text, or
+    the token ids that data.prompts.prompt_ids builds."""
+    ids = [tok.encode(p).ids if isinstance(p, str) else p for p in prompts]
     stop_fn = (lambda new: stop in tok.decode(new)) if stop else None
     new = generate(model, ids, max_new_tokens, eos_id=tok.token_to_id(EOT), stop_fn=stop_fn,
                    n_tokens=tok.get_vocab_size(), **kw)

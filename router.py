@@ -21,7 +21,7 @@ Chapters:
                   with a learned router the same way); optional top-k with
                   renormalisation, temperature, an entropy regulariser and a
                   load-balancing loss; forward pre-hooks write the weights into
-                  the layer's MultiLoRALinear modules; a trace records them
+                  the layer's MultiLoRALinear modules; record() keeps them
   4. files        router.safetensors + router.json
   5. checks       what load_config, load_router and Router refuse (_check_config,
                   _check_state, _check_positive)
@@ -49,6 +49,7 @@ import json
 import math
 import numbers
 import os
+from contextlib import contextmanager
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 import numpy as np
@@ -174,7 +175,7 @@ class GroupedGate(nn.Module):
 
 
 # ---------------------------------------------------------------------------
-# 3. The router: both levels, regularisers, hooks, trace
+# 3. The router: both levels, regularisers, hooks, recording
 # ---------------------------------------------------------------------------
 
 
@@ -213,7 +214,7 @@ class Router(nn.Module):
         self.prior_w = None          # (B, E) task-level weights of the current batch
         self.pooled = {}             # level="sequence": pooled h per layer, kept for decode steps
         self.aux = []                # regulariser terms of the last forward
-        self.trace = None            # a list to record (layer, weights at the last position)
+        self.recording = None        # inside record(): a Recording of the weights
         self.handles = []
         self.rank1 = nn.ParameterList()   # cfg.rank1 > 0: the experts' A and B, trained here
 
@@ -282,8 +283,8 @@ class Router(nn.Module):
                     self.aux = []
                 if self.training:
                     self.aux += self.regularisers(w)
-                if self.trace is not None:
-                    self.trace.append((l, (w[:, -1] if w.dim() == 3 else w).detach().float().cpu()))
+                if self.recording is not None:
+                    self.recording.add(l, w)
                 for m in mods:
                     m.weights = w
             self.handles.append(layer.register_forward_pre_hook(hook))
@@ -299,10 +300,30 @@ class Router(nn.Module):
         return [p for n, p in self.named_parameters() if not n.startswith("task.")]
 
 
-def trace_summary(trace, n_layers, B):
-    """Per row: mean over the recorded forwards of each layer's weights -> (B, L, E)."""
-    per_layer = [[w for l, w in trace if l == layer and w.shape[0] == B] for layer in range(n_layers)]
-    return torch.stack([torch.stack(ws).mean(0) for ws in per_layer], dim=1)
+    @contextmanager
+    def record(self):
+        """with router.record() as rec: generate(...); then rec.weights() is (B, L, E),
+        each layer's weights at the last position, averaged over the forwards inside:
+        the prefill's last token and every decode step, i.e. the tokens that produced
+        the answer."""
+        self.recording = Recording(self.cfg.n_layers)
+        try:
+            yield self.recording
+        finally:
+            self.recording = None
+
+
+class Recording:
+    """The expert weights (B, E) of each layer, one entry per forward."""
+
+    def __init__(self, n_layers):
+        self.steps = [[] for _ in range(n_layers)]
+
+    def add(self, layer, w):
+        self.steps[layer].append((w[:, -1] if w.dim() == 3 else w).detach().float().cpu())   # (B, E)
+
+    def weights(self):
+        return torch.stack([torch.stack(ws).mean(0) for ws in self.steps], dim=1)          # (B, L, E)
 
 
 # ---------------------------------------------------------------------------

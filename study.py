@@ -91,15 +91,33 @@ def read_records(path):
     return records
 
 
-def compare(base_json, other_json):
-    """study.py paired: the table of other_json against base_json."""
-    table = paired(read_records(base_json), read_records(other_json))
-    if not table:
-        raise ValueError(f"{other_json}: none of its questions is in {base_json}; evaluate both "
-                         "with the same --data, --split, --limit and --seed")
-    print(paired_markdown(table, f"{other_json} against {base_json}, question by question "
-                                 "(wins: only the first is right; losses: only the second)"))
-    return table
+def compare(base_json, others):
+    """study.py paired: each run of `others` against base_json, side by side:
+    per skill, correct answers, wins : losses and the sign test's p; the last row
+    pools every skill's questions."""
+    base = read_records(base_json)
+    tables = {}
+    for path in others:
+        tables[path] = paired(base, read_records(path))
+        if not tables[path]:
+            raise ValueError(f"{path}: none of its questions is in {base_json}; evaluate both "
+                             "with the same --data, --split, --limit and --seed")
+    names = [os.path.splitext(os.path.basename(p))[0] for p in [base_json, *others]]
+    lines = [f"### Correct answers, and wins : losses against {names[0]} (sign-test p)", "",
+             "| skill | questions | " + " | ".join(names) + " |", "|---|---:|" + "---:|" * len(names)]
+    first = tables[others[0]]
+    rows = {skill: {p: t.get(skill) for p, t in tables.items()} for skill in first}
+    pooled = {p: {k: sum(t[s][k] for s in t) for k in ("questions", "base", "model", "wins", "losses")}
+              for p, t in tables.items()}
+    for p in pooled.values():
+        p["p"] = sign_test(p["wins"], p["losses"])
+    for skill, per in [*rows.items(), ("**all**", pooled)]:
+        cells = ["-" if t is None else f"{t['model']} ({t['wins']} : {t['losses']}, p {t['p']:.2g})"
+                 for t in per.values()]
+        ref = per[others[0]]
+        lines.append(f"| {skill} | {ref['questions']} | {ref['base']} | " + " | ".join(cells) + " |")
+    print("\n".join(lines))
+    return tables
 
 
 # ---------------------------------------------------------------------------
@@ -403,9 +421,9 @@ def parser():
     p = Parser(description="Compare the study's configurations: paired tests, forgetting, held-out "
                            "questions, the report.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
-    s = sub.add_parser("paired", help="two eval.py --json runs, question by question")
+    s = sub.add_parser("paired", help="eval.py --json runs against a reference, question by question")
     s.add_argument("base", help="eval.py --json of the reference run (e.g. the base model)")
-    s.add_argument("other", help="eval.py --json of the run compared with it, on the same questions")
+    s.add_argument("others", nargs="+", help="eval.py --json of the runs compared with it, on the same questions")
     s = sub.add_parser("forgetting", help="every expert on every skill, minus the base")
     s.add_argument("experts", help="a folder of expert folders (train.py --expert outputs)")
     s.add_argument("--out", default="out/forgetting", help="where forgetting.md/.json/.png go")
@@ -422,7 +440,7 @@ def parser():
 def main():
     args = parser().parse_args()
     if args.command == "paired":
-        compare(args.base, args.other)
+        compare(args.base, args.others)
     elif args.command == "report":
         report(args.root)
     elif args.command == "forgetting":

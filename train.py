@@ -41,6 +41,7 @@ Left out: gradient accumulation.
 import math
 import os
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -309,9 +310,12 @@ class Routing:
             self.router.set_prior(torch.stack([self.prior[e.question] for e in examples]))
 
     def dev_batch(self, questions):
-        def on_batch(indices):
+        """evaluate()'s route: the task-level priors of each batch of dev questions."""
+        @contextmanager
+        def route(indices):
             self.set([questions[i] for i in indices])
-        return on_batch
+            yield []
+        return route
 
 
 def build_rank1(model, args, train_ex, dev_ex, device):
@@ -454,9 +458,9 @@ def train(args):
             dl = dev_loss(fwd, dev_episodes, args.eval_batches, args.batch_size, device, autocast)
             model.eval()
             with autocast():
-                on_batch = routing.dev_batch(dev_questions) if routing else None
+                route = routing.dev_batch(dev_questions) if routing else None
                 acc = mean_accuracy(evaluate(model, tok, dev_questions, pool, shots=4, batch_size=64,
-                                             desc="dev accuracy", on_batch=on_batch))
+                                             desc="dev accuracy", route=route))
             model.train()
             log.append({"step": step, "dev_loss": dl, "dev_accuracy": acc, "time": time.time() - t0})
             if acc > best:

@@ -2,6 +2,7 @@
 expert equals --adapter, a soft route replaces the task level, and --explain
 runs end to end on a tiny base with two experts, a router and clusters."""
 import json
+import re
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -95,7 +96,15 @@ def test_explain_one_question(routed, base_dir):  # noqa: F811
     assert f"meta-question  {C.meta_question('Solve 3*y - 1 = -13 for y.')}\n" in out
     assert f"of {routed / 'clusters'}: majority skill" in out          # the router's clusters_dir
     assert "task level (centroid task router)" in out
-    assert "layer 0" in out and "layer 1" in out and "answer" in out
+    # every distribution printed sums to 100%: the groups of the task level, and each
+    # layer's row of group weights and of expert weights (rounding moves a row by <= 2)
+    groups = [float(l.split()[-1][:-1]) for l in out.splitlines() if l.startswith("  group ")]
+    assert len(groups) == 2 and sum(groups) == pytest.approx(100, abs=0.2)
+    rows = [l for l in out.splitlines() if l.startswith("layer ")]
+    assert len(rows) == 2 * 2                          # 2 layers, groups then experts
+    for row in rows:
+        assert abs(sum(int(p) for p in re.findall(r"(\d+)%", row)) - 100) <= 2, row
+    assert re.search(r"\nanswer +\S", out)
     forced = run_eval(base_dir, "--moe", str(routed / "routers" / "two-level"), "--explain", "What is 2 + 3?",
                       "--route", "numbers")
     assert "--route numbers" in forced and "expert numbers" in forced and "100.0%" in forced

@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file
 
 import lora
 from model import PhiConfig, PhiForCausalLM, load
@@ -298,4 +299,8 @@ def test_adapter_for_another_base(our_adapter):
     same_shape = PhiForCausalLM(PhiConfig(hidden_size=64, **small))   # same shapes, other weights
     with pytest.raises(ValueError, match="another base model.*model.embed_tokens.weight differs"):
         lora.load_adapter(same_shape, our_adapter[0])
-    assert lora.load_adapter(same_shape, our_adapter[0], check_base=False)
+    names = lora.load_adapter(same_shape, our_adapter[0], check_base=False)    # the check skipped: loads
+    saved = load_file(os.path.join(our_adapter[0], lora.WEIGHTS_NAME))
+    mine = lora.lora_state_dict(same_shape)
+    assert len(names) == 12 and {lora.PEFT_PREFIX + k for k in mine} == set(saved)
+    assert all(torch.equal(v, saved[lora.PEFT_PREFIX + k]) for k, v in mine.items())

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import model as M
-from conftest import write_hf_checkpoint
+from conftest import ROOT, write_hf_checkpoint
 
 PHI2_WIDTH = dict(vocab_size=51200, hidden_size=2560, intermediate_size=10240, num_hidden_layers=2,
                   num_attention_heads=32, max_position_embeddings=2048, partial_rotary_factor=0.4,
@@ -102,8 +102,17 @@ def test_stop_string_and_eos(tiny_ckpt):
     assert cut == full[:3]
     eos = M.generate(model, [[5, 6, 7]], 10, eos_id=full[2])[0]
     assert eos == full[:full.index(full[2])]
-    text = M.complete(model, tok, ["Question: What is 2 + 3?\nAnswer:"], max_new_tokens=8, stop="\n")
-    assert "\n" not in text[0]
+
+
+def test_complete_cuts_at_the_stop():
+    """phi-tiny answers and goes on to the next line: complete keeps the text
+    before the first newline, the same for a text prompt and its token ids."""
+    model, tok = M.load(os.path.join(ROOT, "checkpoints", "phi-tiny"), verbose=False)
+    prompt = "Question: What is 2 + 3?\nAnswer:"
+    full = M.complete(model, tok, [prompt], max_new_tokens=12, stop=None)[0]
+    assert "\n" in full.strip(" ")                    # there is something to cut
+    cut = M.complete(model, tok, [prompt, tok.encode(prompt).ids], max_new_tokens=12, stop="\n")
+    assert cut == [full.split("\n")[0]] * 2
 
 
 def test_rope_by_hand():

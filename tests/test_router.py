@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -17,6 +18,37 @@ import train
 from conftest import ROOT
 from test_experts import base_dir, expert_argv  # noqa: F401  (fixture)
 from test_train_eval import FIXTURE, tokenizer_path  # noqa: F401  (fixture)
+
+
+def test_centroid_prior_by_hand():
+    """Two centroids on a line; questions at distance 1 and 3 from them: squared
+    distances (1, 9) and (9, 1), so the scale s (median squared distance to the
+    nearest centroid) is 1 and the prior is softmax(-d^2 / tau)."""
+    task = R.TaskRouter(np.array([[0.0, 0.0], [4.0, 0.0]], np.float32), "centroid", tau=2.0)
+    X = np.array([[1.0, 0.0], [3.0, 0.0]], np.float32)
+    task.fit(X, np.array([0, 1]))
+    assert task.scale.item() == 1.0
+    p = 1 / (1 + math.exp(-(9 - 1) / 2.0))
+    assert task.prior(X).flatten().tolist() == pytest.approx([p, 1 - p, 1 - p, p])
+
+
+def test_learned_prior_folds_the_standardisation():
+    """The classifier trains on standardised embeddings and folds mu and sd into
+    its weights, so fitting on X, or on X with each dimension shifted and scaled,
+    gives the same prior for the same (shifted and scaled) questions; it also
+    separates separable training questions."""
+    g = np.random.default_rng(0)
+    X = np.concatenate([g.normal(0, 1, (40, 6)), g.normal(0, 1, (40, 6)) + 3]).astype(np.float32)
+    y = np.array([0] * 40 + [1] * 40)
+    shift, scale = g.normal(0, 50, 6).astype(np.float32), np.exp(g.normal(0, 2, 6)).astype(np.float32)
+    priors = []
+    for data in (X, X * scale + shift):
+        torch.manual_seed(0)
+        task = R.TaskRouter(np.zeros((2, 6), np.float32), "learned")
+        task.fit(data, y)
+        priors.append(task.prior(data))
+    assert (priors[0].argmax(-1).numpy() == y).all()
+    assert torch.allclose(priors[0], priors[1], atol=1e-3)
 
 
 def test_grouped_gate_is_the_product_form():

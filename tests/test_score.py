@@ -130,10 +130,6 @@ def test_is_correct(prediction, answer, expected):
     assert is_correct(prediction, [answer]) is expected, (normalize(prediction), normalize(answer))
 
 
-def test_table_is_big_enough():
-    assert len(CASES) >= 40 and sum(not c[2] for c in CASES) >= 20
-
-
 def test_any_of_several_answers_and_a_bare_string():
     assert is_correct("3.0", ["3", "3.0"]) and is_correct("3", "3.0")
     assert not is_correct("4", ["3", "3.0"])

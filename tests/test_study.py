@@ -1,0 +1,57 @@
+"""study.py: the sign test against scipy, paired counts by hand, and the report
+of a made-up study folder, cell by cell."""
+import json
+import os
+
+import pytest
+
+from study import paired, report, sign_test
+
+
+def test_sign_test_matches_scipy():
+    from scipy.stats import binomtest
+    assert sign_test(9, 1) == pytest.approx(2 * 11 / 1024)          # the docstring's worked example
+    assert sign_test(0, 0) == 1.0 and sign_test(3, 3) == 1.0
+    for wins, losses in [(10, 4), (6, 10), (17, 7), (0, 5), (40, 25)]:
+        assert sign_test(wins, losses) == pytest.approx(binomtest(wins, wins + losses).pvalue, rel=1e-9)
+
+
+def test_paired_counts_question_by_question():
+    rec = lambda q, ok, skill="algebra": {"question": q, "skill": skill, "correct": ok}  # noqa: E731
+    base = [rec("a", True), rec("b", False), rec("c", True), rec("d", False), rec("e", False, "numbers")]
+    new = [rec("a", True), rec("b", True), rec("c", False), rec("d", True), rec("z", True)]  # z: not in base
+    assert paired(base, new) == {"algebra": {"questions": 4, "base": 2, "model": 3, "wins": 2, "losses": 1,
+                                             "p": 1.0}}
+
+
+def write(path, obj):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f)
+
+
+def test_report_reads_what_the_study_wrote(tmp_path):
+    """Each row comes from its eval.py JSON, the experts' row from the forgetting
+    matrix's diagonal; missing pieces stay missing ("-"), nothing is invented."""
+    out = str(tmp_path)
+    ev = lambda acc, nll: {"accuracy": acc, "answer_nll": nll, "records": []}   # noqa: E731
+    write(f"{out}/eval/base-4shot.json", ev({"algebra": 0.5, "numbers": 0.25}, {"algebra": 1.0, "numbers": 2.0}))
+    write(f"{out}/eval/mixed.json", ev({"algebra": 0.5, "numbers": 0.5}, {"algebra": 0.5, "numbers": 1.5}))
+    write(f"{out}/forgetting/forgetting.json", {"accuracy": {"algebra": {"algebra": 0.75, "numbers": 0.0}},
+                                                "nll": {"algebra": {"algebra": 0.25, "numbers": 3.0}}})
+    write(f"{out}/eval/steer/own-algebra.json", ev({"algebra": 0.6}, {}))
+    write(f"{out}/eval/steer/wrong-algebra.json", ev({"algebra": 0.1}, {}))
+    write(f"{out}/experts/algebra/log.json", [{"step": 60, "time": 90.0}])
+    report(out)
+    assert open(f"{out}/results.md").read().splitlines() == [
+        "| configuration | algebra | numbers | mean |", "|---|---:|---:|---:|",
+        "| base, 4-shot | 50.0 | 25.0 | **37.5** |",
+        "| mixed LoRA | 50.0 | 50.0 | **50.0** |",
+        "| each skill's expert on its own skill | 75.0 | - | **75.0** |"]
+    text = open(f"{out}/REPORT.md").read()
+    assert "| each skill's expert on its own skill | 0.250 | - | **0.250** |" in text
+    assert "| algebra | 60.0 | 10.0 | - |" in text              # steering: no routed run to compare
+    assert "| experts/algebra | 60 | 1.5 |" in text
+    assert "## Composed" not in text and "## Forgetting" not in text   # no forgetting.md, no composed runs
+    tables = json.load(open(f"{out}/results.json"))
+    assert tables["answer_nll"]["base, 4-shot"] == {"algebra": 1.0, "numbers": 2.0}
