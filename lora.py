@@ -53,6 +53,7 @@ DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2")
 PEFT_PREFIX = "base_model.model."        # PEFT key = PEFT_PREFIX + our key
 CONFIG_NAME, WEIGHTS_NAME = "adapter_config.json", "adapter_model.safetensors"
 FINGERPRINT_KEY = "skill_moe.base_fingerprint"   # safetensors metadata; PEFT ignores it
+ALPHA_KEY = "skill_moe.lora_alpha"              # safetensors metadata: the scale the weights were saved with
 
 # ---------------------------------------------------------------------------
 # 1. LoRALinear
@@ -425,25 +426,19 @@ def save_adapter(model, out_dir, base_model_name_or_path=None, r=None, alpha=Non
     """Write adapter_config.json and adapter_model.safetensors (PEFT layout) for the
     model's LoRALinear layers. r/alpha/dropout/targets default to what the layers
     hold; if given they must agree. Each file goes to a temporary name and is then
-    renamed (weights first, config last), so a crash never leaves a torn file.
+    renamed (weights first, config last), so a crash never leaves a torn file. The
+    weights' metadata records lora_alpha, the one setting that the tensors' names
+    and shapes do not pin down, so a crash between the two files can only leave a
+    pair that agrees (read_adapter refuses one that does not).
 
     The base is named as PEFT names it: base_model_name_or_path is the folder or
     Hub id the user gave (model.load records it as model.model_id), and revision
     the Hub commit it resolved to (model.revision; None for a plain folder)."""
     mods = lora_modules(model, LoRALinear)
-    if not mods:
-        raise ValueError("model has no LoRALinear layers to save (MultiLoRALinear is not a PEFT adapter)")
-    if any(m.merged for m in mods.values()):
-        raise ValueError("adapters are merged into W; unmerge_lora(model) before saving")
     held = {"r": {m.r for m in mods.values()}, "alpha": {m.alpha for m in mods.values()},
             "dropout": {m.dropout_p for m in mods.values()}}
-    given = {"r": r, "alpha": alpha, "dropout": dropout}
-    for k, vals in held.items():
-        if len(vals) != 1 or (given[k] is not None and given[k] not in vals):
-            raise ValueError(f"{k}: layers hold {sorted(vals)}, asked to save {given[k]}")
     targets = targets if targets is not None else sorted({n.rsplit(".", 1)[-1] for n in mods})
-    if set(target_names(model, targets)) != set(mods):
-        raise ValueError(f"target_modules {targets!r} do not select exactly the {len(mods)} LoRA layers")
+    _check_saveable(model, mods, held, {"r": r, "alpha": alpha, "dropout": dropout}, targets)
     if base_model_name_or_path is None:
         base_model_name_or_path = getattr(model, "model_id", "")
     if revision is None:
@@ -458,7 +453,8 @@ def save_adapter(model, out_dir, base_model_name_or_path=None, r=None, alpha=Non
               "modules_to_save": None, "layers_to_transform": None, "rank_pattern": {},
               "alpha_pattern": {}}
     tensors = {PEFT_PREFIX + k: v.detach().to("cpu").contiguous() for k, v in lora_state_dict(model).items()}
-    metadata = {"format": "pt", FINGERPRINT_KEY: json.dumps(base_fingerprint(model))}
+    metadata = {"format": "pt", FINGERPRINT_KEY: json.dumps(base_fingerprint(model)),
+                ALPHA_KEY: json.dumps(config["lora_alpha"])}
     os.makedirs(out_dir, exist_ok=True)
     write_atomic(os.path.join(out_dir, WEIGHTS_NAME), lambda p: save_file(tensors, p, metadata=metadata))
     write_json(os.path.join(out_dir, CONFIG_NAME), config, indent=2)
@@ -489,54 +485,23 @@ def read_adapter(model, adapter_dir, check_base=True):
     shapes, tensors that are not floating point or not finite (_check_tensor),
     or a base model other than the one it was made for (_check_fingerprint)."""
     cfg_path, w_path = os.path.join(adapter_dir, CONFIG_NAME), os.path.join(adapter_dir, WEIGHTS_NAME)
-    for path in (cfg_path, w_path):
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} not found (an adapter directory holds {CONFIG_NAME} "
-                                    f"and {WEIGHTS_NAME})")
-    try:
-        with open(cfg_path) as f:
-            config = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
-    _check_adapter_config(cfg_path, config)
+    config = _read_adapter_config(cfg_path, w_path)
     if lora_modules(model):
         raise ValueError("model already has LoRA layers; call remove_lora(model) first")
-    try:
-        f = safe_open(w_path, framework="pt", device="cpu")
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"{w_path}: truncated or corrupt safetensors file ({e})") from None
-    with f:
+    with _open_weights(w_path) as f:
         fp = (f.metadata() or {}).get(FINGERPRINT_KEY)
         if check_base and fp is not None:
             _check_fingerprint(model, fp, w_path)
+        _check_alpha(w_path, f.metadata() or {}, config["lora_alpha"])
         names = target_names(model, config["target_modules"])
-        if not names:
-            raise ValueError(f"{cfg_path}: target_modules {config['target_modules']!r} match no "
-                             "Linear of this model")
-        r = config["r"]
-        expected = {}                                     # PEFT key -> (module name, shape)
+        expected = {}                                     # PEFT key -> (module name, shape (r, I) or (O, r))
         for n in names:
             lin = model.get_submodule(n)
-            expected[f"{PEFT_PREFIX}{n}.lora_A.weight"] = (n, (r, lin.in_features))
-            expected[f"{PEFT_PREFIX}{n}.lora_B.weight"] = (n, (lin.out_features, r))
-        keys = set(f.keys())
-        missing, unexpected = sorted(set(expected) - keys), sorted(keys - set(expected))
-        if missing or unexpected:
-            parts = [f"{what} {len(ks)} tensors, e.g. {ks[:3]}" for what, ks in
-                     (("missing", missing), ("unexpected", unexpected)) if ks]
-            raise ValueError(f"{w_path}: tensors do not match {CONFIG_NAME} (target_modules "
-                             f"{config['target_modules']!r}, r={config['r']}) and this model: "
-                             + "; ".join(parts))
-        tensors = {}
-        for key, (n, shape) in expected.items():
-            t = f.get_tensor(key)
-            if tuple(t.shape) != shape:
-                lin = model.get_submodule(n)
-                raise ValueError(f"{w_path}: tensor {key} has shape {tuple(t.shape)}, expected {shape} "
-                                 f"(r={r} from {CONFIG_NAME}; {n} is Linear({lin.in_features}, "
-                                 f"{lin.out_features}))")
-            _check_tensor(w_path, key, t)
-            tensors[key] = t
+            expected[f"{PEFT_PREFIX}{n}.lora_A.weight"] = (n, (config["r"], lin.in_features))
+            expected[f"{PEFT_PREFIX}{n}.lora_B.weight"] = (n, (lin.out_features, config["r"]))
+        _check_keys(w_path, config, expected, set(f.keys()))
+        tensors = {key: _check_tensor(w_path, key, f.get_tensor(key), shape, model.get_submodule(n),
+                                      config["r"]) for key, (n, shape) in expected.items()}
     layers = {n: (tensors[f"{PEFT_PREFIX}{n}.lora_A.weight"], tensors[f"{PEFT_PREFIX}{n}.lora_B.weight"])
               for n in names}
     return config, layers
@@ -642,21 +607,87 @@ def _check_targets(path, targets):
         raise _bad(path, "target_modules", targets, "a non-empty list of module names or one regex string")
 
 
-def _check_tensor(path, key, t):
-    """An adapter tensor: floating point, and no NaN or inf."""
+def _check_saveable(model, mods, held, given, targets):
+    """save_adapter: unmerged LoRALinear layers that agree on r, alpha and dropout
+    (and with the values given), selected exactly by target_modules."""
+    if not mods:
+        raise ValueError("model has no LoRALinear layers to save (MultiLoRALinear is not a PEFT adapter)")
+    if any(m.merged for m in mods.values()):
+        raise ValueError("adapters are merged into W; unmerge_lora(model) before saving")
+    for k, vals in held.items():
+        if len(vals) != 1 or (given[k] is not None and given[k] not in vals):
+            raise ValueError(f"{k}: layers hold {sorted(vals)}, asked to save {given[k]}")
+    if set(target_names(model, targets)) != set(mods):
+        raise ValueError(f"target_modules {targets!r} do not select exactly the {len(mods)} LoRA layers")
+
+
+def _read_adapter_config(cfg_path, w_path):
+    """adapter_config.json, checked (_check_adapter_config), with the weights file beside it."""
+    for path in (cfg_path, w_path):
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} not found (an adapter directory holds {CONFIG_NAME} "
+                                    f"and {WEIGHTS_NAME})")
+    try:
+        with open(cfg_path) as f:
+            config = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
+    _check_adapter_config(cfg_path, config)
+    return config
+
+
+def _check_alpha(w_path, metadata, alpha):
+    """The config's lora_alpha is the one the weights were saved with (adapters from
+    elsewhere record none). A save interrupted between the two files, or an edit
+    of lora_alpha, would otherwise rescale every update silently."""
+    saved = metadata.get(ALPHA_KEY)
+    if saved is not None and json.loads(saved) != alpha:
+        raise ValueError(f"{w_path}: saved with lora_alpha {json.loads(saved)}, but {CONFIG_NAME} says "
+                         f"{alpha} (a save interrupted between the two files, or an edit of lora_alpha; "
+                         "the scale belongs to the weights)")
+
+
+def _open_weights(w_path):
+    try:
+        return safe_open(w_path, framework="pt", device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{w_path}: truncated or corrupt safetensors file ({e})") from None
+
+
+def _check_keys(w_path, config, expected, keys):
+    """The file holds exactly the A and B of every Linear that target_modules selects."""
+    if not expected:
+        raise ValueError(f"{w_path[:-len(WEIGHTS_NAME)]}{CONFIG_NAME}: target_modules "
+                         f"{config['target_modules']!r} match no Linear of this model")
+    missing, unexpected = sorted(set(expected) - keys), sorted(keys - set(expected))
+    if missing or unexpected:
+        parts = [f"{what} {len(ks)} tensors, e.g. {ks[:3]}" for what, ks in
+                 (("missing", missing), ("unexpected", unexpected)) if ks]
+        raise ValueError(f"{w_path}: tensors do not match {CONFIG_NAME} (target_modules "
+                         f"{config['target_modules']!r}, r={config['r']}) and this model: " + "; ".join(parts))
+
+
+def _check_tensor(path, key, t, shape=None, lin=None, r=None):
+    """An adapter tensor: of `shape` (the Linear lin's, at rank r), floating point,
+    no NaN or inf. Returns it."""
+    if shape is not None and tuple(t.shape) != shape:
+        raise ValueError(f"{path}: tensor {key} has shape {tuple(t.shape)}, expected {shape} "
+                         f"(r={r} from {CONFIG_NAME}; the layer is Linear({lin.in_features}, "
+                         f"{lin.out_features}))")
     if t.dtype not in FLOAT_DTYPES:
         raise ValueError(f"{path}: tensor {key} has dtype {t.dtype}, expected a floating-point dtype "
                          "(float16, bfloat16, float32 or float64)")
     if not torch.isfinite(t).all():
         nan, inf = int(t.isnan().sum()), int(t.isinf().sum())
         raise ValueError(f"{path}: tensor {key} has {nan} NaN and {inf} inf values, expected finite values")
+    return t
 
 
 def _check_fingerprint(model, fp, path):
     """Refuse an adapter made for another base: first the config's shapes, then
     the sampled values of every tensor, to rtol 1e-2 (bf16 rounds by at most
-    2^-9, relative). Fingerprints written before issue 19 sampled only the first
-    8 values of the first tensor ("probe_tensor", "probe"): those are checked."""
+    2^-9, relative). Older fingerprints sampled only the first 8 values of the
+    first tensor ("probe_tensor", "probe"): those are checked as they are."""
     try:
         fp = json.loads(fp)
         old = "probe_tensor" in fp

@@ -85,27 +85,8 @@ class PhiConfig:
         for key in ("partial_rotary_factor", "rope_theta"):
             if key not in raw and key in rope:
                 raw[key] = rope[key]
-        if raw.get("model_type") == "phi-msft":   # phi-2's Hub revisions before its HF conversion
-            raise ValueError(f"{path}: this is the old 'phi-msft' layout (transformer.h.N.mixer.Wqkv); "
-                             "convert it to the HF layout (model.layers.N.self_attn.q_proj, ...) first, "
-                             "or use a later --revision")
-        if raw.get("model_type") != "phi":
-            raise ValueError(f"{path}: model_type is {raw.get('model_type')!r}, expected 'phi'")
-        checks = {"hidden_act": "gelu_new", "qk_layernorm": False}
-        for key, want in checks.items():
-            if raw.get(key, want) != want:
-                raise ValueError(f"{path}: {key} is {raw[key]!r}; only {want!r} (as phi-2) is supported")
-        kv = raw.get("num_key_value_heads") or raw.get("num_attention_heads")
-        if kv != raw.get("num_attention_heads"):
-            raise ValueError(f"{path}: num_key_value_heads {kv} != num_attention_heads; "
-                             "phi-2 has no grouped KV heads")
-        optional = {"bos_token_id", "eos_token_id"}
-        args = {}
-        for name in cls.__dataclass_fields__:
-            if name in raw and raw[name] is not None:
-                args[name] = raw[name]
-            elif name not in optional:
-                raise ValueError(f"{path}: config field {name!r} is missing")
+        _check_phi_config(path, raw)
+        args = {name: raw[name] for name in cls.__dataclass_fields__ if raw.get(name) is not None}
         _check_config_types(path, args)
         cfg = cls(**args)
         if cfg.hidden_size % cfg.num_attention_heads or cfg.rotary_dim % 2:
@@ -570,18 +551,8 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=None, eos_id
     softmax(logits / temperature), restricted to the top_k logits if given.
     n_tokens: only ids below it are ever produced. phi-2 has 51200 embedding rows
     but 50295 tokens, and an id without a token would be dropped by decode()."""
-    P, V = model.config.max_position_embeddings, model.config.vocab_size
-    if len(prompts) == 0:
-        raise ValueError("no prompts given")
-    for i, p in enumerate(prompts):
-        if len(p) == 0:
-            raise ValueError(f"prompt {i} is empty")
-        if len(p) > P:
-            raise ValueError(f"prompt {i} has {len(p)} tokens, more than "
-                             f"max_position_embeddings={P}")
-        if not 0 <= min(p) <= max(p) < V:
-            raise ValueError(f"prompt {i} has token ids from {min(p)} to {max(p)}, "
-                             f"outside the vocabulary 0..{V - 1}")
+    P = model.config.max_position_embeddings
+    _check_prompts(prompts, P, model.config.vocab_size)
     B, L = len(prompts), max(len(p) for p in prompts)
     max_new_tokens = min(max_new_tokens, P - L)
     device = model.lm_head.weight.device
@@ -646,6 +617,42 @@ def complete(model, tok, prompts, max_new_tokens=32, stop="\n", **kw):
 # ---------------------------------------------------------------------------
 # Checks at the edges
 # ---------------------------------------------------------------------------
+
+
+def _check_phi_config(path, raw):
+    """config.json describes plain phi-2: HF layout, gelu_new, no qk LayerNorm, no
+    grouped KV heads, and every field PhiConfig needs (the token ids may be absent)."""
+    if raw.get("model_type") == "phi-msft":   # phi-2's Hub revisions before its HF conversion
+        raise ValueError(f"{path}: this is the old 'phi-msft' layout (transformer.h.N.mixer.Wqkv); "
+                         "convert it to the HF layout (model.layers.N.self_attn.q_proj, ...) first, "
+                         "or use a later --revision")
+    if raw.get("model_type") != "phi":
+        raise ValueError(f"{path}: model_type is {raw.get('model_type')!r}, expected 'phi'")
+    for key, want in {"hidden_act": "gelu_new", "qk_layernorm": False}.items():
+        if raw.get(key, want) != want:
+            raise ValueError(f"{path}: {key} is {raw[key]!r}; only {want!r} (as phi-2) is supported")
+    kv = raw.get("num_key_value_heads") or raw.get("num_attention_heads")
+    if kv != raw.get("num_attention_heads"):
+        raise ValueError(f"{path}: num_key_value_heads {kv} != num_attention_heads; "
+                         "phi-2 has no grouped KV heads")
+    for name in PhiConfig.__dataclass_fields__:
+        if raw.get(name) is None and name not in ("bos_token_id", "eos_token_id"):
+            raise ValueError(f"{path}: config field {name!r} is missing")
+
+
+def _check_prompts(prompts, P, V):
+    """generate()'s prompts: at least one, none empty, each fits the context P, ids below V."""
+    if len(prompts) == 0:
+        raise ValueError("no prompts given")
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise ValueError(f"prompt {i} is empty")
+        if len(p) > P:
+            raise ValueError(f"prompt {i} has {len(p)} tokens, more than "
+                             f"max_position_embeddings={P}")
+        if not 0 <= min(p) <= max(p) < V:
+            raise ValueError(f"prompt {i} has token ids from {min(p)} to {max(p)}, "
+                             f"outside the vocabulary 0..{V - 1}")
 
 
 def _check_config_types(path, fields):

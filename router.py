@@ -295,11 +295,6 @@ class Router(nn.Module):
             h.remove()
         self.handles = []
 
-    def trainable(self):
-        """The gate parameters trained by train.py --router (the task router is fitted apart)."""
-        return [p for n, p in self.named_parameters() if not n.startswith("task.")]
-
-
     @contextmanager
     def record(self):
         """with router.record() as rec: generate(...); then rec.weights() is (B, L, E),
@@ -367,15 +362,7 @@ def load_router(out_dir, model=None):
     of router.safetensors is checked against the config (_check_state)."""
     cfg = load_config(out_dir)
     path = os.path.join(out_dir, "router.safetensors")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found (train.py --router writes it)")
-    if cfg.extra.get("weights_sha256", sha256(path)) != sha256(path):   # older routers: no hash
-        raise ValueError(f"{path}: not the weights that router.json was saved with (an interrupted "
-                         "save?); train the router again")
-    try:
-        state = load_file(path)
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"{path}: truncated or corrupt safetensors file ({e})") from None
+    state = _read_weights(path, cfg)
     router = Router(cfg, np.zeros((len(cfg.experts), cfg.hidden_size), np.float32))   # centroids: from state
     if cfg.rank1:
         if model is None:
@@ -404,6 +391,19 @@ def entropy(p):
 # ---------------------------------------------------------------------------
 # 5. Checks: what load_config, load_router and Router refuse
 # ---------------------------------------------------------------------------
+
+
+def _read_weights(path, cfg):
+    """router.safetensors, the file that router.json names by its sha256."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found (train.py --router writes it)")
+    if cfg.extra.get("weights_sha256", sha256(path)) != sha256(path):   # older routers: no hash
+        raise ValueError(f"{path}: not the weights that router.json was saved with (an interrupted "
+                         "save?); train the router again")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path}: truncated or corrupt safetensors file ({e})") from None
 
 
 def _is_int(v):

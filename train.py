@@ -14,10 +14,14 @@ Chapters:
                   submodule (pretraining) or of one skill (LoRA, the shape of
                   eval.py's prompts), packed as few-shot prompts are, so that
                   in-context learning emerges; deterministic per step (exact resume)
-  2. the loop     AdamW, linear warmup + cosine decay, gradient clipping, data
-                  parallel gradients, periodic dev loss and dev accuracy
+  2. the pieces   AdamW, linear warmup + cosine decay, the loss, the dev loss,
+                  data parallel processes
   3. the modes    what each mode trains, on which questions, and what it saves:
-                  an HF-layout model (--base) or a PEFT-layout adapter (LoRA)
+                  an HF-layout model (--base), a PEFT-layout adapter (LoRA) or a
+                  router; each mode's defaults (MODES, listed by --help)
+  4. the run      setup(), then train_step() until --steps with checkpoint() every
+                  --eval-every steps: dev loss and dev accuracy, the best model
+                  kept, the whole state saved for an exact --resume
 
 Checkpoints are atomic (temp file + rename): OUT/train_state.pt holds the
 trainable weights, the optimizer, the step and the log; the model or adapter
@@ -42,6 +46,7 @@ import math
 import os
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -147,7 +152,7 @@ class Episodes:
 
 
 # ---------------------------------------------------------------------------
-# 2. The loop
+# 2. The pieces of the loop
 # ---------------------------------------------------------------------------
 
 
@@ -206,48 +211,18 @@ def distributed(device):
 # 3. The modes
 # ---------------------------------------------------------------------------
 
-TIMED = (50, 150)   # --minutes: the steps whose speed sets the total (inside the warmup)
-DEFAULTS = {        # per mode: the flags left unset on the command line
-    "base": dict(steps=3000, batch_size=16, lr=2e-3, seq_len=512, warmup=200, loss="all",
-                 rows="submodule", eval_every=500, out="runs/base"),
-    "lora": dict(steps=300, batch_size=16, lr=2e-3, seq_len=256, warmup=30, loss="answer",
-                 rows="skill", eval_every=100, out=None),
-    "router": dict(steps=300, batch_size=16, lr=5e-3, seq_len=256, warmup=30, loss="answer",
-                   rows="submodule", eval_every=100, out=None),
+MODES = {           # the defaults that differ between modes; --help lists them per mode
+    "base": dict(steps=3000, lr=2e-3, seq_len=512, warmup=200, loss="all", rows="submodule", eval_every=500),
+    "lora": dict(steps=300, lr=2e-3, seq_len=256, warmup=30, loss="answer", rows="skill", eval_every=100),
+    "router": dict(steps=300, lr=5e-3, seq_len=256, warmup=30, loss="answer", rows="submodule", eval_every=100),
 }
-# LoRA rows mix a skill's submodules because eval.py's prompts do: on phi-tiny v2,
-# experts trained on one-submodule rows gained 1.5-2.0 points on arithmetic,
-# numbers and measurement, and 10.5-12.0 with skill rows (README, issue 6).
+# LoRA rows mix a skill's submodules because eval.py's prompts do: experts trained on
+# one-submodule rows gained 1.5-2.0 points on arithmetic, numbers and measurement,
+# and 10.5-12.0 with skill rows (docs/results.md).
 
 
 # What may change when a run is resumed; every other flag defines the run.
-NOT_THE_RUN = ("resume", "stop_at", "device", "compile", "minutes", "out")
-
-
-def restore(path, identity, learner, opt, scaler, device):
-    """Load OUT/train_state.pt into the learner, optimizer, grad scaler and the
-    random number generators; return (step, best, log, total steps). Refused, naming the flags,
-    if the saved run was started with other flags (another skill, targets, lr, ...)."""
-    state = torch.load(path, map_location=device, weights_only=False)
-    saved = state.get("run")
-    if saved is None:
-        raise ValueError(f"{path}: no run configuration recorded (an older train.py wrote it); "
-                         "start again in a new --out")
-    differ = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
-    if differ:
-        raise ValueError(f"{path}: --resume must continue the same run, but " + ", ".join(
-            f"--{k.replace('_', '-')} is {identity.get(k)!r} (the run's: {saved.get(k)!r})" for k in differ))
-    missing, unexpected = learner.load_state_dict(state["model"], strict=False)
-    trainable = {n for n, p in learner.named_parameters() if p.requires_grad}
-    if unexpected or trainable & set(missing):
-        raise ValueError(f"{path}: its weights do not fit this model (missing "
-                         f"{sorted(trainable & set(missing))[:3]}, unexpected {unexpected[:3]})")
-    opt.load_state_dict(state["opt"])
-    scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(state["rng"]["cpu"])
-    if "cuda" in state["rng"]:
-        torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-    return state["step"], state["best"], state["log"], state["steps"]
+NOT_THE_RUN = ("resume", "stop_at", "device", "compile", "out")
 
 
 def setup_base(args, tok, device):
@@ -390,17 +365,79 @@ def select_examples(args, split, model, tok):
     return load_examples(args.data, split=split, skills=skills)
 
 
+# ---------------------------------------------------------------------------
+# 4. The run: set-up, the loop, checkpoints
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Run:
+    """What the loop works on, made by setup(): the model and the part of it that
+    trains, the data streams, the optimizer, and where the run stands."""
+    args: object
+    mode: str                  # base, lora or router
+    model: torch.nn.Module     # the whole model that the loss runs through
+    learner: torch.nn.Module   # what trains: the model, the model's LoRA, or the router
+    save: object               # save(out): the model, the adapter or the router files
+    tok: object
+    routing: object            # --router: the Routing (task-level priors per question); else None
+    train_ex: list
+    episodes: Episodes
+    dev_episodes: Episodes
+    dev_questions: list        # dev accuracy: a few per skill, 4-shot, with shots from pool
+    pool: list
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    dtype: torch.dtype
+    device: str
+    rank: int
+    world: int
+    identity: dict             # the flags that define the run (a resume must match them)
+    step: int = 0
+    best: float = -1.0         # best dev accuracy so far
+    log: list = field(default_factory=list)
+    t0: float = 0.0
+
+    def autocast(self):
+        """Trainable weights are fp32; in half precision the matmuls run in --dtype."""
+        return torch.autocast(self.device.split(":")[0], dtype=self.dtype, enabled=self.dtype != torch.float32)
+
+    @property
+    def state_path(self):
+        return os.path.join(self.args.out, "train_state.pt")
+
+
 def train(args):
     """Set up the chosen mode, then run the shared loop; returns the model."""
+    run = setup(args)
+    fwd = torch.compile(run.model) if args.compile else run.model
+    run.model.train()
+    bar = tqdm(initial=run.step, total=args.steps, desc=run.mode, disable=run.rank != 0)
+    while run.step < args.steps:
+        loss, lr = train_step(run, fwd)
+        if run.step % 10 == 0:
+            run.log.append({"step": run.step, "loss": loss.item(), "lr": lr, "time": time.time() - run.t0})
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}")
+        run.step += 1
+        bar.update(1)
+        if run.step % args.eval_every == 0 or run.step in (args.steps, args.stop_at):
+            checkpoint(run, fwd)
+        if run.step == args.stop_at:
+            print(f"stopping at step {run.step} as asked (--stop-at); continue with --resume")
+            break
+    bar.close()
+    if run.world > 1:
+        dist.destroy_process_group()
+    return run.model
+
+
+def setup(args):
+    """The model of the chosen mode on this process's device, its data and
+    optimizer, restored from OUT/train_state.pt with --resume."""
     mode = "base" if args.base else "router" if args.router else "lora"
-    for k, v in DEFAULTS[mode].items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
     if args.out is None:
         name = "mixed" if args.mixed else "router" if args.router else args.expert.replace(":", "-")
-        args.out = os.path.join("out", "experts" if args.expert else "", name)
-    if args.minutes and args.warmup < TIMED[1]:
-        raise ValueError(f"--minutes needs --warmup >= {TIMED[1]} (the speed is measured during warmup)")
+        args.out = "runs/base" if args.base else os.path.join("out", "experts" if args.expert else "", name)
     identity = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_THE_RUN}
     rank, world, device = distributed(args.device)
     dtype = M.DTYPES[args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")]
@@ -410,7 +447,7 @@ def train(args):
     else:                     # the one frozen base of this process, in --dtype
         model, tok = M.load(args.model, dtype=dtype, device=device, revision=args.revision)
     train_ex, dev_ex = select_examples(args, "train", model, tok), select_examples(args, "dev", model, tok)
-    routing = None            # --router: the Router set-up (priors per question, aux losses)
+    routing = None
     if mode == "base":
         model, learner, save = setup_base(args, tok, device)
     elif mode == "lora":
@@ -420,114 +457,120 @@ def train(args):
         learner = routing.router
     if args.mixed and args.steps_per_skill:        # as much training as all experts together
         args.steps = args.steps_per_skill * len({e.skill for e in train_ex})
-    pool = load_examples(args.data, split="train")   # few-shot shots for the dev accuracy
-    if args.batch_size % world:
-        raise ValueError(f"--batch-size {args.batch_size} must divide among {world} processes")
-    if args.seq_len > model.config.max_position_embeddings:
-        raise ValueError(f"--seq-len {args.seq_len} is longer than the model's context "
-                         f"({model.config.max_position_embeddings} positions)")
+    _check_run(args, world, model)
     os.makedirs(args.out, exist_ok=True)
     episodes = Episodes(tok, train_ex, args.seq_len, args.seed, args.loss, args.rows)
     dev_episodes = Episodes(tok, dev_ex, args.seq_len, args.seed + 1, args.loss, args.rows)
-    n_skills = len({e.skill for e in dev_ex})
-    dev_questions = select(dev_ex, max(1, args.eval_questions // n_skills), args.seed)
+    dev_questions = select(dev_ex, max(1, args.eval_questions // len({e.skill for e in dev_ex})), args.seed)
     print(f"{len(train_ex)} train / {len(dev_ex)} dev questions in {len(episodes.groups)} {args.rows} groups; "
           f"{args.steps} steps of {args.batch_size} x {args.seq_len} tokens on {world} process(es)")
-
-    params = [p for p in learner.parameters() if p.requires_grad]
-    opt = make_optimizer(learner, args.lr, args.weight_decay, device)
-    trainable = lambda: {n: p for n, p in learner.state_dict().items()
-                         if mode != "lora" or "lora_" in n}
-    # Trainable weights are fp32; in half precision, the matmuls run in --dtype under
-    # autocast, and fp16 gradients are scaled so that small ones do not underflow.
-    autocast = lambda: torch.autocast(device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32)
-    scaler = torch.amp.GradScaler(device.split(":")[0], enabled=dtype == torch.float16)
-    state_path = os.path.join(args.out, "train_state.pt")
-    step, best, log = 0, -1.0, []
-    if args.resume and os.path.exists(state_path):
-        step, best, log, args.steps = restore(state_path, identity, learner, opt, scaler, device)
-        args.minutes = None                                    # the schedule of the original run
-        print(f"resumed from {state_path} at step {step} (best dev accuracy {best:.3f})")
+    run = Run(args, mode, model, learner, save, tok, routing, train_ex, episodes, dev_episodes, dev_questions,
+              load_examples(args.data, split="train"), make_optimizer(learner, args.lr, args.weight_decay, device),
+              torch.amp.GradScaler(device.split(":")[0], enabled=dtype == torch.float16),  # fp16: no underflow
+              dtype, device, rank, world, identity)
+    if args.resume and os.path.exists(run.state_path):
+        run.step, run.best, run.log, args.steps = restore(run.state_path, identity, learner, run.opt,
+                                                          run.scaler, device)
+        print(f"resumed from {run.state_path} at step {run.step} (best dev accuracy {run.best:.3f})")
     elif args.resume:
-        print(f"--resume: no {state_path} yet, starting from scratch")
-    fwd = torch.compile(model) if args.compile else model
+        print(f"--resume: no {run.state_path} yet, starting from scratch")
+    run.t0 = time.time() - (run.log[-1]["time"] if run.log else 0)
+    return run
 
-    def checkpoint(step):
-        nonlocal best
-        if rank == 0:
-            dl = dev_loss(fwd, dev_episodes, args.eval_batches, args.batch_size, device, autocast)
-            model.eval()
-            with autocast():
-                route = routing.dev_batch(dev_questions) if routing else None
-                acc = mean_accuracy(evaluate(model, tok, dev_questions, pool, shots=4, batch_size=64,
-                                             desc="dev accuracy", route=route))
-            model.train()
-            log.append({"step": step, "dev_loss": dl, "dev_accuracy": acc, "time": time.time() - t0})
-            if acc > best:
-                best = acc
-                save(args.out)
-            rng = {"cpu": torch.get_rng_state()}
-            if device.startswith("cuda"):
-                rng["cuda"] = torch.cuda.get_rng_state(device)
-            state = {"model": trainable(), "opt": opt.state_dict(), "scaler": scaler.state_dict(),
-                     "step": step, "steps": args.steps, "best": best, "log": log, "run": identity, "rng": rng}
-            write_atomic(state_path, lambda p: torch.save(state, p))
-            write_json(os.path.join(args.out, "log.json"), log)
-            tqdm.write(f"step {step}: dev loss {dl:.4f}, dev accuracy {acc:.3f} (best {best:.3f})")
-        if world > 1:
-            dist.barrier()
 
-    t0 = time.time() - (log[-1]["time"] if log else 0)
-    model.train()
-    bar = tqdm(initial=step, total=args.steps, desc=mode, disable=rank != 0)
-    while step < args.steps:
-        lr = lr_at(step, args.lr, args.warmup, args.steps)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        x, y, first = episodes.batch(step, args.batch_size, device, with_first=True)  # global batch
-        n_targets = (y != -100).sum().clamp(min=1)
-        x, y = x[rank::world], y[rank::world]                            # this process's rows
-        if routing:
-            routing.train_rows(first[rank::world], train_ex)             # task-level priors
-        with autocast():
-            loss = lm_loss(fwd, x, y, n_targets)
-            if routing:
-                loss = loss + routing.router.aux_loss() / world
-        if not torch.isfinite(loss):
-            raise ValueError(f"step {step}: the loss is {loss.item()}; stopped before updating the "
-                             f"weights. The last checkpoint, if any, is {state_path}; try a lower --lr")
-        scaler.scale(loss).backward()
-        if world > 1:
-            for p in params:
-                dist.all_reduce(p.grad)                                  # sum over processes
-        scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        scaler.step(opt)
-        scaler.update()
-        opt.zero_grad(set_to_none=True)
-        if step % 10 == 0:
-            if world > 1:
-                dist.all_reduce(loss := loss.detach())
-            log.append({"step": step, "loss": loss.item(), "lr": lr, "time": time.time() - t0})
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}")
-        step += 1
-        bar.update(1)
-        if args.minutes and step == TIMED[0]:
-            timer = time.time()
-        if args.minutes and step == TIMED[1]:   # still in warmup: the schedule is not yet used
-            per_step = (time.time() - timer) / (TIMED[1] - TIMED[0])
-            args.steps = max(step + 1, int(args.minutes * 60 / per_step))
-            bar.total = args.steps
-            tqdm.write(f"--minutes {args.minutes}: {1000 * per_step:.1f} ms/step -> {args.steps} steps")
-        if step % args.eval_every == 0 or step == args.steps or step == args.stop_at:
-            checkpoint(step)
-        if step == args.stop_at:
-            print(f"stopping at step {step} as asked (--stop-at); continue with --resume")
-            break
-    bar.close()
+def train_step(run, fwd):
+    """One optimizer step on the step's global batch; returns (loss tensor, lr)."""
+    args, world = run.args, run.world
+    lr = lr_at(run.step, args.lr, args.warmup, args.steps)
+    for g in run.opt.param_groups:
+        g["lr"] = lr
+    x, y, first = run.episodes.batch(run.step, args.batch_size, run.device, with_first=True)  # global batch
+    n_targets = (y != -100).sum().clamp(min=1)
+    x, y = x[run.rank::world], y[run.rank::world]                       # this process's rows
+    if run.routing:
+        run.routing.train_rows(first[run.rank::world], run.train_ex)     # task-level priors
+    with run.autocast():
+        loss = lm_loss(fwd, x, y, n_targets)
+        if run.routing:
+            loss = loss + run.routing.router.aux_loss() / world
+    if not torch.isfinite(loss):
+        raise ValueError(f"step {run.step}: the loss is {loss.item()}; stopped before updating the weights. "
+                         f"The last checkpoint, if any, is {run.state_path}; try a lower --lr")
+    run.scaler.scale(loss).backward()
+    params = [p for p in run.learner.parameters() if p.requires_grad]
     if world > 1:
-        dist.destroy_process_group()
-    return model
+        for p in params:
+            dist.all_reduce(p.grad)                                      # sum over processes
+    run.scaler.unscale_(run.opt)
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    run.scaler.step(run.opt)
+    run.scaler.update()
+    run.opt.zero_grad(set_to_none=True)
+    loss = loss.detach()
+    if world > 1 and run.step % 10 == 0:
+        dist.all_reduce(loss)                                            # the logged loss: global
+    return loss, lr
+
+
+def checkpoint(run, fwd):
+    """Dev loss and dev accuracy; the best model so far to OUT; the whole state to
+    OUT/train_state.pt and the log to OUT/log.json, each atomically. Rank 0 only."""
+    if run.rank == 0:
+        args = run.args
+        dl = dev_loss(fwd, run.dev_episodes, args.eval_batches, args.batch_size, run.device, run.autocast)
+        run.model.eval()
+        with run.autocast():
+            route = run.routing.dev_batch(run.dev_questions) if run.routing else None
+            acc = mean_accuracy(evaluate(run.model, run.tok, run.dev_questions, run.pool, shots=4, batch_size=64,
+                                         desc="dev accuracy", route=route))
+        run.model.train()
+        run.log.append({"step": run.step, "dev_loss": dl, "dev_accuracy": acc, "time": time.time() - run.t0})
+        if acc > run.best:
+            run.best = acc
+            run.save(args.out)
+        rng = {"cpu": torch.get_rng_state()}
+        if run.device.startswith("cuda"):
+            rng["cuda"] = torch.cuda.get_rng_state(run.device)
+        trained = {n: p for n, p in run.learner.state_dict().items() if run.mode != "lora" or "lora_" in n}
+        state = {"model": trained, "opt": run.opt.state_dict(), "scaler": run.scaler.state_dict(),
+                 "step": run.step, "steps": args.steps, "best": run.best, "log": run.log, "run": run.identity,
+                 "rng": rng}
+        write_atomic(run.state_path, lambda p: torch.save(state, p))
+        write_json(os.path.join(args.out, "log.json"), run.log)
+        tqdm.write(f"step {run.step}: dev loss {dl:.4f}, dev accuracy {acc:.3f} (best {run.best:.3f})")
+    if run.world > 1:
+        dist.barrier()
+
+
+def restore(path, identity, learner, opt, scaler, device):
+    """Load OUT/train_state.pt into the learner, optimizer, grad scaler and the
+    random number generators; return (step, best, log, total steps). Refused, naming the flags,
+    if the saved run was started with other flags (another skill, targets, lr, ...)."""
+    state = torch.load(path, map_location=device, weights_only=False)
+    saved = state.get("run")
+    if saved is None:
+        raise ValueError(f"{path}: no run configuration recorded (an older train.py wrote it); "
+                         "start again in a new --out")
+    differ = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
+    if differ:
+        raise ValueError(f"{path}: --resume must continue the same run, but " + ", ".join(
+            f"--{k.replace('_', '-')} is {identity.get(k)!r} (the run's: {saved.get(k)!r})" for k in differ))
+    missing, unexpected = learner.load_state_dict(state["model"], strict=False)
+    trainable = {n for n, p in learner.named_parameters() if p.requires_grad}
+    if unexpected or trainable & set(missing):
+        raise ValueError(f"{path}: its weights do not fit this model (missing "
+                         f"{sorted(trainable & set(missing))[:3]}, unexpected {unexpected[:3]})")
+    opt.load_state_dict(state["opt"])
+    scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng"]["cpu"])
+    if "cuda" in state["rng"]:
+        torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+    return state["step"], state["best"], state["log"], state["steps"]
+
+
+# ---------------------------------------------------------------------------
+# 5. The command line
+# ---------------------------------------------------------------------------
 
 
 def parser():
@@ -541,74 +584,123 @@ def parser():
                       "frozen experts in --experts")
     p.add_argument("--data", default=DEFAULT_DATA, help=f"LiLA task file(s) or directory (default {DEFAULT_DATA})")
     p.add_argument("--out", default=None, help="output directory (default runs/base, "
-                   "out/experts/SKILL, out/mixed)")
-    p.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (base 3000, LoRA 300)")
-    p.add_argument("--batch-size", type=positive_int, default=None, help="sequences per step, over all processes (16)")
-    p.add_argument("--lr", type=positive_float, default=None, help="peak learning rate (2e-3)")
-    p.add_argument("--seq-len", type=positive_int, default=None, help="training sequence length (base 512, LoRA 256)")
-    p.add_argument("--warmup", type=nonneg_int, default=None, help="linear warmup steps (base 200, LoRA 30)")
-    p.add_argument("--loss", default=None, choices=["all", "answer"],
-                   help="tokens that carry the loss (base: all, LoRA: answer)")
-    p.add_argument("--rows", default=None, choices=["submodule", "skill"],
-                   help="what one training row holds: questions of one submodule, or of one skill "
-                   "with its submodules mixed, like eval.py's few-shot prompts (base and router "
-                   "submodule, LoRA skill)")
-    p.add_argument("--weight-decay", type=nonneg_float, default=0.1, help="AdamW weight decay on matrices")
-    p.add_argument("--eval-every", type=positive_int, default=None, help="steps between dev evaluations (base 500, LoRA 100)")
-    p.add_argument("--eval-batches", type=positive_int, default=4, help="batches for the dev loss")
-    p.add_argument("--eval-questions", type=positive_int, default=200, help="dev questions for the dev accuracy")
-    p.add_argument("--seed", type=int, default=1234, help="random seed (init and data order)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+                   "out/experts/SKILL, out/experts/cluster-K, out/mixed, out/router)")
+    per_mode = lambda k: ", ".join(f"{'LoRA' if m == 'lora' else m} {d[k]}" for m, d in MODES.items())  # noqa: E731
+    p.add_argument("--steps", type=positive_int, help=f"optimizer steps (default {per_mode('steps')})")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="sequences per step, over all "
+                   "processes (default 16)")
+    p.add_argument("--lr", type=positive_float, help=f"peak learning rate (default {per_mode('lr')})")
+    p.add_argument("--seq-len", type=positive_int, help=f"training sequence length (default {per_mode('seq_len')})")
+    p.add_argument("--warmup", type=nonneg_int, help=f"linear warmup steps (default {per_mode('warmup')})")
+    p.add_argument("--loss", choices=["all", "answer"], help="tokens that carry the loss: all, or the "
+                   f"answers' (default {per_mode('loss')})")
+    p.add_argument("--rows", choices=["submodule", "skill"], help="what one training row holds: questions "
+                   "of one submodule, or of one skill with its submodules mixed, like eval.py's few-shot "
+                   f"prompts (default {per_mode('rows')})")
+    p.add_argument("--weight-decay", type=nonneg_float, default=0.1,
+                   help="AdamW weight decay on matrices (default 0.1)")
+    p.add_argument("--eval-every", type=positive_int,
+                   help=f"steps between dev evaluations (default {per_mode('eval_every')})")
+    p.add_argument("--eval-batches", type=positive_int, default=4, help="batches for the dev loss (default 4)")
+    p.add_argument("--eval-questions", type=positive_int, default=200, help="dev questions for the dev accuracy "
+                   "(default 200)")
+    p.add_argument("--seed", type=int, default=1234, help="random seed: init and data order (default 1234)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu or cuda (default cuda when available)")
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
                    help="dtype of the frozen base and of autocast; trainable weights stay fp32 "
                    "(default: bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
-    p.add_argument("--minutes", type=positive_float, default=None, help="train for about this long: "
-                   f"--steps is set from the speed of steps {TIMED[0]}-{TIMED[1]}")
-    p.add_argument("--stop-at", type=positive_int, default=None, help="checkpoint and stop after this step "
-                   "(split a long run across sessions; the schedule still follows --steps)")
+    p.add_argument("--stop-at", type=positive_int, default=None, help="checkpoint and stop after this step; "
+                   "the schedule still follows --steps, and --resume continues it (split a long run)")
+    add_base_flags(p)
+    add_lora_flags(p)
+    add_router_flags(p)
+    return p
+
+
+def add_base_flags(p):
     g = p.add_argument_group("--base: the model to pretrain")
-    g.add_argument("--tokenizer", default="data/tokenizer.json", help="tokenizer.json (make data writes it)")
-    g.add_argument("--n-layer", type=positive_int, default=8, help="transformer blocks")
-    g.add_argument("--n-embd", type=positive_int, default=320, help="hidden size (MLP is 4x)")
-    g.add_argument("--n-head", type=positive_int, default=4, help="attention heads (head size = n-embd / n-head)")
-    g.add_argument("--rotary", type=positive_float, default=0.4, help="partial_rotary_factor, as phi-2")
-    g.add_argument("--max-pos", type=positive_int, default=1024, help="max_position_embeddings")
-    g.add_argument("--save-dtype", default="float16", choices=sorted(M.DTYPES), help="dtype of model.safetensors")
+    g.add_argument("--tokenizer", default="data/tokenizer.json",
+                   help="tokenizer.json (make data writes it) (default data/tokenizer.json)")
+    g.add_argument("--n-layer", type=positive_int, default=8, help="transformer blocks (default 8)")
+    g.add_argument("--n-embd", type=positive_int, default=320, help="hidden size (MLP is 4x) (default 320)")
+    g.add_argument("--n-head", type=positive_int, default=4,
+                   help="attention heads (head size = n-embd / n-head) (default 4)")
+    g.add_argument("--rotary", type=positive_float, default=0.4, help="partial_rotary_factor, as phi-2 (default 0.4)")
+    g.add_argument("--max-pos", type=positive_int, default=1024, help="max_position_embeddings (default 1024)")
+    g.add_argument("--save-dtype", default="float16", choices=sorted(M.DTYPES),
+                   help="dtype of model.safetensors (default float16)")
+
+
+def add_lora_flags(p):
     g = p.add_argument_group("--expert / --mixed: LoRA on a frozen base")
     g.add_argument("--model", default=M.DEFAULT_MODEL, help="base model: a directory (HF layout) or a "
                    f"Hugging Face id, e.g. microsoft/phi-2 (default {M.DEFAULT_MODEL})")
     g.add_argument("--revision", default=None, help="--model id: branch, tag or commit "
                    "(default: the repository's main branch)")
-    g.add_argument("--rank", type=positive_int, default=8, help="LoRA rank r")
-    g.add_argument("--alpha", type=positive_float, default=16, help="LoRA alpha (scale alpha/r)")
-    g.add_argument("--dropout", type=probability, default=0.0, help="LoRA dropout")
-    g.add_argument("--targets", type=nonempty, default=",".join(lora.DEFAULT_TARGETS), help="modules that get LoRA")
-    g.add_argument("--clusters", default="out/clusters", help="cluster.py output, for --expert cluster:K")
+    g.add_argument("--rank", type=positive_int, default=8, help="LoRA rank r (default 8)")
+    g.add_argument("--alpha", type=positive_float, default=16, help="LoRA alpha (scale alpha/r) (default 16)")
+    g.add_argument("--dropout", type=probability, default=0.0, help="LoRA dropout (default 0.0)")
+    g.add_argument("--targets", type=nonempty, default=",".join(lora.DEFAULT_TARGETS),
+                   help="modules that get LoRA (default " + ",".join(lora.DEFAULT_TARGETS) + ")")
+    g.add_argument("--clusters", default="out/clusters",
+                   help="cluster.py output, for --expert cluster:K (default out/clusters)")
     g.add_argument("--steps-per-skill", type=positive_int, default=None, help="--mixed: steps = this x the "
                    "number of skills (as much as all experts together); --rank 64 matches the "
                    "parameters of eight rank-8 experts")
+
+
+def add_router_flags(p):
     g = p.add_argument_group("--router: two-level grouped routing (router.py)")
-    g.add_argument("--experts", default="out/experts", help="directory with one adapter directory per expert")
-    g.add_argument("--router-questions", type=positive_int, default=500, help="train/dev questions per skill for the router")
+    g.add_argument("--experts", default="out/experts",
+                   help="directory with one adapter directory per expert (default out/experts)")
+    g.add_argument("--router-questions", type=positive_int, default=500,
+                   help="train/dev questions per skill for the router (default 500)")
     g.add_argument("--level", default="token", choices=["token", "sequence"],
-                   help="grouped gate input: each token's hidden state, or the input pooled")
+                   help="grouped gate input: each token's hidden state, or the input pooled (default token)")
     g.add_argument("--prior", default="centroid", choices=["centroid", "learned", "none"],
-                   help="task-level prior: similarity to expert centroids, a learned classifier, or none")
+                   help="task-level prior: similarity to expert centroids, a learned classifier, or none (default centroid)")
     g.add_argument("--rank1", type=nonneg_int, default=0, metavar="N", help="instead of --experts: N fresh "
-                   "rank-1 experts trained jointly with the gates (Intuition-MoR1E; scale --alpha)")
-    g.add_argument("--n-groups", type=positive_int, default=3, help="expert groups (k-means over the expert centroids)")
-    g.add_argument("--top-k", type=nonneg_int, default=0, help="keep the k largest expert weights (0 = all)")
-    g.add_argument("--temperature", type=positive_float, default=1.0, help="temperature of the gate softmaxes")
-    g.add_argument("--tau", type=positive_float, default=1.0, help="temperature of the centroid prior")
-    g.add_argument("--entropy-weight", type=finite_float, default=0.0, help="weight of the routing entropy term")
-    g.add_argument("--balance-weight", type=nonneg_float, default=0.0, help="weight of the load-balancing loss")
-    return p
+                   "rank-1 experts trained jointly with the gates (Intuition-MoR1E; scale --alpha) (default 0)")
+    g.add_argument("--n-groups", type=positive_int, default=3,
+                   help="expert groups (k-means over the expert centroids) (default 3)")
+    g.add_argument("--top-k", type=nonneg_int, default=0,
+                   help="keep the k largest expert weights (0 = all) (default 0)")
+    g.add_argument("--temperature", type=positive_float, default=1.0,
+                   help="temperature of the gate softmaxes (default 1.0)")
+    g.add_argument("--tau", type=positive_float, default=1.0, help="temperature of the centroid prior (default 1.0)")
+    g.add_argument("--entropy-weight", type=finite_float, default=0.0,
+                   help="weight of the routing entropy term (default 0.0)")
+    g.add_argument("--balance-weight", type=nonneg_float, default=0.0,
+                   help="weight of the load-balancing loss (default 0.0)")
+
+
+def parse_args(argv=None):
+    """The flags, with the chosen mode's defaults (MODES) for those not given."""
+    p = parser()
+    args = p.parse_args(argv)
+    p.set_defaults(**MODES["base" if args.base else "router" if args.router else "lora"])
+    return p.parse_args(argv)
 
 
 def main():
-    train(parser().parse_args())
+    train(parse_args())
+
+
+# ---------------------------------------------------------------------------
+# 6. Checks
+# ---------------------------------------------------------------------------
+
+
+def _check_run(args, world, model):
+    """The batch divides among the processes, and a row fits the model's context."""
+    if args.batch_size % world:
+        raise ValueError(f"--batch-size {args.batch_size} must divide among {world} processes")
+    if args.seq_len > model.config.max_position_embeddings:
+        raise ValueError(f"--seq-len {args.seq_len} is longer than the model's context "
+                         f"({model.config.max_position_embeddings} positions)")
 
 
 if __name__ == "__main__":

@@ -188,27 +188,37 @@ def main():
 
     files = {}  # (composed, skill) -> instances
     for name in names:
-        seen, unique = set(excluded), []
-        for i in range(n_chunks):
-            for q, a in results[(name, i, args.seed)]:
-                if q not in seen:
-                    seen.add(q)
-                    unique.append((q, a))
-        if len(unique) < need:
-            print(f"  note: {name} has only {len(unique)} unique questions of {need} wanted; "
-                  "train gets fewer")
-        bounds = [("test", args.test), ("dev", args.dev), ("train", args.train)]
-        start = 0
-        skill = name.split("__")[0]
-        bucket = files.setdefault((name.endswith("_composed"), skill), [])
-        for split, n in bounds:
-            for q, a in unique[start:start + n]:
-                bucket.append({"Input": q, "Output Program": [], "Output Answer": [a],
-                               "split": split, "submodule": name})
-            start += n
+        pairs = [p for i in range(n_chunks) for p in results[(name, i, args.seed)]]
+        bucket = files.setdefault((name.endswith("_composed"), name.split("__")[0]), [])
+        bucket += split_instances(name, pairs, excluded, args.train, args.dev, args.test)
+    write_files(files, args.out)
+    print(f"done in {time.time() - t0:.0f}s")
 
+
+def split_instances(name, pairs, excluded, train, dev, test):
+    """A submodule's (question, answer) pairs, duplicates and excluded questions
+    dropped in order, as task-file instances: the first `test` ones, then dev, then train."""
+    seen, unique = set(excluded), []
+    for q, a in pairs:
+        if q not in seen:
+            seen.add(q)
+            unique.append((q, a))
+    if len(unique) < train + dev + test:
+        print(f"  note: {name} has only {len(unique)} unique questions of {train + dev + test} wanted; "
+              "train gets fewer")
+    instances, start = [], 0
+    for split, n in [("test", test), ("dev", dev), ("train", train)]:
+        instances += [{"Input": q, "Output Program": [], "Output Answer": [a], "split": split, "submodule": name}
+                      for q, a in unique[start:start + n]]
+        start += n
+    return instances
+
+
+def write_files(files, out):
+    """One task file per skill (composed ones under out/composed/), each written to
+    a temporary name and renamed: a crash never leaves half a file."""
     for (composed, skill), instances in sorted(files.items()):
-        folder = os.path.join(args.out, "composed") if composed else args.out
+        folder = os.path.join(out, "composed") if composed else out
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"{skill}.json")
         tmp = path + ".tmp"
@@ -218,7 +228,6 @@ def main():
         os.replace(tmp, path)
         counts = {s: sum(x["split"] == s for x in instances) for s in ("train", "dev", "test")}
         print(f"wrote {path}: {counts}")
-    print(f"done in {time.time() - t0:.0f}s")
 
 
 if __name__ == "__main__":

@@ -215,3 +215,27 @@ def test_model_files_from_two_saves_are_refused(tmp_path):
     shutil.copy(tmp_path / "b" / "model.safetensors", tmp_path / "a" / "model.safetensors")
     with pytest.raises(ValueError, match="model.safetensors: not the file that config.json was saved with"):
         M.load(str(tmp_path / "a"), verbose=False)
+
+
+def test_adapter_files_from_two_saves_are_refused(tmp_path):
+    """save_adapter writes the weights (their metadata records lora_alpha), then
+    adapter_config.json: weights of another save with another alpha are refused;
+    other settings of the config stay free to edit by hand."""
+    import lora
+    import model as M
+    m, _ = M.load(PHI_TINY, verbose=False)
+    lora.add_lora(m, r=2, alpha=4, targets=["q_proj"])
+    lora.save_adapter(m, str(tmp_path / "a"))
+    lora.remove_lora(m)
+    lora.add_lora(m, r=2, alpha=8, targets=["q_proj"])
+    lora.save_adapter(m, str(tmp_path / "b"))
+    lora.remove_lora(m)
+    config = json.load(open(tmp_path / "a" / "adapter_config.json"))
+    config["lora_dropout"] = 0.05                                     # a hand edit: still loads
+    json.dump(config, open(tmp_path / "a" / "adapter_config.json", "w"))
+    lora.load_adapter(m, str(tmp_path / "a"))
+    lora.remove_lora(m)
+    shutil.copy(tmp_path / "b" / "adapter_model.safetensors", tmp_path / "a" / "adapter_model.safetensors")
+    with pytest.raises(ValueError, match="adapter_model.safetensors: saved with lora_alpha 8, but "
+                                         "adapter_config.json says 4"):
+        lora.load_adapter(m, str(tmp_path / "a"))

@@ -39,7 +39,7 @@ def test_expert_killed_with_sigkill_resumes_bit_exactly_with_dropout(tmp_path, b
     equals the uninterrupted run's bit for bit (the optimizer, the grad scaler
     and every random number generator are restored)."""
     argv = expert_argv(base_dir, tmp_path / "full", "--dropout", "0.1", "--steps", "12")
-    train.train(train.parser().parse_args(argv))
+    train.train(train.parse_args(argv))
     cut = expert_argv(base_dir, tmp_path / "cut", "--dropout", "0.1", "--steps", "12")
     proc = subprocess.Popen([sys.executable, "train.py", *cut], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -49,7 +49,7 @@ def test_expert_killed_with_sigkill_resumes_bit_exactly_with_dropout(tmp_path, b
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert torch.load(state)["step"] < 12                      # it was killed before the end
-    train.train(train.parser().parse_args(cut + ["--resume"]))
+    train.train(train.parse_args(cut + ["--resume"]))
     a, b = adapter(tmp_path / "full"), adapter(tmp_path / "cut")
     assert a.keys() == b.keys() and all("lora_" in k for k in a)
     for k in a:
@@ -64,7 +64,7 @@ def test_expert_killed_with_sigkill_resumes_bit_exactly_with_dropout(tmp_path, b
     (["--steps", "9"], "--steps")])
 def test_resume_of_another_run_is_refused(tmp_path, base_dir, change, flag):
     argv = expert_argv(base_dir, tmp_path, "--stop-at", "3")
-    train.train(train.parser().parse_args(argv))
+    train.train(train.parse_args(argv))
     other = expert_argv(base_dir, tmp_path, "--resume")
     if change[0] in other:
         i = other.index(change[0])
@@ -72,7 +72,7 @@ def test_resume_of_another_run_is_refused(tmp_path, base_dir, change, flag):
     else:
         other += change
     with pytest.raises(ValueError, match=f"--resume must continue the same run, but {flag} is"):
-        train.train(train.parser().parse_args(other))
+        train.train(train.parse_args(other))
 
 
 def test_two_processes_equal_one(tmp_path, base_dir):
@@ -95,12 +95,12 @@ def test_unknown_skill_lists_the_known_ones(tmp_path, base_dir):
     argv = expert_argv(base_dir, tmp_path)
     argv[argv.index("algebra")] = "geometry"
     with pytest.raises(ValueError, match="geometry.*algebra"):
-        train.train(train.parser().parse_args(argv))
+        train.train(train.parse_args(argv))
 
 
 def test_mixed_gets_the_steps_of_all_experts(tmp_path, base_dir):
     argv = expert_argv(base_dir, tmp_path, "--steps-per-skill", "2")
     argv[:2] = ["--mixed"]
-    args = train.parser().parse_args(argv)
+    args = train.parse_args(argv)
     train.train(args)
     assert args.steps == 4      # two skills in the fixture, 2 steps each

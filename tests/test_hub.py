@@ -237,7 +237,7 @@ def test_train_expert_on_a_hub_id(hub, tmp_path):
     expert's adapter_config.json names the id and the commit."""
     import train
     out = tmp_path / "expert"
-    train.train(train.parser().parse_args([
+    train.train(train.parse_args([
         "--expert", "algebra", "--model", REPO, "--revision", MAIN, "--data", DATA, "--out", str(out),
         "--steps", "2", "--batch-size", "2", "--seq-len", "64", "--warmup", "1", "--eval-every", "2",
         "--eval-batches", "1", "--eval-questions", "2", "--rank", "2", "--device", "cpu"]))

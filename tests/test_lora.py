@@ -132,6 +132,11 @@ def test_remove_lora_merge_keeps_the_adapter(tiny_ckpt):
         lora_out = model(IDX)
         lora.merge_lora(model)
         assert torch.allclose(model(IDX), lora_out, atol=1e-4)
+        with pytest.raises(ValueError, match="adapters are merged into W; unmerge_lora"):
+            lora.save_adapter(model, "/nonexistent")                   # refused before any write
+        lora.unmerge_lora(model)
+        assert torch.equal(model(IDX), lora_out)                    # W restored bit for bit
+        lora.merge_lora(model)
         lora.remove_lora(model, merge=True)
         assert type(model.model.layers[0].mlp.fc1) is nn.Linear
         assert torch.allclose(model(IDX), lora_out, atol=1e-4)

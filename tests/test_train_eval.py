@@ -33,7 +33,7 @@ def base_args(out, tok, **kw):
             "--seq-len", "64", "--steps", "6", "--batch-size", "2", "--lr", "1e-3", "--warmup", "2",
             "--eval-every", "3", "--eval-batches", "1", "--eval-questions", "8",
             "--save-dtype", "float32", "--seed", "0", "--device", "cpu"]
-    args = train.parser().parse_args(argv)
+    args = train.parse_args(argv)
     for k, v in kw.items():
         setattr(args, k, v)
     return args
@@ -221,7 +221,7 @@ def test_lora_trains_on_a_bf16_base(tmp_path):
     argv = ["--expert", "algebra", "--model", base, "--data", FIXTURE, "--steps", "2", "--batch-size", "2", "--seq-len", "64", "--eval-every", "2",
             "--eval-questions", "4", "--eval-batches", "1", "--dtype", "bfloat16", "--device", "cpu",
             "--out", str(tmp_path / "out")]
-    model = train.train(train.parser().parse_args(argv))
+    model = train.train(train.parse_args(argv))
     dtypes = {n: p.dtype for n, p in model.named_parameters()}
     assert dtypes["lm_head.weight"] == torch.bfloat16
     assert {d for n, d in dtypes.items() if "lora_" in n} == {torch.float32}
