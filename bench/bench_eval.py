@@ -1,0 +1,88 @@
+"""
+eval.py's evaluate() at several batch sizes, on the same questions, in one run.
+
+    python bench/bench_eval.py                       # phi-tiny, 64 test questions, 4-shot
+    python bench/bench_eval.py --questions 32 --batch-sizes 1 32
+
+For each batch size: questions/s, and where the time goes: prefill (forwards over
+whole prompts, including the answer-NLL forward), decode (one-token forwards
+through the KV cache) and the rest (Python: prompts, stop tests, decoding text,
+scoring). The predictions must be the same at every batch size; the run fails
+if they are not. The reference is batch size 1: a ratio above 1 is faster.
+"""
+import argparse
+import os
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+import eval as E  # noqa: E402
+import model as M  # noqa: E402
+from data.lila import by_skill, load  # noqa: E402
+from data.prompts import select  # noqa: E402
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
+    p.add_argument("--model", default=M.DEFAULT_MODEL, help=f"checkpoint (default {M.DEFAULT_MODEL})")
+    p.add_argument("--data", default=os.path.join(ROOT, "data", "lila"), help="LiLA folder (default data/lila)")
+    p.add_argument("--questions", type=int, default=64, help="test questions in all, spread over the skills "
+                   "(default 64)")
+    p.add_argument("--shots", type=int, default=4, help="shots per prompt (default 4)")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32], help="(default 1 8 32)")
+    p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    return p.parse_args()
+
+
+class Timer:
+    """Wall time of the model's forwards, split into prefill (T > 1) and decode (T = 1)."""
+
+    def __init__(self, model):
+        self.prefill = self.decode = 0.0
+        self.forward = model.forward
+        model.forward = self
+
+    def __call__(self, idx, *args, **kw):
+        t0 = time.perf_counter()
+        out = self.forward(idx, *args, **kw)
+        if idx.shape[1] == 1:
+            self.decode += time.perf_counter() - t0
+        else:
+            self.prefill += time.perf_counter() - t0
+        return out
+
+
+def main():
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    model, tok = M.load(args.model)
+    test = load(args.data, split="test")
+    per_skill = max(1, args.questions // len({e.skill for e in test}))
+    questions = select(test, per_skill, seed=0)
+    pool = by_skill(load(args.data, split="train"))
+    E.evaluate(model, tok, questions[:4], pool, args.shots, batch_size=4)          # warm-up
+    rows, reference = [], None
+    for B in args.batch_sizes:
+        timer = Timer(model)
+        t0 = time.perf_counter()
+        records = E.evaluate(model, tok, questions, pool, args.shots, batch_size=B)
+        wall = time.perf_counter() - t0
+        del model.forward                                                         # the class's forward again
+        preds = [r["prediction"] for r in records]
+        reference = reference or preds
+        if preds != reference:
+            sys.exit(f"batch size {B}: predictions differ from batch size {args.batch_sizes[0]}")
+        rows.append((B, len(questions) / wall, timer.prefill / wall, timer.decode / wall))
+    print(f"\n{len(questions)} test questions, {args.shots}-shot, {args.model}, {args.threads} threads\n")
+    print("| batch | questions/s | x batch " + str(rows[0][0]) + " | prefill | decode | rest (Python) |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for B, qps, pre, dec in rows:
+        print(f"| {B} | {qps:.1f} | {qps / rows[0][1]:.2f}x | {100 * pre:.0f}% | {100 * dec:.0f}% "
+              f"| {100 * (1 - pre - dec):.0f}% |")
+
+
+if __name__ == "__main__":
+    main()
