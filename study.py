@@ -134,10 +134,11 @@ def forgetting(ev, experts_dir, out):
     """Accuracy and answer NLL of the base and of each expert in experts_dir on
     every skill; ev(desc) evaluates the model as it is. Writes forgetting.md,
     .json and two heatmaps under out; returns the JSON dict."""
+    experts = lora.expert_dirs(experts_dir)                    # refused now, not after the base's run
     base_records = ev("base")
     base, base_nll = per_skill(base_records)
     acc, nll, own = {}, {}, {}
-    for name, path in lora.expert_dirs(experts_dir).items():
+    for name, path in experts.items():
         records = E.with_adapter(ev.model, path, lambda: ev(name))
         acc[name], nll[name] = per_skill(records)
         if name in base:   # an expert named after a skill: is it better there, question by question?
@@ -439,6 +440,8 @@ def parser():
 
 def main():
     args = parser().parse_args()
+    if args.command in ("heldout", "report") and not os.path.isdir(args.root):
+        raise FileNotFoundError(f"{args.root}: no such study folder (experiment.sh's OUT)")
     if args.command == "paired":
         compare(args.base, args.others)
     elif args.command == "report":

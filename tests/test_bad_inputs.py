@@ -239,3 +239,20 @@ def test_adapter_files_from_two_saves_are_refused(tmp_path):
     with pytest.raises(ValueError, match="adapter_model.safetensors: saved with lora_alpha 8, but "
                                          "adapter_config.json says 4"):
         lora.load_adapter(m, str(tmp_path / "a"))
+
+
+STUDY = [   # study.py: refused in one line before any model is loaded
+    (["report", "/nonexistent"], "/nonexistent: no such study folder"),
+    (["heldout", "/nonexistent"], "/nonexistent: no such study folder"),
+    (["forgetting", "/nonexistent", "--data", DATA], "/nonexistent: no such directory of experts"),
+    (["paired", "/nonexistent.json", "/nonexistent.json"], "/nonexistent.json: expected the JSON that "
+                                                             "`eval.py --json` writes"),
+    (["paired", "base.json"], "the following arguments are required: others"),
+    (["forgetting", "x", "--limit", "0"], "--limit: expected an integer >= 1"),
+]
+
+
+@pytest.mark.parametrize("argv, message", STUDY, ids=[" ".join(a)[:40] for a, _ in STUDY])
+def test_study_refuses(argv, message, capsys, monkeypatch):
+    code, err = cli(study.main, argv, capsys, monkeypatch)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
