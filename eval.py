@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import adapters
 import cluster
 import explain
 import lora
@@ -166,7 +167,7 @@ def markdown(records, title):
 def with_adapter(model, path, run):
     """run() with the LoRA adapter at `path` merged into the weights (zero overhead);
     the base weights are restored afterwards. Returns what run() returns."""
-    lora.load_adapter(model, path)
+    adapters.load_adapter(model, path)
     lora.merge_lora(model)
     try:
         return run()
@@ -187,7 +188,7 @@ def moe(ev, router_dir, variant="full", experts=None, route=None):
     device = model.lm_head.weight.device
     router = R.load_router(router_dir, model)          # rank-1 experts come inside the router
     cfg = router.cfg
-    dirs = {} if cfg.rank1 else lora.expert_dirs(experts or cfg.extra["experts_dir"])
+    dirs = {} if cfg.rank1 else adapters.expert_dirs(experts or cfg.extra["experts_dir"])
     _check_moe(router_dir, cfg, variant, dirs, route)
     priors, forced = None, None
     if route:                       # steering: the user's weights replace the task level
@@ -199,7 +200,7 @@ def moe(ev, router_dir, variant="full", experts=None, route=None):
     if variant == "task-hard" or forced is not None:   # one expert per question, merged
         return _moe_hard(ev, priors, list(dirs.values()), cfg.experts), router
     if not cfg.rank1:
-        lora.load_experts(model, list(dirs.values()))
+        adapters.load_experts(model, list(dirs.values()))
     if variant == "full":
         router.to(device).attach(model).eval()
 
@@ -353,7 +354,7 @@ def main():
         return
     ev = Evaluator.from_args(args)
     if args.adapter:
-        lora.load_adapter(ev.model, args.adapter)
+        adapters.load_adapter(ev.model, args.adapter)
         lora.merge_lora(ev.model)
         print(f"merged the adapter {args.adapter} into the base weights")
     t0 = time.time()

@@ -38,8 +38,8 @@ import os
 
 import torch
 
+import adapters
 import cluster
-import lora
 import model as M
 import router as R
 from data.lila import Example, by_skill, load as load_examples
@@ -121,7 +121,7 @@ def explain(model, tok, args):
     cfg = router.cfg
     x = cluster.embed([meta], model, tok, cfg.embed_layer) if cfg.prior != "none" else None
     if not cfg.rank1:                  # base-only work (embeddings) is done: now the experts
-        lora.load_experts(model, list(lora.expert_dirs(args.experts or cfg.extra["experts_dir"]).values()))
+        adapters.load_experts(model, list(adapters.expert_dirs(args.experts or cfg.extra["experts_dir"]).values()))
     router.to(args.device).attach(model).eval()
     prior = parse_route(args.route, cfg)[None].to(args.device) if args.route else (
         router.task.prior(x) if x is not None else None)                        # (1, E)

@@ -1,20 +1,17 @@
 """
 LoRA by hand: low-rank adapters on the Linear layers of model.py's phi, a
-multi-expert LoRA layer for the router, merging, and adapter files in the
-PEFT layout (so `peft.PeftModel.from_pretrained` reads ours and we read theirs).
+multi-expert LoRA layer for the router, and merging. Their files, in the PEFT
+layout, are adapters.py's.
 
     names = add_lora(model, r=8, alpha=16)        # q/k/v/dense/fc1/fc2 get adapters
     mark_only_lora_trainable(model)               # ... train ...
-    save_adapter(model, "adapters/algebra", "checkpoints/phi-tiny")
-    load_adapter(model2, "adapters/algebra"); merge_lora(model2)   # zero-overhead inference
+    merge_lora(model)                             # zero-overhead inference: W + (alpha/r) B A
 
 Chapters, top to bottom:
   1. LoRALinear        y = W x + b + (alpha/r) * B(A(dropout(x))); merge/unmerge
   2. MultiLoRALinear   E experts in one layer, mixed by router weights (einsum, no loop)
   3. attach/detach     add_lora, remove_lora, merge_lora, mark_only_lora_trainable, ...
-  4. adapter files     save_adapter / load_adapter / load_experts (PEFT layout, checked)
-  5. checks            what the readers refuse, and why (_check_adapter_config, _check_tensor,
-                       _check_fingerprint, _check_routing_weights)
+  4. checks            the routing weights (_check_routing_weights)
 
 Naming. A LoRALinear takes over the wrapped Linear's own `weight` and `bias`
 Parameters (the same tensors, no copy), so the base keys keep their names
@@ -33,27 +30,17 @@ I in_features, O out_features.
 Left out: DoRA, rsLoRA, per-module rank/alpha patterns, trainable biases
 (bias "none" only), LoRA on embeddings or convolutions, several named adapters
 inside one module (PEFT's adapter_name dicts; we use MultiLoRALinear instead),
-quantised base weights. Adapter files that need any of these are rejected
+quantised base weights. Adapter files that need any of these are rejected (adapters.py)
 with a message saying which setting is unsupported.
 """
-import json
 import math
-import os
 import re
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
-
-from data.files import write_atomic, write_json
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2")
-PEFT_PREFIX = "base_model.model."        # PEFT key = PEFT_PREFIX + our key
-CONFIG_NAME, WEIGHTS_NAME = "adapter_config.json", "adapter_model.safetensors"
-FINGERPRINT_KEY = "skill_moe.base_fingerprint"   # safetensors metadata; PEFT ignores it
-ALPHA_KEY = "skill_moe.lora_alpha"              # safetensors metadata: the scale the weights were saved with
 
 # ---------------------------------------------------------------------------
 # 1. LoRALinear
@@ -292,7 +279,7 @@ def lora_modules(model, kind=LORA_TYPES):
     return {name: mod for name, mod in model.named_modules() if isinstance(mod, kind)}
 
 
-def _replace(model, name, new):
+def replace_module(model, name, new):
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, new)
 
@@ -305,7 +292,7 @@ def _wrap(model, targets, make):
     if not names:
         raise ValueError(f"targets {targets!r} match no nn.Linear in the model")
     for name in names:
-        _replace(model, name, make(model.get_submodule(name)))
+        replace_module(model, name, make(model.get_submodule(name)))
     return names
 
 
@@ -330,7 +317,7 @@ def remove_lora(model, merge=False):
         m.merge() if merge else m.unmerge()
         lin = nn.Linear(m.in_features, m.out_features, bias=m.bias is not None, device="meta")
         lin.weight, lin.bias = m.weight, m.bias
-        _replace(model, name, lin)
+        replace_module(model, name, lin)
     return names
 
 
@@ -381,339 +368,14 @@ def set_expert_weights(model, weights, layer=None):
 
 
 # ---------------------------------------------------------------------------
-# 4. Adapter files in the PEFT layout
+# 4. Checks
 # ---------------------------------------------------------------------------
-
-# adapter_config.json settings we do not implement: they must be absent/false/empty.
-UNSUPPORTED = ("use_dora", "use_rslora", "lora_bias", "fan_in_fan_out", "modules_to_save",
-               "rank_pattern", "alpha_pattern", "layers_to_transform", "layer_replication",
-               "exclude_modules", "target_parameters", "trainable_token_indices",
-               "alora_invocation_tokens", "use_qalora", "use_bdlora")
-
-
-SHAPE_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
-PROBES = 8          # values sampled from every base tensor for the fingerprint
-
-
-def base_parameters(model):
-    """(name, tensor) of the base model's parameters: all but LoRA's A and B."""
-    return [(n, p) for n, p in model.named_parameters() if ".lora_" not in n]
-
-
-def probe(p, k=PROBES, first=False):
-    """k values of tensor p in fp32, at k evenly spaced positions of the flattened
-    tensor (all of them if it has fewer; the first k with first=True)."""
-    flat = p.detach().reshape(-1)
-    k = min(k, flat.numel())
-    at = torch.arange(k) if first else torch.linspace(0, flat.numel() - 1, k).round().long()
-    return flat[at.to(flat.device)].float().cpu()
-
-
-def base_fingerprint(model):
-    """What identifies the base an adapter belongs to: the config's shapes and
-    PROBES values of every base tensor, at fixed evenly spaced positions, so a
-    base that differs in any one layer is told apart (phi-2: 453 tensors, about
-    3,600 numbers). _check_fingerprint compares the values with a relative
-    tolerance, so the same weights loaded in fp32, bf16 or fp16 agree."""
-    cfg = getattr(model, "config", None)
-    fp = {k: getattr(cfg, k, None) for k in SHAPE_FIELDS}
-    fp["probes"] = {n: [float(f"{v:.6g}") for v in probe(p).tolist()] for n, p in base_parameters(model)}
-    return fp
-
-
-def save_adapter(model, out_dir, base_model_name_or_path=None, r=None, alpha=None, dropout=None,
-                 targets=None, revision=None):
-    """Write adapter_config.json and adapter_model.safetensors (PEFT layout) for the
-    model's LoRALinear layers. r/alpha/dropout/targets default to what the layers
-    hold; if given they must agree. Each file goes to a temporary name and is then
-    renamed (weights first, config last), so a crash never leaves a torn file. The
-    weights' metadata records lora_alpha, the one setting that the tensors' names
-    and shapes do not pin down, so a crash between the two files can only leave a
-    pair that agrees (read_adapter refuses one that does not).
-
-    The base is named as PEFT names it: base_model_name_or_path is the folder or
-    Hub id the user gave (model.load records it as model.model_id), and revision
-    the Hub commit it resolved to (model.revision; None for a plain folder)."""
-    mods = lora_modules(model, LoRALinear)
-    held = {"r": {m.r for m in mods.values()}, "alpha": {m.alpha for m in mods.values()},
-            "dropout": {m.dropout_p for m in mods.values()}}
-    targets = targets if targets is not None else sorted({n.rsplit(".", 1)[-1] for n in mods})
-    _check_saveable(model, mods, held, {"r": r, "alpha": alpha, "dropout": dropout}, targets)
-    if base_model_name_or_path is None:
-        base_model_name_or_path = getattr(model, "model_id", "")
-    if revision is None:
-        revision = getattr(model, "revision", None)
-    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM",
-              "base_model_name_or_path": str(base_model_name_or_path), "revision": revision,
-              "r": held["r"].pop(), "lora_alpha": held["alpha"].pop(),
-              "lora_dropout": held["dropout"].pop(),
-              "target_modules": targets if isinstance(targets, str) else list(targets),
-              "bias": "none", "fan_in_fan_out": False, "inference_mode": True,
-              "init_lora_weights": True, "use_rslora": False, "use_dora": False,
-              "modules_to_save": None, "layers_to_transform": None, "rank_pattern": {},
-              "alpha_pattern": {}}
-    tensors = {PEFT_PREFIX + k: v.detach().to("cpu").contiguous() for k, v in lora_state_dict(model).items()}
-    metadata = {"format": "pt", FINGERPRINT_KEY: json.dumps(base_fingerprint(model)),
-                ALPHA_KEY: json.dumps(config["lora_alpha"])}
-    os.makedirs(out_dir, exist_ok=True)
-    write_atomic(os.path.join(out_dir, WEIGHTS_NAME), lambda p: save_file(tensors, p, metadata=metadata))
-    write_json(os.path.join(out_dir, CONFIG_NAME), config, indent=2)
-    return config
-
-
-def expert_dirs(root):
-    """{name: dir} of the adapter directories directly under root, sorted by name."""
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"{root}: no such directory of experts (train.py --expert writes them)")
-    found = {d: os.path.join(root, d) for d in sorted(os.listdir(root)) if os.path.isdir(os.path.join(root, d))}
-    strays = [d for d, path in found.items() if not os.path.exists(os.path.join(path, CONFIG_NAME))]
-    if strays:   # never drop an expert silently: a half-written or misplaced one is an error
-        raise FileNotFoundError(f"{root}: the folders {strays} hold no {CONFIG_NAME}; every folder "
-                                "here must be an expert's adapter directory")
-    if not found:
-        raise FileNotFoundError(f"{root}: no adapter directories (with {CONFIG_NAME}) inside")
-    return found
-
-
-def read_adapter(model, adapter_dir, check_base=True):
-    """Read and check an adapter directory against `model`.
-
-    Returns (config, {module name: (A (r, I), B (O, r))}). Raises FileNotFoundError
-    for missing files and ValueError (starting with the file's path, naming the
-    key or tensor and what was expected) for a non-LoRA, unsupported or
-    ill-typed config (_check_adapter_config), missing/unexpected tensors, wrong
-    shapes, tensors that are not floating point or not finite (_check_tensor),
-    or a base model other than the one it was made for (_check_fingerprint)."""
-    cfg_path, w_path = os.path.join(adapter_dir, CONFIG_NAME), os.path.join(adapter_dir, WEIGHTS_NAME)
-    config = _read_adapter_config(cfg_path, w_path)
-    if lora_modules(model):
-        raise ValueError("model already has LoRA layers; call remove_lora(model) first")
-    with _open_weights(w_path) as f:
-        fp = (f.metadata() or {}).get(FINGERPRINT_KEY)
-        if check_base and fp is not None:
-            _check_fingerprint(model, fp, w_path)
-        _check_alpha(w_path, f.metadata() or {}, config["lora_alpha"])
-        names = target_names(model, config["target_modules"])
-        expected = {}                                     # PEFT key -> (module name, shape (r, I) or (O, r))
-        for n in names:
-            lin = model.get_submodule(n)
-            expected[f"{PEFT_PREFIX}{n}.lora_A.weight"] = (n, (config["r"], lin.in_features))
-            expected[f"{PEFT_PREFIX}{n}.lora_B.weight"] = (n, (lin.out_features, config["r"]))
-        _check_keys(w_path, config, expected, set(f.keys()))
-        tensors = {key: _check_tensor(w_path, key, f.get_tensor(key), shape, model.get_submodule(n),
-                                      config["r"]) for key, (n, shape) in expected.items()}
-    layers = {n: (tensors[f"{PEFT_PREFIX}{n}.lora_A.weight"], tensors[f"{PEFT_PREFIX}{n}.lora_B.weight"])
-              for n in names}
-    return config, layers
-
-
-def load_adapter(model, adapter_dir, check_base=True):
-    """Attach LoRA as adapter_config.json says and load the weights; returns the
-    names of the wrapped layers. check_base=False skips the base-model fingerprint
-    (to apply an adapter to a deliberately different base of the same shapes)."""
-    config, layers = read_adapter(model, adapter_dir, check_base)
-    names = add_lora(model, config["r"], config["lora_alpha"], config.get("lora_dropout", 0.0),
-                     config["target_modules"])
-    with torch.no_grad():
-        for n, (A, B) in layers.items():
-            m = model.get_submodule(n)
-            m.lora_A.weight.copy_(A)
-            m.lora_B.weight.copy_(B)
-    return names
-
-
-def load_experts(model, adapter_dirs, check_base=True):
-    """Load E single-expert adapters into MultiLoRALinear layers (expert e = adapter_dirs[e]).
-
-    Every module that any adapter targets becomes one MultiLoRALinear; an expert
-    that does not target it contributes zeros there, and ranks are zero-padded to
-    the largest. Returns the names of the wrapped layers; set routing weights
-    with set_expert_weights before running the model."""
-    read = [read_adapter(model, d, check_base) for d in adapter_dirs]
-    names = [n for n, _ in model.named_modules() if any(n in layers for _, layers in read)]
-    r_max = max(cfg["r"] for cfg, _ in read)
-    dropout = max(cfg.get("lora_dropout", 0.0) for cfg, _ in read)
-    for n in names:
-        multi = MultiLoRALinear(model.get_submodule(n), len(read), r_max, dropout=dropout)
-        for e, (cfg, layers) in enumerate(read):
-            if n in layers:
-                multi.set_expert(e, *layers[n], cfg["lora_alpha"] / cfg["r"])
-            else:
-                multi.set_expert(e, multi.lora_A.new_zeros(1, multi.in_features),
-                                 multi.lora_B.new_zeros(multi.out_features, 1), 0.0)
-        _replace(model, n, multi)
-    return names
-
-
-# ---------------------------------------------------------------------------
-# 5. Checks: what read_adapter and the routing weights refuse
-# ---------------------------------------------------------------------------
-
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def _is_int(v):
-    return isinstance(v, int) and not isinstance(v, bool)         # JSON true is not a rank
-
-
-def _is_number(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _short(v, width=60):
-    """repr(v), cut to `width` characters for messages."""
-    text = repr(v)
-    return text if len(text) <= width else text[:width - 3] + "..."
-
-
-def _bad(path, key, value, expected):
-    return ValueError(f"{path}: {key} is {_short(value)}, expected {expected}")
-
-
-def _check_adapter_config(path, config):
-    """adapter_config.json: a LoRA config whose r, lora_alpha, lora_dropout and
-    target_modules have PEFT's types and sensible ranges, and no setting that
-    lora.py does not implement (UNSUPPORTED)."""
-    if not isinstance(config, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}")
-    if config.get("peft_type") != "LORA":
-        raise _bad(path, "peft_type", config.get("peft_type"), "'LORA'")
-    for key in ("r", "lora_alpha", "target_modules"):
-        if key not in config:
-            raise ValueError(f"{path}: required key {key!r} is missing")
-    r, alpha, dropout = config["r"], config["lora_alpha"], config.get("lora_dropout", 0.0)
-    if not (_is_int(r) and r > 0):
-        raise _bad(path, "r", r, "a positive int")
-    if not (_is_number(alpha) and math.isfinite(alpha) and alpha > 0):
-        raise _bad(path, "lora_alpha", alpha, "a finite number > 0")
-    if not (_is_number(dropout) and 0 <= dropout < 1):
-        raise _bad(path, "lora_dropout", dropout, "a number in [0, 1)")
-    _check_targets(path, config["target_modules"])
-    if config.get("bias", "none") != "none":
-        raise ValueError(f"{path}: bias {config['bias']!r} is not supported (only 'none')")
-    for key in UNSUPPORTED:
-        if config.get(key):
-            raise ValueError(f"{path}: {key}={config[key]!r} is not supported by lora.py")
-
-
-def _check_targets(path, targets):
-    """target_modules: a non-empty list of module names, or one regex string (PEFT allows both)."""
-    if isinstance(targets, str) and targets:
-        try:
-            re.compile(targets)
-        except re.error as e:
-            raise _bad(path, "target_modules", targets, f"a valid regex ({e})") from None
-    elif not (isinstance(targets, list) and targets and all(isinstance(t, str) and t for t in targets)):
-        raise _bad(path, "target_modules", targets, "a non-empty list of module names or one regex string")
-
-
-def _check_saveable(model, mods, held, given, targets):
-    """save_adapter: unmerged LoRALinear layers that agree on r, alpha and dropout
-    (and with the values given), selected exactly by target_modules."""
-    if not mods:
-        raise ValueError("model has no LoRALinear layers to save (MultiLoRALinear is not a PEFT adapter)")
-    if any(m.merged for m in mods.values()):
-        raise ValueError("adapters are merged into W; unmerge_lora(model) before saving")
-    for k, vals in held.items():
-        if len(vals) != 1 or (given[k] is not None and given[k] not in vals):
-            raise ValueError(f"{k}: layers hold {sorted(vals)}, asked to save {given[k]}")
-    if set(target_names(model, targets)) != set(mods):
-        raise ValueError(f"target_modules {targets!r} do not select exactly the {len(mods)} LoRA layers")
-
-
-def _read_adapter_config(cfg_path, w_path):
-    """adapter_config.json, checked (_check_adapter_config), with the weights file beside it."""
-    for path in (cfg_path, w_path):
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} not found (an adapter directory holds {CONFIG_NAME} "
-                                    f"and {WEIGHTS_NAME})")
-    try:
-        with open(cfg_path) as f:
-            config = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
-    _check_adapter_config(cfg_path, config)
-    return config
-
-
-def _check_alpha(w_path, metadata, alpha):
-    """The config's lora_alpha is the one the weights were saved with (adapters from
-    elsewhere record none). A save interrupted between the two files, or an edit
-    of lora_alpha, would otherwise rescale every update silently."""
-    saved = metadata.get(ALPHA_KEY)
-    if saved is not None and json.loads(saved) != alpha:
-        raise ValueError(f"{w_path}: saved with lora_alpha {json.loads(saved)}, but {CONFIG_NAME} says "
-                         f"{alpha} (a save interrupted between the two files, or an edit of lora_alpha; "
-                         "the scale belongs to the weights)")
-
-
-def _open_weights(w_path):
-    try:
-        return safe_open(w_path, framework="pt", device="cpu")
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"{w_path}: truncated or corrupt safetensors file ({e})") from None
-
-
-def _check_keys(w_path, config, expected, keys):
-    """The file holds exactly the A and B of every Linear that target_modules selects."""
-    if not expected:
-        raise ValueError(f"{w_path[:-len(WEIGHTS_NAME)]}{CONFIG_NAME}: target_modules "
-                         f"{config['target_modules']!r} match no Linear of this model")
-    missing, unexpected = sorted(set(expected) - keys), sorted(keys - set(expected))
-    if missing or unexpected:
-        parts = [f"{what} {len(ks)} tensors, e.g. {ks[:3]}" for what, ks in
-                 (("missing", missing), ("unexpected", unexpected)) if ks]
-        raise ValueError(f"{w_path}: tensors do not match {CONFIG_NAME} (target_modules "
-                         f"{config['target_modules']!r}, r={config['r']}) and this model: " + "; ".join(parts))
-
-
-def _check_tensor(path, key, t, shape=None, lin=None, r=None):
-    """An adapter tensor: of `shape` (the Linear lin's, at rank r), floating point,
-    no NaN or inf. Returns it."""
-    if shape is not None and tuple(t.shape) != shape:
-        raise ValueError(f"{path}: tensor {key} has shape {tuple(t.shape)}, expected {shape} "
-                         f"(r={r} from {CONFIG_NAME}; the layer is Linear({lin.in_features}, "
-                         f"{lin.out_features}))")
-    if t.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"{path}: tensor {key} has dtype {t.dtype}, expected a floating-point dtype "
-                         "(float16, bfloat16, float32 or float64)")
-    if not torch.isfinite(t).all():
-        nan, inf = int(t.isnan().sum()), int(t.isinf().sum())
-        raise ValueError(f"{path}: tensor {key} has {nan} NaN and {inf} inf values, expected finite values")
-    return t
-
-
-def _check_fingerprint(model, fp, path):
-    """Refuse an adapter made for another base: first the config's shapes, then
-    the sampled values of every tensor, to rtol 1e-2 (bf16 rounds by at most
-    2^-9, relative). Older fingerprints sampled only the first 8 values of the
-    first tensor ("probe_tensor", "probe"): those are checked as they are."""
-    try:
-        fp = json.loads(fp)
-        old = "probe_tensor" in fp
-        probes = {fp["probe_tensor"]: fp["probe"]} if old else fp["probes"]
-        probes = {n: torch.tensor(v, dtype=torch.float32).reshape(-1) for n, v in probes.items()}
-    except (ValueError, TypeError, KeyError, AttributeError):
-        raise ValueError(f"{path}: metadata {FINGERPRINT_KEY} is malformed: expected a JSON object as "
-                         "base_fingerprint writes it") from None
-    cfg = getattr(model, "config", None)
-    diff = [f"{k} {fp[k]} (this model: {getattr(cfg, k, None)})" for k in SHAPE_FIELDS
-            if k in fp and fp[k] != getattr(cfg, k, None)]
-    if diff:
-        raise ValueError(f"{path}: adapter was made for another base model: " + ", ".join(diff))
-    params = dict(base_parameters(model))
-    differ = [n for n, saved in probes.items() if n not in params or not torch.allclose(
-        probe(params[n], saved.numel(), first=old), saved, rtol=1e-2, atol=1e-4)]
-    if differ:
-        more = f" (and {len(differ) - 1} more tensors)" if len(differ) > 1 else ""
-        raise ValueError(f"{path}: adapter was made for another base model: the base's {differ[0]} "
-                         f"differs{more} (same shapes, different weights)")
 
 
 def _check_routing_weights(w, n_experts, where):
     """Routing weights: a floating-point tensor (E,), (B, E) or (B, T, E) of finite values."""
     if not (isinstance(w, torch.Tensor) and w.is_floating_point()):
-        raise ValueError(f"{where}: routing weights must be a floating-point tensor, got {_short(w)}")
+        raise ValueError(f"{where}: routing weights must be a floating-point tensor, got {repr(w)[:60]}")
     if w.dim() not in (1, 2, 3) or w.shape[-1] != n_experts:
         raise ValueError(f"{where}: routing weights {tuple(w.shape)}, expected (E,), (B, E) or "
                          f"(B, T, E) with E={n_experts}")

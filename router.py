@@ -2,7 +2,7 @@
 Two-level routing over LoRA skill experts: a task-level router over whole
 questions and a layer-wise grouped gate over tokens, mixed by a learned weight.
 
-    experts = lora.load_experts(model, dirs)          # E experts stacked per layer
+    experts = adapters.load_experts(model, dirs)          # E experts stacked per layer
     router = Router(cfg).attach(model)                # one grouped gate per layer
     router.set_prior(task.prior(embeddings))          # (B, E) for the questions in the batch
     logits = model(idx)                               # the gates route inside every layer
@@ -273,7 +273,7 @@ class Router(nn.Module):
             raise ValueError(f"router has {self.cfg.n_layers} layers, the model {len(layers)}")
         multi = lora.lora_modules(model, lora.MultiLoRALinear)
         if not multi:
-            raise ValueError("the model has no MultiLoRALinear layers: lora.load_experts() first")
+            raise ValueError("the model has no MultiLoRALinear layers: adapters.load_experts() first")
         for l, layer in enumerate(layers):
             mods = [m for n, m in multi.items() if n.startswith(f"model.layers.{l}.")]
 

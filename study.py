@@ -32,8 +32,8 @@ import math
 import os
 from collections import defaultdict
 
+import adapters
 import eval as E
-import lora
 import router as R
 from data.cli import Parser, run
 from data.files import heatmap, write_json
@@ -134,7 +134,7 @@ def forgetting(ev, experts_dir, out):
     """Accuracy and answer NLL of the base and of each expert in experts_dir on
     every skill; ev(desc) evaluates the model as it is. Writes forgetting.md,
     .json and two heatmaps under out; returns the JSON dict."""
-    experts = lora.expert_dirs(experts_dir)                    # refused now, not after the base's run
+    experts = adapters.expert_dirs(experts_dir)                    # refused now, not after the base's run
     base_records = ev("base")
     base, base_nll = per_skill(base_records)
     acc, nll, own = {}, {}, {}
@@ -203,11 +203,11 @@ def heldout(ev, root, shots, out):
     add("base, 0-shot", ev("base 0-shot", shots=0))
     add(f"base, {shots}-shot", ev("base"))
     mixed = os.path.join(root, "mixed")
-    if os.path.exists(os.path.join(mixed, lora.CONFIG_NAME)):
+    if os.path.exists(os.path.join(mixed, adapters.CONFIG_NAME)):
         add("mixed LoRA", E.with_adapter(ev.model, mixed, lambda: ev("mixed")))
     experts = os.path.join(root, "experts")
     own = []
-    for name, path in (lora.expert_dirs(experts) if os.path.isdir(experts) else {}).items():
+    for name, path in (adapters.expert_dirs(experts) if os.path.isdir(experts) else {}).items():
         mine = [e for e in ev.examples if e.skill == name]
         own += E.with_adapter(ev.model, path, lambda: ev(name, examples=mine)) if mine else []
     if own:

@@ -1,8 +1,9 @@
 """
-Training, in three modes that share one loop:
+Training, in modes that share one loop:
 
     python train.py --base                       # pretrain phi-tiny from scratch
     python train.py --expert algebra             # one LoRA skill expert on a frozen base
+    python train.py --expert algebra --full      # a plain fine-tune of every weight (can forget)
     python train.py --expert cluster:3           # ... on the questions of k-means cluster 3
     python train.py --mixed                      # one LoRA on all skills (the baseline)
     python train.py --router --experts out/experts   # the two-level router over frozen experts
@@ -55,6 +56,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from tqdm import tqdm
 
+import adapters
 import cluster
 import lora
 import model as M
@@ -214,6 +216,7 @@ def distributed(device):
 MODES = {           # the defaults that differ between modes; --help lists them per mode
     "base": dict(steps=3000, lr=2e-3, seq_len=512, warmup=200, loss="all", rows="submodule", eval_every=500),
     "lora": dict(steps=300, lr=2e-3, seq_len=256, warmup=30, loss="answer", rows="skill", eval_every=100),
+    "full": dict(steps=300, lr=1e-4, seq_len=256, warmup=30, loss="answer", rows="skill", eval_every=100),
     "router": dict(steps=300, lr=5e-3, seq_len=256, warmup=30, loss="answer", rows="submodule", eval_every=100),
 }
 # LoRA rows mix a skill's submodules because eval.py's prompts do: experts trained on
@@ -245,8 +248,17 @@ def setup_lora(args, model):
                   targets=args.targets.split(","))
     lora.mark_only_lora_trainable(model)
     lora.count_trainable(model)
-    save = lambda out: lora.save_adapter(model, out, args.model)
+    save = lambda out: adapters.save_adapter(model, out, args.model)
     return model, save
+
+
+def setup_full(args, model, tok):
+    """--full: every weight of the base trains (fp32, autocast to --dtype), as in a
+    plain fine-tune, the baseline that can forget; the whole model is saved."""
+    for p in model.parameters():
+        p.requires_grad_(True)
+    print(f"full fine-tune: {sum(p.numel() for p in model.parameters()):,} trainable parameters")
+    return model, lambda out: M.save(model, tok, out)
 
 
 def setup_router(args, model, tok, device, train_ex, dev_ex):
@@ -321,12 +333,12 @@ def build_router(model, tok, args, train_ex, dev_ex, device):
     centroids, fit the task router, attach a fresh Router; return a Routing."""
     if args.rank1:
         return build_rank1(model, args, train_ex, dev_ex, device)
-    dirs = lora.expert_dirs(args.experts)
+    dirs = adapters.expert_dirs(args.experts)
     names = list(dirs)
     layer = cluster.resolve_layer(model.config)
     X = cluster.meta_embeddings(train_ex + dev_ex, model, tok, layer)          # the base alone, before the experts
     Xtr, labels = X[:len(train_ex)], expert_labels(train_ex, names, args.clusters, model, tok)
-    lora.load_experts(model, list(dirs.values()))
+    adapters.load_experts(model, list(dirs.values()))
     for p in model.parameters():
         p.requires_grad_(False)
     missing = [n for i, n in enumerate(names) if not (labels == i).any()]
@@ -434,24 +446,28 @@ def train(args):
 def setup(args):
     """The model of the chosen mode on this process's device, its data and
     optimizer, restored from OUT/train_state.pt with --resume."""
-    mode = "base" if args.base else "router" if args.router else "lora"
+    mode = mode_of(args)
     if args.out is None:
         name = "mixed" if args.mixed else "router" if args.router else args.expert.replace(":", "-")
-        args.out = "runs/base" if args.base else os.path.join("out", "experts" if args.expert else "", name)
+        folder = "full" if args.full else "experts" if args.expert else ""
+        args.out = "runs/base" if args.base else os.path.join("out", folder, name)
     identity = {k: v for k, v in sorted(vars(args).items()) if k not in NOT_THE_RUN}
     rank, world, device = distributed(args.device)
     dtype = M.DTYPES[args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")]
     torch.manual_seed(args.seed)
     if mode == "base":
         model, tok = None, Tokenizer.from_file(args.tokenizer)
-    else:                     # the one frozen base of this process, in --dtype
-        model, tok = M.load(args.model, dtype=dtype, device=device, revision=args.revision)
+    else:                     # the one base of this process: frozen in --dtype, or fp32 to train it all
+        model, tok = M.load(args.model, dtype=torch.float32 if mode == "full" else dtype, device=device,
+                            revision=args.revision)
     train_ex, dev_ex = select_examples(args, "train", model, tok), select_examples(args, "dev", model, tok)
     routing = None
     if mode == "base":
         model, learner, save = setup_base(args, tok, device)
     elif mode == "lora":
         learner, save = setup_lora(args, model)
+    elif mode == "full":
+        learner, save = setup_full(args, model, tok)
     else:
         routing, save = setup_router(args, model, tok, device, train_ex, dev_ex)
         learner = routing.router
@@ -584,7 +600,7 @@ def parser():
                       "frozen experts in --experts")
     p.add_argument("--data", default=DEFAULT_DATA, help=f"LiLA task file(s) or directory (default {DEFAULT_DATA})")
     p.add_argument("--out", default=None, help="output directory (default runs/base, "
-                   "out/experts/SKILL, out/experts/cluster-K, out/mixed, out/router)")
+                   "out/experts/SKILL, out/experts/cluster-K, out/mixed, out/router, out/full/SKILL)")
     per_mode = lambda k: ", ".join(f"{'LoRA' if m == 'lora' else m} {d[k]}" for m, d in MODES.items())  # noqa: E731
     p.add_argument("--steps", type=positive_int, help=f"optimizer steps (default {per_mode('steps')})")
     p.add_argument("--batch-size", type=positive_int, default=16, help="sequences per step, over all "
@@ -640,6 +656,8 @@ def add_lora_flags(p):
                    f"Hugging Face id, e.g. microsoft/phi-2 (default {M.DEFAULT_MODEL})")
     g.add_argument("--revision", default=None, help="--model id: branch, tag or commit "
                    "(default: the repository's main branch)")
+    g.add_argument("--full", action="store_true", help="train every weight of the base instead of LoRA "
+                   "(a plain fine-tune, the baseline that can forget); OUT gets a whole model")
     g.add_argument("--rank", type=positive_int, default=8, help="LoRA rank r (default 8)")
     g.add_argument("--alpha", type=positive_float, default=16, help="LoRA alpha (scale alpha/r) (default 16)")
     g.add_argument("--dropout", type=probability, default=0.0, help="LoRA dropout (default 0.0)")
@@ -681,8 +699,15 @@ def parse_args(argv=None):
     """The flags, with the chosen mode's defaults (MODES) for those not given."""
     p = parser()
     args = p.parse_args(argv)
-    p.set_defaults(**MODES["base" if args.base else "router" if args.router else "lora"])
+    if args.full and not (args.expert or args.mixed):
+        p.error("--full goes with --expert or --mixed")
+    p.set_defaults(**MODES[mode_of(args)])
     return p.parse_args(argv)
+
+
+def mode_of(args):
+    """base, router, full (--expert/--mixed --full) or lora (--expert/--mixed)."""
+    return "base" if args.base else "router" if args.router else "full" if args.full else "lora"
 
 
 def main():

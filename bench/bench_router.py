@@ -34,6 +34,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import adapters
 import lora  # noqa: E402
 import model as M  # noqa: E402
 import router as R  # noqa: E402
@@ -48,7 +49,7 @@ def random_experts(model, n, workdir):
         for m in lora.lora_modules(model).values():
             torch.nn.init.normal_(m.lora_B.weight, std=0.02)
         dirs.append(os.path.join(workdir, f"expert{e}"))
-        lora.save_adapter(model, dirs[-1])
+        adapters.save_adapter(model, dirs[-1])
         lora.remove_lora(model)
     return dirs
 
@@ -84,12 +85,12 @@ def main():
     E, C, L = args.experts, base.config.hidden_size, base.config.num_hidden_layers
 
     hard, _ = M.load(args.model)
-    lora.load_adapter(hard, dirs[0])
+    adapters.load_adapter(hard, dirs[0])
     lora.merge_lora(hard)
     soft, _ = M.load(args.model)
-    lora.load_experts(soft, dirs)
+    adapters.load_experts(soft, dirs)
     gated, _ = M.load(args.model)
-    lora.load_experts(gated, dirs)
+    adapters.load_experts(gated, dirs)
     groups = [list(g) for g in np.array_split(np.arange(E), min(3, E))]
     cfg = R.RouterConfig(experts=[f"e{e}" for e in range(E)], groups=[[int(e) for e in g] for g in groups],
                          hidden_size=C, n_layers=L)

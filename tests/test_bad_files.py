@@ -16,6 +16,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+import adapters
 import lora
 import model as M
 import router as R
@@ -77,7 +78,7 @@ def good_adapter(base, tmp_path_factory):
     for m in lora.lora_modules(model).values():
         torch.nn.init.normal_(m.lora_B.weight, std=0.1)
     out = str(tmp_path_factory.mktemp("adapter"))
-    lora.save_adapter(model, out)
+    adapters.save_adapter(model, out)
     return out
 
 
@@ -102,7 +103,7 @@ def router_dir(good_router, tmp_path):
 
 
 def test_good_files_load(base, good_adapter, good_router):
-    config, layers = lora.read_adapter(base, good_adapter)
+    config, layers = adapters.read_adapter(base, good_adapter)
     assert len(layers) == 12 and config["r"] == 4
     assert R.load_router(good_router).cfg.groups == [[0], [1]]
 
@@ -147,21 +148,21 @@ ADAPTER_CONFIG = [   # (key, bad value, what the message says)
 @pytest.mark.parametrize("key,value,message", ADAPTER_CONFIG,
                          ids=[f"{k}={'missing' if v is DELETE else v!r}" for k, v, _ in ADAPTER_CONFIG])
 def test_adapter_config(base, adapter, key, value, message):
-    path = os.path.join(adapter, lora.CONFIG_NAME)
+    path = os.path.join(adapter, adapters.CONFIG_NAME)
     edit_json(path, key, value)
     with expect(ValueError, path, message):
-        lora.read_adapter(base, adapter)
+        adapters.read_adapter(base, adapter)
 
 
 @pytest.mark.parametrize("text,message", [("[1, 2]", "expected a JSON object, got list"),
                                           ('{"r": 4,', "not valid JSON"),
                                           ("\udcff", "not valid JSON")], ids=["list", "truncated", "binary"])
 def test_adapter_config_not_an_object(base, adapter, text, message):
-    path = os.path.join(adapter, lora.CONFIG_NAME)
+    path = os.path.join(adapter, adapters.CONFIG_NAME)
     with open(path, "wb") as f:
         f.write(text.encode("utf-8", "surrogateescape"))
     with expect(ValueError, path, message):
-        lora.read_adapter(base, adapter)
+        adapters.read_adapter(base, adapter)
 
 
 PEFT_FORMS = [("target_modules", r"model\.layers\.\d+\..*(q_proj|k_proj|v_proj|dense|fc1|fc2)"),
@@ -171,17 +172,17 @@ PEFT_FORMS = [("target_modules", r"model\.layers\.\d+\..*(q_proj|k_proj|v_proj|d
 @pytest.mark.parametrize("key,value", PEFT_FORMS,
                          ids=["target_modules-regex", "lora_alpha-float", "lora_dropout-0.05"])
 def test_adapter_config_forms_peft_allows(base, adapter, key, value):
-    edit_json(os.path.join(adapter, lora.CONFIG_NAME), key, value)
-    config, layers = lora.read_adapter(base, adapter)
+    edit_json(os.path.join(adapter, adapters.CONFIG_NAME), key, value)
+    config, layers = adapters.read_adapter(base, adapter)
     assert len(layers) == 12 and config[key] == value
 
 
 def test_missing_adapter_files(base, adapter):
-    for name in (lora.WEIGHTS_NAME, lora.CONFIG_NAME):
+    for name in (adapters.WEIGHTS_NAME, adapters.CONFIG_NAME):
         path = os.path.join(adapter, name)
         os.remove(path)
         with expect(FileNotFoundError, path, "not found"):
-            lora.read_adapter(base, adapter)
+            adapters.read_adapter(base, adapter)
 
 
 # ---------------------------------------------------------------------------
@@ -225,24 +226,24 @@ ADAPTER_TENSORS = [   # (edit, tensor the message names, what it says)
                          ids=["nan", "inf", "-inf", "int32", "bool", "rows", "transposed", "missing",
                               "unexpected"])
 def test_adapter_tensors(base, adapter, edit, key, message):
-    path = os.path.join(adapter, lora.WEIGHTS_NAME)
+    path = os.path.join(adapter, adapters.WEIGHTS_NAME)
     edit_safetensors(path, edit)
     with expect(ValueError, path, key, message):
-        lora.read_adapter(base, adapter)
+        adapters.read_adapter(base, adapter)
 
 
 def test_half_precision_adapter_tensors_load(base, adapter):
-    path = os.path.join(adapter, lora.WEIGHTS_NAME)
+    path = os.path.join(adapter, adapters.WEIGHTS_NAME)
     edit_safetensors(path, lambda s: s.update({k: v.to(torch.bfloat16) for k, v in s.items()}))
-    assert len(lora.read_adapter(base, adapter)[1]) == 12
+    assert len(adapters.read_adapter(base, adapter)[1]) == 12
 
 
 def test_truncated_adapter_weights(base, adapter):
-    path = os.path.join(adapter, lora.WEIGHTS_NAME)
+    path = os.path.join(adapter, adapters.WEIGHTS_NAME)
     with open(path, "r+b") as f:
         f.truncate(100)
     with expect(ValueError, path, "truncated or corrupt"):
-        lora.read_adapter(base, adapter)
+        adapters.read_adapter(base, adapter)
 
 
 # ---------------------------------------------------------------------------
@@ -258,19 +259,19 @@ def test_base_that_differs_in_one_tensor_is_refused(base, good_adapter, tensor):
     with torch.no_grad():
         p = other.get_parameter(tensor)
         p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(5)) * p.std().clamp(min=0.02))
-    path = os.path.join(good_adapter, lora.WEIGHTS_NAME)
+    path = os.path.join(good_adapter, adapters.WEIGHTS_NAME)
     with expect(ValueError, path, "another base model", f"the base's {tensor} differs"):
-        lora.read_adapter(other, good_adapter)
-    assert lora.read_adapter(other, good_adapter, check_base=False)        # on purpose: allowed
+        adapters.read_adapter(other, good_adapter)
+    assert adapters.read_adapter(other, good_adapter, check_base=False)        # on purpose: allowed
 
 
 def test_base_of_other_shape_is_refused(good_adapter):
     wider = M.PhiForCausalLM(M.PhiConfig(vocab_size=320, hidden_size=128, intermediate_size=256,
                                          num_hidden_layers=2, num_attention_heads=4,
                                          max_position_embeddings=64, partial_rotary_factor=0.5))
-    path = os.path.join(good_adapter, lora.WEIGHTS_NAME)
+    path = os.path.join(good_adapter, adapters.WEIGHTS_NAME)
     with expect(ValueError, path, "another base model: hidden_size 64 (this model: 128)"):
-        lora.read_adapter(wider, good_adapter)
+        adapters.read_adapter(wider, good_adapter)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
@@ -278,15 +279,15 @@ def test_same_base_in_half_precision_is_accepted_both_ways(tiny_ckpt, base, good
     """An fp32-made adapter loads onto the base in bf16/fp16, and one made on the
     half-precision base loads onto the fp32 base."""
     half = M.load(tiny_ckpt[0], dtype=dtype, verbose=False)[0]
-    assert len(lora.read_adapter(half, good_adapter)[1]) == 12
+    assert len(adapters.read_adapter(half, good_adapter)[1]) == 12
     lora.add_lora(half, r=2, alpha=4, targets=("fc1",))
-    lora.save_adapter(half, str(tmp_path / "half"))
-    assert len(lora.read_adapter(base, str(tmp_path / "half"))[1]) == 2
+    adapters.save_adapter(half, str(tmp_path / "half"))
+    assert len(adapters.read_adapter(base, str(tmp_path / "half"))[1]) == 2
 
 
 def old_fingerprint(model, **changes):
     """The fingerprint format before issue 19: config shapes, 8 values of the first tensor."""
-    fp = {k: getattr(model.config, k) for k in lora.SHAPE_FIELDS}
+    fp = {k: getattr(model.config, k) for k in adapters.SHAPE_FIELDS}
     name, p = next(iter(model.named_parameters()))
     fp.update(probe_tensor=name, probe=[round(v, 6) for v in p.detach().flatten()[:8].float().tolist()])
     fp.update(changes)
@@ -294,21 +295,21 @@ def old_fingerprint(model, **changes):
 
 
 def set_fingerprint(adapter, text):
-    path = os.path.join(adapter, lora.WEIGHTS_NAME)
+    path = os.path.join(adapter, adapters.WEIGHTS_NAME)
     state = load_file(path)
-    save_file(state, path, metadata={"format": "pt", lora.FINGERPRINT_KEY: text})
+    save_file(state, path, metadata={"format": "pt", adapters.FINGERPRINT_KEY: text})
     return path
 
 
 def test_old_fingerprint_is_still_checked(base, adapter):
     set_fingerprint(adapter, old_fingerprint(base))
-    assert len(lora.read_adapter(base, adapter)[1]) == 12
+    assert len(adapters.read_adapter(base, adapter)[1]) == 12
     path = set_fingerprint(adapter, old_fingerprint(base, num_hidden_layers=3))
     with expect(ValueError, path, "num_hidden_layers 3 (this model: 2)"):
-        lora.read_adapter(base, adapter)
+        adapters.read_adapter(base, adapter)
     path = set_fingerprint(adapter, old_fingerprint(base, probe=[9.0] * 8))
     with expect(ValueError, path, "model.embed_tokens.weight differs"):
-        lora.read_adapter(base, adapter)
+        adapters.read_adapter(base, adapter)
 
 
 @pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"probes": {"lm_head.bias": ["a"]}}',
@@ -316,8 +317,8 @@ def test_old_fingerprint_is_still_checked(base, adapter):
                          ids=["not-json", "list", "probe-strings", "no-probes"])
 def test_malformed_fingerprint(base, adapter, text):
     path = set_fingerprint(adapter, text)
-    with expect(ValueError, path, lora.FINGERPRINT_KEY, "malformed"):
-        lora.read_adapter(base, adapter)
+    with expect(ValueError, path, adapters.FINGERPRINT_KEY, "malformed"):
+        adapters.read_adapter(base, adapter)
 
 
 SHIPPED = os.path.join(ROOT, "checkpoints")
@@ -327,8 +328,8 @@ SHIPPED = os.path.join(ROOT, "checkpoints")
                     reason="no shipped checkpoints")
 def test_shipped_adapters_in_the_old_format_load_onto_phi_tiny():
     model = M.load(os.path.join(SHIPPED, "phi-tiny"), dtype="bfloat16", verbose=False)[0]
-    dirs = list(lora.expert_dirs(os.path.join(SHIPPED, "phi-tiny-moe", "experts")).values())
-    assert len(lora.load_experts(model, dirs)) == 6 * model.config.num_hidden_layers
+    dirs = list(adapters.expert_dirs(os.path.join(SHIPPED, "phi-tiny-moe", "experts")).values())
+    assert len(adapters.load_experts(model, dirs)) == 6 * model.config.num_hidden_layers
     assert R.load_router(os.path.join(SHIPPED, "phi-tiny-moe", "router")).cfg.n_layers == 8
 
 
@@ -340,7 +341,7 @@ def test_shipped_adapters_in_the_old_format_load_onto_phi_tiny():
 @pytest.fixture(scope="module")
 def experts_model(base, good_adapter):
     model = copy.deepcopy(base)
-    lora.load_experts(model, [good_adapter, good_adapter])
+    adapters.load_experts(model, [good_adapter, good_adapter])
     return model
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+import adapters
 import cluster
 import eval as E
 import study
@@ -225,20 +226,20 @@ def test_adapter_files_from_two_saves_are_refused(tmp_path):
     import model as M
     m, _ = M.load(PHI_TINY, verbose=False)
     lora.add_lora(m, r=2, alpha=4, targets=["q_proj"])
-    lora.save_adapter(m, str(tmp_path / "a"))
+    adapters.save_adapter(m, str(tmp_path / "a"))
     lora.remove_lora(m)
     lora.add_lora(m, r=2, alpha=8, targets=["q_proj"])
-    lora.save_adapter(m, str(tmp_path / "b"))
+    adapters.save_adapter(m, str(tmp_path / "b"))
     lora.remove_lora(m)
     config = json.load(open(tmp_path / "a" / "adapter_config.json"))
     config["lora_dropout"] = 0.05                                     # a hand edit: still loads
     json.dump(config, open(tmp_path / "a" / "adapter_config.json", "w"))
-    lora.load_adapter(m, str(tmp_path / "a"))
+    adapters.load_adapter(m, str(tmp_path / "a"))
     lora.remove_lora(m)
     shutil.copy(tmp_path / "b" / "adapter_model.safetensors", tmp_path / "a" / "adapter_model.safetensors")
     with pytest.raises(ValueError, match="adapter_model.safetensors: saved with lora_alpha 8, but "
                                          "adapter_config.json says 4"):
-        lora.load_adapter(m, str(tmp_path / "a"))
+        adapters.load_adapter(m, str(tmp_path / "a"))
 
 
 STUDY = [   # study.py: refused in one line before any model is loaded

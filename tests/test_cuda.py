@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+import adapters
 import model as M
 from conftest import ROOT
 from test_experts import adapter, base_dir, expert_argv  # noqa: F401  (base_dir: a fixture)
@@ -51,9 +52,9 @@ def test_cuda_adapter_saved_on_cpu_loads_on_gpu(tiny_ckpt, tmp_path):
     for n, p in cpu.named_parameters():
         if "lora_B" in n:
             torch.nn.init.normal_(p, std=0.1, generator=torch.Generator().manual_seed(len(n)))
-    lora.save_adapter(cpu, str(tmp_path), tiny_ckpt[0])
+    adapters.save_adapter(cpu, str(tmp_path), tiny_ckpt[0])
     gpu, _ = M.load(tiny_ckpt[0], device="cuda")
-    lora.load_adapter(gpu, str(tmp_path))
+    adapters.load_adapter(gpu, str(tmp_path))
     idx = torch.randint(1, 320, (2, 17), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         assert (gpu(idx.cuda()).cpu() - cpu(idx)).abs().max() < 1e-4

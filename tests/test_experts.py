@@ -104,3 +104,21 @@ def test_mixed_gets_the_steps_of_all_experts(tmp_path, base_dir):
     args = train.parse_args(argv)
     train.train(args)
     assert args.steps == 4      # two skills in the fixture, 2 steps each
+
+
+def test_full_fine_tune_trains_every_weight_and_resumes_exactly(tmp_path, base_dir):
+    """--full: every weight trains, OUT holds a whole model that model.load reads,
+    and a run cut at step 3 and resumed equals the uninterrupted one bit for bit."""
+    import model as M
+    whole = train.train(train.parse_args(expert_argv(base_dir, tmp_path / "a", "--full")))
+    train.train(train.parse_args(expert_argv(base_dir, tmp_path / "b", "--full", "--stop-at", "3")))
+    train.train(train.parse_args(expert_argv(base_dir, tmp_path / "b", "--full", "--resume")))
+    a, b = adapter(tmp_path / "a"), adapter(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    base, _ = M.load(base_dir, verbose=False)
+    changed = [n for n, p in base.named_parameters() if not torch.equal(p, a[n])]
+    assert len(changed) == len(list(base.parameters()))            # the embeddings and LayerNorms too
+    saved, _ = M.load(str(tmp_path / "a"), verbose=False)           # the best-dev model, in the HF layout
+    assert set(saved.state_dict()) == set(whole.state_dict())
+    with pytest.raises(SystemExit):
+        train.parse_args(["--base", "--full"])                      # --full needs --expert or --mixed

@@ -19,6 +19,7 @@ import types
 import pytest
 import torch
 
+import adapters
 import lora
 import model as M
 from conftest import ROOT, TINY, write_hf_checkpoint
@@ -220,15 +221,15 @@ def test_eval_with_a_hub_id(hub, extra, rc, expected):
 def test_save_adapter_records_the_id_and_the_revision(hub, ckpt, tmp_path):
     model, _ = M.load(REPO, verbose=False)
     lora.add_lora(model, r=2, alpha=4)
-    config = lora.save_adapter(model, str(tmp_path / "a"))            # named after the model
+    config = adapters.save_adapter(model, str(tmp_path / "a"))            # named after the model
     assert (config["base_model_name_or_path"], config["revision"]) == (REPO, MAIN)
-    lora.save_adapter(model, str(tmp_path / "b"), REPO)               # as train.py calls it
+    adapters.save_adapter(model, str(tmp_path / "b"), REPO)               # as train.py calls it
     saved = json.load(open(tmp_path / "b" / "adapter_config.json"))
     assert (saved["base_model_name_or_path"], saved["revision"]) == (REPO, MAIN)
-    lora.read_adapter(M.load(ckpt, verbose=False)[0], str(tmp_path / "b"))   # same weights: it fits
+    adapters.read_adapter(M.load(ckpt, verbose=False)[0], str(tmp_path / "b"))   # same weights: it fits
     folder, _ = M.load(ckpt, verbose=False)
     lora.add_lora(folder, r=2, alpha=4)
-    config = lora.save_adapter(folder, str(tmp_path / "c"))
+    config = adapters.save_adapter(folder, str(tmp_path / "c"))
     assert (config["base_model_name_or_path"], config["revision"]) == (ckpt, None)
 
 

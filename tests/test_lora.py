@@ -1,4 +1,4 @@
-"""lora.py: LoRA invariants, the multi-expert layer, and adapter files that PEFT
+"""lora.py and adapters.py: LoRA invariants, the multi-expert layer, and adapter files that PEFT
 reads and writes the same way we do. Tiny models only (2 layers, 64 wide)."""
 import copy
 import json
@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file
 
+import adapters
 import lora
 from model import PhiConfig, PhiForCausalLM, load
 
@@ -38,7 +39,7 @@ def our_adapter(tiny_ckpt, tmp_path_factory):
     lora.add_lora(model, r=4, alpha=8, targets=TARGETS)
     randomise_lora(model)
     out = str(tmp_path_factory.mktemp("adapter"))
-    lora.save_adapter(model, out, base_model_name_or_path=path)
+    adapters.save_adapter(model, out, base_model_name_or_path=path)
     return out, model
 
 
@@ -133,7 +134,7 @@ def test_remove_lora_merge_keeps_the_adapter(tiny_ckpt):
         lora.merge_lora(model)
         assert torch.allclose(model(IDX), lora_out, atol=1e-4)
         with pytest.raises(ValueError, match="adapters are merged into W; unmerge_lora"):
-            lora.save_adapter(model, "/nonexistent")                   # refused before any write
+            adapters.save_adapter(model, "/nonexistent")                   # refused before any write
         lora.unmerge_lora(model)
         assert torch.equal(model(IDX), lora_out)                    # W restored bit for bit
         lora.merge_lora(model)
@@ -206,9 +207,9 @@ def test_load_experts_one_hot_equals_single_adapter(tiny_ckpt, our_adapter, tmp_
     other = ours(tiny_ckpt[0])                                 # a second expert: rank 2, fc1 only
     lora.add_lora(other, r=2, alpha=2, targets=("fc1",))
     randomise_lora(other, seed=7)
-    lora.save_adapter(other, str(tmp_path))
+    adapters.save_adapter(other, str(tmp_path))
     model = ours(tiny_ckpt[0])
-    names = lora.load_experts(model, [adapter_dir, str(tmp_path)])
+    names = adapters.load_experts(model, [adapter_dir, str(tmp_path)])
     assert len(names) == 12
     with torch.no_grad():
         lora.set_expert_weights(model, torch.tensor([1.0, 0.0]))
@@ -244,7 +245,7 @@ def test_peft_adapter_loads_in_ours(tiny_ckpt, tmp_path):
     randomise_lora(peft_model, seed=3)
     peft_model.save_pretrained(str(tmp_path))
     model = ours(path)
-    names = lora.load_adapter(model, str(tmp_path))
+    names = adapters.load_adapter(model, str(tmp_path))
     assert len(names) == 12
     with torch.no_grad():
         theirs, mine, base = peft_model(IDX).logits, model(IDX), hf(IDX).logits
@@ -259,7 +260,7 @@ def test_peft_adapter_loads_in_ours(tiny_ckpt, tmp_path):
 
 def copy_adapter(src, dst, **config_changes):
     shutil.copytree(src, dst)
-    cfg_path = os.path.join(dst, lora.CONFIG_NAME)
+    cfg_path = os.path.join(dst, adapters.CONFIG_NAME)
     with open(cfg_path) as f:
         cfg = json.load(f)
     cfg.update(config_changes)
@@ -270,28 +271,28 @@ def copy_adapter(src, dst, **config_changes):
 
 def test_missing_file(tiny_ckpt, our_adapter, tmp_path):
     d = copy_adapter(our_adapter[0], tmp_path / "a")
-    os.remove(os.path.join(d, lora.WEIGHTS_NAME))
+    os.remove(os.path.join(d, adapters.WEIGHTS_NAME))
     with pytest.raises(FileNotFoundError, match="adapter_model.safetensors"):
-        lora.load_adapter(ours(tiny_ckpt[0]), d)
+        adapters.load_adapter(ours(tiny_ckpt[0]), d)
 
 
 def test_wrong_rank_names_the_tensor(tiny_ckpt, our_adapter, tmp_path):
     d = copy_adapter(our_adapter[0], tmp_path / "a", r=8)
     with pytest.raises(ValueError, match=r"tensor base_model\.model\.model\.layers\.0\..*lora_A\.weight "
                                          r"has shape \(4, 64\), expected \(8, 64\)"):
-        lora.load_adapter(ours(tiny_ckpt[0]), d)
+        adapters.load_adapter(ours(tiny_ckpt[0]), d)
 
 
 def test_non_lora_peft_type(tiny_ckpt, our_adapter, tmp_path):
     d = copy_adapter(our_adapter[0], tmp_path / "a", peft_type="IA3")
     with pytest.raises(ValueError, match="peft_type is 'IA3', expected 'LORA'"):
-        lora.load_adapter(ours(tiny_ckpt[0]), d)
+        adapters.load_adapter(ours(tiny_ckpt[0]), d)
 
 
 def test_unsupported_setting(tiny_ckpt, our_adapter, tmp_path):
     d = copy_adapter(our_adapter[0], tmp_path / "a", use_dora=True)
     with pytest.raises(ValueError, match="use_dora"):
-        lora.load_adapter(ours(tiny_ckpt[0]), d)
+        adapters.load_adapter(ours(tiny_ckpt[0]), d)
 
 
 def test_adapter_for_another_base(our_adapter):
@@ -300,12 +301,12 @@ def test_adapter_for_another_base(our_adapter):
     torch.manual_seed(0)
     wider = PhiForCausalLM(PhiConfig(hidden_size=128, **small))
     with pytest.raises(ValueError, match="another base model: hidden_size 64 \\(this model: 128\\)"):
-        lora.load_adapter(wider, our_adapter[0])
+        adapters.load_adapter(wider, our_adapter[0])
     same_shape = PhiForCausalLM(PhiConfig(hidden_size=64, **small))   # same shapes, other weights
     with pytest.raises(ValueError, match="another base model.*model.embed_tokens.weight differs"):
-        lora.load_adapter(same_shape, our_adapter[0])
-    names = lora.load_adapter(same_shape, our_adapter[0], check_base=False)    # the check skipped: loads
-    saved = load_file(os.path.join(our_adapter[0], lora.WEIGHTS_NAME))
+        adapters.load_adapter(same_shape, our_adapter[0])
+    names = adapters.load_adapter(same_shape, our_adapter[0], check_base=False)    # the check skipped: loads
+    saved = load_file(os.path.join(our_adapter[0], adapters.WEIGHTS_NAME))
     mine = lora.lora_state_dict(same_shape)
-    assert len(names) == 12 and {lora.PEFT_PREFIX + k for k in mine} == set(saved)
-    assert all(torch.equal(v, saved[lora.PEFT_PREFIX + k]) for k, v in mine.items())
+    assert len(names) == 12 and {adapters.PEFT_PREFIX + k for k in mine} == set(saved)
+    assert all(torch.equal(v, saved[adapters.PEFT_PREFIX + k]) for k, v in mine.items())

@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import adapters
 import lora
 import model as M
 import router as R
@@ -103,9 +104,9 @@ def test_one_expert_one_group_equals_that_expert(tiny_ckpt, tmp_path):
     lora.add_lora(single, r=4, alpha=8)
     for m in lora.lora_modules(single).values():
         torch.nn.init.normal_(m.lora_B.weight, std=0.1)
-    lora.save_adapter(single, str(tmp_path / "e0"), path)
+    adapters.save_adapter(single, str(tmp_path / "e0"), path)
     routed, _ = M.load(path)
-    lora.load_experts(routed, [str(tmp_path / "e0")])
+    adapters.load_experts(routed, [str(tmp_path / "e0")])
     router = R.Router(cfg(1, [[0]]), torch.zeros(1, 64).numpy()).attach(routed)
     torch.nn.init.normal_(router.gates[1].U.weight)                # any gate: one expert gets weight 1
     router.set_prior(torch.ones(3, 1))
@@ -194,9 +195,9 @@ def test_only_router_parameters_get_gradients(tiny_ckpt, tmp_path):
     model, _ = M.load(path)
     for e in range(2):
         lora.add_lora(model, r=2, alpha=4)
-        lora.save_adapter(model, str(tmp_path / f"e{e}"), path)
+        adapters.save_adapter(model, str(tmp_path / f"e{e}"), path)
         lora.remove_lora(model)
-    lora.load_experts(model, [str(tmp_path / "e0"), str(tmp_path / "e1")])
+    adapters.load_experts(model, [str(tmp_path / "e0"), str(tmp_path / "e1")])
     for p in model.parameters():
         p.requires_grad_(False)
     router = R.Router(cfg(2, [[0], [1]], entropy_weight=0.1), torch.zeros(2, 64).numpy()).attach(model)
@@ -218,9 +219,9 @@ def test_hard_merged_route_equals_soft_one_hot(tiny_ckpt, tmp_path):
         for m in lora.lora_modules(model).values():
             torch.nn.init.normal_(m.lora_B.weight, std=0.1)
         dirs.append(str(tmp_path / f"e{e}"))
-        lora.save_adapter(model, dirs[-1], path)
+        adapters.save_adapter(model, dirs[-1], path)
         lora.remove_lora(model)
-    lora.load_experts(model, dirs)
+    adapters.load_experts(model, dirs)
     idx = torch.randint(1, 300, (2, 5))
     with torch.no_grad():
         lora.set_expert_weights(model, torch.tensor([[0.0, 1.0, 0.0]] * 2))    # soft, per sequence
