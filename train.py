@@ -243,9 +243,14 @@ def setup_base(args, tok, device):
 
 
 def setup_lora(args, model):
-    """LoRA on the target modules of the frozen base; only LoRA (fp32) trains."""
-    lora.add_lora(model, r=args.rank, alpha=args.alpha, dropout=args.dropout,
-                  targets=args.targets.split(","))
+    """LoRA on the target modules of the frozen base, fresh or (--adapter) the
+    saved one to continue from; only LoRA (fp32) trains."""
+    if args.adapter:          # its r, alpha, dropout and targets come with it
+        adapters.load_adapter(model, args.adapter)
+        print(f"continuing from the adapter {args.adapter}")
+    else:
+        lora.add_lora(model, r=args.rank, alpha=args.alpha, dropout=args.dropout,
+                      targets=args.targets.split(","))
     lora.mark_only_lora_trainable(model)
     lora.count_trainable(model)
     save = lambda out: adapters.save_adapter(model, out, args.model)
@@ -658,6 +663,8 @@ def add_lora_flags(p):
                    "(default: the repository's main branch)")
     g.add_argument("--full", action="store_true", help="train every weight of the base instead of LoRA "
                    "(a plain fine-tune, the baseline that can forget); OUT gets a whole model")
+    g.add_argument("--adapter", default=None, help="start from this adapter instead of a fresh LoRA, e.g. "
+                   "to train one LoRA skill after skill (its r, alpha, dropout and targets are used; default: none)")
     g.add_argument("--rank", type=positive_int, default=8, help="LoRA rank r (default 8)")
     g.add_argument("--alpha", type=positive_float, default=16, help="LoRA alpha (scale alpha/r) (default 16)")
     g.add_argument("--dropout", type=probability, default=0.0, help="LoRA dropout (default 0.0)")
@@ -701,6 +708,8 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.full and not (args.expert or args.mixed):
         p.error("--full goes with --expert or --mixed")
+    if args.adapter and (args.full or not (args.expert or args.mixed)):
+        p.error("--adapter goes with --expert or --mixed, without --full")
     p.set_defaults(**MODES[mode_of(args)])
     return p.parse_args(argv)
 

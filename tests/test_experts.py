@@ -122,3 +122,22 @@ def test_full_fine_tune_trains_every_weight_and_resumes_exactly(tmp_path, base_d
     assert set(saved.state_dict()) == set(whole.state_dict())
     with pytest.raises(SystemExit):
         train.parse_args(["--base", "--full"])                      # --full needs --expert or --mixed
+
+
+def test_continuing_from_an_adapter_is_training_on(tmp_path, base_dir):
+    """--adapter A: a LoRA trained 3 steps on algebra, then 3 more from its saved
+    adapter on numbers, starts from A's weights (the first step's update is made
+    from them) and keeps A's rank; without it the run starts fresh."""
+    first = expert_argv(base_dir, tmp_path / "a", "--steps", "3", "--eval-every", "3")
+    train.train(train.parse_args(first))
+    second = ["numbers" if a == "algebra" else a for a in expert_argv(
+        base_dir, tmp_path / "b", "--steps", "3", "--eval-every", "3", "--rank", "2")]
+    model = train.train(train.parse_args(second + ["--adapter", str(tmp_path / "a")]))
+    from adapters import read_adapter
+    _, saved_a = read_adapter(model.__class__(model.config), str(tmp_path / "a"), check_base=False)
+    q = "model.layers.0.self_attn.q_proj"
+    A = model.get_submodule(q).lora_A.weight
+    assert A.shape[0] == 4                                   # the adapter's r, not --rank 2
+    assert not torch.equal(A, saved_a[q][0]) and (A - saved_a[q][0]).abs().max() < 0.05   # moved on from it
+    with pytest.raises(SystemExit):
+        train.parse_args(second + ["--adapter", str(tmp_path / "a"), "--full"])
