@@ -572,7 +572,9 @@ def restore(path, identity, learner, opt, scaler, device):
     if saved is None:
         raise ValueError(f"{path}: no run configuration recorded (an older train.py wrote it); "
                          "start again in a new --out")
-    differ = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k))
+    unset = (None, False)     # a flag added since the run started, left at its default, is the same run
+    differ = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k)
+                    and not (k not in saved and identity[k] in unset or k not in identity and saved[k] in unset))
     if differ:
         raise ValueError(f"{path}: --resume must continue the same run, but " + ", ".join(
             f"--{k.replace('_', '-')} is {identity.get(k)!r} (the run's: {saved.get(k)!r})" for k in differ))

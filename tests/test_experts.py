@@ -141,3 +141,21 @@ def test_continuing_from_an_adapter_is_training_on(tmp_path, base_dir):
     assert not torch.equal(A, saved_a[q][0]) and (A - saved_a[q][0]).abs().max() < 0.05   # moved on from it
     with pytest.raises(SystemExit):
         train.parse_args(second + ["--adapter", str(tmp_path / "a"), "--full"])
+
+
+def test_resume_of_a_run_saved_before_a_flag_existed(tmp_path, base_dir):
+    """A state saved by a train.py without some flag resumes when that flag is at
+    its default now; a recorded value that differs is still refused."""
+    argv = expert_argv(base_dir, tmp_path / "a", "--steps", "6", "--stop-at", "3")
+    train.train(train.parse_args(argv))
+    path = tmp_path / "a" / "train_state.pt"
+    state = torch.load(path, weights_only=False)
+    del state["run"]["adapter"], state["run"]["full"]               # as an older train.py saved it
+    torch.save(state, path)
+    train.train(train.parse_args(argv[:-2] + ["--resume"]))          # resumes to step 6
+    assert torch.load(path, weights_only=False)["step"] == 6
+    state = torch.load(path, weights_only=False)
+    state["run"]["full"], state["step"] = True, 3
+    torch.save(state, path)
+    with pytest.raises(ValueError, match="--full is False \\(the run's: True\\)"):
+        train.train(train.parse_args(argv[:-2] + ["--resume", "--steps", "6"]))
