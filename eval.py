@@ -205,7 +205,7 @@ def moe(ev, router_dir, variant="full", experts=None, route=None):
         router.to(device).attach(model).eval()
 
     @contextmanager
-    def route(idx):
+    def per_batch(idx):
         """The batch's task-level weights in; its routing, per row, out."""
         p = None if priors is None else priors[idx]                       # (B, E)
         extras = []
@@ -217,11 +217,11 @@ def moe(ev, router_dir, variant="full", experts=None, route=None):
         router.set_prior(p.to(device) if cfg.prior != "none" else None)
         with router.record() as rec:
             yield extras
-        for j, w in enumerate(rec.weights()):                             # (L, E) each
-            extras.append({"routing": {"experts": w.tolist(), "groups": (w @ router.M).tolist(),
+        for j, w in enumerate(rec.weights()):                             # (L, E) each, on the CPU
+            extras.append({"routing": {"experts": w.tolist(), "groups": (w @ router.M.cpu()).tolist(),
                                        "prior": None if p is None else p[j].tolist()}})
     try:
-        return ev(f"moe ({variant})", route=route), router
+        return ev(f"moe ({variant})", route=per_batch), router
     finally:
         router.detach()
         lora.remove_lora(model, merge=False)

@@ -162,7 +162,7 @@ def explain(model, tok, args):
     w = rec.weights()[0]                                                          # (L, E)
     layers = [f"layer {l}" for l in range(cfg.n_layers)]
     print(f"\ngrouped gate per layer, mean over the generated tokens ({len(pool) and args.shots}-shot prompt):")
-    print(text_heatmap((w @ router.M).tolist(), layers, [f"G{g}" for g in range(len(groups))]))
+    print(text_heatmap((w @ router.M.cpu()).tolist(), layers, [f"G{g}" for g in range(len(groups))]))
     print("  " + "; ".join(f"G{g} = {name}" for g, name in enumerate(groups)))
     if not cfg.rank1:
         print(text_heatmap(w.tolist(), layers, short(cfg.experts)))
