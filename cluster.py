@@ -319,9 +319,23 @@ def seeded_kmeans(X, y, labelled, **kw):
     """Seeded k-means (Basu et al. 2002): one cluster per class of y[labelled],
     started at the mean of that class's labelled points, then ordinary k-means.
     Returns the predicted class of every point."""
+    classes, result = seeded_clusters(X, y, labelled, **kw)
+    return classes[result.labels]
+
+
+def seeded_clusters(X, y, labelled, **kw):
+    """(classes, k-means result) of seeded k-means: cluster c is started at the
+    mean of the labelled points of class classes[c] (sorted)."""
     classes = np.unique(y[labelled])
     init = np.stack([X[labelled][y[labelled] == c].mean(0) for c in classes])
-    return classes[kmeans(X, len(classes), init=init, **kw).labels]
+    return classes, kmeans(X, len(classes), init=init, **kw)
+
+
+def labelled_sample(y, per_class, seed):
+    """Indices of per_class random points of every class of y (all of a smaller class)."""
+    rng = np.random.default_rng(seed)
+    return np.concatenate([rng.choice(np.flatnonzero(y == c), min(per_class, int((y == c).sum())), replace=False)
+                           for c in np.unique(y)])
 
 
 def seeded_accuracy(X, y, per_class, trials=5, seed=0, **kw):
@@ -520,8 +534,9 @@ def report(args, n, layer, rows, seeded, clusters, groups):
     metrics = list(rows["meta-questions"]["agreement"])
     lines = [f"# Clusters of {n} {args.split} questions", "",
              f"model `{args.model}` (layer {layer}), data `{args.data}`, k = {args.k}, "
-             f"{'cosine' if args.cosine else 'euclidean'} k-means, n_init {args.n_init}, "
-             f"seed {args.seed}", ""]
+             f"{'cosine' if args.cosine else 'euclidean'} k-means, "
+             + (f"seeded with {args.seeded} labelled questions per skill, " if args.seeded else
+                f"n_init {args.n_init}, ") + f"seed {args.seed}", ""]
     lines += table(["embedded text", "distinct texts", "inertia", *metrics],
                    [[name, r["distinct"], f"{r['inertia']:.4g}", *map(fmt, r["agreement"].values())]
                     for name, r in rows.items()])
@@ -545,7 +560,11 @@ def report(args, n, layer, rows, seeded, clusters, groups):
 def cluster_texts(texts, model, tok, args, layer, skills, submodules):
     """Embed texts, k-means them, score the clusters: (X, KMeansResult, row, seeded accuracies)."""
     X = embed_cached(texts, model, tok, layer, args.cache_dir, args.batch_size)
-    r = kmeans(X, args.k, n_init=args.n_init, seed=args.seed, cosine=args.cosine)
+    if args.seeded:           # semi-supervised: cluster c starts at skill c's labelled questions
+        _, r = seeded_clusters(X, skills, labelled_sample(skills, args.seeded, args.seed), seed=args.seed,
+                               cosine=args.cosine)
+    else:
+        r = kmeans(X, args.k, n_init=args.n_init, seed=args.seed, cosine=args.cosine)
     row = dict(distinct=len(set(texts)), inertia=r.inertia, agreement=agreement(r.labels, skills, submodules))
     seeded = {m: seeded_accuracy(X, skills, m, args.label_trials, args.seed, cosine=args.cosine)
               for m in LABELS_PER_SKILL}
@@ -566,7 +585,10 @@ def cluster_questions(args):
         examples = select(examples, args.limit, args.seed)
     if not examples:
         raise ValueError(f"no {args.split} questions in {args.data}")
-    args.k = args.k or len({e.submodule for e in examples})
+    n_skills = len({e.skill for e in examples})
+    if args.seeded and args.k not in (None, n_skills):
+        raise ValueError(f"--seeded makes one cluster per skill ({n_skills}); --k is {args.k}")
+    args.k = n_skills if args.seeded else args.k or len({e.submodule for e in examples})
     check_k(args.k, len(examples))
     model, tok = M.load(args.model, dtype=args.dtype, device=args.device, revision=args.revision)
     layer = resolve_layer(model.config, args.layer)
@@ -636,6 +658,9 @@ def main(argv=None):
                    "(a seeded sample; train.py --expert cluster:K then trains on these)")
     p.add_argument("--layer", type=nonneg_int, default=None, help="hidden layer to embed (default: the middle one)")
     p.add_argument("--cosine", action="store_true", help="spherical (cosine) k-means")
+    p.add_argument("--seeded", type=positive_int, default=None, metavar="N", help="semi-supervised: one "
+                   "cluster per skill, started at the mean of N labelled questions of that skill (seeded "
+                   "k-means), for cluster experts from a few labels (default: unsupervised)")
     p.add_argument("--groups", type=positive_int, default=None, help="expert groups (default: about sqrt(k))")
     p.add_argument("--n-init", type=positive_int, default=10, help="k-means++ restarts; the best is kept")
     p.add_argument("--seed", type=int, default=0, help="random seed (k-means++ and labelled draws)")

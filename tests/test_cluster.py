@@ -123,6 +123,25 @@ def test_seeded_kmeans():
     assert np.array_equal(C.seeded_kmeans(X, y, labelled), y)
     assert C.seeded_accuracy(X, y, 1, trials=2) == 1.0
     assert C.seeded_accuracy(X, y, 100) is None   # a class has only 60 points
+    labelled = C.labelled_sample(y, 3, seed=0)
+    assert sorted(np.bincount(y[labelled])) == [3] * 5
+    classes, r = C.seeded_clusters(X, y, labelled)
+    assert np.array_equal(classes[r.labels], y) and r.centroids.shape == (5, X.shape[1])
+
+
+def test_cli_seeded_one_cluster_per_skill(tiny_ckpt, tmp_path):
+    """cluster.py --seeded N: k is the number of skills, and cluster c starts at the
+    mean of skill c's N labelled questions (skills in sorted order)."""
+    out = tmp_path / "out"
+    C.main(["--seeded", "2", "--out", str(out), "--model", tiny_ckpt[0], "--data", FIXTURES,
+            "--split", "train", "--cache-dir", str(tmp_path / "cache"), "--no-raw"])
+    skills = sorted({e.skill for e in load_examples(FIXTURES, split="train")})
+    assert json.load(open(out / "groups.json"))["k"] == len(skills)
+    assert {r["cluster"] for r in json.load(open(out / "assignments.json"))} <= set(range(len(skills)))
+    assert "seeded with 2 labelled questions per skill" in (out / "report.md").read_text()
+    with pytest.raises(SystemExit):
+        C.main(["--seeded", "2", "--k", "5", "--out", str(tmp_path / "o2"), "--model", tiny_ckpt[0],
+                "--data", FIXTURES])
 
 
 @pytest.mark.parametrize("X, k, msg", [
