@@ -65,7 +65,7 @@ import torch
 from tqdm import tqdm
 
 import model as M
-from data.cli import Parser, nonneg_int, positive_int, run
+from data.cli import Parser, torch_device, nonneg_int, positive_int, run, writable_dir
 from data.files import pyplot, write_atomic
 from data.lila import DEFAULT_DATA, load as load_examples
 from data.prompts import select
@@ -646,7 +646,7 @@ def main(argv=None):
     p = Parser(description="Cluster the meta-questions of LiLA questions with "
                                             "NumPy k-means over base-model embeddings.")
     p.add_argument("--k", type=positive_int, default=None, help="clusters (default: number of submodules in the data)")
-    p.add_argument("--out", default="runs/cluster", help="output directory")
+    p.add_argument("--out", type=writable_dir, default="runs/cluster", help="output directory (default runs/cluster)")
     p.add_argument("--model", default=M.DEFAULT_MODEL, help="HF-layout phi checkpoint directory, "
                    f"or a Hugging Face id, e.g. microsoft/phi-2 (default {M.DEFAULT_MODEL})")
     p.add_argument("--revision", default=None, help="--model id: branch, tag or commit "
@@ -671,7 +671,8 @@ def main(argv=None):
     p.add_argument("--batch-size", type=positive_int, default=32, help="questions embedded together")
     p.add_argument("--cache-dir", default=DEFAULT_CACHE, help="where embeddings are cached (.npy)")
     p.add_argument("--dtype", default="float32", choices=sorted(M.DTYPES), help="model dtype")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
+    p.add_argument("--device", type=torch_device, default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu or cuda (default cuda when available)")
     args = p.parse_args(argv)
     run(lambda: cluster_questions(args))
 

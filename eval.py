@@ -45,7 +45,7 @@ import explain
 import lora
 import model as M
 import router as R
-from data.cli import Parser, nonempty, nonneg_int, positive_int, run, writable_file
+from data.cli import Parser, torch_device, nonempty, nonneg_int, positive_int, run, writable_dir, writable_file
 from data.files import heatmap, write_json
 from data.lila import DEFAULT_DATA, by_skill, load as load_examples
 from data.prompts import draw_shots, prompt_ids, select
@@ -313,7 +313,7 @@ def add_question_flags(p):
     p.add_argument("--seed", type=int, default=1234, help="seed for shot selection and --limit (default 1234)")
     p.add_argument("--max-new-tokens", type=positive_int, default=32, help="longest answer generated (default 32)")
     p.add_argument("--dtype", default="float32", choices=sorted(M.DTYPES), help="model dtype (default float32)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+    p.add_argument("--device", type=torch_device, default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu or cuda (default cuda when available)")
 
 
@@ -335,7 +335,7 @@ def parser():
                    f"question (router --moe, default {SHIPPED}/router) and answer it")
     p.add_argument("--clusters", default=None, help="--explain: cluster.py output for the meta-question's "
                    "cluster (default: the one the router was trained with)")
-    p.add_argument("--out", default="out/routing", help="where --moe writes routing.json and its heatmaps "
+    p.add_argument("--out", type=writable_dir, default="out/routing", help="where --moe writes routing.json and its heatmaps "
                    "(default out/routing)")
     return p
 
@@ -346,6 +346,8 @@ def main():
     for flag, needs in (("route", "moe"), ("variant", "moe"), ("experts", "moe"), ("clusters", "explain")):
         if getattr(args, flag) != p.get_default(flag) and not (getattr(args, needs) or args.explain):
             p.error(f"--{flag} needs --{needs}")
+    if args.adapter and (args.moe or args.explain):
+        p.error("--adapter merges one expert; --moe and --explain bring their own experts")
     if args.explain:
         model, tok = M.load(args.model, dtype=args.dtype, device=args.device, revision=args.revision)
         args.moe = args.moe or os.path.join(SHIPPED, "router")

@@ -52,7 +52,7 @@ def parse_route(spec, cfg):
     """Route spec -> expert weights (E,) that sum to 1 (see the module docstring)."""
     experts, groups = cfg.experts, R.group_names(cfg)
     known = f"experts: {', '.join(experts)}; groups: {', '.join(groups)}"
-    w = torch.zeros(len(experts))
+    w = torch.zeros(len(experts), dtype=torch.float64)     # 1e39 and 1e-50 are fine before normalising
     for part in spec.split(","):
         name, eq, value = (s.strip() for s in part.partition("="))
         try:
@@ -69,9 +69,9 @@ def parse_route(spec, cfg):
             w[members] += v / len(members)
         else:
             raise ValueError(f"--route {spec!r}: unknown name {name!r}; {known}")
-    if w.sum() <= 0:
-        raise ValueError(f"--route {spec!r}: the weights sum to 0")
-    return w / w.sum()
+    if not 0 < w.sum() < math.inf:
+        raise ValueError(f"--route {spec!r}: the weights sum to {w.sum().item():g}, expected a finite sum > 0")
+    return (w / w.sum()).float()
 
 
 def forced_expert(w):

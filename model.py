@@ -81,6 +81,8 @@ class PhiConfig:
                 raw = json.load(f)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
         rope = raw.get("rope_parameters") or {}   # transformers>=5 nests these two
         for key in ("partial_rotary_factor", "rope_theta"):
             if key not in raw and key in rope:

@@ -35,7 +35,7 @@ from collections import defaultdict
 import adapters
 import eval as E
 import router as R
-from data.cli import Parser, run
+from data.cli import Parser, run, writable_dir
 from data.files import heatmap, write_json
 
 # ---------------------------------------------------------------------------
@@ -81,13 +81,15 @@ def paired_markdown(table, title, row_name="skill"):
 
 
 def read_records(path):
-    """The records of an `eval.py --json` run, with a clear error if the file is not one."""
+    """The records of an `eval.py --json` run, each with a skill, a question and
+    whether it was answered correctly, no question twice; a clear error otherwise."""
     try:
         with open(path) as f:
             records = json.load(f)["records"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: expected the JSON that `eval.py --json` writes, with a "
                          f"'records' list ({type(e).__name__}: {e})") from None
+    _check_records(path, records)
     return records
 
 
@@ -98,7 +100,12 @@ def compare(base_json, others):
     base = read_records(base_json)
     tables = {}
     for path in others:
-        tables[path] = paired(base, read_records(path))
+        records = read_records(path)
+        only = len({(r["skill"], r["question"]) for r in records} ^ {(r["skill"], r["question"]) for r in base})
+        if only:
+            print(f"note: {only} questions are in only one of {base_json} and {path}; the table compares "
+                  "the questions in both")
+        tables[path] = paired(base, records)
         if not tables[path]:
             raise ValueError(f"{path}: none of its questions is in {base_json}; evaluate both "
                              "with the same --data, --split, --limit and --seed")
@@ -261,12 +268,19 @@ ROWS = [("base-0shot", "base, 0-shot"), ("base-4shot", "base, 4-shot"), ("mixed"
 
 
 def load(out, *parts):
-    """The JSON at out/parts..., or None where that piece of the study is missing."""
+    """The JSON at out/parts..., or None where that piece of the study is missing;
+    eval.py's reports (under eval/) are checked (_check_eval_json)."""
     path = os.path.join(out, *parts)
     if not os.path.exists(path):
         return None
-    with open(path) as f:
-        return json.load(f)
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if "eval" in parts:
+        _check_eval_json(path, obj)
+    return obj
 
 
 def mean(xs):
@@ -377,6 +391,8 @@ def training_times(out):
 
 def report(out):
     """out/results.md, results.json and REPORT.md of a finished study folder."""
+    if not glob.glob(os.path.join(out, "eval", "*.json")):
+        raise FileNotFoundError(f"{out}: no eval/*.json here; expected a study folder (experiment.sh's OUT)")
     tables = results_tables(out)
     skills = sorted({s for rows in tables.values() for per in rows.values() for s in per})
     pcts = {label: {s: 100 * v for s, v in per.items()} for label, per in tables["accuracy"].items()}
@@ -427,11 +443,11 @@ def parser():
     s.add_argument("others", nargs="+", help="eval.py --json of the runs compared with it, on the same questions")
     s = sub.add_parser("forgetting", help="every expert on every skill, minus the base")
     s.add_argument("experts", help="a folder of expert folders (train.py --expert outputs)")
-    s.add_argument("--out", default="out/forgetting", help="where forgetting.md/.json/.png go")
+    s.add_argument("--out", type=writable_dir, default="out/forgetting", help="where forgetting.md/.json/.png go")
     E.add_question_flags(s)
     s = sub.add_parser("heldout", help="every configuration of a study folder on the same questions")
     s.add_argument("root", help="a study folder (experiment.sh's OUT)")
-    s.add_argument("--out", default=None, help="where results.md/.json go (default ROOT/heldout)")
+    s.add_argument("--out", type=writable_dir, default=None, help="where results.md/.json go (default ROOT/heldout)")
     E.add_question_flags(s)
     s = sub.add_parser("report", help="out/REPORT.md from a finished make experiment")
     s.add_argument("root", nargs="?", default="out", help="the study folder (experiment.sh's OUT)")
@@ -450,6 +466,42 @@ def main():
         forgetting(E.Evaluator.from_args(args), args.experts, args.out)
     else:
         heldout(E.Evaluator.from_args(args), args.root, args.shots, args.out or os.path.join(args.root, "heldout"))
+
+
+# ---------------------------------------------------------------------------
+# 6. Checks
+# ---------------------------------------------------------------------------
+
+
+def _check_records(path, records):
+    """eval.py's records: a list of objects with a string skill and question and
+    a true/false correct, each (skill, question) once."""
+    if not isinstance(records, list):
+        raise ValueError(f"{path}: 'records' is {type(records).__name__}, expected a list")
+    seen = set()
+    for i, r in enumerate(records):
+        if not (isinstance(r, dict) and isinstance(r.get("skill"), str) and isinstance(r.get("question"), str)
+                and isinstance(r.get("correct"), bool)):
+            raise ValueError(f"{path}: record {i} is not one of eval.py's (a skill, a question and a "
+                             "true/false 'correct')")
+        if (r["skill"], r["question"]) in seen:
+            raise ValueError(f"{path}: record {i} repeats a {r['skill']} question: {r['question'][:60]!r}")
+        seen.add((r["skill"], r["question"]))
+
+
+def _check_eval_json(path, report):
+    """An eval.py --json report: accuracy (fractions in [0, 1]) and answer NLL
+    (finite numbers >= 0) per skill."""
+    if not isinstance(report, dict):
+        raise ValueError(f"{path}: expected a JSON object as eval.py --json writes, got {type(report).__name__}")
+    for key, ok, want in (("accuracy", lambda v: 0 <= v <= 1, "a fraction in [0, 1]"),
+                          ("answer_nll", lambda v: v >= 0, "a finite number >= 0")):
+        per = report.get(key)
+        if not isinstance(per, dict):
+            raise ValueError(f"{path}: '{key}' is {type(per).__name__}, expected an object of skill -> value")
+        for skill, v in per.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
+                raise ValueError(f"{path}: {key} of {skill!r} is {v!r}, expected {want}")
 
 
 if __name__ == "__main__":

@@ -61,8 +61,8 @@ import cluster
 import lora
 import model as M
 import router as R
-from data.cli import (Parser, finite_float, nonempty, nonneg_float, nonneg_int, positive_float, positive_int,
-                      probability, run)
+from data.cli import (Parser, torch_device, finite_float, nonempty, nonneg_float, nonneg_int, positive_float,
+                      positive_int, probability, run, writable_dir)
 from data.files import write_atomic, write_json
 from data.lila import DEFAULT_DATA, load as load_examples
 from data.prompts import select, solved_ids
@@ -606,7 +606,7 @@ def parser():
     mode.add_argument("--router", action="store_true", help="train the two-level router over the "
                       "frozen experts in --experts")
     p.add_argument("--data", default=DEFAULT_DATA, help=f"LiLA task file(s) or directory (default {DEFAULT_DATA})")
-    p.add_argument("--out", default=None, help="output directory (default runs/base, "
+    p.add_argument("--out", type=writable_dir, default=None, help="output directory (default runs/base, "
                    "out/experts/SKILL, out/experts/cluster-K, out/mixed, out/router, out/full/SKILL)")
     per_mode = lambda k: ", ".join(f"{'LoRA' if m == 'lora' else m} {d[k]}" for m, d in MODES.items())  # noqa: E731
     p.add_argument("--steps", type=positive_int, help=f"optimizer steps (default {per_mode('steps')})")
@@ -628,7 +628,7 @@ def parser():
     p.add_argument("--eval-questions", type=positive_int, default=200, help="dev questions for the dev accuracy "
                    "(default 200)")
     p.add_argument("--seed", type=int, default=1234, help="random seed: init and data order (default 1234)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+    p.add_argument("--device", type=torch_device, default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu or cuda (default cuda when available)")
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
                    help="dtype of the frozen base and of autocast; trainable weights stay fp32 "
@@ -712,6 +712,10 @@ def parse_args(argv=None):
         p.error("--full goes with --expert or --mixed")
     if args.adapter and (args.full or not (args.expert or args.mixed)):
         p.error("--adapter goes with --expert or --mixed, without --full")
+    if args.expert and args.expert.startswith("cluster:") and not args.expert[8:].isdigit():
+        p.error(f"--expert {args.expert}: expected cluster:K with K a cluster number, e.g. cluster:3")
+    if args.base and args.n_embd % args.n_head:
+        p.error(f"--n-embd {args.n_embd} must split into --n-head {args.n_head} heads")
     p.set_defaults(**MODES[mode_of(args)])
     return p.parse_args(argv)
 

@@ -48,6 +48,25 @@ probability = _type(float, lambda v: 0 <= v < 1, "a number in [0, 1)")          
 nonempty = _type(str, lambda v: bool(v.strip()), "a non-empty string")
 
 
+def torch_device(text):
+    """cpu, cuda or cuda:N, and a CUDA device only where this machine has it."""
+    import torch      # only when a --device is parsed: data/ stays importable without torch
+    kind, _, index = text.partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    if kind == "cuda" and int(index or 0) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA "
+                                         "device(s)")
+    return text
+
+
+def writable_dir(path):
+    """A folder to write into: absent (it will be made) or a folder, not a file."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"expected a folder to write into, got {path!r} (a file)")
+    return path
+
+
 def writable_file(path):
     """A path a file can be written to (checked before a long run, not after)."""
     parent = os.path.dirname(os.path.abspath(path))

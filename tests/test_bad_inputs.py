@@ -56,6 +56,9 @@ EVAL = [   # (arguments, what the one-line message must say)
     (["--data", DATA, "--skills", "geometry"], "geometry"),
     (["--dtype", "fp8"], "--dtype: invalid choice: 'fp8'"),
     (["--split", "validation"], "--split: invalid choice"),
+    (["--moe", ROUTER, "--adapter", ROUTER], "--adapter merges one expert; --moe and --explain bring their own"),
+    (["--device", "cuda:x"], "--device: expected cpu, cuda or cuda:N"),
+    (["--moe", ROUTER, "--out", os.path.join(ROOT, "README.md")], "--out: expected a folder to write into"),
 ]
 
 
@@ -85,6 +88,9 @@ TRAIN = [
     (["--seq-len", "100000", "--data", DATA], "--seq-len 100000 is longer than the model's context (1024 positions)"),
     (["--model", "/nonexistent"], "/nonexistent: checkpoint directory not found"),
     (["--data", DATA, "--expert", "geometry"], "geometry"),
+    (["--expert", "cluster:x"], "--expert cluster:x: expected cluster:K with K a cluster number"),
+    (["--device", "gpu"], "--device: expected cpu, cuda or cuda:N, got 'gpu'"),
+    (["--out", os.path.join(ROOT, "README.md")], "--out: expected a folder to write into"),
 ]
 
 
@@ -257,3 +263,35 @@ STUDY = [   # study.py: refused in one line before any model is loaded
 def test_study_refuses(argv, message, capsys, monkeypatch):
     code, err = cli(study.main, argv, capsys, monkeypatch)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_route_weights_too_large_or_small_for_float32_still_normalise():
+    import explain
+    import router as R
+    cfg = R.load_config(ROUTER)
+    w = explain.parse_route("algebra=1e39,arithmetic=1e39", cfg)              # 1e39 overflows float32
+    assert w.dtype == torch.float32 and w[:2].tolist() == [0.5, 0.5] and w.sum().item() == 1.0
+    assert explain.parse_route("algebra=1e-50", cfg)[0].item() == 1.0       # underflows float32
+
+
+def test_study_refuses_bad_records_and_reports(tmp_path, capsys, monkeypatch):
+    good = {"skill": "algebra", "question": "q", "correct": True}
+    cases = [({"records": "x"}, "'records' is str, expected a list"),
+             ({"records": [{"skill": "algebra", "question": "q"}]}, "record 0 is not one of eval.py's"),
+             ({"records": [dict(good, correct="yes")]}, "record 0 is not one of eval.py's"),
+             ({"records": [good, good]}, "record 1 repeats a algebra question")]
+    for i, (obj, message) in enumerate(cases):
+        path = tmp_path / f"r{i}.json"
+        path.write_text(json.dumps(obj))
+        code, err = cli(study.main, ["paired", str(path), str(path)], capsys, monkeypatch)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    (tmp_path / "s" / "eval").mkdir(parents=True)
+    for obj, message in [([1, 2], "expected a JSON object"), ({"accuracy": [1], "answer_nll": {}}, "'accuracy' is list"),
+                         ({"accuracy": {"algebra": 5}, "answer_nll": {}}, "accuracy of 'algebra' is 5, expected a fraction"),
+                         ({"accuracy": {"algebra": 0.5}, "answer_nll": {"algebra": "x"}}, "answer_nll of 'algebra' is 'x'")]:
+        (tmp_path / "s" / "eval" / "mixed.json").write_text(json.dumps(obj))
+        code, err = cli(study.main, ["report", str(tmp_path / "s")], capsys, monkeypatch)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    (tmp_path / "empty").mkdir()
+    code, err = cli(study.main, ["report", str(tmp_path / "empty")], capsys, monkeypatch)
+    assert code == 2 and "no eval/*.json here" in err and not os.listdir(tmp_path / "empty")
