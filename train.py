@@ -10,17 +10,17 @@ Training, in modes that share one loop:
     torchrun --nproc-per-node 2 train.py --expert algebra    # data parallel, 2 processes
     python train.py --expert algebra --resume    # continue a killed run
 
+The training stream is data/episodes.py's (rows of solved questions of one
+submodule or one skill, shaped as few-shot prompts, rebuilt exactly per step),
+and the router's set-up over its experts is mixture.py's.
+
 Chapters:
-  1. Episodes     the training stream: rows of solved questions of one
-                  submodule (pretraining) or of one skill (LoRA, the shape of
-                  eval.py's prompts), packed as few-shot prompts are, so that
-                  in-context learning emerges; deterministic per step (exact resume)
-  2. the pieces   AdamW, linear warmup + cosine decay, the loss, the dev loss,
+  1. the pieces   AdamW, linear warmup + cosine decay, the loss, the dev loss,
                   data parallel processes
-  3. the modes    what each mode trains, on which questions, and what it saves:
-                  an HF-layout model (--base), a PEFT-layout adapter (LoRA) or a
-                  router; each mode's defaults (MODES, listed by --help)
-  4. the run      setup(), then train_step() until --steps with checkpoint() every
+  2. the modes    what each mode trains, on which questions, and what it saves:
+                  an HF-layout model (--base), a PEFT-layout adapter (LoRA), a
+                  whole model (--full) or a router; each mode's defaults (MODES)
+  3. the run      setup(), then train_step() until --steps with checkpoint() every
                   --eval-every steps: dev loss and dev accuracy, the best model
                   kept, the whole state saved for an exact --resume
 
@@ -46,10 +46,8 @@ Left out: gradient accumulation.
 import math
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -59,102 +57,19 @@ from tqdm import tqdm
 import adapters
 import cluster
 import lora
+import mixture
 import model as M
 import router as R
 from data.cli import (Parser, torch_device, finite_float, nonempty, nonneg_float, nonneg_int, positive_float,
                       positive_int, probability, run, writable_dir)
 from data.files import write_atomic, write_json
 from data.lila import DEFAULT_DATA, load as load_examples
-from data.prompts import select, solved_ids
+from data.episodes import Episodes
+from data.prompts import select
 from eval import evaluate, mean_accuracy
 
 # ---------------------------------------------------------------------------
-# 1. Episodes
-# ---------------------------------------------------------------------------
-
-
-class Episodes:
-    """Rows of T+1 tokens: <|endoftext|>, then solved questions of one submodule,
-    "Question: q\\nAnswer: a\\n\\n" after another, cut at T+1 tokens: the shape
-    of a few-shot prompt, so that in-context learning emerges. The questions are
-    tokenized by data.prompts.solved_ids, piece by piece, exactly as eval.py's
-    prompts are (prompt_ids), so a model is evaluated on the token sequences it
-    was trained on. rows="skill"
-    instead fills a row with questions of one skill, its submodules mixed, which
-    is the shape of eval.py's prompts (shots drawn from the whole skill).
-
-    Every group's (submodule's or skill's) questions are shuffled and laid end
-    to end in one long token stream; a row is a window of that stream starting
-    at a question. The shuffle is redrawn every RESHUFFLE steps (so neighbours
-    change), and a row's group and window come from a generator seeded by
-    (seed, step): any step's batch is rebuilt exactly after a restart. Slicing
-    streams instead of assembling rows question by question keeps a batch of
-    128 x 512 tokens at about a millisecond (a GPU step is tens of ms).
-
-    loss="all" trains on every token; loss="answer" only on the answer tokens
-    " a\\n\\n" (the targets elsewhere are -100, which cross_entropy ignores)."""
-
-    RESHUFFLE = 200
-
-    def __init__(self, tok, examples, T, seed, loss="all", rows="submodule"):
-        self.T, self.seed = T, seed
-        self.eot = tok.token_to_id(M.EOT)
-        groups = {}
-        for i, e in enumerate(examples):
-            groups.setdefault(e.submodule if rows == "submodule" else e.skill, []).append(i)
-        if not groups:
-            raise ValueError("no training examples")
-        self.index = [groups[name] for name in sorted(groups)]   # example indices per group
-        groups = {name: [examples[i] for i in idx] for name, idx in groups.items()}
-        self.groups = []   # per group (submodule or skill): list of (token ids, loss mask) per question
-        for name in sorted(groups):
-            pieces = solved_ids(tok, [(e.question, e.answers[0]) for e in groups[name]])
-            self.groups.append([(np.array(q + a), np.array([loss == "all"] * len(q) + [True] * len(a)))
-                                for q, a in pieces])
-        self._epoch, self._streams = None, None
-
-    def streams(self, epoch):
-        """Per submodule: (ids, mask, starts, first) of its shuffled stream for this
-        epoch; first[j] is the index (in `examples`) of the question at starts[j]."""
-        if self._epoch != epoch:
-            rng = np.random.default_rng([self.seed, epoch])
-            self._streams = []
-            for pairs, index in zip(self.groups, self.index):
-                n_tokens = sum(len(p[0]) for p in pairs)
-                reps = -(-2 * self.T // n_tokens) + 1        # tiny data: repeat to fill a row
-                order = np.concatenate([rng.permutation(len(pairs)) for _ in range(reps)])
-                lengths = np.array([len(pairs[i][0]) for i in order])
-                ids = np.concatenate([pairs[i][0] for i in order])
-                mask = np.concatenate([pairs[i][1] for i in order])
-                starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-                fits = starts <= len(ids) - self.T
-                self._streams.append((ids, mask, starts[fits], np.asarray(index)[order][fits]))
-            self._epoch = epoch
-        return self._streams
-
-    def batch(self, step, B, device="cpu", with_first=False):
-        """x (B, T) inputs and y (B, T) targets, -100 where no loss is taken
-        (with_first: also each row's first question, as an index into `examples`)."""
-        streams = self.streams(step // self.RESHUFFLE)
-        rng = np.random.default_rng([self.seed, step])
-        rows = np.empty((B, self.T + 1), dtype=np.int64)
-        train = np.empty((B, self.T + 1), dtype=bool)
-        rows[:, 0], train[:, 0] = self.eot, False
-        first = np.empty(B, dtype=np.int64)
-        for r, g in enumerate(rng.integers(len(streams), size=B)):
-            ids, mask, starts, firsts = streams[g]
-            j = rng.integers(len(starts))
-            o = starts[j]
-            rows[r, 1:], train[r, 1:], first[r] = ids[o:o + self.T], mask[o:o + self.T], firsts[j]
-        ids, train = torch.from_numpy(rows), torch.from_numpy(train)        # (B, T+1) each
-        x, y = ids[:, :-1], ids[:, 1:].masked_fill(~train[:, 1:], -100)     # (B, T) each
-        if with_first:
-            return x.to(device), y.to(device), first
-        return x.to(device), y.to(device)
-
-
-# ---------------------------------------------------------------------------
-# 2. The pieces of the loop
+# 1. The pieces of the loop
 # ---------------------------------------------------------------------------
 
 
@@ -210,7 +125,7 @@ def distributed(device):
 
 
 # ---------------------------------------------------------------------------
-# 3. The modes
+# 2. The modes
 # ---------------------------------------------------------------------------
 
 MODES = {           # the defaults that differ between modes; --help lists them per mode
@@ -268,105 +183,9 @@ def setup_full(args, model, tok):
 
 def setup_router(args, model, tok, device, train_ex, dev_ex):
     """Base + frozen experts (or fresh rank-1 experts) + a Router; the router trains."""
-    setup = build_router(model, tok, args, train_ex, dev_ex, device)
+    setup = mixture.build_router(model, tok, args, train_ex, dev_ex, device)
     save = lambda out: R.save_router(setup.router, out)
     return setup, save
-
-
-def expert_labels(examples, names, clusters_dir, model, tok):
-    """The expert of each example: its skill, or (experts named cluster-K) its
-    cluster as cluster.clusters_of places it, the way that expert's training
-    questions were chosen; -1 where none applies."""
-    if all(n.startswith("cluster-") for n in names):
-        ids, _ = cluster.clusters_of(clusters_dir, examples, model, tok)
-        index = {int(n.split("-")[1]): i for i, n in enumerate(names)}
-        return np.array([index.get(c, -1) for c in ids.tolist()])
-    return np.array([names.index(e.skill) if e.skill in names else -1 for e in examples])
-
-
-class Routing:
-    """What train.py needs around a router: the task-level priors of the
-    training rows and of the dev questions, looked up by question."""
-
-    def __init__(self, router, examples, X):
-        self.router = router
-        self.prior = {} if X is None else {e.question: p for e, p in zip(examples, router.task.prior(X))}
-
-    def train_rows(self, first, train_ex):
-        self.set([train_ex[i] for i in first])
-
-    def set(self, examples):
-        if self.router.cfg.prior == "none":
-            self.router.set_prior(None)
-        else:
-            self.router.set_prior(torch.stack([self.prior[e.question] for e in examples]))
-
-    def dev_batch(self, questions):
-        """evaluate()'s route: the task-level priors of each batch of dev questions."""
-        @contextmanager
-        def route(indices):
-            self.set([questions[i] for i in indices])
-            yield []
-        return route
-
-
-def build_rank1(model, args, train_ex, dev_ex, device):
-    """Intuition-MoR1E's variant: args.rank1 fresh rank-1 experts in args.n_groups
-    contiguous groups, trained jointly with the grouped gates on mixed data.
-    They have no labelled questions, hence no centroids: no task prior."""
-    for p in model.parameters():
-        p.requires_grad_(False)
-    E, G = args.rank1, min(args.n_groups, args.rank1)
-    groups = [[int(e) for e in g] for g in np.array_split(np.arange(E), G)]   # contiguous, sizes differ by <= 1
-    cfg = R.RouterConfig(experts=[f"r1-{e:02d}" for e in range(E)], groups=groups,
-                       hidden_size=model.config.hidden_size, n_layers=model.config.num_hidden_layers,
-                       level=args.level, prior="none", top_k=args.top_k, temperature=args.temperature,
-                       entropy_weight=args.entropy_weight, balance_weight=args.balance_weight,
-                       rank1=E, rank1_alpha=args.alpha, targets=args.targets.split(","))
-    router = R.Router(cfg, np.zeros((E, model.config.hidden_size), np.float32)).own_experts(model)
-    router.to(device).attach(model)
-    for p in router.task.parameters():
-        p.requires_grad_(False)
-    n = sum(p.numel() for p in router.rank1)
-    print(f"router over {E} fresh rank-1 experts ({n:,} parameters) in {G} groups, "
-          f"gate per {args.level}, no task prior")
-    return Routing(router, train_ex + dev_ex, None)
-
-
-def build_router(model, tok, args, train_ex, dev_ex, device):
-    """Load the experts into `model` (frozen), make groups from the expert
-    centroids, fit the task router, attach a fresh Router; return a Routing."""
-    if args.rank1:
-        return build_rank1(model, args, train_ex, dev_ex, device)
-    dirs = adapters.expert_dirs(args.experts)
-    names = list(dirs)
-    layer = cluster.resolve_layer(model.config)
-    X = cluster.meta_embeddings(train_ex + dev_ex, model, tok, layer)          # the base alone, before the experts
-    Xtr, labels = X[:len(train_ex)], expert_labels(train_ex, names, args.clusters, model, tok)
-    adapters.load_experts(model, list(dirs.values()))
-    for p in model.parameters():
-        p.requires_grad_(False)
-    missing = [n for i, n in enumerate(names) if not (labels == i).any()]
-    if missing:
-        raise ValueError(f"no training questions for the experts {missing}; expert names must be "
-                         f"skills in the data or cluster-K (with --clusters)")
-    centroids = np.stack([Xtr[labels == i].mean(0) for i in range(len(names))])   # (E, C)
-    n_groups = min(args.n_groups, len(names))
-    groups = [g for g in cluster.expert_groups(centroids, n_groups, seed=args.seed) if g]
-    cfg = R.RouterConfig(experts=names, groups=groups, hidden_size=model.config.hidden_size,
-                       n_layers=model.config.num_hidden_layers, level=args.level, prior=args.prior,
-                       top_k=args.top_k, temperature=args.temperature, tau=args.tau,
-                       entropy_weight=args.entropy_weight, balance_weight=args.balance_weight,
-                       embed_layer=layer, extra={"experts_dir": args.experts, "clusters_dir": args.clusters})
-    router = R.Router(cfg, centroids)
-    keep = labels >= 0
-    acc_loss = router.task.fit(Xtr[keep], labels[keep])
-    router.to(device).attach(model)
-    for p in router.task.parameters():
-        p.requires_grad_(False)
-    print(f"router over {len(names)} experts {names} in groups {R.group_names(cfg)}; "
-          f"task prior '{args.prior}' (classifier loss {acc_loss:.3f}), gate per {args.level}")
-    return Routing(router, train_ex + dev_ex, X)
 
 
 def select_examples(args, split, model, tok):
@@ -383,7 +202,7 @@ def select_examples(args, split, model, tok):
 
 
 # ---------------------------------------------------------------------------
-# 4. The run: set-up, the loop, checkpoints
+# 3. The run: set-up, the loop, checkpoints
 # ---------------------------------------------------------------------------
 
 
@@ -592,7 +411,7 @@ def restore(path, identity, learner, opt, scaler, device):
 
 
 # ---------------------------------------------------------------------------
-# 5. The command line
+# 4. The command line
 # ---------------------------------------------------------------------------
 
 
@@ -730,7 +549,7 @@ def main():
 
 
 # ---------------------------------------------------------------------------
-# 6. Checks
+# 5. Checks
 # ---------------------------------------------------------------------------
 
 

@@ -248,7 +248,7 @@ def test_router_labels_are_the_cluster_experts_training_questions(tiny_ckpt, tmp
     expert trained on, also questions that were not clustered (--limit). The
     study's router over eight cluster experts once failed because it labelled
     only the clustered ones."""
-    import train as T
+    import mixture
     out = tmp_path / "out"
     C.main(["--k", "3", "--out", str(out), "--model", tiny_ckpt[0], "--data", FIXTURES, "--split", "train",
             "--limit", "3", "--n-init", "2", "--cache-dir", str(tmp_path / "cache"), "--no-raw"])
@@ -256,14 +256,14 @@ def test_router_labels_are_the_cluster_experts_training_questions(tiny_ckpt, tmp
     clustered = {r["question"] for r in json.load(open(out / "assignments.json"))}
     assert 0 < len(clustered) < len({e.question for e in train})     # --limit left questions out
     model, tok = M.load(tiny_ckpt[0], verbose=False)
-    labels = T.expert_labels(train, ["cluster-0", "cluster-1", "cluster-2"], str(out), model, tok)
+    labels = mixture.expert_labels(train, ["cluster-0", "cluster-1", "cluster-2"], str(out), model, tok)
     assert (labels >= 0).all()
     for k in range(3):
         assert [e for e, c in zip(train, labels) if c == k] == \
             C.examples_of_cluster(str(out), k, train, model, tok)
     ids, n = C.clusters_of(str(out), train)                         # no model: unclustered get -1
     assert n == 3 and {e.question for e, c in zip(train, ids) if c >= 0} == clustered
-    swapped = T.expert_labels(train, ["cluster-2", "cluster-0"], str(out), model, tok)
+    swapped = mixture.expert_labels(train, ["cluster-2", "cluster-0"], str(out), model, tok)
     assert ((swapped == 0) == (labels == 2)).all() and ((swapped == -1) == (labels == 1)).all()
 
 

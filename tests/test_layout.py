@@ -1,5 +1,5 @@
 """The core files import one way: data -> model -> lora, cluster -> adapters,
-router -> explain -> eval -> train -> study. A lower file never imports a higher one, and
+router -> mixture, explain -> eval -> train -> study. A lower file never imports a higher one, and
 no project import hides inside a function to dodge a cycle."""
 import ast
 import os
@@ -11,9 +11,9 @@ from conftest import ROOT
 # file -> its place in the reading order; a file may import only files of a lower place
 ORDER = {
     "data/lila.py": 0, "data/score.py": 0, "data/cli.py": 0, "data/files.py": 0,
-    "data/prompts.py": 1, "data/tokenizer.py": 2,
+    "data/prompts.py": 1, "data/tokenizer.py": 2, "data/episodes.py": 2,
     "model.py": 3, "lora.py": 4, "cluster.py": 4, "adapters.py": 5, "router.py": 5,
-    "explain.py": 6, "eval.py": 7, "train.py": 8, "study.py": 9,
+    "mixture.py": 6, "explain.py": 6, "eval.py": 7, "train.py": 8, "study.py": 9,
 }
 MODULE = {path[:-3].replace("/", "."): path for path in ORDER}      # "data.lila" -> "data/lila.py"
 

@@ -19,7 +19,7 @@ Checked here:
     would, were n_tokens not passed;
   - one tokenization holds for this tokenizer: a 4-shot prompt + its gold answer
     (data.prompts.prompt_ids) is token for token a window of a training row
-    (train.Episodes), and differs from tok.encode of the same text, so the
+    (data.episodes.Episodes), and differs from tok.encode of the same text, so the
     piece-wise form matters here;
   - eval.py 4-shot, train.py --expert (two skills), eval.py --adapter, cluster.py,
     train.py --router, eval.py --moe and eval.py --explain all exit 0 on it.
@@ -36,8 +36,8 @@ from safetensors import safe_open
 
 import eval as E
 import model as M
-import train
 from conftest import ROOT, write_hf_checkpoint
+from data.episodes import Episodes
 from data.lila import load
 from data.prompts import format_qa, prompt_ids
 from data.tokenizer import EOT
@@ -159,7 +159,7 @@ def test_one_tokenization_on_a_phi2_like_tokenizer(phi2_ckpt, rows):
     examples = algebra if rows == "skill" else [e for e in algebra if e.submodule == algebra[0].submodule]
     by_question = {e.question: e for e in examples}
     T = 256
-    episodes = train.Episodes(tok, examples, T, seed=0, loss="all", rows=rows)
+    episodes = Episodes(tok, examples, T, seed=0, loss="all", rows=rows)
     [(ids, _, starts, firsts)] = episodes.streams(0)              # one group: one submodule / skill
     x, y, first = episodes.batch(0, 4, with_first=True)
     for r in range(4):

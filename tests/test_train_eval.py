@@ -11,6 +11,7 @@ import torch
 import model as M
 import train
 from conftest import ROOT, TINY, write_hf_checkpoint
+from data.episodes import Episodes
 from data.lila import load
 from data.tokenizer import train_tokenizer
 from data.prompts import format_qa
@@ -43,8 +44,8 @@ def test_episodes_are_deterministic_and_mask_questions(tokenizer_path):
     from tokenizers import Tokenizer
     tok = Tokenizer.from_file(tokenizer_path)
     ex = load(FIXTURE, split="train")
-    a = train.Episodes(tok, ex, 64, seed=0, loss="answer").batch(5, 3)
-    b = train.Episodes(tok, ex, 64, seed=0, loss="answer").batch(5, 3)
+    a = Episodes(tok, ex, 64, seed=0, loss="answer").batch(5, 3)
+    b = Episodes(tok, ex, 64, seed=0, loss="answer").batch(5, 3)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
     x, y = a
     assert x.shape == y.shape == (3, 64) and (x[:, 0] == tok.token_to_id(M.EOT)).all()
@@ -60,7 +61,7 @@ def test_episode_rows_hold_one_submodule_or_one_skill(tokenizer_path, rows):
     tok = Tokenizer.from_file(tokenizer_path)
     ex = load(FIXTURE, split="train")
     by_question = {e.question: e for e in ex}
-    x, _ = train.Episodes(tok, ex, 256, seed=0, rows=rows).batch(0, 16)
+    x, _ = Episodes(tok, ex, 256, seed=0, rows=rows).batch(0, 16)
     mixed = 0
     for row in x:
         whole = tok.decode(row.tolist()).split("Question: ")[1:-1]      # the last one may be cut
@@ -190,7 +191,7 @@ def test_forgetting_and_paired_agree_with_the_records(tmp_path):
 
 def test_eval_prompts_are_the_tokens_of_training_rows():
     """One tokenization: with phi-tiny's tokenizer, a 4-shot prompt followed by its
-    gold answer is token for token the training row (train.Episodes) that holds
+    gold answer is token for token the training row (data.episodes.Episodes) that holds
     the same five questions, and eval.py builds its prompts with that function;
     natural tokenization of the same text differs (it splits the "\\n\\n" before
     "Question" in two), so the test can fail."""
@@ -198,7 +199,7 @@ def test_eval_prompts_are_the_tokens_of_training_rows():
     from eval import encode
     tok = M.load(os.path.join(ROOT, "checkpoints", "phi-tiny"), verbose=False)[1]
     ex = load(FIXTURE, split="train", skills=["algebra"])                 # 15 questions
-    ids, _, starts, firsts = train.Episodes(tok, ex, 256, seed=0, rows="skill").streams(0)[0]
+    ids, _, starts, firsts = Episodes(tok, ex, 256, seed=0, rows="skill").streams(0)[0]
     pairs = lambda es: [(e.question, e.answers[0]) for e in es]           # noqa: E731
     for j in range(3):                               # rows starting at the first questions of the stream
         five = [ex[i] for i in firsts[j:j + 5]]
