@@ -151,10 +151,10 @@ def read_adapter(model, adapter_dir, check_base=True):
     if lora.lora_modules(model):
         raise ValueError("model already has LoRA layers; call remove_lora(model) first")
     with _open_weights(w_path) as f:
-        fp = (f.metadata() or {}).get(FINGERPRINT_KEY)
-        if check_base and fp is not None:
-            _check_fingerprint(model, fp, w_path)
-        _check_alpha(w_path, f.metadata() or {}, config["lora_alpha"])
+        metadata = f.metadata() or {}
+        if check_base and FINGERPRINT_KEY in metadata:
+            _check_fingerprint(model, metadata[FINGERPRINT_KEY], w_path)
+        _check_alpha(w_path, metadata, config["lora_alpha"])
         names = lora.target_names(model, config["target_modules"])
         expected = {}                                     # PEFT key -> (module name, shape (r, I) or (O, r))
         for n in names:

@@ -331,9 +331,9 @@ def seeded_clusters(X, y, labelled, **kw):
     return classes, kmeans(X, len(classes), init=init, **kw)
 
 
-def labelled_sample(y, per_class, seed):
-    """Indices of per_class random points of every class of y (all of a smaller class)."""
-    rng = np.random.default_rng(seed)
+def labelled_sample(y, per_class, rng):
+    """Indices of per_class random points of every class of y (all of a smaller class),
+    drawn with the numpy Generator rng."""
     return np.concatenate([rng.choice(np.flatnonzero(y == c), min(per_class, int((y == c).sum())), replace=False)
                            for c in np.unique(y)])
 
@@ -342,14 +342,12 @@ def seeded_accuracy(X, y, per_class, trials=5, seed=0, **kw):
     """Accuracy of seeded k-means on the unlabelled points, per_class random
     labelled points of each class, averaged over `trials` draws; None when a class
     has no more than per_class points."""
-    classes, counts = np.unique(y, return_counts=True)
-    if counts.min() <= per_class:
+    if np.unique(y, return_counts=True)[1].min() <= per_class:
         return None
     rng = np.random.default_rng(seed)
     accuracies = []
     for _ in range(trials):
-        labelled = np.concatenate([rng.choice(np.flatnonzero(y == c), per_class, replace=False)
-                                   for c in classes])
+        labelled = labelled_sample(y, per_class, rng)
         rest = np.ones(len(y), bool)
         rest[labelled] = False
         accuracies.append((seeded_kmeans(X, y, labelled, **kw)[rest] == y[rest]).mean())
@@ -561,7 +559,7 @@ def cluster_texts(texts, model, tok, args, layer, skills, submodules):
     """Embed texts, k-means them, score the clusters: (X, KMeansResult, row, seeded accuracies)."""
     X = embed_cached(texts, model, tok, layer, args.cache_dir, args.batch_size)
     if args.seeded:           # semi-supervised: cluster c starts at skill c's labelled questions
-        _, r = seeded_clusters(X, skills, labelled_sample(skills, args.seeded, args.seed), seed=args.seed,
+        _, r = seeded_clusters(X, skills, labelled_sample(skills, args.seeded, np.random.default_rng(args.seed)), seed=args.seed,
                                cosine=args.cosine)
     else:
         r = kmeans(X, args.k, n_init=args.n_init, seed=args.seed, cosine=args.cosine)

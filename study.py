@@ -346,7 +346,7 @@ def steering_table(out):
     cols = [[], [], []]
     for path in sorted(glob.glob(os.path.join(out, "eval", "steer", "own-*.json"))):
         s = os.path.basename(path)[len("own-"):-len(".json")]
-        own, wrong = load(path), load(out, "eval", "steer", f"wrong-{s}.json")
+        own, wrong = load(out, "eval", "steer", f"own-{s}.json"), load(out, "eval", "steer", f"wrong-{s}.json")
         if wrong is None:
             continue
         vals = [own["accuracy"][s], wrong["accuracy"][s], routed["accuracy"].get(s) if routed else None]

@@ -229,6 +229,7 @@ class Run:
     rank: int
     world: int
     identity: dict             # the flags that define the run (a resume must match them)
+    params: list               # the learner's trainable parameters
     step: int = 0
     best: float = -1.0         # best dev accuracy so far
     log: list = field(default_factory=list)
@@ -307,7 +308,7 @@ def setup(args):
     run = Run(args, mode, model, learner, save, tok, routing, train_ex, episodes, dev_episodes, dev_questions,
               load_examples(args.data, split="train"), make_optimizer(learner, args.lr, args.weight_decay, device),
               torch.amp.GradScaler(device.split(":")[0], enabled=dtype == torch.float16),  # fp16: no underflow
-              dtype, device, rank, world, identity)
+              dtype, device, rank, world, identity, [p for p in learner.parameters() if p.requires_grad])
     if args.resume and os.path.exists(run.state_path):
         run.step, run.best, run.log, args.steps = restore(run.state_path, identity, learner, run.opt,
                                                           run.scaler, device)
@@ -337,12 +338,11 @@ def train_step(run, fwd):
         raise ValueError(f"step {run.step}: the loss is {loss.item()}; stopped before updating the weights. "
                          f"The last checkpoint, if any, is {run.state_path}; try a lower --lr")
     run.scaler.scale(loss).backward()
-    params = [p for p in run.learner.parameters() if p.requires_grad]
     if world > 1:
-        for p in params:
+        for p in run.params:
             dist.all_reduce(p.grad)                                      # sum over processes
     run.scaler.unscale_(run.opt)
-    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    torch.nn.utils.clip_grad_norm_(run.params, 1.0)
     run.scaler.step(run.opt)
     run.scaler.update()
     run.opt.zero_grad(set_to_none=True)

@@ -123,7 +123,7 @@ def test_seeded_kmeans():
     assert np.array_equal(C.seeded_kmeans(X, y, labelled), y)
     assert C.seeded_accuracy(X, y, 1, trials=2) == 1.0
     assert C.seeded_accuracy(X, y, 100) is None   # a class has only 60 points
-    labelled = C.labelled_sample(y, 3, seed=0)
+    labelled = C.labelled_sample(y, 3, np.random.default_rng(0))
     assert sorted(np.bincount(y[labelled])) == [3] * 5
     classes, r = C.seeded_clusters(X, y, labelled)
     assert np.array_equal(classes[r.labels], y) and r.centroids.shape == (5, X.shape[1])
