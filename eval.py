@@ -348,6 +348,8 @@ def main():
             p.error(f"--{flag} needs --{needs}")
     if args.adapter and (args.moe or args.explain):
         p.error("--adapter merges one expert; --moe and --explain bring their own experts")
+    if args.clusters and not os.path.exists(os.path.join(args.clusters, "centroids.npy")):
+        p.error(f"--clusters: {args.clusters} holds no cluster.py output (centroids.npy)")
     if args.explain:
         model, tok = M.load(args.model, dtype=args.dtype, device=args.device, revision=args.revision)
         args.moe = args.moe or os.path.join(SHIPPED, "router")

@@ -332,18 +332,20 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 
 
 def weight_files(ckpt):
-    """{tensor name: file} from model.safetensors or model.safetensors.index.json."""
+    """({tensor name: file}, the file that names them) from model.safetensors.index.json
+    or, for a single file, from model.safetensors's own header."""
     single = os.path.join(ckpt, "model.safetensors")
     index = os.path.join(ckpt, "model.safetensors.index.json")
     if os.path.exists(index):
         try:
             with open(index) as f:
                 weight_map = json.load(f)["weight_map"]
-        except (json.JSONDecodeError, KeyError) as e:
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise ValueError(f"{index}: not a safetensors index with a 'weight_map' ({e})") from None
-        return {k: os.path.join(ckpt, v) for k, v in weight_map.items()}
+        return {k: os.path.join(ckpt, v) for k, v in weight_map.items()}, index
     if os.path.exists(single):
-        return None   # one file: names come from the file itself
+        with _open(single) as f:
+            return {k: single for k in f.keys()}, single
     raise FileNotFoundError(f"{ckpt}: no model.safetensors or model.safetensors.index.json")
 
 
@@ -363,19 +365,11 @@ def _open(path):
         raise ValueError(f"{path}: truncated or corrupt safetensors file ({e})") from None
 
 
-def load_state(ckpt, expected, dtype, device):
-    """Read every tensor once, straight into `dtype` on `device`, checking names
-    and shapes against `expected` ({name: shape}). Returns a state dict."""
-    files = weight_files(ckpt)
-    source = os.path.join(ckpt, "model.safetensors.index.json")   # what names the tensors
-    if files is None:
-        source = os.path.join(ckpt, "model.safetensors")
-        with _open(source) as f:
-            files = {k: source for k in f.keys()}
+def load_state(files, source, expected, dtype, device):
+    """Read every tensor of `files` ({name: file}, as listed by `source`) once,
+    straight into `dtype` on `device`, checking names and shapes against
+    `expected` ({name: shape}). Returns a state dict."""
     names = set(files)
-    if any(n.startswith("transformer.h.") or ".mixer.Wqkv" in n for n in names):
-        raise ValueError(f"{source}: this is the old 'phi-msft' layout (transformer.h.N.mixer.Wqkv); "
-                         "convert it to the HF layout (model.layers.N.self_attn.q_proj, ...) first")
 
     def some(names):   # at most five names in a message
         return str(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
@@ -489,10 +483,12 @@ def load(ckpt, dtype=torch.float32, device="cpu", verbose=True, revision=None):
             raise FileNotFoundError(f"{ckpt}: {name} is missing")
     cfg = PhiConfig.from_json(os.path.join(ckpt, "config.json"))
     _check_file_set(ckpt)
+    files, source = weight_files(ckpt)
+    _check_layout(files, source, cfg)
     with torch.device("meta"):
         model = PhiForCausalLM(cfg)
     expected = {k: v.shape for k, v in model.state_dict().items()}
-    state = load_state(ckpt, expected, dtype, device)
+    state = load_state(files, source, expected, dtype, device)
     model.load_state_dict(state, assign=True)
     model.init_rope(device)
     model.name_or_path = ckpt              # the local folder it was read from (cluster.py hashes its files)
@@ -630,7 +626,7 @@ def _check_phi_config(path, raw):
                          "or use a later --revision")
     if raw.get("model_type") != "phi":
         raise ValueError(f"{path}: model_type is {raw.get('model_type')!r}, expected 'phi'")
-    for key, want in {"hidden_act": "gelu_new", "qk_layernorm": False}.items():
+    for key, want in {"hidden_act": "gelu_new", "qk_layernorm": False, "tie_word_embeddings": False}.items():
         if raw.get(key, want) != want:
             raise ValueError(f"{path}: {key} is {raw[key]!r}; only {want!r} (as phi-2) is supported")
     kv = raw.get("num_key_value_heads") or raw.get("num_attention_heads")
@@ -670,6 +666,20 @@ def _check_config_types(path, fields):
             want = "a number in (0, 1]" if name == "partial_rotary_factor" else "a finite number > 0"
         if not ok:
             raise ValueError(f"{path}: config field {name!r} is {v!r}; expected {want}")
+
+
+def _check_layout(files, source, cfg):
+    """The weight files hold HF-layout layers 0..num_hidden_layers-1, checked on the
+    names alone before the model is built (a config.json with 10**9 layers must not
+    start building them)."""
+    names = set(files)
+    if any(n.startswith("transformer.h.") or ".mixer.Wqkv" in n for n in names):
+        raise ValueError(f"{source}: this is the old 'phi-msft' layout (transformer.h.N.mixer.Wqkv); "
+                         "convert it to the HF layout (model.layers.N.self_attn.q_proj, ...) first")
+    layers = {int(m.group(1)) for n in names if (m := re.match(r"model\.layers\.(\d+)\.", n))}
+    if len(layers) != cfg.num_hidden_layers or max(layers, default=-1) != len(layers) - 1:   # not 0..L-1
+        raise ValueError(f"{source}: holds {len(layers)} layers (model.layers.N), but config.json "
+                         f"says num_hidden_layers={cfg.num_hidden_layers}")
 
 
 SET_KEY = "skill_moe_files"   # config.json written by save(): {file: sha256} of the files saved with it

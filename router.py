@@ -367,7 +367,10 @@ def load_router(out_dir, model=None):
     if cfg.rank1:
         if model is None:
             raise ValueError(f"{out_dir} holds {cfg.rank1} rank-1 experts: load_router needs the model")
-        router.own_experts(model)
+        try:
+            router.own_experts(model)
+        except ValueError as e:   # targets that select no Linear of this model
+            raise ValueError(f"{os.path.join(out_dir, 'router.json')}: field 'targets': {e}") from None
     try:
         _check_state(path, state, router.state_dict())
     except ValueError:

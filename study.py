@@ -280,6 +280,8 @@ def load(out, *parts):
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     if "eval" in parts:
         _check_eval_json(path, obj)
+    if "forgetting" in parts:
+        _check_forgetting_json(path, obj)
     return obj
 
 
@@ -494,14 +496,36 @@ def _check_eval_json(path, report):
     (finite numbers >= 0) per skill."""
     if not isinstance(report, dict):
         raise ValueError(f"{path}: expected a JSON object as eval.py --json writes, got {type(report).__name__}")
-    for key, ok, want in (("accuracy", lambda v: 0 <= v <= 1, "a fraction in [0, 1]"),
-                          ("answer_nll", lambda v: v >= 0, "a finite number >= 0")):
-        per = report.get(key)
-        if not isinstance(per, dict):
-            raise ValueError(f"{path}: '{key}' is {type(per).__name__}, expected an object of skill -> value")
-        for skill, v in per.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
-                raise ValueError(f"{path}: {key} of {skill!r} is {v!r}, expected {want}")
+    _check_per_skill(path, "accuracy", report.get("accuracy"), ACCURACY)
+    _check_per_skill(path, "answer_nll", report.get("answer_nll"), NLL)
+
+
+def _check_forgetting_json(path, report):
+    """study.py forgetting's report: accuracy and nll per expert, per skill."""
+    if not isinstance(report, dict):
+        raise ValueError(f"{path}: expected a JSON object as study.py forgetting writes, "
+                         f"got {type(report).__name__}")
+    for key, rule in (("accuracy", ACCURACY), ("nll", NLL)):
+        per_expert = report.get(key)
+        if not isinstance(per_expert, dict):
+            raise ValueError(f"{path}: '{key}' is {type(per_expert).__name__}, expected an object of "
+                             "expert -> skill -> value")
+        for expert, per in per_expert.items():
+            _check_per_skill(path, f"{key} of {expert!r}", per, rule)
+
+
+ACCURACY = (lambda v: 0 <= v <= 1, "a fraction in [0, 1]")
+NLL = (lambda v: v >= 0, "a finite number >= 0")
+
+
+def _check_per_skill(path, key, per, rule):
+    """{skill: number}, each number finite and passing rule = (test, what was expected)."""
+    ok, want = rule
+    if not isinstance(per, dict):
+        raise ValueError(f"{path}: '{key}' is {type(per).__name__}, expected an object of skill -> value")
+    for skill, v in per.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
+            raise ValueError(f"{path}: {key} of {skill!r} is {v!r}, expected {want}")
 
 
 if __name__ == "__main__":

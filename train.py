@@ -527,16 +527,36 @@ def parse_args(argv=None):
     """The flags, with the chosen mode's defaults (MODES) for those not given."""
     p = parser()
     args = p.parse_args(argv)
-    if args.full and not (args.expert or args.mixed):
-        p.error("--full goes with --expert or --mixed")
-    if args.adapter and (args.full or not (args.expert or args.mixed)):
-        p.error("--adapter goes with --expert or --mixed, without --full")
+    for flag, (who, reads) in READ_BY.items():   # a flag the run would not read is refused, not ignored
+        if getattr(args, flag) != p.get_default(flag) and not reads(args):
+            p.error(f"--{flag.replace('_', '-')} goes with {who}")
     if args.expert and args.expert.startswith("cluster:") and not args.expert[8:].isdigit():
         p.error(f"--expert {args.expert}: expected cluster:K with K a cluster number, e.g. cluster:3")
     if args.base and args.n_embd % args.n_head:
         p.error(f"--n-embd {args.n_embd} must split into --n-head {args.n_head} heads")
     p.set_defaults(**MODES[mode_of(args)])
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.stop_at and args.stop_at > args.steps:
+        p.error(f"--stop-at {args.stop_at} is after the last step (--steps {args.steps})")
+    return args
+
+
+fresh_lora = lambda a: (a.expert or a.mixed) and not (a.full or a.adapter)   # noqa: E731
+READ_BY = {   # flag: (the runs that read it, a test of args); elsewhere setting it is an error
+    **{f: ("--base", lambda a: a.base) for f in
+       ("tokenizer", "n_layer", "n_embd", "n_head", "rotary", "max_pos", "save_dtype")},
+    **{f: ("--router", lambda a: a.router) for f in ("experts", "router_questions", "level", "prior", "rank1",
+       "n_groups", "top_k", "temperature", "tau", "entropy_weight", "balance_weight")},
+    "full": ("--expert or --mixed", lambda a: a.expert or a.mixed),
+    "adapter": ("--expert or --mixed, without --full", lambda a: (a.expert or a.mixed) and not a.full),
+    **{f: ("a fresh LoRA (--expert or --mixed, without --full or --adapter)", fresh_lora)
+       for f in ("rank", "dropout")},
+    **{f: ("a fresh LoRA or --router --rank1", lambda a: fresh_lora(a) or a.router and a.rank1)
+       for f in ("alpha", "targets")},
+    **{f: ("--expert, --mixed or --router", lambda a: not a.base) for f in ("model", "revision")},
+    "clusters": ("--expert cluster:K or --router", lambda a: a.router or (a.expert or "").startswith("cluster:")),
+    "steps_per_skill": ("--mixed", lambda a: a.mixed),
+}
 
 
 def mode_of(args):

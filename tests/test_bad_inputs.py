@@ -58,6 +58,7 @@ EVAL = [   # (arguments, what the one-line message must say)
     (["--split", "validation"], "--split: invalid choice"),
     (["--moe", ROUTER, "--adapter", ROUTER], "--adapter merges one expert; --moe and --explain bring their own"),
     (["--device", "cuda:x"], "--device: expected cpu, cuda or cuda:N"),
+    (["--explain", "What is 2+2?", "--clusters", ROOT], f"--clusters: {ROOT} holds no cluster.py output"),
     (["--moe", ROUTER, "--out", os.path.join(ROOT, "README.md")], "--out: expected a folder to write into"),
 ]
 
@@ -91,6 +92,13 @@ TRAIN = [
     (["--expert", "cluster:x"], "--expert cluster:x: expected cluster:K with K a cluster number"),
     (["--device", "gpu"], "--device: expected cpu, cuda or cuda:N, got 'gpu'"),
     (["--out", os.path.join(ROOT, "README.md")], "--out: expected a folder to write into"),
+    (["--full", "--rank", "4"], "--rank goes with a fresh LoRA"),
+    (["--adapter", ROUTER, "--targets", "q_proj"], "--targets goes with a fresh LoRA or --router --rank1"),
+    (["--n-layer", "2"], "--n-layer goes with --base"),
+    (["--tau", "2"], "--tau goes with --router"),
+    (["--steps-per-skill", "3"], "--steps-per-skill goes with --mixed"),
+    (["--clusters", "out/c"], "--clusters goes with --expert cluster:K or --router"),
+    (["--steps", "5", "--stop-at", "6"], "--stop-at 6 is after the last step (--steps 5)"),
 ]
 
 
@@ -161,6 +169,9 @@ FILES = [
     ({"config": {"rope_theta": "nan"}}, "config field 'rope_theta'"),
     ({"config": {"layer_norm_eps": -1e-5}}, "config field 'layer_norm_eps' is -1e-05"),
     ({"config": {"partial_rotary_factor": 1.5}}, "expected a number in (0, 1]"),
+    ({"config": {"num_hidden_layers": 10**9}}, "holds 8 layers (model.layers.N), but config.json says "
+     "num_hidden_layers=1000000000"),
+    ({"config": {"tie_word_embeddings": True}}, "tie_word_embeddings is True; only False (as phi-2)"),
     ({"tensor": ("model.layers.3.mlp.fc1.weight", with_nan)}, "model.layers.3.mlp.fc1.weight is torch.float16 with NaN"),
     ({"tensor": ("lm_head.bias", lambda t: torch.full_like(t, float("inf")))}, "lm_head.bias is torch.float16 with NaN or inf"),
     ({"tensor": ("model.final_layernorm.weight", lambda t: t.to(torch.int32))}, "is torch.int32; expected finite"),
@@ -290,6 +301,15 @@ def test_study_refuses_bad_records_and_reports(tmp_path, capsys, monkeypatch):
                          ({"accuracy": {"algebra": 5}, "answer_nll": {}}, "accuracy of 'algebra' is 5, expected a fraction"),
                          ({"accuracy": {"algebra": 0.5}, "answer_nll": {"algebra": "x"}}, "answer_nll of 'algebra' is 'x'")]:
         (tmp_path / "s" / "eval" / "mixed.json").write_text(json.dumps(obj))
+        code, err = cli(study.main, ["report", str(tmp_path / "s")], capsys, monkeypatch)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    (tmp_path / "s" / "eval" / "mixed.json").write_text(json.dumps({"accuracy": {"algebra": 0.5},
+                                                                    "answer_nll": {"algebra": 1.0}}))
+    (tmp_path / "s" / "forgetting").mkdir()
+    for obj, message in [({"accuracy": [1], "nll": {}}, "'accuracy' is list, expected an object of expert"),
+                         ({"accuracy": {"algebra": {"algebra": 0.5}}, "nll": {"algebra": {"algebra": -1}}},
+                          "nll of 'algebra' of 'algebra' is -1, expected a finite number >= 0")]:
+        (tmp_path / "s" / "forgetting" / "forgetting.json").write_text(json.dumps(obj))
         code, err = cli(study.main, ["report", str(tmp_path / "s")], capsys, monkeypatch)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     (tmp_path / "empty").mkdir()

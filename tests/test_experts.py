@@ -23,10 +23,12 @@ def base_dir(tmp_path_factory, tokenizer_path):  # noqa: F811
 
 
 def expert_argv(base, out, *extra):
+    """A tiny algebra run; rank 4 unless --full or --adapter (which take no --rank)."""
+    rank = [] if {"--full", "--adapter"} & set(extra) else ["--rank", "4"]
     return ["--expert", "algebra", "--model", base, "--data", FIXTURE, "--out", str(out),
             "--steps", "6", "--batch-size", "4", "--seq-len", "64", "--warmup", "2",
             "--eval-every", "3", "--eval-batches", "1", "--eval-questions", "4", "--seed", "0",
-            "--device", "cpu", "--rank", "4", *extra]
+            "--device", "cpu", *rank, *extra]
 
 
 def adapter(out):
@@ -131,16 +133,17 @@ def test_continuing_from_an_adapter_is_training_on(tmp_path, base_dir):
     first = expert_argv(base_dir, tmp_path / "a", "--steps", "3", "--eval-every", "3")
     train.train(train.parse_args(first))
     second = ["numbers" if a == "algebra" else a for a in expert_argv(
-        base_dir, tmp_path / "b", "--steps", "3", "--eval-every", "3", "--rank", "2")]
-    model = train.train(train.parse_args(second + ["--adapter", str(tmp_path / "a")]))
+        base_dir, tmp_path / "b", "--steps", "3", "--eval-every", "3", "--adapter", str(tmp_path / "a"))]
+    model = train.train(train.parse_args(second))
     from adapters import read_adapter
     _, saved_a = read_adapter(model.__class__(model.config), str(tmp_path / "a"), check_base=False)
     q = "model.layers.0.self_attn.q_proj"
     A = model.get_submodule(q).lora_A.weight
-    assert A.shape[0] == 4                                   # the adapter's r, not --rank 2
+    assert A.shape[0] == 4                                   # the adapter's r, not the default 8
     assert not torch.equal(A, saved_a[q][0]) and (A - saved_a[q][0]).abs().max() < 0.05   # moved on from it
-    with pytest.raises(SystemExit):
-        train.parse_args(second + ["--adapter", str(tmp_path / "a"), "--full"])
+    for refused in (["--full"], ["--rank", "2"], ["--dropout", "0.1"]):   # the adapter brings its own LoRA
+        with pytest.raises(SystemExit):
+            train.parse_args(second + refused)
 
 
 def test_resume_of_a_run_saved_before_a_flag_existed(tmp_path, base_dir):

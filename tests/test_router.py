@@ -174,6 +174,10 @@ def test_rank1_experts_train_with_the_router_and_reload(tmp_path, base_dir):  # 
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "r1 (full)" in run.stdout
+    config = tmp_path / "r1" / "router.json"
+    config.write_text(json.dumps(dict(json.loads(config.read_text()), targets=["foo"])))
+    with pytest.raises(ValueError, match=r"router.json: field 'targets': targets \['foo'\] match no nn.Linear"):
+        R.load_router(str(tmp_path / "r1"), M.load(base_dir)[0])
 
 
 def test_regularisers_on_hand_made_distributions():
