@@ -43,6 +43,7 @@ import adapters
 import cluster
 import explain
 import lora
+import mixture
 import model as M
 import router as R
 from data.cli import Parser, torch_device, nonempty, nonneg_int, positive_int, run, writable_dir, writable_file
@@ -186,7 +187,7 @@ def moe(ev, router_dir, variant="full", experts=None, route=None):
     the positions that produced the answer (full), or the task weights."""
     model, tok, examples = ev.model, ev.tok, ev.examples
     device = model.lm_head.weight.device
-    router = R.load_router(router_dir, model)          # rank-1 experts come inside the router
+    router = mixture.load_router(router_dir, model)          # rank-1 experts come inside the router
     cfg = router.cfg
     dirs = {} if cfg.rank1 else adapters.expert_dirs(experts or cfg.extra["experts_dir"])
     _check_moe(router_dir, cfg, variant, dirs, route)
@@ -353,7 +354,7 @@ def main():
     if args.explain:
         model, tok = M.load(args.model, dtype=args.dtype, device=args.device, revision=args.revision)
         args.moe = args.moe or os.path.join(SHIPPED, "router")
-        args.clusters = args.clusters or R.load_config(args.moe).extra.get("clusters_dir", "out/clusters")
+        args.clusters = args.clusters or mixture.load_config(args.moe).extra.get("clusters_dir", "out/clusters")
         explain.explain(model, tok, args)
         return
     ev = Evaluator.from_args(args)

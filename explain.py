@@ -40,6 +40,7 @@ import torch
 
 import adapters
 import cluster
+import mixture
 import model as M
 import router as R
 from data.lila import Example, by_skill, load as load_examples
@@ -117,7 +118,7 @@ def explain(model, tok, args):
     question = args.explain
     meta = cluster.meta_question(question)
     found = nearest_cluster(meta, model, tok, args.clusters)
-    router = R.load_router(args.moe, model)
+    router = mixture.load_router(args.moe, model)
     cfg = router.cfg
     x = cluster.embed([meta], model, tok, cfg.embed_layer) if cfg.prior != "none" else None
     if not cfg.rank1:                  # base-only work (embeddings) is done: now the experts

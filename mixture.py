@@ -1,29 +1,39 @@
 """
-The mixture that train.py --router trains: frozen experts (or fresh rank-1 ones)
-on one base model, a router over them, and the task-level prior of every
-training and dev question.
+The routed mixture as a whole: frozen experts (or fresh rank-1 ones) on one
+base model and a router over them. This file builds one for train.py --router,
+with the task-level prior of every training and dev question, and saves and
+loads the router's files.
 
     routing = build_router(model, tok, args, train_ex, dev_ex, device)
     routing.train_rows(first, train_ex)       # the batch's task-level priors, before each step
     routing.router                            # what trains: the gates and the mix
+    save_router(routing.router, "out/router") # router.safetensors + router.json, one set
+    router = load_router("out/router", model) # every field and tensor checked
 
 How a router is built from experts: each expert's centroid is the mean
 meta-question embedding (cluster.py) of the training questions that are its
 own, by skill or, for cluster-K experts, by cluster; the experts' groups are a
 k-means of those centroids; the task-level router is fitted to the same labels.
-The router itself (gates, mix, files) is router.py's.
+The router itself (gates, mix) is router.py's; its files are written here.
 
 Left out: training experts and router jointly, except rank-1 experts, which
 have no questions of their own and so no task-level prior.
 """
+import json
+import os
 from contextlib import contextmanager
+from dataclasses import asdict
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 import adapters
 import cluster
+import lora
 import router as R
+from data.files import sha256, write_atomic, write_json
 
 
 def expert_labels(examples, names, clusters_dir, model, tok):
@@ -120,3 +130,100 @@ def build_router(model, tok, args, train_ex, dev_ex, device):
     print(f"router over {len(names)} experts {names} in groups {R.group_names(cfg)}; "
           f"task prior '{args.prior}' (classifier loss {acc_loss:.3f}), gate per {args.level}")
     return Routing(router, train_ex + dev_ex, X)
+
+
+# ---------------------------------------------------------------------------
+# Files: router.safetensors (gates, mix, task router) + router.json (config)
+# ---------------------------------------------------------------------------
+
+
+def save_router(router, out_dir):
+    """router.safetensors, then router.json with the sha256 of those weights in its
+    `extra` (weights_sha256): the two files are one set, and load_router refuses
+    weights that router.json does not name (a crash between the two writes).
+    router.json stays free to edit by hand. Each file goes to a temporary name first."""
+    os.makedirs(out_dir, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in router.state_dict().items()}
+    weights = os.path.join(out_dir, "router.safetensors")
+    write_atomic(weights, lambda p: save_file(tensors, p))
+    cfg = asdict(router.cfg)
+    cfg["extra"] = {**cfg["extra"], "weights_sha256": sha256(weights)}
+    write_json(os.path.join(out_dir, "router.json"), cfg)
+
+
+def load_config(out_dir):
+    """out_dir/router.json as a RouterConfig, every field checked (router.check_config)."""
+    path = os.path.join(out_dir, "router.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found (train.py --router writes it)")
+    try:
+        with open(path) as f:
+            raw = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    R.check_config(raw, path)
+    return R.RouterConfig(**raw)
+
+
+def load_router(out_dir, model=None):
+    """The router saved in out_dir. A router with rank-1 experts puts them into
+    `model` (fresh MultiLoRALinear layers, then the saved A and B). Every tensor
+    of router.safetensors is checked against the config (_check_state)."""
+    cfg = load_config(out_dir)
+    path = os.path.join(out_dir, "router.safetensors")
+    state = _read_weights(path, cfg)
+    router = R.Router(cfg, np.zeros((len(cfg.experts), cfg.hidden_size), np.float32))   # centroids: from state
+    if cfg.rank1:
+        if model is None:
+            raise ValueError(f"{out_dir} holds {cfg.rank1} rank-1 experts: load_router needs the model")
+        try:
+            router.own_experts(model)
+        except ValueError as e:   # targets that select no Linear of this model
+            raise ValueError(f"{os.path.join(out_dir, 'router.json')}: field 'targets': {e}") from None
+    try:
+        _check_state(path, state, router.state_dict())
+    except ValueError:
+        if cfg.rank1:
+            lora.remove_lora(model)          # leave the model as it came
+        raise
+    router.load_state_dict(state)
+    return router
+
+
+# ---------------------------------------------------------------------------
+# Checks
+# ---------------------------------------------------------------------------
+
+
+def _read_weights(path, cfg):
+    """router.safetensors, the file that router.json names by its sha256."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found (train.py --router writes it)")
+    if cfg.extra.get("weights_sha256", sha256(path)) != sha256(path):   # older routers: no hash
+        raise ValueError(f"{path}: not the weights that router.json was saved with (an interrupted "
+                         "save?); train the router again")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path}: truncated or corrupt safetensors file ({e})") from None
+
+
+def _check_state(path, state, expected):
+    """router.safetensors: exactly the tensors of `expected` (the state_dict of a
+    fresh Router made from router.json), with its shapes, floating point, finite."""
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = [f"{what} {len(ks)} tensors, e.g. {ks[:3]}" for what, ks in
+                 (("missing", missing), ("unexpected", unexpected)) if ks]
+        raise ValueError(f"{path}: tensors do not match router.json: " + "; ".join(parts))
+    for key, t in state.items():
+        if t.shape != expected[key].shape:
+            raise ValueError(f"{path}: tensor {key} has shape {tuple(t.shape)}, expected "
+                             f"{tuple(expected[key].shape)} (from router.json)")
+        if not t.is_floating_point():
+            raise ValueError(f"{path}: tensor {key} has dtype {t.dtype}, expected a floating-point dtype")
+        if not torch.isfinite(t).all():
+            raise ValueError(f"{path}: tensor {key} has {int(t.isnan().sum())} NaN and "
+                             f"{int(t.isinf().sum())} inf values, expected finite values")

@@ -22,9 +22,9 @@ Chapters:
                   renormalisation, temperature, an entropy regulariser and a
                   load-balancing loss; forward pre-hooks write the weights into
                   the layer's MultiLoRALinear modules; record() keeps them
-  4. files        router.safetensors + router.json
-  5. checks       what load_config, load_router and Router refuse (_check_config,
-                  _check_state, _check_positive)
+  4. helpers      group names and entropy, for reports
+  5. checks       what Router refuses (check_config, _check_positive); the files,
+                  router.json and router.safetensors, are mixture.py's
 
 Expert groups come from a second k-means over the expert centroids (cluster.py);
 train.py --router builds a router from experts and questions, eval.py --moe runs one.
@@ -45,22 +45,17 @@ trained jointly with the gates on mixed data; they have no task prior.
 Left out: per-expert capacity limits and token dropping (dense mixing of small
 LoRA experts costs little), and gates that see more than their layer's input.
 """
-import json
 import math
 import numbers
-import os
 from contextlib import contextmanager
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 import lora
-from data.files import sha256, write_atomic, write_json
 
 # ---------------------------------------------------------------------------
 # 1. Task level
@@ -202,7 +197,7 @@ class RouterConfig:
 class Router(nn.Module):
     def __init__(self, cfg, centroids):
         super().__init__()
-        _check_config({f.name: getattr(cfg, f.name) for f in fields(RouterConfig)}, "RouterConfig")
+        check_config({f.name: getattr(cfg, f.name) for f in fields(RouterConfig)}, "RouterConfig")
         self.cfg = cfg
         E = len(cfg.experts)
         M = membership(cfg.groups, E)
@@ -322,63 +317,8 @@ class Recording:
 
 
 # ---------------------------------------------------------------------------
-# 4. Files: router.safetensors (gates, mix, task router) + router.json (config)
+# 4. Helpers for reports
 # ---------------------------------------------------------------------------
-
-
-def save_router(router, out_dir):
-    """router.safetensors, then router.json with the sha256 of those weights in its
-    `extra` (weights_sha256): the two files are one set, and load_router refuses
-    weights that router.json does not name (a crash between the two writes).
-    router.json stays free to edit by hand. Each file goes to a temporary name first."""
-    os.makedirs(out_dir, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in router.state_dict().items()}
-    weights = os.path.join(out_dir, "router.safetensors")
-    write_atomic(weights, lambda p: save_file(tensors, p))
-    cfg = asdict(router.cfg)
-    cfg["extra"] = {**cfg["extra"], "weights_sha256": sha256(weights)}
-    write_json(os.path.join(out_dir, "router.json"), cfg)
-
-
-def load_config(out_dir):
-    """out_dir/router.json as a RouterConfig, every field checked (_check_config)."""
-    path = os.path.join(out_dir, "router.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found (train.py --router writes it)")
-    try:
-        with open(path) as f:
-            raw = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
-    _check_config(raw, path)
-    return RouterConfig(**raw)
-
-
-def load_router(out_dir, model=None):
-    """The router saved in out_dir. A router with rank-1 experts puts them into
-    `model` (fresh MultiLoRALinear layers, then the saved A and B). Every tensor
-    of router.safetensors is checked against the config (_check_state)."""
-    cfg = load_config(out_dir)
-    path = os.path.join(out_dir, "router.safetensors")
-    state = _read_weights(path, cfg)
-    router = Router(cfg, np.zeros((len(cfg.experts), cfg.hidden_size), np.float32))   # centroids: from state
-    if cfg.rank1:
-        if model is None:
-            raise ValueError(f"{out_dir} holds {cfg.rank1} rank-1 experts: load_router needs the model")
-        try:
-            router.own_experts(model)
-        except ValueError as e:   # targets that select no Linear of this model
-            raise ValueError(f"{os.path.join(out_dir, 'router.json')}: field 'targets': {e}") from None
-    try:
-        _check_state(path, state, router.state_dict())
-    except ValueError:
-        if cfg.rank1:
-            lora.remove_lora(model)          # leave the model as it came
-        raise
-    router.load_state_dict(state)
-    return router
 
 
 def group_names(cfg):
@@ -392,21 +332,8 @@ def entropy(p):
 
 
 # ---------------------------------------------------------------------------
-# 5. Checks: what load_config, load_router and Router refuse
+# 5. Checks: what Router and RouterConfig refuse
 # ---------------------------------------------------------------------------
-
-
-def _read_weights(path, cfg):
-    """router.safetensors, the file that router.json names by its sha256."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found (train.py --router writes it)")
-    if cfg.extra.get("weights_sha256", sha256(path)) != sha256(path):   # older routers: no hash
-        raise ValueError(f"{path}: not the weights that router.json was saved with (an interrupted "
-                         "save?); train the router again")
-    try:
-        return load_file(path)
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"{path}: truncated or corrupt safetensors file ({e})") from None
 
 
 def _is_int(v):
@@ -427,7 +354,7 @@ def _is_groups(v):
 
 
 # Each RouterConfig field: (test of its value, what was expected). Ranges that
-# depend on other fields (groups, top_k, rank1, embed_layer) are in _check_config.
+# depend on other fields (groups, top_k, rank1, embed_layer) are in check_config.
 FIELD_RULES = {
     "experts": (lambda v: _is_names(v) and len(set(v)) == len(v), "a non-empty list of distinct names"),
     "groups": (_is_groups, "a list of non-empty lists of expert indices"),
@@ -455,7 +382,7 @@ def _short(v, width=60):
     return text if len(text) <= width else text[:width - 3] + "..."
 
 
-def _check_config(values, where):
+def check_config(values, where):
     """RouterConfig fields {name: value}, from router.json or from Python: no
     unknown or missing field, each value of the right type and range, groups a
     partition of the experts. `where` (the file, or "RouterConfig") starts every message."""
@@ -481,25 +408,6 @@ def _check_config(values, where):
         raise ValueError(f"{where}: field 'rank1' is {rank1}, expected 0 or {E} (the number of experts)")
     if embed_layer > L:
         raise ValueError(f"{where}: field 'embed_layer' is {embed_layer}, expected 0..{L} (n_layers)")
-
-
-def _check_state(path, state, expected):
-    """router.safetensors: exactly the tensors of `expected` (the state_dict of a
-    fresh Router made from router.json), with its shapes, floating point, finite."""
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected:
-        parts = [f"{what} {len(ks)} tensors, e.g. {ks[:3]}" for what, ks in
-                 (("missing", missing), ("unexpected", unexpected)) if ks]
-        raise ValueError(f"{path}: tensors do not match router.json: " + "; ".join(parts))
-    for key, t in state.items():
-        if t.shape != expected[key].shape:
-            raise ValueError(f"{path}: tensor {key} has shape {tuple(t.shape)}, expected "
-                             f"{tuple(expected[key].shape)} (from router.json)")
-        if not t.is_floating_point():
-            raise ValueError(f"{path}: tensor {key} has dtype {t.dtype}, expected a floating-point dtype")
-        if not torch.isfinite(t).all():
-            raise ValueError(f"{path}: tensor {key} has {int(t.isnan().sum())} NaN and "
-                             f"{int(t.isinf().sum())} inf values, expected finite values")
 
 
 def _check_positive(where, name, value):

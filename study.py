@@ -34,7 +34,7 @@ from collections import defaultdict
 
 import adapters
 import eval as E
-import router as R
+import mixture
 from data.cli import Parser, run, writable_dir
 from data.files import heatmap, write_json
 
@@ -221,7 +221,7 @@ def heldout(ev, root, shots, out):
         add("each skill's expert on its own skill", own)
     for path in sorted(glob.glob(os.path.join(root, "routers", "*", "router.json"))):
         router_dir = os.path.dirname(path)
-        cfg = R.load_config(router_dir)
+        cfg = mixture.load_config(router_dir)
         for variant in ["full"] + ([] if cfg.rank1 or cfg.prior == "none" else ["task-soft", "task-hard"]):
             records, _ = E.moe(ev, router_dir, variant)
             add(f"router {os.path.basename(router_dir)} ({variant})", records)

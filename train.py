@@ -59,7 +59,6 @@ import cluster
 import lora
 import mixture
 import model as M
-import router as R
 from data.cli import (Parser, torch_device, finite_float, nonempty, nonneg_float, nonneg_int, positive_float,
                       positive_int, probability, run, writable_dir)
 from data.files import write_atomic, write_json
@@ -184,7 +183,7 @@ def setup_full(args, model, tok):
 def setup_router(args, model, tok, device, train_ex, dev_ex):
     """Base + frozen experts (or fresh rank-1 experts) + a Router; the router trains."""
     setup = mixture.build_router(model, tok, args, train_ex, dev_ex, device)
-    save = lambda out: R.save_router(setup.router, out)
+    save = lambda out: mixture.save_router(setup.router, out)
     return setup, save
 
 

@@ -8,9 +8,9 @@ Writing what a run makes, so that nothing a user made is lost, and the pictures.
 
 A file is written under a temporary name and renamed over the old one, so a
 crash leaves the old file or the new one, never half of one. A set of files is
-one set when the file written last records the sha256 of the others (model.save,
-router.save, adapters.save_adapter do so). matplotlib is optional: without it the
-pictures are skipped with a line saying so.
+one set when the file written last records the sha256 of the others
+(hf.write_folder, mixture.save_router and adapters.save_adapter do so).
+matplotlib is optional: without it the pictures are skipped with a line saying so.
 
 Left out: fsync. A rename is atomic on a POSIX file system; surviving a power cut
 as well would cost a sync per file.

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 
 import adapters
 import lora
+import mixture
 import model as M
 import router as R
 from conftest import ROOT
@@ -93,7 +94,7 @@ def good_router(tmp_path_factory):
     cfg = R.RouterConfig(experts=["e0", "e1"], groups=[[0], [1]], hidden_size=64, n_layers=2)
     router = R.Router(cfg, np.random.default_rng(0).normal(size=(2, 64)).astype(np.float32))
     out = str(tmp_path_factory.mktemp("router"))
-    R.save_router(router, out)
+    mixture.save_router(router, out)
     return out
 
 
@@ -105,7 +106,7 @@ def router_dir(good_router, tmp_path):
 def test_good_files_load(base, good_adapter, good_router):
     config, layers = adapters.read_adapter(base, good_adapter)
     assert len(layers) == 12 and config["r"] == 4
-    assert R.load_router(good_router).cfg.groups == [[0], [1]]
+    assert mixture.load_router(good_router).cfg.groups == [[0], [1]]
 
 
 # ---------------------------------------------------------------------------
@@ -330,7 +331,7 @@ def test_shipped_adapters_in_the_old_format_load_onto_phi_tiny():
     model = M.load(os.path.join(SHIPPED, "phi-tiny"), dtype="bfloat16", verbose=False)[0]
     dirs = list(adapters.expert_dirs(os.path.join(SHIPPED, "phi-tiny-moe", "experts")).values())
     assert len(adapters.load_experts(model, dirs)) == 6 * model.config.num_hidden_layers
-    assert R.load_router(os.path.join(SHIPPED, "phi-tiny-moe", "router")).cfg.n_layers == 8
+    assert mixture.load_router(os.path.join(SHIPPED, "phi-tiny-moe", "router")).cfg.n_layers == 8
 
 
 # ---------------------------------------------------------------------------
@@ -411,9 +412,9 @@ def test_router_json(router_dir, key, value, message):
     path = os.path.join(router_dir, "router.json")
     edit_json(path, key, value)
     with expect(ValueError, path, message):
-        R.load_config(router_dir)
+        mixture.load_config(router_dir)
     with expect(ValueError, path, message):
-        R.load_router(router_dir)
+        mixture.load_router(router_dir)
 
 
 @pytest.mark.parametrize("text,message", [("[]", "expected a JSON object, got list"), ("{", "not valid JSON")],
@@ -423,7 +424,7 @@ def test_router_json_not_an_object(router_dir, text, message):
     with open(path, "w") as f:
         f.write(text)
     with expect(ValueError, path, message):
-        R.load_config(router_dir)
+        mixture.load_config(router_dir)
 
 
 def test_missing_router_files(router_dir):
@@ -431,7 +432,7 @@ def test_missing_router_files(router_dir):
         path = os.path.join(router_dir, name)
         os.remove(path)
         with expect(FileNotFoundError, path, "not found"):
-            R.load_router(router_dir)
+            mixture.load_router(router_dir)
 
 
 # ---------------------------------------------------------------------------
@@ -477,7 +478,7 @@ def test_router_tensors(router_dir, edit, key, message):
     edit_safetensors(path, edit)
     reseal(router_dir)
     with expect(ValueError, path, key, message):
-        R.load_router(router_dir)
+        mixture.load_router(router_dir)
 
 
 def test_truncated_router_weights(router_dir):
@@ -486,7 +487,7 @@ def test_truncated_router_weights(router_dir):
         f.truncate(50)
     reseal(router_dir)
     with expect(ValueError, path, "truncated or corrupt"):
-        R.load_router(router_dir)
+        mixture.load_router(router_dir)
 
 
 # ---------------------------------------------------------------------------
@@ -518,12 +519,12 @@ def test_router_files_from_two_saves_are_refused(tmp_path):
     from another save (a crash between the two writes) are refused, while
     router.json itself may be edited by hand."""
     cfg = R.RouterConfig(experts=["a", "b"], groups=[[0], [1]], hidden_size=8, n_layers=2)
-    R.save_router(R.Router(cfg, np.zeros((2, 8), np.float32)), str(tmp_path / "one"))
-    R.save_router(R.Router(cfg, np.ones((2, 8), np.float32)), str(tmp_path / "two"))
+    mixture.save_router(R.Router(cfg, np.zeros((2, 8), np.float32)), str(tmp_path / "one"))
+    mixture.save_router(R.Router(cfg, np.ones((2, 8), np.float32)), str(tmp_path / "two"))
     edited = json.load(open(tmp_path / "one" / "router.json"))
     edited["temperature"] = 2.0
     json.dump(edited, open(tmp_path / "one" / "router.json", "w"), indent=1)
-    assert R.load_router(str(tmp_path / "one")).cfg.temperature == 2.0     # hand edits are fine
+    assert mixture.load_router(str(tmp_path / "one")).cfg.temperature == 2.0     # hand edits are fine
     shutil.copy(tmp_path / "two" / "router.safetensors", tmp_path / "one" / "router.safetensors")
     with pytest.raises(ValueError, match="not the weights that router.json was saved with"):
-        R.load_router(str(tmp_path / "one"))
+        mixture.load_router(str(tmp_path / "one"))

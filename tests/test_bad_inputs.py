@@ -278,8 +278,8 @@ def test_study_refuses(argv, message, capsys, monkeypatch):
 
 def test_route_weights_too_large_or_small_for_float32_still_normalise():
     import explain
-    import router as R
-    cfg = R.load_config(ROUTER)
+    import mixture
+    cfg = mixture.load_config(ROUTER)
     w = explain.parse_route("algebra=1e39,arithmetic=1e39", cfg)              # 1e39 overflows float32
     assert w.dtype == torch.float32 and w[:2].tolist() == [0.5, 0.5] and w.sum().item() == 1.0
     assert explain.parse_route("algebra=1e-50", cfg)[0].item() == 1.0       # underflows float32

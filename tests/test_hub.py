@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import adapters
+import hf
 import lora
 import model as M
 from conftest import ROOT, TINY, write_hf_checkpoint
@@ -153,7 +154,7 @@ def test_an_id_not_cached_is_downloaded_when_online(online, ckpt, tmp_path):
         str(tmp_path / "hf" / "hub"), repo_id, new, {n: os.path.join(ckpt, n) for n in os.listdir(ckpt)})
     model, _ = M.load("org/other", revision="v2", verbose=False)
     assert model.revision == new and model.model_id == "org/other"
-    assert online.calls == [("org/other", dict(revision="v2", allow_patterns=M.HUB_FILES))]
+    assert online.calls == [("org/other", dict(revision="v2", allow_patterns=hf.HUB_FILES))]
     M.load(REPO, verbose=False)                        # a cached id makes no network call
     assert len(online.calls) == 1
 
@@ -179,7 +180,7 @@ def test_a_failed_download_says_so_in_one_line(online):
 ])
 def test_what_looks_like_a_hub_id(name, is_id, monkeypatch):
     monkeypatch.chdir(ROOT)
-    assert M.looks_like_hub_id(name) == is_id
+    assert hf.looks_like_hub_id(name) == is_id
 
 
 def test_missing_folder_keeps_its_message(monkeypatch):

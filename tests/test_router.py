@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 import adapters
 import lora
+import mixture
 import model as M
 import router as R
 import train
@@ -132,7 +133,7 @@ def test_router_trains_resumes_and_evaluates(tmp_path, base_dir):  # noqa: F811
     b = torch.load(tmp_path / "cut" / "train_state.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert a["gates.0.U.weight"].abs().sum() > 0          # the group gate learned (one expert per group)
-    saved = R.load_router(str(tmp_path / "full"))
+    saved = mixture.load_router(str(tmp_path / "full"))
     assert saved.cfg.experts == ["algebra", "numbers"]
     out = tmp_path / "moe.json"
     cmd = [sys.executable, "eval.py", "--model", base_dir, "--data", FIXTURE, "--moe", str(tmp_path / "full"),
@@ -161,14 +162,14 @@ def test_rank1_experts_train_with_the_router_and_reload(tmp_path, base_dir):  # 
     assert all(torch.equal(p, q) for p, q in zip(base.state_dict().values(),
                {k: v for k, v in trained.state_dict().items() if ".lora_" not in k}.values()))
     fresh = M.load(base_dir)[0]
-    router = R.load_router(str(tmp_path / "r1"), fresh).attach(fresh).eval()
+    router = mixture.load_router(str(tmp_path / "r1"), fresh).attach(fresh).eval()
     assert router.cfg.groups == [[0, 1], [2, 3]] and router.cfg.prior == "none"
     trained.eval()
     idx = torch.randint(0, trained.config.vocab_size, (2, 7))
     with torch.no_grad():
         torch.testing.assert_close(fresh(idx), trained(idx))
     with pytest.raises(ValueError, match="needs the model"):
-        R.load_router(str(tmp_path / "r1"))
+        mixture.load_router(str(tmp_path / "r1"))
     cmd = [sys.executable, "eval.py", "--model", base_dir, "--data", FIXTURE, "--moe", str(tmp_path / "r1"),
            "--shots", "2", "--limit", "2", "--out", str(tmp_path / "routing")]
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -177,7 +178,7 @@ def test_rank1_experts_train_with_the_router_and_reload(tmp_path, base_dir):  # 
     config = tmp_path / "r1" / "router.json"
     config.write_text(json.dumps(dict(json.loads(config.read_text()), targets=["foo"])))
     with pytest.raises(ValueError, match=r"router.json: field 'targets': targets \['foo'\] match no nn.Linear"):
-        R.load_router(str(tmp_path / "r1"), M.load(base_dir)[0])
+        mixture.load_router(str(tmp_path / "r1"), M.load(base_dir)[0])
 
 
 def test_regularisers_on_hand_made_distributions():
