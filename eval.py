@@ -78,19 +78,24 @@ def encode(tok, example, pool, shots, seed, context, max_new_tokens):
 def answer_nll(model, prompts, answers):
     """Mean negative log-likelihood per token (nats) of each gold answer after its
     prompt, by teacher forcing: a continuous score that still moves when a weak
-    model gets almost nothing exactly right. prompts and answers are token-id
-    lists; the batch is right-padded, so causal attention never sees the padding."""
-    seqs = [p + a for p, a in zip(prompts, answers)]
+    model gets almost nothing exactly right. prompts and answers are token-id lists.
+
+    Only the answers go through the model. The prompts' keys and values are in the
+    KV cache that generate(prompts, ..., keep_cache=G) left, left-padded to the
+    longest prompt L. Each row feeds its last prompt token again (slot L-1, which
+    gets the same values) and its answer but the last token; the logits at those
+    positions predict the answer's tokens."""
     device = model.lm_head.weight.device
-    idx = torch.zeros(len(seqs), max(map(len, seqs)), dtype=torch.long)
-    for r, s in enumerate(seqs):
-        idx[r, :len(s)] = torch.tensor(s)
-    logits = model(idx.to(device))                                      # (B, T, V)
-    out = []
-    for r, (p, a) in enumerate(zip(prompts, answers)):
-        pred = logits[r, len(p) - 1:len(p) + len(a) - 1].float()      # (len(a), V): the positions before each answer token
-        out.append(F.cross_entropy(pred, torch.tensor(a, device=device)).item())
-    return out
+    B, L, G = len(prompts), max(map(len, prompts)), max(map(len, answers))
+    idx = torch.zeros(B, G, dtype=torch.long)
+    valid = torch.zeros(B, L - 1 + G, dtype=torch.bool)                 # (B, S): the real slots
+    for b, (p, a) in enumerate(zip(prompts, answers)):
+        idx[b, :len(a)] = torch.tensor(p[-1:] + a[:-1])
+        valid[b, L - len(p):L - 1 + len(a)] = True
+    pos = torch.tensor([len(p) - 1 for p in prompts])[:, None] + torch.arange(G)   # (B, G)
+    logits = model(idx.to(device), pos.to(device), valid.to(device), start=L - 1)  # (B, G, V)
+    return [F.cross_entropy(logits[b, :len(a)].float(), torch.tensor(a, device=device)).item()
+            for b, a in enumerate(answers)]
 
 
 @torch.no_grad()
@@ -113,13 +118,19 @@ def evaluate(model, tok, examples, pool, shots=4, batch_size=32, seed=1234,
     bar = tqdm(total=len(examples), desc=desc, unit="q", leave=False)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        with route(chunk) if route else nullcontext([]) as extras:
-            texts = M.complete(model, tok, [ids[i] for i in chunk], max_new_tokens)
+        prompts, golds = [ids[i] for i in chunk], [gold[i] for i in chunk]
+        try:
+            with route(chunk) if route else nullcontext([]) as extras:
+                texts = M.complete(model, tok, prompts, max_new_tokens, keep_cache=max(map(len, golds)))
+            # The gold answers, from the prompts' cache: after the route context, so the
+            # router does not record them, while the batch's routing still holds.
+            for i, v in zip(chunk, answer_nll(model, prompts, golds)):
+                nll[i] = v
+        finally:
+            model.clear_cache()
         for j, (i, text) in enumerate(zip(chunk, texts)):
             predictions[i] = text.strip()
             extra[i] = extras[j] if extras else {}
-        for i, v in zip(chunk, answer_nll(model, [ids[i] for i in chunk], [gold[i] for i in chunk])):
-            nll[i] = v
         bar.update(len(chunk))
     bar.close()
     return [{"question": e.question, "prediction": p, "answers": list(e.answers),

@@ -372,7 +372,7 @@ def save(model, tok, out_dir, dtype=None):
 
 @torch.no_grad()
 def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=None, eos_id=None,
-             stop_fn=None, generator=None, n_tokens=None):
+             stop_fn=None, generator=None, n_tokens=None, keep_cache=0):
     """Continue each prompt (a list of token ids); return the new ids per prompt.
 
     Prompts of different lengths are left-padded into one batch. Padding slots
@@ -383,7 +383,11 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=None, eos_id
     when all rows have stopped. temperature 0 is greedy; otherwise sample from
     softmax(logits / temperature), restricted to the top_k logits if given.
     n_tokens: only ids below it are ever produced. phi-2 has 51200 embedding rows
-    but 50295 tokens, and an id without a token would be dropped by decode()."""
+    but 50295 tokens, and an id without a token would be dropped by decode().
+    keep_cache > 0 leaves the KV cache in place, with room for that many tokens
+    after the prompts, for a later forward through it (eval.answer_nll scores gold
+    answers there without running the prompts again); the caller then calls
+    model.clear_cache()."""
     P = model.config.max_position_embeddings
     _check_prompts(prompts, P, model.config.vocab_size)
     B, L = len(prompts), max(len(p) for p in prompts)
@@ -396,7 +400,7 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=None, eos_id
         valid[b, L - len(p):L] = True
     pos = (valid[:, :L].long().cumsum(-1) - 1).clamp(min=0)                # (B, L)
 
-    model.setup_cache(B, L + max_new_tokens)
+    model.setup_cache(B, L + max(max_new_tokens, keep_cache))
     try:
         # Prefill. Only the last position's logits are needed, so stop at the final
         # LayerNorm and apply lm_head to that one position: for phi-2 (V = 51200)
@@ -420,7 +424,10 @@ def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=None, eos_id
             valid[:, L + t] = True
             logits = model(nxt[:, None], next_pos, valid[:, :L + t + 1], start=L + t)[:, -1]
             next_pos = next_pos + 1
-    finally:
+    except BaseException:
+        model.clear_cache()
+        raise
+    if not keep_cache:
         model.clear_cache()
     return out
 

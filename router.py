@@ -207,7 +207,7 @@ class Router(nn.Module):
         self.mix = nn.Parameter(torch.zeros(cfg.n_layers))   # lambda_l = sigmoid(mix_l), 0.5 at start
         self.task = TaskRouter(centroids, "learned" if cfg.prior == "learned" else "centroid", cfg.tau)
         self.prior_w = None          # (B, E) task-level weights of the current batch
-        self.pooled = {}             # level="sequence": pooled h per layer, kept for decode steps
+        self.pooled = {}             # level="sequence": h pooled per layer at the prefill, kept for decode steps
         self.aux = []                # regulariser terms of the last forward
         self.recording = None        # inside record(): a Recording of the weights
         self.handles = []
@@ -224,15 +224,15 @@ class Router(nn.Module):
     def set_prior(self, prior):
         """Task-level weights (B, E) for the next forward(s), or None."""
         self.prior_w = prior
-        self.pooled = {}
 
-    def weights(self, layer, h):
+    def weights(self, layer, h, allowed=None, start=0):
         """Final expert weights for layer `layer` with input h (B, T, C):
-        (B, T, E) at token level, (B, E) at sequence level."""
+        (B, T, E) at token level, (B, E) at sequence level. allowed and start are
+        the layer's attention mask and first cache slot (model.py's forward)."""
         if self.cfg.level == "sequence":
-            if h.shape[1] > 1 or layer not in self.pooled:          # prefill (or training): pool
-                self.pooled[layer] = h.float().mean(dim=1)           # (B, C)
-            h = self.pooled[layer]
+            if start == 0:                         # a new sequence (prefill, training): pool it
+                self.pooled[layer] = pool(h, allowed)                 # (B, C)
+            h = self.pooled[layer]                 # later calls on the KV cache reuse it
         w = self.gates[layer](h)                                      # (B, [T,] E)
         if self.prior_w is not None and self.cfg.prior != "none":
             lam = torch.sigmoid(self.mix[layer])
@@ -273,7 +273,8 @@ class Router(nn.Module):
             mods = [m for n, m in multi.items() if n.startswith(f"model.layers.{l}.")]
 
             def hook(module, inputs, l=l, mods=mods):
-                w = self.weights(l, inputs[0])
+                x, cos, sin, allowed, start = inputs                    # PhiDecoderLayer's arguments
+                w = self.weights(l, x, allowed, start)
                 if l == 0:
                     self.aux = []
                 if self.training:
@@ -301,6 +302,17 @@ class Router(nn.Module):
             yield self.recording
         finally:
             self.recording = None
+
+
+def pool(h, allowed):
+    """Mean of h (B, T, C) over each row's real tokens, (B, C). allowed is the
+    attention mask (B or 1, 1, T, T), or None when every token is real. The last
+    query of a left-padded row is a real token, and it sees exactly its row's
+    real tokens, so its mask row says which tokens to average."""
+    if allowed is None:
+        return h.float().mean(dim=1)
+    real = allowed[:, 0, -1, :].float()                                # (B or 1, T)
+    return (h.float() * real[..., None]).sum(1) / real.sum(1, keepdim=True)
 
 
 class Recording:

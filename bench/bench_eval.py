@@ -5,9 +5,10 @@ eval.py's evaluate() at several batch sizes, on the same questions, in one run.
     python bench/bench_eval.py --questions 32 --batch-sizes 1 32
 
 For each batch size: questions/s, and where the time goes: prefill (forwards over
-whole prompts, including the answer-NLL forward), decode (one-token forwards
-through the KV cache) and the rest (Python: prompts, stop tests, decoding text,
-scoring). The predictions must be the same at every batch size; the run fails
+whole prompts), answers (the gold answers scored through the prompts' KV cache
+for the answer NLL), decode (one-token forwards through the KV cache; a batch
+whose answers are all one token long counts here too) and the rest (Python:
+prompts, stop tests, decoding text, scoring). The predictions must be the same at every batch size; the run fails
 if they are not. The reference is batch size 1: a ratio above 1 is faster.
 """
 import argparse
@@ -38,20 +39,19 @@ def parse_args():
 
 
 class Timer:
-    """Wall time of the model's forwards, split into prefill (T > 1) and decode (T = 1)."""
+    """Wall time of the model's forwards: prefill (from slot 0), decode (one token
+    through the cache) and answers (several tokens through the cache)."""
 
     def __init__(self, model):
-        self.prefill = self.decode = 0.0
+        self.seconds = {"prefill": 0.0, "answers": 0.0, "decode": 0.0}
         self.forward = model.forward
         model.forward = self
 
     def __call__(self, idx, *args, **kw):
         t0 = time.perf_counter()
         out = self.forward(idx, *args, **kw)
-        if idx.shape[1] == 1:
-            self.decode += time.perf_counter() - t0
-        else:
-            self.prefill += time.perf_counter() - t0
+        kind = "prefill" if kw.get("start", 0) == 0 else "decode" if idx.shape[1] == 1 else "answers"
+        self.seconds[kind] += time.perf_counter() - t0
         return out
 
 
@@ -75,13 +75,13 @@ def main():
         reference = reference or preds
         if preds != reference:
             sys.exit(f"batch size {B}: predictions differ from batch size {args.batch_sizes[0]}")
-        rows.append((B, len(questions) / wall, timer.prefill / wall, timer.decode / wall))
+        rows.append((B, len(questions) / wall, [s / wall for s in timer.seconds.values()]))
     print(f"\n{len(questions)} test questions, {args.shots}-shot, {args.model}, {args.threads} threads\n")
-    print("| batch | questions/s | x batch " + str(rows[0][0]) + " | prefill | decode | rest (Python) |")
-    print("|---:|---:|---:|---:|---:|---:|")
-    for B, qps, pre, dec in rows:
-        print(f"| {B} | {qps:.1f} | {qps / rows[0][1]:.2f}x | {100 * pre:.0f}% | {100 * dec:.0f}% "
-              f"| {100 * (1 - pre - dec):.0f}% |")
+    print("| batch | questions/s | x batch " + str(rows[0][0]) + " | prefill | answers | decode | rest (Python) |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for B, qps, shares in rows:
+        print(f"| {B} | {qps:.1f} | {qps / rows[0][1]:.2f}x | " + " | ".join(f"{100 * s:.0f}%" for s in shares)
+              + f" | {100 * (1 - sum(shares)):.0f}% |")
 
 
 if __name__ == "__main__":

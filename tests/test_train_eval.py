@@ -121,13 +121,16 @@ def test_shipped_phi_tiny_matches_transformers():
 
 
 def test_answer_nll_is_padding_free_cross_entropy():
-    """Batched and right-padded, each row's answer NLL equals the cross-entropy of
-    the answer tokens computed on that row alone."""
+    """Batched, from the left-padded prompts' KV cache that generate leaves, each
+    row's answer NLL equals the cross-entropy of the answer tokens computed by one
+    forward over that row's prompt and answer alone."""
     import torch.nn.functional as F
     from eval import answer_nll
     model, _ = M.load(os.path.join(ROOT, "checkpoints", "phi-tiny"))
-    prompts, answers = [[5, 6, 7, 8, 9, 10], [11, 12]], [[20, 21, 22], [23]]
+    prompts, answers = [[5, 6, 7, 8, 9, 10], [11, 12], [13]], [[20, 21, 22], [23], [24, 25]]
+    M.generate(model, prompts, 4, keep_cache=3)       # decoding overwrites the slots after the prompts
     got = answer_nll(model, prompts, answers)
+    model.clear_cache()
     for p, a, g in zip(prompts, answers, got):
         with torch.no_grad():
             logits = model(torch.tensor([p + a]))[0]
