@@ -52,6 +52,12 @@ def parse_args():
     p.add_argument("--new-tokens", type=int, default=64, help="greedy decode steps timed")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads for both models")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="dtype of both models in the speed tests (default float32)")
+    p.add_argument("--phi2-layers", type=int, nargs="*", default=[2, 4],
+                   help="layer counts of the random phi-2-width models in the speed tests, after "
+                        "phi-tiny (default 2 4; none: phi-tiny only)")
     p.add_argument("--load-layers", type=int, default=4,
                    help="layers of the phi-2-width checkpoint for the load-memory test")
     p.add_argument("--load-dtype", default="fp16", choices=["fp16", "bf16", "fp32"],
@@ -87,6 +93,12 @@ def load_average():
         return "load average unknown"
 
 
+def sync():
+    """Wait for the GPU's queued work, so that wall time measures it (no-op without CUDA)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def median_times(fns, repeats):
     """{name: median seconds} for each zero-argument fn; one warm-up each, then
     the fns take turns, so drift in machine speed is shared."""
@@ -95,8 +107,10 @@ def median_times(fns, repeats):
     times = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            sync()
             t0 = time.perf_counter()
             fn()
+            sync()
             times[name].append(time.perf_counter() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
@@ -105,13 +119,16 @@ def bench_speed(name, cfg, ckpt, args):
     from transformers import PhiForCausalLM
     print(f"\n[{name}] writing a random checkpoint to {ckpt}", flush=True)
     write_checkpoint(ckpt, cfg, torch.float32)
-    ours, _ = M.load(ckpt, dtype=torch.float32, verbose=False)
-    hf = PhiForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    dtype = M.DTYPES[args.dtype]
+    ours, _ = M.load(ckpt, dtype=dtype, device=args.device, verbose=False)
+    hf = PhiForCausalLM.from_pretrained(ckpt, dtype=dtype).to(args.device).eval()
     shutil.rmtree(ckpt)                               # both hold their own copy now
     hf.generation_config.eos_token_id = None          # always run all the steps
     L, N = args.prompt_len, args.new_tokens
     prompt = torch.randint(1, cfg["vocab_size"], (1, L), generator=torch.Generator().manual_seed(0))
-    ids, mask = prompt[0].tolist(), torch.ones_like(prompt)
+    ids = prompt[0].tolist()
+    prompt = prompt.to(args.device)
+    mask = torch.ones_like(prompt)
 
     def run_ours(n):
         return M.generate(ours, [ids], n)[0]
@@ -201,7 +218,8 @@ def bench_load(ckpt, args):
 
 def print_tables(speed, load, args):
     if speed:
-        print(f"\n### Speed: batch 1, fp32, {args.threads} threads, prompt {args.prompt_len} tokens, "
+        print(f"\n### Speed: batch 1, {args.dtype}, {args.device}, {args.threads} threads, "
+              f"prompt {args.prompt_len} tokens, "
               f"{args.new_tokens} greedy decode steps, median of {args.repeats}\n")
         print("| config | params | prefill tok/s ours | transformers | ours/tf "
               "| decode tok/s ours | transformers | ours/tf | same tokens |")
@@ -234,12 +252,11 @@ def main():
     import transformers
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
-    configs = [("phi-tiny", PHI_TINY),
-               ("phi-2 width, 2 layers", dict(PHI2_WIDTH, num_hidden_layers=2)),
-               ("phi-2 width, 4 layers", dict(PHI2_WIDTH, num_hidden_layers=4))]
     if args.quick:
-        configs = configs[:2]
+        args.phi2_layers = args.phi2_layers[:1]
         args.prompt_len, args.new_tokens, args.repeats = 128, 32, 3
+    configs = [("phi-tiny", PHI_TINY)] + [(f"phi-2 width, {n} layers", dict(PHI2_WIDTH, num_hidden_layers=n))
+                                          for n in args.phi2_layers]
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
           f"{args.threads} threads, {load_average()}", flush=True)
     with tempfile.TemporaryDirectory(dir=args.workdir) as work:

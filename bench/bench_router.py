@@ -5,6 +5,7 @@ base model, on the shipped phi-tiny (checkpoints/phi-tiny), in one run.
     python bench/bench_router.py               # batch 1 and 8, 256-token prompts
     python bench/bench_router.py --repeats 3   # quicker
     python bench/bench_router.py --phi2-width  # a random 2-layer model of phi-2's widths
+    python bench/bench_router.py --phi2-width 4 --device cuda --dtype bfloat16   # on a GPU
 
 Configurations (E = --experts random rank-8 experts on q,k,v,dense,fc1,fc2,
 B non-zero so no work can be skipped; speed does not depend on the values):
@@ -34,10 +35,11 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import adapters
+import adapters  # noqa: E402
 import lora  # noqa: E402
 import model as M  # noqa: E402
 import router as R  # noqa: E402
+from bench_model import sync  # noqa: E402
 
 
 def random_experts(model, n, workdir):
@@ -55,16 +57,22 @@ def random_experts(model, n, workdir):
 
 
 def timed(model, prompts, new_tokens):
+    sync()
     t0 = time.perf_counter()
     M.generate(model, prompts, new_tokens)
+    sync()
     return time.perf_counter() - t0
 
 
 def main():
     p = argparse.ArgumentParser(description="Latency of routed phi-tiny against the base model.")
     p.add_argument("--model", default=os.path.join(ROOT, "checkpoints", "phi-tiny"), help="base checkpoint")
-    p.add_argument("--phi2-width", action="store_true", help="instead of --model: a random 2-layer "
-                   "checkpoint of phi-2's widths (written with transformers, as bench_model.py does)")
+    p.add_argument("--phi2-width", type=int, nargs="?", const=2, default=0, metavar="LAYERS",
+                   help="instead of --model: a random checkpoint of phi-2's widths with LAYERS layers "
+                   "(default 2), written with transformers as bench_model.py does")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="dtype of the base weights (default float32)")
     p.add_argument("--experts", type=int, default=8, help="random experts to route over")
     p.add_argument("--prompt-len", type=int, default=256, help="prompt tokens")
     p.add_argument("--new-tokens", type=int, default=32, help="decode steps timed")
@@ -73,28 +81,31 @@ def main():
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"threads {args.threads}, load average {os.getloadavg()[0]:.2f}, {args.experts} experts")
+    print(f"threads {args.threads}, load average {os.getloadavg()[0]:.2f}, {args.experts} experts, "
+          f"{args.dtype} on {args.device}")
 
     workdir = tempfile.mkdtemp()
     if args.phi2_width:
         from bench_model import PHI2_WIDTH, write_checkpoint
         args.model = os.path.join(workdir, "phi2-width")
-        write_checkpoint(args.model, dict(PHI2_WIDTH, num_hidden_layers=2), torch.float32)
-    base, _ = M.load(args.model)
+        write_checkpoint(args.model, dict(PHI2_WIDTH, num_hidden_layers=args.phi2_width), torch.float32)
+    load = lambda: M.load(args.model, dtype=args.dtype, device=args.device)[0]   # noqa: E731
+    base = load()
     dirs = random_experts(base, args.experts, workdir)
     E, C, L = args.experts, base.config.hidden_size, base.config.num_hidden_layers
 
-    hard, _ = M.load(args.model)
+    hard = load()
     adapters.load_adapter(hard, dirs[0])
     lora.merge_lora(hard)
-    soft, _ = M.load(args.model)
+    soft = load()
     adapters.load_experts(soft, dirs)
-    gated, _ = M.load(args.model)
+    gated = load()
     adapters.load_experts(gated, dirs)
     groups = [list(g) for g in np.array_split(np.arange(E), min(3, E))]
     cfg = R.RouterConfig(experts=[f"e{e}" for e in range(E)], groups=[[int(e) for e in g] for g in groups],
                          hidden_size=C, n_layers=L)
-    router = R.Router(cfg, np.random.default_rng(0).normal(size=(E, C)).astype(np.float32)).attach(gated).eval()
+    router = R.Router(cfg, np.random.default_rng(0).normal(size=(E, C)).astype(np.float32))
+    router = router.to(args.device).attach(gated).eval()
     for gate in router.gates:      # non-trivial gates (they start at zero)
         torch.nn.init.normal_(gate.U.weight, std=0.05)
         torch.nn.init.normal_(gate.V.weight, std=0.05)
@@ -106,7 +117,7 @@ def main():
     for B in map(int, args.batch_sizes.split(",")):
         g = torch.Generator().manual_seed(B)
         prompts = torch.randint(0, base.config.vocab_size, (B, args.prompt_len), generator=g).tolist()
-        prior = torch.softmax(torch.randn(B, E, generator=g), -1)
+        prior = torch.softmax(torch.randn(B, E, generator=g), -1).to(args.device)
         lora.set_expert_weights(soft, prior)
         router.set_prior(prior)
         times = {name: ([], []) for name in configs}

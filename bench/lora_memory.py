@@ -37,7 +37,8 @@ def peak():
 
 torch.manual_seed(0)
 dtype = M.DTYPES[{dtype!r}]
-cfg = M.PhiConfig(num_hidden_layers={layers})              # phi-2's widths, fewer layers
+cfg = M.PhiConfig(num_hidden_layers={layers}, hidden_size={width}, intermediate_size=4 * {width},
+                 num_attention_heads={width} // 80)        # phi-2's head size; fewer layers
 before = peak()
 with torch.device("meta"):
     model = M.PhiForCausalLM(cfg)
@@ -64,7 +65,8 @@ print(json.dumps({{"layers": {layers}, "peak": peak() - before, "weights": weigh
 
 def measure(layers, args):
     code = CHILD.format(root=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), layers=layers,
-                        device=args.device, dtype=args.dtype, batch=args.batch_size, seq=args.seq_len)
+                        width=args.hidden_size, device=args.device, dtype=args.dtype,
+                        batch=args.batch_size, seq=args.seq_len)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"the {layers}-layer run failed:\n{out.stderr[-2000:]}")
@@ -80,7 +82,11 @@ def main():
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per step (train.py's LoRA default)")
     p.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (train.py's LoRA default)")
+    p.add_argument("--hidden-size", type=int, default=2560, help="hidden size, a multiple of phi-2's head "
+                   "size 80 (default 2560, phi-2's; smaller only to try the script quickly)")
     args = p.parse_args()
+    if args.hidden_size % 80:
+        p.error(f"--hidden-size {args.hidden_size}: expected a multiple of 80 (phi-2's head size)")
     if len(set(args.layers)) < 2:
         p.error("--layers needs at least two different layer counts to fit a line")
     rows = [measure(L, args) for L in args.layers]
@@ -89,8 +95,8 @@ def main():
     my = sum(r["peak"] for r in rows) / n
     b = sum((r["layers"] - mx) * (r["peak"] - my) for r in rows) / sum((r["layers"] - mx) ** 2 for r in rows)
     a = my - b * mx
-    print(f"LoRA training at phi-2 width, base {args.dtype}, {args.batch_size} x {args.seq_len} tokens, "
-          f"{args.device}")
+    print(f"LoRA training at width {args.hidden_size}, base {args.dtype}, {args.batch_size} x {args.seq_len} "
+          f"tokens, {args.device}")
     print("| layers | weights (GiB) | peak (GiB) |\n|---:|---:|---:|")
     for r in rows:
         print(f"| {r['layers']} | {r['weights'] / 2**30:.2f} | {r['peak'] / 2**30:.2f} |")
