@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole study in one command (make experiment): data, eight skill experts,
-# the mixed-LoRA baseline, clusters and cluster experts, router variants,
-# evaluation of every configuration, and out/REPORT.md (study.py). Every stage skips or
+# the baselines (the mixed LoRA at equal steps and at equal parameters, a full
+# fine-tune of each skill, one LoRA and the whole model fine-tuned skill after
+# skill), clusters and cluster experts, router variants, evaluation of every
+# configuration, the forgetting curves, and out/REPORT.md (study.py). Every stage skips or
 # resumes what is already done, so a killed run continues where it stopped.
 #
 #   bash experiment.sh                          # phi-tiny, CPU
@@ -83,6 +85,29 @@ done
 stage "mixed LoRA (as many steps as all experts together)"
 job "$PY" train.py --mixed "${COMMON[@]}" "${LORA[@]}" --steps-per-skill "$STEPS" --out "$OUT/mixed"
 
+stage "baselines that can forget: a full fine-tune of each skill, one LoRA at the experts' parameters"
+for s in $SKILLS; do
+    job "$PY" train.py --expert "$s" --full "${COMMON[@]}" "${LORA[@]}" --out "$OUT/full/$s"
+done
+# rank 64 = the trainable parameters of eight rank-8 experts; alpha/r stays 2
+job "$PY" train.py --mixed "${COMMON[@]}" "${LORA[@]}" --steps-per-skill "$STEPS" --rank 64 --alpha 128 \
+    --out "$OUT/mixed-r64"
+
+stage "sequential fine-tunes: one LoRA, and the whole model, trained skill after skill"
+sequential() {  # sequential lora|full: each stage starts from the previous stage's result
+    local i=0 s full=() from=()
+    [ "$1" = lora ] || full=(--full)
+    for s in $SKILLS; do
+        i=$((i + 1))
+        "$PY" train.py --expert "$s" "${COMMON[@]}" "${LORA[@]}" "${full[@]}" "${from[@]}" \
+            --out "$OUT/sequential-$1/$i-$s"
+        if [ "$1" = lora ]; then from=(--adapter "$OUT/sequential-$1/$i-$s")
+        else from=(--model "$OUT/sequential-$1/$i-$s"); fi
+    done
+}
+job sequential lora
+job sequential full
+
 echo; echo "=== clusters of meta-questions (beside the mixed LoRA)"
 [ -e "$OUT/clusters/assignments.json" ] || job "$PY" cluster.py --k 8 --split train --limit 300 \
     --model "$MODEL" --data "$DATA" --device "$DEVICE" --out "$OUT/clusters"
@@ -117,6 +142,14 @@ ev() {  # ev NAME [eval.py flags]: one configuration -> out/eval/NAME.json, as a
 ev base-0shot --shots 0
 ev base-4shot
 ev mixed --adapter "$OUT/mixed"
+ev mixed-r64 --adapter "$OUT/mixed-r64"
+i=0
+for s in $SKILLS; do
+    i=$((i + 1))
+    ev "full/$s" --model "$OUT/full/$s"
+    ev "sequential-lora/$i-$s" --adapter "$OUT/sequential-lora/$i-$s"
+    ev "sequential-full/$i-$s" --model "$OUT/sequential-full/$i-$s"
+done
 [ -e "$OUT/forgetting/forgetting.json" ] || job "$PY" study.py forgetting "$OUT/experts" "${COMMON[@]}" \
     --dtype "$DTYPE" --limit "$LIMIT" --out "$OUT/forgetting"
 for r in centroid-token learned-token centroid-sequence clusters-token rank1; do
@@ -144,5 +177,9 @@ for s in $SKILLS; do
 done
 
 stage "report"
+for kind in lora full; do    # the forgetting curves (stages 1..8 sort by name)
+    "$PY" study.py curve "$OUT/eval/base-4shot.json" "$OUT"/eval/sequential-$kind/*.json \
+        --out "$OUT/sequential-$kind"
+done
 "$PY" study.py report "$OUT"
 echo "the study took $((SECONDS / 60)) min"

@@ -4,6 +4,7 @@ compared question by question.
 
     python study.py paired out/eval/base-4shot.json out/eval/mixed.json   # wins, losses, sign test
     python study.py forgetting out/experts --out out/forgetting         # every expert on every skill
+    python study.py curve out/eval/base-4shot.json out/eval/sequential-lora/*.json   # skill after skill
     python study.py heldout out --data data/heldout                     # every configuration, new questions
     python study.py report out                                          # out/results.md and out/REPORT.md
 
@@ -17,6 +18,9 @@ puts configurations side by side.
   The diagonal is what an expert gains on its own skill; the rest is what
   fine-tuning on one skill does to the others ("catastrophic forgetting" when
   negative). In accuracy and in answer NLL, with a heatmap of each.
+- curve: one model fine-tuned skill after skill (train.py --adapter, or --full
+  on the previous stage's model), evaluated on every skill after each stage:
+  the forgetting curve, and whether each skill survives the stages after its own.
 - heldout: every configuration of a study folder (experiment.sh's OUT) on the
   same questions in one call, e.g. on questions drawn apart from all training.
 - report: the tables of a finished `make experiment`, from what eval.py,
@@ -36,7 +40,7 @@ import adapters
 import eval as E
 import mixture
 from data.cli import Parser, run, writable_dir
-from data.files import heatmap, write_json
+from data.files import heatmap, pyplot, write_json
 
 # ---------------------------------------------------------------------------
 # 1. Two runs, question by question
@@ -192,7 +196,63 @@ def delta_rows(skills, base_label, base, delta, fmt, base_fmt):
 
 
 # ---------------------------------------------------------------------------
-# 3. Every configuration of a study folder on the same questions
+# 3. The forgetting curve of a sequential fine-tune
+# ---------------------------------------------------------------------------
+
+
+def curve(base_json, stages, out):
+    """study.py curve: one model fine-tuned skill after skill, evaluated on every
+    skill after each stage (stages: eval.py --json files in training order, named
+    N-SKILL.json for the skill of stage N). Writes curve.md, .json and .png under
+    out: accuracy and answer NLL per skill after each stage, and for each trained skill its
+    accuracy right after its own stage against after the last one, question by
+    question: what the later stages made the model forget."""
+    runs = {"base": read_records(base_json)}
+    for path in stages:
+        runs[os.path.splitext(os.path.basename(path))[0]] = read_records(path)
+    acc, nll = {}, {}
+    for name, records in runs.items():
+        acc[name], nll[name] = per_skill(records)
+    skills = list(acc["base"])
+    names, last = list(runs), list(runs)[-1]
+    kept = {}
+    for name in names[1:-1]:
+        skill = name.partition("-")[2]
+        if skill in skills:    # its stage's skill, right after its stage -> after the last stage
+            kept[f"{skill} (stage {name})"] = paired(runs[name], runs[last])[skill]
+    rows = {n: {s: 100 * acc[n][s] if s in acc[n] else None for s in skills} for n in names}
+    nll_rows = {n: {s: nll[n].get(s) for s in skills} for n in names}
+    text = "\n".join(["### Accuracy (%) after each stage of the sequential fine-tune", "",
+                      *config_rows(rows, skills, "{:.1f}"), "",
+                      "### Answer NLL (nats per answer token) after each stage", "",
+                      *config_rows(nll_rows, skills, "{:.3f}"), "",
+                      paired_markdown(kept, f"Each skill right after its own stage (base) against after the "
+                                            f"last stage, {last} (wins: only the last is right)", "skill")])
+    print(text)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "curve.md"), "w") as f:
+        f.write(text + "\n")
+    write_json(os.path.join(out, "curve.json"), {"stages": names, "skills": skills, "accuracy": acc,
+                                                 "answer_nll": nll, "after_own_stage_vs_last": kept})
+    plt = pyplot()
+    if plt is not None:
+        fig, ax = plt.subplots(figsize=(1.5 + 0.8 * len(names), 4))
+        for s in skills:
+            ax.plot(range(len(names)), [rows[n][s] if rows[n][s] is not None else float("nan") for n in names],
+                    marker="o", label=s)
+        ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+        ax.set_ylabel("accuracy (%)")
+        ax.set_title("accuracy on every skill after each stage", fontsize=9)
+        ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
+        fig.tight_layout()
+        fig.savefig(os.path.join(out, "curve.png"), dpi=120)
+        plt.close(fig)
+        print(f"wrote {os.path.join(out, 'curve.png')}")
+    return {"accuracy": acc, "kept": kept}
+
+
+# ---------------------------------------------------------------------------
+# 4. Every configuration of a study folder on the same questions
 # ---------------------------------------------------------------------------
 
 
@@ -254,7 +314,7 @@ def config_rows(values, skills, fmt):
 
 
 # ---------------------------------------------------------------------------
-# 4. The report of a finished `make experiment`
+# 5. The report of a finished `make experiment`
 # ---------------------------------------------------------------------------
 
 ROWS = [("base-0shot", "base, 0-shot"), ("base-4shot", "base, 4-shot"), ("mixed", "mixed LoRA"),
@@ -432,7 +492,7 @@ def report(out):
 
 
 # ---------------------------------------------------------------------------
-# 5. The command line
+# 6. The command line
 # ---------------------------------------------------------------------------
 
 
@@ -447,6 +507,12 @@ def parser():
     s.add_argument("experts", help="a folder of expert folders (train.py --expert outputs)")
     s.add_argument("--out", type=writable_dir, default="out/forgetting", help="where forgetting.md/.json/.png go")
     E.add_question_flags(s)
+    s = sub.add_parser("curve", help="a sequential fine-tune: every skill after each stage")
+    s.add_argument("base", help="eval.py --json of the model before the first stage")
+    s.add_argument("stages", nargs="+", help="eval.py --json after each stage, in training order, named "
+                   "N-SKILL.json (N the stage, SKILL what it trained on)")
+    s.add_argument("--out", type=writable_dir, default="out/sequential", help="where curve.md/.json/.png go "
+                   "(default out/sequential)")
     s = sub.add_parser("heldout", help="every configuration of a study folder on the same questions")
     s.add_argument("root", help="a study folder (experiment.sh's OUT)")
     s.add_argument("--out", type=writable_dir, default=None, help="where results.md/.json go (default ROOT/heldout)")
@@ -464,6 +530,8 @@ def main():
         compare(args.base, args.others)
     elif args.command == "report":
         report(args.root)
+    elif args.command == "curve":
+        curve(args.base, args.stages, args.out)
     elif args.command == "forgetting":
         forgetting(E.Evaluator.from_args(args), args.experts, args.out)
     else:
@@ -471,7 +539,7 @@ def main():
 
 
 # ---------------------------------------------------------------------------
-# 6. Checks
+# 7. Checks
 # ---------------------------------------------------------------------------
 
 

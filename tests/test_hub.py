@@ -276,7 +276,7 @@ def study_with_stub(tmp_path, **env):
     assert run.returncode == 0, run.stderr[-2000:]
     lines = (tmp_path / "log").read_text().splitlines()
     assert not [l for l in lines if l.startswith("SHARED")]
-    return [tuple(l.split(" ", 1)) for l in lines if not l.endswith("study.py report " + full["OUT"])]
+    return [tuple(l.split(" ", 1)) for l in lines if "study.py report " not in l and "study.py curve " not in l]
 
 
 @pytest.mark.parametrize("env, gpus", [
@@ -288,8 +288,29 @@ def study_with_stub(tmp_path, **env):
 def test_experiment_gives_each_job_its_own_gpu(tmp_path, env, gpus):
     jobs = study_with_stub(tmp_path, **env)
     assert len(jobs) > 40 and {device for device, _ in jobs} == gpus
-    experts = [device for device, cmd in jobs if cmd.startswith("train.py --expert ") and ":" not in cmd]
+    experts = [device for device, cmd in jobs if cmd.startswith("train.py --expert ") and "/out/experts/" in cmd]
     assert len(experts) == 8
     if len(gpus) > 1:              # the first jobs of a stage fill the GPUs in turn
         assert experts[:len(gpus)] == sorted(gpus)
     assert all(f"--device {env['DEVICE']}" in cmd for _, cmd in jobs)
+
+
+def test_experiment_chains_the_sequential_fine_tunes(tmp_path):
+    """Each stage of a sequential fine-tune starts from the one before: the LoRA
+    from its adapter, the full fine-tune from its whole model; both are evaluated
+    after every stage and drawn as a forgetting curve."""
+    study_with_stub(tmp_path, DEVICE="cpu", JOBS="1")
+    log = (tmp_path / "log").read_text().splitlines()
+    out = tmp_path / "out"
+    for kind, flag in (("lora", "--adapter"), ("full", "--model")):
+        runs = [l for l in log if f"--out {out}/sequential-{kind}/" in l and l.startswith("unset train.py")]
+        assert [r.split(f"sequential-{kind}/")[-1] for r in runs] == [
+            "1-algebra", "2-arithmetic", "3-calculus", "4-comparison", "5-measurement", "6-numbers",
+            "7-polynomials", "8-probability"]
+        for before, after in zip(runs, runs[1:]):
+            assert after.split(f"{flag} ")[-1].split()[0] == before.split("--out ")[-1]
+        assert ("--full" in runs[0]) == (kind == "full") and "--adapter" not in runs[0]
+        evals = [l for l in log if f"--json {out}/eval/sequential-{kind}/" in l]
+        assert len(evals) == 8
+        assert any(l.startswith(f"unset study.py curve {out}/eval/base-4shot.json") and f"sequential-{kind}" in l
+                   for l in log)

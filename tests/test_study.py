@@ -55,3 +55,26 @@ def test_report_reads_what_the_study_wrote(tmp_path):
     assert "## Composed" not in text and "## Forgetting" not in text   # no forgetting.md, no composed runs
     tables = json.load(open(f"{out}/results.json"))
     assert tables["answer_nll"]["base, 4-shot"] == {"algebra": 1.0, "numbers": 2.0}
+
+
+def test_curve_follows_each_skill_through_the_stages(tmp_path):
+    """A model trained on algebra, then on numbers: the table holds every skill
+    after each stage, and algebra's answers after its own stage are compared,
+    question by question, with those after the last stage."""
+    from study import curve
+    rec = lambda q, skill, ok: {"question": q, "skill": skill, "correct": ok, "answer_nll": 2.0 - ok}  # noqa: E731
+    runs = {"base": [1, 0, 0, 0], "1-algebra": [1, 1, 0, 0], "2-numbers": [0, 0, 1, 1]}
+    paths = []
+    for name, ok in runs.items():
+        records = [rec(q, s, bool(c)) for (q, s), c in zip([("a1", "algebra"), ("a2", "algebra"),
+                                                            ("n1", "numbers"), ("n2", "numbers")], ok)]
+        paths.append(str(tmp_path / f"{name}.json"))
+        write(paths[-1], {"records": records})
+    result = curve(paths[0], paths[1:], str(tmp_path / "out"))
+    assert result["kept"] == {"algebra (stage 1-algebra)": {"questions": 2, "base": 2, "model": 0, "wins": 0,
+                                                            "losses": 2, "p": 0.5}}
+    text = open(tmp_path / "out" / "curve.md").read()
+    for row in ["| base | 50.0 | 0.0 | **25.0** |", "| 1-algebra | 100.0 | 0.0 | **50.0** |",
+                "| 2-numbers | 0.0 | 100.0 | **50.0** |", "| 1-algebra | 1.000 | 2.000 | **1.500** |",
+                "| algebra (stage 1-algebra) | 2 | 2 | 0 | 0 | 2 | 0.5 |"]:
+        assert row in text, row
