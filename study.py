@@ -318,6 +318,7 @@ def config_rows(values, skills, fmt):
 # ---------------------------------------------------------------------------
 
 ROWS = [("base-0shot", "base, 0-shot"), ("base-4shot", "base, 4-shot"), ("mixed", "mixed LoRA"),
+        ("mixed-r64", "mixed LoRA, rank 64 (the experts' parameters)"),
         ("moe-task-hard", "router: task level, top-1 expert merged"),
         ("moe-task-soft", "router: task level, soft weights"),
         ("moe-centroid-token", "router: two-level, centroid prior, token gate"),
@@ -355,8 +356,8 @@ def pct(x):
 
 
 def results_tables(out):
-    """{metric: {row: {skill: value}}} over ROWS, with each expert on its own skill
-    (the forgetting matrix's diagonal) after the mixed LoRA."""
+    """{metric: {row: {skill: value}}} over ROWS, with each expert and each full
+    fine-tune on its own skill (the forgetting matrix's diagonal) after the mixed LoRAs."""
     forg = load(out, "forgetting", "forgetting.json") or {}
     tables = {}
     for metric, forg_key in (("accuracy", "accuracy"), ("answer_nll", "nll")):
@@ -365,9 +366,15 @@ def results_tables(out):
             report = load(out, "eval", f"{name}.json")
             if report is not None and metric in report:
                 rows[label] = report[metric]
-            if name == "mixed" and forg_key in forg:
+            if name == "mixed-r64" and forg_key in forg:
                 rows["each skill's expert on its own skill"] = {e: v[e] for e, v in forg[forg_key].items()
                                                                  if e in v}
+            if name == "mixed-r64":   # eval/full/SKILL.json: each full fine-tune on its own skill
+                full = {os.path.basename(p)[:-5]: load(out, "eval", "full", os.path.basename(p))
+                        for p in sorted(glob.glob(os.path.join(out, "eval", "full", "*.json")))}
+                own = {s: r[metric][s] for s, r in full.items() if s in r.get(metric, {})}
+                if own:
+                    rows["each skill's full fine-tune on its own skill"] = own
         tables[metric] = rows
     return tables
 
@@ -468,6 +475,10 @@ def report(out):
              "Answer NLL (nats per answer token, teacher-forced after the same prompt; lower is "
              "better): it moves even where almost no answer is exactly right.", "", nll, ""]
     for folder, title, picture in (("forgetting/forgetting.md", "Forgetting", "forgetting/forgetting.png"),
+                                   ("sequential-lora/curve.md", "One LoRA trained skill after skill",
+                                    "sequential-lora/curve.png"),
+                                   ("sequential-full/curve.md", "The whole model fine-tuned skill after skill",
+                                    "sequential-full/curve.png"),
                                    ("clusters-test/report.md", "Clusters of meta-questions (test split)",
                                     "clusters-test/clusters.png")):
         if os.path.exists(os.path.join(out, folder)):

@@ -42,12 +42,14 @@ def test_report_reads_what_the_study_wrote(tmp_path):
     write(f"{out}/eval/steer/own-algebra.json", ev({"algebra": 0.6}, {}))
     write(f"{out}/eval/steer/wrong-algebra.json", ev({"algebra": 0.1}, {}))
     write(f"{out}/experts/algebra/log.json", [{"step": 60, "time": 90.0}])
+    write(f"{out}/eval/full/numbers.json", ev({"algebra": 0.0, "numbers": 1.0}, {"algebra": 4.0, "numbers": 0.5}))
     report(out)
     assert open(f"{out}/results.md").read().splitlines() == [
         "| configuration | algebra | numbers | mean |", "|---|---:|---:|---:|",
         "| base, 4-shot | 50.0 | 25.0 | **37.5** |",
         "| mixed LoRA | 50.0 | 50.0 | **50.0** |",
-        "| each skill's expert on its own skill | 75.0 | - | **75.0** |"]
+        "| each skill's expert on its own skill | 75.0 | - | **75.0** |",
+        "| each skill's full fine-tune on its own skill | - | 100.0 | **100.0** |"]
     text = open(f"{out}/REPORT.md").read()
     assert "| each skill's expert on its own skill | 0.250 | - | **0.250** |" in text
     assert "| algebra | 60.0 | 10.0 | - |" in text              # steering: no routed run to compare
