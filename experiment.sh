@@ -2,8 +2,9 @@
 # The whole study in one command (make experiment): data, eight skill experts,
 # the baselines (the mixed LoRA at equal steps and at equal parameters, a full
 # fine-tune of each skill, one LoRA and the whole model fine-tuned skill after
-# skill), clusters and cluster experts, router variants, evaluation of every
-# configuration, the forgetting curves, and out/REPORT.md (study.py). Every stage skips or
+# skill), clusters and cluster experts, router variants, a skill added to a
+# seven-skill mixture, evaluation of every configuration, the forgetting curves,
+# and out/REPORT.md (study.py). Every stage skips or
 # resumes what is already done, so a killed run continues where it stopped.
 #
 #   bash experiment.sh                          # phi-tiny, CPU
@@ -133,6 +134,27 @@ job "$PY" train.py "${ROUTER[@]}" --experts "$OUT/cluster-experts" --clusters "$
 # rank-8 experts) trained jointly with the gates, as many steps as the mixed LoRA
 job "$PY" train.py "${ROUTER[@]}" --rank1 64 --n-groups 8 --steps $((8 * STEPS)) --out "$OUT/routers/rank1"
 
+stage "adding a skill: seven skills first, then the eighth"
+# Experts, a router and a mixed LoRA on the first seven skills, from their questions alone. Adding
+# the eighth to the mixture is its expert (trained alone) plus a router trained again over all eight,
+# with every expert frozen: that is routers/centroid-token. The mixed LoRA adds it by retraining on
+# all eight (out/mixed) or by training on the eighth alone from the seven-skill LoRA.
+NEW_SKILL=${SKILLS##* }
+mkdir -p "$OUT/add-skill/experts7" "$OUT/add-skill/data7"
+for s in ${SKILLS% *}; do
+    ln -sfn "$(realpath -m "$OUT/experts/$s")" "$OUT/add-skill/experts7/$s"
+    ln -sfn "$(realpath -m "$DATA/$s.json")" "$OUT/add-skill/data7/$s.json"
+done
+job "$PY" train.py "${ROUTER[@]}" --data "$OUT/add-skill/data7" --experts "$OUT/add-skill/experts7" \
+    --prior centroid --level token --out "$OUT/add-skill/router7"
+add_to_mixed() {   # the seven-skill mixed LoRA, then the eighth skill alone from it
+    "$PY" train.py --mixed "${COMMON[@]}" "${LORA[@]}" --data "$OUT/add-skill/data7" \
+        --steps-per-skill "$STEPS" --out "$OUT/add-skill/mixed7"
+    "$PY" train.py --expert "$NEW_SKILL" "${COMMON[@]}" "${LORA[@]}" --adapter "$OUT/add-skill/mixed7" \
+        --out "$OUT/add-skill/mixed7-then-$NEW_SKILL"
+}
+job add_to_mixed
+
 stage "evaluation ($LIMIT test questions per skill, 4-shot unless named)"
 ev() {  # ev NAME [eval.py flags]: one configuration -> out/eval/NAME.json, as a job
     local name=$1; shift
@@ -155,6 +177,9 @@ done
 for r in centroid-token learned-token centroid-sequence clusters-token rank1; do
     ev "moe-$r" --moe "$OUT/routers/$r" --out "$OUT/routing/$r"
 done
+ev add-skill/router7 --moe "$OUT/add-skill/router7" --out "$OUT/routing-add-skill/router7"
+ev add-skill/mixed7 --adapter "$OUT/add-skill/mixed7"
+ev "add-skill/mixed7-then-$NEW_SKILL" --adapter "$OUT/add-skill/mixed7-then-$NEW_SKILL"
 ev moe-task-soft --moe "$OUT/routers/centroid-token" --variant task-soft
 ev moe-task-hard --moe "$OUT/routers/centroid-token" --variant task-hard
 

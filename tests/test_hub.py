@@ -295,13 +295,20 @@ def test_experiment_gives_each_job_its_own_gpu(tmp_path, env, gpus):
     assert all(f"--device {env['DEVICE']}" in cmd for _, cmd in jobs)
 
 
-def test_experiment_chains_the_sequential_fine_tunes(tmp_path):
+def test_experiment_chains_what_builds_on_earlier_runs(tmp_path):
     """Each stage of a sequential fine-tune starts from the one before: the LoRA
     from its adapter, the full fine-tune from its whole model; both are evaluated
-    after every stage and drawn as a forgetting curve."""
+    after every stage and drawn as a forgetting curve. Adding a skill starts from
+    seven skills' data and experts."""
     study_with_stub(tmp_path, DEVICE="cpu", JOBS="1")
     log = (tmp_path / "log").read_text().splitlines()
     out = tmp_path / "out"
+    seven = sorted(os.listdir(out / "add-skill" / "experts7"))
+    assert seven == ["algebra", "arithmetic", "calculus", "comparison", "measurement", "numbers", "polynomials"]
+    assert sorted(os.listdir(out / "add-skill" / "data7")) == [f"{s}.json" for s in seven]
+    router7 = [l for l in log if l.endswith(f"--out {out}/add-skill/router7")]
+    assert len(router7) == 1 and f"--data {out}/add-skill/data7 --experts {out}/add-skill/experts7" in router7[0]
+    assert any("--expert probability" in l and f"--adapter {out}/add-skill/mixed7 " in l for l in log)
     for kind, flag in (("lora", "--adapter"), ("full", "--model")):
         runs = [l for l in log if f"--out {out}/sequential-{kind}/" in l and l.startswith("unset train.py")]
         assert [r.split(f"sequential-{kind}/")[-1] for r in runs] == [

@@ -80,3 +80,27 @@ def test_curve_follows_each_skill_through_the_stages(tmp_path):
                 "| 2-numbers | 0.0 | 100.0 | **50.0** |", "| 1-algebra | 1.000 | 2.000 | **1.500** |",
                 "| algebra (stage 1-algebra) | 2 | 2 | 0 | 0 | 2 | 0.5 |"]:
         assert row in text, row
+
+
+def test_report_adds_a_skill_to_seven(tmp_path):
+    """The seven-skill router and mixed LoRA against their eight-skill successors,
+    per skill and question by question."""
+    out = str(tmp_path)
+    rec = lambda q, skill, ok: {"question": q, "skill": skill, "correct": ok, "answer_nll": 1.0}  # noqa: E731
+
+    def run(path, a, n):   # a, n: correct answers of the two algebra and two numbers questions
+        records = [rec("a1", "algebra", a[0]), rec("a2", "algebra", a[1]),
+                   rec("n1", "numbers", n[0]), rec("n2", "numbers", n[1])]
+        write(f"{out}/eval/{path}", {"accuracy": {"algebra": sum(a) / 2, "numbers": sum(n) / 2},
+                                     "answer_nll": {"algebra": 1.0, "numbers": 1.0}, "records": records})
+    run("add-skill/router7.json", (True, True), (False, False))
+    run("moe-centroid-token.json", (True, False), (True, True))
+    run("add-skill/mixed7.json", (True, True), (False, False))
+    run("add-skill/mixed7-then-numbers.json", (False, False), (True, True))
+    report(out)
+    text = open(f"{out}/REPORT.md").read()
+    assert "## Adding a skill to seven (accuracy, %)" in text
+    assert "| router over seven experts | 100.0 | 0.0 | **50.0** |" in text
+    assert "| ... then trained on the eighth skill alone | 0.0 | 100.0 | **50.0** |" in text
+    assert "| numbers | 2 | 0 | 2 | 2 | 0 | 0.5 |" in text           # the new skill, router 7 -> 8
+    assert "| algebra | 2 | 2 | 0 | 0 | 2 | 0.5 |" in text           # forgotten by the mixed LoRA
