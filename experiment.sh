@@ -10,7 +10,9 @@
 #   bash experiment.sh                          # phi-tiny, CPU
 #   MODEL=microsoft/phi-2 DEVICE=cuda bash experiment.sh    # the real phi-2 on a GPU
 #
-# Knobs (environment): MODEL (a folder or a Hugging Face id), DATA, OUT, STEPS
+# Knobs (environment): MODEL (a folder or a Hugging Face id), DATA (evaluation:
+# its test split), TRAIN_DATA (training; default a fresh draw beside data/lila,
+# or DATA itself when DATA is given), OUT, STEPS
 # (LoRA steps per expert), ROUTER_STEPS, BATCH (LoRA batch), EVAL_EVERY (steps
 # between dev evaluations; the best is kept), LIMIT (test questions per skill in
 # every evaluation), DEVICE, DTYPE (evaluation dtype, e.g. bfloat16 on a GPU),
@@ -22,6 +24,9 @@ set -euo pipefail
 cd "$(dirname "$0")"
 MODEL=${MODEL:-checkpoints/phi-tiny}
 DATA=${DATA:-data/lila}
+# Training questions: a draw the base never saw (data/generate.py --exclude DATA), so that the experts
+# and the baselines learn something beyond the prompt shape; DATA's test split is the evaluation.
+TRAIN_DATA=${TRAIN_DATA:-$([ "$DATA" = data/lila ] && echo data/fresh || echo "$DATA")}
 OUT=${OUT:-out}
 STEPS=${STEPS:-60}
 ROUTER_STEPS=${ROUTER_STEPS:-100}
@@ -34,7 +39,8 @@ JOBS=${JOBS:-1}
 PY=${PY:-.venv/bin/python}
 SKILLS="algebra arithmetic calculus comparison measurement numbers polynomials probability"
 COMMON=(--model "$MODEL" --data "$DATA" --device "$DEVICE")
-LORA=(--steps "$STEPS" --batch-size "$BATCH" --eval-every "$EVAL_EVERY" --eval-questions 64 --resume)
+LORA=(--data "$TRAIN_DATA" --steps "$STEPS" --batch-size "$BATCH" --eval-every "$EVAL_EVERY" --eval-questions 64
+      --resume)
 # Every stage starts its commands with `job` (at most JOBS at once); the next
 # stage first waits for all of them, and a failed command stops the study there.
 #
@@ -74,6 +80,8 @@ stage "data"
 if [ "$DATA" = data/lila ]; then   # generated; a LiLA download (DATA=...) is used as it is
     GEN=.venv-gen/bin/python
     [ -e "$DATA/algebra.json" ] || "$GEN" data/generate.py --out "$DATA" --train 2000
+    [ -e "$TRAIN_DATA/algebra.json" ] || "$GEN" data/generate.py --out "$TRAIN_DATA" --train 4000 --dev 100 \
+        --test 0 --seed 4321 --exclude "$DATA"
     [ -e "$DATA/composed/algebra.json" ] || "$GEN" data/generate.py --out "$DATA" --composed-only \
         --train 200 --dev 0 --test 50
 fi
@@ -111,25 +119,32 @@ job sequential full
 
 echo; echo "=== clusters of meta-questions (beside the mixed LoRA)"
 [ -e "$OUT/clusters/assignments.json" ] || job "$PY" cluster.py --k 8 --split train --limit 300 \
-    --model "$MODEL" --data "$DATA" --device "$DEVICE" --out "$OUT/clusters"
+    --model "$MODEL" --data "$TRAIN_DATA" --device "$DEVICE" --out "$OUT/clusters"
 [ -e "$OUT/clusters-test/report.md" ] || job "$PY" cluster.py --k 8 --split test --limit 100 \
     --model "$MODEL" --data "$DATA" --device "$DEVICE" --out "$OUT/clusters-test"
+# semi-supervised: one cluster per skill, seeded by 10 labelled questions of each
+[ -e "$OUT/clusters-seeded/assignments.json" ] || job "$PY" cluster.py --seeded 10 --split train --limit 300 \
+    --model "$MODEL" --data "$TRAIN_DATA" --device "$DEVICE" --out "$OUT/clusters-seeded"
 
-stage "cluster experts"
+stage "cluster experts (unsupervised, and seeded by a few labels)"
 for k in 0 1 2 3 4 5 6 7; do
     job "$PY" train.py --expert "cluster:$k" --clusters "$OUT/clusters" "${COMMON[@]}" "${LORA[@]}" \
         --out "$OUT/cluster-experts/cluster-$k"
+    job "$PY" train.py --expert "cluster:$k" --clusters "$OUT/clusters-seeded" "${COMMON[@]}" "${LORA[@]}" \
+        --out "$OUT/seeded-experts/cluster-$k"
 done
 
 stage "routers"
 # the cluster experts are done: every router can train at once
-ROUTER=(--router "${COMMON[@]}" --steps "$ROUTER_STEPS" --batch-size "$BATCH" --eval-every 1000
+ROUTER=(--router "${COMMON[@]}" --data "$TRAIN_DATA" --steps "$ROUTER_STEPS" --batch-size "$BATCH" --eval-every 1000
         --eval-questions 64 --router-questions 200 --resume)
 job "$PY" train.py "${ROUTER[@]}" --experts "$OUT/experts" --prior centroid --level token --out "$OUT/routers/centroid-token"
 job "$PY" train.py "${ROUTER[@]}" --experts "$OUT/experts" --prior learned --level token --out "$OUT/routers/learned-token"
 job "$PY" train.py "${ROUTER[@]}" --experts "$OUT/experts" --prior centroid --level sequence --out "$OUT/routers/centroid-sequence"
 job "$PY" train.py "${ROUTER[@]}" --experts "$OUT/cluster-experts" --clusters "$OUT/clusters" \
     --prior centroid --level token --out "$OUT/routers/clusters-token"
+job "$PY" train.py "${ROUTER[@]}" --experts "$OUT/seeded-experts" --clusters "$OUT/clusters-seeded" \
+    --prior centroid --level token --out "$OUT/routers/seeded-token"
 # Intuition-MoR1E's comparison point: 64 fresh rank-1 experts (the parameters of the eight
 # rank-8 experts) trained jointly with the gates, as many steps as the mixed LoRA
 job "$PY" train.py "${ROUTER[@]}" --rank1 64 --n-groups 8 --steps $((8 * STEPS)) --out "$OUT/routers/rank1"
@@ -143,7 +158,7 @@ NEW_SKILL=${SKILLS##* }
 mkdir -p "$OUT/add-skill/experts7" "$OUT/add-skill/data7"
 for s in ${SKILLS% *}; do
     ln -sfn "$(realpath -m "$OUT/experts/$s")" "$OUT/add-skill/experts7/$s"
-    ln -sfn "$(realpath -m "$DATA/$s.json")" "$OUT/add-skill/data7/$s.json"
+    ln -sfn "$(realpath -m "$TRAIN_DATA/$s.json")" "$OUT/add-skill/data7/$s.json"
 done
 job "$PY" train.py "${ROUTER[@]}" --data "$OUT/add-skill/data7" --experts "$OUT/add-skill/experts7" \
     --prior centroid --level token --out "$OUT/add-skill/router7"
@@ -174,7 +189,7 @@ for s in $SKILLS; do
 done
 [ -e "$OUT/forgetting/forgetting.json" ] || job "$PY" study.py forgetting "$OUT/experts" "${COMMON[@]}" \
     --dtype "$DTYPE" --limit "$LIMIT" --out "$OUT/forgetting"
-for r in centroid-token learned-token centroid-sequence clusters-token rank1; do
+for r in centroid-token learned-token centroid-sequence clusters-token seeded-token rank1; do
     ev "moe-$r" --moe "$OUT/routers/$r" --out "$OUT/routing/$r"
 done
 ev add-skill/router7 --moe "$OUT/add-skill/router7" --out "$OUT/routing-add-skill/router7"
@@ -187,7 +202,7 @@ if [ -d "$DATA/composed" ]; then
     stage "composed questions (two skills chained): the same configurations"
     ev composed/base-4shot --data "$DATA/composed"
     ev composed/mixed --data "$DATA/composed" --adapter "$OUT/mixed"
-    for r in centroid-token learned-token centroid-sequence clusters-token rank1; do
+    for r in centroid-token learned-token centroid-sequence clusters-token seeded-token rank1; do
         ev "composed/moe-$r" --data "$DATA/composed" --moe "$OUT/routers/$r" --out "$OUT/routing-composed/$r"
     done
     ev composed/moe-task-hard --data "$DATA/composed" --moe "$OUT/routers/centroid-token" --variant task-hard

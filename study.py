@@ -325,6 +325,7 @@ ROWS = [("base-0shot", "base, 0-shot"), ("base-4shot", "base, 4-shot"), ("mixed"
         ("moe-learned-token", "router: two-level, learned prior, token gate"),
         ("moe-centroid-sequence", "router: two-level, centroid prior, sequence gate"),
         ("moe-clusters-token", "router over cluster experts, two-level, token gate"),
+        ("moe-seeded-token", "router over seeded-cluster experts (10 labels per skill), two-level, token gate"),
         ("moe-rank1", "64 rank-1 experts trained jointly with the gate (MoR1E)")]
 
 

@@ -299,10 +299,16 @@ def test_experiment_chains_what_builds_on_earlier_runs(tmp_path):
     """Each stage of a sequential fine-tune starts from the one before: the LoRA
     from its adapter, the full fine-tune from its whole model; both are evaluated
     after every stage and drawn as a forgetting curve. Adding a skill starts from
-    seven skills' data and experts."""
-    study_with_stub(tmp_path, DEVICE="cpu", JOBS="1")
+    seven skills' data and experts. Everything trains on TRAIN_DATA and is
+    evaluated on DATA."""
+    study_with_stub(tmp_path, DEVICE="cpu", JOBS="1", TRAIN_DATA=str(tmp_path / "fresh"))
     log = (tmp_path / "log").read_text().splitlines()
     out = tmp_path / "out"
+    last_data = lambda line: line.split("--data ")[-1].split()[0]   # noqa: E731  (the last --data wins)
+    trains = [l for l in log if " train.py " in l]
+    assert trains and all(last_data(l) in (str(tmp_path / "fresh"), f"{out}/add-skill/data7") for l in trains)
+    evals = [l for l in log if " eval.py " in l]
+    assert evals and all(last_data(l).startswith(str(tmp_path / "data")) for l in evals)
     seven = sorted(os.listdir(out / "add-skill" / "experts7"))
     assert seven == ["algebra", "arithmetic", "calculus", "comparison", "measurement", "numbers", "polynomials"]
     assert sorted(os.listdir(out / "add-skill" / "data7")) == [f"{s}.json" for s in seven]
