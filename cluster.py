@@ -65,7 +65,7 @@ import torch
 from tqdm import tqdm
 
 import model as M
-from data.cli import Parser, torch_device, nonneg_int, positive_int, run, writable_dir
+from data.cli import Parser, torch_device, nonempty, nonneg_int, positive_int, random_seed, run, writable_dir
 from data.files import pyplot, write_atomic
 from data.lila import DEFAULT_DATA, load as load_examples
 from data.prompts import select
@@ -434,10 +434,13 @@ def saved_centroids(assign_dir, config):
     """(centroids (k, C), embedding layer, cosine) of cluster.py --out assign_dir,
     checked against the base model's config; the layer defaults to its middle
     one for outputs that did not record it."""
-    with open(os.path.join(assign_dir, "groups.json")) as f:
-        info = json.load(f)
-    C = np.load(os.path.join(assign_dir, "centroids.npy"))
+    info = read_json(os.path.join(assign_dir, "groups.json"), _is_groups_info,
+                      "an object with an integer 'layer' >= 0 and a true/false 'cosine'")
+    C = _read_centroids(os.path.join(assign_dir, "centroids.npy"))
     layer = info.get("layer", resolve_layer(config))
+    if layer > config.num_hidden_layers:
+        raise ValueError(f"{assign_dir}/groups.json: layer {layer}, but the base model has "
+                         f"{config.num_hidden_layers} layers")
     if C.shape[1] != config.hidden_size:
         raise ValueError(f"{assign_dir}/centroids.npy: centroids are {C.shape[1]} wide, but the base "
                          f"model embeds {config.hidden_size} wide: these clusters were made with "
@@ -459,11 +462,9 @@ def clusters_of(assign_dir, examples, model=None, tok=None):
     the base model that embedded the clusters is given, and gets -1 otherwise.
     Expert training (examples_of_cluster) and the router's labels both use it,
     so a question means the same cluster to both."""
-    path = os.path.join(assign_dir, "assignments.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: run python cluster.py --out {assign_dir} first")
-    with open(path) as f:
-        cluster_of = {r["question"]: r["cluster"] for r in json.load(f)}
+    records = read_json(os.path.join(assign_dir, "assignments.json"), _is_assignments,
+                         "a non-empty list of {\"question\": text, \"cluster\": integer >= 0}")
+    cluster_of = {r["question"]: r["cluster"] for r in records}
     n_clusters = max(cluster_of.values()) + 1
     new = list(dict.fromkeys(e.question for e in examples if e.question not in cluster_of))
     if new and model is not None:
@@ -645,11 +646,11 @@ def main(argv=None):
                                             "NumPy k-means over base-model embeddings.")
     p.add_argument("--k", type=positive_int, default=None, help="clusters (default: number of submodules in the data)")
     p.add_argument("--out", type=writable_dir, default="runs/cluster", help="output directory (default runs/cluster)")
-    p.add_argument("--model", default=M.DEFAULT_MODEL, help="HF-layout phi checkpoint directory, "
+    p.add_argument("--model", type=nonempty, default=M.DEFAULT_MODEL, help="HF-layout phi checkpoint directory, "
                    f"or a Hugging Face id, e.g. microsoft/phi-2 (default {M.DEFAULT_MODEL})")
     p.add_argument("--revision", default=None, help="--model id: branch, tag or commit "
                    "(default: the repository's main branch)")
-    p.add_argument("--data", default=DEFAULT_DATA, help=f"LiLA task file(s) or directory (default {DEFAULT_DATA})")
+    p.add_argument("--data", type=nonempty, default=DEFAULT_DATA, help=f"LiLA task file(s) or directory (default {DEFAULT_DATA})")
     p.add_argument("--split", default="train", choices=["train", "dev", "test"],
                    help="questions to cluster (train for experts; test for the quality report)")
     p.add_argument("--limit", type=positive_int, default=None, help="at most this many questions per skill "
@@ -661,18 +662,67 @@ def main(argv=None):
                    "k-means), for cluster experts from a few labels (default: unsupervised)")
     p.add_argument("--groups", type=positive_int, default=None, help="expert groups (default: about sqrt(k))")
     p.add_argument("--n-init", type=positive_int, default=10, help="k-means++ restarts; the best is kept")
-    p.add_argument("--seed", type=int, default=0, help="random seed (k-means++ and labelled draws)")
+    p.add_argument("--seed", type=random_seed, default=0, help="random seed (k-means++ and labelled draws)")
     p.add_argument("--label-trials", type=positive_int, default=5,
                    help="draws of labelled questions for seeded k-means")
     p.add_argument("--no-raw", action="store_true",
                    help="skip the comparison with raw (not abstracted) questions")
     p.add_argument("--batch-size", type=positive_int, default=32, help="questions embedded together")
-    p.add_argument("--cache-dir", default=DEFAULT_CACHE, help="where embeddings are cached (.npy)")
+    p.add_argument("--cache-dir", type=writable_dir, default=DEFAULT_CACHE, help="where embeddings are cached (.npy)")
     p.add_argument("--dtype", default="float32", choices=sorted(M.DTYPES), help="model dtype")
     p.add_argument("--device", type=torch_device, default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu or cuda (default cuda when available)")
     args = p.parse_args(argv)
     run(lambda: cluster_questions(args))
+
+
+# ---------------------------------------------------------------------------
+# Checks: reading cluster.py's output back
+# ---------------------------------------------------------------------------
+
+
+def read_json(path, ok, want):
+    """The JSON file at path, if ok(it); else one line naming the file and what was expected."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: run python cluster.py --out {os.path.dirname(path)} first")
+    try:
+        with open(path, "rb") as f:
+            obj = json.loads(f.read().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not ok(obj):
+        raise ValueError(f"{path}: expected {want}, as cluster.py writes it")
+    return obj
+
+
+def _is_count(v):
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _is_groups_info(g):
+    return isinstance(g, dict) and (g.get("layer") is None or _is_count(g["layer"])) \
+        and isinstance(g.get("cosine", False), bool)
+
+
+def _is_assignments(records):
+    return isinstance(records, list) and len(records) > 0 and all(
+        isinstance(r, dict) and isinstance(r.get("question"), str) and _is_count(r.get("cluster"))
+        for r in records)
+
+
+def _read_centroids(path):
+    """centroids.npy: a (k, C) array of finite floats."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: run python cluster.py --out {os.path.dirname(path)} first")
+    try:
+        C = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise ValueError(f"{path}: not a .npy array ({e})") from None
+    if C.ndim != 2 or C.shape[0] == 0 or C.dtype.kind != "f" or not np.isfinite(C).all():
+        raise ValueError(f"{path}: expected a (clusters, hidden size) array of finite floats, got "
+                         f"{C.dtype} {C.shape}" + ("" if C.dtype.kind != "f" or np.isfinite(C).all() else
+                                                   " with NaN or inf"))
+    return C
 
 
 if __name__ == "__main__":

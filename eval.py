@@ -46,7 +46,7 @@ import lora
 import mixture
 import model as M
 import router as R
-from data.cli import Parser, torch_device, nonempty, nonneg_int, positive_int, run, writable_dir, writable_file
+from data.cli import Parser, torch_device, nonempty, nonneg_int, positive_int, random_seed, run, writable_dir, writable_file
 from data.files import heatmap, write_json
 from data.lila import DEFAULT_DATA, by_skill, load as load_examples
 from data.prompts import draw_shots, prompt_ids, select
@@ -312,17 +312,18 @@ class Evaluator:
 
 def add_question_flags(p):
     """The flags that choose the model, the questions and the prompts (study.py's too)."""
-    p.add_argument("--model", default=M.DEFAULT_MODEL, help="HF-layout phi checkpoint directory, "
+    p.add_argument("--model", type=nonempty, default=M.DEFAULT_MODEL, help="HF-layout phi checkpoint directory, "
                    f"or a Hugging Face id, e.g. microsoft/phi-2 (default {M.DEFAULT_MODEL})")
     p.add_argument("--revision", default=None, help="--model id: branch, tag or commit "
                    "(default: the repository's main branch)")
-    p.add_argument("--data", default=DEFAULT_DATA, help=f"LiLA task file(s) or directory (default {DEFAULT_DATA})")
+    p.add_argument("--data", type=nonempty, default=DEFAULT_DATA,
+                   help=f"LiLA task file(s) or directory (default {DEFAULT_DATA})")
     p.add_argument("--shots", type=nonneg_int, default=4, help="solved examples in each prompt (0 = zero-shot; default 4)")
     p.add_argument("--skills", type=nonempty, default=None, help="comma-separated skills (default: all in the data)")
     p.add_argument("--split", default="test", choices=["train", "dev", "test"], help="split to evaluate (default test)")
     p.add_argument("--limit", type=positive_int, default=None, help="at most this many questions per skill (default all)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="questions decoded together (default 32)")
-    p.add_argument("--seed", type=int, default=1234, help="seed for shot selection and --limit (default 1234)")
+    p.add_argument("--seed", type=random_seed, default=1234, help="seed for shot selection and --limit (default 1234)")
     p.add_argument("--max-new-tokens", type=positive_int, default=32, help="longest answer generated (default 32)")
     p.add_argument("--dtype", default="float32", choices=sorted(M.DTYPES), help="model dtype (default float32)")
     p.add_argument("--device", type=torch_device, default="cuda" if torch.cuda.is_available() else "cpu",
@@ -358,6 +359,12 @@ def main():
     for flag, needs in (("route", "moe"), ("variant", "moe"), ("experts", "moe"), ("clusters", "explain")):
         if getattr(args, flag) != p.get_default(flag) and not (getattr(args, needs) or args.explain):
             p.error(f"--{flag} needs --{needs}")
+    set_flags = [f for f in ("out", "json", "skills", "split", "limit", "batch_size", "variant")
+                 if getattr(args, f) != p.get_default(f)]
+    if args.explain and set_flags:    # one question, printed: nothing of these is read
+        p.error(f"--{set_flags[0].replace('_', '-')} does not go with --explain")
+    if args.out != p.get_default("out") and not args.moe:
+        p.error("--out needs --moe (it is where the routing report goes)")
     if args.adapter and (args.moe or args.explain):
         p.error("--adapter merges one expert; --moe and --explain bring their own experts")
     if args.clusters and not os.path.exists(os.path.join(args.clusters, "centroids.npy")):

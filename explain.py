@@ -32,7 +32,6 @@ skill, when the data is there.
 
 Left out: steering per layer or per token (the spec is one vector per run).
 """
-import json
 import math
 import os
 
@@ -99,15 +98,23 @@ def short(names, n=8):
     return [x if len(x) <= n else x[:n - 1] + "~" for x in names]
 
 
+def _is_cluster_info(info):
+    """cluster_skills.json's entry of one cluster: its majority skill and submodule, share and size."""
+    return isinstance(info, dict) and isinstance(info.get("skill"), str) and isinstance(info.get("submodule"), str) \
+        and isinstance(info.get("share"), (int, float)) and isinstance(info.get("size"), int)
+
+
 def nearest_cluster(meta, model, tok, clusters_dir):
     """(cluster id, its cluster_skills.json entry) for one meta-question, or None
     when clusters_dir has no cluster.py output."""
     need = ["centroids.npy", "cluster_skills.json", "groups.json"]
     if not all(os.path.exists(os.path.join(clusters_dir, n)) for n in need):
         return None
-    with open(os.path.join(clusters_dir, "cluster_skills.json")) as f:
-        skills = json.load(f)
     C, layer, cosine = cluster.saved_centroids(clusters_dir, model.config)
+    skills = cluster.read_json(os.path.join(clusters_dir, "cluster_skills.json"),
+                                lambda s: isinstance(s, dict) and all(_is_cluster_info(s.get(str(c)))
+                                                                      for c in range(len(C))),
+                                f"an entry (skill, share, size, submodule) for each of the {len(C)} clusters")
     c = int(cluster.nearest_centroid(cluster.embed([meta], model, tok, layer), C, cosine)[0])
     return c, skills[str(c)]
 

@@ -116,8 +116,10 @@ def _listed(ckpt):
         try:
             with open(index) as f:
                 weight_map = json.load(f)["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
             raise ValueError(f"{index}: not a safetensors index with a 'weight_map' ({e})") from None
+        if not (isinstance(weight_map, dict) and all(isinstance(v, str) and v for v in weight_map.values())):
+            raise ValueError(f"{index}: 'weight_map' must be an object of tensor name -> file name")
         return {k: os.path.join(ckpt, v) for k, v in weight_map.items()}, index
     if os.path.exists(single):
         with _open(single) as f:
@@ -229,9 +231,14 @@ def _check_layout(files, source, n_layers):
 def _check_file_set(ckpt):
     """A folder written by write_folder() holds one save's files: config.json names the
     sha256 of the others (checkpoints from elsewhere carry no such record)."""
-    with open(os.path.join(ckpt, "config.json")) as f:
+    path = os.path.join(ckpt, "config.json")
+    with open(path) as f:
         saved = json.load(f).get(SET_KEY) or {}
+    if not (isinstance(saved, dict) and all(isinstance(v, str) for v in saved.values())):
+        raise ValueError(f"{path}: {SET_KEY!r} must be an object of file name -> sha256")
     for name, digest in saved.items():
+        if not os.path.exists(os.path.join(ckpt, name)):
+            raise FileNotFoundError(f"{os.path.join(ckpt, name)}: missing, but {path} was saved with it")
         if sha256(os.path.join(ckpt, name)) != digest:
             raise ValueError(f"{os.path.join(ckpt, name)}: not the file that config.json was saved with "
                              "(an interrupted save?)")

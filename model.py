@@ -73,11 +73,11 @@ class PhiConfig:
     def from_json(cls, path):
         """Read an HF config.json. Every field above must be present (the token
         ids fall back to phi-2's), and the architecture must be plain phi-2."""
-        with open(path) as f:
+        with open(path, "rb") as f:
             try:
-                raw = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: not valid JSON ({e})") from None
+                raw = json.loads(f.read().decode("utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ValueError(f"{path}: not valid UTF-8 JSON ({e})") from None
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
         rope = raw.get("rope_parameters") or {}   # transformers>=5 nests these two
@@ -495,17 +495,24 @@ def _check_prompts(prompts, P, V):
                              f"outside the vocabulary 0..{V - 1}")
 
 
+# Ranges beyond "a positive number" (phi-2: 2048 positions, theta 10000, eps 1e-5): a
+# context of 10**9 positions would allocate its RoPE tables, eps 1e10 erases LayerNorm.
+RANGES = {"max_position_embeddings": (1, 2 ** 20), "partial_rotary_factor": (0, 1),
+          "rope_theta": (1, 1e9), "layer_norm_eps": (0, 0.1)}
+
+
 def _check_config_types(path, fields):
     """config.json values: ints are ints >= 1 (not 8.0, "320" or true), floats
-    finite and > 0, partial_rotary_factor at most 1."""
+    finite and > 0, and the fields of RANGES within their range."""
     for name, v in fields.items():
+        lo, hi = RANGES.get(name, (0, math.inf))
         if PhiConfig.__dataclass_fields__[name].type is int:
-            ok = isinstance(v, int) and not isinstance(v, bool) and (v >= 1 or name.endswith("token_id") and v >= 0)
-            want = "an integer >= 0" if name.endswith("token_id") else "an integer >= 1"
+            lo = 0 if name.endswith("token_id") else max(lo, 1)
+            ok = isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+            want = f"an integer >= {lo}" + (f" and <= {hi}" if hi < math.inf else "")
         else:
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0 \
-                and (name != "partial_rotary_factor" or v <= 1)
-            want = "a number in (0, 1]" if name == "partial_rotary_factor" else "a finite number > 0"
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo < v <= hi
+            want = f"a finite number > {lo:g}" + (f" and <= {hi:g}" if hi < math.inf else "")
         if not ok:
             raise ValueError(f"{path}: config field {name!r} is {v!r}; expected {want}")
 

@@ -419,6 +419,10 @@ def steering_table(out):
         own, wrong = load(out, "eval", "steer", f"own-{s}.json"), load(out, "eval", "steer", f"wrong-{s}.json")
         if wrong is None:
             continue
+        for kind, r in (("own", own), ("wrong", wrong)):
+            if s not in r["accuracy"]:
+                raise ValueError(f"{os.path.join(out, 'eval', 'steer', f'{kind}-{s}.json')}: no accuracy "
+                                 f"for {s!r}, the skill it was steered on")
         vals = [own["accuracy"][s], wrong["accuracy"][s], routed["accuracy"].get(s) if routed else None]
         for c, v in zip(cols, vals):
             c.append(v)
@@ -466,6 +470,9 @@ def routing_accuracy(out):
         experts = report["routing"]["experts"]
         top = lambda w: experts[max(range(len(experts)), key=w.__getitem__)]   # noqa: E731
         recs = [r for r in report["records"] if r["skill"] in experts]
+        if not all(isinstance(r.get("routing"), dict) for r in recs):
+            raise ValueError(f"{os.path.join(out, 'eval', name + '.json')}: a record has no 'routing', "
+                             "although the report holds the router's")
         hit_prior = mean(float(top(r["routing"]["prior"]) == r["skill"]) for r in recs if r["routing"].get("prior"))
         hit_final = mean(float(top([sum(col) for col in zip(*r["routing"]["experts"])]) == r["skill"])
                          for r in recs if "experts" in r["routing"])
@@ -479,6 +486,10 @@ def training_times(out):
     rows = []
     for path in sorted(glob.glob(os.path.join(out, "*", "log.json")) + glob.glob(os.path.join(out, "*", "*", "log.json"))):
         log = load(path)
+        if not (isinstance(log, list) and all(isinstance(e, dict) and all(
+                isinstance(e.get(k), (int, float)) and not isinstance(e.get(k), bool) for k in ("step", "time"))
+                for e in log)):
+            raise ValueError(f"{path}: expected train.py's log, a list of entries with a 'step' and a 'time'")
         if log:
             rows.append(f"| {os.path.relpath(os.path.dirname(path), out)} | {log[-1]['step']} "
                         f"| {log[-1]['time'] / 60:.1f} |")

@@ -51,16 +51,16 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from tokenizers import Tokenizer
 from tqdm import tqdm
 
 import adapters
 import cluster
+import hf
 import lora
 import mixture
 import model as M
 from data.cli import (Parser, torch_device, finite_float, nonempty, nonneg_float, nonneg_int, positive_float,
-                      positive_int, probability, run, writable_dir)
+                      positive_int, probability, random_seed, run, share, writable_dir)
 from data.files import write_atomic, write_json
 from data.lila import DEFAULT_DATA, load as load_examples
 from data.episodes import Episodes
@@ -163,6 +163,7 @@ def setup_lora(args, model):
         adapters.load_adapter(model, args.adapter)
         print(f"continuing from the adapter {args.adapter}")
     else:
+        _check_targets(model, args.targets.split(","))
         lora.add_lora(model, r=args.rank, alpha=args.alpha, dropout=args.dropout,
                       targets=args.targets.split(","))
     lora.mark_only_lora_trainable(model)
@@ -280,7 +281,7 @@ def setup(args):
     dtype = M.DTYPES[args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")]
     torch.manual_seed(args.seed)
     if mode == "base":
-        model, tok = None, Tokenizer.from_file(args.tokenizer)
+        model, tok = None, hf.read_tokenizer(args.tokenizer, math.inf)
     else:                     # the one base of this process: frozen in --dtype, or fp32 to train it all
         model, tok = M.load(args.model, dtype=torch.float32 if mode == "full" else dtype, device=device,
                             revision=args.revision)
@@ -325,7 +326,10 @@ def train_step(run, fwd):
     for g in run.opt.param_groups:
         g["lr"] = lr
     x, y, first = run.episodes.batch(run.step, args.batch_size, run.device, with_first=True)  # global batch
-    n_targets = (y != -100).sum().clamp(min=1)
+    n_targets = (y != -100).sum()
+    if n_targets == 0:
+        raise ValueError(f"step {run.step}: no token of the batch carries the loss (--loss {args.loss}): "
+                         f"the questions do not fit rows of --seq-len {args.seq_len}")
     x, y = x[run.rank::world], y[run.rank::world]                       # this process's rows
     if run.routing:
         run.routing.train_rows(first[run.rank::world], run.train_ex)     # task-level priors
@@ -385,8 +389,12 @@ def restore(path, identity, learner, opt, scaler, device):
     """Load OUT/train_state.pt into the learner, optimizer, grad scaler and the
     random number generators; return (step, best, log, total steps). Refused, naming the flags,
     if the saved run was started with other flags (another skill, targets, lr, ...)."""
-    state = torch.load(path, map_location=device, weights_only=False)
-    saved = state.get("run")
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:     # a truncated zip, a text file, a pickle of something else
+        raise ValueError(f"{path}: not a train.py state (truncated or corrupt: {type(e).__name__}); "
+                         "delete it to start again") from None
+    saved = state.get("run") if isinstance(state, dict) else None
     if saved is None:
         raise ValueError(f"{path}: no run configuration recorded (an older train.py wrote it); "
                          "start again in a new --out")
@@ -401,6 +409,9 @@ def restore(path, identity, learner, opt, scaler, device):
     if unexpected or trainable & set(missing):
         raise ValueError(f"{path}: its weights do not fit this model (missing "
                          f"{sorted(trainable & set(missing))[:3]}, unexpected {unexpected[:3]})")
+    bad = [n for n, p in learner.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+    if bad:
+        raise ValueError(f"{path}: saved weights {bad[:3]} hold NaN or inf; delete it to start again")
     opt.load_state_dict(state["opt"])
     scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"]["cpu"])
@@ -423,7 +434,7 @@ def parser():
     mode.add_argument("--mixed", action="store_true", help="train one LoRA on all skills (baseline)")
     mode.add_argument("--router", action="store_true", help="train the two-level router over the "
                       "frozen experts in --experts")
-    p.add_argument("--data", default=DEFAULT_DATA, help=f"LiLA task file(s) or directory (default {DEFAULT_DATA})")
+    p.add_argument("--data", type=nonempty, default=DEFAULT_DATA, help=f"LiLA task file(s) or directory (default {DEFAULT_DATA})")
     p.add_argument("--out", type=writable_dir, default=None, help="output directory (default runs/base, "
                    "out/experts/SKILL, out/experts/cluster-K, out/mixed, out/router, out/full/SKILL)")
     per_mode = lambda k: ", ".join(f"{'LoRA' if m == 'lora' else m} {d[k]}" for m, d in MODES.items())  # noqa: E731
@@ -445,7 +456,7 @@ def parser():
     p.add_argument("--eval-batches", type=positive_int, default=4, help="batches for the dev loss (default 4)")
     p.add_argument("--eval-questions", type=positive_int, default=200, help="dev questions for the dev accuracy "
                    "(default 200)")
-    p.add_argument("--seed", type=int, default=1234, help="random seed: init and data order (default 1234)")
+    p.add_argument("--seed", type=random_seed, default=1234, help="random seed: init and data order (default 1234)")
     p.add_argument("--device", type=torch_device, default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu or cuda (default cuda when available)")
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
@@ -463,13 +474,14 @@ def parser():
 
 def add_base_flags(p):
     g = p.add_argument_group("--base: the model to pretrain")
-    g.add_argument("--tokenizer", default="data/tokenizer.json",
+    g.add_argument("--tokenizer", type=nonempty, default="data/tokenizer.json",
                    help="tokenizer.json (make data writes it) (default data/tokenizer.json)")
     g.add_argument("--n-layer", type=positive_int, default=8, help="transformer blocks (default 8)")
     g.add_argument("--n-embd", type=positive_int, default=320, help="hidden size (MLP is 4x) (default 320)")
     g.add_argument("--n-head", type=positive_int, default=4,
                    help="attention heads (head size = n-embd / n-head) (default 4)")
-    g.add_argument("--rotary", type=positive_float, default=0.4, help="partial_rotary_factor, as phi-2 (default 0.4)")
+    g.add_argument("--rotary", type=share, default=0.4,
+                   help="partial_rotary_factor in (0, 1], as phi-2 (default 0.4)")
     g.add_argument("--max-pos", type=positive_int, default=1024, help="max_position_embeddings (default 1024)")
     g.add_argument("--save-dtype", default="float16", choices=sorted(M.DTYPES),
                    help="dtype of model.safetensors (default float16)")
@@ -477,7 +489,7 @@ def add_base_flags(p):
 
 def add_lora_flags(p):
     g = p.add_argument_group("--expert / --mixed: LoRA on a frozen base")
-    g.add_argument("--model", default=M.DEFAULT_MODEL, help="base model: a directory (HF layout) or a "
+    g.add_argument("--model", type=nonempty, default=M.DEFAULT_MODEL, help="base model: a directory (HF layout) or a "
                    f"Hugging Face id, e.g. microsoft/phi-2 (default {M.DEFAULT_MODEL})")
     g.add_argument("--revision", default=None, help="--model id: branch, tag or commit "
                    "(default: the repository's main branch)")
@@ -533,10 +545,17 @@ def parse_args(argv=None):
         p.error(f"--expert {args.expert}: expected cluster:K with K a cluster number, e.g. cluster:3")
     if args.base and args.n_embd % args.n_head:
         p.error(f"--n-embd {args.n_embd} must split into --n-head {args.n_head} heads")
+    rotary_dims = int(args.n_embd // args.n_head * args.rotary)
+    if args.base and (rotary_dims < 2 or rotary_dims % 2):
+        p.error(f"--rotary {args.rotary}: {rotary_dims} of the head's {args.n_embd // args.n_head} dims; "
+                "expected an even number, at least 2")
+    warmup_given = args.warmup is not None
     p.set_defaults(**MODES[mode_of(args)])
     args = p.parse_args(argv)
     if args.stop_at and args.stop_at > args.steps:
         p.error(f"--stop-at {args.stop_at} is after the last step (--steps {args.steps})")
+    if warmup_given and args.warmup > args.steps:   # the default warmup may outlast a short test run
+        p.error(f"--warmup {args.warmup} is longer than the run (--steps {args.steps})")
     return args
 
 
@@ -544,8 +563,10 @@ fresh_lora = lambda a: (a.expert or a.mixed) and not (a.full or a.adapter)   # n
 READ_BY = {   # flag: (the runs that read it, a test of args); elsewhere setting it is an error
     **{f: ("--base", lambda a: a.base) for f in
        ("tokenizer", "n_layer", "n_embd", "n_head", "rotary", "max_pos", "save_dtype")},
-    **{f: ("--router", lambda a: a.router) for f in ("experts", "router_questions", "level", "prior", "rank1",
-       "n_groups", "top_k", "temperature", "tau", "entropy_weight", "balance_weight")},
+    **{f: ("--router", lambda a: a.router) for f in ("router_questions", "level", "rank1",
+       "n_groups", "top_k", "temperature", "entropy_weight", "balance_weight")},
+    **{f: ("--router without --rank1 (rank-1 experts have no task prior)", lambda a: a.router and not a.rank1)
+       for f in ("experts", "prior", "tau")},
     "full": ("--expert or --mixed", lambda a: a.expert or a.mixed),
     "adapter": ("--expert or --mixed, without --full", lambda a: (a.expert or a.mixed) and not a.full),
     **{f: ("a fresh LoRA (--expert or --mixed, without --full or --adapter)", fresh_lora)
@@ -554,7 +575,7 @@ READ_BY = {   # flag: (the runs that read it, a test of args); elsewhere setting
        for f in ("alpha", "targets")},
     **{f: ("--expert, --mixed or --router", lambda a: not a.base) for f in ("model", "revision")},
     "clusters": ("--expert cluster:K or --router", lambda a: a.router or (a.expert or "").startswith("cluster:")),
-    "steps_per_skill": ("--mixed", lambda a: a.mixed),
+    "steps_per_skill": ("--mixed, without --steps", lambda a: a.mixed and a.steps is None),
 }
 
 
@@ -579,6 +600,14 @@ def _check_run(args, world, model):
     if args.seq_len > model.config.max_position_embeddings:
         raise ValueError(f"--seq-len {args.seq_len} is longer than the model's context "
                          f"({model.config.max_position_embeddings} positions)")
+
+
+def _check_targets(model, targets):
+    """Each --targets name selects some Linear of the model (PEFT drops one that does not)."""
+    unknown = [t for t in targets if not lora.target_names(model, [t])]
+    if unknown:
+        names = sorted({n.rsplit(".", 1)[-1] for n in lora.target_names(model, "all-linear")})
+        raise ValueError(f"--targets: {unknown} select no Linear of the model; its Linears are named {names}")
 
 
 if __name__ == "__main__":

@@ -45,7 +45,9 @@ positive_float = _type(float, lambda v: math.isfinite(v) and v > 0, "a finite nu
 nonneg_float = _type(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 finite_float = _type(float, math.isfinite, "a finite number")
 probability = _type(float, lambda v: 0 <= v < 1, "a number in [0, 1)")                        # a dropout rate
+share = _type(float, lambda v: 0 < v <= 1, "a number in (0, 1]")                              # a fraction of a size
 nonempty = _type(str, lambda v: bool(v.strip()), "a non-empty string")
+random_seed = _type(int, lambda v: 0 <= v < 2 ** 63, "an integer in [0, 2**63)")                    # torch.manual_seed's range
 
 
 def torch_device(text):
@@ -62,6 +64,8 @@ def torch_device(text):
 
 def writable_dir(path):
     """A folder to write into: absent (it will be made) or a folder, not a file."""
+    if not path.strip():
+        raise argparse.ArgumentTypeError("expected a folder to write into, got ''")
     if os.path.exists(path) and not os.path.isdir(path):
         raise argparse.ArgumentTypeError(f"expected a folder to write into, got {path!r} (a file)")
     return path
@@ -70,6 +74,8 @@ def writable_dir(path):
 def writable_file(path):
     """A path a file can be written to (checked before a long run, not after)."""
     parent = os.path.dirname(os.path.abspath(path))
+    if not path.strip():
+        raise argparse.ArgumentTypeError("expected a file name to write, got ''")
     if os.path.isdir(path) or (os.path.exists(parent) and not os.path.isdir(parent)):
         raise argparse.ArgumentTypeError(f"expected a file name to write, got {path!r} "
                                           f"({'a directory' if os.path.isdir(path) else parent + ' is a file'})")
@@ -80,6 +86,7 @@ def run(main):
     """main(), with user errors as one line on stderr and exit status 2."""
     try:
         main()
-    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError,
+            PermissionError) as e:
         print(f"{os.path.basename(sys.argv[0])}: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -4,9 +4,11 @@ flag, file or field, never a traceback and never a silent wrong result.
 The adapter and router files have their own table in test_bad_files.py."""
 import json
 import os
+import re
 import shutil
 import sys
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -14,6 +16,7 @@ from safetensors.torch import load_file, save_file
 import adapters
 import cluster
 import eval as E
+import model as M
 import study
 import train
 from conftest import ROOT
@@ -59,6 +62,11 @@ EVAL = [   # (arguments, what the one-line message must say)
     (["--moe", ROUTER, "--adapter", ROUTER], "--adapter merges one expert; --moe and --explain bring their own"),
     (["--device", "cuda:x"], "--device: expected cpu, cuda or cuda:N"),
     (["--explain", "What is 2+2?", "--clusters", ROOT], f"--clusters: {ROOT} holds no cluster.py output"),
+    (["--explain", "What is 2+2?", "--json", "x.json"], "--json does not go with --explain"),
+    (["--explain", "What is 2+2?", "--limit", "3"], "--limit does not go with --explain"),
+    (["--out", "somewhere"], "--out needs --moe"),
+    (["--json", ""], "--json: expected a file name to write, got ''"),
+    (["--model", ""], "--model: expected a non-empty string"),
     (["--moe", ROUTER, "--out", os.path.join(ROOT, "README.md")], "--out: expected a folder to write into"),
 ]
 
@@ -99,13 +107,23 @@ TRAIN = [
     (["--steps-per-skill", "3"], "--steps-per-skill goes with --mixed"),
     (["--clusters", "out/c"], "--clusters goes with --expert cluster:K or --router"),
     (["--steps", "5", "--stop-at", "6"], "--stop-at 6 is after the last step (--steps 5)"),
+    (["--steps", "5", "--warmup", "6"], "--warmup 6 is longer than the run (--steps 5)"),
+    (["--mixed", "--steps", "5", "--steps-per-skill", "2"], "--steps-per-skill goes with --mixed, without --steps"),
+    (["--router", "--rank1", "2", "--prior", "learned"], "--prior goes with --router without --rank1"),
+    (["--seed", "1180591620717411303424"], "--seed: expected an integer in [0, 2**63)"),
+    (["--out", ""], "--out: expected a folder to write into, got ''"),
+    (["--data", ""], "--data: expected a non-empty string"),
+    (["--targets", "q_proj,nosuchmod", "--data", DATA], "--targets: ['nosuchmod'] select no Linear of the model"),
+    (["--base", "--rotary", "0.01"], "--rotary 0.01: 0 of the head's 80 dims"),
+    (["--base", "--rotary", "1.5"], "--rotary: expected a number in (0, 1]"),
+    (["--seq-len", "4", "--steps", "1", "--data", DATA], "no token of the batch carries the loss (--loss answer)"),
 ]
 
 
 @pytest.mark.parametrize("argv, message", TRAIN, ids=[" ".join(a)[:40] for a, _ in TRAIN])
 def test_train_refuses(argv, message, capsys, monkeypatch, tmp_path):
     argv = ["--expert", "algebra", "--out", str(tmp_path / "out"), *argv]
-    if argv.count("--expert") == 2:
+    if argv.count("--expert") == 2 or {"--mixed", "--router", "--base"} & set(argv):   # another mode
         del argv[:2]
     code, err = cli(train.main, argv, capsys, monkeypatch)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
@@ -168,7 +186,10 @@ FILES = [
     ({"config": {"max_position_embeddings": True}}, "config field 'max_position_embeddings' is True"),
     ({"config": {"rope_theta": "nan"}}, "config field 'rope_theta'"),
     ({"config": {"layer_norm_eps": -1e-5}}, "config field 'layer_norm_eps' is -1e-05"),
-    ({"config": {"partial_rotary_factor": 1.5}}, "expected a number in (0, 1]"),
+    ({"config": {"partial_rotary_factor": 1.5}}, "expected a finite number > 0 and <= 1"),
+    ({"config": {"max_position_embeddings": 10**9}}, "expected an integer >= 1 and <= 1048576"),
+    ({"config": {"layer_norm_eps": 1e10}}, "config field 'layer_norm_eps' is 10000000000.0"),
+    ({"config": {"rope_theta": 1e-30}}, "config field 'rope_theta' is 1e-30"),
     ({"config": {"num_hidden_layers": 10**9}}, "holds 8 layers (model.layers.N), but config.json says "
      "num_hidden_layers=1000000000"),
     ({"config": {"tie_word_embeddings": True}}, "tie_word_embeddings is True; only False (as phi-2)"),
@@ -223,7 +244,6 @@ def test_forgetting_never_drops_an_expert_folder_silently(capsys, monkeypatch, t
 def test_model_files_from_two_saves_are_refused(tmp_path):
     """model.save writes the weights and tokenizer, then config.json with their
     sha256: weights from another save (a crash between the writes) are refused."""
-    import model as M
     m, tok = M.load(PHI_TINY, verbose=False)
     M.save(m, tok, str(tmp_path / "a"))
     M.load(str(tmp_path / "a"), verbose=False)                       # the set loads
@@ -240,7 +260,6 @@ def test_adapter_files_from_two_saves_are_refused(tmp_path):
     adapter_config.json: weights of another save with another alpha are refused;
     other settings of the config stay free to edit by hand."""
     import lora
-    import model as M
     m, _ = M.load(PHI_TINY, verbose=False)
     lora.add_lora(m, r=2, alpha=4, targets=["q_proj"])
     adapters.save_adapter(m, str(tmp_path / "a"))
@@ -315,3 +334,56 @@ def test_study_refuses_bad_records_and_reports(tmp_path, capsys, monkeypatch):
     (tmp_path / "empty").mkdir()
     code, err = cli(study.main, ["report", str(tmp_path / "empty")], capsys, monkeypatch)
     assert code == 2 and "no eval/*.json here" in err and not os.listdir(tmp_path / "empty")
+
+
+# --- cluster.py's output, read back ----------------------------------------------------
+
+CLUSTERS = os.path.join(ROOT, "checkpoints", "phi-tiny-moe", "clusters")
+CLUSTER_FILES = [
+    ("groups.json", "[1]", "groups.json: expected an object with an integer 'layer'"),
+    ("groups.json", '{"layer": "4"}', "groups.json: expected an object with an integer 'layer'"),
+    ("groups.json", '{"layer": 99}', "groups.json: layer 99, but the base model has 8 layers"),
+    ("groups.json", "{not json", "groups.json: not valid JSON"),
+    ("centroids.npy", np.zeros(4, np.float32), "centroids.npy: expected a (clusters, hidden size) array"),
+    ("centroids.npy", np.full((2, 320), np.nan, np.float32), "with NaN or inf"),
+    ("centroids.npy", b"garbage", "centroids.npy: not a .npy array"),
+    ("assignments.json", '[{"cluster": 0}]', "assignments.json: expected a non-empty list"),
+    ("assignments.json", '{"q": 0}', "assignments.json: expected a non-empty list"),
+    ("assignments.json", '[{"question": "q", "cluster": -5}]', "assignments.json: expected a non-empty list"),
+    ("assignments.json", '[{"question": "q", "cluster": "0"}]', "assignments.json: expected a non-empty list"),
+]
+
+
+@pytest.mark.parametrize("name, content, message", CLUSTER_FILES, ids=[f"{n}-{i}" for i, (n, _, _) in
+                                                                       enumerate(CLUSTER_FILES)])
+def test_cluster_output_is_checked_when_read(name, content, message, tmp_path):
+    folder = tmp_path / "clusters"
+    shutil.copytree(CLUSTERS, folder)
+    if isinstance(content, np.ndarray):
+        np.save(folder / name, content)
+    else:
+        (folder / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    config = M.PhiConfig.from_json(os.path.join(PHI_TINY, "config.json"))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        if name == "assignments.json":
+            cluster.clusters_of(str(folder), [])
+        else:
+            cluster.saved_centroids(str(folder), config)
+
+
+@pytest.mark.parametrize("path, content, message", [
+    ("experts/algebra/log.json", {"step": 1}, "experts/algebra/log.json: expected train.py's log"),
+    ("experts/algebra/log.json", [{"step": 1}], "experts/algebra/log.json: expected train.py's log"),
+    ("eval/steer/own-algebra.json", {"accuracy": {"numbers": 0.5}, "answer_nll": {}},
+     "own-algebra.json: no accuracy for 'algebra'"),
+    ("eval/moe-centroid-token.json", {"accuracy": {"algebra": 0.5}, "answer_nll": {}, "routing": {"experts": ["algebra"]},
+                                      "records": [{"skill": "algebra", "question": "q", "correct": True}]},
+     "moe-centroid-token.json: a record has no 'routing'"),
+])
+def test_study_report_names_a_malformed_piece(path, content, message, tmp_path, capsys, monkeypatch):
+    good = {"accuracy": {"algebra": 0.5}, "answer_nll": {"algebra": 1.0}}
+    for name, obj in {"eval/mixed.json": good, "eval/steer/wrong-algebra.json": good, path: content}.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(json.dumps(obj))
+    code, err = cli(study.main, ["report", str(tmp_path)], capsys, monkeypatch)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
