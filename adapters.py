@@ -238,6 +238,8 @@ def _check_adapter_config(path, config):
     lora.py does not implement (UNSUPPORTED)."""
     if not isinstance(config, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}")
+    if config.get("task_type") not in (None, "CAUSAL_LM"):
+        raise ValueError(f"{path}: task_type is {config['task_type']!r}; a phi expert is 'CAUSAL_LM' (or null)")
     if config.get("peft_type") != "LORA":
         raise _bad(path, "peft_type", config.get("peft_type"), "'LORA'")
     for key in ("r", "lora_alpha", "target_modules"):
@@ -303,8 +305,13 @@ def _check_alpha(w_path, metadata, alpha):
     elsewhere record none). A save interrupted between the two files, or an edit
     of lora_alpha, would otherwise rescale every update silently."""
     saved = metadata.get(ALPHA_KEY)
-    if saved is not None and json.loads(saved) != alpha:
-        raise ValueError(f"{w_path}: saved with lora_alpha {json.loads(saved)}, but {CONFIG_NAME} says "
+    if saved is not None:
+        try:
+            saved = json.loads(saved)
+        except json.JSONDecodeError:
+            raise ValueError(f"{w_path}: metadata {ALPHA_KEY!r} is {saved!r}, expected a number") from None
+    if saved is not None and saved != alpha:
+        raise ValueError(f"{w_path}: saved with lora_alpha {saved}, but {CONFIG_NAME} says "
                          f"{alpha} (a save interrupted between the two files, or an edit of lora_alpha; "
                          "the scale belongs to the weights)")
 

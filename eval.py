@@ -367,8 +367,9 @@ def main():
         p.error("--out needs --moe (it is where the routing report goes)")
     if args.adapter and (args.moe or args.explain):
         p.error("--adapter merges one expert; --moe and --explain bring their own experts")
-    if args.clusters and not os.path.exists(os.path.join(args.clusters, "centroids.npy")):
-        p.error(f"--clusters: {args.clusters} holds no cluster.py output (centroids.npy)")
+    need = ("centroids.npy", "groups.json", "cluster_skills.json")
+    if args.clusters and not all(os.path.exists(os.path.join(args.clusters, n)) for n in need):
+        p.error(f"--clusters: {args.clusters} holds no cluster.py output ({', '.join(need)})")
     if args.explain:
         model, tok = M.load(args.model, dtype=args.dtype, device=args.device, revision=args.revision)
         args.moe = args.moe or os.path.join(SHIPPED, "router")

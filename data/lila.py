@@ -107,8 +107,9 @@ def _instance(x, i, path, skill, name, file_split):
     if not (isinstance(question, str) and question.strip()):
         raise bad("Input", f"expected a non-empty string, got {question!r:.80}")
     answers = x.get("Output Answer")
-    if not (isinstance(answers, list) and answers and all(isinstance(a, str) for a in answers)):
-        raise bad("Output Answer", f"expected a non-empty list of strings, got {answers!r:.80}")
+    if not (isinstance(answers, list) and answers and all(isinstance(a, str) and a.strip() and "\n" not in a
+                                                          for a in answers)):
+        raise bad("Output Answer", f"expected a non-empty list of non-empty one-line strings, got {answers!r:.80}")
     split = x.get("split", file_split or "test")
     if split not in SPLITS:
         raise bad("split", f"expected one of {SPLITS}, got {split!r}")

@@ -141,6 +141,7 @@ ADAPTER_CONFIG = [   # (key, bad value, what the message says)
     ("target_modules", ["nothing_here"], "target_modules ['nothing_here'] match no Linear"),
     ("peft_type", "IA3", "peft_type is 'IA3', expected 'LORA'"),
     ("peft_type", DELETE, "peft_type is None, expected 'LORA'"),
+    ("task_type", "SEQ_CLS", "task_type is 'SEQ_CLS'; a phi expert is 'CAUSAL_LM'"),
     ("bias", "all", "bias 'all' is not supported"),
     ("use_dora", True, "use_dora=True is not supported"),
 ]
@@ -528,3 +529,16 @@ def test_router_files_from_two_saves_are_refused(tmp_path):
     shutil.copy(tmp_path / "two" / "router.safetensors", tmp_path / "one" / "router.safetensors")
     with pytest.raises(ValueError, match="not the weights that router.json was saved with"):
         mixture.load_router(str(tmp_path / "one"))
+
+
+@pytest.mark.parametrize("alpha, message", [
+    ("sixteen", "metadata 'skill_moe.lora_alpha' is 'sixteen', expected a number"),
+    ("32", "saved with lora_alpha 32, but adapter_config.json says")])
+def test_adapter_alpha_metadata(base, adapter, alpha, message):
+    """lora_alpha rides in the weights' metadata: unreadable or unlike the config's, the adapter is refused."""
+    path = os.path.join(adapter, "adapter_model.safetensors")
+    with safe_open(path, "pt") as f:
+        tensors, metadata = {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+    save_file(tensors, path, metadata={**metadata, adapters.ALPHA_KEY: alpha})
+    with expect(ValueError, path, message):
+        adapters.read_adapter(base, adapter)

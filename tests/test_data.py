@@ -94,6 +94,8 @@ GOOD = {"Input": "What is 2 + 3?", "Output Program": [], "Output Answer": ["5"],
     ({**GOOD, "Output Answer": "5"}, "Output Answer"),
     ({**GOOD, "Output Answer": []}, "Output Answer"),
     ({**GOOD, "Output Answer": [5]}, "Output Answer"),
+    ({**GOOD, "Output Answer": [""]}, "Output Answer"),
+    ({**GOOD, "Output Answer": ["5\n6"]}, "Output Answer"),     # the prompt's answer ends at a newline
     ({**GOOD, "split": "validation"}, "split"),
     ({**GOOD, "submodule": None}, "submodule"),
 ])
