@@ -88,8 +88,8 @@ def test_groups_must_partition_the_experts():
 
 
 def cfg(E, groups, **kw):
-    return R.RouterConfig(experts=[f"e{i}" for i in range(E)], groups=groups, hidden_size=64,
-                          n_layers=2, **kw)
+    return R.RouterConfig(**{"experts": [f"e{i}" for i in range(E)], "groups": groups, "hidden_size": 64,
+                             "n_layers": 2, **kw})
 
 
 def test_top_k_renormalises():
@@ -215,18 +215,24 @@ def test_only_router_parameters_get_gradients(tiny_ckpt, tmp_path):
     assert got and all(n.startswith(("gates.", "mix")) for n in got)
 
 
-def test_hard_merged_route_equals_soft_one_hot(tiny_ckpt, tmp_path):
-    path = tiny_ckpt[0]
-    model, _ = M.load(path)
+def with_random_experts(path, tmp_path, n, std):
+    """The base at path with n random rank-2 experts (B ~ N(0, std)) stacked in."""
+    model, _ = M.load(path, verbose=False)
     dirs = []
-    for e in range(3):
+    for e in range(n):
+        torch.manual_seed(e)
         lora.add_lora(model, r=2, alpha=4)
         for m in lora.lora_modules(model).values():
-            torch.nn.init.normal_(m.lora_B.weight, std=0.1)
+            torch.nn.init.normal_(m.lora_B.weight, std=std)
         dirs.append(str(tmp_path / f"e{e}"))
         adapters.save_adapter(model, dirs[-1], path)
         lora.remove_lora(model)
     adapters.load_experts(model, dirs)
+    return model
+
+
+def test_hard_merged_route_equals_soft_one_hot(tiny_ckpt, tmp_path):
+    model = with_random_experts(tiny_ckpt[0], tmp_path, 3, std=0.1)
     idx = torch.randint(1, 300, (2, 5))
     with torch.no_grad():
         lora.set_expert_weights(model, torch.tensor([[0.0, 1.0, 0.0]] * 2))    # soft, per sequence
@@ -234,3 +240,28 @@ def test_hard_merged_route_equals_soft_one_hot(tiny_ckpt, tmp_path):
         lora.set_expert_weights(model, torch.tensor([0.0, 1.0, 0.0]))          # hard: merged into W
         lora.merge_lora(model)
         torch.testing.assert_close(model(idx), soft, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_routed_answers_do_not_depend_on_the_batch(tiny_ckpt, tmp_path, level):
+    """A routed question gets the same answer and routing alone as in a left-padded
+    batch, at token and at sequence level: padding never reaches the gate."""
+    model = with_random_experts(tiny_ckpt[0], tmp_path, 2, std=0.2)
+    router = R.Router(cfg(2, [[0], [1]], level=level, hidden_size=model.config.hidden_size,
+                          n_layers=model.config.num_hidden_layers), torch.zeros(2, 320).numpy())
+    router.attach(model).eval()
+    torch.manual_seed(3)
+    for gate in router.gates:
+        torch.nn.init.normal_(gate.U.weight, std=0.5)
+        torch.nn.init.normal_(gate.V.weight, std=0.5)
+    prompts = [[5, 9, 30, 41, 7, 12, 60], [8, 3], [100, 101, 102, 103]]
+    prior = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]])
+    for i, p in enumerate(prompts):
+        router.set_prior(prior[i:i + 1])
+        with router.record() as alone:
+            one = M.generate(model, [p], 6)[0]
+        router.set_prior(prior)
+        with router.record() as batched:
+            batch = M.generate(model, prompts, 6)
+        assert batch[i] == one
+        torch.testing.assert_close(batched.weights()[i], alone.weights()[0], atol=1e-5, rtol=1e-5)
