@@ -305,6 +305,8 @@ class Evaluator:
         model, tok = M.load(args.model, dtype=args.dtype, device=args.device, revision=args.revision)
         skills = args.skills.split(",") if args.skills else None
         examples = select(load_examples(args.data, split=args.split, skills=skills), args.limit, args.seed)
+        if not examples:
+            raise ValueError(f"{args.data}: no {args.split} questions to evaluate")
         pool = by_skill(load_examples(args.data, split="train", skills=skills)) if args.shots else {}
         print(f"evaluating {len(examples)} {args.split} questions, {args.shots}-shot")
         return cls(model, tok, examples, pool, args.shots, args.batch_size, args.seed, args.max_new_tokens)

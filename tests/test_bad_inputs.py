@@ -387,3 +387,9 @@ def test_study_report_names_a_malformed_piece(path, content, message, tmp_path, 
         (tmp_path / name).write_text(json.dumps(obj))
     code, err = cli(study.main, ["report", str(tmp_path)], capsys, monkeypatch)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_eval_of_a_task_file_without_questions(tmp_path, capsys, monkeypatch):
+    (tmp_path / "algebra.json").write_text('{"Instances": []}')
+    code, err = cli(E.main, ["--data", str(tmp_path), "--model", PHI_TINY], capsys, monkeypatch)
+    assert code == 2 and f"{tmp_path}: no test questions to evaluate" in err, err
