@@ -587,6 +587,9 @@ def cluster_questions(args):
     n_skills = len({e.skill for e in examples})
     if args.seeded and args.k not in (None, n_skills):
         raise ValueError(f"--seeded makes one cluster per skill ({n_skills}); --k is {args.k}")
+    fewest = min(Counter(e.skill for e in examples).items(), key=lambda kv: kv[1])
+    if args.seeded and args.seeded > fewest[1]:
+        raise ValueError(f"--seeded {args.seeded}: {fewest[0]} has only {fewest[1]} {args.split} questions here")
     args.k = n_skills if args.seeded else args.k or len({e.submodule for e in examples})
     check_k(args.k, len(examples))
     model, tok = M.load(args.model, dtype=args.dtype, device=args.device, revision=args.revision)

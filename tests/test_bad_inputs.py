@@ -140,6 +140,9 @@ CLUSTER = [
     (["--n-init", "0"], "--n-init: expected an integer >= 1"),
     (["--layer", "-1"], "--layer: expected an integer >= 0"),
     (["--layer", "99", "--data", DATA], "layer 99 out of range"),
+    (["--seeded", "1000", "--data", DATA], "--seeded 1000: "),
+    (["--seed", "-1"], "--seed: expected an integer in [0, 2**63)"),
+    (["--cache-dir", os.path.join(ROOT, "README.md")], "--cache-dir: expected a folder to write into"),
 ]
 
 
