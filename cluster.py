@@ -592,6 +592,8 @@ def cluster_questions(args):
         raise ValueError(f"--seeded {args.seeded}: {fewest[0]} has only {fewest[1]} {args.split} questions here")
     args.k = n_skills if args.seeded else args.k or len({e.submodule for e in examples})
     check_k(args.k, len(examples))
+    if args.groups and args.groups > args.k:
+        raise ValueError(f"--groups {args.groups}: more groups than the {args.k} clusters")
     model, tok = M.load(args.model, dtype=args.dtype, device=args.device, revision=args.revision)
     layer = resolve_layer(model.config, args.layer)
     skills = np.array([e.skill for e in examples])
@@ -604,7 +606,7 @@ def cluster_questions(args):
         _, _, rows["raw questions"], seeded["raw questions"] = cluster_texts(
             [e.question for e in examples], model, tok, args, layer, skills, submodules)
 
-    n_groups = min(args.groups or max(1, round(args.k ** 0.5)), args.k)
+    n_groups = args.groups or max(1, round(args.k ** 0.5))
     groups = expert_groups(best.centroids, n_groups, args.seed, args.cosine)
     group_of = {c: g for g, members in enumerate(groups) for c in members}
     clusters = describe(best.labels, args.k, skills, submodules, metas, group_of)

@@ -73,13 +73,20 @@ class Routing:
         return route
 
 
+def n_groups(args, E):
+    """--n-groups, or 3 (fewer with fewer than 3 experts); more groups than experts is an error."""
+    if args.n_groups is not None and args.n_groups > E:
+        raise ValueError(f"--n-groups {args.n_groups}: more groups than the {E} experts")
+    return args.n_groups or min(3, E)
+
+
 def build_rank1(model, args, train_ex, dev_ex, device):
     """Intuition-MoR1E's variant: args.rank1 fresh rank-1 experts in args.n_groups
     contiguous groups, trained jointly with the grouped gates on mixed data.
     They have no labelled questions, hence no centroids: no task prior."""
     for p in model.parameters():
         p.requires_grad_(False)
-    E, G = args.rank1, min(args.n_groups, args.rank1)
+    E, G = args.rank1, n_groups(args, args.rank1)
     groups = [[int(e) for e in g] for g in np.array_split(np.arange(E), G)]   # contiguous, sizes differ by <= 1
     cfg = R.RouterConfig(experts=[f"r1-{e:02d}" for e in range(E)], groups=groups,
                        hidden_size=model.config.hidden_size, n_layers=model.config.num_hidden_layers,
@@ -114,8 +121,7 @@ def build_router(model, tok, args, train_ex, dev_ex, device):
         raise ValueError(f"no training questions for the experts {missing}; expert names must be "
                          f"skills in the data or cluster-K (with --clusters)")
     centroids = np.stack([Xtr[labels == i].mean(0) for i in range(len(names))])   # (E, C)
-    n_groups = min(args.n_groups, len(names))
-    groups = [g for g in cluster.expert_groups(centroids, n_groups, seed=args.seed) if g]
+    groups = [g for g in cluster.expert_groups(centroids, n_groups(args, len(names)), seed=args.seed) if g]
     cfg = R.RouterConfig(experts=names, groups=groups, hidden_size=model.config.hidden_size,
                          n_layers=model.config.num_hidden_layers, level=args.level, prior=args.prior,
                          top_k=args.top_k, temperature=args.temperature, tau=args.tau,

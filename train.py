@@ -521,8 +521,8 @@ def add_router_flags(p):
                    help="task-level prior: similarity to expert centroids, a learned classifier, or none (default centroid)")
     g.add_argument("--rank1", type=nonneg_int, default=0, metavar="N", help="instead of --experts: N fresh "
                    "rank-1 experts trained jointly with the gates (Intuition-MoR1E; scale --alpha) (default 0)")
-    g.add_argument("--n-groups", type=positive_int, default=3,
-                   help="expert groups (k-means over the expert centroids) (default 3)")
+    g.add_argument("--n-groups", type=positive_int, default=None, help="expert groups (k-means over the "
+                   "expert centroids; at most the number of experts) (default 3, or fewer with fewer experts)")
     g.add_argument("--top-k", type=nonneg_int, default=0,
                    help="keep the k largest expert weights (0 = all) (default 0)")
     g.add_argument("--temperature", type=positive_float, default=1.0,

@@ -110,6 +110,7 @@ TRAIN = [
     (["--steps", "5", "--warmup", "6"], "--warmup 6 is longer than the run (--steps 5)"),
     (["--mixed", "--steps", "5", "--steps-per-skill", "2"], "--steps-per-skill goes with --mixed, without --steps"),
     (["--router", "--rank1", "2", "--prior", "learned"], "--prior goes with --router without --rank1"),
+    (["--router", "--rank1", "2", "--n-groups", "3", "--data", DATA], "--n-groups 3: more groups than the 2 experts"),
     (["--seed", "1180591620717411303424"], "--seed: expected an integer in [0, 2**63)"),
     (["--out", ""], "--out: expected a folder to write into, got ''"),
     (["--data", ""], "--data: expected a non-empty string"),
@@ -141,6 +142,7 @@ CLUSTER = [
     (["--layer", "-1"], "--layer: expected an integer >= 0"),
     (["--layer", "99", "--data", DATA], "layer 99 out of range"),
     (["--seeded", "1000", "--data", DATA], "--seeded 1000: "),
+    (["--groups", "50", "--k", "2", "--data", DATA], "--groups 50: more groups than the 2 clusters"),
     (["--seed", "-1"], "--seed: expected an integer in [0, 2**63)"),
     (["--cache-dir", os.path.join(ROOT, "README.md")], "--cache-dir: expected a folder to write into"),
 ]
