@@ -77,7 +77,7 @@ class PhiConfig:
             try:
                 raw = json.loads(f.read().decode("utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise ValueError(f"{path}: not valid UTF-8 JSON ({e})") from None
+                raise ValueError(f"{path}: not valid JSON ({e})") from None
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
         rope = raw.get("rope_parameters") or {}   # transformers>=5 nests these two

@@ -103,6 +103,7 @@ def test_unknown_skill_lists_the_known_ones(tmp_path, base_dir):
 def test_mixed_gets_the_steps_of_all_experts(tmp_path, base_dir):
     argv = expert_argv(base_dir, tmp_path, "--steps-per-skill", "2")
     argv[:2] = ["--mixed"]
+    del argv[argv.index("--steps"):argv.index("--steps") + 2]     # --steps-per-skill sets them
     args = train.parse_args(argv)
     train.train(args)
     assert args.steps == 4      # two skills in the fixture, 2 steps each
