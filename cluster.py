@@ -646,7 +646,7 @@ def replace_dir(new, old):
     shutil.rmtree(old.rstrip("/") + ".old", ignore_errors=True)
 
 
-def main(argv=None):
+def parser():
     p = Parser(description="Cluster the meta-questions of LiLA questions with "
                                             "NumPy k-means over base-model embeddings.")
     p.add_argument("--k", type=positive_int, default=None, help="clusters (default: number of submodules in the data)")
@@ -677,7 +677,11 @@ def main(argv=None):
     p.add_argument("--dtype", default="float32", choices=sorted(M.DTYPES), help="model dtype")
     p.add_argument("--device", type=torch_device, default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu or cuda (default cuda when available)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
     run(lambda: cluster_questions(args))
 
 

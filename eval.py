@@ -355,9 +355,10 @@ def parser():
     return p
 
 
-def main():
+def parse_args(argv=None):
+    """The flags, with the combinations that would leave one unread refused."""
     p = parser()
-    args = p.parse_args()
+    args = p.parse_args(argv)
     for flag, needs in (("route", "moe"), ("variant", "moe"), ("experts", "moe"), ("clusters", "explain")):
         if getattr(args, flag) != p.get_default(flag) and not (getattr(args, needs) or args.explain):
             p.error(f"--{flag} needs --{needs}")
@@ -372,6 +373,11 @@ def main():
     need = ("centroids.npy", "groups.json", "cluster_skills.json")
     if args.clusters and not all(os.path.exists(os.path.join(args.clusters, n)) for n in need):
         p.error(f"--clusters: {args.clusters} holds no cluster.py output ({', '.join(need)})")
+    return args
+
+
+def main():
+    args = parse_args()
     if args.explain:
         model, tok = M.load(args.model, dtype=args.dtype, device=args.device, revision=args.revision)
         args.moe = args.moe or os.path.join(SHIPPED, "router")

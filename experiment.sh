@@ -39,8 +39,8 @@ JOBS=${JOBS:-1}
 PY=${PY:-.venv/bin/python}
 SKILLS="algebra arithmetic calculus comparison measurement numbers polynomials probability"
 COMMON=(--model "$MODEL" --data "$DATA" --device "$DEVICE")
-LORA=(--data "$TRAIN_DATA" --steps "$STEPS" --batch-size "$BATCH" --eval-every "$EVAL_EVERY" --eval-questions 64
-      --resume)
+MIXED=(--data "$TRAIN_DATA" --batch-size "$BATCH" --eval-every "$EVAL_EVERY" --eval-questions 64 --resume)
+LORA=("${MIXED[@]}" --steps "$STEPS")   # the mixed LoRAs take --steps-per-skill "$STEPS" instead
 # Every stage starts its commands with `job` (at most JOBS at once); the next
 # stage first waits for all of them, and a failed command stops the study there.
 #
@@ -92,14 +92,14 @@ for s in $SKILLS; do
 done
 
 stage "mixed LoRA (as many steps as all experts together)"
-job "$PY" train.py --mixed "${COMMON[@]}" "${LORA[@]}" --steps-per-skill "$STEPS" --out "$OUT/mixed"
+job "$PY" train.py --mixed "${COMMON[@]}" "${MIXED[@]}" --steps-per-skill "$STEPS" --out "$OUT/mixed"
 
 stage "baselines that can forget: a full fine-tune of each skill, one LoRA at the experts' parameters"
 for s in $SKILLS; do
     job "$PY" train.py --expert "$s" --full "${COMMON[@]}" "${LORA[@]}" --out "$OUT/full/$s"
 done
 # rank 64 = the trainable parameters of eight rank-8 experts; alpha/r stays 2
-job "$PY" train.py --mixed "${COMMON[@]}" "${LORA[@]}" --steps-per-skill "$STEPS" --rank 64 --alpha 128 \
+job "$PY" train.py --mixed "${COMMON[@]}" "${MIXED[@]}" --steps-per-skill "$STEPS" --rank 64 --alpha 128 \
     --out "$OUT/mixed-r64"
 
 stage "sequential fine-tunes: one LoRA, and the whole model, trained skill after skill"
@@ -163,7 +163,7 @@ done
 job "$PY" train.py "${ROUTER[@]}" --data "$OUT/add-skill/data7" --experts "$OUT/add-skill/experts7" \
     --prior centroid --level token --out "$OUT/add-skill/router7"
 add_to_mixed() {   # the seven-skill mixed LoRA, then the eighth skill alone from it
-    "$PY" train.py --mixed "${COMMON[@]}" "${LORA[@]}" --data "$OUT/add-skill/data7" \
+    "$PY" train.py --mixed "${COMMON[@]}" "${MIXED[@]}" --data "$OUT/add-skill/data7" \
         --steps-per-skill "$STEPS" --out "$OUT/add-skill/mixed7"
     "$PY" train.py --expert "$NEW_SKILL" "${COMMON[@]}" "${LORA[@]}" --adapter "$OUT/add-skill/mixed7" \
         --out "$OUT/add-skill/mixed7-then-$NEW_SKILL"

@@ -327,3 +327,23 @@ def test_experiment_chains_what_builds_on_earlier_runs(tmp_path):
         assert len(evals) == 8
         assert any(l.startswith(f"unset study.py curve {out}/eval/base-4shot.json") and f"sequential-{kind}" in l
                    for l in log)
+
+
+def test_every_command_of_the_study_parses(tmp_path):
+    """Each command experiment.sh runs passes its script's own flag checks (types,
+    and flags that the run would not read), so the study never stops on a flag."""
+    import shlex
+    import cluster
+    import eval as E
+    import study
+    import train
+    study_with_stub(tmp_path, DEVICE="cpu", JOBS="1", TRAIN_DATA=str(tmp_path / "fresh"))
+    parse = {"train.py": train.parse_args, "eval.py": E.parse_args, "cluster.py": cluster.parser().parse_args,
+             "study.py": study.parser().parse_args}
+    seen = set()
+    for line in (tmp_path / "log").read_text().splitlines():
+        script, *argv = shlex.split(line.split(" ", 1)[1])
+        if script in parse:
+            parse[script](argv)                       # SystemExit (exit 2) on a refused flag
+            seen.add(script)
+    assert seen == set(parse)
