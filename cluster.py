@@ -13,10 +13,9 @@ the centroids for the groups of the grouped gate. Chapters:
 
   1. meta_question   numbers -> N, names -> canonical names, literal lists collapse
   2. embeddings      mean over real tokens of one layer's hidden states, cached on disk
-  3. k-means         k-means++ init, n_init restarts, Lloyd iterations, empty-cluster
-                     repair, cosine variant; seeded k-means for a few labelled questions
-  4. metrics         purity and NMI against the skills and the submodules; a PCA picture
-  5. the CLI         centroids, assignments, majority skills, groups, report
+  3. the picture     a PCA of the embeddings, coloured by cluster
+  4. the CLI         centroids, assignments, majority skills, groups, report
+The k-means itself (k-means++, seeded k-means, purity and NMI) is kmeans.py's.
 
 Worked meta-questions, real generator output (data/generate.py), one per skill
 (tests/test_cluster.py checks every pair below):
@@ -58,13 +57,14 @@ import os
 import re
 import shutil
 from collections import Counter
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 import model as M
+from kmeans import (check_k, expert_groups, kmeans, labelled_sample, nmi, purity, seeded_accuracy,
+                    seeded_clusters, sq_dists, unit)
 from data.cli import Parser, torch_device, nonempty, nonneg_int, positive_int, random_seed, run, writable_dir
 from data.files import pyplot, write_atomic
 from data.lila import DEFAULT_DATA, load as load_examples
@@ -198,199 +198,8 @@ def embed_cached(texts, model, tok, layer, cache_dir=DEFAULT_CACHE, batch_size=3
 
 
 # ---------------------------------------------------------------------------
-# 3. k-means
+# 3. The picture
 # ---------------------------------------------------------------------------
-
-
-@dataclass
-class KMeansResult:
-    centroids: np.ndarray   # (k, d)
-    labels: np.ndarray      # (n,) index of each point's nearest centroid
-    inertia: float          # sum of squared distances of the points to their centroids
-    n_iter: int             # Lloyd iterations run
-    history: list           # inertia after each iteration; never rises
-
-
-def unit(A):
-    """Rows scaled to length 1 (zero rows stay zero)."""
-    return A / np.linalg.norm(A, axis=1, keepdims=True).clip(1e-12)
-
-
-def sq_dists(X, C):
-    """(n, k) squared Euclidean distances as |x|^2 - 2 x.c + |c|^2: one matmul."""
-    d = (X * X).sum(1)[:, None] - 2 * X @ C.T + (C * C).sum(1)[None, :]
-    return np.maximum(d, 0)   # rounding can make a zero distance slightly negative
-
-
-def check_k(k, n):
-    if n == 0:
-        raise ValueError("no points to cluster (empty data)")
-    if not 1 <= k <= n:
-        raise ValueError(f"k={k} clusters for {n} points: k must be between 1 and the number of points")
-
-
-def kmeans_plusplus(X, k, rng):
-    """Greedy k-means++ seeding: the first centroid uniformly at random; for each
-    next one, 2 + log(k) candidates drawn with probability proportional to their
-    squared distance to the nearest centroid so far, keeping the candidate that
-    lowers the inertia most (the greedy variant from the paper, as scikit-learn)."""
-    C = np.empty((k, X.shape[1]), X.dtype)
-    C[0] = X[rng.integers(len(X))]
-    d = sq_dists(X, C[:1])[:, 0]   # (n,) squared distance to the nearest centroid
-    trials = 2 + int(np.log(k))
-    for j in range(1, k):
-        p = d / d.sum() if d.sum() > 0 else None   # None (uniform) once every point is a centroid
-        candidates = rng.choice(len(X), trials, p=p)
-        d_new = np.minimum(d[:, None], sq_dists(X, X[candidates]))   # (n, trials)
-        best = d_new.sum(0).argmin()
-        C[j], d = X[candidates[best]], d_new[:, best]
-    return C
-
-
-def _repair_empty(labels, dist, k):
-    """Give every empty cluster the point farthest from its centroid, taken from a
-    cluster that keeps at least one point (as scikit-learn does)."""
-    counts = np.bincount(labels, minlength=k)
-    farthest_first = np.argsort(-dist, kind="stable")
-    for j in np.flatnonzero(counts == 0):
-        i = next(i for i in farthest_first if counts[labels[i]] > 1)
-        counts[labels[i]] -= 1
-        labels[i], counts[j] = j, 1
-    return labels
-
-
-def _centroids(X, labels, k, cosine):
-    """Mean of each cluster: sort the points by cluster and sum each run (no cluster
-    is empty); unit length if cosine."""
-    counts = np.bincount(labels, minlength=k)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    C = np.add.reduceat(X[np.argsort(labels, kind="stable")], starts) / counts[:, None].astype(X.dtype)
-    return unit(C) if cosine else C
-
-
-def _lloyd(X, C, max_iter, tol, cosine):
-    """Lloyd's iterations from centroids C until the labels stop changing, the
-    centroids move less than tol (sum of squared shifts), or max_iter."""
-    history, labels = [], None
-    for n_iter in range(1, max_iter + 1):
-        d = sq_dists(X, C)
-        new = d.argmin(1)
-        new = _repair_empty(new, d[np.arange(len(X)), new], len(C))
-        C_new = _centroids(X, new, len(C), cosine)
-        history.append(float(((X - C_new[new]) ** 2).sum(dtype=np.float64)))
-        shift, C = ((C_new - C) ** 2).sum(), C_new
-        done = labels is not None and np.array_equal(new, labels)
-        labels = new
-        if done or shift <= tol:
-            break
-    d = sq_dists(X, C)
-    labels = d.argmin(1)   # the final labels belong to the final centroids
-    return KMeansResult(C, labels, float(d[np.arange(len(X)), labels].sum(dtype=np.float64)),
-                        n_iter, history)
-
-
-def kmeans(X, k, n_init=10, max_iter=300, tol=1e-4, seed=0, cosine=False, init=None):
-    """Best of n_init k-means++ starts (lowest inertia); or one run from the
-    centroids `init` (k, d). tol is relative to the mean variance of the features,
-    as in scikit-learn. cosine: spherical k-means (points and centroids unit length,
-    so squared distance = 2 - 2 cos). The same seed gives the same result."""
-    X = np.asarray(X)
-    X = X.astype(np.float32 if X.dtype == np.float32 else np.float64)
-    if X.ndim != 2:
-        raise ValueError(f"X must be a (points, features) array, got shape {X.shape}")
-    check_k(k, len(X))
-    if not np.isfinite(X).all():
-        raise ValueError("X contains NaN or infinite values")
-    if cosine:
-        X = unit(X)
-    tol = tol * float(X.var(0).mean())
-    if init is not None:
-        init = np.asarray(init, X.dtype)
-        if init.shape != (k, X.shape[1]):
-            raise ValueError(f"init has shape {init.shape}, expected {(k, X.shape[1])}")
-        starts = [unit(init) if cosine else init]
-    else:
-        rng = np.random.default_rng(seed)
-        starts = (kmeans_plusplus(X, k, rng) for _ in range(n_init))
-    return min((_lloyd(X, C, max_iter, tol, cosine) for C in starts), key=lambda r: r.inertia)
-
-
-def seeded_kmeans(X, y, labelled, **kw):
-    """Seeded k-means (Basu et al. 2002): one cluster per class of y[labelled],
-    started at the mean of that class's labelled points, then ordinary k-means.
-    Returns the predicted class of every point."""
-    classes, result = seeded_clusters(X, y, labelled, **kw)
-    return classes[result.labels]
-
-
-def seeded_clusters(X, y, labelled, **kw):
-    """(classes, k-means result) of seeded k-means: cluster c is started at the
-    mean of the labelled points of class classes[c] (sorted)."""
-    classes = np.unique(y[labelled])
-    init = np.stack([X[labelled][y[labelled] == c].mean(0) for c in classes])
-    return classes, kmeans(X, len(classes), init=init, **kw)
-
-
-def labelled_sample(y, per_class, rng):
-    """Indices of per_class random points of every class of y (all of a smaller class),
-    drawn with the numpy Generator rng."""
-    return np.concatenate([rng.choice(np.flatnonzero(y == c), min(per_class, int((y == c).sum())), replace=False)
-                           for c in np.unique(y)])
-
-
-def seeded_accuracy(X, y, per_class, trials=5, seed=0, **kw):
-    """Accuracy of seeded k-means on the unlabelled points, per_class random
-    labelled points of each class, averaged over `trials` draws; None when a class
-    has no more than per_class points."""
-    if np.unique(y, return_counts=True)[1].min() <= per_class:
-        return None
-    rng = np.random.default_rng(seed)
-    accuracies = []
-    for _ in range(trials):
-        labelled = labelled_sample(y, per_class, rng)
-        rest = np.ones(len(y), bool)
-        rest[labelled] = False
-        accuracies.append((seeded_kmeans(X, y, labelled, **kw)[rest] == y[rest]).mean())
-    return float(np.mean(accuracies))
-
-
-def expert_groups(centroids, n_groups, seed=0, cosine=False):
-    """Expert groups for the grouped gate: a k-means over the cluster centroids.
-    Returns one sorted list of cluster ids per group."""
-    labels = kmeans(centroids, n_groups, seed=seed, cosine=cosine).labels
-    return [np.flatnonzero(labels == g).tolist() for g in range(n_groups)]
-
-
-# ---------------------------------------------------------------------------
-# 4. Metrics and the picture
-# ---------------------------------------------------------------------------
-
-
-def contingency(a, b):
-    """(distinct a, distinct b) table of co-occurrence counts."""
-    _, ai = np.unique(np.asarray(a), return_inverse=True)
-    _, bi = np.unique(np.asarray(b), return_inverse=True)
-    table = np.zeros((ai.max() + 1, bi.max() + 1))
-    np.add.at(table, (ai, bi), 1)
-    return table
-
-
-def purity(labels_true, labels_pred):
-    """Share of the points that belong to their cluster's majority class."""
-    table = contingency(labels_pred, labels_true)   # (clusters, classes)
-    return float(table.max(1).sum() / table.sum())
-
-
-def nmi(labels_true, labels_pred):
-    """Normalised mutual information, MI / mean(H(true), H(pred)) in nats: scikit-
-    learn's default ("arithmetic"). Two single-cluster labellings agree: 1."""
-    p = contingency(labels_true, labels_pred)
-    p /= p.sum()
-    pt, pp = p.sum(1), p.sum(0)
-    nz = p > 0
-    mi = (p[nz] * np.log(p[nz] / np.outer(pt, pp)[nz])).sum()
-    ht, hp = -(pt * np.log(pt)).sum(), -(pp * np.log(pp)).sum()
-    return 1.0 if ht == hp == 0 else float(max(mi, 0.0) / ((ht + hp) / 2))
 
 
 def pca_2d(X):
@@ -420,7 +229,7 @@ def plot_clusters(X, labels, skills, path, title):
 
 
 # ---------------------------------------------------------------------------
-# 5. Using the assignments, and the CLI
+# 4. Using the assignments, and the CLI
 # ---------------------------------------------------------------------------
 
 

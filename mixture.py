@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 
 import adapters
 import cluster
+import kmeans
 import lora
 import router as R
 from data.files import sha256, write_atomic, write_json
@@ -121,7 +122,7 @@ def build_router(model, tok, args, train_ex, dev_ex, device):
         raise ValueError(f"no training questions for the experts {missing}; expert names must be "
                          f"skills in the data or cluster-K (with --clusters)")
     centroids = np.stack([Xtr[labels == i].mean(0) for i in range(len(names))])   # (E, C)
-    groups = [g for g in cluster.expert_groups(centroids, n_groups(args, len(names)), seed=args.seed) if g]
+    groups = [g for g in kmeans.expert_groups(centroids, n_groups(args, len(names)), seed=args.seed) if g]
     cfg = R.RouterConfig(experts=names, groups=groups, hidden_size=model.config.hidden_size,
                          n_layers=model.config.num_hidden_layers, level=args.level, prior=args.prior,
                          top_k=args.top_k, temperature=args.temperature, tau=args.tau,

@@ -1,5 +1,5 @@
 """
-k-means speed and quality: cluster.kmeans (NumPy) against scikit-learn's
+k-means speed and quality: kmeans.kmeans (NumPy) against scikit-learn's
 KMeans (Lloyd, k-means++, the same k, n_init, max_iter and tol), in one run.
 
     python bench/bench_kmeans.py                 # three sizes, median of 3 runs each
@@ -11,7 +11,7 @@ submodules) and k = 8 (skills). Both sides get the same arrays; times alternate
 between ours and sklearn's, so a slow spell hits both. Reported: median wall
 time of each, the ratio ours / sklearn (lower is better, target <= 2x), and the
 inertia ratio (ours / sklearn; the test suite holds it <= 1.01 on fixed data).
-scikit-learn is the reference, never a dependency of cluster.py.
+scikit-learn is the reference, never a dependency of kmeans.py.
 """
 import argparse
 import os
@@ -22,7 +22,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import cluster  # noqa: E402
+import kmeans  # noqa: E402
 
 
 def blobs(n, d, k, seed, spread):
@@ -34,7 +34,7 @@ def blobs(n, d, k, seed, spread):
 def main():
     from sklearn.cluster import KMeans
 
-    p = argparse.ArgumentParser(description="cluster.kmeans vs scikit-learn KMeans")
+    p = argparse.ArgumentParser(description="kmeans.kmeans vs scikit-learn KMeans")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per size (median reported)")
     p.add_argument("--n-init", type=int, default=10, help="k-means++ restarts, both sides")
     args = p.parse_args()
@@ -50,7 +50,7 @@ def main():
         ours, ref = [], []
         for r in range(args.repeats):
             t0 = time.perf_counter()
-            res = cluster.kmeans(X, k, n_init=args.n_init, seed=r)
+            res = kmeans.kmeans(X, k, n_init=args.n_init, seed=r)
             ours.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             sk = KMeans(k, init="k-means++", n_init=args.n_init, max_iter=300, tol=1e-4,

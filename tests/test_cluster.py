@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import cluster as C
+import kmeans
 import model as M
 from conftest import TINY, write_hf_checkpoint
 from data.lila import load as load_examples
@@ -62,7 +63,7 @@ def test_kmeans_worked_example():
     # it 1: {0} {1,2,10,11} -> means 0, 6  (inertia 0 + 25+16+16+25 = 82)
     # it 2: {0,1,2} {10,11} -> means 1, 10.5  (inertia 2 + 0.5 = 2.5); it 3: no change
     X = np.array([[0.], [1.], [2.], [10.], [11.]])
-    r = C.kmeans(X, 2, init=[[0.], [1.]])
+    r = kmeans.kmeans(X, 2, init=[[0.], [1.]])
     assert r.history == [82.0, 2.5, 2.5] and r.n_iter == 3
     np.testing.assert_allclose(r.centroids, [[1.], [10.5]])
     assert r.labels.tolist() == [0, 0, 0, 1, 1] and r.inertia == 2.5
@@ -70,19 +71,19 @@ def test_kmeans_worked_example():
 
 def test_kmeans_square_by_hand():
     X = np.array([[0., 0.], [0., 1.], [10., 0.], [10., 1.]])
-    r = C.kmeans(X, 2, n_init=3)
+    r = kmeans.kmeans(X, 2, n_init=3)
     assert r.inertia == pytest.approx(1.0)
     assert sorted(map(tuple, r.centroids)) == [(0., 0.5), (10., 0.5)]
 
 
 def test_inertia_never_rises_and_empty_cluster_is_repaired():
     X = np.array([[0.], [1.], [2.], [3.]])
-    r = C.kmeans(X, 3, init=[[0.], [1.], [100.]])   # nothing is near 100 at first
+    r = kmeans.kmeans(X, 3, init=[[0.], [1.], [100.]])   # nothing is near 100 at first
     assert np.bincount(r.labels, minlength=3).min() >= 1
     assert 100 not in r.centroids
     X = blobs(std=3.0)[0]
     for seed in range(3):
-        h = C.kmeans(X, 7, n_init=1, seed=seed).history
+        h = kmeans.kmeans(X, 7, n_init=1, seed=seed).history
         assert all(b <= a + 1e-9 for a, b in zip(h, h[1:]))
 
 
@@ -90,7 +91,7 @@ def test_inertia_never_rises_and_empty_cluster_is_repaired():
 def test_inertia_within_one_percent_of_sklearn(std, k):
     from sklearn.cluster import KMeans
     X = blobs(k=k, std=std)[0]   # the 8 blobs overlap
-    ours = C.kmeans(X, k, n_init=10, seed=0).inertia
+    ours = kmeans.kmeans(X, k, n_init=10, seed=0).inertia
     ref = KMeans(n_clusters=k, n_init=10, random_state=0).fit(X).inertia_
     assert ours <= 1.01 * ref
 
@@ -99,20 +100,20 @@ def test_labels_match_sklearn_on_separated_blobs():
     from sklearn.cluster import KMeans
     from sklearn.metrics import adjusted_rand_score
     X, y = blobs(std=0.5)
-    ours = C.kmeans(X, 5, seed=1).labels
+    ours = kmeans.kmeans(X, 5, seed=1).labels
     assert adjusted_rand_score(ours, KMeans(5, n_init=10, random_state=0).fit(X).labels_) == 1.0
     assert adjusted_rand_score(ours, y) == 1.0
 
 
 def test_kmeans_is_deterministic():
     X = blobs(std=3.0)[0]
-    a, b = C.kmeans(X, 6, seed=3), C.kmeans(X, 6, seed=3)
+    a, b = kmeans.kmeans(X, 6, seed=3), kmeans.kmeans(X, 6, seed=3)
     assert np.array_equal(a.labels, b.labels) and np.array_equal(a.centroids, b.centroids)
 
 
 def test_cosine_kmeans_groups_by_direction():
     X = np.array([[1., 0.], [5., 0.1], [0.2, 9.], [0., 1.]])   # lengths differ, directions pair up
-    r = C.kmeans(X, 2, cosine=True)
+    r = kmeans.kmeans(X, 2, cosine=True)
     assert r.labels[0] == r.labels[1] != r.labels[2] == r.labels[3]
     np.testing.assert_allclose(np.linalg.norm(r.centroids, axis=1), 1.0)
 
@@ -120,12 +121,12 @@ def test_cosine_kmeans_groups_by_direction():
 def test_seeded_kmeans():
     X, y = blobs(std=0.5)
     labelled = np.array([np.flatnonzero(y == c)[0] for c in range(5)])
-    assert np.array_equal(C.seeded_kmeans(X, y, labelled), y)
-    assert C.seeded_accuracy(X, y, 1, trials=2) == 1.0
-    assert C.seeded_accuracy(X, y, 100) is None   # a class has only 60 points
-    labelled = C.labelled_sample(y, 3, np.random.default_rng(0))
+    assert np.array_equal(kmeans.seeded_kmeans(X, y, labelled), y)
+    assert kmeans.seeded_accuracy(X, y, 1, trials=2) == 1.0
+    assert kmeans.seeded_accuracy(X, y, 100) is None   # a class has only 60 points
+    labelled = kmeans.labelled_sample(y, 3, np.random.default_rng(0))
     assert sorted(np.bincount(y[labelled])) == [3] * 5
-    classes, r = C.seeded_clusters(X, y, labelled)
+    classes, r = kmeans.seeded_clusters(X, y, labelled)
     assert np.array_equal(classes[r.labels], y) and r.centroids.shape == (5, X.shape[1])
 
 
@@ -153,16 +154,16 @@ def test_cli_seeded_one_cluster_per_skill(tiny_ckpt, tmp_path):
 ])
 def test_kmeans_bad_input(X, k, msg):
     with pytest.raises(ValueError, match=msg):
-        C.kmeans(X, k)
+        kmeans.kmeans(X, k)
     with pytest.raises(ValueError, match="init has shape"):
-        C.kmeans(np.zeros((4, 3)), 2, init=np.zeros((2, 2)))
+        kmeans.kmeans(np.zeros((4, 3)), 2, init=np.zeros((2, 2)))
 
 
 # --- metrics -----------------------------------------------------------------
 
 def test_purity_worked_example():
     # cluster 0 = {a, a}: 2; cluster 1 = {a, b, b}: 2; cluster 2 = {c}: 1 -> 5/6
-    assert C.purity(list("aaabbc"), [0, 0, 1, 1, 1, 2]) == pytest.approx(5 / 6)
+    assert kmeans.purity(list("aaabbc"), [0, 0, 1, 1, 1, 2]) == pytest.approx(5 / 6)
 
 
 def test_nmi_matches_sklearn():
@@ -172,7 +173,7 @@ def test_nmi_matches_sklearn():
              (rng.choice(list("abc"), 30), rng.integers(0, 2, 30)),
              ([0, 0, 1, 1], [1, 1, 0, 0]), ([0, 0, 0, 0], [0, 1, 2, 3]), ([2, 2], [5, 5])]
     for a, b in cases:
-        assert abs(C.nmi(a, b) - ref(a, b)) < 1e-10
+        assert abs(kmeans.nmi(a, b) - ref(a, b)) < 1e-10
 
 
 # --- embeddings, CLI, examples_of_cluster --------------------------------------
@@ -233,7 +234,7 @@ def test_cli_end_to_end(tiny_ckpt, tmp_path):
     assert sorted(sum(by_centroid, []), key=test.index) == test      # unclustered: nearest centroid
     layer = json.load(open(out / "groups.json"))["layer"]
     X = C.embed([C.meta_question(e.question) for e in test], model, tok, layer)
-    nearest = C.sq_dists(X, np.load(out / "centroids.npy")).argmin(1)
+    nearest = kmeans.sq_dists(X, np.load(out / "centroids.npy")).argmin(1)
     assert [e for e, c in zip(test, nearest) if c == 1] == by_centroid[1]
     with pytest.raises(ValueError, match="cluster 3 does not exist"):
         C.examples_of_cluster(str(out), 3, train)
