@@ -4,6 +4,7 @@ model.save writes, kept apart from the network so that model.py reads as the
 model alone.
 
     folder, commit = resolve("microsoft/phi-2")    # a folder as is, or a Hub id via the HF cache
+    values = read_config(folder + "/config.json", {"hidden_size": int, ...})   # checked as phi-2
     files, source = weight_files(folder, 32)       # {tensor name: file}, 32 layers checked by name
     state = read_weights(files, source, expected, torch.bfloat16, "cuda")
     tok = read_tokenizer(folder + "/tokenizer.json", 51200)
@@ -21,6 +22,7 @@ Left out: pickle (.bin) weights, remote code, and the old "phi-msft" layout
 (refused with a message).
 """
 import json
+import math
 import os
 import re
 
@@ -181,6 +183,27 @@ def read_weights(files, source, expected, dtype, device):
     return state
 
 
+def read_config(path, fields):
+    """The values of config.json for `fields` ({name: int or float}), checked:
+    plain phi-2 (HF layout, gelu_new, no qk LayerNorm, no grouped KV heads),
+    every field present (the token ids may be absent) and of its type and range."""
+    with open(path, "rb") as f:
+        try:
+            raw = json.loads(f.read().decode("utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    rope = raw.get("rope_parameters") or {}   # transformers>=5 nests these two
+    for key in ("partial_rotary_factor", "rope_theta"):
+        if key not in raw and key in rope:
+            raw[key] = rope[key]
+    _check_phi_config(path, raw, fields)
+    values = {name: raw[name] for name in fields if raw.get(name) is not None}
+    _check_config_types(path, values, fields)
+    return values
+
+
 def read_tokenizer(path, vocab_size):
     """tokenizer.json, with an <|endoftext|> token and no more ids than embedding rows."""
     try:
@@ -242,3 +265,48 @@ def _check_file_set(ckpt):
         if sha256(os.path.join(ckpt, name)) != digest:
             raise ValueError(f"{os.path.join(ckpt, name)}: not the file that config.json was saved with "
                              "(an interrupted save?)")
+
+
+def _check_phi_config(path, raw, fields):
+    """config.json describes plain phi-2: HF layout, gelu_new, no qk LayerNorm, no
+    grouped KV heads, and every one of `fields` (the token ids may be absent)."""
+    if raw.get("model_type") == "phi-msft":   # phi-2's Hub revisions before its HF conversion
+        raise ValueError(f"{path}: this is the old 'phi-msft' layout (transformer.h.N.mixer.Wqkv); "
+                         "convert it to the HF layout (model.layers.N.self_attn.q_proj, ...) first, "
+                         "or use a later --revision")
+    if raw.get("model_type") != "phi":
+        raise ValueError(f"{path}: model_type is {raw.get('model_type')!r}, expected 'phi'")
+    for key, want in {"hidden_act": "gelu_new", "qk_layernorm": False, "tie_word_embeddings": False}.items():
+        if raw.get(key, want) != want:
+            raise ValueError(f"{path}: {key} is {raw[key]!r}; only {want!r} (as phi-2) is supported")
+    kv = raw.get("num_key_value_heads") or raw.get("num_attention_heads")
+    if kv != raw.get("num_attention_heads"):
+        raise ValueError(f"{path}: num_key_value_heads {kv} != num_attention_heads; "
+                         "phi-2 has no grouped KV heads")
+    for name in fields:
+        if raw.get(name) is None and name not in ("bos_token_id", "eos_token_id"):
+            raise ValueError(f"{path}: config field {name!r} is missing")
+
+
+# Ranges beyond "a positive number" (phi-2: 2048 positions, theta 10000, eps 1e-5): a
+# context of 10**9 positions would allocate its RoPE tables, eps 1e10 erases LayerNorm.
+RANGES = {"max_position_embeddings": (1, 2 ** 20), "partial_rotary_factor": (0, 1),
+          "rope_theta": (1, 1e9), "layer_norm_eps": (0, 0.1)}
+
+
+def _check_config_types(path, values, fields):
+    """config.json values: ints are ints >= 1 (not 8.0, "320" or true), floats
+    finite and > 0, and the fields of RANGES within their range."""
+    for name, v in values.items():
+        lo, hi = RANGES.get(name, (0, math.inf))
+        if fields[name] is int:
+            lo = 0 if name.endswith("token_id") else max(lo, 1)
+            ok = isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+            want = f"an integer >= {lo}" + (f" and <= {hi}" if hi < math.inf else "")
+        else:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo < v <= hi
+            want = f"a finite number > {lo:g}" + (f" and <= {hi:g}" if hi < math.inf else "")
+        if not ok:
+            raise ValueError(f"{path}: config field {name!r} is {v!r}; expected {want}")
+
+

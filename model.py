@@ -30,7 +30,6 @@ Deliberately left out: dropout (inference, and our small-model training, use
 none), qk_layernorm and grouped KV heads (phi-2 uses neither; such configs are
 rejected), and the old "phi-msft" checkpoint layout (rejected with a message).
 """
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -71,23 +70,9 @@ class PhiConfig:
 
     @classmethod
     def from_json(cls, path):
-        """Read an HF config.json. Every field above must be present (the token
-        ids fall back to phi-2's), and the architecture must be plain phi-2."""
-        with open(path, "rb") as f:
-            try:
-                raw = json.loads(f.read().decode("utf-8"))
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise ValueError(f"{path}: not valid JSON ({e})") from None
-        if not isinstance(raw, dict):
-            raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
-        rope = raw.get("rope_parameters") or {}   # transformers>=5 nests these two
-        for key in ("partial_rotary_factor", "rope_theta"):
-            if key not in raw and key in rope:
-                raw[key] = rope[key]
-        _check_phi_config(path, raw)
-        args = {name: raw[name] for name in cls.__dataclass_fields__ if raw.get(name) is not None}
-        _check_config_types(path, args)
-        cfg = cls(**args)
+        """Read an HF config.json: plain phi-2, every field above present (the
+        token ids may fall back to phi-2's) and typed (hf.read_config)."""
+        cfg = cls(**hf.read_config(path, {name: f.type for name, f in cls.__dataclass_fields__.items()}))
         if cfg.hidden_size % cfg.num_attention_heads or cfg.rotary_dim % 2:
             raise ValueError(f"{path}: hidden_size {cfg.hidden_size} must split into "
                              f"{cfg.num_attention_heads} heads with an even rotary dim")
@@ -459,27 +444,6 @@ def complete(model, tok, prompts, max_new_tokens=32, stop="\n", **kw):
 # ---------------------------------------------------------------------------
 
 
-def _check_phi_config(path, raw):
-    """config.json describes plain phi-2: HF layout, gelu_new, no qk LayerNorm, no
-    grouped KV heads, and every field PhiConfig needs (the token ids may be absent)."""
-    if raw.get("model_type") == "phi-msft":   # phi-2's Hub revisions before its HF conversion
-        raise ValueError(f"{path}: this is the old 'phi-msft' layout (transformer.h.N.mixer.Wqkv); "
-                         "convert it to the HF layout (model.layers.N.self_attn.q_proj, ...) first, "
-                         "or use a later --revision")
-    if raw.get("model_type") != "phi":
-        raise ValueError(f"{path}: model_type is {raw.get('model_type')!r}, expected 'phi'")
-    for key, want in {"hidden_act": "gelu_new", "qk_layernorm": False, "tie_word_embeddings": False}.items():
-        if raw.get(key, want) != want:
-            raise ValueError(f"{path}: {key} is {raw[key]!r}; only {want!r} (as phi-2) is supported")
-    kv = raw.get("num_key_value_heads") or raw.get("num_attention_heads")
-    if kv != raw.get("num_attention_heads"):
-        raise ValueError(f"{path}: num_key_value_heads {kv} != num_attention_heads; "
-                         "phi-2 has no grouped KV heads")
-    for name in PhiConfig.__dataclass_fields__:
-        if raw.get(name) is None and name not in ("bos_token_id", "eos_token_id"):
-            raise ValueError(f"{path}: config field {name!r} is missing")
-
-
 def _check_prompts(prompts, P, V):
     """generate()'s prompts: at least one, none empty, each fits the context P, ids below V."""
     if len(prompts) == 0:
@@ -493,27 +457,3 @@ def _check_prompts(prompts, P, V):
         if not 0 <= min(p) <= max(p) < V:
             raise ValueError(f"prompt {i} has token ids from {min(p)} to {max(p)}, "
                              f"outside the vocabulary 0..{V - 1}")
-
-
-# Ranges beyond "a positive number" (phi-2: 2048 positions, theta 10000, eps 1e-5): a
-# context of 10**9 positions would allocate its RoPE tables, eps 1e10 erases LayerNorm.
-RANGES = {"max_position_embeddings": (1, 2 ** 20), "partial_rotary_factor": (0, 1),
-          "rope_theta": (1, 1e9), "layer_norm_eps": (0, 0.1)}
-
-
-def _check_config_types(path, fields):
-    """config.json values: ints are ints >= 1 (not 8.0, "320" or true), floats
-    finite and > 0, and the fields of RANGES within their range."""
-    for name, v in fields.items():
-        lo, hi = RANGES.get(name, (0, math.inf))
-        if PhiConfig.__dataclass_fields__[name].type is int:
-            lo = 0 if name.endswith("token_id") else max(lo, 1)
-            ok = isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
-            want = f"an integer >= {lo}" + (f" and <= {hi}" if hi < math.inf else "")
-        else:
-            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo < v <= hi
-            want = f"a finite number > {lo:g}" + (f" and <= {hi:g}" if hi < math.inf else "")
-        if not ok:
-            raise ValueError(f"{path}: config field {name!r} is {v!r}; expected {want}")
-
-
