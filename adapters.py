@@ -4,11 +4,12 @@ Adapter files in the PEFT layout: what a trained expert is on disk, so that
 
     save_adapter(model, "out/experts/algebra")          # adapter_config.json + adapter_model.safetensors
     load_adapter(model, "out/experts/algebra")          # LoRALinear layers with the saved A and B
+    with_adapter(model, "out/experts/algebra", run)     # run() with it merged, then the base back
     load_experts(model, [dir_1, ..., dir_E])            # E adapters stacked in MultiLoRALinear layers
     expert_dirs("out/experts")                          # {name: folder} of a folder of experts
 
 Chapters:
-  1. files   save_adapter, read_adapter, load_adapter, load_experts, expert_dirs;
+  1. files   save_adapter, read_adapter, load_adapter, with_adapter, load_experts, expert_dirs;
              the base fingerprint that ties an adapter to its base model
   2. checks  what the readers refuse, and why (_check_adapter_config, _check_keys,
              _check_tensor, _check_fingerprint, _check_alpha)
@@ -182,6 +183,17 @@ def load_adapter(model, adapter_dir, check_base=True):
             m.lora_A.weight.copy_(A)
             m.lora_B.weight.copy_(B)
     return names
+
+
+def with_adapter(model, path, run):
+    """run() with the LoRA adapter at `path` merged into the weights (zero overhead);
+    the base weights are restored afterwards. Returns what run() returns."""
+    load_adapter(model, path)
+    lora.merge_lora(model)
+    try:
+        return run()
+    finally:
+        lora.remove_lora(model, merge=False)
 
 
 def load_experts(model, adapter_dirs, check_base=True):

@@ -381,6 +381,12 @@ def cluster_texts(texts, model, tok, args, layer, skills, submodules):
 
 OUTPUTS = {"assignments.json", "centroids.npy", "cluster_skills.json", "clusters.png", "groups.json",
            "report.md"}
+READ_BACK = ("centroids.npy", "cluster_skills.json", "groups.json")   # what routing and --explain read
+
+
+def has_output(folder):
+    """Whether folder holds the cluster.py files that routing and --explain read."""
+    return all(os.path.exists(os.path.join(folder, n)) for n in READ_BACK)
 
 
 def cluster_questions(args):

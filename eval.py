@@ -11,22 +11,15 @@ Few-shot evaluation of a phi checkpoint on LiLA math questions, per skill.
 For every question: k solved questions of the same skill from the train split,
 then the question (data/prompts.py); greedy decoding with the KV cache, batched,
 stopping at the first newline (model.py); exact match after normalisation
-(data/score.py). The result is a markdown table of accuracy per skill and per
-submodule, and optionally a JSON file with every prediction.
+(data/score.py); and the answer's NLL under teacher forcing. The result is a
+markdown table per skill and submodule, and optionally a JSON file with every
+prediction. An expert (--adapter) is merged into the base weights first, so it
+costs nothing at inference; steering (--route), the explanation of one question
+(--explain) and the routing report are explain.py's; comparing runs is study.py's.
 
-The routed mixture (--moe) is evaluated here too; steering (--route) and the
-explanation of one question (--explain) live in explain.py.
-
-An expert (--adapter) is merged into the base weights before evaluation, so it
-costs nothing at inference. Comparing runs (paired sign tests, the forgetting
-matrix, the study's tables) is study.py's job; it evaluates through the
-Evaluator here.
-
-Reference: the conventions of lm-evaluation-harness for generative QA
-(few-shot "Question:/Answer:" prompts, greedy, stop at newline, exact match).
-
-Left out: log-likelihood (multiple-choice) scoring, chain-of-thought, and
-sampling-based metrics such as pass@k.
+Reference: lm-evaluation-harness's conventions for generative QA (few-shot
+"Question:/Answer:" prompts, greedy, stop at newline, exact match).
+Left out: multiple-choice scoring, chain-of-thought, and sampled metrics (pass@k).
 """
 import os
 import time
@@ -34,7 +27,6 @@ from collections import defaultdict
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -42,37 +34,15 @@ from tqdm import tqdm
 import adapters
 import cluster
 import explain
+import flags
 import lora
 import mixture
 import model as M
-import router as R
-from data.cli import Parser, torch_device, nonempty, nonneg_int, positive_int, random_seed, run, writable_dir, writable_file
-from data.files import heatmap, write_json
-from data.lila import DEFAULT_DATA, by_skill, load as load_examples
-from data.prompts import draw_shots, prompt_ids, select
+from data.cli import run
+from data.files import write_json
+from data.lila import by_skill, load as load_examples
+from data.prompts import question_ids, select
 from data.score import is_correct
-
-SHIPPED = "checkpoints/phi-tiny-moe"     # experts, router and clusters for phi-tiny, in the repository
-
-
-def encode(tok, example, pool, shots, seed, context, max_new_tokens):
-    """(prompt ids, gold answer ids) of one question, by data.prompts.prompt_ids,
-    the function that builds train.py's rows too. A prompt that leaves less than
-    max_new_tokens of the context free loses its oldest shots, one at a time; with
-    none left, the gold answer must still fit (generation stops at the context)."""
-    solved = [(s.question, s.answers[0]) for s in draw_shots(example, pool, shots, seed)]
-    while True:
-        prompt, gold = prompt_ids(tok, solved, example.question, example.answers[0])
-        if len(prompt) + max(max_new_tokens, len(gold)) <= context:
-            return prompt, gold
-        if not solved:
-            if len(prompt) + len(gold) <= context:
-                return prompt, gold
-            raise ValueError(f"a {example.skill} question of {len(prompt)} tokens and its "
-                             f"{len(gold)}-token answer do not fit the model's {context}-token "
-                             f"context: {example.question[:60]!r}...")
-        solved = solved[1:]
-
 
 @torch.no_grad()
 def answer_nll(model, prompts, answers):
@@ -110,7 +80,7 @@ def evaluate(model, tok, examples, pool, shots=4, batch_size=32, seed=1234,
     Prompts are sorted by length before batching, so a batch holds prompts of
     similar length and little compute goes to padding."""
     pool = by_skill(pool) if isinstance(pool, list) else pool
-    ids, gold = zip(*(encode(tok, e, pool, shots, seed, model.config.max_position_embeddings,
+    ids, gold = zip(*(question_ids(tok, e, pool, shots, seed, model.config.max_position_embeddings,
                              max_new_tokens) for e in examples))
     order = sorted(range(len(examples)), key=lambda i: len(ids[i]))
     predictions, extra = [None] * len(examples), [{} for _ in examples]
@@ -176,17 +146,6 @@ def markdown(records, title):
     return "\n".join(lines)
 
 
-def with_adapter(model, path, run):
-    """run() with the LoRA adapter at `path` merged into the weights (zero overhead);
-    the base weights are restored afterwards. Returns what run() returns."""
-    adapters.load_adapter(model, path)
-    lora.merge_lora(model)
-    try:
-        return run()
-    finally:
-        lora.remove_lora(model, merge=False)
-
-
 def moe(ev, router_dir, variant="full", experts=None, route=None):
     """Evaluate base + experts + router (train.py --router's router_dir) on ev's
     questions; returns (records, router), and leaves the model as it was.
@@ -247,36 +206,11 @@ def _moe_hard(ev, priors, paths, names):
         idx = [i for i, t in enumerate(top) if t == e]
         if not idx:
             continue
-        chosen = with_adapter(ev.model, path, lambda: ev(names[e], examples=[ev.examples[i] for i in idx]))
+        chosen = adapters.with_adapter(ev.model, path, lambda: ev(names[e], examples=[ev.examples[i] for i in idx]))
         for i, r in zip(idx, chosen):
             r["routing"] = {"expert": names[e], "prior": priors[i].tolist()}
             records[i] = r
     return records
-
-
-def routing_report(records, router, out_dir):
-    """Per skill: mean expert and group weights per layer -> routing.json and a
-    heatmap PNG per skill (layers x experts)."""
-    cfg = router.cfg
-    os.makedirs(out_dir, exist_ok=True)
-    report = {"experts": cfg.experts, "groups": R.group_names(cfg), "per_skill": {}}
-    for skill in sorted({r["skill"] for r in records}):
-        rs = [r["routing"] for r in records if r["skill"] == skill and "experts" in r["routing"]]
-        if not rs:
-            continue
-        experts = np.mean([r["experts"] for r in rs], axis=0)             # (L, E)
-        groups = np.mean([r["groups"] for r in rs], axis=0)               # (L, G)
-        per_question = [np.mean(r["groups"], 0) for r in rs]               # (G,) each: mean over layers
-        report["per_skill"][skill] = {
-            "experts": experts.tolist(), "groups": groups.tolist(), "questions": len(rs),
-            "group_entropy": float(np.mean([R.entropy(g) for g in per_question])),
-            "groups_above_10pct": float(np.mean([(g > 0.1).sum() for g in per_question]))}
-        heatmap(experts.tolist(), [f"layer {l}" for l in range(len(experts))], cfg.experts,
-                f"{skill}: mean expert weight per layer", os.path.join(out_dir, f"routing_{skill}.png"),
-                fmt="{:.2f}", diverging=False)
-    write_json(os.path.join(out_dir, "routing.json"), report)
-    print(f"wrote {out_dir}/routing.json")
-    return report
 
 
 @dataclass
@@ -301,7 +235,7 @@ class Evaluator:
 
     @classmethod
     def from_args(cls, args):
-        """The model and the questions that add_question_flags' flags name."""
+        """The model and the questions that flags.add_question_flags' flags name."""
         model, tok = M.load(args.model, dtype=args.dtype, device=args.device, revision=args.revision)
         skills = args.skills.split(",") if args.skills else None
         examples = select(load_examples(args.data, split=args.split, skills=skills), args.limit, args.seed)
@@ -312,78 +246,10 @@ class Evaluator:
         return cls(model, tok, examples, pool, args.shots, args.batch_size, args.seed, args.max_new_tokens)
 
 
-def add_question_flags(p):
-    """The flags that choose the model, the questions and the prompts (study.py's too)."""
-    p.add_argument("--model", type=nonempty, default=M.DEFAULT_MODEL, help="HF-layout phi checkpoint directory, "
-                   f"or a Hugging Face id, e.g. microsoft/phi-2 (default {M.DEFAULT_MODEL})")
-    p.add_argument("--revision", default=None, help="--model id: branch, tag or commit "
-                   "(default: the repository's main branch)")
-    p.add_argument("--data", type=nonempty, default=DEFAULT_DATA,
-                   help=f"LiLA task file(s) or directory (default {DEFAULT_DATA})")
-    p.add_argument("--shots", type=nonneg_int, default=4, help="solved examples in each prompt (0 = zero-shot; default 4)")
-    p.add_argument("--skills", type=nonempty, default=None, help="comma-separated skills (default: all in the data)")
-    p.add_argument("--split", default="test", choices=["train", "dev", "test"], help="split to evaluate (default test)")
-    p.add_argument("--limit", type=positive_int, default=None, help="at most this many questions per skill (default all)")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="questions decoded together (default 32)")
-    p.add_argument("--seed", type=random_seed, default=1234, help="seed for shot selection and --limit (default 1234)")
-    p.add_argument("--max-new-tokens", type=positive_int, default=32, help="longest answer generated (default 32)")
-    p.add_argument("--dtype", default="float32", choices=sorted(M.DTYPES), help="model dtype (default float32)")
-    p.add_argument("--device", type=torch_device, default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="cpu or cuda (default cuda when available)")
-
-
-def parser():
-    p = Parser(description="Few-shot evaluation of a phi checkpoint on LiLA math questions.")
-    add_question_flags(p)
-    p.add_argument("--json", type=writable_file, default=None, help="write accuracies and every prediction "
-                   "to this JSON file (default: none)")
-    p.add_argument("--adapter", default=None, help="a LoRA expert (PEFT layout) merged into the base")
-    p.add_argument("--moe", default=None, metavar="ROUTER_DIR", help="evaluate the routed mixture "
-                   "(train.py --router output) over its experts")
-    p.add_argument("--experts", default=None, help="--moe: the experts directory (default: the one it was trained on)")
-    p.add_argument("--variant", default="full", choices=["full", "task-soft", "task-hard"],
-                   help="--moe: two-level routing, task prior alone as weights, or top-1 expert merged (default full)")
-    p.add_argument("--route", type=nonempty, default=None, metavar="SPEC", help="--moe: replace the task-level weights "
-                   "by these, e.g. 'algebra=0.7,arithmetic=0.3' (expert or group names); one name forces "
-                   "that expert")
-    p.add_argument("--explain", type=nonempty, default=None, metavar="QUESTION", help="explain the routing of one "
-                   f"question (router --moe, default {SHIPPED}/router) and answer it")
-    p.add_argument("--clusters", default=None, help="--explain: cluster.py output for the meta-question's "
-                   "cluster (default: the one the router was trained with)")
-    p.add_argument("--out", type=writable_dir, default="out/routing", help="where --moe writes routing.json and its heatmaps "
-                   "(default out/routing)")
-    return p
-
-
-def parse_args(argv=None):
-    """The flags, with the combinations that would leave one unread refused."""
-    p = parser()
-    args = p.parse_args(argv)
-    for flag, needs in (("route", "moe"), ("variant", "moe"), ("experts", "moe"), ("clusters", "explain")):
-        if getattr(args, flag) != p.get_default(flag) and not (getattr(args, needs) or args.explain):
-            p.error(f"--{flag} needs --{needs}")
-    set_flags = [f for f in ("out", "json", "skills", "split", "limit", "batch_size", "variant")
-                 if getattr(args, f) != p.get_default(f)]
-    if args.explain and set_flags:    # one question, printed: nothing of these is read
-        p.error(f"--{set_flags[0].replace('_', '-')} does not go with --explain")
-    if args.out != p.get_default("out") and not args.moe:
-        p.error("--out needs --moe (it is where the routing report goes)")
-    if args.adapter and (args.moe or args.explain):
-        p.error("--adapter merges one expert; --moe and --explain bring their own experts")
-    need = ("centroids.npy", "groups.json", "cluster_skills.json")
-    if args.clusters and not all(os.path.exists(os.path.join(args.clusters, n)) for n in need):
-        p.error(f"--clusters: {args.clusters} holds no cluster.py output ({', '.join(need)})")
-    return args
-
-
 def main():
-    args = parse_args()
+    args = flags.eval_args()
     if args.explain:
-        model, tok = M.load(args.model, dtype=args.dtype, device=args.device, revision=args.revision)
-        args.moe = args.moe or os.path.join(SHIPPED, "router")
-        args.clusters = args.clusters or mixture.load_config(args.moe).extra.get("clusters_dir", "out/clusters")
-        explain.explain(model, tok, args)
-        return
+        return explain.explain(args)
     ev = Evaluator.from_args(args)
     if args.adapter:
         adapters.load_adapter(ev.model, args.adapter)
@@ -405,9 +271,8 @@ def main():
               "counts": {k: {"correct": c, "total": n} for k, (c, n) in accuracy(records).items()},
               "mean_accuracy": mean_accuracy(records), "answer_nll": answer_nlls(records), "records": records}
     if args.moe and args.variant == "full":
-        report["routing"] = routing_report(records, router, args.out)
+        report["routing"] = explain.routing_report(records, router, args.out)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         write_json(args.json, report)
         print(f"wrote {args.json}")
 

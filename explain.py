@@ -35,13 +35,15 @@ Left out: steering per layer or per token (the spec is one vector per run).
 import math
 import os
 
+import numpy as np
 import torch
 
 import adapters
 import cluster
+import flags
 import mixture
 import model as M
-import router as R
+from data.files import heatmap, write_json
 from data.lila import Example, by_skill, load as load_examples
 from data.prompts import draw_shots, prompt_ids
 
@@ -50,7 +52,7 @@ BLOCKS = " ▁▂▃▄▅▆▇█"   # a weight w in [0, 1] is drawn as BLOCKS
 
 def parse_route(spec, cfg):
     """Route spec -> expert weights (E,) that sum to 1 (see the module docstring)."""
-    experts, groups = cfg.experts, R.group_names(cfg)
+    experts, groups = cfg.experts, mixture.group_names(cfg)
     known = f"experts: {', '.join(experts)}; groups: {', '.join(groups)}"
     w = torch.zeros(len(experts), dtype=torch.float64)     # 1e39 and 1e-50 are fine before normalising
     for part in spec.split(","):
@@ -107,8 +109,7 @@ def _is_cluster_info(info):
 def nearest_cluster(meta, model, tok, clusters_dir):
     """(cluster id, its cluster_skills.json entry) for one meta-question, or None
     when clusters_dir has no cluster.py output."""
-    need = ["centroids.npy", "cluster_skills.json", "groups.json"]
-    if not all(os.path.exists(os.path.join(clusters_dir, n)) for n in need):
+    if not cluster.has_output(clusters_dir):
         return None
     C, layer, cosine = cluster.saved_centroids(clusters_dir, model.config)
     skills = cluster.read_json(os.path.join(clusters_dir, "cluster_skills.json"),
@@ -120,8 +121,12 @@ def nearest_cluster(meta, model, tok, clusters_dir):
 
 
 @torch.no_grad()
-def explain(model, tok, args):
-    """Print the explanation of args.explain (one question) under the router args.moe."""
+def explain(args):
+    """Print the explanation of args.explain (one question) under the router args.moe
+    (default: the shipped one) and the clusters it was trained with (or args.clusters)."""
+    model, tok = M.load(args.model, dtype=args.dtype, device=args.device, revision=args.revision)
+    args.moe = args.moe or os.path.join(flags.SHIPPED, "router")
+    args.clusters = args.clusters or mixture.load_config(args.moe).extra.get("clusters_dir", "out/clusters")
     question = args.explain
     meta = cluster.meta_question(question)
     found = nearest_cluster(meta, model, tok, args.clusters)
@@ -144,7 +149,7 @@ def explain(model, tok, args):
               f"({100 * info['share']:.0f}% of its {info['size']} questions, mostly {info['submodule']})")
     else:
         print(f"cluster        ({args.clusters} has no cluster.py output)")
-    groups = R.group_names(cfg)
+    groups = mixture.group_names(cfg)
     if prior is not None:
         source = f"--route {args.route}" if args.route else f"{cfg.prior} task router"
         g = (prior @ router.M)[0]
@@ -176,3 +181,32 @@ def explain(model, tok, args):
         print(text_heatmap(w.tolist(), layers, short(cfg.experts)))
     print(f"\nanswer         {answer}")
 
+
+def routing_report(records, router, out_dir):
+    """Per skill: mean expert and group weights per layer -> routing.json and a
+    heatmap PNG per skill (layers x experts)."""
+    cfg = router.cfg
+    os.makedirs(out_dir, exist_ok=True)
+    report = {"experts": cfg.experts, "groups": mixture.group_names(cfg), "per_skill": {}}
+    for skill in sorted({r["skill"] for r in records}):
+        rs = [r["routing"] for r in records if r["skill"] == skill and "experts" in r["routing"]]
+        if not rs:
+            continue
+        experts = np.mean([r["experts"] for r in rs], axis=0)             # (L, E)
+        groups = np.mean([r["groups"] for r in rs], axis=0)               # (L, G)
+        per_question = [np.mean(r["groups"], 0) for r in rs]               # (G,) each: mean over layers
+        report["per_skill"][skill] = {
+            "experts": experts.tolist(), "groups": groups.tolist(), "questions": len(rs),
+            "group_entropy": float(np.mean([entropy(g) for g in per_question])),
+            "groups_above_10pct": float(np.mean([(g > 0.1).sum() for g in per_question]))}
+        heatmap(experts.tolist(), [f"layer {l}" for l in range(len(experts))], cfg.experts,
+                f"{skill}: mean expert weight per layer", os.path.join(out_dir, f"routing_{skill}.png"),
+                fmt="{:.2f}", diverging=False)
+    write_json(os.path.join(out_dir, "routing.json"), report)
+    print(f"wrote {out_dir}/routing.json")
+    return report
+
+
+def entropy(p):
+    p = np.asarray(p, dtype=np.float64)
+    return float(-(p * np.log(np.clip(p, 1e-12, None))).sum())

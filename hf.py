@@ -60,6 +60,9 @@ def resolve(name_or_path, revision=None, verbose=True):
     if os.path.isdir(name_or_path):
         if revision is not None:
             raise ValueError(f"{name_or_path}: a folder has no revision; --revision is for a Hugging Face model id")
+        for name in ("config.json", "tokenizer.json"):
+            if not os.path.exists(os.path.join(name_or_path, name)):
+                raise FileNotFoundError(f"{name_or_path}: {name} is missing")
         return name_or_path, None
     if not looks_like_hub_id(name_or_path):
         raise FileNotFoundError(f"{name_or_path}: checkpoint directory not found")

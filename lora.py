@@ -27,11 +27,9 @@ layout). The tests check parity with peft 0.21 in both directions.
 Letters in shape comments: B batch, T tokens, E experts, r rank,
 I in_features, O out_features.
 
-Left out: DoRA, rsLoRA, per-module rank/alpha patterns, trainable biases
-(bias "none" only), LoRA on embeddings or convolutions, several named adapters
-inside one module (PEFT's adapter_name dicts; we use MultiLoRALinear instead),
-quantised base weights. Adapter files that need any of these are rejected (adapters.py)
-with a message saying which setting is unsupported.
+Left out: DoRA, rsLoRA, per-module rank/alpha patterns, trainable biases, LoRA
+on embeddings, several named adapters in one module (MultiLoRALinear instead),
+quantised bases. adapters.py refuses files that need one, naming the setting.
 """
 import math
 import re
@@ -128,17 +126,14 @@ class MultiLoRALinear(nn.Module):
     sequence (B, E) or one vector for everything (E,).
 
     How weights reach the layer. The model's forward signature is fixed, so a
-    router writes them into the attribute `self.weights` before the forward
-    (set_expert_weights() does it for every layer; a layer-wise gate can do it
-    from a forward pre-hook on the decoder layer, whose input it sees first).
-    forward(x, weights) also takes them as an argument, which wins over the
-    attribute. All experts' A x are computed at once (E*r extra dims, cheap
-    for small r) and one dropout mask is shared by the experts.
+    router writes them into `self.weights` before the forward (set_expert_weights()
+    for every layer, or a forward pre-hook on the decoder layer, which sees its
+    input first); forward(x, weights) wins over the attribute. All experts' A x
+    are computed at once (E*r extra dims, cheap for small r), with one dropout mask.
 
-    Weights that come from outside (set_expert_weights, the forward argument,
-    merge) are checked: a float tensor (..., E) of finite values, or ValueError.
-    Those a router's hook writes straight into `.weights` are its own softmax
-    output and are not checked per layer (that would stop a GPU at every layer)."""
+    Weights from outside (set_expert_weights, forward, merge) are checked: finite
+    floats (..., E). A router's hook writes its own softmax output unchecked (a
+    check would stop a GPU at every layer)."""
 
     def __init__(self, base: nn.Linear, n_experts, r=8, alpha=16, dropout=0.0):
         super().__init__()
@@ -322,8 +317,13 @@ def remove_lora(model, merge=False):
 
 
 def merge_lora(model):
+    """Fold every adapter into its W; refused, W restored, if that overflows W's dtype."""
     for m in lora_modules(model).values():
         m.merge()
+        if not torch.isfinite(m.weight).all():   # e.g. a huge adapter in a bf16 or fp16 base
+            unmerge_lora(model)
+            raise ValueError(f"the adapters' update s*B@A overflows the base weights' {m.weight.dtype}: "
+                             "merged, they hold inf or NaN (is an adapter scaled wrongly?)")
 
 
 def unmerge_lora(model):
@@ -382,3 +382,4 @@ def _check_routing_weights(w, n_experts, where):
     if not torch.isfinite(w).all():
         raise ValueError(f"{where}: routing weights {tuple(w.shape)} contain NaN or inf, "
                          "expected finite values")
+

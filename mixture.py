@@ -20,9 +20,11 @@ Left out: training experts and router jointly, except rank-1 experts, which
 have no questions of their own and so no task-level prior.
 """
 import json
+import math
+import numbers
 import os
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 
 import numpy as np
 import torch
@@ -94,7 +96,7 @@ def build_rank1(model, args, train_ex, dev_ex, device):
                        level=args.level, prior="none", top_k=args.top_k, temperature=args.temperature,
                        entropy_weight=args.entropy_weight, balance_weight=args.balance_weight,
                        rank1=E, rank1_alpha=args.alpha, targets=args.targets.split(","))
-    router = R.Router(cfg, np.zeros((E, model.config.hidden_size), np.float32)).own_experts(model)
+    router = make_router(cfg, np.zeros((E, model.config.hidden_size), np.float32)).own_experts(model)
     router.to(device).attach(model)
     for p in router.task.parameters():
         p.requires_grad_(False)
@@ -128,13 +130,13 @@ def build_router(model, tok, args, train_ex, dev_ex, device):
                          top_k=args.top_k, temperature=args.temperature, tau=args.tau,
                          entropy_weight=args.entropy_weight, balance_weight=args.balance_weight,
                          embed_layer=layer, extra={"experts_dir": args.experts, "clusters_dir": args.clusters})
-    router = R.Router(cfg, centroids)
+    router = make_router(cfg, centroids)
     keep = labels >= 0
     acc_loss = router.task.fit(Xtr[keep], labels[keep])
     router.to(device).attach(model)
     for p in router.task.parameters():
         p.requires_grad_(False)
-    print(f"router over {len(names)} experts {names} in groups {R.group_names(cfg)}; "
+    print(f"router over {len(names)} experts {names} in groups {group_names(cfg)}; "
           f"task prior '{args.prior}' (classifier loss {acc_loss:.3f}), gate per {args.level}")
     return Routing(router, train_ex + dev_ex, X)
 
@@ -158,8 +160,19 @@ def save_router(router, out_dir):
     write_json(os.path.join(out_dir, "router.json"), cfg)
 
 
+def group_names(cfg):
+    """A readable name per group of a RouterConfig: its experts joined by '+'."""
+    return ["+".join(cfg.experts[e] for e in g) for g in cfg.groups]
+
+
+def make_router(cfg, centroids, where="RouterConfig"):
+    """R.Router(cfg, centroids) once every field of cfg is checked (check_config)."""
+    check_config(asdict(cfg), where)
+    return R.Router(cfg, centroids)
+
+
 def load_config(out_dir):
-    """out_dir/router.json as a RouterConfig, every field checked (router.check_config)."""
+    """out_dir/router.json as a RouterConfig, every field checked (check_config)."""
     path = os.path.join(out_dir, "router.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found (train.py --router writes it)")
@@ -170,7 +183,7 @@ def load_config(out_dir):
         raise ValueError(f"{path}: not valid JSON ({e})") from None
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
-    R.check_config(raw, path)
+    check_config(raw, path)
     return R.RouterConfig(**raw)
 
 
@@ -234,3 +247,77 @@ def _check_state(path, state, expected):
         if not torch.isfinite(t).all():
             raise ValueError(f"{path}: tensor {key} has {int(t.isnan().sum())} NaN and "
                              f"{int(t.isinf().sum())} inf values, expected finite values")
+
+
+def _is_int(v):
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)   # JSON true is not a count
+
+
+def _is_finite(v):
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_names(v):
+    return isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(s, str) and s for s in v)
+
+
+def _is_groups(v):
+    return isinstance(v, (list, tuple)) and all(
+        isinstance(g, (list, tuple)) and g and all(_is_int(e) for e in g) for g in v)
+
+
+# Each R.RouterConfig field: (test of its value, what was expected). Ranges that
+# depend on other fields (groups, top_k, rank1, embed_layer) are in check_config.
+FIELD_RULES = {
+    "experts": (lambda v: _is_names(v) and len(set(v)) == len(v), "a non-empty list of distinct names"),
+    "groups": (_is_groups, "a list of non-empty lists of expert indices"),
+    "hidden_size": (lambda v: _is_int(v) and v > 0, "a positive int"),
+    "n_layers": (lambda v: _is_int(v) and v > 0, "a positive int"),
+    "level": (lambda v: v in ("token", "sequence"), "'token' or 'sequence'"),
+    "prior": (lambda v: v in ("centroid", "learned", "none"), "'centroid', 'learned' or 'none'"),
+    "top_k": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
+    "temperature": (lambda v: _is_finite(v) and v > 0, "a finite number > 0"),
+    "tau": (lambda v: _is_finite(v) and v > 0, "a finite number > 0"),
+    "entropy_weight": (_is_finite, "a finite number"),
+    "balance_weight": (lambda v: _is_finite(v) and v >= 0, "a finite number >= 0"),
+    "embed_layer": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
+    "rank1": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
+    "rank1_alpha": (lambda v: _is_finite(v) and v > 0, "a finite number > 0"),
+    "targets": (lambda v: (isinstance(v, str) and v) or _is_names(v),
+                "a non-empty list of module names or one regex string"),
+    "extra": (lambda v: isinstance(v, dict), "a JSON object"),
+}
+
+
+def _short(v, width=60):
+    """repr(v), cut to `width` characters for messages."""
+    text = repr(v)
+    return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def check_config(values, where):
+    """RouterConfig fields {name: value}, from router.json or from Python: no
+    unknown or missing field, each value of the right type and range, groups a
+    partition of the experts. `where` (the file, or "RouterConfig") starts every message."""
+    known = {f.name: f for f in fields(R.RouterConfig)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown field(s) {unknown}; a RouterConfig has {sorted(known)}")
+    required = [n for n, f in known.items() if f.default is MISSING and f.default_factory is MISSING]
+    missing = [n for n in required if n not in values]
+    if missing:
+        raise ValueError(f"{where}: required field(s) {missing} missing")
+    for name, (ok, expected) in FIELD_RULES.items():
+        if name in values and not ok(values[name]):
+            raise ValueError(f"{where}: field {name!r} is {_short(values[name])}, expected {expected}")
+    E, L = len(values["experts"]), values["n_layers"]
+    top_k, rank1, embed_layer = (values.get(n, known[n].default) for n in ("top_k", "rank1", "embed_layer"))
+    if sorted(e for g in values["groups"] for e in g) != list(range(E)):
+        raise ValueError(f"{where}: field 'groups' is {_short(values['groups'])}, expected a partition "
+                         f"of the expert indices 0..{E - 1} (each in exactly one group)")
+    if top_k > E:
+        raise ValueError(f"{where}: field 'top_k' is {top_k}, expected 0..{E} (the number of experts)")
+    if rank1 and rank1 != E:
+        raise ValueError(f"{where}: field 'rank1' is {rank1}, expected 0 or {E} (the number of experts)")
+    if embed_layer > L:
+        raise ValueError(f"{where}: field 'embed_layer' is {embed_layer}, expected 0..{L} (n_layers)")

@@ -9,9 +9,9 @@ Chapters, top to bottom:
   1. PhiConfig        the config.json fields we use, phi-2's values as defaults
   2. RoPE             half-split ("NeoX") rotary embedding on the first 32 of 80 dims
   3. the network      attention (+ KV cache), MLP, the parallel block, the LM
-  4. loading/saving   HF layout: config.json, model.safetensors (or shards), tokenizer.json;
-                      a Hub id ("microsoft/phi-2") is resolved to such a folder in the HF cache
-                      (reading and writing the files themselves is hf.py's part)
+  4. loading/saving   HF layout: config.json, model.safetensors (or shards), tokenizer.json,
+                      or a Hub id ("microsoft/phi-2") resolved to such a folder in the HF
+                      cache; hf.py reads, checks and writes the files themselves
   5. generation       batched, left-padded prefill + decode loop; greedy or sampled
 
 References: microsoft/phi-2 config.json; transformers' models/phi/modeling_phi.py
@@ -322,9 +322,6 @@ def load(ckpt, dtype=torch.float32, device="cpu", verbose=True, revision=None):
     copy of the weights in the target dtype."""
     dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     folder, revision = hf.resolve(ckpt, revision, verbose)
-    for name in ("config.json", "tokenizer.json"):
-        if not os.path.exists(os.path.join(folder, name)):
-            raise FileNotFoundError(f"{folder}: {name} is missing")
     cfg = PhiConfig.from_json(os.path.join(folder, "config.json"))
     files, source = hf.weight_files(folder, cfg.num_hidden_layers)
     with torch.device("meta"):

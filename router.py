@@ -22,9 +22,8 @@ Chapters:
                   renormalisation, temperature, an entropy regulariser and a
                   load-balancing loss; forward pre-hooks write the weights into
                   the layer's MultiLoRALinear modules; record() keeps them
-  4. helpers      group names and entropy, for reports
-  5. checks       what Router refuses (check_config, _check_positive); the files,
-                  router.json and router.safetensors, are mixture.py's
+  4. checks       the temperatures; a RouterConfig's fields, and the files
+                  router.json and router.safetensors, are checked in mixture.py
 
 Expert groups come from a second k-means over the expert centroids (cluster.py);
 train.py --router builds a router from experts and questions, eval.py --moe runs one.
@@ -38,9 +37,8 @@ experts and entropy regularisation; Switch Transformer (arXiv 2101.03961) for
 the load-balancing loss. The AT-MoE equations are our reading (see DESIGN.md).
 
 Letters: B batch, T tokens, C hidden size, E experts, G groups, L layers.
-Rank-1 experts (RouterConfig.rank1 > 0, train.py --router --rank1 N) are
-Intuition-MoR1E's comparison point: N fresh rank-1 LoRA experts per layer,
-trained jointly with the gates on mixed data; they have no task prior.
+Rank-1 experts (train.py --router --rank1 N): N fresh rank-1 LoRA experts per
+layer, trained with the gates on mixed data (Intuition-MoR1E); no task prior.
 
 Left out: per-expert capacity limits and token dropping (dense mixing of small
 LoRA experts costs little), and gates that see more than their layer's input.
@@ -48,9 +46,8 @@ LoRA experts costs little), and gates that see more than their layer's input.
 import math
 import numbers
 from contextlib import contextmanager
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -197,7 +194,6 @@ class RouterConfig:
 class Router(nn.Module):
     def __init__(self, cfg, centroids):
         super().__init__()
-        check_config({f.name: getattr(cfg, f.name) for f in fields(RouterConfig)}, "RouterConfig")
         self.cfg = cfg
         E = len(cfg.experts)
         M = membership(cfg.groups, E)
@@ -329,100 +325,11 @@ class Recording:
 
 
 # ---------------------------------------------------------------------------
-# 4. Helpers for reports
+# 4. Checks (RouterConfig's fields are checked where they come in: mixture.py)
 # ---------------------------------------------------------------------------
-
-
-def group_names(cfg):
-    """A readable name per group: its experts joined by '+'."""
-    return ["+".join(cfg.experts[e] for e in g) for g in cfg.groups]
-
-
-def entropy(p):
-    p = np.asarray(p, dtype=np.float64)
-    return float(-(p * np.log(np.clip(p, 1e-12, None))).sum())
-
-
-# ---------------------------------------------------------------------------
-# 5. Checks: what Router and RouterConfig refuse
-# ---------------------------------------------------------------------------
-
-
-def _is_int(v):
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)   # JSON true is not a count
-
-
-def _is_finite(v):
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _is_names(v):
-    return isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(s, str) and s for s in v)
-
-
-def _is_groups(v):
-    return isinstance(v, (list, tuple)) and all(
-        isinstance(g, (list, tuple)) and g and all(_is_int(e) for e in g) for g in v)
-
-
-# Each RouterConfig field: (test of its value, what was expected). Ranges that
-# depend on other fields (groups, top_k, rank1, embed_layer) are in check_config.
-FIELD_RULES = {
-    "experts": (lambda v: _is_names(v) and len(set(v)) == len(v), "a non-empty list of distinct names"),
-    "groups": (_is_groups, "a list of non-empty lists of expert indices"),
-    "hidden_size": (lambda v: _is_int(v) and v > 0, "a positive int"),
-    "n_layers": (lambda v: _is_int(v) and v > 0, "a positive int"),
-    "level": (lambda v: v in ("token", "sequence"), "'token' or 'sequence'"),
-    "prior": (lambda v: v in ("centroid", "learned", "none"), "'centroid', 'learned' or 'none'"),
-    "top_k": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
-    "temperature": (lambda v: _is_finite(v) and v > 0, "a finite number > 0"),
-    "tau": (lambda v: _is_finite(v) and v > 0, "a finite number > 0"),
-    "entropy_weight": (_is_finite, "a finite number"),
-    "balance_weight": (lambda v: _is_finite(v) and v >= 0, "a finite number >= 0"),
-    "embed_layer": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
-    "rank1": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
-    "rank1_alpha": (lambda v: _is_finite(v) and v > 0, "a finite number > 0"),
-    "targets": (lambda v: (isinstance(v, str) and v) or _is_names(v),
-                "a non-empty list of module names or one regex string"),
-    "extra": (lambda v: isinstance(v, dict), "a JSON object"),
-}
-
-
-def _short(v, width=60):
-    """repr(v), cut to `width` characters for messages."""
-    text = repr(v)
-    return text if len(text) <= width else text[:width - 3] + "..."
-
-
-def check_config(values, where):
-    """RouterConfig fields {name: value}, from router.json or from Python: no
-    unknown or missing field, each value of the right type and range, groups a
-    partition of the experts. `where` (the file, or "RouterConfig") starts every message."""
-    known = {f.name: f for f in fields(RouterConfig)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        raise ValueError(f"{where}: unknown field(s) {unknown}; a RouterConfig has {sorted(known)}")
-    required = [n for n, f in known.items() if f.default is MISSING and f.default_factory is MISSING]
-    missing = [n for n in required if n not in values]
-    if missing:
-        raise ValueError(f"{where}: required field(s) {missing} missing")
-    for name, (ok, expected) in FIELD_RULES.items():
-        if name in values and not ok(values[name]):
-            raise ValueError(f"{where}: field {name!r} is {_short(values[name])}, expected {expected}")
-    E, L = len(values["experts"]), values["n_layers"]
-    top_k, rank1, embed_layer = (values.get(n, known[n].default) for n in ("top_k", "rank1", "embed_layer"))
-    if sorted(e for g in values["groups"] for e in g) != list(range(E)):
-        raise ValueError(f"{where}: field 'groups' is {_short(values['groups'])}, expected a partition "
-                         f"of the expert indices 0..{E - 1} (each in exactly one group)")
-    if top_k > E:
-        raise ValueError(f"{where}: field 'top_k' is {top_k}, expected 0..{E} (the number of experts)")
-    if rank1 and rank1 != E:
-        raise ValueError(f"{where}: field 'rank1' is {rank1}, expected 0 or {E} (the number of experts)")
-    if embed_layer > L:
-        raise ValueError(f"{where}: field 'embed_layer' is {embed_layer}, expected 0..{L} (n_layers)")
 
 
 def _check_positive(where, name, value):
     """A temperature: a finite number > 0 (0 divides by zero, NaN poisons every weight)."""
-    if not (_is_finite(value) and value > 0):
-        raise ValueError(f"{where}: {name} is {_short(value)}, expected a finite number > 0")
+    if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0):
+        raise ValueError(f"{where}: {name} is {value!r:.60}, expected a finite number > 0")

@@ -38,6 +38,7 @@ from collections import defaultdict
 
 import adapters
 import eval as E
+import flags
 import mixture
 from data.cli import Parser, run, writable_dir
 from data.files import heatmap, pyplot, write_json
@@ -150,7 +151,7 @@ def forgetting(ev, experts_dir, out):
     base, base_nll = per_skill(base_records)
     acc, nll, own = {}, {}, {}
     for name, path in experts.items():
-        records = E.with_adapter(ev.model, path, lambda: ev(name))
+        records = adapters.with_adapter(ev.model, path, lambda: ev(name))
         acc[name], nll[name] = per_skill(records)
         if name in base:   # an expert named after a skill: is it better there, question by question?
             own[name] = paired(base_records, records)[name]
@@ -271,12 +272,12 @@ def heldout(ev, root, shots, out):
     add(f"base, {shots}-shot", ev("base"))
     mixed = os.path.join(root, "mixed")
     if os.path.exists(os.path.join(mixed, adapters.CONFIG_NAME)):
-        add("mixed LoRA", E.with_adapter(ev.model, mixed, lambda: ev("mixed")))
+        add("mixed LoRA", adapters.with_adapter(ev.model, mixed, lambda: ev("mixed")))
     experts = os.path.join(root, "experts")
     own = []
     for name, path in (adapters.expert_dirs(experts) if os.path.isdir(experts) else {}).items():
         mine = [e for e in ev.examples if e.skill == name]
-        own += E.with_adapter(ev.model, path, lambda: ev(name, examples=mine)) if mine else []
+        own += adapters.with_adapter(ev.model, path, lambda: ev(name, examples=mine)) if mine else []
     if own:
         add("each skill's expert on its own skill", own)
     for path in sorted(glob.glob(os.path.join(root, "routers", "*", "router.json"))):
@@ -556,7 +557,7 @@ def parser():
     s = sub.add_parser("forgetting", help="every expert on every skill, minus the base")
     s.add_argument("experts", help="a folder of expert folders (train.py --expert outputs)")
     s.add_argument("--out", type=writable_dir, default="out/forgetting", help="where forgetting.md/.json/.png go")
-    E.add_question_flags(s)
+    flags.add_question_flags(s)
     s = sub.add_parser("curve", help="a sequential fine-tune: every skill after each stage")
     s.add_argument("base", help="eval.py --json of the model before the first stage")
     s.add_argument("stages", nargs="+", help="eval.py --json after each stage, in training order, named "
@@ -566,7 +567,7 @@ def parser():
     s = sub.add_parser("heldout", help="every configuration of a study folder on the same questions")
     s.add_argument("root", help="a study folder (experiment.sh's OUT)")
     s.add_argument("--out", type=writable_dir, default=None, help="where results.md/.json go (default ROOT/heldout)")
-    E.add_question_flags(s)
+    flags.add_question_flags(s)
     s = sub.add_parser("report", help="out/REPORT.md from a finished make experiment")
     s.add_argument("root", nargs="?", default="out", help="the study folder (experiment.sh's OUT)")
     return p

@@ -21,9 +21,14 @@ import os
 
 
 def write_atomic(path, write):
-    """write(temporary path), then rename the result to path."""
+    """write(temporary path), then rename the result to path (its folder made if
+    need be), with the mode of a plain new file (safetensors makes it owner-only)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
     write(tmp)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
 
 

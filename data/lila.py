@@ -106,6 +106,9 @@ def _instance(x, i, path, skill, name, file_split):
         raise bad("Input", "missing")
     if not (isinstance(question, str) and question.strip()):
         raise bad("Input", f"expected a non-empty string, got {question!r:.80}")
+    if any(line.lstrip().startswith(("Question:", "Answer:")) for line in question.split("\n")[1:]):
+        raise bad("Input", "a line inside it starts with 'Question:' or 'Answer:', which would read as "
+                  f"another question of the few-shot prompt: {question!r:.80}")
     answers = x.get("Output Answer")
     if not (isinstance(answers, list) and answers and all(isinstance(a, str) and a.strip() and "\n" not in a
                                                           for a in answers)):

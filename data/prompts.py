@@ -119,6 +119,25 @@ def draw_shots(example, pool, k, seed):
     return seeded_random(seed, example.question).sample(candidates, k)
 
 
+def question_ids(tok, example, pool, shots, seed, context, max_new_tokens):
+    """(prompt ids, gold answer ids) of one question, k-shot, by prompt_ids (the
+    function that builds train.py's rows too). A prompt that leaves less than
+    max_new_tokens of the context free loses its oldest shots, one at a time; with
+    none left, the gold answer must still fit (generation stops at the context)."""
+    solved = [(s.question, s.answers[0]) for s in draw_shots(example, pool, shots, seed)]
+    while True:
+        prompt, gold = prompt_ids(tok, solved, example.question, example.answers[0])
+        if len(prompt) + max(max_new_tokens, len(gold)) <= context:
+            return prompt, gold
+        if not solved:
+            if len(prompt) + len(gold) <= context:
+                return prompt, gold
+            raise ValueError(f"a {example.skill} question of {len(prompt)} tokens and its "
+                             f"{len(gold)}-token answer do not fit the model's {context}-token "
+                             f"context: {example.question[:60]!r}...")
+        solved = solved[1:]
+
+
 def few_shot_prompt(example, pool, k, seed):
     """k shots (see draw_shots) followed by the open question."""
     shots = draw_shots(example, pool, k, seed)

@@ -504,7 +504,7 @@ PYTHON_SETTINGS = [("temperature", 0.0), ("temperature", -2.0), ("temperature", 
 def test_router_from_python(key, value):
     cfg = R.RouterConfig(experts=["e0", "e1"], groups=[[0], [1]], hidden_size=64, n_layers=2, **{key: value})
     with expect(ValueError, "RouterConfig", f"field {key!r} is {value!r}"):
-        R.Router(cfg, np.zeros((2, 64), np.float32))
+        mixture.make_router(cfg, np.zeros((2, 64), np.float32))
 
 
 @pytest.mark.parametrize("value", [0.0, -1.0, math.nan, math.inf])

@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import flags
 import train
 from conftest import ROOT
 from test_train_eval import FIXTURE, base_args, tokenizer_path  # noqa: F401  (fixture)
@@ -41,7 +42,7 @@ def test_expert_killed_with_sigkill_resumes_bit_exactly_with_dropout(tmp_path, b
     equals the uninterrupted run's bit for bit (the optimizer, the grad scaler
     and every random number generator are restored)."""
     argv = expert_argv(base_dir, tmp_path / "full", "--dropout", "0.1", "--steps", "12")
-    train.train(train.parse_args(argv))
+    train.train(flags.train_args(argv))
     cut = expert_argv(base_dir, tmp_path / "cut", "--dropout", "0.1", "--steps", "12")
     proc = subprocess.Popen([sys.executable, "train.py", *cut], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -51,7 +52,7 @@ def test_expert_killed_with_sigkill_resumes_bit_exactly_with_dropout(tmp_path, b
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert torch.load(state)["step"] < 12                      # it was killed before the end
-    train.train(train.parse_args(cut + ["--resume"]))
+    train.train(flags.train_args(cut + ["--resume"]))
     a, b = adapter(tmp_path / "full"), adapter(tmp_path / "cut")
     assert a.keys() == b.keys() and all("lora_" in k for k in a)
     for k in a:
@@ -66,7 +67,7 @@ def test_expert_killed_with_sigkill_resumes_bit_exactly_with_dropout(tmp_path, b
     (["--steps", "9"], "--steps")])
 def test_resume_of_another_run_is_refused(tmp_path, base_dir, change, flag):
     argv = expert_argv(base_dir, tmp_path, "--stop-at", "3")
-    train.train(train.parse_args(argv))
+    train.train(flags.train_args(argv))
     other = expert_argv(base_dir, tmp_path, "--resume")
     if change[0] in other:
         i = other.index(change[0])
@@ -74,7 +75,7 @@ def test_resume_of_another_run_is_refused(tmp_path, base_dir, change, flag):
     else:
         other += change
     with pytest.raises(ValueError, match=f"--resume must continue the same run, but {flag} is"):
-        train.train(train.parse_args(other))
+        train.train(flags.train_args(other))
 
 
 def test_two_processes_equal_one(tmp_path, base_dir):
@@ -97,14 +98,14 @@ def test_unknown_skill_lists_the_known_ones(tmp_path, base_dir):
     argv = expert_argv(base_dir, tmp_path)
     argv[argv.index("algebra")] = "geometry"
     with pytest.raises(ValueError, match="geometry.*algebra"):
-        train.train(train.parse_args(argv))
+        train.train(flags.train_args(argv))
 
 
 def test_mixed_gets_the_steps_of_all_experts(tmp_path, base_dir):
     argv = expert_argv(base_dir, tmp_path, "--steps-per-skill", "2")
     argv[:2] = ["--mixed"]
     del argv[argv.index("--steps"):argv.index("--steps") + 2]     # --steps-per-skill sets them
-    args = train.parse_args(argv)
+    args = flags.train_args(argv)
     train.train(args)
     assert args.steps == 4      # two skills in the fixture, 2 steps each
 
@@ -113,9 +114,9 @@ def test_full_fine_tune_trains_every_weight_and_resumes_exactly(tmp_path, base_d
     """--full: every weight trains, OUT holds a whole model that model.load reads,
     and a run cut at step 3 and resumed equals the uninterrupted one bit for bit."""
     import model as M
-    whole = train.train(train.parse_args(expert_argv(base_dir, tmp_path / "a", "--full")))
-    train.train(train.parse_args(expert_argv(base_dir, tmp_path / "b", "--full", "--stop-at", "3")))
-    train.train(train.parse_args(expert_argv(base_dir, tmp_path / "b", "--full", "--resume")))
+    whole = train.train(flags.train_args(expert_argv(base_dir, tmp_path / "a", "--full")))
+    train.train(flags.train_args(expert_argv(base_dir, tmp_path / "b", "--full", "--stop-at", "3")))
+    train.train(flags.train_args(expert_argv(base_dir, tmp_path / "b", "--full", "--resume")))
     a, b = adapter(tmp_path / "a"), adapter(tmp_path / "b")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     base, _ = M.load(base_dir, verbose=False)
@@ -124,7 +125,7 @@ def test_full_fine_tune_trains_every_weight_and_resumes_exactly(tmp_path, base_d
     saved, _ = M.load(str(tmp_path / "a"), verbose=False)           # the best-dev model, in the HF layout
     assert set(saved.state_dict()) == set(whole.state_dict())
     with pytest.raises(SystemExit):
-        train.parse_args(["--base", "--full"])                      # --full needs --expert or --mixed
+        flags.train_args(["--base", "--full"])                      # --full needs --expert or --mixed
 
 
 def test_continuing_from_an_adapter_is_training_on(tmp_path, base_dir):
@@ -132,10 +133,10 @@ def test_continuing_from_an_adapter_is_training_on(tmp_path, base_dir):
     adapter on numbers, starts from A's weights (the first step's update is made
     from them) and keeps A's rank; without it the run starts fresh."""
     first = expert_argv(base_dir, tmp_path / "a", "--steps", "3", "--eval-every", "3")
-    train.train(train.parse_args(first))
+    train.train(flags.train_args(first))
     second = ["numbers" if a == "algebra" else a for a in expert_argv(
         base_dir, tmp_path / "b", "--steps", "3", "--eval-every", "3", "--adapter", str(tmp_path / "a"))]
-    model = train.train(train.parse_args(second))
+    model = train.train(flags.train_args(second))
     from adapters import read_adapter
     _, saved_a = read_adapter(model.__class__(model.config), str(tmp_path / "a"), check_base=False)
     q = "model.layers.0.self_attn.q_proj"
@@ -144,22 +145,22 @@ def test_continuing_from_an_adapter_is_training_on(tmp_path, base_dir):
     assert not torch.equal(A, saved_a[q][0]) and (A - saved_a[q][0]).abs().max() < 0.05   # moved on from it
     for refused in (["--full"], ["--rank", "2"], ["--dropout", "0.1"]):   # the adapter brings its own LoRA
         with pytest.raises(SystemExit):
-            train.parse_args(second + refused)
+            flags.train_args(second + refused)
 
 
 def test_resume_of_a_run_saved_before_a_flag_existed(tmp_path, base_dir):
     """A state saved by a train.py without some flag resumes when that flag is at
     its default now; a recorded value that differs is still refused."""
     argv = expert_argv(base_dir, tmp_path / "a", "--steps", "6", "--stop-at", "3")
-    train.train(train.parse_args(argv))
+    train.train(flags.train_args(argv))
     path = tmp_path / "a" / "train_state.pt"
     state = torch.load(path, weights_only=False)
     del state["run"]["adapter"], state["run"]["full"]               # as an older train.py saved it
     torch.save(state, path)
-    train.train(train.parse_args(argv[:-2] + ["--resume"]))          # resumes to step 6
+    train.train(flags.train_args(argv[:-2] + ["--resume"]))          # resumes to step 6
     assert torch.load(path, weights_only=False)["step"] == 6
     state = torch.load(path, weights_only=False)
     state["run"]["full"], state["step"] = True, 3
     torch.save(state, path)
     with pytest.raises(ValueError, match="--full is False \\(the run's: True\\)"):
-        train.train(train.parse_args(argv[:-2] + ["--resume", "--steps", "6"]))
+        train.train(flags.train_args(argv[:-2] + ["--resume", "--steps", "6"]))

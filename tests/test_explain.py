@@ -11,6 +11,7 @@ import pytest
 
 import cluster as C
 import explain
+import flags
 import train
 from conftest import ROOT
 from test_experts import base_dir, expert_argv  # noqa: F401  (fixture)
@@ -52,10 +53,10 @@ def routed(tmp_path_factory, base_dir):  # noqa: F811
     for skill in ("algebra", "numbers"):
         argv = expert_argv(base_dir, root / "experts" / skill)
         argv[argv.index("algebra")] = skill
-        train.train(train.parse_args(argv + ["--steps", "2"]))
+        train.train(flags.train_args(argv + ["--steps", "2"]))
     C.main(["--k", "2", "--out", str(root / "clusters"), "--model", base_dir, "--data", FIXTURE,
             "--split", "train", "--n-init", "2", "--no-raw", "--label-trials", "1"])
-    train.train(train.parse_args([
+    train.train(flags.train_args([
         "--router", "--experts", str(root / "experts"), "--clusters", str(root / "clusters"),
         "--model", base_dir, "--data", FIXTURE, "--steps", "2", "--batch-size", "4", "--seq-len", "64",
         "--warmup", "1", "--eval-every", "2", "--eval-batches", "1", "--eval-questions", "4",

@@ -237,9 +237,10 @@ def test_save_adapter_records_the_id_and_the_revision(hub, ckpt, tmp_path):
 def test_train_expert_on_a_hub_id(hub, tmp_path):
     """python train.py --expert algebra --model org/name --revision <commit>: the
     expert's adapter_config.json names the id and the commit."""
+    import flags
     import train
     out = tmp_path / "expert"
-    train.train(train.parse_args([
+    train.train(flags.train_args([
         "--expert", "algebra", "--model", REPO, "--revision", MAIN, "--data", DATA, "--out", str(out),
         "--steps", "2", "--batch-size", "2", "--seq-len", "64", "--warmup", "1", "--eval-every", "2",
         "--eval-batches", "1", "--eval-questions", "2", "--rank", "2", "--device", "cpu"]))
@@ -334,11 +335,10 @@ def test_every_command_of_the_study_parses(tmp_path):
     and flags that the run would not read), so the study never stops on a flag."""
     import shlex
     import cluster
-    import eval as E
+    import flags
     import study
-    import train
     study_with_stub(tmp_path, DEVICE="cpu", JOBS="1", TRAIN_DATA=str(tmp_path / "fresh"))
-    parse = {"train.py": train.parse_args, "eval.py": E.parse_args, "cluster.py": cluster.parser().parse_args,
+    parse = {"train.py": flags.train_args, "eval.py": flags.eval_args, "cluster.py": cluster.parser().parse_args,
              "study.py": study.parser().parse_args}
     seen = set()
     for line in (tmp_path / "log").read_text().splitlines():

@@ -65,6 +65,19 @@ def test_merge_equals_w_plus_sBA_and_unmerge_restores():
     assert base.weight is m.weight                             # the same Parameter, never copied
 
 
+def test_a_merge_that_overflows_is_refused_and_w_restored():
+    """An adapter whose s*B@A is out of range of W's dtype would leave inf in W (NaN logits)."""
+    model = nn.Sequential(nn.Linear(4, 4)).half()
+    W0 = model[0].weight.detach().clone()
+    lora.add_lora(model, r=2, alpha=4, targets=["0"])
+    with torch.no_grad():
+        model[0].lora_A.weight.fill_(1e3)
+        model[0].lora_B.weight.fill_(1e3)                      # s*B@A = 4e6 > fp16's 65504
+    with pytest.raises(ValueError, match="overflows the base weights' torch.float16"):
+        lora.merge_lora(model)
+    assert not model[0].merged and torch.equal(model[0].weight, W0)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_eight_experts_merged_and_removed_in_half_precision_restore_the_base(tiny_ckpt, dtype):
     """study.py forgetting and task-hard routing merge one expert after another into the

@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 import adapters
+import flags
 import lora
 import mixture
 import model as M
@@ -121,14 +122,14 @@ def test_router_trains_resumes_and_evaluates(tmp_path, base_dir):  # noqa: F811
     for skill in ("algebra", "numbers"):
         argv = expert_argv(base_dir, experts / skill)
         argv[argv.index("algebra")] = skill
-        train.train(train.parse_args(argv + ["--steps", "2"]))
+        train.train(flags.train_args(argv + ["--steps", "2"]))
     argv = ["--router", "--experts", str(experts), "--model", base_dir, "--data", FIXTURE,
             "--steps", "4", "--batch-size", "4", "--seq-len", "64", "--warmup", "2", "--eval-every", "2",
             "--eval-batches", "1", "--eval-questions", "4", "--n-groups", "2", "--entropy-weight", "0.01",
             "--balance-weight", "0.01", "--seed", "0", "--device", "cpu"]
-    train.train(train.parse_args(argv + ["--out", str(tmp_path / "full")]))
-    train.train(train.parse_args(argv + ["--out", str(tmp_path / "cut"), "--stop-at", "2"]))
-    train.train(train.parse_args(argv + ["--out", str(tmp_path / "cut"), "--resume"]))
+    train.train(flags.train_args(argv + ["--out", str(tmp_path / "full")]))
+    train.train(flags.train_args(argv + ["--out", str(tmp_path / "cut"), "--stop-at", "2"]))
+    train.train(flags.train_args(argv + ["--out", str(tmp_path / "cut"), "--resume"]))
     a = torch.load(tmp_path / "full" / "train_state.pt")["model"]
     b = torch.load(tmp_path / "cut" / "train_state.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -152,7 +153,7 @@ def test_rank1_experts_train_with_the_router_and_reload(tmp_path, base_dir):  # 
             "--steps", "3", "--batch-size", "4", "--seq-len", "64", "--warmup", "1", "--eval-every", "3",
             "--eval-batches", "1", "--eval-questions", "4", "--seed", "0", "--device", "cpu",
             "--out", str(tmp_path / "r1")]
-    trained = train.train(train.parse_args(argv))
+    trained = train.train(flags.train_args(argv))
     saved = load_file(str(tmp_path / "r1" / "router.safetensors"))
     Bs = [v for k, v in saved.items() if k.startswith("rank1.") and v.shape[-1] == 1 and v.dim() == 3
           and v.shape[1] > 1]

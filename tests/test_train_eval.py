@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+import flags
 import model as M
 import train
 from conftest import ROOT, TINY, write_hf_checkpoint
@@ -34,7 +35,7 @@ def base_args(out, tok, **kw):
             "--seq-len", "64", "--steps", "6", "--batch-size", "2", "--lr", "1e-3", "--warmup", "2",
             "--eval-every", "3", "--eval-batches", "1", "--eval-questions", "8",
             "--save-dtype", "float32", "--seed", "0", "--device", "cpu"]
-    args = train.parse_args(argv)
+    args = flags.train_args(argv)
     for k, v in kw.items():
         setattr(args, k, v)
     return args
@@ -198,8 +199,7 @@ def test_eval_prompts_are_the_tokens_of_training_rows():
     the same five questions, and eval.py builds its prompts with that function;
     natural tokenization of the same text differs (it splits the "\\n\\n" before
     "Question" in two), so the test can fail."""
-    from data.prompts import draw_shots, format_qa, prompt_ids
-    from eval import encode
+    from data.prompts import draw_shots, format_qa, prompt_ids, question_ids
     tok = M.load(os.path.join(ROOT, "checkpoints", "phi-tiny"), verbose=False)[1]
     ex = load(FIXTURE, split="train", skills=["algebra"])                 # 15 questions
     ids, _, starts, firsts = Episodes(tok, ex, 256, seed=0, rows="skill").streams(0)[0]
@@ -213,7 +213,7 @@ def test_eval_prompts_are_the_tokens_of_training_rows():
         assert tok.encode(text).ids != row[1:]
     q, pool = five[4], {"algebra": five[:4]}
     drawn = draw_shots(q, pool, 4, seed=0)
-    assert encode(tok, q, pool, 4, 0, 1024, 32) == prompt_ids(tok, pairs(drawn), q.question, q.answers[0])
+    assert question_ids(tok, q, pool, 4, 0, 1024, 32) == prompt_ids(tok, pairs(drawn), q.question, q.answers[0])
 
 
 def test_lora_trains_on_a_bf16_base(tmp_path):
@@ -225,7 +225,7 @@ def test_lora_trains_on_a_bf16_base(tmp_path):
     argv = ["--expert", "algebra", "--model", base, "--data", FIXTURE, "--steps", "2", "--batch-size", "2", "--seq-len", "64", "--eval-every", "2",
             "--eval-questions", "4", "--eval-batches", "1", "--dtype", "bfloat16", "--device", "cpu",
             "--out", str(tmp_path / "out")]
-    model = train.train(train.parse_args(argv))
+    model = train.train(flags.train_args(argv))
     dtypes = {n: p.dtype for n, p in model.named_parameters()}
     assert dtypes["lm_head.weight"] == torch.bfloat16
     assert {d for n, d in dtypes.items() if "lora_" in n} == {torch.float32}
