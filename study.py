@@ -611,12 +611,32 @@ def _check_records(path, records):
 
 
 def _check_eval_json(path, report):
-    """An eval.py --json report: accuracy (fractions in [0, 1]) and answer NLL
-    (finite numbers >= 0) per skill."""
+    """An eval.py --json report: accuracy (fractions in [0, 1], at least one skill)
+    and answer NLL (finite numbers >= 0) per skill; the accuracy agrees with the
+    report's counts and records, where it has them (an edited report does not)."""
     if not isinstance(report, dict):
         raise ValueError(f"{path}: expected a JSON object as eval.py --json writes, got {type(report).__name__}")
     _check_per_skill(path, "accuracy", report.get("accuracy"), ACCURACY)
     _check_per_skill(path, "answer_nll", report.get("answer_nll"), NLL)
+    if not report["accuracy"]:
+        raise ValueError(f"{path}: 'accuracy' is empty, expected one entry per skill evaluated")
+    tallies = {}
+    if isinstance(report.get("counts"), dict):
+        tallies["counts"] = {k: (c.get("correct"), c.get("total")) if isinstance(c, dict) else (None, None)
+                             for k, c in report["counts"].items()}
+    if "records" in report:
+        _check_records(path, report["records"])
+        per = defaultdict(lambda: [0, 0])
+        for r in report["records"]:
+            per[r["skill"]][0] += r["correct"]
+            per[r["skill"]][1] += 1
+        tallies["records"] = {k: tuple(v) for k, v in per.items()}
+    for source, tally in tallies.items():
+        for skill, v in report["accuracy"].items():
+            correct, total = tally.get(skill, (None, None))
+            if not (isinstance(total, int) and total > 0 and isinstance(correct, int) and correct / total == v):
+                raise ValueError(f"{path}: accuracy of {skill!r} is {v!r}, but its {source} give "
+                                 f"{correct}/{total}; expected the report as eval.py wrote it")
 
 
 def _check_forgetting_json(path, report):

@@ -381,9 +381,16 @@ def test_cluster_output_is_checked_when_read(name, content, message, tmp_path):
     ("experts/algebra/log.json", [{"step": 1}], "experts/algebra/log.json: expected train.py's log"),
     ("eval/steer/own-algebra.json", {"accuracy": {"numbers": 0.5}, "answer_nll": {}},
      "own-algebra.json: no accuracy for 'algebra'"),
-    ("eval/moe-centroid-token.json", {"accuracy": {"algebra": 0.5}, "answer_nll": {}, "routing": {"experts": ["algebra"]},
+    ("eval/moe-centroid-token.json", {"accuracy": {"algebra": 1.0}, "answer_nll": {}, "routing": {"experts": ["algebra"]},
                                       "records": [{"skill": "algebra", "question": "q", "correct": True}]},
      "moe-centroid-token.json: a record has no 'routing'"),
+    ("eval/mixed-r64.json", {"accuracy": {}, "answer_nll": {"algebra": 0.5}}, "mixed-r64.json: 'accuracy' is empty"),
+    ("eval/mixed-r64.json", {"accuracy": {"algebra": 0.99}, "answer_nll": {},
+                             "counts": {"algebra": {"correct": 1, "total": 2}}},
+     "mixed-r64.json: accuracy of 'algebra' is 0.99, but its counts give 1/2"),
+    ("eval/mixed-r64.json", {"accuracy": {"algebra": 0.5}, "answer_nll": {},
+                             "records": [{"skill": "algebra", "question": "q", "correct": True}]},
+     "mixed-r64.json: accuracy of 'algebra' is 0.5, but its records give 1/1"),
 ])
 def test_study_report_names_a_malformed_piece(path, content, message, tmp_path, capsys, monkeypatch):
     good = {"accuracy": {"algebra": 0.5}, "answer_nll": {"algebra": 1.0}}

@@ -34,7 +34,7 @@ def test_report_reads_what_the_study_wrote(tmp_path):
     """Each row comes from its eval.py JSON, the experts' row from the forgetting
     matrix's diagonal; missing pieces stay missing ("-"), nothing is invented."""
     out = str(tmp_path)
-    ev = lambda acc, nll: {"accuracy": acc, "answer_nll": nll, "records": []}   # noqa: E731
+    ev = lambda acc, nll: {"accuracy": acc, "answer_nll": nll}   # noqa: E731
     write(f"{out}/eval/base-4shot.json", ev({"algebra": 0.5, "numbers": 0.25}, {"algebra": 1.0, "numbers": 2.0}))
     write(f"{out}/eval/mixed.json", ev({"algebra": 0.5, "numbers": 0.5}, {"algebra": 0.5, "numbers": 1.5}))
     write(f"{out}/forgetting/forgetting.json", {"accuracy": {"algebra": {"algebra": 0.75, "numbers": 0.0}},
