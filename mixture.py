@@ -28,7 +28,7 @@ from dataclasses import MISSING, asdict, fields
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 import adapters
@@ -150,11 +150,13 @@ def save_router(router, out_dir):
     """router.safetensors, then router.json with the sha256 of those weights in its
     `extra` (weights_sha256): the two files are one set, and load_router refuses
     weights that router.json does not name (a crash between the two writes).
-    router.json stays free to edit by hand. Each file goes to a temporary name first."""
+    router.json stays free to edit by hand, except embed_layer: the centroids in the
+    weights were made at that layer, so the weights' metadata records it too.
+    Each file goes to a temporary name first."""
     os.makedirs(out_dir, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in router.state_dict().items()}
     weights = os.path.join(out_dir, "router.safetensors")
-    write_atomic(weights, lambda p: save_file(tensors, p))
+    write_atomic(weights, lambda p: save_file(tensors, p, metadata={"embed_layer": str(router.cfg.embed_layer)}))
     cfg = asdict(router.cfg)
     cfg["extra"] = {**cfg["extra"], "weights_sha256": sha256(weights)}
     write_json(os.path.join(out_dir, "router.json"), cfg)
@@ -225,9 +227,15 @@ def _read_weights(path, cfg):
         raise ValueError(f"{path}: not the weights that router.json was saved with (an interrupted "
                          "save?); train the router again")
     try:
-        return load_file(path)
+        with safe_open(path, "pt") as f:
+            layer = (f.metadata() or {}).get("embed_layer", str(cfg.embed_layer))   # older routers: none
+        state = load_file(path)
     except (SafetensorError, OSError) as e:
         raise ValueError(f"{path}: truncated or corrupt safetensors file ({e})") from None
+    if layer != str(cfg.embed_layer):
+        raise ValueError(f"{os.path.dirname(path)}/router.json: field 'embed_layer' is {cfg.embed_layer}, but "
+                         f"the centroids in {path} were made at layer {layer}; expected {layer}")
+    return state
 
 
 def _check_state(path, state, expected):

@@ -418,6 +418,17 @@ def test_router_json(router_dir, key, value, message):
         mixture.load_router(router_dir)
 
 
+def test_router_json_embed_layer_is_tied_to_the_centroids(router_dir):
+    """The centroids were made at embed_layer 0: router.json saying 1 is refused,
+    though 1 is a valid layer; temperature, for one, stays free to edit."""
+    path = os.path.join(router_dir, "router.json")
+    edit_json(path, "temperature", 2.0)
+    assert mixture.load_router(router_dir).cfg.temperature == 2.0
+    edit_json(path, "embed_layer", 1)
+    with expect(ValueError, path, "field 'embed_layer' is 1, but the centroids in", "were made at layer 0"):
+        mixture.load_router(router_dir)
+
+
 @pytest.mark.parametrize("text,message", [("[]", "expected a JSON object, got list"), ("{", "not valid JSON")],
                          ids=["list", "truncated"])
 def test_router_json_not_an_object(router_dir, text, message):
