@@ -40,7 +40,7 @@ import mixture
 import model as M
 from data.cli import run
 from data.files import write_json
-from data.lila import by_skill, load as load_examples
+from data.lila import by_skill, check_distinct, load as load_examples
 from data.prompts import question_ids, select
 from data.score import is_correct
 
@@ -241,6 +241,7 @@ class Evaluator:
         examples = select(load_examples(args.data, split=args.split, skills=skills), args.limit, args.seed)
         if not examples:
             raise ValueError(f"{args.data}: no {args.split} questions to evaluate")
+        check_distinct(examples, f"{args.data}, {args.split} split")
         pool = by_skill(load_examples(args.data, split="train", skills=skills)) if args.shots else {}
         print(f"evaluating {len(examples)} {args.split} questions, {args.shots}-shot")
         return cls(model, tok, examples, pool, args.shots, args.batch_size, args.seed, args.max_new_tokens)

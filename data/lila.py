@@ -194,6 +194,16 @@ def skills_of(examples):
     return sorted({e.skill for e in examples})
 
 
+def check_distinct(examples, where):
+    """Each question once per skill (a repeated one would count twice in an evaluation)."""
+    seen = set()
+    for x in examples:
+        if (x.skill, x.question) in seen:
+            raise LilaError(f"{where}: the {x.skill} question {x.question[:60]!r} comes more than once; "
+                            "expected each question once")
+        seen.add((x.skill, x.question))
+
+
 def by_skill(examples):
     """{skill: [examples of it, in order]}, skills sorted: the shot pool for prompts."""
     groups = {s: [] for s in skills_of(examples)}

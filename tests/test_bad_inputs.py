@@ -401,6 +401,14 @@ def test_study_report_names_a_malformed_piece(path, content, message, tmp_path, 
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_eval_of_a_repeated_test_question(tmp_path, capsys, monkeypatch):
+    q = {"Input": "What is 2 + 3?", "Output Answer": ["5"], "split": "test"}
+    (tmp_path / "algebra.json").write_text(json.dumps({"Instances": [q, {**q, "Input": "What is 1 + 1?"}, q]}))
+    code, err = cli(E.main, ["--data", str(tmp_path), "--model", PHI_TINY, "--shots", "0"], capsys, monkeypatch)
+    assert code == 2 and f"{tmp_path}, test split: the algebra question 'What is 2 + 3?' comes more than once" \
+        in err, err
+
+
 def test_eval_of_a_task_file_without_questions(tmp_path, capsys, monkeypatch):
     (tmp_path / "algebra.json").write_text('{"Instances": []}')
     code, err = cli(E.main, ["--data", str(tmp_path), "--model", PHI_TINY], capsys, monkeypatch)
