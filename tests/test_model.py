@@ -115,6 +115,25 @@ def test_complete_cuts_at_the_stop():
     assert cut == [full.split("\n")[0]] * 2
 
 
+@pytest.mark.parametrize("stop", ["\n", "Question: What", "value of 1"])
+def test_decoding_stops_at_the_token_that_completes_the_stop(stop):
+    """complete() stops at the first token after which the output holds `stop`, also
+    when `stop` spans several tokens (its stop test reads only the output's tail):
+    the forwards are the prefill and one decode step per further token."""
+    model, tok = M.load(os.path.join(ROOT, "checkpoints", "phi-tiny"), verbose=False)
+    prompt = "Question: What is 2 + 3?\nAnswer:"
+    ids = M.generate(model, [tok.encode(prompt).ids], 24)[0]
+    first = next(i for i in range(1, len(ids) + 1) if stop in tok.decode(ids[:i]))
+    assert first < len(ids)                           # the stop comes before the end
+    forwards = []
+    hook = model.register_forward_hook(lambda *args: forwards.append(1))
+    try:
+        M.complete(model, tok, [prompt], max_new_tokens=24, stop=stop)
+    finally:
+        hook.remove()
+    assert len(forwards) == first
+
+
 def test_rope_by_hand():
     cfg = M.PhiConfig(hidden_size=160, num_attention_heads=2)   # hs 80, R 32 as phi-2
     assert cfg.head_dim == 80 and cfg.rotary_dim == 32
