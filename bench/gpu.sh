@@ -7,7 +7,8 @@
 #   3. bf16 LoRA training at phi-2 width against PEFT + transformers on the same
 #      weights: step time, tokens/s and peak memory (bench_lora.py);
 #   4. decode and prefill against transformers, phi-tiny and phi-2 width (bench_model.py);
-#   5. routed decode against the base, phi-tiny and phi-2 width (bench_router.py).
+#   5. routed decode against the base, phi-tiny and phi-2 width (bench_router.py);
+#   6. batched evaluation of phi-tiny at batch 1, 8 and 32 (bench_eval.py).
 #
 #   bash bench/gpu.sh                        # on a GPU machine
 #   DEVICE=cpu TINY=1 bash bench/gpu.sh      # the same steps at a tiny size on a CPU (tests run this)
@@ -28,12 +29,14 @@ if [ "${TINY:-0}" = 1 ]; then   # every step runs, on phi-tiny and a few tokens
     MODEL=(--phi2-layers --prompt-len 8 --new-tokens 2 --repeats 1)
     ROUTER=(--model checkpoints/phi-tiny --experts 2 --prompt-len 8 --new-tokens 2 --batch-sizes 1 --repeats 1)
     ROUTER_WIDE=()
+    EVAL=(--data tests/fixtures/ours --questions 4 --batch-sizes 1 4 --dtype float32)   # bf16 decode crawls on a CPU
 else
     MEMORY=(--layers 2 "$LAYERS")
     LORA=(--phi2-width "$LAYERS" --batch-size 16 --seq-len 256 --steps 10)
     MODEL=(--phi2-layers 2 "$LAYERS")
     ROUTER=(--batch-sizes 1,8)
     ROUTER_WIDE=(--phi2-width "$LAYERS" --batch-sizes 1,8)
+    EVAL=(--questions 64 --batch-sizes 1 8 32)
 fi
 mkdir -p "$OUT"
 exec > >(tee "$OUT/gpu.md") 2>&1
@@ -64,5 +67,8 @@ step "5. Routed decode against the base, $DTYPE"
 if [ ${#ROUTER_WIDE[@]} -gt 0 ]; then
     "$PY" bench/bench_router.py --device "$DEVICE" --dtype "$DTYPE" "${ROUTER_WIDE[@]}"
 fi
+
+step "6. Batched evaluation, $DTYPE"
+"$PY" bench/bench_eval.py --device "$DEVICE" --dtype "$DTYPE" "${EVAL[@]}"
 
 step "done in $SECONDS s"

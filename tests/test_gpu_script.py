@@ -14,7 +14,7 @@ def test_gpu_script_runs_every_step_on_a_cpu(tmp_path):
     report = (tmp_path / "gpu.md").read_text()
     for heading in ["## 1. CUDA and bf16 tests", "## 2. LoRA training memory", "## 3. LoRA training against PEFT",
                     "## 4. Prefill and decode against transformers", "## 5. Routed decode against the base",
-                    "## done in"]:
+                    "## 6. Batched evaluation", "## done in"]:
         assert heading in report, heading
-    for table in ["| 32 (fit:", "ours / peft tokens/s:", "| phi-tiny | 11M |", "| grouped gate (2, per token"]:
+    for table in ["| 32 (fit:", "ours / peft tokens/s:", "| phi-tiny | 11M |", "| grouped gate (2, per token", "| batch | questions/s | x batch 1 |"]:
         assert table in report, table
