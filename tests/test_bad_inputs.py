@@ -220,8 +220,8 @@ def test_task_file_that_is_not_utf8_is_named(capsys, monkeypatch, tmp_path):
 
 def test_a_question_too_long_for_the_context_is_an_error_not_cut(capsys, monkeypatch, tmp_path):
     task = json.load(open(os.path.join(DATA, os.listdir(DATA)[0])))
-    task["Instances"] = [dict(x, Input="What is " + " + ".join(["1"] * 600) + "?") if x["split"] == "test" else x
-                         for x in task["Instances"]]
+    task["Instances"] = [dict(x, Input="What is " + " + ".join(["1"] * 600) + f" + {i}?") if x["split"] == "test"
+                         else x for i, x in enumerate(task["Instances"])]
     path = tmp_path / "long.json"
     json.dump(task, open(path, "w"))
     code, err = cli(E.main, ["--data", str(path), "--shots", "0"], capsys, monkeypatch)
