@@ -167,6 +167,8 @@ def read_adapter(model, adapter_dir, check_base=True):
                                       config["r"]) for key, (n, shape) in expected.items()}
     layers = {n: (tensors[f"{PEFT_PREFIX}{n}.lora_A.weight"], tensors[f"{PEFT_PREFIX}{n}.lora_B.weight"])
               for n in names}
+    for n, (A, B) in layers.items():
+        _check_size(w_path, n, A, B, config["lora_alpha"] / config["r"], model.get_submodule(n).weight)
     return config, layers
 
 
@@ -362,6 +364,23 @@ def _check_tensor(path, key, t, shape=None, lin=None, r=None):
         nan, inf = int(t.isnan().sum()), int(t.isinf().sum())
         raise ValueError(f"{path}: tensor {key} has {nan} NaN and {inf} inf values, expected finite values")
     return t
+
+
+MAX_UPDATE = 1e3   # an update this many times the norm of the weight it adapts is no adapter
+
+
+def _check_size(path, name, A, B, scaling, W):
+    """s*B@A, the update of layer `name`, is finite in size next to W: a LoRA update
+    is small, and a huge finite one (1e30) turns every answer into NaN. The norm is
+    bounded by s*|B|*|A| first; B@A itself is formed only when the bound is large."""
+    limit = MAX_UPDATE * W.detach().double().norm().item()
+    if scaling * B.double().norm().item() * A.double().norm().item() <= limit:
+        return
+    size = (scaling * B.double().cpu() @ A.double().cpu()).norm().item()
+    if not size <= limit:
+        raise ValueError(f"{path}: the update of {name} (scaling * lora_B @ lora_A) has norm {size:.3g}, "
+                         f"{size / (limit / MAX_UPDATE):.3g} times its base weight's; expected an adapter "
+                         f"trained on this base (at most {MAX_UPDATE:g} times)")
 
 
 def _check_fingerprint(model, fp, path):

@@ -55,6 +55,9 @@ def parse_route(spec, cfg):
     experts, groups = cfg.experts, mixture.group_names(cfg)
     known = f"experts: {', '.join(experts)}; groups: {', '.join(groups)}"
     w = torch.zeros(len(experts), dtype=torch.float64)     # 1e39 and 1e-50 are fine before normalising
+    names = [part.partition("=")[0].strip() for part in spec.split(",")]
+    if len(set(names)) < len(names):
+        raise ValueError(f"--route {spec!r}: a name comes more than once; expected each expert or group once")
     for part in spec.split(","):
         name, eq, value = (s.strip() for s in part.partition("="))
         try:

@@ -108,18 +108,18 @@ def add_lora_flags(p):
     g = p.add_argument_group("--expert / --mixed: LoRA on a frozen base")
     g.add_argument("--model", type=nonempty, default=M.DEFAULT_MODEL, help="base model: a directory (HF layout) or a "
                    f"Hugging Face id, e.g. microsoft/phi-2 (default {M.DEFAULT_MODEL})")
-    g.add_argument("--revision", default=None, help="--model id: branch, tag or commit "
+    g.add_argument("--revision", type=nonempty, default=None, help="--model id: branch, tag or commit "
                    "(default: the repository's main branch)")
     g.add_argument("--full", action="store_true", help="train every weight of the base instead of LoRA "
                    "(a plain fine-tune, the baseline that can forget); OUT gets a whole model")
-    g.add_argument("--adapter", default=None, help="start from this adapter instead of a fresh LoRA, e.g. "
+    g.add_argument("--adapter", type=nonempty, default=None, help="start from this adapter instead of a fresh LoRA, e.g. "
                    "to train one LoRA skill after skill (its r, alpha, dropout and targets are used; default: none)")
     g.add_argument("--rank", type=positive_int, default=8, help="LoRA rank r (default 8)")
     g.add_argument("--alpha", type=positive_float, default=16, help="LoRA alpha (scale alpha/r) (default 16)")
     g.add_argument("--dropout", type=probability, default=0.0, help="LoRA dropout (default 0.0)")
     g.add_argument("--targets", type=nonempty, default=",".join(lora.DEFAULT_TARGETS),
                    help="modules that get LoRA (default " + ",".join(lora.DEFAULT_TARGETS) + ")")
-    g.add_argument("--clusters", default="out/clusters",
+    g.add_argument("--clusters", type=nonempty, default="out/clusters",
                    help="cluster.py output, for --expert cluster:K (default out/clusters)")
     g.add_argument("--steps-per-skill", type=positive_int, default=None, help="--mixed: steps = this x the "
                    "number of skills (as much as all experts together); --rank 64 matches the "
@@ -128,7 +128,7 @@ def add_lora_flags(p):
 
 def add_router_flags(p):
     g = p.add_argument_group("--router: two-level grouped routing (router.py)")
-    g.add_argument("--experts", default="out/experts",
+    g.add_argument("--experts", type=nonempty, default="out/experts",
                    help="directory with one adapter directory per expert (default out/experts)")
     g.add_argument("--router-questions", type=positive_int, default=500,
                    help="train/dev questions per skill for the router (default 500)")
@@ -210,7 +210,7 @@ def add_question_flags(p):
     """The flags that choose the model, the questions and the prompts (study.py's too)."""
     p.add_argument("--model", type=nonempty, default=M.DEFAULT_MODEL, help="HF-layout phi checkpoint directory, "
                    f"or a Hugging Face id, e.g. microsoft/phi-2 (default {M.DEFAULT_MODEL})")
-    p.add_argument("--revision", default=None, help="--model id: branch, tag or commit "
+    p.add_argument("--revision", type=nonempty, default=None, help="--model id: branch, tag or commit "
                    "(default: the repository's main branch)")
     p.add_argument("--data", type=nonempty, default=DEFAULT_DATA,
                    help=f"LiLA task file(s) or directory (default {DEFAULT_DATA})")
@@ -231,10 +231,10 @@ def eval_parser():
     add_question_flags(p)
     p.add_argument("--json", type=writable_file, default=None, help="write accuracies and every prediction "
                    "to this JSON file (default: none)")
-    p.add_argument("--adapter", default=None, help="a LoRA expert (PEFT layout) merged into the base")
-    p.add_argument("--moe", default=None, metavar="ROUTER_DIR", help="evaluate the routed mixture "
+    p.add_argument("--adapter", type=nonempty, default=None, help="a LoRA expert (PEFT layout) merged into the base")
+    p.add_argument("--moe", type=nonempty, default=None, metavar="ROUTER_DIR", help="evaluate the routed mixture "
                    "(train.py --router output) over its experts")
-    p.add_argument("--experts", default=None, help="--moe: the experts directory (default: the one it was trained on)")
+    p.add_argument("--experts", type=nonempty, default=None, help="--moe: the experts directory (default: the one it was trained on)")
     p.add_argument("--variant", default="full", choices=["full", "task-soft", "task-hard"],
                    help="--moe: two-level routing, task prior alone as weights, or top-1 expert merged (default full)")
     p.add_argument("--route", type=nonempty, default=None, metavar="SPEC", help="--moe: replace the task-level weights "
@@ -242,7 +242,7 @@ def eval_parser():
                    "that expert")
     p.add_argument("--explain", type=nonempty, default=None, metavar="QUESTION", help="explain the routing of one "
                    f"question (router --moe, default {SHIPPED}/router) and answer it")
-    p.add_argument("--clusters", default=None, help="--explain: cluster.py output for the meta-question's "
+    p.add_argument("--clusters", type=nonempty, default=None, help="--explain: cluster.py output for the meta-question's "
                    "cluster (default: the one the router was trained with)")
     p.add_argument("--out", type=writable_dir, default="out/routing", help="where --moe writes routing.json and its heatmaps "
                    "(default out/routing)")

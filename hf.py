@@ -204,6 +204,10 @@ def read_config(path, fields):
     _check_phi_config(path, raw, fields)
     values = {name: raw[name] for name in fields if raw.get(name) is not None}
     _check_config_types(path, values, fields)
+    for name in ("bos_token_id", "eos_token_id"):
+        if values.get(name, 0) >= values["vocab_size"]:
+            raise ValueError(f"{path}: config field {name!r} is {values[name]}; expected an id below "
+                             f"vocab_size ({values['vocab_size']})")
     return values
 
 

@@ -90,11 +90,13 @@ def read_records(path):
     whether it was answered correctly, no question twice; a clear error otherwise."""
     try:
         with open(path) as f:
-            records = json.load(f)["records"]
+            report = json.load(f)
+        records = report["records"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise ValueError(f"{path}: expected the JSON that `eval.py --json` writes, with a "
                          f"'records' list ({type(e).__name__}: {e})") from None
     _check_records(path, records)
+    _check_eval_json(path, report)      # its accuracy and NLL, and their agreement with the records
     return records
 
 

@@ -234,6 +234,17 @@ def test_adapter_tensors(base, adapter, edit, key, message):
         adapters.read_adapter(base, adapter)
 
 
+@pytest.mark.parametrize("scale", [1e30, 1e6])
+def test_adapter_update_far_larger_than_its_base_weight(base, adapter, scale):
+    """Finite but huge (every answer would be NaN): refused, naming the layer."""
+    path = os.path.join(adapter, adapters.WEIGHTS_NAME)
+    edit_safetensors(path, lambda s: s.update({B1: s[B1] * scale}))
+    layer = B1.removeprefix(adapters.PEFT_PREFIX).removesuffix(".lora_B.weight")
+    with expect(ValueError, path, f"the update of {layer} (scaling * lora_B @ lora_A) has norm",
+                "times its base weight's"):
+        adapters.read_adapter(base, adapter)
+
+
 def test_half_precision_adapter_tensors_load(base, adapter):
     path = os.path.join(adapter, adapters.WEIGHTS_NAME)
     edit_safetensors(path, lambda s: s.update({k: v.to(torch.bfloat16) for k, v in s.items()}))

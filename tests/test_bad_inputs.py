@@ -307,6 +307,16 @@ def test_route_weights_too_large_or_small_for_float32_still_normalise():
     w = explain.parse_route("algebra=1e39,arithmetic=1e39", cfg)              # 1e39 overflows float32
     assert w.dtype == torch.float32 and w[:2].tolist() == [0.5, 0.5] and w.sum().item() == 1.0
     assert explain.parse_route("algebra=1e-50", cfg)[0].item() == 1.0       # underflows float32
+    with pytest.raises(ValueError, match="a name comes more than once"):
+        explain.parse_route("algebra=0.5,algebra=0.5", cfg)
+
+
+def test_paired_refuses_a_report_whose_accuracy_disagrees_with_its_records(tmp_path, capsys, monkeypatch):
+    good = {"skill": "algebra", "question": "q", "correct": True, "answer_nll": 0.5}
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps({"accuracy": {"algebra": 0.0}, "answer_nll": {"algebra": 0.5}, "records": [good]}))
+    code, err = cli(study.main, ["paired", str(path), str(path)], capsys, monkeypatch)
+    assert code == 2 and "accuracy of 'algebra' is 0.0, but its records give 1/1" in err, err
 
 
 def test_study_refuses_bad_records_and_reports(tmp_path, capsys, monkeypatch):

@@ -93,6 +93,15 @@ def test_config_missing_a_field(single):
         M.load(single)
 
 
+def test_config_token_id_outside_the_vocabulary(single):
+    path = os.path.join(single, "config.json")
+    cfg = json.load(open(path))
+    cfg["eos_token_id"] = cfg["vocab_size"]
+    json.dump(cfg, open(path, "w"))
+    with raises(ValueError, path, "config field 'eos_token_id' is", "expected an id below vocab_size"):
+        M.load(single)
+
+
 def test_config_not_json(single):
     path = os.path.join(single, "config.json")
     with open(path, "w") as f:

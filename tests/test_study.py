@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from study import paired, report, sign_test
+from study import paired, per_skill, report, sign_test
 
 
 def test_sign_test_matches_scipy():
@@ -71,7 +71,8 @@ def test_curve_follows_each_skill_through_the_stages(tmp_path):
         records = [rec(q, s, bool(c)) for (q, s), c in zip([("a1", "algebra"), ("a2", "algebra"),
                                                             ("n1", "numbers"), ("n2", "numbers")], ok)]
         paths.append(str(tmp_path / f"{name}.json"))
-        write(paths[-1], {"records": records})
+        acc, nll = per_skill(records)
+        write(paths[-1], {"accuracy": acc, "answer_nll": nll, "records": records})
     result = curve(paths[0], paths[1:], str(tmp_path / "out"))
     assert result["kept"] == {"algebra (stage 1-algebra)": {"questions": 2, "base": 2, "model": 0, "wins": 0,
                                                             "losses": 2, "p": 0.5}}
