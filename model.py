@@ -429,8 +429,7 @@ def complete(model, tok, prompts, max_new_tokens=32, stop="\n", **kw):
     """Each prompt's continuation as text, cut before `stop`. A prompt is text, or
     the token ids that data.prompts.prompt_ids builds."""
     ids = [tok.encode(p).ids if isinstance(p, str) else p for p in prompts]
-    # The stop test decodes only the tail that can hold `stop`, not the whole output
-    # at every step: a character is at most 4 bytes, a token at least one.
+    # The stop test decodes only the tail that can hold `stop` (a char <= 4 bytes, a token >= 1).
     stop_fn = (lambda new: stop in tok.decode(new[-4 * len(stop):])) if stop else None
     new = generate(model, ids, max_new_tokens, eos_id=tok.token_to_id(EOT), stop_fn=stop_fn,
                    n_tokens=tok.get_vocab_size(), **kw)
