@@ -11,6 +11,7 @@ their reference. study.py shares eval.py's question flags (add_question_flags).
 The flag types (positive_int, writable_dir, ...) and the one-line errors are
 data/cli.py's.
 """
+import os
 
 import torch
 
@@ -173,6 +174,13 @@ def train_args(argv=None):
         p.error(f"--stop-at {args.stop_at} is after the last step (--steps {args.steps})")
     if warmup_given and args.warmup > args.steps:   # the default warmup may outlast a short test run
         p.error(f"--warmup {args.warmup} is longer than the run (--steps {args.steps})")
+    if args.out is None:
+        name = "mixed" if args.mixed else "router" if args.router else args.expert.replace(":", "-")
+        folder = "full" if args.full else "experts" if args.expert else ""
+        args.out = "runs/base" if args.base else os.path.join("out", folder, name)
+    if os.path.exists(os.path.join(args.out, "train_state.pt")) and not args.resume:
+        p.error(f"--out {args.out} holds the train_state.pt of an earlier run; continue it with --resume, "
+                "or give another --out")
     return args
 
 

@@ -248,10 +248,6 @@ def setup(args):
     """The model of the chosen mode on this process's device, its data and
     optimizer, restored from OUT/train_state.pt with --resume."""
     mode = flags.mode_of(args)
-    if args.out is None:
-        name = "mixed" if args.mixed else "router" if args.router else args.expert.replace(":", "-")
-        folder = "full" if args.full else "experts" if args.expert else ""
-        args.out = "runs/base" if args.base else os.path.join("out", folder, name)
     identity = {k: v for k, v in sorted(vars(args).items()) if k not in flags.NOT_THE_RUN}
     rank, world, device = distributed(args.device)
     dtype = M.DTYPES[args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")]

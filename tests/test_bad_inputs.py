@@ -423,3 +423,12 @@ def test_eval_of_a_task_file_without_questions(tmp_path, capsys, monkeypatch):
     (tmp_path / "algebra.json").write_text('{"Instances": []}')
     code, err = cli(E.main, ["--data", str(tmp_path), "--model", PHI_TINY], capsys, monkeypatch)
     assert code == 2 and f"{tmp_path}: no test questions to evaluate" in err, err
+
+
+def test_a_fresh_run_does_not_overwrite_another_runs_state(tmp_path, capsys, monkeypatch):
+    """Without --resume, an --out that holds train_state.pt is refused before anything
+    runs; with --resume it is the run to continue."""
+    (tmp_path / "train_state.pt").write_bytes(b"an earlier run")
+    code, err = cli(train.main, ["--expert", "algebra", "--out", str(tmp_path)], capsys, monkeypatch)
+    assert code == 2 and f"--out {tmp_path} holds the train_state.pt of an earlier run" in err, err
+    assert (tmp_path / "train_state.pt").read_bytes() == b"an earlier run"
