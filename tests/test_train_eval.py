@@ -34,7 +34,7 @@ def base_args(out, tok, **kw):
             "--n-embd", "32", "--n-head", "2", "--rotary", "0.5", "--max-pos", "256",
             "--seq-len", "64", "--steps", "6", "--batch-size", "2", "--lr", "1e-3", "--warmup", "2",
             "--eval-every", "3", "--eval-batches", "1", "--eval-questions", "8",
-            "--save-dtype", "float32", "--seed", "0", "--device", "cpu"]
+            "--save-dtype", "float32", "--seed", "0", "--device", "cpu"] + ["--resume"] * kw.pop("resume", False)
     args = flags.train_args(argv)
     for k, v in kw.items():
         setattr(args, k, v)
