@@ -628,11 +628,7 @@ def _check_eval_json(path, report):
                              for k, c in report["counts"].items()}
     if "records" in report:
         _check_records(path, report["records"])
-        per = defaultdict(lambda: [0, 0])
-        for r in report["records"]:
-            per[r["skill"]][0] += r["correct"]
-            per[r["skill"]][1] += 1
-        tallies["records"] = {k: tuple(v) for k, v in per.items()}
+        tallies["records"] = E.accuracy(report["records"])
     for source, tally in tallies.items():
         for skill, v in report["accuracy"].items():
             correct, total = tally.get(skill, (None, None))
