@@ -61,8 +61,8 @@ def resolve(name_or_path, revision=None, verbose=True):
         if revision is not None:
             raise ValueError(f"{name_or_path}: a folder has no revision; --revision is for a Hugging Face model id")
         for name in ("config.json", "tokenizer.json"):
-            if not os.path.exists(os.path.join(name_or_path, name)):
-                raise FileNotFoundError(f"{name_or_path}: {name} is missing")
+            if not os.path.isfile(os.path.join(name_or_path, name)):
+                raise FileNotFoundError(f"{name_or_path}: {name} is missing (expected a file)")
         return name_or_path, None
     if not looks_like_hub_id(name_or_path):
         raise FileNotFoundError(f"{name_or_path}: checkpoint directory not found")
@@ -121,7 +121,7 @@ def _listed(ckpt):
         try:
             with open(index) as f:
                 weight_map = json.load(f)["weight_map"]
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
             raise ValueError(f"{index}: not a safetensors index with a 'weight_map' ({e})") from None
         if not (isinstance(weight_map, dict) and all(isinstance(v, str) and v for v in weight_map.values())):
             raise ValueError(f"{index}: 'weight_map' must be an object of tensor name -> file name")
@@ -142,6 +142,8 @@ def _open(path):
     The model also no longer points into the file, so rewriting it is safe."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: weight file listed for this checkpoint is missing")
+    if not os.path.isfile(path):
+        raise ValueError(f"{path}: is a directory, expected a safetensors file")
     try:
         return safe_open(path, framework="pt", device="cpu", backend="pread")
     except (SafetensorError, OSError, ValueError) as e:

@@ -186,6 +186,28 @@ def test_shard_missing(sharded):
         M.load(sharded)
 
 
+@pytest.mark.parametrize("layout", ["single", "sharded"])
+def test_weight_file_that_is_a_directory(layout, request):
+    ckpt = request.getfixturevalue(layout)
+    path = weight_file(ckpt)
+    os.remove(path)
+    os.mkdir(path)
+    with raises(ValueError, path, "is a directory, expected a safetensors file"):
+        M.load(ckpt)
+
+
+def test_index_or_config_that_is_a_directory(sharded):
+    index = os.path.join(sharded, "model.safetensors.index.json")
+    os.remove(index)
+    os.mkdir(index)
+    with raises(ValueError, index, "not a safetensors index"):
+        M.load(sharded)
+    os.remove(os.path.join(sharded, "config.json"))
+    os.mkdir(os.path.join(sharded, "config.json"))
+    with raises(FileNotFoundError, sharded, "config.json is missing (expected a file)"):
+        M.load(sharded)
+
+
 def test_index_without_weight_map(sharded):
     path = os.path.join(sharded, "model.safetensors.index.json")
     with open(path, "w") as f:
