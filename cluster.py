@@ -397,8 +397,6 @@ def cluster_questions(args):
     examples = load_examples(args.data, split=args.split)
     if args.limit:   # a seeded sample of at most --limit questions per skill
         examples = select(examples, args.limit, args.seed)
-    if not examples:
-        raise ValueError(f"no {args.split} questions in {args.data}")
     n_skills = len({e.skill for e in examples})
     if args.seeded and args.k not in (None, n_skills):
         raise ValueError(f"--seeded makes one cluster per skill ({n_skills}); --k is {args.k}")

@@ -137,7 +137,7 @@ def explain(args):
     cfg = router.cfg
     x = cluster.embed([meta], model, tok, cfg.embed_layer) if cfg.prior != "none" else None
     if not cfg.rank1:                  # base-only work (embeddings) is done: now the experts
-        adapters.load_experts(model, list(adapters.expert_dirs(args.experts or cfg.extra["experts_dir"]).values()))
+        adapters.load_experts(model, list(mixture.router_experts(args.moe, cfg, args.experts).values()))
     router.to(args.device).attach(model).eval()
     prior = parse_route(args.route, cfg)[None].to(args.device) if args.route else (
         router.task.prior(x) if x is not None else None)                        # (1, E)

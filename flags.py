@@ -155,9 +155,9 @@ def add_router_flags(p):
 def train_args(argv=None):
     """The flags, with the chosen mode's defaults (MODES) for those not given."""
     p = train_parser()
-    args = p.parse_args(argv)
+    args, given = p.parse_args(argv), given_flags(p, argv)
     for flag, (who, reads) in READ_BY.items():   # a flag the run would not read is refused, not ignored
-        if getattr(args, flag) != p.get_default(flag) and not reads(args):
+        if flag in given and not reads(args):
             p.error(f"--{flag.replace('_', '-')} goes with {who}")
     if args.expert and args.expert.startswith("cluster:") and not args.expert[8:].isdigit():
         p.error(f"--expert {args.expert}: expected cluster:K with K a cluster number, e.g. cluster:3")
@@ -167,12 +167,11 @@ def train_args(argv=None):
     if args.base and (rotary_dims < 2 or rotary_dims % 2):
         p.error(f"--rotary {args.rotary}: {rotary_dims} of the head's {args.n_embd // args.n_head} dims; "
                 "expected an even number, at least 2")
-    warmup_given = args.warmup is not None
     p.set_defaults(**MODES[mode_of(args)])
     args = p.parse_args(argv)
     if args.stop_at and args.stop_at > args.steps:
         p.error(f"--stop-at {args.stop_at} is after the last step (--steps {args.steps})")
-    if warmup_given and args.warmup > args.steps:   # the default warmup may outlast a short test run
+    if "warmup" in given and args.warmup > args.steps:   # the default warmup may outlast a short test run
         p.error(f"--warmup {args.warmup} is longer than the run (--steps {args.steps})")
     if args.out is None:
         name = "mixed" if args.mixed else "router" if args.router else args.expert.replace(":", "-")
@@ -202,6 +201,20 @@ READ_BY = {   # flag: (the runs that read it, a test of args); elsewhere setting
     "clusters": ("--expert cluster:K or --router", lambda a: a.router or (a.expert or "").startswith("cluster:")),
     "steps_per_skill": ("--mixed, without --steps", lambda a: a.mixed and a.steps is None),
 }
+
+
+def given_flags(p, argv):
+    """The flags on the command line, even those given their default value: one more
+    parse with every default swapped for a marker tells them apart."""
+    defaults = {dest: p.get_default(dest) for dest in vars(p.parse_args(argv))}
+    p.set_defaults(**dict.fromkeys(defaults, UNSET))
+    try:
+        return {dest for dest, value in vars(p.parse_args(argv)).items() if value is not UNSET}
+    finally:
+        p.set_defaults(**defaults)
+
+
+UNSET = object()
 
 
 def mode_of(args):
@@ -260,15 +273,14 @@ def eval_parser():
 def eval_args(argv=None):
     """The flags, with the combinations that would leave one unread refused."""
     p = eval_parser()
-    args = p.parse_args(argv)
+    args, given = p.parse_args(argv), given_flags(p, argv)
     for flag, needs in (("route", "moe"), ("variant", "moe"), ("experts", "moe"), ("clusters", "explain")):
-        if getattr(args, flag) != p.get_default(flag) and not (getattr(args, needs) or args.explain):
+        if flag in given and not (getattr(args, needs) or args.explain):
             p.error(f"--{flag} needs --{needs}")
-    set_flags = [f for f in ("out", "json", "skills", "split", "limit", "batch_size", "variant")
-                 if getattr(args, f) != p.get_default(f)]
+    set_flags = [f for f in ("out", "json", "skills", "split", "limit", "batch_size", "variant") if f in given]
     if args.explain and set_flags:    # one question, printed: nothing of these is read
         p.error(f"--{set_flags[0].replace('_', '-')} does not go with --explain")
-    if args.out != p.get_default("out") and not args.moe:
+    if "out" in given and not args.moe:
         p.error("--out needs --moe (it is where the routing report goes)")
     if args.adapter and (args.moe or args.explain):
         p.error("--adapter merges one expert; --moe and --explain bring their own experts")

@@ -77,9 +77,12 @@ class Routing:
 
 
 def n_groups(args, E):
-    """--n-groups, or 3 (fewer with fewer than 3 experts); more groups than experts is an error."""
+    """--n-groups, or 3 (fewer with fewer than 3 experts); more groups than experts is an error.
+    So is a --top-k above E (checked here, before the questions are embedded)."""
     if args.n_groups is not None and args.n_groups > E:
         raise ValueError(f"--n-groups {args.n_groups}: more groups than the {E} experts")
+    if args.top_k > E:
+        raise ValueError(f"--top-k {args.top_k}: more than the {E} experts (0 keeps them all)")
     return args.n_groups or min(3, E)
 
 
@@ -112,7 +115,7 @@ def build_router(model, tok, args, train_ex, dev_ex, device):
     if args.rank1:
         return build_rank1(model, args, train_ex, dev_ex, device)
     dirs = adapters.expert_dirs(args.experts)
-    names = list(dirs)
+    names, G = list(dirs), n_groups(args, len(dirs))
     layer = cluster.resolve_layer(model.config)
     X = cluster.meta_embeddings(train_ex + dev_ex, model, tok, layer)          # the base alone, before the experts
     Xtr, labels = X[:len(train_ex)], expert_labels(train_ex, names, args.clusters, model, tok)
@@ -124,12 +127,13 @@ def build_router(model, tok, args, train_ex, dev_ex, device):
         raise ValueError(f"no training questions for the experts {missing}; expert names must be "
                          f"skills in the data or cluster-K (with --clusters)")
     centroids = np.stack([Xtr[labels == i].mean(0) for i in range(len(names))])   # (E, C)
-    groups = [g for g in kmeans.expert_groups(centroids, n_groups(args, len(names)), seed=args.seed) if g]
+    groups = [g for g in kmeans.expert_groups(centroids, G, seed=args.seed) if g]
     cfg = R.RouterConfig(experts=names, groups=groups, hidden_size=model.config.hidden_size,
                          n_layers=model.config.num_hidden_layers, level=args.level, prior=args.prior,
                          top_k=args.top_k, temperature=args.temperature, tau=args.tau,
                          entropy_weight=args.entropy_weight, balance_weight=args.balance_weight,
-                         embed_layer=layer, extra={"experts_dir": args.experts, "clusters_dir": args.clusters})
+                         embed_layer=layer, extra={"experts_dir": args.experts, "clusters_dir": args.clusters,
+                                                   "experts_sha256": experts_sha256(dirs)})
     router = make_router(cfg, centroids)
     keep = labels >= 0
     acc_loss = router.task.fit(Xtr[keep], labels[keep])
@@ -189,6 +193,33 @@ def load_config(out_dir):
     return R.RouterConfig(**raw)
 
 
+def experts_sha256(dirs):
+    """{name: sha256 of its adapter_model.safetensors}: which adapters a router was trained over."""
+    return {name: sha256(os.path.join(folder, adapters.WEIGHTS_NAME)) for name, folder in dirs.items()}
+
+
+def router_experts(out_dir, cfg, experts=None):
+    """{name: folder} of the experts that the router in out_dir routes over: the
+    adapter folders in `experts` (default: the folder it was trained with), named
+    as router.json's experts and holding the adapters it was trained over (their
+    sha256 in router.json; older routers have none). Rank-1 routers own theirs: {}."""
+    if cfg.rank1:
+        return {}
+    dirs = adapters.expert_dirs(experts or cfg.extra["experts_dir"])
+    if list(dirs) != cfg.experts:
+        raise ValueError(f"{out_dir} routes over {cfg.experts}, but the experts found are {list(dirs)}")
+    saved = cfg.extra.get("experts_sha256", {})
+    if not isinstance(saved, dict):
+        raise ValueError(f"{os.path.join(out_dir, 'router.json')}: field 'extra.experts_sha256' is "
+                         f"{type(saved).__name__}, expected an object of expert name -> sha256")
+    for name, digest in experts_sha256(dirs).items():
+        if saved and digest != saved.get(name):
+            raise ValueError(f"{os.path.join(dirs[name], adapters.WEIGHTS_NAME)}: not the adapter that "
+                             f"{out_dir} was trained over as its expert {name!r}; expected that expert "
+                             "(router.json: extra.experts_sha256)")
+    return dirs
+
+
 def load_router(out_dir, model=None):
     """The router saved in out_dir. A router with rank-1 experts puts them into
     `model` (fresh MultiLoRALinear layers, then the saved A and B). Every tensor
@@ -211,6 +242,7 @@ def load_router(out_dir, model=None):
             lora.remove_lora(model)          # leave the model as it came
         raise
     router.load_state_dict(state)
+    _check_routing(path, router)
     return router
 
 
@@ -255,6 +287,23 @@ def _check_state(path, state, expected):
         if not torch.isfinite(t).all():
             raise ValueError(f"{path}: tensor {key} has {int(t.isnan().sum())} NaN and "
                              f"{int(t.isinf().sum())} inf values, expected finite values")
+
+
+@torch.no_grad()
+def _check_routing(path, router):
+    """Finite weights can still be large enough to overflow the routing (centroids
+    x 1e30 give infinite distances, and the prior 0/0). The saved centroids and
+    their mean are typical inputs of the task prior and of the gates: both must
+    route them to finite weights."""
+    C = router.task.centroids
+    X = torch.cat([C, C.mean(0, keepdim=True)])                    # (E + 1, C)
+    if router.cfg.prior != "none" and not torch.isfinite(router.task.prior(X)).all():
+        raise ValueError(f"{path}: the task prior ({router.cfg.prior}) of the saved centroids is not finite; "
+                         "expected weights small enough to route (task.* overflow)")
+    for layer, gate in enumerate(router.gates):
+        if not torch.isfinite(gate(X)).all():
+            raise ValueError(f"{path}: the gate of layer {layer} is not finite at the saved centroids; "
+                             f"expected weights small enough to route (gates.{layer}.* overflow)")
 
 
 def _is_int(v):

@@ -41,7 +41,7 @@ import eval as E
 import flags
 import mixture
 from data.cli import Parser, run, writable_dir
-from data.files import heatmap, pyplot, write_json
+from data.files import heatmap, pyplot, write_json, write_text
 
 # ---------------------------------------------------------------------------
 # 1. Two runs, question by question
@@ -172,8 +172,7 @@ def forgetting(ev, experts_dir, out):
           if own else [])])
     print(text)
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "forgetting.md"), "w") as f:
-        f.write(text + "\n")
+    write_text(os.path.join(out, "forgetting.md"), text)
     report = {"skills": skills, "base": base, "accuracy": acc, "delta": delta,
               "base_nll": base_nll, "nll": nll, "nll_delta": nll_delta, "own_skill": own}
     write_json(os.path.join(out, "forgetting.json"), report)
@@ -213,6 +212,7 @@ def curve(base_json, stages, out):
     runs = {"base": read_records(base_json)}
     for path in stages:
         runs[os.path.splitext(os.path.basename(path))[0]] = read_records(path)
+    _check_stages(stages, per_skill(runs["base"])[0])
     acc, nll = {}, {}
     for name, records in runs.items():
         acc[name], nll[name] = per_skill(records)
@@ -233,8 +233,7 @@ def curve(base_json, stages, out):
                                             f"last stage, {last} (wins: only the last is right)", "skill")])
     print(text)
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "curve.md"), "w") as f:
-        f.write(text + "\n")
+    write_text(os.path.join(out, "curve.md"), text)
     write_json(os.path.join(out, "curve.json"), {"stages": names, "skills": skills, "accuracy": acc,
                                                  "answer_nll": nll, "after_own_stage_vs_last": kept})
     plt = pyplot()
@@ -296,8 +295,7 @@ def heldout(ev, root, shots, out):
     text = "\n".join(lines)
     print(text)
     os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(text + "\n")
+    write_text(os.path.join(out, "results.md"), text)
     result = {"accuracy": table, "answer_nll": nlls}
     write_json(os.path.join(out, "results.json"), result)
     print(f"wrote {out}/results.md and results.json")
@@ -508,8 +506,7 @@ def report(out):
     pcts = {label: {s: 100 * v for s, v in per.items()} for label, per in tables["accuracy"].items()}
     acc = "\n".join(config_rows(pcts, skills, "{:.1f}"))
     nll = "\n".join(config_rows(tables["answer_nll"], skills, "{:.3f}"))
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(acc + "\n")
+    write_text(os.path.join(out, "results.md"), acc)
     write_json(os.path.join(out, "results.json"), tables)
     parts = ["# Study report", "", "Accuracy (%) on the test split, 4-shot unless named; every "
              "configuration sees the same questions (see experiment.sh for the sizes).", "", acc, "",
@@ -538,8 +535,7 @@ def report(out):
         if pictures:
             parts += [f"## Routing on {title}: mean expert weight per layer, per skill", ""]
             parts += [f"![{os.path.relpath(h, out)}]({os.path.relpath(h, out)})" for h in pictures] + [""]
-    with open(os.path.join(out, "REPORT.md"), "w") as f:
-        f.write("\n".join(parts) + "\n")
+    write_text(os.path.join(out, "REPORT.md"), "\n".join(parts))
     print(acc)
     print(f"wrote {out}/REPORT.md, results.md, results.json")
 
@@ -594,6 +590,17 @@ def main():
 # ---------------------------------------------------------------------------
 # 7. Checks
 # ---------------------------------------------------------------------------
+
+
+def _check_stages(stages, skills):
+    """curve's stage files are named N-SKILL.json: N its place in training order
+    (1, 2, ...), SKILL one of the base report's skills."""
+    for n, path in enumerate(stages, 1):
+        name = os.path.splitext(os.path.basename(path))[0]
+        number, _, skill = name.partition("-")
+        if number != str(n) or skill not in skills:
+            raise ValueError(f"{path}: expected stage {n} to be named {n}-SKILL.json, SKILL one of the base "
+                             f"report's skills {sorted(skills)} (stages in training order)")
 
 
 def _check_records(path, records):

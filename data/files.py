@@ -41,6 +41,14 @@ def write_json(path, obj, indent=1):
     write_atomic(path, write)
 
 
+def write_text(path, text):
+    """text to path, atomically, with a final newline."""
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text + "\n")
+    write_atomic(path, write)
+
+
 def sha256(path):
     """Hex sha256 of a file's bytes."""
     h = hashlib.sha256()

@@ -140,6 +140,8 @@ def load_file(path):
         raise LilaError(f"{path}: field 'Instances': missing")
     if not isinstance(instances, list):
         raise LilaError(f"{path}: field 'Instances': expected a list, got {type(instances).__name__}")
+    if not instances:
+        raise LilaError(f"{path}: field 'Instances': empty, expected at least one question")
     name, file_split = _name_parts(path)
     skill = _category(task, path) or _skill_from_name(name)
     return [_instance(x, i, path, skill, name, file_split) for i, x in enumerate(instances)]
@@ -173,12 +175,18 @@ def load(paths, split=None, skills=None):
     """Examples from task files or folders (see task_files), in file order,
     optionally only one split and only some skills (a name or a list of names).
     Asking for a skill that has no examples (in that split) is an error, not an
-    empty list."""
+    empty list; so is, when no skills are named, a skill of the files without
+    examples in that split (it would silently drop out of an evaluation)."""
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
     examples = [e for f in task_files(paths) for e in load_file(f)]
+    everything = skills_of(examples)
     if split is not None:
         examples = [e for e in examples if e.split == split]
+    if skills is None and len(skills_of(examples)) < len(everything):
+        missing = sorted(set(everything) - set(skills_of(examples)))
+        raise LilaError(f"{paths}: skill(s) {missing} have no {split} examples; expected every skill of "
+                        f"the task files to have some (name the skills wanted, or leave those files out)")
     if skills is not None:
         wanted = {skills} if isinstance(skills, str) else set(skills)
         missing = sorted(wanted - {e.skill for e in examples})

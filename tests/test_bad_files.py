@@ -490,12 +490,16 @@ ROUTER_TENSORS = [   # (edit, tensor the message names, what it says)
     (lambda s: s.update({"gates.1.V.weight": torch.zeros(3, 64)}), "gates.1.V.weight",
      "has shape (3, 64), expected (2, 64)"),
     (retype("mix", torch.int64), "mix", "dtype torch.int64, expected a floating-point dtype"),
+    (lambda s: s["task.centroids"].mul_(1e30), "task prior (centroid)", "not finite"),
+    (lambda s: s.update({"task.scale": torch.tensor(1e-45)}), "task prior (centroid)", "not finite"),
+    (lambda s: s["gates.1.U.weight"].fill_(3e38), "gate of layer 1", "gates.1.* overflow"),
 ]
 
 
 @pytest.mark.parametrize("edit,key,message", ROUTER_TENSORS,
                          ids=["nan-gate", "inf-mix", "nan-centroid", "nan-scale", "no-centroids", "no-bias",
-                              "extra-layer", "shape", "int-mix"])
+                              "extra-layer", "shape", "int-mix", "huge-centroids",
+                              "tiny-scale", "huge-gate"])
 def test_router_tensors(router_dir, edit, key, message):
     path = os.path.join(router_dir, "router.safetensors")
     edit_safetensors(path, edit)

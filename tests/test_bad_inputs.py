@@ -24,6 +24,7 @@ from data.cli import run
 
 PHI_TINY = os.path.join(ROOT, "checkpoints", "phi-tiny")
 ROUTER = os.path.join(ROOT, "checkpoints", "phi-tiny-moe", "router")
+EXPERTS = os.path.join(ROOT, "checkpoints", "phi-tiny-moe", "experts")
 DATA = os.path.join(ROOT, "tests", "fixtures", "ours")
 
 
@@ -65,6 +66,8 @@ EVAL = [   # (arguments, what the one-line message must say)
     (["--explain", "What is 2+2?", "--json", "x.json"], "--json does not go with --explain"),
     (["--explain", "What is 2+2?", "--limit", "3"], "--limit does not go with --explain"),
     (["--out", "somewhere"], "--out needs --moe"),
+    (["--variant", "full"], "--variant needs --moe"),            # given, though it is the default
+    (["--out", "out/routing"], "--out needs --moe"),
     (["--json", ""], "--json: expected a file name to write, got ''"),
     (["--model", ""], "--model: expected a non-empty string"),
     (["--moe", ROUTER, "--out", os.path.join(ROOT, "README.md")], "--out: expected a folder to write into"),
@@ -103,6 +106,10 @@ TRAIN = [
     (["--full", "--rank", "4"], "--rank goes with a fresh LoRA"),
     (["--adapter", ROUTER, "--targets", "q_proj"], "--targets goes with a fresh LoRA or --router --rank1"),
     (["--n-layer", "2"], "--n-layer goes with --base"),
+    (["--n-layer", "8"], "--n-layer goes with --base"),         # given, though it is the default
+    (["--base", "--model", PHI_TINY], "--model goes with --expert, --mixed or --router"),
+    (["--router", "--top-k", "99", "--experts", EXPERTS, "--data", DATA], "--top-k 99: more than the 8 experts"),
+    (["--router", "--rank1", "2", "--top-k", "3", "--data", DATA], "--top-k 3: more than the 2 experts"),
     (["--tau", "2"], "--tau goes with --router"),
     (["--steps-per-skill", "3"], "--steps-per-skill goes with --mixed"),
     (["--clusters", "out/c"], "--clusters goes with --expert cluster:K or --router"),
@@ -411,6 +418,19 @@ def test_study_report_names_a_malformed_piece(path, content, message, tmp_path, 
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_experts_swapped_between_folders_are_refused(tmp_path, capsys, monkeypatch):
+    """router.json holds each expert's sha256: an algebra folder that holds the
+    arithmetic adapter is named, in eval --moe and in --explain."""
+    experts = shutil.copytree(EXPERTS, str(tmp_path / "experts"))
+    os.rename(os.path.join(experts, "algebra"), os.path.join(experts, "tmp"))
+    os.rename(os.path.join(experts, "arithmetic"), os.path.join(experts, "algebra"))
+    os.rename(os.path.join(experts, "tmp"), os.path.join(experts, "arithmetic"))
+    message = os.path.join(experts, "algebra", "adapter_model.safetensors") + ": not the adapter that"
+    for argv in (["--moe", ROUTER, "--data", DATA], ["--explain", "Solve 3*y = 6 for y.", "--moe", ROUTER]):
+        code, err = cli(E.main, [*argv, "--experts", experts, "--model", PHI_TINY], capsys, monkeypatch)
+        assert code == 2 and message in err and "expert 'algebra'" in err, err
+
+
 def test_eval_of_a_repeated_test_question(tmp_path, capsys, monkeypatch):
     q = {"Input": "What is 2 + 3?", "Output Answer": ["5"], "split": "test"}
     (tmp_path / "algebra.json").write_text(json.dumps({"Instances": [q, {**q, "Input": "What is 1 + 1?"}, q]}))
@@ -419,10 +439,14 @@ def test_eval_of_a_repeated_test_question(tmp_path, capsys, monkeypatch):
         in err, err
 
 
-def test_eval_of_a_task_file_without_questions(tmp_path, capsys, monkeypatch):
-    (tmp_path / "algebra.json").write_text('{"Instances": []}')
+@pytest.mark.parametrize("instances, message", [
+    ([], "algebra.json: field 'Instances': empty, expected at least one question"),
+    ([{"Input": "What is 2 + 3?", "Output Answer": ["5"], "split": "train"}],
+     "skill(s) ['algebra'] have no test examples")])
+def test_eval_of_a_task_file_without_test_questions(tmp_path, capsys, monkeypatch, instances, message):
+    (tmp_path / "algebra.json").write_text(json.dumps({"Instances": instances}))
     code, err = cli(E.main, ["--data", str(tmp_path), "--model", PHI_TINY], capsys, monkeypatch)
-    assert code == 2 and f"{tmp_path}: no test questions to evaluate" in err, err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_a_fresh_run_does_not_overwrite_another_runs_state(tmp_path, capsys, monkeypatch):

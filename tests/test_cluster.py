@@ -284,7 +284,7 @@ def test_cli_empty_data(tiny_ckpt, tmp_path, capsys):
     empty.write_text(json.dumps({"Categories": [{"Math category": "algebra"}], "Instances": []}))
     with pytest.raises(SystemExit):
         C.main(["--model", tiny_ckpt[0], "--data", str(empty), "--out", str(tmp_path / "out")])
-    assert "no train questions" in capsys.readouterr().err
+    assert "field 'Instances': empty, expected at least one question" in capsys.readouterr().err
 
 
 def test_picture_skipped_without_matplotlib(tmp_path, monkeypatch, capsys):

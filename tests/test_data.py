@@ -58,6 +58,14 @@ def test_load_errors_on_missing_skill_bad_split_and_missing_path(tmp_path):
         load(str(tmp_path))
 
 
+def test_a_skill_without_the_split_asked_for_is_named_not_dropped(tmp_path):
+    (tmp_path / "algebra.json").write_text(json.dumps({"Instances": [GOOD]}))
+    (tmp_path / "numbers.json").write_text(json.dumps({"Instances": [{**GOOD, "split": "train"}]}))
+    with pytest.raises(LilaError, match=r"skill\(s\) \['numbers'\] have no test examples"):
+        load(str(tmp_path), split="test")
+    assert skills_of(load(str(tmp_path), split="test", skills=["algebra"])) == ["algebra"]
+
+
 def test_real_lila_shapes():
     """all/-style file: split per instance, several answers, skill from the file
     name (no "Math category"); a file without splits is test; iid/dev.json is dev."""
@@ -122,7 +130,8 @@ def test_a_question_may_span_lines(tmp_path):
     ('{"Definition": []}', "field 'Instances': missing"),
     ('{"Instances": {"Input": "q"}}', "field 'Instances': expected a list"),
     ('{"Instances": ["What is 2 + 3?"]}', "instance 0: expected a JSON object"),
-    ('{"Categories": [{"Math category": ""}], "Instances": []}', "'Math category'"),
+    ('{"Instances": []}', "field 'Instances': empty, expected at least one question"),
+    ('{"Categories": [{"Math category": ""}], "Instances": [%s]}' % json.dumps(GOOD), "'Math category'"),
 ])
 def test_malformed_file_names_file_and_problem(tmp_path, text, expected):
     path = tmp_path / "broken_task.json"

@@ -2,6 +2,7 @@
 of a made-up study folder, cell by cell."""
 import json
 import os
+import re
 
 import pytest
 
@@ -81,6 +82,21 @@ def test_curve_follows_each_skill_through_the_stages(tmp_path):
                 "| 2-numbers | 0.0 | 100.0 | **50.0** |", "| 1-algebra | 1.000 | 2.000 | **1.500** |",
                 "| algebra (stage 1-algebra) | 2 | 2 | 0 | 0 | 2 | 0.5 |"]:
         assert row in text, row
+
+
+@pytest.mark.parametrize("names", [["stageX", "2-numbers"], ["2-algebra", "1-numbers"], ["1-geometry", "2-numbers"]])
+def test_curve_refuses_stages_not_named_in_training_order(tmp_path, names):
+    """Stage files are N-SKILL.json, numbered 1, 2, ... in the order given: another
+    name would silently drop its skill's 'kept' row. Here the first stage is misnamed."""
+    from study import curve
+    records = [{"question": "a1", "skill": "algebra", "correct": True, "answer_nll": 1.0},
+               {"question": "n1", "skill": "numbers", "correct": False, "answer_nll": 2.0}]
+    paths = [str(tmp_path / f"{name}.json") for name in ["base", *names]]
+    for path in paths:
+        acc, nll = per_skill(records)
+        write(path, {"accuracy": acc, "answer_nll": nll, "records": records})
+    with pytest.raises(ValueError, match=re.escape(paths[1]) + ": expected stage 1 to be named 1-SKILL.json"):
+        curve(paths[0], paths[1:], str(tmp_path / "out"))
 
 
 def test_report_adds_a_skill_to_seven(tmp_path):
