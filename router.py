@@ -138,7 +138,14 @@ class GroupedGate(nn.Module):
     """w = softmax_g(U h / t)[group(e)] * softmax_{e' in group(e)}(V h / t)[e].
 
     Both projections start at zero: every group gets 1/G and every expert 1/|g|
-    of its group, a neutral start for the learned mix."""
+    of its group, a neutral start for the learned mix.
+
+    Computed in log space, where the two softmaxes are sums:
+        log w[e] = log_softmax(u)[g(e)] + v[e] - logsumexp_{e' in g(e)} v[e']
+    with u = U h / t and v = V h / t. logsumexp is stable for each group on its
+    own (exp(v) of a group far below another's max would underflow to 0/0), and
+    it takes a handful of operations, which counts: the gate runs in every layer
+    at every decoding step."""
 
     def __init__(self, C, M, temperature=1.0):
         super().__init__()
@@ -149,21 +156,17 @@ class GroupedGate(nn.Module):
         for lin in (self.U, self.V):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
-        self.register_buffer("M", M, persistent=False)   # (E, G), from the groups
+        self.register_buffer("log_M", M.log(), persistent=False)          # (E, G): 0 in e's group, -inf outside
+        self.register_buffer("group_of", M.argmax(1), persistent=False)   # (E,): g(e)
         self.temperature = temperature
 
     def forward(self, h):
         """h (..., C) -> expert weights (..., E); rows sum to 1."""
         h = h.float()
-        g = F.softmax(self.U(h) / self.temperature, dim=-1)             # (..., G) group weights
-        v = self.V(h) / self.temperature                               # (..., E)
-        # Softmax within each group. Subtract each group's own max before exp: with a
-        # global max, a group far below it underflows to 0/0 (NaN).
-        masked = v.unsqueeze(-1).masked_fill(self.M == 0, float("-inf"))   # (..., E, G), -inf outside the group
-        shift = masked.amax(dim=-2) @ self.M.T                         # (..., E): the max of e's group
-        ev = torch.exp(v - shift)                                      # (..., E), 1 at each group's max
-        in_group = ev / ((ev @ self.M) @ self.M.T)                      # (..., E) divided by e's group sum
-        return (g @ self.M.T) * in_group                                # (..., E) group share x share in group
+        log_g = F.log_softmax(self.U(h) / self.temperature, dim=-1)       # (..., G) log group weights
+        v = self.V(h) / self.temperature                                # (..., E)
+        lse = torch.logsumexp(v.unsqueeze(-1) + self.log_M, dim=-2)     # (..., E, G) -> (..., G) per group
+        return torch.exp(v + (log_g - lse)[..., self.group_of])          # (..., E)
 
 
 # ---------------------------------------------------------------------------
@@ -231,9 +234,8 @@ class Router(nn.Module):
             h = self.pooled[layer]                 # later calls on the KV cache reuse it
         w = self.gates[layer](h)                                      # (B, [T,] E)
         if self.prior_w is not None and self.cfg.prior != "none":
-            lam = torch.sigmoid(self.mix[layer])
             p = self.prior_w.to(w.device, w.dtype)
-            w = lam * (p[:, None, :] if w.dim() == 3 else p) + (1 - lam) * w
+            w = torch.lerp(w, p[:, None, :] if w.dim() == 3 else p, torch.sigmoid(self.mix[layer]))   # lam p + (1 - lam) w
         if self.cfg.top_k:
             kth = w.topk(self.cfg.top_k, dim=-1).values[..., -1:]
             w = w * (w >= kth)
