@@ -238,8 +238,9 @@ class Evaluator:
         """The model and the questions that flags.add_question_flags' flags name."""
         model, tok = M.load(args.model, dtype=args.dtype, device=args.device, revision=args.revision)
         skills = args.skills.split(",") if args.skills else None
-        examples = select(load_examples(args.data, split=args.split, skills=skills), args.limit, args.seed)
-        check_distinct(examples, f"{args.data}, {args.split} split")
+        examples = load_examples(args.data, split=args.split, skills=skills)
+        check_distinct(examples, f"{args.data}, {args.split} split")     # all of it, whatever --limit draws
+        examples = select(examples, args.limit, args.seed)
         pool = by_skill(load_examples(args.data, split="train", skills=skills)) if args.shots else {}
         print(f"evaluating {len(examples)} {args.split} questions, {args.shots}-shot")
         return cls(model, tok, examples, pool, args.shots, args.batch_size, args.seed, args.max_new_tokens)

@@ -431,10 +431,13 @@ def test_experts_swapped_between_folders_are_refused(tmp_path, capsys, monkeypat
         assert code == 2 and message in err and "expert 'algebra'" in err, err
 
 
-def test_eval_of_a_repeated_test_question(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("limit", [[], ["--limit", "1"]])
+def test_eval_of_a_repeated_test_question(tmp_path, capsys, monkeypatch, limit):
+    """Refused whether or not --limit would draw both copies: the file is broken."""
     q = {"Input": "What is 2 + 3?", "Output Answer": ["5"], "split": "test"}
     (tmp_path / "algebra.json").write_text(json.dumps({"Instances": [q, {**q, "Input": "What is 1 + 1?"}, q]}))
-    code, err = cli(E.main, ["--data", str(tmp_path), "--model", PHI_TINY, "--shots", "0"], capsys, monkeypatch)
+    code, err = cli(E.main, ["--data", str(tmp_path), "--model", PHI_TINY, "--shots", "0", *limit], capsys,
+                    monkeypatch)
     assert code == 2 and f"{tmp_path}, test split: the algebra question 'What is 2 + 3?' comes more than once" \
         in err, err
 
