@@ -77,12 +77,16 @@ job() {
 stage() { for p in "${PIDS[@]}"; do wait "$p"; done; PIDS=(); echo; echo "=== $* (at $((SECONDS / 60)) min)"; }
 
 stage "data"
+have_all() {   # have_all DIR [SKILL...]: each skill's task file is there (the generator writes them one by one)
+    local d=$1 s; shift
+    for s in ${@:-$SKILLS}; do [ -e "$d/$s.json" ] || return 1; done
+}
 if [ "$DATA" = data/lila ]; then   # generated; a LiLA download (DATA=...) is used as it is
     GEN=.venv-gen/bin/python
-    [ -e "$DATA/algebra.json" ] || "$GEN" data/generate.py --out "$DATA" --train 2000
-    [ -e "$TRAIN_DATA/algebra.json" ] || "$GEN" data/generate.py --out "$TRAIN_DATA" --train 4000 --dev 100 \
+    have_all "$DATA" || "$GEN" data/generate.py --out "$DATA" --train 2000
+    have_all "$TRAIN_DATA" || "$GEN" data/generate.py --out "$TRAIN_DATA" --train 4000 --dev 100 \
         --test 0 --seed 4321 --exclude "$DATA"
-    [ -e "$DATA/composed/algebra.json" ] || "$GEN" data/generate.py --out "$DATA" --composed-only \
+    have_all "$DATA/composed" algebra calculus comparison numbers polynomials ||   # the skills with composed submodules "$GEN" data/generate.py --out "$DATA" --composed-only \
         --train 200 --dev 0 --test 50
 fi
 
