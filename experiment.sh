@@ -86,8 +86,9 @@ if [ "$DATA" = data/lila ]; then   # generated; a LiLA download (DATA=...) is us
     have_all "$DATA" || "$GEN" data/generate.py --out "$DATA" --train 2000
     have_all "$TRAIN_DATA" || "$GEN" data/generate.py --out "$TRAIN_DATA" --train 4000 --dev 100 \
         --test 0 --seed 4321 --exclude "$DATA"
-    have_all "$DATA/composed" algebra calculus comparison numbers polynomials ||   # the skills with composed submodules "$GEN" data/generate.py --out "$DATA" --composed-only \
-        --train 200 --dev 0 --test 50
+    # composed questions exist for these five skills only
+    have_all "$DATA/composed" algebra calculus comparison numbers polynomials || "$GEN" data/generate.py \
+        --out "$DATA" --composed-only --train 200 --dev 0 --test 50
 fi
 
 stage "skill experts"
