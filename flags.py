@@ -155,7 +155,8 @@ def add_router_flags(p):
 def train_args(argv=None):
     """The flags, with the chosen mode's defaults (MODES) for those not given."""
     p = train_parser()
-    args, given = p.parse_args(argv), given_flags(p, argv)
+    args = p.parse_args(argv)
+    given = given_flags(p, argv, args)
     for flag, (who, reads) in READ_BY.items():   # a flag the run would not read is refused, not ignored
         if flag in given and not reads(args):
             p.error(f"--{flag.replace('_', '-')} goes with {who}")
@@ -203,10 +204,10 @@ READ_BY = {   # flag: (the runs that read it, a test of args); elsewhere setting
 }
 
 
-def given_flags(p, argv):
-    """The flags on the command line, even those given their default value: one more
-    parse with every default swapped for a marker tells them apart."""
-    defaults = {dest: p.get_default(dest) for dest in vars(p.parse_args(argv))}
+def given_flags(p, argv, args):
+    """The flags on the command line (args parsed from argv), even those given their
+    default value: one more parse with every default swapped for a marker tells them apart."""
+    defaults = {dest: p.get_default(dest) for dest in vars(args)}
     p.set_defaults(**dict.fromkeys(defaults, UNSET))
     try:
         return {dest for dest, value in vars(p.parse_args(argv)).items() if value is not UNSET}
@@ -273,7 +274,8 @@ def eval_parser():
 def eval_args(argv=None):
     """The flags, with the combinations that would leave one unread refused."""
     p = eval_parser()
-    args, given = p.parse_args(argv), given_flags(p, argv)
+    args = p.parse_args(argv)
+    given = given_flags(p, argv, args)
     for flag, needs in (("route", "moe"), ("variant", "moe"), ("experts", "moe"), ("clusters", "explain")):
         if flag in given and not (getattr(args, needs) or args.explain):
             p.error(f"--{flag} needs --{needs}")

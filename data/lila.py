@@ -180,11 +180,11 @@ def load(paths, split=None, skills=None):
     if split is not None and split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
     examples = [e for f in task_files(paths) for e in load_file(f)]
-    everything = skills_of(examples)
+    everything = set(skills_of(examples))
     if split is not None:
         examples = [e for e in examples if e.split == split]
-    if skills is None and len(skills_of(examples)) < len(everything):
-        missing = sorted(set(everything) - set(skills_of(examples)))
+    missing = sorted(everything - set(skills_of(examples)))
+    if skills is None and missing:
         raise LilaError(f"{paths}: skill(s) {missing} have no {split} examples; expected every skill of "
                         f"the task files to have some (name the skills wanted, or leave those files out)")
     if skills is not None:
