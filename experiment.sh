@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The whole study in one command (make experiment): data, eight skill experts,
-# the baselines (the mixed LoRA at equal steps and at equal parameters, a full
+# The whole study in one command (make experiment): data, learning rates chosen
+# on dev questions, eight skill experts, the baselines (the mixed LoRA at equal steps and at equal parameters, a full
 # fine-tune of each skill, one LoRA and the whole model fine-tuned skill after
 # skill), clusters and cluster experts, router variants, a skill added to a
 # seven-skill mixture, evaluation of every configuration, the forgetting curves,
@@ -16,7 +16,8 @@
 # (LoRA steps per expert), ROUTER_STEPS, BATCH (LoRA batch), EVAL_EVERY (steps
 # between dev evaluations; the best is kept), LIMIT (test questions per skill in
 # every evaluation), DEVICE, DTYPE (evaluation dtype, e.g. bfloat16 on a GPU),
-# JOBS (commands of a stage run at once: 1 on a CPU; a GPU takes several, and
+# LORA_LRS and FULL_LRS (the learning rates tried for the LoRAs and the full
+# fine-tune), JOBS (commands of a stage run at once: 1 on a CPU; a GPU takes several, and
 # with DEVICE=cuda they are spread over the GPUs, see job() below), PY (python).
 #
 #   DEVICE=cuda PY=python3 STEPS=300 BATCH=16 ROUTER_STEPS=300 EVAL_EVERY=100 JOBS=8 bash experiment.sh
@@ -91,17 +92,46 @@ if [ "$DATA" = data/lila ]; then   # generated; a LiLA download (DATA=...) is us
         --out "$DATA" --composed-only --train 200 --dev 0 --test 50
 fi
 
-stage "skill experts"
-for s in $SKILLS; do
-    job "$PY" train.py --expert "$s" "${COMMON[@]}" "${LORA[@]}" --out "$OUT/experts/$s"
+stage "learning rates: three per family, each chosen on dev questions"
+# No strawmen: the experts, the full fine-tune and the mixed LoRA each get the best
+# of three learning rates by dev accuracy (TRAIN_DATA's dev split, never the test
+# split), at the study's steps. The experts and the full fine-tune are swept on one
+# skill, the mixed LoRA on all of them; its best run is the study's mixed LoRA.
+LORA_LRS=${LORA_LRS:-1e-3 2e-3 4e-3}
+FULL_LRS=${FULL_LRS:-3e-5 1e-4 3e-4}
+for lr in $LORA_LRS; do
+    job "$PY" train.py --expert arithmetic "${COMMON[@]}" "${LORA[@]}" --lr "$lr" --eval-questions 100 \
+        --out "$OUT/lr/expert-$lr"
+    job "$PY" train.py --mixed "${COMMON[@]}" "${MIXED[@]}" --steps-per-skill "$STEPS" --lr "$lr" \
+        --eval-questions 400 --out "$OUT/lr/mixed-$lr"
+done
+for lr in $FULL_LRS; do
+    job "$PY" train.py --expert arithmetic --full "${COMMON[@]}" "${LORA[@]}" --lr "$lr" --eval-questions 100 \
+        --out "$OUT/lr/full-$lr"
 done
 
-stage "mixed LoRA (as many steps as all experts together)"
-job "$PY" train.py --mixed "${COMMON[@]}" "${MIXED[@]}" --steps-per-skill "$STEPS" --out "$OUT/mixed"
+stage "skill experts"
+best_lr() {   # best_lr FAMILY LR...: the learning rate of OUT/lr/FAMILY-LR with the best dev accuracy
+    local family=$1 lr runs=() best; shift
+    for lr in "$@"; do runs+=("$OUT/lr/$family-$lr"); done
+    best=$("$PY" study.py best "${runs[@]}")
+    echo "${best#"$OUT/lr/$family-"}"
+}
+LR_EXPERT=$(best_lr expert $LORA_LRS)
+LR_FULL=$(best_lr full $FULL_LRS)
+LR_MIXED=$(best_lr mixed $LORA_LRS)
+echo "learning rates chosen on dev: experts $LR_EXPERT, full fine-tune $LR_FULL, mixed LoRA $LR_MIXED"
+EXPERT=("${LORA[@]}" --lr "$LR_EXPERT")
+FULL=(--full "${LORA[@]}" --lr "$LR_FULL")
+MIXED+=(--lr "$LR_MIXED")    # from here on, every mixed LoRA trains at its chosen rate
+mkdir -p "$OUT" && ln -sfnT "lr/mixed-$LR_MIXED" "$OUT/mixed"
+for s in $SKILLS; do
+    job "$PY" train.py --expert "$s" "${COMMON[@]}" "${EXPERT[@]}" --out "$OUT/experts/$s"
+done
 
 stage "baselines that can forget: a full fine-tune of each skill, one LoRA at the experts' parameters"
 for s in $SKILLS; do
-    job "$PY" train.py --expert "$s" --full "${COMMON[@]}" "${LORA[@]}" --out "$OUT/full/$s"
+    job "$PY" train.py --expert "$s" "${COMMON[@]}" "${FULL[@]}" --out "$OUT/full/$s"
 done
 # rank 64 = the trainable parameters of eight rank-8 experts; alpha/r stays 2
 job "$PY" train.py --mixed "${COMMON[@]}" "${MIXED[@]}" --steps-per-skill "$STEPS" --rank 64 --alpha 128 \
@@ -109,12 +139,11 @@ job "$PY" train.py --mixed "${COMMON[@]}" "${MIXED[@]}" --steps-per-skill "$STEP
 
 stage "sequential fine-tunes: one LoRA, and the whole model, trained skill after skill"
 sequential() {  # sequential lora|full: each stage starts from the previous stage's result
-    local i=0 s full=() from=()
-    [ "$1" = lora ] || full=(--full)
+    local i=0 s from=() how
+    if [ "$1" = lora ]; then how=("${EXPERT[@]}"); else how=("${FULL[@]}"); fi
     for s in $SKILLS; do
         i=$((i + 1))
-        "$PY" train.py --expert "$s" "${COMMON[@]}" "${LORA[@]}" "${full[@]}" "${from[@]}" \
-            --out "$OUT/sequential-$1/$i-$s"
+        "$PY" train.py --expert "$s" "${COMMON[@]}" "${how[@]}" "${from[@]}" --out "$OUT/sequential-$1/$i-$s"
         if [ "$1" = lora ]; then from=(--adapter "$OUT/sequential-$1/$i-$s")
         else from=(--model "$OUT/sequential-$1/$i-$s"); fi
     done
@@ -122,7 +151,7 @@ sequential() {  # sequential lora|full: each stage starts from the previous stag
 job sequential lora
 job sequential full
 
-echo; echo "=== clusters of meta-questions (beside the mixed LoRA)"
+echo; echo "=== clusters of meta-questions (beside the sequential fine-tunes)"
 [ -e "$OUT/clusters/assignments.json" ] || job "$PY" cluster.py --k 8 --split train --limit 300 \
     --model "$MODEL" --data "$TRAIN_DATA" --device "$DEVICE" --out "$OUT/clusters"
 [ -e "$OUT/clusters-test/report.md" ] || job "$PY" cluster.py --k 8 --split test --limit 100 \
@@ -133,9 +162,9 @@ echo; echo "=== clusters of meta-questions (beside the mixed LoRA)"
 
 stage "cluster experts (unsupervised, and seeded by a few labels)"
 for k in 0 1 2 3 4 5 6 7; do
-    job "$PY" train.py --expert "cluster:$k" --clusters "$OUT/clusters" "${COMMON[@]}" "${LORA[@]}" \
+    job "$PY" train.py --expert "cluster:$k" --clusters "$OUT/clusters" "${COMMON[@]}" "${EXPERT[@]}" \
         --out "$OUT/cluster-experts/cluster-$k"
-    job "$PY" train.py --expert "cluster:$k" --clusters "$OUT/clusters-seeded" "${COMMON[@]}" "${LORA[@]}" \
+    job "$PY" train.py --expert "cluster:$k" --clusters "$OUT/clusters-seeded" "${COMMON[@]}" "${EXPERT[@]}" \
         --out "$OUT/seeded-experts/cluster-$k"
 done
 
@@ -170,7 +199,7 @@ job "$PY" train.py "${ROUTER[@]}" --data "$OUT/add-skill/data7" --experts "$OUT/
 add_to_mixed() {   # the seven-skill mixed LoRA, then the eighth skill alone from it
     "$PY" train.py --mixed "${COMMON[@]}" "${MIXED[@]}" --data "$OUT/add-skill/data7" \
         --steps-per-skill "$STEPS" --out "$OUT/add-skill/mixed7"
-    "$PY" train.py --expert "$NEW_SKILL" "${COMMON[@]}" "${LORA[@]}" --adapter "$OUT/add-skill/mixed7" \
+    "$PY" train.py --expert "$NEW_SKILL" "${COMMON[@]}" "${EXPERT[@]}" --adapter "$OUT/add-skill/mixed7" \
         --out "$OUT/add-skill/mixed7-then-$NEW_SKILL"
 }
 job add_to_mixed

@@ -6,6 +6,7 @@ compared question by question.
     python study.py forgetting out/experts --out out/forgetting         # every expert on every skill
     python study.py curve out/eval/base-4shot.json out/eval/sequential-lora/*.json   # skill after skill
     python study.py heldout out --data data/heldout                     # every configuration, new questions
+    python study.py best out/lr/mixed-*                                 # the run with the best dev accuracy
     python study.py report out                                          # out/results.md and out/REPORT.md
 
 eval.py evaluates one configuration and writes its records (--json); this file
@@ -23,6 +24,8 @@ puts configurations side by side.
   the forgetting curve, and whether each skill survives the stages after its own.
 - heldout: every configuration of a study folder (experiment.sh's OUT) on the
   same questions in one call, e.g. on questions drawn apart from all training.
+- best: of runs that differ in one setting (a learning-rate sweep), the one
+  with the highest dev accuracy, as train.py logged it.
 - report: the tables of a finished `make experiment`, from what eval.py,
   cluster.py and train.py wrote; nothing is recomputed and a missing piece is
   reported missing, not invented.
@@ -482,19 +485,59 @@ def routing_accuracy(out):
     return "\n".join(lines) if len(lines) > 2 else None
 
 
+def read_log(path):
+    """train.py's log.json: a list of entries, each with a 'step' and a 'time'
+    (and, at each checkpoint, 'dev_loss' and 'dev_accuracy')."""
+    log = load(path)
+    if log is None:
+        raise FileNotFoundError(f"{path}: no such file; expected the log of a train.py run")
+    number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)  # noqa: E731
+    if not (isinstance(log, list) and all(isinstance(e, dict) and number(e.get("step")) and number(e.get("time"))
+                                          and number(e.get("dev_accuracy", 0)) for e in log)):
+        raise ValueError(f"{path}: expected train.py's log, a list of entries with a 'step' and a 'time'")
+    return log
+
+
 def training_times(out):
     """Minutes of training per expert and for the mixed LoRA and routers (log.json)."""
     rows = []
     for path in sorted(glob.glob(os.path.join(out, "*", "log.json")) + glob.glob(os.path.join(out, "*", "*", "log.json"))):
-        log = load(path)
-        if not (isinstance(log, list) and all(isinstance(e, dict) and all(
-                isinstance(e.get(k), (int, float)) and not isinstance(e.get(k), bool) for k in ("step", "time"))
-                for e in log)):
-            raise ValueError(f"{path}: expected train.py's log, a list of entries with a 'step' and a 'time'")
+        log = read_log(path)
         if log:
             rows.append(f"| {os.path.relpath(os.path.dirname(path), out)} | {log[-1]['step']} "
                         f"| {log[-1]['time'] / 60:.1f} |")
     return "\n".join(["| run | steps | minutes |", "|---|---:|---:|"] + rows) if rows else None
+
+
+def dev_accuracy(run):
+    """The best dev accuracy in a train.py run's log.json, or None before its first checkpoint."""
+    accs = [e["dev_accuracy"] for e in read_log(os.path.join(run, "log.json")) if "dev_accuracy" in e]
+    return max(accs) if accs else None
+
+
+def best_run(runs):
+    """Of train.py runs on the same dev questions (e.g. one per learning rate), the
+    one with the highest dev accuracy; a tie goes to the run named first."""
+    scores = {run: dev_accuracy(run) for run in runs}
+    for run, acc in scores.items():
+        if acc is None:
+            raise ValueError(f"{run}/log.json: no dev accuracy yet; expected a finished train.py run")
+    return max(runs, key=scores.get)
+
+
+def lr_table(out):
+    """The learning-rate sweeps of experiment.sh (OUT/lr/FAMILY-LR): each run's dev
+    accuracy, and the one each family kept."""
+    runs = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(out, "lr", "*-*", "log.json")))
+    families = defaultdict(list)
+    for run in runs:
+        families[os.path.basename(run).partition("-")[0]].append(run)
+    rows = []
+    for family, candidates in families.items():
+        chosen = best_run(candidates)
+        rows += [f"| {family} | {os.path.basename(r).partition('-')[2]} | {pct(dev_accuracy(r))} | "
+                 f"{'kept' if r == chosen else ''} |" for r in candidates]
+    return "\n".join(["| runs | learning rate | dev accuracy (%) | |", "|---|---:|---:|---|"] + rows) if rows else None
 
 
 def report(out):
@@ -527,6 +570,7 @@ def report(out):
                          routing_accuracy(out)),
                         ("Steering with --route (router centroid-token)", steering_table(out)),
                         ("Adding a skill to seven (accuracy, %)", add_skill_table(out)),
+                        ("Learning rates, each family's chosen on dev questions", lr_table(out)),
                         ("Training time (wall, as logged)", training_times(out))):
         if text:
             parts += [f"## {title}", "", text, ""]
@@ -566,6 +610,8 @@ def parser():
     s.add_argument("root", help="a study folder (experiment.sh's OUT)")
     s.add_argument("--out", type=writable_dir, default=None, help="where results.md/.json go (default ROOT/heldout)")
     flags.add_question_flags(s)
+    s = sub.add_parser("best", help="print the train.py run with the highest dev accuracy (ties: the first)")
+    s.add_argument("runs", nargs="+", help="train.py output folders, e.g. one per learning rate")
     s = sub.add_parser("report", help="out/REPORT.md from a finished make experiment")
     s.add_argument("root", nargs="?", default="out", help="the study folder (experiment.sh's OUT)")
     return p
@@ -579,6 +625,8 @@ def main():
         compare(args.base, args.others)
     elif args.command == "report":
         report(args.root)
+    elif args.command == "best":
+        print(best_run(args.runs))
     elif args.command == "curve":
         curve(args.base, args.stages, args.out)
     elif args.command == "forgetting":

@@ -254,6 +254,8 @@ STUB = """#!/usr/bin/env bash
 # stands in for python: records the GPU each command was given, and whether another
 # command held that GPU at the same time (mkdir is atomic: it fails if the lock exists)
 echo "${CUDA_VISIBLE_DEVICES-unset} $*" >> "$STUB_DIR/log"
+# study.py best: the run named last (the highest learning rate) wins the sweep
+if [ "$1 $2" = "study.py best" ]; then echo "${@: -1}"; fi
 if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then
     mkdir "$STUB_DIR/lock-$CUDA_VISIBLE_DEVICES" 2>/dev/null || echo "SHARED $CUDA_VISIBLE_DEVICES" >> "$STUB_DIR/log"
     sleep 0.1
@@ -277,7 +279,8 @@ def study_with_stub(tmp_path, **env):
     assert run.returncode == 0, run.stderr[-2000:]
     lines = (tmp_path / "log").read_text().splitlines()
     assert not [l for l in lines if l.startswith("SHARED")]
-    return [tuple(l.split(" ", 1)) for l in lines if "study.py report " not in l and "study.py curve " not in l]
+    run_here = ("study.py report ", "study.py curve ", "study.py best ")   # not jobs: no GPU of their own
+    return [tuple(l.split(" ", 1)) for l in lines if not any(r in l for r in run_here)]
 
 
 @pytest.mark.parametrize("env, gpus", [
@@ -316,6 +319,12 @@ def test_experiment_chains_what_builds_on_earlier_runs(tmp_path):
     router7 = [l for l in log if l.endswith(f"--out {out}/add-skill/router7")]
     assert len(router7) == 1 and f"--data {out}/add-skill/data7 --experts {out}/add-skill/experts7" in router7[0]
     assert any("--expert probability" in l and f"--adapter {out}/add-skill/mixed7 " in l for l in log)
+    # the learning rates: the sweep's winners (the stub picks the last), used by every later run
+    assert os.readlink(out / "mixed") == "lr/mixed-4e-3"
+    later = [l for l in trains if "/lr/" not in l.split("--out ")[-1]]
+    assert later and all(l.split("--lr ")[-1].split()[0] == ("3e-4" if "--full" in l else "4e-3")
+                         for l in later if "--router" not in l)
+    assert all("--lr" not in l for l in later if "--router" in l)
     for kind, flag in (("lora", "--adapter"), ("full", "--model")):
         runs = [l for l in log if f"--out {out}/sequential-{kind}/" in l and l.startswith("unset train.py")]
         assert [r.split(f"sequential-{kind}/")[-1] for r in runs] == [

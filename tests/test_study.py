@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from study import paired, per_skill, report, sign_test
+from study import best_run, paired, per_skill, report, sign_test
 
 
 def test_sign_test_matches_scipy():
@@ -121,3 +121,32 @@ def test_report_adds_a_skill_to_seven(tmp_path):
     assert "| ... then trained on the eighth skill alone | 0.0 | 100.0 | **50.0** |" in text
     assert "| numbers | 2 | 0 | 2 | 2 | 0 | 0.5 |" in text           # the new skill, router 7 -> 8
     assert "| algebra | 2 | 2 | 0 | 0 | 2 | 0.5 |" in text           # forgotten by the mixed LoRA
+
+
+def test_best_run_is_the_best_dev_accuracy_and_the_report_lists_the_sweep(tmp_path):
+    """Each run's best checkpoint counts, not its last; a tie goes to the run named
+    first; a run without a dev accuracy yet is refused."""
+    out = str(tmp_path)
+    log = lambda *accs: [{"step": 10 * i, "time": 1.0, "dev_accuracy": a} for i, a in enumerate(accs, 1)]  # noqa: E731
+    write(f"{out}/lr/mixed-1e-3/log.json", log(0.30, 0.40))
+    write(f"{out}/lr/mixed-2e-3/log.json", log(0.45, 0.35))      # best at its first checkpoint
+    write(f"{out}/lr/mixed-4e-3/log.json", log(0.45))
+    runs = [f"{out}/lr/mixed-{lr}" for lr in ("1e-3", "2e-3", "4e-3")]
+    assert best_run(runs) == runs[1] and best_run(runs[::-1]) == runs[2]
+    write(f"{out}/lr/full-1e-4/log.json", [{"step": 0, "time": 1.0}])
+    with pytest.raises(ValueError, match="full-1e-4/log.json: no dev accuracy yet"):
+        best_run([f"{out}/lr/full-1e-4"])
+    with pytest.raises(FileNotFoundError, match="full-3e-4/log.json: no such file"):
+        best_run([f"{out}/lr/full-3e-4"])
+    write(f"{out}/lr/full-1e-4/log.json", log(0.2))
+    write(f"{out}/eval/base-4shot.json", {"accuracy": {"algebra": 0.5}, "answer_nll": {"algebra": 1.0}})
+    report(out)
+    text = open(f"{out}/REPORT.md").read()
+    assert "| mixed | 2e-3 | 45.0 | kept |" in text and "| mixed | 4e-3 | 45.0 |  |" in text
+    assert "| mixed | 1e-3 | 40.0 |  |" in text and "| full | 1e-4 | 20.0 | kept |" in text
+
+
+def test_best_run_refuses_a_log_with_a_nan_accuracy(tmp_path):
+    write(f"{tmp_path}/run/log.json", [{"step": 1, "time": 1.0, "dev_accuracy": float("nan")}])
+    with pytest.raises(ValueError, match="run/log.json: expected train.py's log"):
+        best_run([f"{tmp_path}/run"])
