@@ -509,34 +509,35 @@ def training_times(out):
     return "\n".join(["| run | steps | minutes |", "|---|---:|---:|"] + rows) if rows else None
 
 
-def dev_accuracy(run):
+def dev_accuracy(folder):
     """The best dev accuracy in a train.py run's log.json, or None before its first checkpoint."""
-    accs = [e["dev_accuracy"] for e in read_log(os.path.join(run, "log.json")) if "dev_accuracy" in e]
+    accs = [e["dev_accuracy"] for e in read_log(os.path.join(folder, "log.json")) if "dev_accuracy" in e]
     return max(accs) if accs else None
 
 
 def best_run(runs):
     """Of train.py runs on the same dev questions (e.g. one per learning rate), the
     one with the highest dev accuracy; a tie goes to the run named first."""
-    scores = {run: dev_accuracy(run) for run in runs}
-    for run, acc in scores.items():
+    scores = {r: dev_accuracy(r) for r in runs}
+    for r, acc in scores.items():
         if acc is None:
-            raise ValueError(f"{run}/log.json: no dev accuracy yet; expected a finished train.py run")
+            raise ValueError(f"{r}/log.json: no dev accuracy yet; expected a finished train.py run")
     return max(runs, key=scores.get)
 
 
 def lr_table(out):
     """The learning-rate sweeps of experiment.sh (OUT/lr/FAMILY-LR): each run's dev
     accuracy, and the one each family kept."""
-    runs = sorted(os.path.dirname(p) for p in glob.glob(os.path.join(out, "lr", "*-*", "log.json")))
-    families = defaultdict(list)
-    for run in runs:
-        families[os.path.basename(run).partition("-")[0]].append(run)
+    families = defaultdict(dict)       # family -> {learning rate: run}
+    for path in glob.glob(os.path.join(out, "lr", "*-*", "log.json")):
+        family, _, lr = os.path.basename(os.path.dirname(path)).partition("-")
+        families[family][lr] = os.path.dirname(path)
     rows = []
-    for family, candidates in families.items():
-        chosen = best_run(candidates)
-        rows += [f"| {family} | {os.path.basename(r).partition('-')[2]} | {pct(dev_accuracy(r))} | "
-                 f"{'kept' if r == chosen else ''} |" for r in candidates]
+    for family, runs in sorted(families.items()):
+        lrs = sorted(runs, key=float)  # as experiment.sh names them: lowest first, so a tie keeps the lowest
+        chosen = best_run([runs[lr] for lr in lrs])
+        rows += [f"| {family} | {lr} | {pct(dev_accuracy(runs[lr]))} | {'kept' if runs[lr] == chosen else ''} |"
+                 for lr in lrs]
     return "\n".join(["| runs | learning rate | dev accuracy (%) | |", "|---|---:|---:|---|"] + rows) if rows else None
 
 
