@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from study import best_run, paired, per_skill, report, sign_test
+from report import best_run, report
+from stats import paired, per_skill, sign_test
 
 
 def test_sign_test_matches_scipy():

@@ -1,0 +1,305 @@
+"""
+The report of a finished `make experiment`: every table of the study folder
+(experiment.sh's OUT), and the study's question answered goal by goal.
+
+    python study.py report out          # out/REPORT.md, results.md, results.json, goals.json
+    python study.py best out/lr/mixed-1e-3 out/lr/mixed-2e-3   # the best learning rate's run
+
+Everything comes from what eval.py, study.py, cluster.py and train.py wrote;
+nothing is recomputed, and a missing piece is reported missing, not invented.
+
+- the tables: accuracy and answer NLL of every configuration, composed
+  questions, routing accuracy, steering, adding a skill, training times and the
+  learning-rate sweeps;
+- goals(): each goal of the study from the runs that decide it, with its paired
+  test (stats.py): what the fine-tunes forget, what the routers cost each skill,
+  how much of the experts' gain the best router keeps, what adding a skill costs,
+  and how close cluster experts come to skill experts.
+
+Left out: plots beyond those study.py and eval.py draw (forgetting matrix and
+curve, routing heatmaps) and the add-a-skill chart drawn here.
+"""
+import glob
+import json
+import math
+import os
+from collections import defaultdict
+
+from data.files import pyplot, write_json, write_text
+from stats import (bootstrap_interval, check_eval_json, check_forgetting_json, config_rows, paired,
+                   paired_markdown, read_records, sign_test)
+
+# ---------------------------------------------------------------------------
+# 1. The study folder's pieces
+# ---------------------------------------------------------------------------
+
+ROWS = [("base-0shot", "base, 0-shot"), ("base-4shot", "base, 4-shot"), ("mixed", "mixed LoRA"),
+        ("mixed-r64", "mixed LoRA, rank 64 (the experts' parameters)"),
+        ("moe-task-hard", "router: task level, top-1 expert merged"),
+        ("moe-task-soft", "router: task level, soft weights"),
+        ("moe-centroid-token", "router: two-level, centroid prior, token gate"),
+        ("moe-learned-token", "router: two-level, learned prior, token gate"),
+        ("moe-centroid-sequence", "router: two-level, centroid prior, sequence gate"),
+        ("moe-clusters-token", "router over cluster experts, two-level, token gate"),
+        ("moe-seeded-token", "router over seeded-cluster experts (10 labels per skill), two-level, token gate"),
+        ("moe-rank1", "64 rank-1 experts trained jointly with the gate (MoR1E)")]
+
+
+def load(out, *parts):
+    """The JSON at out/parts..., or None where that piece of the study is missing;
+    eval.py's reports (under eval/) are checked (check_eval_json)."""
+    path = os.path.join(out, *parts)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if "eval" in parts:
+        check_eval_json(path, obj)
+    if "forgetting" in parts:
+        check_forgetting_json(path, obj)
+    return obj
+
+
+def mean(xs):
+    xs = [x for x in xs if x is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def pct(x):
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def results_tables(out):
+    """{metric: {row: {skill: value}}} over ROWS, with each expert and each full
+    fine-tune on its own skill (the forgetting matrix's diagonal) after the mixed LoRAs."""
+    forg = load(out, "forgetting", "forgetting.json") or {}
+    tables = {}
+    for metric, forg_key in (("accuracy", "accuracy"), ("answer_nll", "nll")):
+        rows = {}
+        for name, label in ROWS:
+            report = load(out, "eval", f"{name}.json")
+            if report is not None and metric in report:
+                rows[label] = report[metric]
+            if name == "mixed-r64" and forg_key in forg:
+                rows["each skill's expert on its own skill"] = {e: v[e] for e, v in forg[forg_key].items()
+                                                                 if e in v}
+            if name == "mixed-r64":   # eval/full/SKILL.json: each full fine-tune on its own skill
+                full = {os.path.basename(p)[:-5]: load(out, "eval", "full", os.path.basename(p))
+                        for p in sorted(glob.glob(os.path.join(out, "eval", "full", "*.json")))}
+                own = {s: r[metric][s] for s, r in full.items() if s in r.get(metric, {})}
+                if own:
+                    rows["each skill's full fine-tune on its own skill"] = own
+        tables[metric] = rows
+    return tables
+
+
+def routing_stats(report, skills):
+    """(mean group entropy, mean number of groups above 10%) over the skills, or Nones."""
+    per = (report or {}).get("routing", {}).get("per_skill", {})
+    rows = [per[s] for s in skills if s in per]
+    if not rows:
+        return None, None
+    return mean(r["group_entropy"] for r in rows), mean(r["groups_above_10pct"] for r in rows)
+
+
+def composed_table(out):
+    """Composed questions beside plain questions of the same skills, per configuration."""
+    lines = ["| configuration | plain acc. | composed acc. | plain NLL | composed NLL | plain: group entropy "
+             "| composed: group entropy | plain: groups > 10% | composed: groups > 10% |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    f = lambda x: "-" if x is None else f"{x:.2f}"   # noqa: E731
+    for key, label in ROWS:
+        comp, plain = load(out, "eval", "composed", f"{key}.json"), load(out, "eval", f"{key}.json")
+        if comp is None or plain is None:
+            continue
+        skills = sorted(comp["accuracy"])
+        (pe, pg), (ce, cg) = routing_stats(plain, skills), routing_stats(comp, skills)
+        lines.append(f"| {label} | {pct(mean(plain['accuracy'].get(s) for s in skills))} | "
+                     f"{pct(mean(comp['accuracy'].values()))} | "
+                     f"{f(mean(plain['answer_nll'].get(s) for s in skills))} | "
+                     f"{f(mean(comp['answer_nll'].values()))} | {f(pe)} | {f(ce)} | {f(pg)} | {f(cg)} |")
+    return "\n".join(lines) if len(lines) > 2 else None
+
+
+def steering_table(out):
+    """Each skill's questions steered to its own expert, to the next skill's, and routed."""
+    routed = load(out, "eval", "moe-centroid-token.json")
+    lines = ["| skill | steered to own expert | steered to a wrong expert | the router decides |",
+             "|---|---:|---:|---:|"]
+    cols = [[], [], []]
+    for path in sorted(glob.glob(os.path.join(out, "eval", "steer", "own-*.json"))):
+        s = os.path.basename(path)[len("own-"):-len(".json")]
+        own, wrong = load(out, "eval", "steer", f"own-{s}.json"), load(out, "eval", "steer", f"wrong-{s}.json")
+        if wrong is None:
+            continue
+        for kind, r in (("own", own), ("wrong", wrong)):
+            if s not in r["accuracy"]:
+                raise ValueError(f"{os.path.join(out, 'eval', 'steer', f'{kind}-{s}.json')}: no accuracy "
+                                 f"for {s!r}, the skill it was steered on")
+        vals = [own["accuracy"][s], wrong["accuracy"][s], routed["accuracy"].get(s) if routed else None]
+        for c, v in zip(cols, vals):
+            c.append(v)
+        lines.append(f"| {s} | " + " | ".join(pct(v) for v in vals) + " |")
+    if len(lines) == 2:
+        return None
+    lines.append("| **mean** | " + " | ".join(f"**{pct(mean(c))}**" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def add_skill_table(out):
+    """A skill added to a seven-skill mixture and to a seven-skill mixed LoRA:
+    accuracy per skill before and after, then each addition against its
+    seven-skill start, question by question."""
+    then = sorted(glob.glob(os.path.join(out, "eval", "add-skill", "mixed7-then-*.json")))
+    paths = {"router over seven experts": ("add-skill", "router7.json"),
+             "eighth expert added, router trained again": ("moe-centroid-token.json",),
+             "mixed LoRA on seven skills": ("add-skill", "mixed7.json"),
+             "... then trained on the eighth skill alone": ("add-skill", os.path.basename(then[0])) if then else (),
+             "mixed LoRA retrained on all eight": ("mixed.json",)}
+    found = {name: (os.path.join(out, "eval", *p), load(out, "eval", *p)) for name, p in paths.items() if p}
+    paths = {name: path for name, (path, report) in found.items() if report is not None}
+    if "router over seven experts" not in paths:
+        return None
+    acc = {name: found[name][1]["accuracy"] for name in paths}
+    skills = sorted({s for per in acc.values() for s in per})
+    parts = config_rows({name: {s: 100 * v for s, v in per.items()} for name, per in acc.items()}, skills, "{:.1f}")
+    for before, after in (("router over seven experts", "eighth expert added, router trained again"),
+                          ("mixed LoRA on seven skills", "... then trained on the eighth skill alone"),
+                          ("mixed LoRA on seven skills", "mixed LoRA retrained on all eight")):
+        if before in paths and after in paths:
+            table = paired(read_records(paths[before]), read_records(paths[after]))
+            parts += ["", paired_markdown(table, f"{after} against {before} (wins: only after is right)")]
+    return "\n".join(parts)
+
+
+def routing_accuracy(out):
+    """Share of test questions whose largest weight goes to their own skill's
+    expert: of the task-level prior, and of the final weights (mean over layers)."""
+    lines = ["| router | task level (prior) | final weights, mean over layers |", "|---|---:|---:|"]
+    for name, label in ROWS:
+        report = load(out, "eval", f"{name}.json")
+        if not name.startswith("moe-") or report is None or "routing" not in report:
+            continue
+        experts = report["routing"]["experts"]
+        top = lambda w: experts[max(range(len(experts)), key=w.__getitem__)]   # noqa: E731
+        recs = [r for r in report["records"] if r["skill"] in experts]
+        if not all(isinstance(r.get("routing"), dict) for r in recs):
+            raise ValueError(f"{os.path.join(out, 'eval', name + '.json')}: a record has no 'routing', "
+                             "although the report holds the router's")
+        hit_prior = mean(float(top(r["routing"]["prior"]) == r["skill"]) for r in recs if r["routing"].get("prior"))
+        hit_final = mean(float(top([sum(col) for col in zip(*r["routing"]["experts"])]) == r["skill"])
+                         for r in recs if "experts" in r["routing"])
+        if hit_prior is not None or hit_final is not None:
+            lines.append(f"| {label} | {pct(hit_prior)} | {pct(hit_final)} |")
+    return "\n".join(lines) if len(lines) > 2 else None
+
+
+# ---------------------------------------------------------------------------
+# 2. Training: times and learning rates
+# ---------------------------------------------------------------------------
+
+def read_log(path):
+    """train.py's log.json: a list of entries, each with a 'step' and a 'time'
+    (and, at each checkpoint, 'dev_loss' and 'dev_accuracy')."""
+    log = load(path)
+    if log is None:
+        raise FileNotFoundError(f"{path}: no such file; expected the log of a train.py run")
+    number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)  # noqa: E731
+    if not (isinstance(log, list) and all(isinstance(e, dict) and number(e.get("step")) and number(e.get("time"))
+                                          and number(e.get("dev_accuracy", 0)) for e in log)):
+        raise ValueError(f"{path}: expected train.py's log, a list of entries with a 'step' and a 'time'")
+    return log
+
+
+def training_times(out):
+    """Minutes of training per expert and for the mixed LoRA and routers (log.json)."""
+    rows = []
+    for path in sorted(glob.glob(os.path.join(out, "*", "log.json")) + glob.glob(os.path.join(out, "*", "*", "log.json"))):
+        log = read_log(path)
+        if log:
+            rows.append(f"| {os.path.relpath(os.path.dirname(path), out)} | {log[-1]['step']} "
+                        f"| {log[-1]['time'] / 60:.1f} |")
+    return "\n".join(["| run | steps | minutes |", "|---|---:|---:|"] + rows) if rows else None
+
+
+def dev_accuracy(folder):
+    """The best dev accuracy in a train.py run's log.json, or None before its first checkpoint."""
+    accs = [e["dev_accuracy"] for e in read_log(os.path.join(folder, "log.json")) if "dev_accuracy" in e]
+    return max(accs) if accs else None
+
+
+def best_run(runs):
+    """Of train.py runs on the same dev questions (e.g. one per learning rate), the
+    one with the highest dev accuracy; a tie goes to the run named first."""
+    scores = {r: dev_accuracy(r) for r in runs}
+    for r, acc in scores.items():
+        if acc is None:
+            raise ValueError(f"{r}/log.json: no dev accuracy yet; expected a finished train.py run")
+    return max(runs, key=scores.get)
+
+
+def lr_table(out):
+    """The learning-rate sweeps of experiment.sh (OUT/lr/FAMILY-LR): each run's dev
+    accuracy, and the one each family kept."""
+    families = defaultdict(dict)       # family -> {learning rate: run}
+    for path in glob.glob(os.path.join(out, "lr", "*-*", "log.json")):
+        family, _, lr = os.path.basename(os.path.dirname(path)).partition("-")
+        families[family][lr] = os.path.dirname(path)
+    rows = []
+    for family, runs in sorted(families.items()):
+        lrs = sorted(runs, key=float)  # as experiment.sh names them: lowest first, so a tie keeps the lowest
+        chosen = best_run([runs[lr] for lr in lrs])
+        rows += [f"| {family} | {lr} | {pct(dev_accuracy(runs[lr]))} | {'kept' if runs[lr] == chosen else ''} |"
+                 for lr in lrs]
+    return "\n".join(["| runs | learning rate | dev accuracy (%) | |", "|---|---:|---:|---|"] + rows) if rows else None
+
+
+# ---------------------------------------------------------------------------
+# 4. REPORT.md
+# ---------------------------------------------------------------------------
+
+def report(out):
+    """out/results.md, results.json and REPORT.md of a finished study folder."""
+    if not glob.glob(os.path.join(out, "eval", "*.json")):
+        raise FileNotFoundError(f"{out}: no eval/*.json here; expected a study folder (experiment.sh's OUT)")
+    tables = results_tables(out)
+    skills = sorted({s for rows in tables.values() for per in rows.values() for s in per})
+    pcts = {label: {s: 100 * v for s, v in per.items()} for label, per in tables["accuracy"].items()}
+    acc = "\n".join(config_rows(pcts, skills, "{:.1f}"))
+    nll = "\n".join(config_rows(tables["answer_nll"], skills, "{:.3f}"))
+    write_text(os.path.join(out, "results.md"), acc)
+    write_json(os.path.join(out, "results.json"), tables)
+    parts = ["# Study report", "", "Accuracy (%) on the test split, 4-shot unless named; every "
+             "configuration sees the same questions (see experiment.sh for the sizes).", "", acc, "",
+             "Answer NLL (nats per answer token, teacher-forced after the same prompt; lower is "
+             "better): it moves even where almost no answer is exactly right.", "", nll, ""]
+    for folder, title, picture in (("forgetting/forgetting.md", "Forgetting", "forgetting/forgetting.png"),
+                                   ("sequential-lora/curve.md", "One LoRA trained skill after skill",
+                                    "sequential-lora/curve.png"),
+                                   ("sequential-full/curve.md", "The whole model fine-tuned skill after skill",
+                                    "sequential-full/curve.png"),
+                                   ("clusters-test/report.md", "Clusters of meta-questions (test split)",
+                                    "clusters-test/clusters.png")):
+        if os.path.exists(os.path.join(out, folder)):
+            parts += [f"## {title}", "", open(os.path.join(out, folder)).read(), f"![{title}]({picture})", ""]
+    for title, text in (("Composed questions (two skills chained) beside plain ones of the same skills",
+                         composed_table(out)),
+                        ("Routing accuracy: the largest weight on the question's own skill (%)",
+                         routing_accuracy(out)),
+                        ("Steering with --route (router centroid-token)", steering_table(out)),
+                        ("Adding a skill to seven (accuracy, %)", add_skill_table(out)),
+                        ("Learning rates, each family's chosen on dev questions", lr_table(out)),
+                        ("Training time (wall, as logged)", training_times(out))):
+        if text:
+            parts += [f"## {title}", "", text, ""]
+    for folder, title in (("routing", "plain questions"), ("routing-composed", "composed questions")):
+        pictures = sorted(glob.glob(os.path.join(out, folder, "*", "routing_*.png")))
+        if pictures:
+            parts += [f"## Routing on {title}: mean expert weight per layer, per skill", ""]
+            parts += [f"![{os.path.relpath(h, out)}]({os.path.relpath(h, out)})" for h in pictures] + [""]
+    write_text(os.path.join(out, "REPORT.md"), "\n".join(parts))
+    print(acc)
+    print(f"wrote {out}/REPORT.md, results.md, results.json")

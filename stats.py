@@ -1,0 +1,189 @@
+"""
+Paired statistics over eval.py's records: two runs on the same questions,
+compared question by question.
+
+    paired(base_records, records)      # per skill: correct, wins, losses, sign-test p
+    sign_test(9, 1)                    # 0.021: how likely so uneven a split is by chance
+    bootstrap_interval(40, 25, 1600)   # 95% interval of the accuracy difference, in points
+
+eval.py --json writes each question's record (skill, question, correct); two runs
+on the same questions differ only where one of them is right and the other is
+not. Those questions decide every comparison here:
+
+- sign_test: if the two runs were equally good, each such question is a fair
+  coin. Exact, for one skill or for all questions pooled.
+- bootstrap_interval: the paired bootstrap interval of the difference in
+  accuracy, resampling questions; what "level with, within the interval" means.
+- read_records and the checks at the end refuse a report that eval.py did not
+  write (edited counts, a repeated question, a NaN), naming the file.
+
+Left out: corrections for many comparisons; each test is for one pair of runs.
+"""
+import json
+import math
+from collections import defaultdict
+
+import numpy as np
+
+import eval as E
+
+# ---------------------------------------------------------------------------
+# 1. Two runs, question by question
+# ---------------------------------------------------------------------------
+
+def sign_test(wins, losses):
+    """Two-sided exact sign test on paired answers: if two models were equally
+    good, each question that only one of them gets right is a fair coin. The
+    p-value is the chance of a split at least as uneven as wins : losses.
+    Worked example: 9 wins, 1 loss -> 2 * (C(10,0) + C(10,1)) / 2**10 = 0.021."""
+    n = wins + losses
+    tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2 ** n
+    return min(1.0, 2 * tail)
+
+
+def bootstrap_interval(wins, losses, n, level=0.95, samples=20000, seed=0):
+    """Paired bootstrap interval of (model accuracy - base accuracy), in points,
+    over n questions of which the model alone gets `wins` right and the base alone
+    `losses`. A resample draws n questions with replacement; its difference is
+    (wins' - losses') / n, so the counts of a resample are one multinomial draw
+    over (win, loss, tie), and 20,000 resamples cost one call.
+    Worked example: 40 wins, 25 losses of 1,600 -> +0.94 points, interval about
+    (-0.06, +1.94): level within the interval."""
+    if n <= 0 or wins < 0 or losses < 0 or wins + losses > n:
+        raise ValueError(f"expected 0 <= wins + losses <= n questions, got {wins} + {losses} of {n}")
+    draws = np.random.default_rng(seed).multinomial(n, [wins / n, losses / n, 1 - (wins + losses) / n], samples)
+    diff = 100 * (draws[:, 0] - draws[:, 1]) / n
+    lo, hi = np.quantile(diff, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def paired(base_records, records):
+    """Question-by-question comparison per skill, over the questions in both:
+    {skill: {"questions", "base", "model", "wins", "losses", "p"}}. base and model
+    count correct answers; wins are questions only the model gets right, losses
+    the reverse; p is sign_test(wins, losses)."""
+    base = {(r["skill"], r["question"]): r["correct"] for r in base_records}
+    pairs = defaultdict(list)                      # skill -> [(base correct, model correct)]
+    for r in records:
+        if (r["skill"], r["question"]) in base:
+            pairs[r["skill"]].append((base[r["skill"], r["question"]], r["correct"]))
+    table = {}
+    for skill, ab in sorted(pairs.items()):
+        wins, losses = sum(m and not b for b, m in ab), sum(b and not m for b, m in ab)
+        table[skill] = {"questions": len(ab), "base": sum(b for b, _ in ab), "model": sum(m for _, m in ab),
+                        "wins": wins, "losses": losses, "p": sign_test(wins, losses)}
+    return table
+
+
+def paired_markdown(table, title, row_name="skill"):
+    lines = [f"### {title}", "", f"| {row_name} | questions | base correct | correct | wins | losses "
+             "| sign-test p |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, t in table.items():
+        lines.append(f"| {name} | {t['questions']} | {t['base']} | {t['model']} | {t['wins']} "
+                     f"| {t['losses']} | {t['p']:.2g} |")
+    return "\n".join(lines)
+
+
+def read_records(path):
+    """The records of an `eval.py --json` run, each with a skill, a question and
+    whether it was answered correctly, no question twice; a clear error otherwise."""
+    try:
+        with open(path) as f:
+            report = json.load(f)
+        records = report["records"]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: expected the JSON that `eval.py --json` writes, with a "
+                         f"'records' list ({type(e).__name__}: {e})") from None
+    check_records(path, records)
+    check_eval_json(path, report)      # its accuracy and NLL, and their agreement with the records
+    return records
+
+
+def per_skill(records):
+    """({skill: accuracy}, {skill: mean answer NLL}) of eval.py's records."""
+    return {k: c / n for k, (c, n) in E.accuracy(records).items()}, E.answer_nlls(records)
+
+
+def config_rows(values, skills, fmt):
+    """Markdown rows: one configuration per row, its value per skill (- where it
+    has none) and the mean over the skills it has, in bold."""
+    lines = ["| configuration | " + " | ".join(skills) + " | mean |", "|---|" + "---:|" * (len(skills) + 1)]
+    for label, per in values.items():
+        known = [per[s] for s in skills if per.get(s) is not None]
+        cells = ["-" if per.get(s) is None else fmt.format(per[s]) for s in skills]
+        mean = f"**{fmt.format(sum(known) / len(known))}**" if known else "-"
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {mean} |")
+    return lines
+
+
+# ---------------------------------------------------------------------------
+# 2. Checks: reports as eval.py and study.py write them
+# ---------------------------------------------------------------------------
+
+def check_records(path, records):
+    """eval.py's records: a list of objects with a string skill and question and
+    a true/false correct, each (skill, question) once."""
+    if not isinstance(records, list):
+        raise ValueError(f"{path}: 'records' is {type(records).__name__}, expected a list")
+    seen = set()
+    for i, r in enumerate(records):
+        if not (isinstance(r, dict) and isinstance(r.get("skill"), str) and isinstance(r.get("question"), str)
+                and isinstance(r.get("correct"), bool)):
+            raise ValueError(f"{path}: record {i} is not one of eval.py's (a skill, a question and a "
+                             "true/false 'correct')")
+        if (r["skill"], r["question"]) in seen:
+            raise ValueError(f"{path}: record {i} repeats a {r['skill']} question: {r['question'][:60]!r}")
+        seen.add((r["skill"], r["question"]))
+
+
+def check_eval_json(path, report):
+    """An eval.py --json report: accuracy (fractions in [0, 1], at least one skill)
+    and answer NLL (finite numbers >= 0) per skill; the accuracy agrees with the
+    report's counts and records, where it has them (an edited report does not)."""
+    if not isinstance(report, dict):
+        raise ValueError(f"{path}: expected a JSON object as eval.py --json writes, got {type(report).__name__}")
+    _check_per_skill(path, "accuracy", report.get("accuracy"), ACCURACY)
+    _check_per_skill(path, "answer_nll", report.get("answer_nll"), NLL)
+    if not report["accuracy"]:
+        raise ValueError(f"{path}: 'accuracy' is empty, expected one entry per skill evaluated")
+    tallies = {}
+    if isinstance(report.get("counts"), dict):
+        tallies["counts"] = {k: (c.get("correct"), c.get("total")) if isinstance(c, dict) else (None, None)
+                             for k, c in report["counts"].items()}
+    if "records" in report:
+        check_records(path, report["records"])
+        tallies["records"] = E.accuracy(report["records"])
+    for source, tally in tallies.items():
+        for skill, v in report["accuracy"].items():
+            correct, total = tally.get(skill, (None, None))
+            if not (isinstance(total, int) and total > 0 and isinstance(correct, int) and correct / total == v):
+                raise ValueError(f"{path}: accuracy of {skill!r} is {v!r}, but its {source} give "
+                                 f"{correct}/{total}; expected the report as eval.py wrote it")
+
+
+def check_forgetting_json(path, report):
+    """study.py forgetting's report: accuracy and nll per expert, per skill."""
+    if not isinstance(report, dict):
+        raise ValueError(f"{path}: expected a JSON object as study.py forgetting writes, "
+                         f"got {type(report).__name__}")
+    for key, rule in (("accuracy", ACCURACY), ("nll", NLL)):
+        per_expert = report.get(key)
+        if not isinstance(per_expert, dict):
+            raise ValueError(f"{path}: '{key}' is {type(per_expert).__name__}, expected an object of "
+                             "expert -> skill -> value")
+        for expert, per in per_expert.items():
+            _check_per_skill(path, f"{key} of {expert!r}", per, rule)
+
+
+ACCURACY = (lambda v: 0 <= v <= 1, "a fraction in [0, 1]")
+NLL = (lambda v: v >= 0, "a finite number >= 0")
+
+
+def _check_per_skill(path, key, per, rule):
+    """{skill: number}, each number finite and passing rule = (test, what was expected)."""
+    ok, want = rule
+    if not isinstance(per, dict):
+        raise ValueError(f"{path}: '{key}' is {type(per).__name__}, expected an object of skill -> value")
+    for skill, v in per.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
+            raise ValueError(f"{path}: {key} of {skill!r} is {v!r}, expected {want}")
