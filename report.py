@@ -25,6 +25,7 @@ import math
 import os
 from collections import defaultdict
 
+import eval as E
 from data.files import pyplot, write_json, write_text
 from stats import (bootstrap_interval, check_eval_json, check_forgetting_json, config_rows, paired,
                    paired_markdown, read_records, sign_test)
@@ -258,6 +259,212 @@ def lr_table(out):
 
 
 # ---------------------------------------------------------------------------
+# 3. The question, goal by goal
+# ---------------------------------------------------------------------------
+
+GOAL_HEAD = ["| comparison | questions | change (points) | 95% interval | wins : losses | sign-test p "
+             "| worst skill (points, p) | goal |", "|---|---:|---:|---|---:|---:|---|---|"]
+
+
+def pooled(before, after, skills):
+    """`after` against `before` on the questions of `skills` that both answered:
+    the change in accuracy (points), wins : losses (questions only `after` /
+    only `before` gets right), the sign test, the paired bootstrap interval, and
+    each skill's own change and p. None when no question is shared."""
+    table = {s: t for s, t in paired(before, after).items() if s in skills}
+    if not table:
+        return None
+    n, w, l = (sum(t[k] for t in table.values()) for k in ("questions", "wins", "losses"))
+    per = {s: (100 * (t["model"] - t["base"]) / t["questions"], t["p"]) for s, t in table.items()}
+    return {"questions": n, "change": 100 * (w - l) / n, "wins": w, "losses": l, "p": sign_test(w, l),
+            "interval": bootstrap_interval(w, l, n), "per_skill": per, "worst": min(per, key=lambda s: per[s][0])}
+
+
+def goal_row(label, c, verdict):
+    lo, hi = c["interval"]
+    worst, (change, p) = c["worst"], c["per_skill"][c["worst"]]
+    return (f"| {label} | {c['questions']} | {c['change']:+.1f} | {lo:+.1f} to {hi:+.1f} | {c['wins']} : "
+            f"{c['losses']} | {c['p']:.2g} | {worst} {change:+.1f} (p {p:.2g}) | {verdict} |")
+
+
+def eval_records(out, *parts):
+    """The records of out/eval/parts..., or None where the run or its records are missing."""
+    report = load(out, "eval", *parts)
+    return read_records(os.path.join(out, "eval", *parts)) if report and "records" in report else None
+
+
+def goal_forgetting(out, base, skills):
+    """Goal 1: a full fine-tune of one skill, and a fine-tune skill after skill,
+    lose at least 5 points on the skills they leave behind."""
+    rows = {}
+    for path in sorted(glob.glob(os.path.join(out, "eval", "full", "*.json"))):
+        skill = os.path.basename(path)[:-5]
+        rows[f"full fine-tune of {skill}: the other skills, against the base"] = pooled(
+            base, read_records(path), skills - {skill})
+    for kind, what in (("lora", "one LoRA"), ("full", "the whole model")):
+        stages = sorted(glob.glob(os.path.join(out, "eval", f"sequential-{kind}", "*-*.json")),
+                        key=lambda p: int(os.path.basename(p).partition("-")[0]))
+        if len(stages) < 2:
+            continue
+        trained = {os.path.basename(p)[:-5].partition("-")[2]: p for p in stages[:-1]}
+        before = [r for s, p in trained.items() for r in read_records(p) if r["skill"] == s]
+        rows[f"{what} skill after skill: each skill right after its stage, against after the last"] = pooled(
+            before, read_records(stages[-1]), set(trained))
+    return {k: v for k, v in rows.items() if v}, lambda c: "met" if c["change"] <= -5 else "not met"
+
+
+def goal_routing(out, base, skills):
+    """Goal 2: the routed mixture loses at most 1 point on any skill against the base."""
+    rows = {}
+    for name, label in ROWS:
+        recs = eval_records(out, f"{name}.json") if name.startswith("moe-") else None
+        if recs:
+            rows[f"{label}, against the base"] = pooled(base, recs, skills)
+    return rows, lambda c: "met" if c["per_skill"][c["worst"]][0] >= -1 else "not met"
+
+
+def best_router(out, base, skills):
+    """The routed configuration with the highest accuracy: (label, records)."""
+    found = [(label, eval_records(out, f"{name}.json")) for name, label in ROWS if name.startswith("moe-")]
+    found = [(label, recs) for label, recs in found if recs]
+    return max(found, key=lambda lr: pooled(base, lr[1], skills)["change"]) if found else (None, None)
+
+
+def goal_experts_kept(out, base, skills):
+    """Goal 3: the best routed configuration keeps at least 90% of each expert's
+    own-skill gain, and is level with or above the mixed LoRA at equal trainable
+    parameters: the interval of (router - mixed LoRA) reaches zero or above.
+    Returns (rows, the markdown table of gains kept)."""
+    label, recs = best_router(out, base, skills)
+    if label is None:
+        return [], None
+    rows = []
+    for name, what in (("mixed-r64", "rank 64 (equal trainable parameters)"), ("mixed", "rank 8 (equal steps)")):
+        mixed = eval_records(out, f"{name}.json")
+        if mixed:
+            c = pooled(mixed, recs, skills)
+            rows.append((f"best router ({label}) against the mixed LoRA, {what}", c,
+                         "met" if c["interval"][1] >= 0 else "not met"))
+    forg = load(out, "forgetting", "forgetting.json")
+    if not forg:
+        return rows, None
+    base_acc, router_acc = ({s: c / n for s, (c, n) in E.accuracy(r).items()} for r in (base, recs))
+    lines = [f"| skill | expert's gain (points) | {label}: gain | kept | goal |", "|---|---:|---:|---:|---|"]
+    for s in sorted(skills & set(forg["accuracy"])):
+        if s not in forg["accuracy"][s]:
+            continue
+        expert, router = 100 * (forg["accuracy"][s][s] - base_acc[s]), 100 * (router_acc[s] - base_acc[s])
+        kept = f"{100 * router / expert:.0f}%" if expert > 0 else "-"
+        verdict = ("met" if router >= 0.9 * expert else "not met") if expert > 0 else "no gain to keep"
+        lines.append(f"| {s} | {expert:+.1f} | {router:+.1f} | {kept} | {verdict} |")
+    return rows, "\n".join(lines)
+
+
+def minutes(out, run):
+    """A train.py run's logged wall time in minutes, or None."""
+    path = os.path.join(out, run, "log.json")
+    log = read_log(path) if os.path.exists(path) else []
+    return log[-1]["time"] / 60 if log else None
+
+
+def goal_add_skill(out, skills):
+    """Goal 4: adding the eighth skill to the mixture (its expert, and the router
+    trained again) costs the seven old skills at most 1 point, at a fraction of
+    the mixed LoRA's retraining cost. Returns (rows, the cost line, the chart's
+    per-skill changes)."""
+    then = sorted(glob.glob(os.path.join(out, "eval", "add-skill", "mixed7-then-*.json")))
+    if not then:
+        return [], None, {}
+    new = os.path.basename(then[0])[len("mixed7-then-"):-len(".json")]
+    r7, m7 = eval_records(out, "add-skill", "router7.json"), eval_records(out, "add-skill", "mixed7.json")
+    rows, chart = [], {}
+    for what, before, after, goal in (
+            ("the eighth expert added, the router trained again", r7,
+             eval_records(out, "moe-centroid-token.json"), True),
+            ("the mixed LoRA retrained on all eight", m7, eval_records(out, "mixed.json"), False),
+            (f"the seven-skill mixed LoRA trained on {new} alone", m7, read_records(then[0]), False)):
+        if before and after:
+            old = pooled(before, after, skills - {new})
+            rows.append((f"{what}: the seven old skills", old, ("met" if old["change"] >= -1 else "not met")
+                         if goal else "-"))
+            rows.append((f"{what}: {new}", pooled(before, after, {new}), "-"))
+            chart[what] = {s: v[0] for s, v in pooled(before, after, skills)["per_skill"].items()}
+    added = [minutes(out, f"experts/{new}"), minutes(out, "routers/centroid-token")]
+    retrain = minutes(out, "mixed")
+    cost = None
+    if None not in added and retrain:
+        cost = (f"Cost: the {new} expert ({added[0]:.1f} min) and the router trained again ({added[1]:.1f} "
+                f"min) took {sum(added):.1f} min, {100 * sum(added) / retrain:.0f}% of retraining the mixed "
+                f"LoRA on all eight skills ({retrain:.1f} min), as logged.")
+    return rows, cost, chart
+
+
+def add_skill_chart(chart, path):
+    """Bars: each skill's change (points) when the eighth skill is added, one bar per way of adding it."""
+    plt = pyplot()
+    if plt is None or not chart:
+        return
+    skills = sorted({s for per in chart.values() for s in per})
+    fig, ax = plt.subplots(figsize=(2 + 0.9 * len(skills), 4))
+    width = 0.8 / len(chart)
+    for i, (what, per) in enumerate(chart.items()):
+        ax.bar([j + i * width for j in range(len(skills))], [per.get(s, math.nan) for s in skills], width, label=what)
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(skills))], skills, rotation=45, ha="right")
+    ax.set_ylabel("accuracy change (points)")
+    ax.set_title("adding the eighth skill: each skill's change", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def goal_clusters(out, skills):
+    """Goal 5: experts of clusters found without labels (and seeded by a few)
+    come within 2 points of the skill experts, each under the same router recipe."""
+    skill_router = eval_records(out, "moe-centroid-token.json")
+    rows = []
+    for name, what in (("moe-clusters-token", "cluster experts, no labels"),
+                       ("moe-seeded-token", "cluster experts, seeded by 10 labels a skill")):
+        recs = eval_records(out, f"{name}.json")
+        if skill_router and recs:
+            c = pooled(skill_router, recs, skills)
+            rows.append((f"{what}, against the skill experts", c, "met" if c["change"] >= -2 else "not met"))
+    return rows
+
+
+def goals(out):
+    """The study's goals, each from the runs that decide it: (markdown, {goal: {comparison: numbers}})."""
+    base = eval_records(out, "base-4shot.json")
+    if base is None:
+        return None, {}
+    skills = {r["skill"] for r in base}
+    forget, forget_verdict = goal_forgetting(out, base, skills)
+    routing, routing_verdict = goal_routing(out, base, skills)
+    kept_rows, kept_table = goal_experts_kept(out, base, skills)
+    add_rows, cost, chart = goal_add_skill(out, skills)
+    add_skill_chart(chart, os.path.join(out, "add-skill.png"))
+    sections = [
+        ("1. Fine-tunes forget: at least 5 points lost on the skills left behind",
+         [(k, c, forget_verdict(c)) for k, c in forget.items()], None),
+        ("2. The routed mixture loses at most 1 point on any skill against the base",
+         [(k, c, routing_verdict(c)) for k, c in routing.items()], None),
+        ("3. The best router keeps 90% of each expert's gain, level with the mixed LoRA", kept_rows, kept_table),
+        ("4. Adding the eighth skill costs the old ones at most 1 point", add_rows,
+         "\n\n".join(t for t in (cost, "![adding a skill](add-skill.png)" if chart else None) if t)),
+        ("5. Cluster experts, found without labels, within 2 points of the skill experts",
+         goal_clusters(out, skills), None)]
+    parts, numbers = [], {}
+    for title, rows, extra in sections:
+        if rows or extra:
+            parts += [f"### {title}", ""] + ((GOAL_HEAD + [goal_row(*r) for r in rows] + [""]) if rows else [])
+            parts += [extra, ""] if extra else []
+            numbers[title] = {label: c for label, c, _ in rows}
+    return "\n".join(parts), numbers
+
+
+# ---------------------------------------------------------------------------
 # 4. REPORT.md
 # ---------------------------------------------------------------------------
 
@@ -276,6 +483,13 @@ def report(out):
              "configuration sees the same questions (see experiment.sh for the sizes).", "", acc, "",
              "Answer NLL (nats per answer token, teacher-forced after the same prompt; lower is "
              "better): it moves even where almost no answer is exactly right.", "", nll, ""]
+    answers, numbers = goals(out)
+    if answers:
+        parts += ["## The question, goal by goal", "", "Each change is the second run's accuracy minus the "
+                  "first's on the questions both answered, pooled over the skills named; wins are questions "
+                  "only the second run gets right. The interval is the paired bootstrap's 95% (stats.py).", "",
+                  answers]
+        write_json(os.path.join(out, "goals.json"), numbers)
     for folder, title, picture in (("forgetting/forgetting.md", "Forgetting", "forgetting/forgetting.png"),
                                    ("sequential-lora/curve.md", "One LoRA trained skill after skill",
                                     "sequential-lora/curve.png"),
@@ -302,4 +516,4 @@ def report(out):
             parts += [f"![{os.path.relpath(h, out)}]({os.path.relpath(h, out)})" for h in pictures] + [""]
     write_text(os.path.join(out, "REPORT.md"), "\n".join(parts))
     print(acc)
-    print(f"wrote {out}/REPORT.md, results.md, results.json")
+    print(f"wrote {out}/REPORT.md, results.md, results.json" + (", goals.json" if answers else ""))
