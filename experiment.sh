@@ -12,7 +12,7 @@
 #
 # Knobs (environment): MODEL (a folder or a Hugging Face id), DATA (evaluation:
 # its test split), TRAIN_DATA (training; default a fresh draw beside data/lila,
-# or DATA itself when DATA is given), OUT, STEPS
+# or DATA itself when DATA is given), OUT, DOCS (the report's copy), STEPS
 # (LoRA steps per expert), ROUTER_STEPS, BATCH (LoRA batch), EVAL_EVERY (steps
 # between dev evaluations; the best is kept), LIMIT (test questions per skill in
 # every evaluation), DEVICE, DTYPE (evaluation dtype, e.g. bfloat16 on a GPU),
@@ -29,6 +29,7 @@ DATA=${DATA:-data/lila}
 # and the baselines learn something beyond the prompt shape; DATA's test split is the evaluation.
 TRAIN_DATA=${TRAIN_DATA:-$([ "$DATA" = data/lila ] && echo data/fresh || echo "$DATA")}
 OUT=${OUT:-out}
+DOCS=${DOCS:-docs/study}     # where the report and its pictures are copied at the end
 STEPS=${STEPS:-60}
 ROUTER_STEPS=${ROUTER_STEPS:-100}
 BATCH=${BATCH:-8}
@@ -256,5 +257,5 @@ for kind in lora full; do    # the forgetting curves (stages 1..8 sort by name)
     "$PY" study.py curve "$OUT/eval/base-4shot.json" "$OUT"/eval/sequential-$kind/*.json \
         --out "$OUT/sequential-$kind"
 done
-"$PY" study.py report "$OUT"
+"$PY" study.py report "$OUT" --docs "$DOCS"
 echo "the study took $((SECONDS / 60)) min"

@@ -3,6 +3,7 @@ The report of a finished `make experiment`: every table of the study folder
 (experiment.sh's OUT), and the study's question answered goal by goal.
 
     python study.py report out          # out/REPORT.md, results.md, results.json, goals.json
+    python study.py report out --docs docs/study    # and REPORT.md with its pictures to docs/study
     python study.py best out/lr/mixed-1e-3 out/lr/mixed-2e-3   # the best learning rate's run
 
 Everything comes from what eval.py, study.py, cluster.py and train.py wrote;
@@ -23,10 +24,12 @@ import glob
 import json
 import math
 import os
+import re
+import shutil
 from collections import defaultdict
 
 import eval as E
-from data.files import pyplot, write_json, write_text
+from data.files import pyplot, write_atomic, write_json, write_text
 from stats import (bootstrap_interval, check_eval_json, check_forgetting_json, config_rows, paired,
                    paired_markdown, read_records, sign_test)
 
@@ -263,7 +266,7 @@ def lr_table(out):
 # ---------------------------------------------------------------------------
 
 GOAL_HEAD = ["| comparison | questions | change (points) | 95% interval | wins : losses | sign-test p "
-             "| worst skill (points, p) | goal |", "|---|---:|---:|---|---:|---:|---|---|"]
+             "| worst skill (points, p) | answer NLL change | goal |", "|---|---:|---:|---|---:|---:|---|---:|---|"]
 
 
 def pooled(before, after, skills):
@@ -277,14 +280,27 @@ def pooled(before, after, skills):
     n, w, l = (sum(t[k] for t in table.values()) for k in ("questions", "wins", "losses"))
     per = {s: (100 * (t["model"] - t["base"]) / t["questions"], t["p"]) for s, t in table.items()}
     return {"questions": n, "change": 100 * (w - l) / n, "wins": w, "losses": l, "p": sign_test(w, l),
-            "interval": bootstrap_interval(w, l, n), "per_skill": per, "worst": min(per, key=lambda s: per[s][0])}
+            "interval": bootstrap_interval(w, l, n), "per_skill": per, "worst": min(per, key=lambda s: per[s][0]),
+            "answer_nll_change": nll_change(before, after, skills)}
+
+
+def nll_change(before, after, skills):
+    """Mean of (after - before) answer NLL over the questions of `skills` in both
+    runs (negative: `after` is surer of the gold answers); None where a record has none."""
+    nll = lambda r: r.get("answer_nll")   # noqa: E731
+    first = {(r["skill"], r["question"]): nll(r) for r in before if r["skill"] in skills}
+    pairs = [(first[r["skill"], r["question"]], nll(r)) for r in after if (r["skill"], r["question"]) in first]
+    if not pairs or not all(isinstance(v, (int, float)) and math.isfinite(v) for pair in pairs for v in pair):
+        return None
+    return sum(b - a for a, b in pairs) / len(pairs)
 
 
 def goal_row(label, c, verdict):
     lo, hi = c["interval"]
     worst, (change, p) = c["worst"], c["per_skill"][c["worst"]]
+    nll = "-" if c["answer_nll_change"] is None else f"{c['answer_nll_change']:+.3f}"
     return (f"| {label} | {c['questions']} | {c['change']:+.1f} | {lo:+.1f} to {hi:+.1f} | {c['wins']} : "
-            f"{c['losses']} | {c['p']:.2g} | {worst} {change:+.1f} (p {p:.2g}) | {verdict} |")
+            f"{c['losses']} | {c['p']:.2g} | {worst} {change:+.1f} (p {p:.2g}) | {nll} | {verdict} |")
 
 
 def eval_records(out, *parts):
@@ -468,8 +484,10 @@ def goals(out):
 # 4. REPORT.md
 # ---------------------------------------------------------------------------
 
-def report(out):
-    """out/results.md, results.json and REPORT.md of a finished study folder."""
+def report(out, docs=None):
+    """out/results.md, results.json and REPORT.md of a finished study folder; with
+    docs, REPORT.md and every picture it shows also go to that folder (the same
+    relative paths, so its links hold)."""
     if not glob.glob(os.path.join(out, "eval", "*.json")):
         raise FileNotFoundError(f"{out}: no eval/*.json here; expected a study folder (experiment.sh's OUT)")
     tables = results_tables(out)
@@ -514,6 +532,14 @@ def report(out):
         if pictures:
             parts += [f"## Routing on {title}: mean expert weight per layer, per skill", ""]
             parts += [f"![{os.path.relpath(h, out)}]({os.path.relpath(h, out)})" for h in pictures] + [""]
-    write_text(os.path.join(out, "REPORT.md"), "\n".join(parts))
+    text = "\n".join(parts)
+    write_text(os.path.join(out, "REPORT.md"), text)
+    if docs:
+        for picture in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
+            if os.path.exists(os.path.join(out, picture)):
+                write_atomic(os.path.join(docs, picture),
+                             lambda p, src=os.path.join(out, picture): shutil.copyfile(src, p))
+        write_text(os.path.join(docs, "REPORT.md"), text)
+        print(f"wrote {docs}/REPORT.md and its pictures")
     print(acc)
     print(f"wrote {out}/REPORT.md, results.md, results.json" + (", goals.json" if answers else ""))

@@ -268,7 +268,9 @@ def parser():
     s = sub.add_parser("best", help="print the train.py run with the highest dev accuracy (ties: the first)")
     s.add_argument("runs", nargs="+", help="train.py output folders, e.g. one per learning rate")
     s = sub.add_parser("report", help="out/REPORT.md from a finished make experiment")
-    s.add_argument("root", nargs="?", default="out", help="the study folder (experiment.sh's OUT)")
+    s.add_argument("root", nargs="?", default="out", help="the study folder (experiment.sh's OUT) (default out)")
+    s.add_argument("--docs", type=writable_dir, default=None, help="also write REPORT.md and its pictures to "
+                   "this folder, e.g. docs/study (default: only under ROOT)")
     return p
 
 
@@ -279,7 +281,7 @@ def main():
     if args.command == "paired":
         compare(args.base, args.others)
     elif args.command == "report":
-        R.report(args.root)
+        R.report(args.root, args.docs)
     elif args.command == "best":
         print(R.best_run(args.runs))
     elif args.command == "curve":

@@ -153,12 +153,13 @@ def test_best_run_refuses_a_log_with_a_nan_accuracy(tmp_path):
         best_run([f"{tmp_path}/run"])
 
 
-def eval_json(**skills):
-    """An eval.py --json report of one run: skills as name=[correct per question], questions q0, q1, ..."""
-    records = [{"skill": s, "question": f"q{i}", "correct": bool(c)} for s, cs in skills.items()
+def eval_json(nll=1.0, **skills):
+    """An eval.py --json report of one run: skills as name=[correct per question], questions q0, q1, ...,
+    every answer NLL nll."""
+    records = [{"skill": s, "question": f"q{i}", "correct": bool(c), "answer_nll": nll} for s, cs in skills.items()
                for i, c in enumerate(cs)]
     return {"accuracy": {s: sum(cs) / len(cs) for s, cs in skills.items()},
-            "answer_nll": {s: 1.0 for s in skills}, "records": records}
+            "answer_nll": {s: nll for s in skills}, "records": records}
 
 
 def test_the_goals_are_answered_from_the_runs_that_decide_them(tmp_path):
@@ -166,7 +167,7 @@ def test_the_goals_are_answered_from_the_runs_that_decide_them(tmp_path):
     worked out by hand from the correct answers."""
     out = str(tmp_path)
     runs = {"base-4shot": dict(algebra=[1, 0, 0, 0], numbers=[1, 1, 0, 0]),
-            "full/algebra": dict(algebra=[1, 1, 1, 0], numbers=[0, 0, 0, 0]),
+            "full/algebra": dict(algebra=[1, 1, 1, 0], numbers=[0, 0, 0, 0], nll=1.5),
             "sequential-lora/1-algebra": dict(algebra=[1, 1, 1, 1], numbers=[1, 1, 0, 0]),
             "sequential-lora/2-numbers": dict(algebra=[1, 0, 0, 0], numbers=[1, 1, 1, 1]),
             "moe-centroid-token": dict(algebra=[1, 1, 0, 0], numbers=[1, 1, 0, 0]),
@@ -185,21 +186,23 @@ def test_the_goals_are_answered_from_the_runs_that_decide_them(tmp_path):
     write(f"{out}/routers/centroid-token/log.json", [{"step": 100, "time": 120.0}])
     write(f"{out}/lr/mixed-2e-3/log.json", [{"step": 480, "time": 600.0, "dev_accuracy": 0.5}])
     os.symlink("lr/mixed-2e-3", f"{out}/mixed")
-    report(out)
+    report(out, docs=f"{out}/docs")
     text = open(f"{out}/REPORT.md").read()
+    assert open(f"{out}/docs/REPORT.md").read() == text     # the copy for the docs, with its picture
+    assert open(f"{out}/docs/add-skill.png", "rb").read() == open(f"{out}/add-skill.png", "rb").read()
     row = lambda label: next(l for l in text.splitlines() if l.startswith(f"| {label} |"))  # noqa: E731
     # numbers: 2 right -> 0 after the full fine-tune of algebra: -50 points, 0 : 2, p = 0.5
     assert row("full fine-tune of algebra: the other skills, against the base").startswith(
         "| full fine-tune of algebra: the other skills, against the base | 4 | -50.0 |")
-    assert "| 0 : 2 | 0.5 | numbers -50.0 (p 0.5) | met |" in row("full fine-tune of algebra: the other "
+    assert "| 0 : 2 | 0.5 | numbers -50.0 (p 0.5) | +0.500 | met |" in row("full fine-tune of algebra: the other "
                                                                    "skills, against the base")
     # algebra right after its stage (4 of 4) against after the last stage (1 of 4)
     assert "| 4 | -75.0 |" in row("one LoRA skill after skill: each skill right after its stage, against "
                                   "after the last") and "| 0 : 3 |" in text
     routed = row("router: two-level, centroid prior, token gate, against the base")
-    assert "| 8 | +12.5 |" in routed and "| 1 : 0 | 1 | numbers +0.0 (p 1) | met |" in routed
+    assert "| 8 | +12.5 |" in routed and "| 1 : 0 | 1 | numbers +0.0 (p 1) | +0.000 | met |" in routed
     assert row("router over cluster experts, two-level, token gate, against the base").endswith(
-        "| algebra +0.0 (p 1) | met |")
+        "| algebra +0.0 (p 1) | +0.000 | met |")
     # the best router (centroid-token) against rank 64: one win (algebra q1), one loss (numbers q2)
     best = row("best router (router: two-level, centroid prior, token gate) against the mixed LoRA, rank 64 "
                "(equal trainable parameters)")
@@ -207,12 +210,12 @@ def test_the_goals_are_answered_from_the_runs_that_decide_them(tmp_path):
     assert "| algebra | +50.0 | +25.0 | 50% | not met |" in text          # 0.75 - 0.25 against 0.5 - 0.25
     assert "| numbers | +0.0 | +0.0 | - | no gain to keep |" in text
     assert row("the eighth expert added, the router trained again: the seven old skills").endswith(
-        "| 4 | +0.0 | +0.0 to +0.0 | 0 : 0 | 1 | algebra +0.0 (p 1) | met |")
+        "| 4 | +0.0 | +0.0 to +0.0 | 0 : 0 | 1 | algebra +0.0 (p 1) | +0.000 | met |")
     assert "| +50.0 |" in row("the eighth expert added, the router trained again: numbers")
     assert "| -25.0 |" in row("the seven-skill mixed LoRA trained on numbers alone: the seven old skills")
     assert "took 3.0 min, 30% of retraining the mixed LoRA on all eight skills (10.0 min)" in text
     assert row("cluster experts, no labels, against the skill experts").endswith("| -12.5 | -37.5 to +0.0 "
-                                                                                  "| 0 : 1 | 1 | algebra -25.0 (p 1) | not met |")
+                                                                                  "| 0 : 1 | 1 | algebra -25.0 (p 1) | +0.000 | not met |")
     numbers = json.load(open(f"{out}/goals.json"))
     assert [len(v) for v in numbers.values()] == [2, 2, 2, 6, 1]
     assert os.path.exists(f"{out}/add-skill.png")
