@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The whole study in one command (make experiment): data, learning rates chosen
-# on dev questions, eight skill experts, the baselines (the mixed LoRA at equal steps and at equal parameters, a full
-# fine-tune of each skill, one LoRA and the whole model fine-tuned skill after
-# skill), clusters and cluster experts, router variants, a skill added to a
-# seven-skill mixture, evaluation of every configuration, the forgetting curves,
-# and out/REPORT.md (study.py). Every stage skips or
-# resumes what is already done, so a killed run continues where it stopped.
+# on dev questions, eight skill experts, the baselines (the mixed LoRA at equal
+# steps and at equal parameters, a full fine-tune of each skill, one LoRA and the
+# whole model fine-tuned skill after skill), clusters and cluster experts, router
+# variants, a skill added to a seven-skill mixture, evaluation of every
+# configuration, the forgetting curves, and out/REPORT.md with the study's goals
+# answered (study.py report). Every stage skips or resumes what is already done,
+# so a killed run continues where it stopped.
 #
-#   bash experiment.sh                          # phi-tiny, CPU
+#   bash experiment.sh                          # phi-tiny, CPU: a quick run, about 3 hours on 2 cores
+#   STEPS=100 ROUTER_STEPS=100 LIMIT=200 bash experiment.sh     # the study of docs/results.md
 #   MODEL=microsoft/phi-2 DEVICE=cuda bash experiment.sh    # the real phi-2 on a GPU
 #
 # Knobs (environment): MODEL (a folder or a Hugging Face id), DATA (evaluation:
@@ -17,8 +19,9 @@
 # between dev evaluations; the best is kept), LIMIT (test questions per skill in
 # every evaluation), DEVICE, DTYPE (evaluation dtype, e.g. bfloat16 on a GPU),
 # LORA_LRS and FULL_LRS (the learning rates tried for the LoRAs and the full
-# fine-tune), JOBS (commands of a stage run at once: 1 on a CPU; a GPU takes several, and
-# with DEVICE=cuda they are spread over the GPUs, see job() below), PY (python).
+# fine-tune), JOBS (commands of a stage run at once: 2 on a CPU, each with half
+# the cores; a GPU takes several, and with DEVICE=cuda they are spread over the
+# GPUs, see job() below), PY (python).
 #
 #   DEVICE=cuda PY=python3 STEPS=300 BATCH=16 ROUTER_STEPS=300 EVAL_EVERY=100 JOBS=8 bash experiment.sh
 set -euo pipefail
@@ -30,14 +33,21 @@ DATA=${DATA:-data/lila}
 TRAIN_DATA=${TRAIN_DATA:-$([ "$DATA" = data/lila ] && echo data/fresh || echo "$DATA")}
 OUT=${OUT:-out}
 DOCS=${DOCS:-docs/study}     # where the report and its pictures are copied at the end
-STEPS=${STEPS:-60}
-ROUTER_STEPS=${ROUTER_STEPS:-100}
+# The defaults are a quick run that fits about 3 hours on 2 CPU cores; docs/results.md's
+# study is STEPS=100 ROUTER_STEPS=100 LIMIT=200 (200 test questions per skill).
+STEPS=${STEPS:-25}
+ROUTER_STEPS=${ROUTER_STEPS:-25}
 BATCH=${BATCH:-8}
-EVAL_EVERY=${EVAL_EVERY:-1000}
+EVAL_EVERY=${EVAL_EVERY:-100}   # also how often a run saves the state it resumes from
 LIMIT=${LIMIT:-40}
 DEVICE=${DEVICE:-cpu}
 DTYPE=${DTYPE:-float32}
-JOBS=${JOBS:-1}
+# On a CPU two one-thread jobs at a time keep two cores busier than one two-thread job.
+JOBS=${JOBS:-$([ "$DEVICE" = cpu ] && echo 2 || echo 1)}
+if [ "$DEVICE" = cpu ]; then
+    n=$(( $(nproc) / JOBS ))
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( n > 0 ? n : 1 ))}
+fi
 PY=${PY:-.venv/bin/python}
 SKILLS="algebra arithmetic calculus comparison measurement numbers polynomials probability"
 COMMON=(--model "$MODEL" --data "$DATA" --device "$DEVICE")
