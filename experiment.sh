@@ -108,7 +108,7 @@ stage "learning rates: three per family, each chosen on dev questions"
 # of three learning rates by dev accuracy (TRAIN_DATA's dev split, never the test
 # split), at the study's steps. The experts and the full fine-tune are swept on one
 # skill, the mixed LoRA on all of them; its best run is the study's mixed LoRA.
-# Give the rates lowest first: a tie keeps the first.
+# A tie in dev accuracy goes to the lower dev loss (then to the rate named first).
 LORA_LRS=${LORA_LRS:-1e-3 2e-3 4e-3}
 FULL_LRS=${FULL_LRS:-3e-5 1e-4 3e-4}
 for lr in $LORA_LRS; do

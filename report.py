@@ -213,7 +213,8 @@ def read_log(path):
         raise FileNotFoundError(f"{path}: no such file; expected the log of a train.py run")
     number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)  # noqa: E731
     if not (isinstance(log, list) and all(isinstance(e, dict) and number(e.get("step")) and number(e.get("time"))
-                                          and number(e.get("dev_accuracy", 0)) for e in log)):
+                                          and number(e.get("dev_accuracy", 0)) and number(e.get("dev_loss", 0))
+                                          for e in log)):
         raise ValueError(f"{path}: expected train.py's log, a list of entries with a 'step' and a 'time'")
     return log
 
@@ -229,20 +230,23 @@ def training_times(out):
     return "\n".join(["| run | steps | minutes |", "|---|---:|---:|"] + rows) if rows else None
 
 
-def dev_accuracy(folder):
-    """The best dev accuracy in a train.py run's log.json, or None before its first checkpoint."""
-    accs = [e["dev_accuracy"] for e in read_log(os.path.join(folder, "log.json")) if "dev_accuracy" in e]
-    return max(accs) if accs else None
+def best_checkpoint(folder):
+    """(dev accuracy, dev loss) of a train.py run's best checkpoint in its log.json:
+    the highest accuracy, a tie going to the lower loss; None before the first."""
+    marks = [(e["dev_accuracy"], e.get("dev_loss", math.inf)) for e in read_log(os.path.join(folder, "log.json"))
+             if "dev_accuracy" in e]
+    return max(marks, key=lambda m: (m[0], -m[1])) if marks else None
 
 
 def best_run(runs):
     """Of train.py runs on the same dev questions (e.g. one per learning rate), the
-    one with the highest dev accuracy; a tie goes to the run named first."""
-    scores = {r: dev_accuracy(r) for r in runs}
-    for r, acc in scores.items():
-        if acc is None:
+    one whose best checkpoint has the highest dev accuracy; on a tie, the lower dev
+    loss (a few hundred dev questions often tie), then the run named first."""
+    scores = {r: best_checkpoint(r) for r in runs}
+    for r, score in scores.items():
+        if score is None:
             raise ValueError(f"{r}/log.json: no dev accuracy yet; expected a finished train.py run")
-    return max(runs, key=scores.get)
+    return max(runs, key=lambda r: (scores[r][0], -scores[r][1]))
 
 
 def lr_table(out):
@@ -254,11 +258,13 @@ def lr_table(out):
         families[family][lr] = os.path.dirname(path)
     rows = []
     for family, runs in sorted(families.items()):
-        lrs = sorted(runs, key=float)  # as experiment.sh names them: lowest first, so a tie keeps the lowest
+        lrs = sorted(runs, key=float)  # lowest first, as experiment.sh names them (a full tie keeps the first)
         chosen = best_run([runs[lr] for lr in lrs])
-        rows += [f"| {family} | {lr} | {pct(dev_accuracy(runs[lr]))} | {'kept' if runs[lr] == chosen else ''} |"
-                 for lr in lrs]
-    return "\n".join(["| runs | learning rate | dev accuracy (%) | |", "|---|---:|---:|---|"] + rows) if rows else None
+        for lr in lrs:
+            acc, loss = best_checkpoint(runs[lr])
+            rows.append(f"| {family} | {lr} | {pct(acc)} | {loss:.4f} | {'kept' if runs[lr] == chosen else ''} |")
+    return "\n".join(["| runs | learning rate | dev accuracy (%) | dev loss | |", "|---|---:|---:|---:|---|"]
+                     + rows) if rows else None
 
 
 # ---------------------------------------------------------------------------

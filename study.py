@@ -25,7 +25,7 @@ puts configurations side by side, with the paired statistics of stats.py.
 - heldout: every configuration of a study folder (experiment.sh's OUT) on the
   same questions in one call, e.g. on questions drawn apart from all training.
 - best: of runs that differ in one setting (a learning-rate sweep), the one
-  with the highest dev accuracy, as train.py logged it.
+  with the highest dev accuracy as train.py logged it (a tie: the lower dev loss).
 - report: the tables and the goals of a finished `make experiment` (report.py).
 
 Left out: corrections for many comparisons; each test is for one pair of runs.
@@ -265,7 +265,8 @@ def parser():
     s.add_argument("root", help="a study folder (experiment.sh's OUT)")
     s.add_argument("--out", type=writable_dir, default=None, help="where results.md/.json go (default ROOT/heldout)")
     flags.add_question_flags(s)
-    s = sub.add_parser("best", help="print the train.py run with the highest dev accuracy (ties: the first)")
+    s = sub.add_parser("best", help="print the train.py run with the highest dev accuracy (ties: the lower "
+                       "dev loss, then the first named)")
     s.add_argument("runs", nargs="+", help="train.py output folders, e.g. one per learning rate")
     s = sub.add_parser("report", help="out/REPORT.md from a finished make experiment")
     s.add_argument("root", nargs="?", default="out", help="the study folder (experiment.sh's OUT) (default out)")

@@ -125,26 +125,30 @@ def test_report_adds_a_skill_to_seven(tmp_path):
 
 
 def test_best_run_is_the_best_dev_accuracy_and_the_report_lists_the_sweep(tmp_path):
-    """Each run's best checkpoint counts, not its last; a tie goes to the run named
-    first; a run without a dev accuracy yet is refused."""
+    """Each run's best checkpoint counts, not its last; a tie in accuracy goes to
+    the lower dev loss, then to the run named first; a run without a dev accuracy
+    yet is refused."""
     out = str(tmp_path)
-    log = lambda *accs: [{"step": 10 * i, "time": 1.0, "dev_accuracy": a} for i, a in enumerate(accs, 1)]  # noqa: E731
-    write(f"{out}/lr/mixed-1e-3/log.json", log(0.30, 0.40))
-    write(f"{out}/lr/mixed-2e-3/log.json", log(0.45, 0.35))      # best at its first checkpoint
-    write(f"{out}/lr/mixed-4e-3/log.json", log(0.45))
+    log = lambda *marks: [{"step": 10 * i, "time": 1.0, "dev_accuracy": a, "dev_loss": l}  # noqa: E731
+                          for i, (a, l) in enumerate(marks, 1)]
+    write(f"{out}/lr/mixed-1e-3/log.json", log((0.30, 0.9), (0.40, 0.8)))
+    write(f"{out}/lr/mixed-2e-3/log.json", log((0.45, 0.7), (0.35, 0.6)))    # best at its first checkpoint
+    write(f"{out}/lr/mixed-4e-3/log.json", log((0.45, 0.75)))
     runs = [f"{out}/lr/mixed-{lr}" for lr in ("1e-3", "2e-3", "4e-3")]
-    assert best_run(runs) == runs[1] and best_run(runs[::-1]) == runs[2]
+    assert best_run(runs) == runs[1] and best_run(runs[::-1]) == runs[1]   # 0.45 at loss 0.7 beats 0.45 at 0.75
+    write(f"{out}/lr/mixed-4e-3/log.json", log((0.45, 0.7)))
+    assert best_run(runs) == runs[1] and best_run(runs[::-1]) == runs[2]   # a full tie: the first named
     write(f"{out}/lr/full-1e-4/log.json", [{"step": 0, "time": 1.0}])
     with pytest.raises(ValueError, match="full-1e-4/log.json: no dev accuracy yet"):
         best_run([f"{out}/lr/full-1e-4"])
     with pytest.raises(FileNotFoundError, match="full-3e-4/log.json: no such file"):
         best_run([f"{out}/lr/full-3e-4"])
-    write(f"{out}/lr/full-1e-4/log.json", log(0.2))
+    write(f"{out}/lr/full-1e-4/log.json", log((0.2, 1.0)))
     write(f"{out}/eval/base-4shot.json", {"accuracy": {"algebra": 0.5}, "answer_nll": {"algebra": 1.0}})
     report(out)
     text = open(f"{out}/REPORT.md").read()
-    assert "| mixed | 2e-3 | 45.0 | kept |" in text and "| mixed | 4e-3 | 45.0 |  |" in text
-    assert "| mixed | 1e-3 | 40.0 |  |" in text and "| full | 1e-4 | 20.0 | kept |" in text
+    assert "| mixed | 2e-3 | 45.0 | 0.7000 | kept |" in text and "| mixed | 4e-3 | 45.0 | 0.7000 |  |" in text
+    assert "| mixed | 1e-3 | 40.0 | 0.8000 |  |" in text and "| full | 1e-4 | 20.0 | 1.0000 | kept |" in text
 
 
 def test_best_run_refuses_a_log_with_a_nan_accuracy(tmp_path):
