@@ -294,7 +294,12 @@ def examples_of_cluster(assign_dir, k, examples, model=None, tok=None):
     if (ids < 0).all():
         raise ValueError(f"none of the {len(examples)} questions is in {path} "
                          "(clustered from other data or another split?)")
-    return [e for e, c in zip(examples, ids) if c == k]
+    chosen = [e for e, c in zip(examples, ids) if c == k]
+    if not chosen:
+        splits = "/".join(sorted({e.split for e in examples}))
+        raise ValueError(f"cluster {k} of {path} holds none of the {len(examples)} {splits} questions; "
+                         "a cluster expert needs questions of its own in the train and the dev split")
+    return chosen
 
 
 LABELS_PER_SKILL = (1, 5, 20)

@@ -226,6 +226,10 @@ def test_cli_end_to_end(tiny_ckpt, tmp_path):
     assert "NMI (submodules)" in (out / "report.md").read_text()
     chosen = [C.examples_of_cluster(str(out), k, train) for k in range(3)]
     assert sorted(sum(chosen, []), key=train.index) == train
+    others = chosen[1] + chosen[2]            # e.g. a dev split too small to reach every cluster
+    with pytest.raises(ValueError, match=rf"cluster 0 of .*assignments.json holds none of the {len(others)} "
+                                         "train questions"):
+        C.examples_of_cluster(str(out), 0, others)
     test = load_examples(FIXTURES, split="test")
     with pytest.raises(ValueError, match="none of the"):
         C.examples_of_cluster(str(out), 0, test)
