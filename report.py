@@ -304,7 +304,7 @@ def nll_change(before, after, skills):
 def goal_row(label, c, verdict):
     lo, hi = c["interval"]
     worst, (change, p) = c["worst"], c["per_skill"][c["worst"]]
-    nll = "-" if c["answer_nll_change"] is None else f"{c['answer_nll_change']:+.3f}"
+    nll = "-" if c["answer_nll_change"] is None else f"{round(c['answer_nll_change'], 3) + 0.0:+.3f}"  # no -0.000
     return (f"| {label} | {c['questions']} | {c['change']:+.1f} | {lo:+.1f} to {hi:+.1f} | {c['wins']} : "
             f"{c['losses']} | {c['p']:.2g} | {worst} {change:+.1f} (p {p:.2g}) | {nll} | {verdict} |")
 
