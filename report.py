@@ -311,13 +311,13 @@ def goal_row(label, c, verdict):
 
 def eval_records(out, *parts):
     """The records of out/eval/parts..., or None where the run or its records are missing."""
-    report = load(out, "eval", *parts)
-    return read_records(os.path.join(out, "eval", *parts)) if report and "records" in report else None
+    report = load(out, "eval", *parts)          # checked, records included, as it is read
+    return report["records"] if report and "records" in report else None
 
 
 def goal_forgetting(out, base, skills):
     """Goal 1: a full fine-tune of one skill, and a fine-tune skill after skill,
-    lose at least 5 points on the skills they leave behind."""
+    lose at least 5 points on the skills they leave behind. Returns [(label, numbers, verdict)]."""
     rows = {}
     for path in sorted(glob.glob(os.path.join(out, "eval", "full", "*.json"))):
         skill = os.path.basename(path)[:-5]
@@ -332,17 +332,18 @@ def goal_forgetting(out, base, skills):
         before = [r for s, p in trained.items() for r in read_records(p) if r["skill"] == s]
         rows[f"{what} skill after skill: each skill right after its stage, against after the last"] = pooled(
             before, read_records(stages[-1]), set(trained))
-    return {k: v for k, v in rows.items() if v}, lambda c: "met" if c["change"] <= -5 else "not met"
+    return [(k, c, "met" if c["change"] <= -5 else "not met") for k, c in rows.items() if c]
 
 
 def goal_routing(out, base, skills):
     """Goal 2: the routed mixture loses at most 1 point on any skill against the base."""
-    rows = {}
+    rows = []
     for name, label in ROWS:
         recs = eval_records(out, f"{name}.json") if name.startswith("moe-") else None
         if recs:
-            rows[f"{label}, against the base"] = pooled(base, recs, skills)
-    return rows, lambda c: "met" if c["per_skill"][c["worst"]][0] >= -1 else "not met"
+            c = pooled(base, recs, skills)
+            rows.append((f"{label}, against the base", c, "met" if c["per_skill"][c["worst"]][0] >= -1 else "not met"))
+    return rows
 
 
 def best_router(out, base, skills):
@@ -406,11 +407,11 @@ def goal_add_skill(out, skills):
             ("the mixed LoRA retrained on all eight", m7, eval_records(out, "mixed.json"), False),
             (f"the seven-skill mixed LoRA trained on {new} alone", m7, read_records(then[0]), False)):
         if before and after:
-            old = pooled(before, after, skills - {new})
+            old, added = pooled(before, after, skills - {new}), pooled(before, after, {new})
             rows.append((f"{what}: the seven old skills", old, ("met" if old["change"] >= -1 else "not met")
                          if goal else "-"))
-            rows.append((f"{what}: {new}", pooled(before, after, {new}), "-"))
-            chart[what] = {s: v[0] for s, v in pooled(before, after, skills)["per_skill"].items()}
+            rows.append((f"{what}: {new}", added, "-"))
+            chart[what] = {s: v[0] for c in (old, added) if c for s, v in c["per_skill"].items()}
     added = [minutes(out, f"experts/{new}"), minutes(out, "routers/centroid-token")]
     retrain = minutes(out, "mixed")
     cost = None
@@ -462,16 +463,14 @@ def goals(out):
     if base is None:
         return None, {}
     skills = {r["skill"] for r in base}
-    forget, forget_verdict = goal_forgetting(out, base, skills)
-    routing, routing_verdict = goal_routing(out, base, skills)
     kept_rows, kept_table = goal_experts_kept(out, base, skills)
     add_rows, cost, chart = goal_add_skill(out, skills)
     add_skill_chart(chart, os.path.join(out, "add-skill.png"))
     sections = [
         ("1. Fine-tunes forget: at least 5 points lost on the skills left behind",
-         [(k, c, forget_verdict(c)) for k, c in forget.items()], None),
+         goal_forgetting(out, base, skills), None),
         ("2. The routed mixture loses at most 1 point on any skill against the base",
-         [(k, c, routing_verdict(c)) for k, c in routing.items()], None),
+         goal_routing(out, base, skills), None),
         ("3. The best router keeps 90% of each expert's gain, level with the mixed LoRA", kept_rows, kept_table),
         ("4. Adding the eighth skill costs the old ones at most 1 point", add_rows,
          "\n\n".join(t for t in (cost, "![adding a skill](add-skill.png)" if chart else None) if t)),
