@@ -181,9 +181,10 @@ for k in 0 1 2 3 4 5 6 7; do
 done
 
 stage "routers"
-# the cluster experts are done: every router can train at once
-ROUTER=(--router "${COMMON[@]}" --data "$TRAIN_DATA" --steps "$ROUTER_STEPS" --batch-size "$BATCH" --eval-every 1000
-        --eval-questions 64 --router-questions 200 --resume)
+# The cluster experts are done: every router can train at once. Like the LoRAs, a router
+# saves its state every EVAL_EVERY steps and keeps its best checkpoint on dev questions.
+ROUTER=(--router "${COMMON[@]}" --data "$TRAIN_DATA" --steps "$ROUTER_STEPS" --batch-size "$BATCH"
+        --eval-every "$EVAL_EVERY" --eval-questions 64 --router-questions 200 --resume)
 job "$PY" train.py "${ROUTER[@]}" --experts "$OUT/experts" --prior centroid --level token --out "$OUT/routers/centroid-token"
 job "$PY" train.py "${ROUTER[@]}" --experts "$OUT/experts" --prior learned --level token --out "$OUT/routers/learned-token"
 job "$PY" train.py "${ROUTER[@]}" --experts "$OUT/experts" --prior centroid --level sequence --out "$OUT/routers/centroid-sequence"
@@ -233,8 +234,9 @@ for s in $SKILLS; do
     ev "sequential-lora/$i-$s" --adapter "$OUT/sequential-lora/$i-$s"
     ev "sequential-full/$i-$s" --model "$OUT/sequential-full/$i-$s"
 done
-[ -e "$OUT/forgetting/forgetting.json" ] || job "$PY" study.py forgetting "$OUT/experts" "${COMMON[@]}" \
-    --dtype "$DTYPE" --limit "$LIMIT" --out "$OUT/forgetting"
+for s in $SKILLS; do    # every expert on every skill: the forgetting matrix
+    ev "experts/$s" --adapter "$OUT/experts/$s"
+done
 for r in centroid-token learned-token centroid-sequence clusters-token seeded-token rank1; do
     ev "moe-$r" --moe "$OUT/routers/$r" --out "$OUT/routing/$r"
 done
@@ -263,6 +265,7 @@ for s in $SKILLS; do
 done
 
 stage "report"
+"$PY" study.py forgetting "$OUT/eval/base-4shot.json" "$OUT"/eval/experts/*.json --out "$OUT/forgetting"
 for kind in lora full; do    # the forgetting curves (stages 1..8 sort by name)
     "$PY" study.py curve "$OUT/eval/base-4shot.json" "$OUT"/eval/sequential-$kind/*.json \
         --out "$OUT/sequential-$kind"

@@ -3,7 +3,7 @@ The study: what the experts, the mixed LoRA and the routers do to every skill,
 compared question by question.
 
     python study.py paired out/eval/base-4shot.json out/eval/mixed.json   # wins, losses, sign test
-    python study.py forgetting out/experts --out out/forgetting         # every expert on every skill
+    python study.py forgetting out/eval/base-4shot.json out/eval/experts/*.json   # every expert on every skill
     python study.py curve out/eval/base-4shot.json out/eval/sequential-lora/*.json   # skill after skill
     python study.py heldout out --data data/heldout                     # every configuration, new questions
     python study.py best out/lr/mixed-*                                 # the run with the best dev accuracy
@@ -15,7 +15,7 @@ puts configurations side by side, with the paired statistics of stats.py.
 - paired: two runs on the same questions, per skill. Differences of a few
   questions are common, so a question only one run gets right is a win or a
   loss, and an exact sign test says how likely so uneven a split is by chance.
-- forgetting: every expert (merged, then removed) on every skill, minus the base.
+- forgetting: every expert (eval.py --adapter) on every skill, minus the base.
   The diagonal is what an expert gains on its own skill; the rest is what
   fine-tuning on one skill does to the others ("catastrophic forgetting" when
   negative). In accuracy and in answer NLL, with a heatmap of each.
@@ -84,16 +84,19 @@ def compare(base_json, others):
 # 2. Forgetting: every expert on every skill
 # ---------------------------------------------------------------------------
 
-def forgetting(ev, experts_dir, out):
-    """Accuracy and answer NLL of the base and of each expert in experts_dir on
-    every skill; ev(desc) evaluates the model as it is. Writes forgetting.md,
-    .json and two heatmaps under out; returns the JSON dict."""
-    experts = adapters.expert_dirs(experts_dir)                    # refused now, not after the base's run
-    base_records = ev("base")
+def forgetting(base_json, experts, out):
+    """study.py forgetting: the base and each expert evaluated on every skill
+    (experts: eval.py --json files, one per expert, each named after its expert,
+    e.g. algebra.json for `eval.py --adapter out/experts/algebra`), all on the
+    base's questions. Writes forgetting.md, .json and two heatmaps under out;
+    returns the JSON dict."""
+    base_records = read_records(base_json)
     base, base_nll = per_skill(base_records)
     acc, nll, own = {}, {}, {}
-    for name, path in experts.items():
-        records = adapters.with_adapter(ev.model, path, lambda: ev(name))
+    for path in experts:
+        name = os.path.splitext(os.path.basename(path))[0]
+        records = read_records(path)
+        _check_expert_run(path, records, base_json, base_records, seen=acc)
         acc[name], nll[name] = per_skill(records)
         if name in base:   # an expert named after a skill: is it better there, question by question?
             own[name] = paired(base_records, records)[name]
@@ -252,9 +255,11 @@ def parser():
     s.add_argument("base", help="eval.py --json of the reference run (e.g. the base model)")
     s.add_argument("others", nargs="+", help="eval.py --json of the runs compared with it, on the same questions")
     s = sub.add_parser("forgetting", help="every expert on every skill, minus the base")
-    s.add_argument("experts", help="a folder of expert folders (train.py --expert outputs)")
-    s.add_argument("--out", type=writable_dir, default="out/forgetting", help="where forgetting.md/.json/.png go")
-    flags.add_question_flags(s)
+    s.add_argument("base", help="eval.py --json of the base model")
+    s.add_argument("experts", nargs="+", help="eval.py --json of each expert (eval.py --adapter) on the base's "
+                   "questions, named after its expert, e.g. algebra.json")
+    s.add_argument("--out", type=writable_dir, default="out/forgetting", help="where forgetting.md/.json/.png go "
+                   "(default out/forgetting)")
     s = sub.add_parser("curve", help="a sequential fine-tune: every skill after each stage")
     s.add_argument("base", help="eval.py --json of the model before the first stage")
     s.add_argument("stages", nargs="+", help="eval.py --json after each stage, in training order, named "
@@ -288,7 +293,7 @@ def main():
     elif args.command == "curve":
         curve(args.base, args.stages, args.out)
     elif args.command == "forgetting":
-        forgetting(E.Evaluator.from_args(args), args.experts, args.out)
+        forgetting(args.base, args.experts, args.out)
     else:
         heldout(E.Evaluator.from_args(args), args.root, args.shots, args.out or os.path.join(args.root, "heldout"))
 
@@ -306,6 +311,18 @@ def _check_stages(stages, skills):
         if number != str(n) or skill not in skills:
             raise ValueError(f"{path}: expected stage {n} to be named {n}-SKILL.json, SKILL one of the base "
                              f"report's skills {sorted(skills)} (stages in training order)")
+
+
+def _check_expert_run(path, records, base_json, base_records, seen):
+    """forgetting's expert runs: each expert once, each on exactly the base's questions."""
+    name = os.path.splitext(os.path.basename(path))[0]
+    if name in seen:
+        raise ValueError(f"{path}: a second run named {name!r}; name each expert's eval.py --json after its expert")
+    mine, theirs = ({(r["skill"], r["question"]) for r in rs} for rs in (records, base_records))
+    if mine != theirs:
+        raise ValueError(f"{path}: {len(mine - theirs)} of its questions are not in {base_json} and "
+                         f"{len(theirs - mine)} of that run's are missing; evaluate both with the same "
+                         "--data, --split, --limit and --seed")
 
 
 if __name__ == "__main__":

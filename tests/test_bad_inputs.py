@@ -244,15 +244,6 @@ def test_nonfinite_loss_stops_training_without_saving(capsys, monkeypatch, tmp_p
     assert not (tmp_path / "out" / "adapter_model.safetensors").exists()
 
 
-def test_forgetting_never_drops_an_expert_folder_silently(capsys, monkeypatch, tmp_path):
-    experts = tmp_path / "experts"
-    shutil.copytree(os.path.join(ROOT, "checkpoints", "phi-tiny-moe", "experts", "algebra"), experts / "algebra")
-    (experts / "numbers").mkdir()                                  # killed before its first save
-    (experts / "numbers" / "train_state.pt").write_bytes(b"")
-    code, err = cli(study.main, ["forgetting", str(experts), "--data", DATA], capsys, monkeypatch)
-    assert code == 2 and "the folders ['numbers'] hold no adapter_config.json" in err
-
-
 def test_model_files_from_two_saves_are_refused(tmp_path):
     """model.save writes the weights and tokenizer, then config.json with their
     sha256: weights from another save (a crash between the writes) are refused."""
@@ -293,11 +284,12 @@ def test_adapter_files_from_two_saves_are_refused(tmp_path):
 STUDY = [   # study.py: refused in one line before any model is loaded
     (["report", "/nonexistent"], "/nonexistent: no such study folder"),
     (["heldout", "/nonexistent"], "/nonexistent: no such study folder"),
-    (["forgetting", "/nonexistent", "--data", DATA], "/nonexistent: no such directory of experts"),
+    (["forgetting", "/nonexistent.json", "/nonexistent.json"], "/nonexistent.json: expected the JSON that "
+                                                                 "`eval.py --json` writes"),
     (["paired", "/nonexistent.json", "/nonexistent.json"], "/nonexistent.json: expected the JSON that "
                                                              "`eval.py --json` writes"),
     (["paired", "base.json"], "the following arguments are required: others"),
-    (["forgetting", "x", "--limit", "0"], "--limit: expected an integer >= 1"),
+    (["forgetting", "base.json"], "the following arguments are required: experts"),
 ]
 
 

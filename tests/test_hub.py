@@ -279,7 +279,7 @@ def study_with_stub(tmp_path, **env):
     assert run.returncode == 0, run.stderr[-2000:]
     lines = (tmp_path / "log").read_text().splitlines()
     assert not [l for l in lines if l.startswith("SHARED")]
-    run_here = ("study.py report ", "study.py curve ", "study.py best ")   # not jobs: no GPU of their own
+    run_here = ("study.py report ", "study.py curve ", "study.py best ", "study.py forgetting ")   # not jobs
     return [tuple(l.split(" ", 1)) for l in lines if not any(r in l for r in run_here)]
 
 
@@ -337,6 +337,10 @@ def test_experiment_chains_what_builds_on_earlier_runs(tmp_path):
         assert len(evals) == 8
         assert any(l.startswith(f"unset study.py curve {out}/eval/base-4shot.json") and f"sequential-{kind}" in l
                    for l in log)
+    # the forgetting matrix: each expert evaluated alone, then put beside the base
+    for skill in ("algebra", "probability"):
+        assert any(f"--json {out}/eval/experts/{skill}.json --adapter {out}/experts/{skill}" in l for l in log)
+    assert f"unset study.py forgetting {out}/eval/base-4shot.json {out}/eval/experts/*.json" in "\n".join(log)
 
 
 def test_every_command_of_the_study_parses(tmp_path):

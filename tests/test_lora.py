@@ -80,7 +80,7 @@ def test_a_merge_that_overflows_is_refused_and_w_restored():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_eight_experts_merged_and_removed_in_half_precision_restore_the_base(tiny_ckpt, dtype):
-    """study.py forgetting and task-hard routing merge one expert after another into the
+    """study.py heldout and task-hard routing merge one expert after another into the
     same base. In half precision W + sBA - sBA is not W, so the original weights
     are kept and put back: after 8 experts the base is bit-identical."""
     model = load(tiny_ckpt[0], dtype=dtype, verbose=False)[0]

@@ -166,6 +166,40 @@ def eval_json(nll=1.0, **skills):
             "answer_nll": {s: nll for s in skills}, "records": records}
 
 
+def test_forgetting_is_each_expert_minus_the_base_on_every_skill(tmp_path):
+    """Two experts on two skills, four questions each: the matrix is accuracy minus
+    the base's, cell by cell, and the own-skill row counts wins and losses."""
+    from study import forgetting
+    runs = {"base": eval_json(algebra=[1, 0, 0, 0], numbers=[1, 1, 0, 0]),
+            "algebra": eval_json(0.5, algebra=[1, 1, 1, 0], numbers=[1, 0, 0, 0]),
+            "numbers": eval_json(2.0, algebra=[0, 0, 0, 0], numbers=[1, 1, 1, 1])}
+    for name, obj in runs.items():
+        write(str(tmp_path / f"{name}.json"), obj)
+    result = forgetting(str(tmp_path / "base.json"), [str(tmp_path / "algebra.json"), str(tmp_path / "numbers.json")],
+                        str(tmp_path / "out"))
+    assert result["delta"] == {"algebra": {"algebra": 0.5, "numbers": -0.25},
+                               "numbers": {"algebra": -0.25, "numbers": 0.5}}
+    assert result["nll_delta"]["algebra"] == {"algebra": -0.5, "numbers": -0.5}
+    assert result["own_skill"]["algebra"] == {"questions": 4, "base": 1, "model": 3, "wins": 2, "losses": 0, "p": 0.5}
+    text = open(tmp_path / "out" / "forgetting.md").read()
+    assert "| *base accuracy* | 25.0 | 50.0 | 37.5 |" in text and "| algebra | **+50.0** | -25.0 | +12.5 |" in text
+
+
+def test_forgetting_refuses_runs_on_other_questions_or_named_twice(tmp_path):
+    from study import forgetting
+    write(str(tmp_path / "base.json"), eval_json(algebra=[1, 0], numbers=[1, 1]))
+    write(str(tmp_path / "algebra.json"), eval_json(algebra=[1, 1], numbers=[1]))        # one numbers question short
+    with pytest.raises(ValueError, match=r"algebra.json: 0 of its questions are not in .*base.json and 1 of that "
+                                         r"run's are missing"):
+        forgetting(str(tmp_path / "base.json"), [str(tmp_path / "algebra.json")], str(tmp_path / "out"))
+    write(str(tmp_path / "a" / "numbers.json"), eval_json(algebra=[1, 1], numbers=[1, 1]))
+    write(str(tmp_path / "b" / "numbers.json"), eval_json(algebra=[0, 1], numbers=[1, 1]))
+    with pytest.raises(ValueError, match="b/numbers.json: a second run named 'numbers'"):
+        forgetting(str(tmp_path / "base.json"), [str(tmp_path / "a" / "numbers.json"),
+                                                 str(tmp_path / "b" / "numbers.json")], str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_goals_are_answered_from_the_runs_that_decide_them(tmp_path):
     """A made-up study of two skills, four questions each; every number below is
     worked out by hand from the correct answers."""

@@ -153,14 +153,10 @@ def test_limit_draws_a_skill_independently_of_the_others():
 
 
 def test_forgetting_and_paired_agree_with_the_records(tmp_path):
-    """study.py forgetting (shipped phi-tiny, two shipped experts) and study.py
-    paired BASE_JSON EXPERT_JSON give the same own-skill comparison, and both
-    equal a count over the saved records."""
-    shipped = os.path.join(ROOT, "checkpoints", "phi-tiny-moe", "experts")
-    experts = tmp_path / "experts"
-    experts.mkdir()
-    for skill in ("algebra", "numbers"):
-        os.symlink(os.path.join(shipped, skill), experts / skill)
+    """study.py forgetting (the shipped phi-tiny and two shipped experts, each
+    evaluated by eval.py --adapter) and study.py paired BASE_JSON EXPERT_JSON give
+    the same own-skill comparison, and both equal a count over the saved records."""
+    experts = os.path.join(ROOT, "checkpoints", "phi-tiny-moe", "experts")
     common = ["--model", os.path.join(ROOT, "checkpoints", "phi-tiny"), "--data", FIXTURE, "--shots", "2",
               "--limit", "4"]
 
@@ -168,9 +164,11 @@ def test_forgetting_and_paired_agree_with_the_records(tmp_path):
         done = subprocess.run([sys.executable, script, *argv], cwd=ROOT, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
         return done.stdout
-    run("study.py", "forgetting", str(experts), *common, "--out", str(tmp_path / "f"))
     run("eval.py", *common, "--json", str(tmp_path / "base.json"))
-    run("eval.py", *common, "--adapter", str(experts / "algebra"), "--json", str(tmp_path / "algebra.json"))
+    for skill in ("algebra", "numbers"):
+        run("eval.py", *common, "--adapter", os.path.join(experts, skill), "--json", str(tmp_path / f"{skill}.json"))
+    run("study.py", "forgetting", str(tmp_path / "base.json"), str(tmp_path / "algebra.json"),
+        str(tmp_path / "numbers.json"), "--out", str(tmp_path / "f"))
     out = run("study.py", "paired", str(tmp_path / "base.json"), str(tmp_path / "algebra.json"))
     assert "wins : losses against base" in out
     forgetting = json.load(open(tmp_path / "f" / "forgetting.json"))
