@@ -266,7 +266,7 @@ def main():
         name += f" (route {args.route})" if args.route else f" ({args.variant})"
     print(markdown(records, f"{name}, {args.shots}-shot, {args.split} split"))
     print(f"\n{len(records)} questions in {seconds:.1f}s ({len(records) / seconds:.1f} questions/s)")
-    report = {"model": args.model, "shots": args.shots, "split": args.split,
+    report = {"model": args.model, "shots": args.shots, "split": args.split, "seconds": round(seconds, 1),
               "accuracy": {k: c / n for k, (c, n) in accuracy(records).items()},
               "counts": {k: {"correct": c, "total": n} for k, (c, n) in accuracy(records).items()},
               "mean_accuracy": mean_accuracy(records), "answer_nll": answer_nlls(records), "records": records}

@@ -219,15 +219,37 @@ def read_log(path):
     return log
 
 
-def training_times(out):
-    """Minutes of training per expert and for the mixed LoRA and routers (log.json)."""
-    rows = []
-    for path in sorted(glob.glob(os.path.join(out, "*", "log.json")) + glob.glob(os.path.join(out, "*", "*", "log.json"))):
-        log = read_log(path)
-        if log:
-            rows.append(f"| {os.path.relpath(os.path.dirname(path), out)} | {log[-1]['step']} "
-                        f"| {log[-1]['time'] / 60:.1f} |")
-    return "\n".join(["| run | steps | minutes |", "|---|---:|---:|"] + rows) if rows else None
+def compute_time(out):
+    """Job time per part of the study: each train.py run's logged wall time
+    (log.json; a resumed run counts the steps it kept, not those lost) and each
+    eval.py run's (the 'seconds' of its JSON), summed by the folder it sits in."""
+    parts, seen = {}, set()
+    logs = glob.glob(os.path.join(out, "*", "log.json")) + glob.glob(os.path.join(out, "*", "*", "log.json"))
+    evals = glob.glob(os.path.join(out, "eval", "**", "*.json"), recursive=True)
+    for path in sorted(logs) + sorted(evals):
+        if os.path.realpath(path) in seen:            # out/mixed links to its learning-rate run
+            continue
+        seen.add(os.path.realpath(path))
+        rel = os.path.relpath(path, out).split(os.sep)
+        if rel[0] == "eval":
+            seconds = load(out, *rel).get("seconds")
+            part = "evaluation: " + (rel[1] if len(rel) > 2 else "the rest")
+        else:
+            log = read_log(path)
+            seconds = log[-1]["time"] if log else None
+            part = "training: " + rel[0]
+        if seconds is not None:
+            runs, total = parts.get(part, (0, 0.0))
+            parts[part] = (runs + 1, total + seconds)
+    if not parts:
+        return None
+    hours = sum(t for _, t in parts.values()) / 3600
+    rows = [f"| {part} | {runs} | {t / 60:.0f} |" for part, (runs, t) in parts.items()]
+    return "\n".join(["| part | runs | job minutes |", "|---|---:|---:|", *rows,
+                      f"| **all** | {sum(r for r, _ in parts.values())} | **{60 * hours:.0f}** |", "",
+                      f"{hours:.1f} job-hours in all. experiment.sh runs JOBS of them at a time (2 on a CPU), "
+                      f"so on 2 cores the study's wall time is about {hours / 2:.1f} h, plus the waits at the "
+                      "end of each stage and the clustering runs, which log no time."])
 
 
 def best_checkpoint(folder):
@@ -529,7 +551,7 @@ def report(out, docs=None):
                         ("Steering with --route (router centroid-token)", steering_table(out)),
                         ("Adding a skill to seven (accuracy, %)", add_skill_table(out)),
                         ("Learning rates, each family's chosen on dev questions", lr_table(out)),
-                        ("Training time (wall, as logged)", training_times(out))):
+                        ("Compute: the time of every run, as logged", compute_time(out))):
         if text:
             parts += [f"## {title}", "", text, ""]
     for folder, title in (("routing", "plain questions"), ("routing-composed", "composed questions")):

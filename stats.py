@@ -138,14 +138,18 @@ def check_records(path, records):
 
 def check_eval_json(path, report):
     """An eval.py --json report: accuracy (fractions in [0, 1], at least one skill)
-    and answer NLL (finite numbers >= 0) per skill; the accuracy agrees with the
-    report's counts and records, where it has them (an edited report does not)."""
+    and answer NLL (finite numbers >= 0) per skill, and the run's seconds (a finite
+    number >= 0) where it has them; the accuracy agrees with the report's counts
+    and records, where it has them (an edited report does not)."""
     if not isinstance(report, dict):
         raise ValueError(f"{path}: expected a JSON object as eval.py --json writes, got {type(report).__name__}")
     _check_per_skill(path, "accuracy", report.get("accuracy"), ACCURACY)
     _check_per_skill(path, "answer_nll", report.get("answer_nll"), NLL)
     if not report["accuracy"]:
         raise ValueError(f"{path}: 'accuracy' is empty, expected one entry per skill evaluated")
+    seconds = report.get("seconds", 0)
+    if not (isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and 0 <= seconds < math.inf):
+        raise ValueError(f"{path}: 'seconds' is {seconds!r}, expected the run's time, a number >= 0")
     tallies = {}
     if isinstance(report.get("counts"), dict):
         tallies["counts"] = {k: (c.get("correct"), c.get("total")) if isinstance(c, dict) else (None, None)

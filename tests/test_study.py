@@ -55,7 +55,7 @@ def test_report_reads_what_the_study_wrote(tmp_path):
     text = open(f"{out}/REPORT.md").read()
     assert "| each skill's expert on its own skill | 0.250 | - | **0.250** |" in text
     assert "| algebra | 60.0 | 10.0 | - |" in text              # steering: no routed run to compare
-    assert "| experts/algebra | 60 | 1.5 |" in text
+    assert "| training: experts | 1 | 2 |" in text              # 90 s, in whole minutes
     assert "## Composed" not in text and "## Forgetting" not in text   # no forgetting.md, no composed runs
     tables = json.load(open(f"{out}/results.json"))
     assert tables["answer_nll"]["base, 4-shot"] == {"algebra": 1.0, "numbers": 2.0}
@@ -164,6 +164,29 @@ def eval_json(nll=1.0, **skills):
                for i, c in enumerate(cs)]
     return {"accuracy": {s: sum(cs) / len(cs) for s, cs in skills.items()},
             "answer_nll": {s: nll for s in skills}, "records": records}
+
+
+def test_compute_time_sums_each_part_of_the_study_once(tmp_path):
+    """Logged training time and evaluation seconds, summed per folder; out/mixed is
+    a link to its learning-rate run and counts once; a report without seconds
+    adds nothing; a NaN time is refused."""
+    from report import compute_time
+    out = str(tmp_path)
+    write(f"{out}/lr/mixed-1e-3/log.json", [{"step": 100, "loss": 1.0, "time": 600.0}])
+    os.symlink("lr/mixed-1e-3", f"{out}/mixed")
+    write(f"{out}/experts/algebra/log.json", [{"step": 50, "time": 60.0}, {"step": 100, "time": 120.0}])
+    write(f"{out}/experts/numbers/log.json", [{"step": 100, "time": 180.0}])
+    write(f"{out}/eval/experts/algebra.json", {**eval_json(algebra=[1, 0]), "seconds": 90.0})
+    write(f"{out}/eval/base-4shot.json", {**eval_json(algebra=[1, 0]), "seconds": 30.0})
+    write(f"{out}/eval/base-0shot.json", eval_json(algebra=[0, 0]))                    # written before 'seconds'
+    text = compute_time(out)
+    for row in ["| training: experts | 2 | 5 |", "| training: lr | 1 | 10 |", "| evaluation: experts | 1 | 2 |",
+                "| evaluation: the rest | 1 | 0 |", "| **all** | 5 | **17** |"]:
+        assert row in text, row
+    assert "0.3 job-hours in all" in text and "about 0.1 h" in text
+    write(f"{out}/eval/base-0shot.json", {**eval_json(algebra=[0, 0]), "seconds": float("nan")})
+    with pytest.raises(ValueError, match=r"base-0shot.json: 'seconds' is nan, expected the run's time"):
+        compute_time(out)
 
 
 def test_forgetting_is_each_expert_minus_the_base_on_every_skill(tmp_path):
