@@ -542,8 +542,9 @@ def report(out, docs=None):
                                     "sequential-full/curve.png"),
                                    ("clusters-test/report.md", "Clusters of meta-questions (test split)",
                                     "clusters-test/clusters.png")):
-        if os.path.exists(os.path.join(out, folder)):
-            parts += [f"## {title}", "", open(os.path.join(out, folder)).read(), f"![{title}]({picture})", ""]
+        if os.path.exists(os.path.join(out, folder)):    # its own headings go below this section's
+            text = re.sub(r"^#{1,2} ", "### ", open(os.path.join(out, folder)).read(), flags=re.M)
+            parts += [f"## {title}", "", text, f"![{title}]({picture})", ""]
     for title, text in (("Composed questions (two skills chained) beside plain ones of the same skills",
                          composed_table(out)),
                         ("Routing accuracy: the largest weight on the question's own skill (%)",

@@ -45,6 +45,9 @@ def test_report_reads_what_the_study_wrote(tmp_path):
     write(f"{out}/eval/steer/wrong-algebra.json", ev({"algebra": 0.1}, {}))
     write(f"{out}/experts/algebra/log.json", [{"step": 60, "time": 90.0}])
     write(f"{out}/eval/full/numbers.json", ev({"algebra": 0.0, "numbers": 1.0}, {"algebra": 4.0, "numbers": 0.5}))
+    os.makedirs(f"{out}/clusters-test")
+    with open(f"{out}/clusters-test/report.md", "w") as f:                # cluster.py's own top-level headings
+        f.write("# Clusters of 16 test questions\n\n## Clusters\n\n| cluster |\n")
     report(out)
     assert open(f"{out}/results.md").read().splitlines() == [
         "| configuration | algebra | numbers | mean |", "|---|---:|---:|---:|",
@@ -57,6 +60,7 @@ def test_report_reads_what_the_study_wrote(tmp_path):
     assert "| algebra | 60.0 | 10.0 | - |" in text              # steering: no routed run to compare
     assert "| training: experts | 1 | 2 |" in text              # 90 s, in whole minutes
     assert "## Composed" not in text and "## Forgetting" not in text   # no forgetting.md, no composed runs
+    assert "## Clusters of meta-questions (test split)\n\n### Clusters of 16 test questions\n\n### Clusters\n" in text
     tables = json.load(open(f"{out}/results.json"))
     assert tables["answer_nll"]["base, 4-shot"] == {"algebra": 1.0, "numbers": 2.0}
 
