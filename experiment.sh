@@ -87,6 +87,14 @@ job() {
     while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 0.5; done
 }
 stage() { for p in "${PIDS[@]}"; do wait "$p"; done; PIDS=(); echo; echo "=== $* (at $((SECONDS / 60)) min)"; }
+# Each run is evaluated on LIMIT test questions per skill (4-shot unless named) in the
+# stage after the one that trained it, beside that stage's training: the cores stay
+# busy, and a study stopped halfway already holds the results of what it trained.
+ev() {  # ev NAME [eval.py flags]: one configuration -> out/eval/NAME.json, as a job
+    local name=$1; shift
+    [ -e "$OUT/eval/$name.json" ] || job "$PY" eval.py "${COMMON[@]}" --dtype "$DTYPE" --limit "$LIMIT" \
+        --json "$OUT/eval/$name.json" "$@"
+}
 
 stage "data"
 have_all() {   # have_all DIR [SKILL...]: each skill's task file is there (the generator writes them one by one)
@@ -140,6 +148,10 @@ mkdir -p "$OUT" && ln -sfnT "lr/mixed-$LR_MIXED" "$OUT/mixed"
 for s in $SKILLS; do
     job "$PY" train.py --expert "$s" "${COMMON[@]}" "${EXPERT[@]}" --out "$OUT/experts/$s"
 done
+# evaluated beside them: the base, and the mixed LoRA of the learning-rate stage
+ev base-0shot --shots 0
+ev base-4shot
+ev mixed --adapter "$OUT/mixed"
 
 stage "baselines that can forget: a full fine-tune of each skill, one LoRA at the experts' parameters"
 for s in $SKILLS; do
@@ -148,6 +160,9 @@ done
 # rank 64 = the trainable parameters of eight rank-8 experts; alpha/r stays 2
 job "$PY" train.py --mixed "${COMMON[@]}" "${MIXED[@]}" --steps-per-skill "$STEPS" --rank 64 --alpha 128 \
     --out "$OUT/mixed-r64"
+for s in $SKILLS; do    # evaluated beside them: every expert on every skill, the forgetting matrix
+    ev "experts/$s" --adapter "$OUT/experts/$s"
+done
 
 stage "sequential fine-tunes: one LoRA, and the whole model, trained skill after skill"
 sequential() {  # sequential lora|full: each stage starts from the previous stage's result
@@ -171,6 +186,10 @@ echo; echo "=== clusters of meta-questions (beside the sequential fine-tunes)"
 # semi-supervised: one cluster per skill, seeded by 10 labelled questions of each
 [ -e "$OUT/clusters-seeded/assignments.json" ] || job "$PY" cluster.py --seeded 10 --split train --limit 300 \
     --model "$MODEL" --data "$TRAIN_DATA" --device "$DEVICE" --out "$OUT/clusters-seeded"
+ev mixed-r64 --adapter "$OUT/mixed-r64"    # evaluated beside them: the previous stage's runs
+for s in $SKILLS; do
+    ev "full/$s" --model "$OUT/full/$s"
+done
 
 stage "cluster experts (unsupervised, and seeded by a few labels)"
 for k in 0 1 2 3 4 5 6 7; do
@@ -178,6 +197,12 @@ for k in 0 1 2 3 4 5 6 7; do
         --out "$OUT/cluster-experts/cluster-$k"
     job "$PY" train.py --expert "cluster:$k" --clusters "$OUT/clusters-seeded" "${COMMON[@]}" "${EXPERT[@]}" \
         --out "$OUT/seeded-experts/cluster-$k"
+done
+i=0
+for s in $SKILLS; do    # evaluated beside them: every stage of the sequential fine-tunes
+    i=$((i + 1))
+    ev "sequential-lora/$i-$s" --adapter "$OUT/sequential-lora/$i-$s"
+    ev "sequential-full/$i-$s" --model "$OUT/sequential-full/$i-$s"
 done
 
 stage "routers"
@@ -216,38 +241,18 @@ add_to_mixed() {   # the seven-skill mixed LoRA, then the eighth skill alone fro
         --out "$OUT/add-skill/mixed7-then-$NEW_SKILL"
 }
 job add_to_mixed
-
-stage "evaluation ($LIMIT test questions per skill, 4-shot unless named)"
-ev() {  # ev NAME [eval.py flags]: one configuration -> out/eval/NAME.json, as a job
-    local name=$1; shift
-    [ -e "$OUT/eval/$name.json" ] || job "$PY" eval.py "${COMMON[@]}" --dtype "$DTYPE" --limit "$LIMIT" \
-        --json "$OUT/eval/$name.json" "$@"
-}
-ev base-0shot --shots 0
-ev base-4shot
-ev mixed --adapter "$OUT/mixed"
-ev mixed-r64 --adapter "$OUT/mixed-r64"
-i=0
-for s in $SKILLS; do
-    i=$((i + 1))
-    ev "full/$s" --model "$OUT/full/$s"
-    ev "sequential-lora/$i-$s" --adapter "$OUT/sequential-lora/$i-$s"
-    ev "sequential-full/$i-$s" --model "$OUT/sequential-full/$i-$s"
-done
-for s in $SKILLS; do    # every expert on every skill: the forgetting matrix
-    ev "experts/$s" --adapter "$OUT/experts/$s"
-done
-for r in centroid-token learned-token centroid-sequence clusters-token seeded-token rank1; do
+for r in centroid-token learned-token centroid-sequence clusters-token seeded-token rank1; do   # beside them
     ev "moe-$r" --moe "$OUT/routers/$r" --out "$OUT/routing/$r"
 done
-ev add-skill/router7 --moe "$OUT/add-skill/router7" --out "$OUT/routing-add-skill/router7"
-ev add-skill/mixed7 --adapter "$OUT/add-skill/mixed7"
-ev "add-skill/mixed7-then-$NEW_SKILL" --adapter "$OUT/add-skill/mixed7-then-$NEW_SKILL"
 ev moe-task-soft --moe "$OUT/routers/centroid-token" --variant task-soft
 ev moe-task-hard --moe "$OUT/routers/centroid-token" --variant task-hard
 
-if [ -d "$DATA/composed" ]; then
-    stage "composed questions (two skills chained): the same configurations"
+stage "the last evaluations: adding a skill, composed questions, steering"
+ev add-skill/router7 --moe "$OUT/add-skill/router7" --out "$OUT/routing-add-skill/router7"
+ev add-skill/mixed7 --adapter "$OUT/add-skill/mixed7"
+ev "add-skill/mixed7-then-$NEW_SKILL" --adapter "$OUT/add-skill/mixed7-then-$NEW_SKILL"
+
+if [ -d "$DATA/composed" ]; then    # composed questions (two skills chained): the same configurations
     ev composed/base-4shot --data "$DATA/composed"
     ev composed/mixed --data "$DATA/composed" --adapter "$OUT/mixed"
     for r in centroid-token learned-token centroid-sequence clusters-token seeded-token rank1; do
@@ -256,7 +261,7 @@ if [ -d "$DATA/composed" ]; then
     ev composed/moe-task-hard --data "$DATA/composed" --moe "$OUT/routers/centroid-token" --variant task-hard
 fi
 
-stage "steering (--route): each skill's questions sent to its own expert, and to the next skill's"
+# steering with --route: each skill's questions sent to its own expert, and to the next skill's
 set -- $SKILLS
 for s in $SKILLS; do
     wrong=$(echo $SKILLS $1 | tr ' ' '\n' | grep -A1 -x "$s" | sed -n 2p)

@@ -261,6 +261,8 @@ if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then
     sleep 0.1
     rmdir "$STUB_DIR/lock-$CUDA_VISIBLE_DEVICES" 2>/dev/null || true
 fi
+if [ "$1" = train.py ]; then sleep 0.2; fi   # training outlasts what is started after it
+echo "END $*" >> "$STUB_DIR/log"
 """
 
 
@@ -280,7 +282,7 @@ def study_with_stub(tmp_path, **env):
     lines = (tmp_path / "log").read_text().splitlines()
     assert not [l for l in lines if l.startswith("SHARED")]
     run_here = ("study.py report ", "study.py curve ", "study.py best ", "study.py forgetting ")   # not jobs
-    return [tuple(l.split(" ", 1)) for l in lines if not any(r in l for r in run_here)]
+    return [tuple(l.split(" ", 1)) for l in lines if not any(r in l for r in run_here) and not l.startswith("END ")]
 
 
 @pytest.mark.parametrize("env, gpus", [
@@ -306,7 +308,7 @@ def test_experiment_chains_what_builds_on_earlier_runs(tmp_path):
     seven skills' data and experts. Everything trains on TRAIN_DATA and is
     evaluated on DATA."""
     study_with_stub(tmp_path, DEVICE="cpu", JOBS="1", TRAIN_DATA=str(tmp_path / "fresh"))
-    log = (tmp_path / "log").read_text().splitlines()
+    log = [l for l in (tmp_path / "log").read_text().splitlines() if not l.startswith("END ")]
     out = tmp_path / "out"
     last_data = lambda line: line.split("--data ")[-1].split()[0]   # noqa: E731  (the last --data wins)
     trains = [l for l in log if " train.py " in l]
@@ -341,6 +343,25 @@ def test_experiment_chains_what_builds_on_earlier_runs(tmp_path):
     for skill in ("algebra", "probability"):
         assert any(f"--json {out}/eval/experts/{skill}.json --adapter {out}/experts/{skill}" in l for l in log)
     assert f"unset study.py forgetting {out}/eval/base-4shot.json {out}/eval/experts/*.json" in "\n".join(log)
+
+
+def test_experiment_evaluates_a_run_only_after_its_training_ended(tmp_path):
+    """Evaluations run beside the training of the next stage: each starts only after
+    the train.py run that made its model has ended. With JOBS=50 every command of a
+    stage starts at once, so only the wait at the end of a stage orders them."""
+    study_with_stub(tmp_path, DEVICE="cpu", JOBS="50")
+    log = (tmp_path / "log").read_text().splitlines()
+    ended = {l.split("--out ")[-1].split()[0]: i for i, l in enumerate(log)
+             if l.startswith("END train.py") and "--out " in l}
+    evals = [(i, l) for i, l in enumerate(log) if l.startswith("unset eval.py") and "--json" in l]
+    checked = 0
+    for i, l in evals:
+        for flag in ("--adapter ", "--model ", "--moe "):     # the last of each flag is the one read
+            path = os.path.realpath(l.split(flag)[-1].split()[0]) if flag in l else ""
+            if path.startswith(str(tmp_path / "out")):          # a run of the study, not the base model
+                assert ended.get(path, len(log)) < i, l
+                checked += 1
+    assert checked > 40
 
 
 def test_every_command_of_the_study_parses(tmp_path):
