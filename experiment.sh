@@ -119,14 +119,15 @@ stage "learning rates: three per family, each chosen on dev questions"
 # A tie in dev accuracy goes to the lower dev loss (then to the rate named first).
 LORA_LRS=${LORA_LRS:-1e-3 2e-3 4e-3}
 FULL_LRS=${FULL_LRS:-3e-5 1e-4 3e-4}
+SWEEP_SKILL=arithmetic
 for lr in $LORA_LRS; do
-    job "$PY" train.py --expert arithmetic "${COMMON[@]}" "${LORA[@]}" --lr "$lr" --eval-questions 100 \
+    job "$PY" train.py --expert "$SWEEP_SKILL" "${COMMON[@]}" "${LORA[@]}" --lr "$lr" --eval-questions 100 \
         --out "$OUT/lr/expert-$lr"
     job "$PY" train.py --mixed "${COMMON[@]}" "${MIXED[@]}" --steps-per-skill "$STEPS" --lr "$lr" \
         --eval-questions 400 --out "$OUT/lr/mixed-$lr"
 done
 for lr in $FULL_LRS; do
-    job "$PY" train.py --expert arithmetic --full "${COMMON[@]}" "${LORA[@]}" --lr "$lr" --eval-questions 100 \
+    job "$PY" train.py --expert "$SWEEP_SKILL" --full "${COMMON[@]}" "${LORA[@]}" --lr "$lr" --eval-questions 100 \
         --out "$OUT/lr/full-$lr"
 done
 
@@ -148,10 +149,13 @@ mkdir -p "$OUT" && ln -sfnT "lr/mixed-$LR_MIXED" "$OUT/mixed"
 for s in $SKILLS; do
     job "$PY" train.py --expert "$s" "${COMMON[@]}" "${EXPERT[@]}" --out "$OUT/experts/$s"
 done
-# evaluated beside them: the base, and the mixed LoRA of the learning-rate stage
+# evaluated beside them: the base, the mixed LoRA of the learning-rate stage, and every
+# rate of the one-skill sweeps on all skills (how forgetting grows with the rate)
 ev base-0shot --shots 0
 ev base-4shot
 ev mixed --adapter "$OUT/mixed"
+for lr in $LORA_LRS; do ev "sweep-$SWEEP_SKILL/expert-$lr" --adapter "$OUT/lr/expert-$lr"; done
+for lr in $FULL_LRS; do ev "sweep-$SWEEP_SKILL/full-$lr" --model "$OUT/lr/full-$lr"; done
 
 stage "baselines that can forget: a full fine-tune of each skill, one LoRA at the experts' parameters"
 for s in $SKILLS; do

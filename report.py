@@ -339,12 +339,18 @@ def eval_records(out, *parts):
 
 def goal_forgetting(out, base, skills):
     """Goal 1: a full fine-tune of one skill, and a fine-tune skill after skill,
-    lose at least 5 points on the skills they leave behind. Returns [(label, numbers, verdict)]."""
-    rows = {}
+    lose at least 5 points on the skills they leave behind. Every learning rate of
+    the one-skill sweeps is shown too, marked as such: how forgetting grows with
+    the rate. Returns [(label, numbers, verdict)]."""
+    rows = []
+
+    def add(label, c, verdict=None):
+        if c:
+            rows.append((label, c, verdict or ("met" if c["change"] <= -5 else "not met")))
     for path in sorted(glob.glob(os.path.join(out, "eval", "full", "*.json"))):
         skill = os.path.basename(path)[:-5]
-        rows[f"full fine-tune of {skill}: the other skills, against the base"] = pooled(
-            base, read_records(path), skills - {skill})
+        add(f"full fine-tune of {skill}: the other skills, against the base",
+            pooled(base, read_records(path), skills - {skill}))
     for kind, what in (("lora", "one LoRA"), ("full", "the whole model")):
         stages = sorted(glob.glob(os.path.join(out, "eval", f"sequential-{kind}", "*-*.json")),
                         key=lambda p: int(os.path.basename(p).partition("-")[0]))
@@ -352,9 +358,15 @@ def goal_forgetting(out, base, skills):
             continue
         trained = {os.path.basename(p)[:-5].partition("-")[2]: p for p in stages[:-1]}
         before = [r for s, p in trained.items() for r in read_records(p) if r["skill"] == s]
-        rows[f"{what} skill after skill: each skill right after its stage, against after the last"] = pooled(
-            before, read_records(stages[-1]), set(trained))
-    return [(k, c, "met" if c["change"] <= -5 else "not met") for k, c in rows.items() if c]
+        add(f"{what} skill after skill: each skill right after its stage, against after the last",
+            pooled(before, read_records(stages[-1]), set(trained)))
+    for path in sorted(glob.glob(os.path.join(out, "eval", "sweep-*", "*-*.json"))):   # sweep-SKILL/FAMILY-LR
+        skill = os.path.basename(os.path.dirname(path))[len("sweep-"):]
+        family, _, lr = os.path.basename(path)[:-5].partition("-")
+        what = "full fine-tune" if family == "full" else "LoRA expert"
+        add(f"{what} of {skill} at lr {lr}: the other skills, against the base",
+            pooled(base, read_records(path), skills - {skill}), "(sweep)")
+    return rows
 
 
 def goal_routing(out, base, skills):
