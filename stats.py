@@ -14,13 +14,15 @@ not. Those questions decide every comparison here:
   coin. Exact, for one skill or for all questions pooled.
 - bootstrap_interval: the paired bootstrap interval of the difference in
   accuracy, resampling questions; what "level with, within the interval" means.
-- read_records and the checks at the end refuse a report that eval.py did not
-  write (edited counts, a repeated question, a NaN), naming the file.
+- read_records and the checks refuse a report that eval.py did not write
+  (edited counts, a repeated question, a NaN), naming the file; load and
+  read_log read any piece of a study folder and train.py's logs the same way.
 
 Left out: corrections for many comparisons; each test is for one pair of runs.
 """
 import json
 import math
+import os
 from collections import defaultdict
 
 import numpy as np
@@ -191,3 +193,39 @@ def _check_per_skill(path, key, per, rule):
     for skill, v in per.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
             raise ValueError(f"{path}: {key} of {skill!r} is {v!r}, expected {want}")
+
+
+# ---------------------------------------------------------------------------
+# 3. Reading a study folder, checked
+# ---------------------------------------------------------------------------
+
+def load(out, *parts):
+    """The JSON at out/parts..., or None where that piece of the study is missing;
+    eval.py's reports (under eval/) are checked (check_eval_json)."""
+    path = os.path.join(out, *parts)
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if "eval" in parts:
+        check_eval_json(path, obj)
+    if "forgetting" in parts:
+        check_forgetting_json(path, obj)
+    return obj
+
+
+def read_log(path):
+    """train.py's log.json: a list of entries, each with a 'step' and a 'time'
+    (and, at each checkpoint, 'dev_loss' and 'dev_accuracy')."""
+    log = load(path)
+    if log is None:
+        raise FileNotFoundError(f"{path}: no such file; expected the log of a train.py run")
+    number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)  # noqa: E731
+    if not (isinstance(log, list) and all(isinstance(e, dict) and number(e.get("step")) and number(e.get("time"))
+                                          and number(e.get("dev_accuracy", 0)) and number(e.get("dev_loss", 0))
+                                          for e in log)):
+        raise ValueError(f"{path}: expected train.py's log, a list of entries with a 'step' and a 'time'")
+    return log

@@ -13,7 +13,7 @@ ORDER = {
     "data/lila.py": 0, "data/score.py": 0, "data/cli.py": 0, "data/files.py": 0,
     "data/prompts.py": 1, "data/tokenizer.py": 2, "data/episodes.py": 2,
     "hf.py": 3, "kmeans.py": 3, "model.py": 4, "lora.py": 5, "cluster.py": 5, "adapters.py": 6, "router.py": 6, "flags.py": 6,
-    "mixture.py": 7, "explain.py": 8, "eval.py": 9, "train.py": 10, "stats.py": 11, "report.py": 12, "study.py": 13,
+    "mixture.py": 7, "explain.py": 8, "eval.py": 9, "train.py": 10, "stats.py": 11, "goals.py": 12, "report.py": 13, "study.py": 14,
 }
 MODULE = {path[:-3].replace("/", "."): path for path in ORDER}      # "data.lila" -> "data/lila.py"
 

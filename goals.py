@@ -1,0 +1,284 @@
+"""
+The study's question, goal by goal: do routed skill experts keep what a
+fine-tune forgets, at the cost of a mixed LoRA? Each goal is answered from the
+runs of a `make experiment` folder that decide it (report.py puts the answers
+in REPORT.md and goals.json):
+
+1. a full fine-tune of one skill, and fine-tunes skill after skill, lose at
+   least 5 points on the skills they leave behind;
+2. the routed mixture loses at most 1 point on any skill against the base;
+3. the best router keeps 90% of each expert's own-skill gain and is level with
+   the mixed LoRA at equal trainable parameters;
+4. adding an eighth skill costs the seven old ones at most 1 point, at a
+   fraction of retraining the mixed LoRA;
+5. cluster experts, assigned without labels, come within 2 points of the
+   skill experts.
+
+Every comparison is one row: the second run against the first on the
+questions both answered, pooled over the skills named (pooled()): the change in
+points, the paired bootstrap's 95% interval, wins : losses with the sign test,
+the worst skill, and the change in answer NLL. For example, 40 wins and 25
+losses over 1,600 questions is +0.9 points, interval -0.1 to +1.9: level.
+
+Left out: corrections for many comparisons (each row is one test), and goals
+the runs cannot decide (a missing run leaves its row out, it is not guessed).
+"""
+import glob
+import math
+import os
+
+import eval as E
+from data.files import pyplot
+from stats import bootstrap_interval, load, paired, read_log, read_records, sign_test
+
+# The study's configurations (out/eval/NAME.json) and how the report names them.
+ROWS = [("base-0shot", "base, 0-shot"), ("base-4shot", "base, 4-shot"), ("mixed", "mixed LoRA"),
+        ("mixed-r64", "mixed LoRA, rank 64 (the experts' parameters)"),
+        ("moe-task-hard", "router: task level, top-1 expert merged"),
+        ("moe-task-soft", "router: task level, soft weights"),
+        ("moe-centroid-token", "router: two-level, centroid prior, token gate"),
+        ("moe-learned-token", "router: two-level, learned prior, token gate"),
+        ("moe-centroid-sequence", "router: two-level, centroid prior, sequence gate"),
+        ("moe-clusters-token", "router over cluster experts, two-level, token gate"),
+        ("moe-seeded-token", "router over seeded-cluster experts (10 labels per skill), two-level, token gate"),
+        ("moe-rank1", "64 rank-1 experts trained jointly with the gate (MoR1E)")]
+
+
+# ---------------------------------------------------------------------------
+# 1. One comparison, one row
+# ---------------------------------------------------------------------------
+
+GOAL_HEAD = ["| comparison | questions | change (points) | 95% interval | wins : losses | sign-test p "
+             "| worst skill (points, p) | answer NLL change | goal |", "|---|---:|---:|---|---:|---:|---|---:|---|"]
+
+
+def pooled(before, after, skills):
+    """`after` against `before` on the questions of `skills` that both answered:
+    the change in accuracy (points), wins : losses (questions only `after` /
+    only `before` gets right), the sign test, the paired bootstrap interval, and
+    each skill's own change and p. None when no question is shared."""
+    table = {s: t for s, t in paired(before, after).items() if s in skills}
+    if not table:
+        return None
+    n, w, l = (sum(t[k] for t in table.values()) for k in ("questions", "wins", "losses"))
+    per = {s: (100 * (t["model"] - t["base"]) / t["questions"], t["p"]) for s, t in table.items()}
+    return {"questions": n, "change": 100 * (w - l) / n, "wins": w, "losses": l, "p": sign_test(w, l),
+            "interval": bootstrap_interval(w, l, n), "per_skill": per, "worst": min(per, key=lambda s: per[s][0]),
+            "answer_nll_change": nll_change(before, after, skills)}
+
+
+def nll_change(before, after, skills):
+    """Mean of (after - before) answer NLL over the questions of `skills` in both
+    runs (negative: `after` is surer of the gold answers); None where a record has none."""
+    nll = lambda r: r.get("answer_nll")   # noqa: E731
+    first = {(r["skill"], r["question"]): nll(r) for r in before if r["skill"] in skills}
+    pairs = [(first[r["skill"], r["question"]], nll(r)) for r in after if (r["skill"], r["question"]) in first]
+    if not pairs or not all(isinstance(v, (int, float)) and math.isfinite(v) for pair in pairs for v in pair):
+        return None
+    return sum(b - a for a, b in pairs) / len(pairs)
+
+
+def goal_row(label, c, verdict):
+    lo, hi = c["interval"]
+    worst, (change, p) = c["worst"], c["per_skill"][c["worst"]]
+    nll = "-" if c["answer_nll_change"] is None else f"{round(c['answer_nll_change'], 3) + 0.0:+.3f}"  # no -0.000
+    return (f"| {label} | {c['questions']} | {c['change']:+.1f} | {lo:+.1f} to {hi:+.1f} | {c['wins']} : "
+            f"{c['losses']} | {c['p']:.2g} | {worst} {change:+.1f} (p {p:.2g}) | {nll} | {verdict} |")
+
+
+def eval_records(out, *parts):
+    """The records of out/eval/parts..., or None where the run or its records are missing."""
+    report = load(out, "eval", *parts)          # checked, records included, as it is read
+    return report["records"] if report and "records" in report else None
+
+
+# ---------------------------------------------------------------------------
+# 2. The five goals
+# ---------------------------------------------------------------------------
+
+def goal_forgetting(out, base, skills):
+    """Goal 1: a full fine-tune of one skill, and a fine-tune skill after skill,
+    lose at least 5 points on the skills they leave behind. Every learning rate of
+    the one-skill sweeps is shown too, marked as such: how forgetting grows with
+    the rate. Returns [(label, numbers, verdict)]."""
+    rows = []
+
+    def add(label, c, verdict=None):
+        if c:
+            rows.append((label, c, verdict or ("met" if c["change"] <= -5 else "not met")))
+    for path in sorted(glob.glob(os.path.join(out, "eval", "full", "*.json"))):
+        skill = os.path.basename(path)[:-5]
+        add(f"full fine-tune of {skill}: the other skills, against the base",
+            pooled(base, read_records(path), skills - {skill}))
+    for kind, what in (("lora", "one LoRA"), ("full", "the whole model")):
+        stages = sorted(glob.glob(os.path.join(out, "eval", f"sequential-{kind}", "*-*.json")),
+                        key=lambda p: int(os.path.basename(p).partition("-")[0]))
+        if len(stages) < 2:
+            continue
+        trained = {os.path.basename(p)[:-5].partition("-")[2]: p for p in stages[:-1]}
+        before = [r for s, p in trained.items() for r in read_records(p) if r["skill"] == s]
+        add(f"{what} skill after skill: each skill right after its stage, against after the last",
+            pooled(before, read_records(stages[-1]), set(trained)))
+    for path in sorted(glob.glob(os.path.join(out, "eval", "sweep-*", "*-*.json"))):   # sweep-SKILL/FAMILY-LR
+        skill = os.path.basename(os.path.dirname(path))[len("sweep-"):]
+        family, _, lr = os.path.basename(path)[:-5].partition("-")
+        what = "full fine-tune" if family == "full" else "LoRA expert"
+        add(f"{what} of {skill} at lr {lr}: the other skills, against the base",
+            pooled(base, read_records(path), skills - {skill}), "(sweep)")
+    return rows
+
+
+def goal_routing(out, base, skills):
+    """Goal 2: the routed mixture loses at most 1 point on any skill against the base."""
+    rows = []
+    for name, label in ROWS:
+        recs = eval_records(out, f"{name}.json") if name.startswith("moe-") else None
+        if recs:
+            c = pooled(base, recs, skills)
+            rows.append((f"{label}, against the base", c, "met" if c["per_skill"][c["worst"]][0] >= -1 else "not met"))
+    return rows
+
+
+def best_router(out, base, skills):
+    """The routed configuration with the highest accuracy: (label, records)."""
+    found = [(label, eval_records(out, f"{name}.json")) for name, label in ROWS if name.startswith("moe-")]
+    found = [(label, recs) for label, recs in found if recs]
+    return max(found, key=lambda lr: pooled(base, lr[1], skills)["change"]) if found else (None, None)
+
+
+def goal_experts_kept(out, base, skills):
+    """Goal 3: the best routed configuration keeps at least 90% of each expert's
+    own-skill gain, and is level with or above the mixed LoRA at equal trainable
+    parameters: the interval of (router - mixed LoRA) reaches zero or above.
+    Returns (rows, the markdown table of gains kept)."""
+    label, recs = best_router(out, base, skills)
+    if label is None:
+        return [], None
+    rows = []
+    for name, what in (("mixed-r64", "rank 64 (equal trainable parameters)"), ("mixed", "rank 8 (equal steps)")):
+        mixed = eval_records(out, f"{name}.json")
+        if mixed:
+            c = pooled(mixed, recs, skills)
+            rows.append((f"best router ({label}) against the mixed LoRA, {what}", c,
+                         "met" if c["interval"][1] >= 0 else "not met"))
+    forg = load(out, "forgetting", "forgetting.json")
+    if not forg:
+        return rows, None
+    base_acc, router_acc = ({s: c / n for s, (c, n) in E.accuracy(r).items()} for r in (base, recs))
+    lines = [f"| skill | expert's gain (points) | {label}: gain | kept | goal |", "|---|---:|---:|---:|---|"]
+    for s in sorted(skills & set(forg["accuracy"])):
+        if s not in forg["accuracy"][s]:
+            continue
+        expert, router = 100 * (forg["accuracy"][s][s] - base_acc[s]), 100 * (router_acc[s] - base_acc[s])
+        kept = f"{100 * router / expert:.0f}%" if expert > 0 else "-"
+        verdict = ("met" if router >= 0.9 * expert else "not met") if expert > 0 else "no gain to keep"
+        lines.append(f"| {s} | {expert:+.1f} | {router:+.1f} | {kept} | {verdict} |")
+    return rows, "\n".join(lines)
+
+
+def minutes(out, run):
+    """A train.py run's logged wall time in minutes, or None."""
+    path = os.path.join(out, run, "log.json")
+    log = read_log(path) if os.path.exists(path) else []
+    return log[-1]["time"] / 60 if log else None
+
+
+def goal_add_skill(out, skills):
+    """Goal 4: adding the eighth skill to the mixture (its expert, and the router
+    trained again) costs the seven old skills at most 1 point, at a fraction of
+    the mixed LoRA's retraining cost. Returns (rows, the cost line, the chart's
+    per-skill changes)."""
+    then = sorted(glob.glob(os.path.join(out, "eval", "add-skill", "mixed7-then-*.json")))
+    if not then:
+        return [], None, {}
+    new = os.path.basename(then[0])[len("mixed7-then-"):-len(".json")]
+    r7, m7 = eval_records(out, "add-skill", "router7.json"), eval_records(out, "add-skill", "mixed7.json")
+    rows, chart = [], {}
+    for what, before, after, goal in (
+            ("the eighth expert added, the router trained again", r7,
+             eval_records(out, "moe-centroid-token.json"), True),
+            ("the mixed LoRA retrained on all eight", m7, eval_records(out, "mixed.json"), False),
+            (f"the seven-skill mixed LoRA trained on {new} alone", m7, read_records(then[0]), False)):
+        if before and after:
+            old, added = pooled(before, after, skills - {new}), pooled(before, after, {new})
+            rows.append((f"{what}: the seven old skills", old, ("met" if old["change"] >= -1 else "not met")
+                         if goal else "-"))
+            rows.append((f"{what}: {new}", added, "-"))
+            chart[what] = {s: v[0] for c in (old, added) if c for s, v in c["per_skill"].items()}
+    added = [minutes(out, f"experts/{new}"), minutes(out, "routers/centroid-token")]
+    retrain = minutes(out, "mixed")
+    cost = None
+    if None not in added and retrain:
+        cost = (f"Cost: the {new} expert ({added[0]:.1f} min) and the router trained again ({added[1]:.1f} "
+                f"min) took {sum(added):.1f} min, {100 * sum(added) / retrain:.0f}% of retraining the mixed "
+                f"LoRA on all eight skills ({retrain:.1f} min), as logged.")
+    return rows, cost, chart
+
+
+def add_skill_chart(chart, path):
+    """Bars: each skill's change (points) when the eighth skill is added, one bar per way of adding it."""
+    plt = pyplot()
+    if plt is None or not chart:
+        return
+    skills = sorted({s for per in chart.values() for s in per})
+    fig, ax = plt.subplots(figsize=(2 + 0.9 * len(skills), 4))
+    width = 0.8 / len(chart)
+    for i, (what, per) in enumerate(chart.items()):
+        ax.bar([j + i * width for j in range(len(skills))], [per.get(s, math.nan) for s in skills], width, label=what)
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(skills))], skills, rotation=45, ha="right")
+    ax.set_ylabel("accuracy change (points)")
+    ax.set_title("adding the eighth skill: each skill's change", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def goal_clusters(out, skills):
+    """Goal 5: experts of clusters found without labels (and seeded by a few)
+    come within 2 points of the skill experts, each under the same router recipe."""
+    skill_router = eval_records(out, "moe-centroid-token.json")
+    rows = []
+    for name, what in (("moe-clusters-token", "cluster experts, no labels"),
+                       ("moe-seeded-token", "cluster experts, seeded by 10 labels a skill")):
+        recs = eval_records(out, f"{name}.json")
+        if skill_router and recs:
+            c = pooled(skill_router, recs, skills)
+            rows.append((f"{what}, against the skill experts", c, "met" if c["change"] >= -2 else "not met"))
+    return rows
+
+
+# ---------------------------------------------------------------------------
+# 3. All of them, for REPORT.md
+# ---------------------------------------------------------------------------
+
+def goals(out):
+    """The study's goals, each from the runs that decide it: (markdown, {goal: {comparison: numbers}})."""
+    base = eval_records(out, "base-4shot.json")
+    if base is None:
+        return None, {}
+    skills = {r["skill"] for r in base}
+    kept_rows, kept_table = goal_experts_kept(out, base, skills)
+    add_rows, cost, chart = goal_add_skill(out, skills)
+    add_skill_chart(chart, os.path.join(out, "add-skill.png"))
+    sections = [
+        ("1. Fine-tunes forget: at least 5 points lost on the skills left behind",
+         goal_forgetting(out, base, skills), None),
+        ("2. The routed mixture loses at most 1 point on any skill against the base",
+         goal_routing(out, base, skills), None),
+        ("3. The best router keeps 90% of each expert's gain, level with the mixed LoRA", kept_rows, kept_table),
+        ("4. Adding the eighth skill costs the old ones at most 1 point", add_rows,
+         "\n\n".join(t for t in (cost, "![adding a skill](add-skill.png)" if chart else None) if t)),
+        ("5. Cluster experts, found without labels, within 2 points of the skill experts",
+         goal_clusters(out, skills), None)]
+    parts, numbers = [], {}
+    for title, rows, extra in sections:
+        if rows or extra:
+            parts += [f"### {title}", ""] + ((GOAL_HEAD + [goal_row(*r) for r in rows] + [""]) if rows else [])
+            parts += [extra, ""] if extra else []
+            numbers[title] = {label: c for label, c, _ in rows}
+    return "\n".join(parts), numbers
+
+
