@@ -79,6 +79,7 @@ def nll_change(before, after, skills):
 
 
 def goal_row(label, c, verdict):
+    """One row of a goal's table (GOAL_HEAD): a pooled() comparison and its verdict."""
     lo, hi = c["interval"]
     worst, (change, p) = c["worst"], c["per_skill"][c["worst"]]
     nll = "-" if c["answer_nll_change"] is None else f"{round(c['answer_nll_change'], 3) + 0.0:+.3f}"  # no -0.000
