@@ -214,9 +214,12 @@ stage "routers"
 # saves its state every EVAL_EVERY steps and keeps its best checkpoint on dev questions.
 ROUTER=(--router "${COMMON[@]}" --data "$TRAIN_DATA" --steps "$ROUTER_STEPS" --batch-size "$BATCH"
         --eval-every "$EVAL_EVERY" --eval-questions 64 --router-questions 200 --resume)
-job "$PY" train.py "${ROUTER[@]}" --experts "$OUT/experts" --prior centroid --level token --out "$OUT/routers/centroid-token"
-job "$PY" train.py "${ROUTER[@]}" --experts "$OUT/experts" --prior learned --level token --out "$OUT/routers/learned-token"
-job "$PY" train.py "${ROUTER[@]}" --experts "$OUT/experts" --prior centroid --level sequence --out "$OUT/routers/centroid-sequence"
+job "$PY" train.py "${ROUTER[@]}" --experts "$OUT/experts" --prior centroid --level token \
+    --out "$OUT/routers/centroid-token"
+job "$PY" train.py "${ROUTER[@]}" --experts "$OUT/experts" --prior learned --level token \
+    --out "$OUT/routers/learned-token"
+job "$PY" train.py "${ROUTER[@]}" --experts "$OUT/experts" --prior centroid --level sequence \
+    --out "$OUT/routers/centroid-sequence"
 job "$PY" train.py "${ROUTER[@]}" --experts "$OUT/cluster-experts" --clusters "$OUT/clusters" \
     --prior centroid --level token --out "$OUT/routers/clusters-token"
 job "$PY" train.py "${ROUTER[@]}" --experts "$OUT/seeded-experts" --clusters "$OUT/clusters-seeded" \
