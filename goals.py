@@ -29,7 +29,7 @@ import os
 
 import eval as E
 from data.files import pyplot
-from stats import bootstrap_interval, load, paired, read_log, read_records, sign_test
+from stats import bootstrap_interval, load, logged_seconds, paired, read_records, sign_test
 
 # The study's configurations (out/eval/NAME.json) and how the report names them.
 ROWS = [("base-0shot", "base, 0-shot"), ("base-4shot", "base, 4-shot"), ("mixed", "mixed LoRA"),
@@ -179,9 +179,8 @@ def goal_experts_kept(out, base, skills):
 
 def minutes(out, run):
     """A train.py run's logged wall time in minutes, or None."""
-    path = os.path.join(out, run, "log.json")
-    log = read_log(path) if os.path.exists(path) else []
-    return log[-1]["time"] / 60 if log else None
+    seconds = logged_seconds(os.path.join(out, run, "log.json"))
+    return None if seconds is None else seconds / 60
 
 
 def goal_add_skill(out, skills):

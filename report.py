@@ -25,7 +25,7 @@ from collections import defaultdict
 
 from data.files import write_atomic, write_json, write_text
 from goals import ROWS, goals
-from stats import config_rows, load, paired, paired_markdown, read_log, read_records
+from stats import config_rows, load, logged_seconds, paired, paired_markdown, read_log, read_records
 
 # ---------------------------------------------------------------------------
 # 1. The study folder's pieces
@@ -185,8 +185,7 @@ def compute_time(out):
             seconds = load(out, *rel).get("seconds")
             part = "evaluation: " + (rel[1] if len(rel) > 2 else "the rest")
         else:
-            log = read_log(path)
-            seconds = log[-1]["time"] if log else None
+            seconds = logged_seconds(path)
             part = "training: " + rel[0]
         if seconds is not None:
             runs, total = parts.get(part, (0, 0.0))

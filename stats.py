@@ -229,3 +229,10 @@ def read_log(path):
                                           for e in log)):
         raise ValueError(f"{path}: expected train.py's log, a list of entries with a 'step' and a 'time'")
     return log
+
+
+def logged_seconds(path):
+    """A train.py run's wall time as its log.json last logged it (the steps it
+    kept, across resumptions), or None where there is no log or no entry yet."""
+    log = read_log(path) if os.path.exists(path) else []
+    return log[-1]["time"] if log else None
