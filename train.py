@@ -19,6 +19,7 @@ Chapters:
   3. the run      setup(), then train_step() until --steps, with checkpoint() every
                   --eval-every steps: dev loss and accuracy, the best model kept in
                   OUT, the whole state in OUT/train_state.pt for an exact --resume
+                  (after the last step only the run's record: a finished run is done)
 The flags, with each mode's defaults, are flags.py's; the rows, data/episodes.py's
 (solved questions shaped as few-shot prompts, rebuilt exactly per step).
 
@@ -221,7 +222,7 @@ class Run:
 
 
 def train(args):
-    """Set up the chosen mode, then run the shared loop; returns the model."""
+    """Set up the chosen mode, then run the shared loop; returns the model (a finished run, resumed, trains nothing)."""
     run = setup(args)
     fwd = torch.compile(run.model) if args.compile else run.model
     run.model.train()
@@ -343,13 +344,13 @@ def checkpoint(run, fwd):
         if acc > run.best:
             run.best = acc
             run.save(args.out)
-        rng = {"cpu": torch.get_rng_state()}
-        if run.device.startswith("cuda"):
-            rng["cuda"] = torch.cuda.get_rng_state(run.device)
-        trained = {n: p for n, p in run.learner.state_dict().items() if run.mode != "lora" or "lora_" in n}
-        state = {"model": trained, "opt": run.opt.state_dict(), "scaler": run.scaler.state_dict(),
-                 "step": run.step, "steps": args.steps, "best": run.best, "log": run.log, "run": run.identity,
-                 "rng": rng}
+        state = {"step": run.step, "steps": args.steps, "best": run.best, "log": run.log, "run": run.identity}
+        if run.step < args.steps:     # at the end the record alone: the model is in OUT, nothing is left to resume
+            rng = {"cpu": torch.get_rng_state()}
+            if run.device.startswith("cuda"):
+                rng["cuda"] = torch.cuda.get_rng_state(run.device)
+            trained = {n: p for n, p in run.learner.state_dict().items() if run.mode != "lora" or "lora_" in n}
+            state |= {"model": trained, "opt": run.opt.state_dict(), "scaler": run.scaler.state_dict(), "rng": rng}
         write_atomic(run.state_path, lambda p: torch.save(state, p))
         write_json(os.path.join(args.out, "log.json"), run.log)
         tqdm.write(f"step {run.step}: dev loss {dl:.4f}, dev accuracy {acc:.3f} (best {run.best:.3f})")
@@ -376,6 +377,8 @@ def restore(path, identity, learner, opt, scaler, device):
     if differ:
         raise ValueError(f"{path}: --resume must continue the same run, but " + ", ".join(
             f"--{k.replace('_', '-')} is {identity.get(k)!r} (the run's: {saved.get(k)!r})" for k in differ))
+    if state["step"] == state["steps"]:          # a finished run: its state is the record alone
+        return state["step"], state["best"], state["log"], state["steps"]
     missing, unexpected = learner.load_state_dict(state["model"], strict=False)
     trainable = {n for n, p in learner.named_parameters() if p.requires_grad}
     if unexpected or trainable & set(missing):

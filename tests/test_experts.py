@@ -32,9 +32,9 @@ def expert_argv(base, out, *extra):
             "--device", "cpu", *rank, *extra]
 
 
-def adapter(out):
-    """The LoRA weights of the final step (the saved adapter is the best-dev one)."""
-    return torch.load(os.path.join(out, "train_state.pt"))["model"]
+def lora_weights(model):
+    """The LoRA weights of a model that train.train returned (those of its last step)."""
+    return {k: v for k, v in model.state_dict().items() if "lora_" in k}
 
 
 def test_expert_killed_with_sigkill_resumes_bit_exactly_with_dropout(tmp_path, base_dir):
@@ -42,7 +42,7 @@ def test_expert_killed_with_sigkill_resumes_bit_exactly_with_dropout(tmp_path, b
     equals the uninterrupted run's bit for bit (the optimizer, the grad scaler
     and every random number generator are restored)."""
     argv = expert_argv(base_dir, tmp_path / "full", "--dropout", "0.1", "--steps", "12")
-    train.train(flags.train_args(argv))
+    a = lora_weights(train.train(flags.train_args(argv)))
     cut = expert_argv(base_dir, tmp_path / "cut", "--dropout", "0.1", "--steps", "12")
     proc = subprocess.Popen([sys.executable, "train.py", *cut], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -52,13 +52,28 @@ def test_expert_killed_with_sigkill_resumes_bit_exactly_with_dropout(tmp_path, b
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert torch.load(state)["step"] < 12                      # it was killed before the end
-    train.train(flags.train_args(cut + ["--resume"]))
-    a, b = adapter(tmp_path / "full"), adapter(tmp_path / "cut")
-    assert a.keys() == b.keys() and all("lora_" in k for k in a)
+    b = lora_weights(train.train(flags.train_args(cut + ["--resume"])))
+    assert a.keys() == b.keys() and a
     for k in a:
         assert torch.equal(a[k], b[k]), k
     saved = load_file(os.path.join(tmp_path / "full", "adapter_model.safetensors"))
     assert all(k.startswith("base_model.model.model.layers.") for k in saved)
+
+
+def test_a_finished_run_keeps_its_record_alone_and_resumes_to_nothing(tmp_path, base_dir):
+    """After the last step, train_state.pt holds the run's record, not its weights or
+    optimizer (the best model is in OUT), so a finished phi-2 full fine-tune leaves no
+    33 GB state behind; --resume of a finished run trains nothing and leaves OUT as it
+    was. A cut run's state still holds everything."""
+    argv = expert_argv(base_dir, tmp_path)
+    train.train(flags.train_args(argv + ["--stop-at", "3"]))
+    assert {"model", "opt", "scaler", "rng"} <= set(torch.load(tmp_path / "train_state.pt", weights_only=False))
+    train.train(flags.train_args(argv + ["--resume"]))
+    state = torch.load(tmp_path / "train_state.pt", weights_only=False)
+    assert state["step"] == state["steps"] == 6 and set(state) == {"step", "steps", "best", "log", "run"}
+    before = {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)}
+    train.train(flags.train_args(argv + ["--resume"]))
+    assert {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)} == before
 
 
 @pytest.mark.parametrize("change, flag", [
@@ -81,15 +96,17 @@ def test_resume_of_another_run_is_refused(tmp_path, base_dir, change, flag):
 def test_two_processes_equal_one(tmp_path, base_dir):
     """Same global batch (4 rows) on 1 process or split 2+2 over torchrun: the
     summed gradients differ only by float summation order, so after 6 AdamW
-    steps the adapters agree to 1e-5."""
-    argv = expert_argv(base_dir, tmp_path / "one")
+    steps the adapters agree to 1e-5 (one dev evaluation, at the end: the saved
+    adapter is the last step's)."""
+    argv = expert_argv(base_dir, tmp_path / "one", "--eval-every", "6")
     subprocess.run([sys.executable, "train.py", *argv], cwd=ROOT, check=True, capture_output=True)
-    argv = expert_argv(base_dir, tmp_path / "two")
+    argv = expert_argv(base_dir, tmp_path / "two", "--eval-every", "6")
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                           "--master-port", "29517", "train.py", *argv],
                          cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
-    a, b = adapter(tmp_path / "one"), adapter(tmp_path / "two")
+    a, b = (load_file(os.path.join(tmp_path / run, "adapter_model.safetensors")) for run in ("one", "two"))
+    assert a.keys() == b.keys() and a
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5), (k, (a[k] - b[k]).abs().max())
 
@@ -116,8 +133,8 @@ def test_full_fine_tune_trains_every_weight_and_resumes_exactly(tmp_path, base_d
     import model as M
     whole = train.train(flags.train_args(expert_argv(base_dir, tmp_path / "a", "--full")))
     train.train(flags.train_args(expert_argv(base_dir, tmp_path / "b", "--full", "--stop-at", "3")))
-    train.train(flags.train_args(expert_argv(base_dir, tmp_path / "b", "--full", "--resume")))
-    a, b = adapter(tmp_path / "a"), adapter(tmp_path / "b")
+    resumed = train.train(flags.train_args(expert_argv(base_dir, tmp_path / "b", "--full", "--resume")))
+    a, b = whole.state_dict(), resumed.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     base, _ = M.load(base_dir, verbose=False)
     changed = [n for n, p in base.named_parameters() if not torch.equal(p, a[n])]
