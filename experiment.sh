@@ -88,15 +88,28 @@ job() {
 }
 stage() { for p in "${PIDS[@]}"; do wait "$p"; done; PIDS=(); echo; echo "=== $* (at $((SECONDS / 60)) min)"; }
 # Each run is evaluated on LIMIT test questions per skill (4-shot unless named) in the
-# stage after the one that trained it, beside that stage's training: the cores stay
-# busy, and a study stopped halfway already holds the results of what it trained.
-ev() {  # ev NAME [eval.py flags]: one configuration -> out/eval/NAME.json, as a job
+# stage after the one that trained it, beside that stage's training (a full fine-tune and
+# a sequential stage: in the job that trains it): the cores stay busy, and a study
+# stopped halfway already holds the results of what it trained.
+evaluate() {  # evaluate NAME [eval.py flags]: one configuration -> OUT/eval/NAME.json (once)
     local name=$1; shift
-    [ -e "$OUT/eval/$name.json" ] || job "$PY" eval.py "${COMMON[@]}" --dtype "$DTYPE" --limit "$LIMIT" \
+    [ -e "$OUT/eval/$name.json" ] || "$PY" eval.py "${COMMON[@]}" --dtype "$DTYPE" --limit "$LIMIT" \
         --json "$OUT/eval/$name.json" "$@"
+}
+ev() { [ -e "$OUT/eval/$1.json" ] || job evaluate "$@"; }     # the same, as a job
+# A full fine-tune's weights are the whole model (63 MB on phi-tiny with its optimizer state,
+# 33 GB for phi-2): each is evaluated in the job that trains it, and once evaluated it is done.
+# A study kept in git keeps their logs and evaluations, not their weights (.gitignore).
+finetune() {  # finetune NAME DIR [train.py flags]: train --full into DIR, then evaluate it as NAME
+    local name=$1 dir=$2; shift 2
+    "$PY" train.py "${COMMON[@]}" "$@" --out "$dir" && evaluate "$name" --model "$dir"
 }
 
 stage "data"
+# The questions are part of the study: OUT records their checksums, and a study resumed on
+# other questions (another draw of the generator, another DATA) stops rather than mix them.
+sums() { local d; for d in "$DATA" "$TRAIN_DATA"; do [ ! -d "$d" ] || (cd "$d" && find . -name '*.json' | sort \
+    | xargs -r sha256sum | sed "s|  \./|  $d/|"); done; }
 have_all() {   # have_all DIR [SKILL...]: each skill's task file is there (the generator writes them one by one)
     local d=$1 s; shift
     for s in ${@:-$SKILLS}; do [ -e "$d/$s.json" ] || return 1; done
@@ -109,6 +122,12 @@ if [ "$DATA" = data/lila ]; then   # generated; a LiLA download (DATA=...) is us
     # composed questions exist for these five skills only
     have_all "$DATA/composed" algebra calculus comparison numbers polynomials || "$GEN" data/generate.py \
         --out "$DATA" --composed-only --train 200 --dev 0 --test 50
+fi
+mkdir -p "$OUT"
+if [ ! -e "$OUT/data.sha256" ]; then sums > "$OUT/data.sha256"
+elif ! sums | cmp -s - "$OUT/data.sha256"; then
+    echo "experiment.sh: $DATA or $TRAIN_DATA holds other questions than $OUT/data.sha256 records; use another OUT" >&2
+    exit 2
 fi
 
 stage "learning rates: three per family, each chosen on dev questions"
@@ -126,9 +145,9 @@ for lr in $LORA_LRS; do
     job "$PY" train.py --mixed "${COMMON[@]}" "${MIXED[@]}" --steps-per-skill "$STEPS" --lr "$lr" \
         --eval-questions 400 --out "$OUT/lr/mixed-$lr"
 done
-for lr in $FULL_LRS; do
-    job "$PY" train.py --expert "$SWEEP_SKILL" --full "${COMMON[@]}" "${LORA[@]}" --lr "$lr" --eval-questions 100 \
-        --out "$OUT/lr/full-$lr"
+for lr in $FULL_LRS; do    # evaluated on every skill too: how forgetting grows with the rate
+    [ -e "$OUT/eval/sweep-$SWEEP_SKILL/full-$lr.json" ] || job finetune "sweep-$SWEEP_SKILL/full-$lr" \
+        "$OUT/lr/full-$lr" --expert "$SWEEP_SKILL" --full "${LORA[@]}" --lr "$lr" --eval-questions 100
 done
 
 stage "skill experts"
@@ -155,11 +174,10 @@ ev base-0shot --shots 0
 ev base-4shot
 ev mixed --adapter "$OUT/mixed"
 for lr in $LORA_LRS; do ev "sweep-$SWEEP_SKILL/expert-$lr" --adapter "$OUT/lr/expert-$lr"; done
-for lr in $FULL_LRS; do ev "sweep-$SWEEP_SKILL/full-$lr" --model "$OUT/lr/full-$lr"; done
 
 stage "baselines that can forget: a full fine-tune of each skill, one LoRA at the experts' parameters"
 for s in $SKILLS; do
-    job "$PY" train.py --expert "$s" "${COMMON[@]}" "${FULL[@]}" --out "$OUT/full/$s"
+    [ -e "$OUT/eval/full/$s.json" ] || job finetune "full/$s" "$OUT/full/$s" --expert "$s" "${FULL[@]}"
 done
 # rank 64 = the trainable parameters of eight rank-8 experts; alpha/r stays 2
 job "$PY" train.py --mixed "${COMMON[@]}" "${MIXED[@]}" --steps-per-skill "$STEPS" --rank 64 --alpha 128 \
@@ -169,14 +187,16 @@ for s in $SKILLS; do    # evaluated beside them: every expert on every skill, th
 done
 
 stage "sequential fine-tunes: one LoRA, and the whole model, trained skill after skill"
-sequential() {  # sequential lora|full: each stage starts from the previous stage's result
-    local i=0 s from=() how
+sequential() {  # sequential lora|full: each stage starts from the one before and is evaluated after it
+    local i=0 s dir from=() how
     if [ "$1" = lora ]; then how=("${EXPERT[@]}"); else how=("${FULL[@]}"); fi
+    # the full stages' weights are not kept (see finetune): the chain is done once its last stage is evaluated
+    [ -e "$OUT/eval/sequential-$1/$(echo $SKILLS | wc -w)-${SKILLS##* }.json" ] && return
     for s in $SKILLS; do
-        i=$((i + 1))
-        "$PY" train.py --expert "$s" "${COMMON[@]}" "${how[@]}" "${from[@]}" --out "$OUT/sequential-$1/$i-$s"
-        if [ "$1" = lora ]; then from=(--adapter "$OUT/sequential-$1/$i-$s")
-        else from=(--model "$OUT/sequential-$1/$i-$s"); fi
+        i=$((i + 1)) && dir=$OUT/sequential-$1/$i-$s
+        "$PY" train.py --expert "$s" "${COMMON[@]}" "${how[@]}" "${from[@]}" --out "$dir"
+        if [ "$1" = lora ]; then from=(--adapter "$dir"); else from=(--model "$dir"); fi
+        evaluate "sequential-$1/$i-$s" "${from[@]}"
     done
 }
 job sequential lora
@@ -190,10 +210,7 @@ echo; echo "=== clusters of meta-questions (beside the sequential fine-tunes)"
 # semi-supervised: one cluster per skill, seeded by 10 labelled questions of each
 [ -e "$OUT/clusters-seeded/assignments.json" ] || job "$PY" cluster.py --seeded 10 --split train --limit 300 \
     --model "$MODEL" --data "$TRAIN_DATA" --device "$DEVICE" --out "$OUT/clusters-seeded"
-ev mixed-r64 --adapter "$OUT/mixed-r64"    # evaluated beside them: the previous stage's runs
-for s in $SKILLS; do
-    ev "full/$s" --model "$OUT/full/$s"
-done
+ev mixed-r64 --adapter "$OUT/mixed-r64"    # evaluated beside them: the previous stage's LoRA
 
 stage "cluster experts (unsupervised, and seeded by a few labels)"
 for k in 0 1 2 3 4 5 6 7; do
@@ -201,12 +218,6 @@ for k in 0 1 2 3 4 5 6 7; do
         --out "$OUT/cluster-experts/cluster-$k"
     job "$PY" train.py --expert "cluster:$k" --clusters "$OUT/clusters-seeded" "${COMMON[@]}" "${EXPERT[@]}" \
         --out "$OUT/seeded-experts/cluster-$k"
-done
-i=0
-for s in $SKILLS; do    # evaluated beside them: every stage of the sequential fine-tunes
-    i=$((i + 1))
-    ev "sequential-lora/$i-$s" --adapter "$OUT/sequential-lora/$i-$s"
-    ev "sequential-full/$i-$s" --model "$OUT/sequential-full/$i-$s"
 done
 
 stage "routers"
@@ -235,9 +246,9 @@ stage "adding a skill: seven skills first, then the eighth"
 # all eight (out/mixed) or by training on the eighth alone from the seven-skill LoRA.
 NEW_SKILL=${SKILLS##* }
 mkdir -p "$OUT/add-skill/experts7" "$OUT/add-skill/data7"
-for s in ${SKILLS% *}; do
-    ln -sfn "$(realpath -m "$OUT/experts/$s")" "$OUT/add-skill/experts7/$s"
-    ln -sfn "$(realpath -m "$TRAIN_DATA/$s.json")" "$OUT/add-skill/data7/$s.json"
+for s in ${SKILLS% *}; do    # relative links: the study folder can move, or be cloned
+    ln -sfn "../../experts/$s" "$OUT/add-skill/experts7/$s"
+    ln -sfn "$(realpath -m --relative-to="$OUT/add-skill/data7" "$TRAIN_DATA/$s.json")" "$OUT/add-skill/data7/$s.json"
 done
 job "$PY" train.py "${ROUTER[@]}" --data "$OUT/add-skill/data7" --experts "$OUT/add-skill/experts7" \
     --prior centroid --level token --out "$OUT/add-skill/router7"

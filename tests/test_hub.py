@@ -262,6 +262,10 @@ if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then
     rmdir "$STUB_DIR/lock-$CUDA_VISIBLE_DEVICES" 2>/dev/null || true
 fi
 if [ "$1" = train.py ]; then sleep 0.2; fi   # training outlasts what is started after it
+all="$*" && json=${all##*--json } && json=${json%% *}
+if [ "$1" = eval.py ] && [[ $json == "$STUB_DIR"/* ]]; then     # an evaluation leaves its --json
+    mkdir -p "$(dirname "$json")" && echo '{}' > "$json"
+fi
 echo "END $*" >> "$STUB_DIR/log"
 """
 
@@ -272,7 +276,7 @@ def study_with_stub(tmp_path, **env):
     stub = tmp_path / "python"
     stub.write_text(STUB)
     stub.chmod(0o755)
-    (tmp_path / "data").mkdir()              # not data/lila: nothing is generated
+    (tmp_path / "data").mkdir(exist_ok=True)              # not data/lila: nothing is generated
     full = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "N_GPUS")}
     full.update(PY=str(stub), STUB_DIR=str(tmp_path), DATA=str(tmp_path / "data"),
                 OUT=str(tmp_path / "out"), **env)
@@ -342,7 +346,7 @@ def test_experiment_chains_what_builds_on_earlier_runs(tmp_path):
     # the forgetting matrix: each expert evaluated alone, then put beside the base
     for skill in ("algebra", "probability"):
         assert any(f"--json {out}/eval/experts/{skill}.json --adapter {out}/experts/{skill}" in l for l in log)
-    assert f"unset study.py forgetting {out}/eval/base-4shot.json {out}/eval/experts/*.json" in "\n".join(log)
+    assert f"unset study.py forgetting {out}/eval/base-4shot.json {out}/eval/experts/algebra.json " in "\n".join(log)
 
 
 def test_experiment_evaluates_a_run_only_after_its_training_ended(tmp_path):
@@ -362,6 +366,26 @@ def test_experiment_evaluates_a_run_only_after_its_training_ended(tmp_path):
                 assert ended.get(path, len(log)) < i, l
                 checked += 1
     assert checked > 40
+
+
+def test_experiment_resumed_skips_what_is_evaluated_and_refuses_other_questions(tmp_path):
+    """Run again (as from a study kept in git, whose full fine-tunes keep no weights), the
+    study evaluates nothing twice and trains no full fine-tune that is evaluated; its links
+    are relative, so the folder can be cloned. Other questions in DATA stop it (exit 2)."""
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "algebra.json").write_text("{}")
+    study_with_stub(tmp_path, DEVICE="cpu", JOBS="2")
+    (tmp_path / "log").write_text("")
+    again = [cmd for _, cmd in study_with_stub(tmp_path, DEVICE="cpu", JOBS="2")]
+    assert not [c for c in again if c.startswith("eval.py") or "--full" in c]
+    assert [c for c in again if c.startswith("train.py --expert algebra")]     # LoRAs resume (here: anew)
+    links = tmp_path / "out" / "add-skill" / "experts7"
+    assert all(not os.readlink(links / s).startswith("/") for s in os.listdir(links))
+    (tmp_path / "data" / "algebra.json").write_text('{"other": 1}')
+    run = subprocess.run(["bash", os.path.join(ROOT, "experiment.sh")], capture_output=True, text=True,
+                         env={**os.environ, "PY": str(tmp_path / "python"), "STUB_DIR": str(tmp_path),
+                              "DATA": str(tmp_path / "data"), "OUT": str(tmp_path / "out"), "DEVICE": "cpu"})
+    assert run.returncode == 2 and "holds other questions than" in run.stderr, run.stderr[-500:]
 
 
 def test_every_command_of_the_study_parses(tmp_path):
