@@ -116,7 +116,9 @@ have_all() {   # have_all DIR [SKILL...]: each skill's task file is there (the g
 }
 if [ "$DATA" = data/lila ]; then   # generated; a LiLA download (DATA=...) is used as it is
     GEN=.venv-gen/bin/python
-    have_all "$DATA" || "$GEN" data/generate.py --out "$DATA" --train 2000
+    # phi-tiny's pretraining data (make data), whose test split is the evaluation; excluding
+    # all of it, not a sample, keeps every training question of the study new to the base
+    have_all "$DATA" || "$GEN" data/generate.py --out "$DATA" --train 10000
     have_all "$TRAIN_DATA" || "$GEN" data/generate.py --out "$TRAIN_DATA" --train 4000 --dev 100 \
         --test 0 --seed 4321 --exclude "$DATA"
     # composed questions exist for these five skills only
