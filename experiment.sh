@@ -97,7 +97,7 @@ evaluate() {  # evaluate NAME [eval.py flags]: one configuration -> OUT/eval/NAM
         --json "$OUT/eval/$name.json" "$@"
 }
 ev() { [ -e "$OUT/eval/$1.json" ] || job evaluate "$@"; }     # the same, as a job
-# A full fine-tune's weights are the whole model (63 MB on phi-tiny with its optimizer state,
+# A full fine-tune's weights are the whole model (126 MB on phi-tiny with its optimizer state,
 # 33 GB for phi-2): each is evaluated in the job that trains it, and once evaluated it is done.
 # A study kept in git keeps their logs and evaluations, not their weights (.gitignore).
 finetune() {  # finetune NAME DIR [train.py flags]: train --full into DIR, then evaluate it as NAME
