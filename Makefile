@@ -8,7 +8,7 @@ TRAIN   ?= 10000
 DEV     ?= 50
 TEST    ?= 100
 
-.PHONY: demo test data experiment
+.PHONY: demo test data experiment study
 
 .venv/.runtime: requirements.txt
 	python3 -m venv .venv
@@ -49,3 +49,7 @@ test: .venv/.test .venv-gen/.ready
 # The whole study (see experiment.sh for its knobs); matplotlib comes with the test set.
 experiment: .venv/.test .venv-gen/.ready
 	bash experiment.sh
+
+# The study at size: continues the one kept in checkpoints/phi-tiny-study and writes docs/study.
+study: .venv/.test .venv-gen/.ready
+	OUT=checkpoints/phi-tiny-study STEPS=100 ROUTER_STEPS=100 LIMIT=200 DOCS=docs/study bash experiment.sh

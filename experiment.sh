@@ -9,12 +9,12 @@
 # so a killed run continues where it stopped.
 #
 #   bash experiment.sh                          # phi-tiny, CPU: a quick run, about 3 hours on 2 cores
-#   STEPS=100 ROUTER_STEPS=100 LIMIT=200 bash experiment.sh     # the study of docs/results.md
+#   make study          # the study at size of docs/study/ (kept in checkpoints/phi-tiny-study)
 #   MODEL=microsoft/phi-2 DEVICE=cuda bash experiment.sh    # the real phi-2 on a GPU
 #
 # Knobs (environment): MODEL (a folder or a Hugging Face id), DATA (evaluation:
 # its test split), TRAIN_DATA (training; default a fresh draw beside data/lila,
-# or DATA itself when DATA is given), OUT, DOCS (the report's copy), STEPS
+# or DATA itself when DATA is given), OUT, DOCS (a copy of the report, if set), STEPS
 # (LoRA steps per expert), ROUTER_STEPS, BATCH (LoRA batch), EVAL_EVERY (steps
 # between dev evaluations; the best is kept), LIMIT (test questions per skill in
 # every evaluation), DEVICE, DTYPE (evaluation dtype, e.g. bfloat16 on a GPU),
@@ -32,9 +32,9 @@ DATA=${DATA:-data/lila}
 # and the baselines learn something beyond the prompt shape; DATA's test split is the evaluation.
 TRAIN_DATA=${TRAIN_DATA:-$([ "$DATA" = data/lila ] && echo data/fresh || echo "$DATA")}
 OUT=${OUT:-out}
-DOCS=${DOCS:-docs/study}     # where the report and its pictures are copied at the end
-# The defaults are a quick run that fits about 3 hours on 2 CPU cores; docs/results.md's
-# study is STEPS=100 ROUTER_STEPS=100 LIMIT=200 (200 test questions per skill).
+DOCS=${DOCS:-}     # if set, the report and its pictures are copied there at the end (make study: docs/study)
+# The defaults are a quick run that fits about 3 hours on 2 CPU cores; the study at size
+# (make study) is STEPS=100 ROUTER_STEPS=100 LIMIT=200 (200 test questions per skill).
 STEPS=${STEPS:-25}
 ROUTER_STEPS=${ROUTER_STEPS:-25}
 BATCH=${BATCH:-8}
@@ -295,5 +295,5 @@ for kind in lora full; do    # the forgetting curves (stages 1..8 sort by name)
     "$PY" study.py curve "$OUT/eval/base-4shot.json" "$OUT"/eval/sequential-$kind/*.json \
         --out "$OUT/sequential-$kind"
 done
-"$PY" study.py report "$OUT" --docs "$DOCS"
+"$PY" study.py report "$OUT" ${DOCS:+--docs "$DOCS"}
 echo "the study took $((SECONDS / 60)) min"
