@@ -181,6 +181,11 @@ stage "baselines that can forget: a full fine-tune of each skill, one LoRA at th
 for s in $SKILLS; do
     [ -e "$OUT/eval/full/$s.json" ] || job finetune "full/$s" "$OUT/full/$s" --expert "$s" "${FULL[@]}"
 done
+for n in $((2 * STEPS)) $((4 * STEPS)); do    # the sweep skill's, trained longer: how forgetting grows with steps
+    name=sweep-$SWEEP_SKILL/full-$LR_FULL-${n}steps
+    [ -e "$OUT/eval/$name.json" ] || job finetune "$name" "$OUT/longer/full-${n}steps" --expert "$SWEEP_SKILL" \
+        "${FULL[@]}" --steps "$n"
+done
 # rank 64 = the trainable parameters of eight rank-8 experts; alpha/r stays 2
 job "$PY" train.py --mixed "${COMMON[@]}" "${MIXED[@]}" --steps-per-skill "$STEPS" --rank 64 --alpha 128 \
     --out "$OUT/mixed-r64"

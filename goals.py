@@ -26,6 +26,7 @@ the runs cannot decide (a missing run leaves its row out, it is not guessed).
 import glob
 import math
 import os
+import re
 
 import eval as E
 from data.files import pyplot
@@ -100,8 +101,9 @@ def eval_records(out, *parts):
 def goal_forgetting(out, base, skills):
     """Goal 1: a full fine-tune of one skill, and a fine-tune skill after skill,
     lose at least 5 points on the skills they leave behind. Every learning rate of
-    the one-skill sweeps is shown too, marked as such: how forgetting grows with
-    the rate. Returns [(label, numbers, verdict)]."""
+    the one-skill sweeps, and its full fine-tune trained longer, are shown too,
+    marked as such: how forgetting grows with the rate and the steps. Returns
+    [(label, numbers, verdict)]."""
     rows = []
 
     def add(label, c, verdict=None):
@@ -120,11 +122,11 @@ def goal_forgetting(out, base, skills):
         before = [r for s, p in trained.items() for r in read_records(p) if r["skill"] == s]
         add(f"{what} skill after skill: each skill right after its stage, against after the last",
             pooled(before, read_records(stages[-1]), set(trained)))
-    for path in sorted(glob.glob(os.path.join(out, "eval", "sweep-*", "*-*.json"))):   # sweep-SKILL/FAMILY-LR
+    for path in sorted(glob.glob(os.path.join(out, "eval", "sweep-*", "*-*.json"))):   # sweep-SKILL/FAMILY-LR[-Nsteps]
         skill = os.path.basename(os.path.dirname(path))[len("sweep-"):]
-        family, _, lr = os.path.basename(path)[:-5].partition("-")
-        what = "full fine-tune" if family == "full" else "LoRA expert"
-        add(f"{what} of {skill} at lr {lr}: the other skills, against the base",
+        family, lr, steps = re.fullmatch(r"(\w+)-(.+?)(?:-(\d+)steps)?", os.path.basename(path)[:-5]).groups()
+        what = "full fine-tune" if family == "full" else "LoRA expert"    # a longer run names its steps
+        add(f"{what} of {skill} at lr {lr}{f', {steps} steps' if steps else ''}: the other skills, against the base",
             pooled(base, read_records(path), skills - {skill}), "(sweep)")
     return rows
 

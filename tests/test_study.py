@@ -242,7 +242,8 @@ def test_the_goals_are_answered_from_the_runs_that_decide_them(tmp_path):
             "add-skill/router7": dict(algebra=[1, 1, 0, 0], numbers=[0, 0, 0, 0]),
             "add-skill/mixed7": dict(algebra=[1, 0, 0, 0], numbers=[0, 0, 0, 0]),
             "add-skill/mixed7-then-numbers": dict(algebra=[0, 0, 0, 0], numbers=[1, 1, 1, 1]),
-            "sweep-algebra/full-1e-4": dict(algebra=[1, 1, 1, 1], numbers=[1, 0, 0, 0])}
+            "sweep-algebra/full-1e-4": dict(algebra=[1, 1, 1, 1], numbers=[1, 0, 0, 0]),
+            "sweep-algebra/full-1e-4-400steps": dict(algebra=[1, 1, 1, 1], numbers=[0, 0, 0, 0])}
     for name, skills in runs.items():
         write(f"{out}/eval/{name}.json", eval_json(**skills))
     write(f"{out}/forgetting/forgetting.json", {"accuracy": {"algebra": {"algebra": 0.75, "numbers": 0.5},
@@ -265,6 +266,8 @@ def test_the_goals_are_answered_from_the_runs_that_decide_them(tmp_path):
     # the sweep's full fine-tune of algebra at 1e-4: numbers 2 right -> 1, marked as a sweep, not a verdict
     assert row("full fine-tune of algebra at lr 1e-4: the other skills, against the base").endswith(
         "| 4 | -25.0 | -75.0 to +0.0 | 0 : 1 | 1 | numbers -25.0 (p 1) | +0.000 | (sweep) |")
+    # the same rate trained longer names its steps: numbers 2 right -> 0
+    assert "| 4 | -50.0 |" in row("full fine-tune of algebra at lr 1e-4, 400 steps: the other skills, against the base")
     # algebra right after its stage (4 of 4) against after the last stage (1 of 4)
     assert "| 4 | -75.0 |" in row("one LoRA skill after skill: each skill right after its stage, against "
                                   "after the last") and "| 0 : 3 |" in text
@@ -286,5 +289,5 @@ def test_the_goals_are_answered_from_the_runs_that_decide_them(tmp_path):
     assert row("cluster experts, no labels, against the skill experts").endswith("| -12.5 | -37.5 to +0.0 "
                                                                                   "| 0 : 1 | 1 | algebra -25.0 (p 1) | +0.000 | not met |")
     numbers = json.load(open(f"{out}/goals.json"))
-    assert [len(v) for v in numbers.values()] == [3, 2, 2, 6, 1]
+    assert [len(v) for v in numbers.values()] == [4, 2, 2, 6, 1]
     assert os.path.exists(f"{out}/add-skill.png")
