@@ -223,6 +223,11 @@ def mode_of(args):
     return "base" if args.base else "router" if args.router else "full" if args.full else "lora"
 
 
+def identity(args):
+    """The flags that define a run (a --resume must give the same)."""
+    return {k: v for k, v in sorted(vars(args).items()) if k not in NOT_THE_RUN}
+
+
 # ---------------------------------------------------------------------------
 # 2. eval.py (and study.py's questions)
 # ---------------------------------------------------------------------------

@@ -249,7 +249,7 @@ def setup(args):
     """The model of the chosen mode on this process's device, its data and
     optimizer, restored from OUT/train_state.pt with --resume."""
     mode = flags.mode_of(args)
-    identity = {k: v for k, v in sorted(vars(args).items()) if k not in flags.NOT_THE_RUN}
+    identity = flags.identity(args)
     rank, world, device = distributed(args.device)
     dtype = M.DTYPES[args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")]
     torch.manual_seed(args.seed)
@@ -360,23 +360,8 @@ def checkpoint(run, fwd):
 
 def restore(path, identity, learner, opt, scaler, device):
     """Load OUT/train_state.pt into the learner, optimizer, grad scaler and the
-    random number generators; return (step, best, log, total steps). Refused, naming the flags,
-    if the saved run was started with other flags (another skill, targets, lr, ...)."""
-    try:
-        state = torch.load(path, map_location=device, weights_only=False)
-    except Exception as e:     # a truncated zip, a text file, a pickle of something else
-        raise ValueError(f"{path}: not a train.py state (truncated or corrupt: {type(e).__name__}); "
-                         "delete it to start again") from None
-    saved = state.get("run") if isinstance(state, dict) else None
-    if saved is None:
-        raise ValueError(f"{path}: no run configuration recorded (an older train.py wrote it); "
-                         "start again in a new --out")
-    unset = (None, False)     # a flag added since the run started, left at its default, is the same run
-    differ = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k)
-                    and not (k not in saved and identity[k] in unset or k not in identity and saved[k] in unset))
-    if differ:
-        raise ValueError(f"{path}: --resume must continue the same run, but " + ", ".join(
-            f"--{k.replace('_', '-')} is {identity.get(k)!r} (the run's: {saved.get(k)!r})" for k in differ))
+    random number generators; return (step, best, log, total steps)."""
+    state = read_state(path, identity, device)
     if state["step"] == state["steps"]:          # a finished run: its state is the record alone
         return state["step"], state["best"], state["log"], state["steps"]
     missing, unexpected = learner.load_state_dict(state["model"], strict=False)
@@ -396,7 +381,13 @@ def restore(path, identity, learner, opt, scaler, device):
 
 
 def main():
-    train(flags.train_args())
+    args = flags.train_args()
+    path = os.path.join(args.out, "train_state.pt")
+    if args.resume and os.path.exists(path):      # a finished run is done before its base is even loaded
+        state = read_state(path, flags.identity(args), "cpu")
+        if state["step"] == state["steps"]:
+            return print(f"{path}: the run finished at step {state['step']}; nothing to train")
+    train(args)
 
 
 # ---------------------------------------------------------------------------
@@ -419,6 +410,27 @@ def _check_targets(model, targets):
     if unknown:
         names = sorted({n.rsplit(".", 1)[-1] for n in lora.target_names(model, "all-linear")})
         raise ValueError(f"--targets: {unknown} select no Linear of the model; its Linears are named {names}")
+
+
+def read_state(path, identity, device):
+    """OUT/train_state.pt, refused if it is not one, or, naming the flags, if the
+    saved run was started with other flags (another skill, targets, lr, ...)."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:     # a truncated zip, a text file, a pickle of something else
+        raise ValueError(f"{path}: not a train.py state (truncated or corrupt: {type(e).__name__}); "
+                         "delete it to start again") from None
+    saved = state.get("run") if isinstance(state, dict) else None
+    if saved is None:
+        raise ValueError(f"{path}: no run configuration recorded (an older train.py wrote it); "
+                         "start again in a new --out")
+    unset = (None, False)     # a flag added since the run started, left at its default, is the same run
+    differ = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k)
+                    and not (k not in saved and identity[k] in unset or k not in identity and saved[k] in unset))
+    if differ:
+        raise ValueError(f"{path}: --resume must continue the same run, but " + ", ".join(
+            f"--{k.replace('_', '-')} is {identity.get(k)!r} (the run's: {saved.get(k)!r})" for k in differ))
+    return state
 
 
 if __name__ == "__main__":

@@ -64,7 +64,8 @@ def test_a_finished_run_keeps_its_record_alone_and_resumes_to_nothing(tmp_path, 
     """After the last step, train_state.pt holds the run's record, not its weights or
     optimizer (the best model is in OUT), so a finished phi-2 full fine-tune leaves no
     33 GB state behind; --resume of a finished run trains nothing and leaves OUT as it
-    was. A cut run's state still holds everything."""
+    was (train.py says so before it loads the base). A cut run's state still holds
+    everything."""
     argv = expert_argv(base_dir, tmp_path)
     train.train(flags.train_args(argv + ["--stop-at", "3"]))
     assert {"model", "opt", "scaler", "rng"} <= set(torch.load(tmp_path / "train_state.pt", weights_only=False))
@@ -74,6 +75,13 @@ def test_a_finished_run_keeps_its_record_alone_and_resumes_to_nothing(tmp_path, 
     before = {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)}
     train.train(flags.train_args(argv + ["--resume"]))
     assert {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)} == before
+    # the command line sees it is finished before it loads the base; other flags are still refused
+    done = subprocess.run([sys.executable, "train.py", *argv, "--resume"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0 and "finished at step 6; nothing to train" in done.stdout, done.stderr
+    assert "loaded" not in done.stdout and {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)} == before
+    other = subprocess.run([sys.executable, "train.py", *argv, "--resume", "--lr", "1e-2"], cwd=ROOT,
+                           capture_output=True, text=True)
+    assert other.returncode == 2 and "--resume must continue the same run, but --lr is" in other.stderr
 
 
 @pytest.mark.parametrize("change, flag", [
