@@ -14,6 +14,10 @@ in REPORT.md and goals.json):
 5. cluster experts, assigned without labels, come within 2 points of the
    skill experts.
 
+Before the goals, the configurations they build on are compared with each
+other (the mixed LoRA and each expert against the base, the experts against the
+mixed LoRA, ...), without a verdict.
+
 Every comparison is one row: the second run against the first on the
 questions both answered, pooled over the skills named (pooled()): the change in
 points, the paired bootstrap's 95% interval, wins : losses with the sign test,
@@ -97,6 +101,30 @@ def eval_records(out, *parts):
 # ---------------------------------------------------------------------------
 # 2. The five goals
 # ---------------------------------------------------------------------------
+
+def own_skill(out, folder, skills):
+    """Each skill's questions as that skill's run in eval/FOLDER/ answered them
+    (the forgetting matrix's diagonal), or None."""
+    recs = [r for s in sorted(skills) for r in eval_records(out, folder, f"{s}.json") or [] if r["skill"] == s]
+    return recs or None
+
+
+def the_configurations(out, base, skills):
+    """Before the goals: each configuration that the goals build on against its
+    reference, over all skills (no verdict)."""
+    runs = {"base": base, "base-0shot": eval_records(out, "base-0shot.json"), "mixed": eval_records(out, "mixed.json"),
+            "mixed-r64": eval_records(out, "mixed-r64.json"), "experts": own_skill(out, "experts", skills),
+            "full": own_skill(out, "full", skills), "router": best_router(out, base, skills)[1]}
+    pairs = [("the base 0-shot against 4-shot", "base", "base-0shot"),
+             ("the mixed LoRA against the base", "base", "mixed"),
+             ("the mixed LoRA at rank 64 against rank 8", "mixed", "mixed-r64"),
+             ("each skill's expert on its own skill against the base", "base", "experts"),
+             ("each skill's expert on its own skill against the mixed LoRA", "mixed", "experts"),
+             ("each skill's full fine-tune on its own skill against the base", "base", "full"),
+             ("each skill's full fine-tune on its own skill against its expert", "experts", "full"),
+             ("the best router against each skill's expert on its own skill", "experts", "router")]
+    return [(label, pooled(runs[a], runs[b], skills), "-") for label, a, b in pairs if runs[a] and runs[b]]
+
 
 def goal_forgetting(out, base, skills):
     """Goal 1: a full fine-tune of one skill, and a fine-tune skill after skill,
@@ -266,6 +294,7 @@ def goals(out):
     add_rows, cost, chart = goal_add_skill(out, skills)
     add_skill_chart(chart, os.path.join(out, "add-skill.png"))
     sections = [
+        ("The configurations against each other, over all skills", the_configurations(out, base, skills), None),
         ("1. Fine-tunes forget: at least 5 points lost on the skills left behind",
          goal_forgetting(out, base, skills), None),
         ("2. The routed mixture loses at most 1 point on any skill against the base",

@@ -258,6 +258,12 @@ def test_the_goals_are_answered_from_the_runs_that_decide_them(tmp_path):
     assert open(f"{out}/docs/REPORT.md").read() == text     # the copy for the docs, with its picture
     assert open(f"{out}/docs/add-skill.png", "rb").read() == open(f"{out}/add-skill.png", "rb").read()
     row = lambda label: next(l for l in text.splitlines() if l.startswith(f"| {label} |"))  # noqa: E731
+    # before the goals, the configurations against each other (no expert ran here, so no row names one)
+    assert "| 8 | +0.0 | " in row("the mixed LoRA against the base") and "| 1 : 1 | 1 |" in text
+    assert "| 8 | +12.5 | " in row("the mixed LoRA at rank 64 against rank 8")     # numbers q2, q3 : algebra q2
+    assert row("each skill's full fine-tune on its own skill against the base").startswith(
+        "| each skill's full fine-tune on its own skill against the base | 4 | +50.0 |")   # algebra 1 -> 3 of 4
+    assert "each skill's expert on its own skill" not in text.split("## The question")[1].split("### 1.")[0]
     # numbers: 2 right -> 0 after the full fine-tune of algebra: -50 points, 0 : 2, p = 0.5
     assert row("full fine-tune of algebra: the other skills, against the base").startswith(
         "| full fine-tune of algebra: the other skills, against the base | 4 | -50.0 |")
@@ -289,5 +295,5 @@ def test_the_goals_are_answered_from_the_runs_that_decide_them(tmp_path):
     assert row("cluster experts, no labels, against the skill experts").endswith("| -12.5 | -37.5 to +0.0 "
                                                                                   "| 0 : 1 | 1 | algebra -25.0 (p 1) | +0.000 | not met |")
     numbers = json.load(open(f"{out}/goals.json"))
-    assert [len(v) for v in numbers.values()] == [4, 2, 2, 6, 1]
+    assert [len(v) for v in numbers.values()] == [3, 4, 2, 2, 6, 1]
     assert os.path.exists(f"{out}/add-skill.png")
