@@ -181,10 +181,13 @@ stage "baselines that can forget: a full fine-tune of each skill, one LoRA at th
 for s in $SKILLS; do
     [ -e "$OUT/eval/full/$s.json" ] || job finetune "full/$s" "$OUT/full/$s" --expert "$s" "${FULL[@]}"
 done
-for n in $((2 * STEPS)) $((4 * STEPS)); do    # the sweep skill's, trained longer: how forgetting grows with steps
+LONGER="$((2 * STEPS)) $((4 * STEPS))"
+for n in $LONGER; do    # the sweep skill's expert and full fine-tune trained longer: how forgetting grows with steps
     name=sweep-$SWEEP_SKILL/full-$LR_FULL-${n}steps
     [ -e "$OUT/eval/$name.json" ] || job finetune "$name" "$OUT/longer/full-${n}steps" --expert "$SWEEP_SKILL" \
         "${FULL[@]}" --steps "$n"
+    job "$PY" train.py --expert "$SWEEP_SKILL" "${COMMON[@]}" "${EXPERT[@]}" --steps "$n" \
+        --out "$OUT/longer/expert-${n}steps"
 done
 # rank 64 = the trainable parameters of eight rank-8 experts; alpha/r stays 2
 job "$PY" train.py --mixed "${COMMON[@]}" "${MIXED[@]}" --steps-per-skill "$STEPS" --rank 64 --alpha 128 \
@@ -208,6 +211,9 @@ sequential() {  # sequential lora|full: each stage starts from the one before an
 }
 job sequential lora
 job sequential full
+for n in $LONGER; do    # evaluated beside them: the previous stage's longer experts
+    ev "sweep-$SWEEP_SKILL/expert-$LR_EXPERT-${n}steps" --adapter "$OUT/longer/expert-${n}steps"
+done
 
 echo; echo "=== clusters of meta-questions (beside the sequential fine-tunes)"
 [ -e "$OUT/clusters/assignments.json" ] || job "$PY" cluster.py --k 8 --split train --limit 300 \
