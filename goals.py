@@ -150,9 +150,10 @@ def goal_forgetting(out, base, skills):
         before = [r for s, p in trained.items() for r in read_records(p) if r["skill"] == s]
         add(f"{what} skill after skill: each skill right after its stage, against after the last",
             pooled(before, read_records(stages[-1]), set(trained)))
-    for path in sorted(glob.glob(os.path.join(out, "eval", "sweep-*", "*-*.json"))):   # sweep-SKILL/FAMILY-LR[-Nsteps]
-        skill = os.path.basename(os.path.dirname(path))[len("sweep-"):]
-        family, lr, steps = re.fullmatch(r"(\w+)-(.+?)(?:-(\d+)steps)?", os.path.basename(path)[:-5]).groups()
+    sweeps = [(os.path.basename(os.path.dirname(p))[len("sweep-"):], p,     # sweep-SKILL/FAMILY-LR[-Nsteps]
+               *re.fullmatch(r"(\w+)-(.+?)(?:-(\d+)steps)?", os.path.basename(p)[:-5]).groups())
+              for p in glob.glob(os.path.join(out, "eval", "sweep-*", "*-*.json"))]
+    for skill, path, family, lr, steps in sorted(sweeps, key=lambda r: (r[0], r[2], float(r[3]), int(r[4] or 0))):
         what = "full fine-tune" if family == "full" else "LoRA expert"    # a longer run names its steps
         add(f"{what} of {skill} at lr {lr}{f', {steps} steps' if steps else ''}: the other skills, against the base",
             pooled(base, read_records(path), skills - {skill}), "(sweep)")
