@@ -123,24 +123,26 @@ def the_configurations(out, base, skills):
              ("each skill's full fine-tune on its own skill against the base", "base", "full"),
              ("each skill's full fine-tune on its own skill against its expert", "experts", "full"),
              ("the best router against each skill's expert on its own skill", "experts", "router")]
-    return [(label, pooled(runs[a], runs[b], skills), "-") for label, a, b in pairs if runs[a] and runs[b]]
+    rows = [(label, pooled(runs[a], runs[b], skills), "-") for label, a, b in pairs if runs[a] and runs[b]]
+    return [row for row in rows if row[1]]          # None: no question in common
 
 
 def goal_forgetting(out, base, skills):
     """Goal 1: a full fine-tune of one skill, and a fine-tune skill after skill,
-    lose at least 5 points on the skills they leave behind. Every learning rate of
-    the one-skill sweeps, and its full fine-tune trained longer, are shown too,
-    marked as such: how forgetting grows with the rate and the steps. Returns
-    [(label, numbers, verdict)]."""
+    lose at least 5 points on the skills they leave behind. Shown too, marked as
+    such: each LoRA expert on the other skills (what routing must keep it from),
+    and every run of the one-skill sweeps, learning rates and longer training (how
+    forgetting grows with the rate and the steps). Returns [(label, numbers, verdict)]."""
     rows = []
 
     def add(label, c, verdict=None):
         if c:
             rows.append((label, c, verdict or ("met" if c["change"] <= -5 else "not met")))
-    for path in sorted(glob.glob(os.path.join(out, "eval", "full", "*.json"))):
-        skill = os.path.basename(path)[:-5]
-        add(f"full fine-tune of {skill}: the other skills, against the base",
-            pooled(base, read_records(path), skills - {skill}))
+    for folder, what, verdict in (("full", "full fine-tune", None), ("experts", "LoRA expert", "(expert)")):
+        for path in sorted(glob.glob(os.path.join(out, "eval", folder, "*.json"))):
+            skill = os.path.basename(path)[:-5]
+            add(f"{what} of {skill}: the other skills, against the base",
+                pooled(base, read_records(path), skills - {skill}), verdict)
     for kind, what in (("lora", "one LoRA"), ("full", "the whole model")):
         stages = sorted(glob.glob(os.path.join(out, "eval", f"sequential-{kind}", "*-*.json")),
                         key=lambda p: int(os.path.basename(p).partition("-")[0]))

@@ -243,7 +243,8 @@ def test_the_goals_are_answered_from_the_runs_that_decide_them(tmp_path):
             "add-skill/mixed7": dict(algebra=[1, 0, 0, 0], numbers=[0, 0, 0, 0]),
             "add-skill/mixed7-then-numbers": dict(algebra=[0, 0, 0, 0], numbers=[1, 1, 1, 1]),
             "sweep-algebra/full-1e-4": dict(algebra=[1, 1, 1, 1], numbers=[1, 0, 0, 0]),
-            "sweep-algebra/full-1e-4-400steps": dict(algebra=[1, 1, 1, 1], numbers=[0, 0, 0, 0])}
+            "sweep-algebra/full-1e-4-400steps": dict(algebra=[1, 1, 1, 1], numbers=[0, 0, 0, 0]),
+            "experts/numbers": dict(algebra=[0, 1, 0, 0], numbers=[1, 1, 1, 0])}
     for name, skills in runs.items():
         write(f"{out}/eval/{name}.json", eval_json(**skills))
     write(f"{out}/forgetting/forgetting.json", {"accuracy": {"algebra": {"algebra": 0.75, "numbers": 0.5},
@@ -258,12 +259,19 @@ def test_the_goals_are_answered_from_the_runs_that_decide_them(tmp_path):
     assert open(f"{out}/docs/REPORT.md").read() == text     # the copy for the docs, with its picture
     assert open(f"{out}/docs/add-skill.png", "rb").read() == open(f"{out}/add-skill.png", "rb").read()
     row = lambda label: next(l for l in text.splitlines() if l.startswith(f"| {label} |"))  # noqa: E731
-    # before the goals, the configurations against each other (no expert ran here, so no row names one)
+    # before the goals, the configurations against each other
     assert "| 8 | +0.0 | " in row("the mixed LoRA against the base") and "| 1 : 1 | 1 |" in text
     assert "| 8 | +12.5 | " in row("the mixed LoRA at rank 64 against rank 8")     # numbers q2, q3 : algebra q2
     assert row("each skill's full fine-tune on its own skill against the base").startswith(
         "| each skill's full fine-tune on its own skill against the base | 4 | +50.0 |")   # algebra 1 -> 3 of 4
-    assert "each skill's expert on its own skill" not in text.split("## The question")[1].split("### 1.")[0]
+    # numbers' expert on numbers: 3 right against the base's 2 (1 : 0) and the mixed LoRA's 1 (2 : 0)
+    assert "| 4 | +25.0 | +0.0 to +75.0 | 1 : 0 |" in row("each skill's expert on its own skill against the base")
+    assert "| 4 | +50.0 |" in row("each skill's expert on its own skill against the mixed LoRA")
+    assert "| 4 | -25.0 |" in row("the best router against each skill's expert on its own skill")
+    assert "against its expert" not in text          # algebra's full fine-tune, numbers' expert: no shared skill
+    # the numbers expert on algebra: q2 won, q1 lost; shown, not a verdict
+    assert row("LoRA expert of numbers: the other skills, against the base").endswith(
+        "| 4 | +0.0 | -75.0 to +75.0 | 1 : 1 | 1 | algebra +0.0 (p 1) | +0.000 | (expert) |")
     # numbers: 2 right -> 0 after the full fine-tune of algebra: -50 points, 0 : 2, p = 0.5
     assert row("full fine-tune of algebra: the other skills, against the base").startswith(
         "| full fine-tune of algebra: the other skills, against the base | 4 | -50.0 |")
@@ -295,5 +303,5 @@ def test_the_goals_are_answered_from_the_runs_that_decide_them(tmp_path):
     assert row("cluster experts, no labels, against the skill experts").endswith("| -12.5 | -37.5 to +0.0 "
                                                                                   "| 0 : 1 | 1 | algebra -25.0 (p 1) | +0.000 | not met |")
     numbers = json.load(open(f"{out}/goals.json"))
-    assert [len(v) for v in numbers.values()] == [3, 4, 2, 2, 6, 1]
+    assert [len(v) for v in numbers.values()] == [6, 5, 2, 2, 6, 1]
     assert os.path.exists(f"{out}/add-skill.png")
