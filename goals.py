@@ -109,12 +109,12 @@ def own_skill(out, folder, skills):
     return recs or None
 
 
-def the_configurations(out, base, skills):
+def the_configurations(out, base, skills, router):
     """Before the goals: each configuration that the goals build on against its
-    reference, over all skills (no verdict)."""
+    reference, over all skills (no verdict); router: best_router()'s records."""
     runs = {"base": base, "base-0shot": eval_records(out, "base-0shot.json"), "mixed": eval_records(out, "mixed.json"),
             "mixed-r64": eval_records(out, "mixed-r64.json"), "experts": own_skill(out, "experts", skills),
-            "full": own_skill(out, "full", skills), "router": best_router(out, base, skills)[1]}
+            "full": own_skill(out, "full", skills), "router": router}
     pairs = [("the base 0-shot against 4-shot", "base", "base-0shot"),
              ("the mixed LoRA against the base", "base", "mixed"),
              ("the mixed LoRA at rank 64 against rank 8", "mixed", "mixed-r64"),
@@ -180,12 +180,12 @@ def best_router(out, base, skills):
     return max(found, key=lambda lr: pooled(base, lr[1], skills)["change"]) if found else (None, None)
 
 
-def goal_experts_kept(out, base, skills):
+def goal_experts_kept(out, base, skills, best):
     """Goal 3: the best routed configuration keeps at least 90% of each expert's
     own-skill gain, and is level with or above the mixed LoRA at equal trainable
     parameters: the interval of (router - mixed LoRA) reaches zero or above.
-    Returns (rows, the markdown table of gains kept)."""
-    label, recs = best_router(out, base, skills)
+    best: best_router()'s (label, records). Returns (rows, the markdown table of gains kept)."""
+    label, recs = best
     if label is None:
         return [], None
     rows = []
@@ -293,11 +293,13 @@ def goals(out):
     if base is None:
         return None, {}
     skills = {r["skill"] for r in base}
-    kept_rows, kept_table = goal_experts_kept(out, base, skills)
+    best = best_router(out, base, skills)      # read once, used by two sections
+    kept_rows, kept_table = goal_experts_kept(out, base, skills, best)
     add_rows, cost, chart = goal_add_skill(out, skills)
     add_skill_chart(chart, os.path.join(out, "add-skill.png"))
     sections = [
-        ("The configurations against each other, over all skills", the_configurations(out, base, skills), None),
+        ("The configurations against each other, over all skills", the_configurations(out, base, skills, best[1]),
+         None),
         ("1. Fine-tunes forget: at least 5 points lost on the skills left behind",
          goal_forgetting(out, base, skills), None),
         ("2. The routed mixture loses at most 1 point on any skill against the base",
