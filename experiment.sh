@@ -8,7 +8,7 @@
 # answered (study.py report). Every stage skips or resumes what is already done,
 # so a killed run continues where it stopped.
 #
-#   bash experiment.sh                          # phi-tiny, CPU: a quick run, about 3 hours on 2 cores
+#   bash experiment.sh                          # phi-tiny, CPU: a quick run, 1 h 45 min on 2 cores (+25 min data)
 #   make study          # the study at size of docs/study/ (kept in checkpoints/phi-tiny-study)
 #   MODEL=microsoft/phi-2 DEVICE=cuda bash experiment.sh    # the real phi-2 on a GPU
 #
@@ -33,7 +33,7 @@ DATA=${DATA:-data/lila}
 TRAIN_DATA=${TRAIN_DATA:-$([ "$DATA" = data/lila ] && echo data/fresh || echo "$DATA")}
 OUT=${OUT:-out}
 DOCS=${DOCS:-}     # if set, the report and its pictures are copied there at the end (make study: docs/study)
-# The defaults are a quick run that fits about 3 hours on 2 CPU cores; the study at size
+# The defaults are a quick run (103 min on 2 CPU cores, the data made); the study at size
 # (make study) is STEPS=100 ROUTER_STEPS=100 LIMIT=200 (200 test questions per skill).
 STEPS=${STEPS:-25}
 ROUTER_STEPS=${ROUTER_STEPS:-25}
