@@ -183,19 +183,26 @@ def moe(ev, router_dir, variant="full", experts=None, route=None):
         if variant == "task-soft":
             lora.set_expert_weights(model, p.to(device))
             yield extras
-            extras += [{"routing": {"prior": w.tolist()}} for w in p]
+            extras += [{"routing": {"prior": _rounded(w)}} for w in p]
             return
         router.set_prior(p.to(device) if cfg.prior != "none" else None)
         with router.record() as rec:
             yield extras
         for j, w in enumerate(rec.weights()):                             # (L, E) each, on the CPU
-            extras.append({"routing": {"experts": w.tolist(), "groups": (w @ router.M.cpu()).tolist(),
-                                       "prior": None if p is None else p[j].tolist()}})
+            extras.append({"routing": {"experts": _rounded(w), "groups": _rounded(w @ router.M.cpu()),
+                                       "prior": None if p is None else _rounded(p[j])}})
     try:
         return ev(f"moe ({variant})", route=per_batch), router
     finally:
         router.detach()
         lora.remove_lora(model, merge=False)
+
+
+def _rounded(w):
+    """Routing weights as a record keeps them: 5 decimals are plenty to read and
+    plot, and keep the file small (a float32 written in full takes 20 characters,
+    and 64 rank-1 experts x 8 layers x 1,500 questions made 26 MB)."""
+    return torch.round(w.double(), decimals=5).tolist()
 
 
 def _moe_hard(ev, priors, paths, names):
@@ -208,7 +215,7 @@ def _moe_hard(ev, priors, paths, names):
             continue
         chosen = adapters.with_adapter(ev.model, path, lambda: ev(names[e], examples=[ev.examples[i] for i in idx]))
         for i, r in zip(idx, chosen):
-            r["routing"] = {"expert": names[e], "prior": priors[i].tolist()}
+            r["routing"] = {"expert": names[e], "prior": _rounded(priors[i])}
             records[i] = r
     return records
 
