@@ -63,12 +63,27 @@ def base_parameters(model):
     return [(n, p) for n, p in model.named_parameters() if ".lora_" not in n]
 
 
+def probe_positions(n, k):
+    """k evenly spaced positions in 0..n-1, the first and the last included (all n
+    if n <= k). Worked example: n=100, k=8 -> 0, 14, 28, 42, 57, 71, 85, 99.
+
+    Below 2**24 elements they are float32 linspace's, rounded: the positions every
+    saved fingerprint was made with. float32 cannot name every integer above 2**24
+    (phi-2's embedding has 131M elements: its last position would round to n, out
+    of range), so from there they are exact integers, i * (n-1) / (k-1) rounded
+    half up."""
+    k = min(k, n)
+    if n < 2 ** 24 or k == 1:
+        return torch.linspace(0, n - 1, k).round().long()
+    i = torch.arange(k, dtype=torch.long)
+    return (2 * i * (n - 1) + (k - 1)) // (2 * (k - 1))
+
+
 def probe(p, k=PROBES, first=False):
-    """k values of tensor p in fp32, at k evenly spaced positions of the flattened
-    tensor (all of them if it has fewer; the first k with first=True)."""
+    """k values of tensor p in fp32, at probe_positions of the flattened tensor
+    (the first k with first=True)."""
     flat = p.detach().reshape(-1)
-    k = min(k, flat.numel())
-    at = torch.arange(k) if first else torch.linspace(0, flat.numel() - 1, k).round().long()
+    at = torch.arange(min(k, flat.numel())) if first else probe_positions(flat.numel(), k)
     return flat[at.to(flat.device)].float().cpu()
 
 

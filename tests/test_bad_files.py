@@ -5,10 +5,12 @@ each must fail with the right exception, whose message starts with the file's
 path and names the offending field or tensor. Tiny fixtures only (2 layers, 64 wide)."""
 import contextlib
 import copy
+import glob
 import json
 import math
 import os
 import shutil
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -344,6 +346,46 @@ def test_shipped_adapters_in_the_old_format_load_onto_phi_tiny():
     dirs = list(adapters.expert_dirs(os.path.join(SHIPPED, "phi-tiny-moe", "experts")).values())
     assert len(adapters.load_experts(model, dirs)) == 6 * model.config.num_hidden_layers
     assert mixture.load_router(os.path.join(SHIPPED, "phi-tiny-moe", "router")).cfg.n_layers == 8
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHIPPED, "phi-tiny-study")), reason="no kept study")
+def test_every_kept_adapter_keeps_its_probe_positions():
+    """The fingerprints of all the adapters kept in checkpoints/ were saved with
+    float32 linspace positions; each still matches phi-tiny, value for value."""
+    model = M.load(os.path.join(SHIPPED, "phi-tiny"), verbose=False)[0]
+    paths = sorted(glob.glob(os.path.join(SHIPPED, "**", adapters.WEIGHTS_NAME), recursive=True))
+    assert len(paths) > 40
+    for path in paths:
+        with safe_open(path, framework="pt") as f:
+            adapters._check_fingerprint(model, f.metadata()[adapters.FINGERPRINT_KEY], path)
+
+
+@pytest.mark.parametrize("n", [2 ** 24, 2 ** 24 + 1, 51200 * 640, 51200 * 2560, 2 ** 31 + 3])
+def test_probe_positions_are_exact_integers_at_phi2_sizes(n):
+    """Evenly spaced and in range at phi-2's sizes: float32 linspace put the last
+    position of a 51200 x 640 embedding at 32768000, one past its end."""
+    at = adapters.probe_positions(n, 8).tolist()
+    assert at == [int(Fraction(i * (n - 1), 7) + Fraction(1, 2)) for i in range(8)]   # rounded half up
+    assert at[0] == 0 and at[-1] == n - 1
+
+
+@pytest.mark.parametrize("n", [1000, 2 ** 24 - 1, 14167048])
+def test_probe_positions_below_2_24_are_the_saved_ones(n):
+    """Below 2**24 the positions are float32 linspace's, with which every kept
+    fingerprint was saved, even where they are not the exact ones (14167048:
+    float32 gives 8095456 for position 4, exactly 8095455.43)."""
+    at = adapters.probe_positions(n, 8).tolist()
+    assert at == torch.linspace(0, n - 1, 8).round().long().tolist()
+    if n == 14167048:
+        assert at[4] == 8095456 != int(Fraction(4 * (n - 1), 7) + Fraction(1, 2))
+
+
+def test_probe_positions_worked_example_and_small_tensors():
+    assert adapters.probe_positions(100, 8).tolist() == [0, 14, 28, 42, 57, 71, 85, 99]
+    assert adapters.probe_positions(5, 8).tolist() == [0, 1, 2, 3, 4]
+    assert adapters.probe_positions(1, 8).tolist() == [0]
+    big = torch.arange(2 ** 24 + 5, dtype=torch.float64)          # its values are its positions
+    assert adapters.probe(big).tolist() == [float(i) for i in adapters.probe_positions(big.numel(), 8)]
 
 
 # ---------------------------------------------------------------------------
