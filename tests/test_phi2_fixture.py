@@ -21,14 +21,11 @@ Checked here:
     (data.prompts.prompt_ids) is token for token a window of a training row
     (data.episodes.Episodes), and differs from tok.encode of the same text, so the
     piece-wise form matters here;
-  - eval.py 4-shot, train.py --expert (two skills), eval.py --adapter, cluster.py,
-    train.py --router, eval.py --moe and eval.py --explain all exit 0 on it.
+The command lines run on a checkpoint of phi-2's full sizes with this tokenizer
+in test_phi2_size.py.
 """
 import json
-import math
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -179,56 +176,3 @@ def test_one_tokenization_on_a_phi2_like_tokenizer(phi2_ckpt, rows):
         assert tok.decode(prompt + answer, skip_special_tokens=False) == EOT + text   # the same text
         assert [eot] + tok.encode(text).ids != prompt + answer                  # ... tokenized otherwise
 
-
-def run(*argv):
-    """python ARGV in the repository root; its stdout, after checking it exited 0.
-    One thread: a 64-wide model gains nothing from more, and on a busy 2-core
-    machine two OpenMP threads made these runs 4x slower."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, *map(str, argv)], cwd=ROOT, capture_output=True, text=True,
-                          env=env)
-    assert done.returncode == 0, f"{argv}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
-    return done.stdout
-
-
-def test_command_lines_end_to_end(phi2_ckpt, tmp_path):
-    """eval 4-shot, two experts, eval --adapter, clusters, router, eval --moe, --explain."""
-    path, tok, _ = phi2_ckpt
-    common = ["--model", path, "--data", FIXTURE]
-    evaluate = ["eval.py", *common, "--shots", "4", "--limit", "2", "--device", "cpu"]
-
-    out = run(*evaluate, "--json", tmp_path / "base.json")
-    assert "evaluating 4 test questions, 4-shot" in out and "mean over skills" in out
-    report = json.load(open(tmp_path / "base.json"))
-    assert {r["skill"] for r in report["records"]} == {"algebra", "numbers"}
-    assert all(isinstance(r["prediction"], str) and math.isfinite(r["answer_nll"]) for r in report["records"])
-
-    small = ["--steps", "2", "--batch-size", "2", "--seq-len", "64", "--warmup", "1", "--eval-every", "2",
-             "--eval-questions", "4", "--eval-batches", "1", "--seed", "0", "--device", "cpu"]
-    for skill in ("algebra", "numbers"):
-        out = run("train.py", "--expert", skill, *common, *small, "--rank", "4",
-                  "--out", tmp_path / "experts" / skill)
-        assert "step 2: dev loss" in out
-        assert os.path.exists(tmp_path / "experts" / skill / "adapter_model.safetensors")
-
-    out = run(*evaluate, "--adapter", tmp_path / "experts" / "algebra", "--json", tmp_path / "adapter.json")
-    assert "merged the adapter" in out and "algebra, 4-shot, test split" in out
-
-    run("cluster.py", "--k", "2", "--out", tmp_path / "clusters", *common, "--split", "train",
-        "--n-init", "2", "--no-raw", "--label-trials", "1", "--cache-dir", tmp_path / "cache",
-        "--device", "cpu")
-    out = run("train.py", "--router", "--experts", tmp_path / "experts", "--clusters", tmp_path / "clusters",
-              *common, *small, "--router-questions", "4", "--n-groups", "2", "--out", tmp_path / "router")
-    assert "step 2: dev loss" in out and os.path.exists(tmp_path / "router" / "router.json")
-
-    out = run(*evaluate, "--moe", tmp_path / "router", "--json", tmp_path / "moe.json",
-              "--out", tmp_path / "routing")
-    assert "router (full), 4-shot" in out
-    routing = json.load(open(tmp_path / "moe.json"))["records"][0]["routing"]
-    assert len(routing["experts"]) == 2 and abs(sum(routing["experts"][0]) - 1) < 1e-4   # (L, E)
-
-    out = run("eval.py", "--explain", QUESTION, "--moe", tmp_path / "router", *common, "--device", "cpu")
-    assert f"question       {QUESTION}" in out
-    assert f"of {tmp_path / 'clusters'}: majority skill" in out
-    assert "task level (centroid task router)" in out and "4-shot prompt" in out
-    assert "layer 0" in out and "layer 1" in out and "\nanswer " in out
