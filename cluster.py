@@ -68,7 +68,7 @@ from kmeans import (check_k, expert_groups, kmeans, labelled_sample, nmi, purity
 from data.cli import Parser, torch_device, nonempty, nonneg_int, positive_int, random_seed, run, writable_dir
 from data.files import pyplot, write_atomic
 from data.lila import DEFAULT_DATA, load as load_examples
-from data.prompts import select
+from data.prompts import seeded_random, select
 
 DEFAULT_CACHE = "runs/embed-cache"
 
@@ -300,6 +300,53 @@ def examples_of_cluster(assign_dir, k, examples, model=None, tok=None):
         raise ValueError(f"cluster {k} of {path} holds none of the {len(examples)} {splits} questions; "
                          "a cluster expert needs questions of its own in the train and the dev split")
     return chosen
+
+
+SHOT_POOL = 20000           # train questions that nearest_shots searches (drawn by seed)
+SHOT_TEXTS = ("meta-question", "question")
+
+
+def nearest_rows(Q, K, k, exclude=()):
+    """(len(Q), k) indices of the k rows of K nearest to each row of Q by cosine,
+    ordered farthest first, so the nearest comes last; (i, j) in exclude is never
+    chosen, and of equal similarities the lower index is the nearer. One matrix
+    product per chunk of 256 rows of Q. Worked example:
+
+        nearest_rows([[1, 0]], [[1, 0], [1, 1], [0, 1], [-1, 0]], 2)  ->  [[1, 0]]
+        nearest_rows([[1, 0]], [[1, 0], [1, 1], [0, 1], [-1, 0]], 2, exclude={(0, 0)})  ->  [[2, 1]]"""
+    Q, K = unit(np.asarray(Q, np.float32)), unit(np.asarray(K, np.float32))
+    out = np.empty((len(Q), k), dtype=np.int64)
+    for start in range(0, len(Q), 256):
+        S = Q[start:start + 256] @ K.T                                   # (b, N) cosines
+        for i, j in exclude:
+            if start <= i < start + 256:
+                S[i - start, j] = -np.inf
+        out[start:start + 256] = np.argsort(-S, axis=1, kind="stable")[:, :k][:, ::-1]
+    return out
+
+
+def nearest_shots(examples, train, model, tok, k, pool_size=SHOT_POOL, seed=1234, text="meta-question",
+                  layer=None, cache_dir=DEFAULT_CACHE):
+    """{question: [Example, ...]}, the k train questions nearest to each example's
+    (data.prompts.draw_shots with source "nearest"), farthest first. No label is
+    read: the whole train split is searched, or pool_size questions of it drawn by
+    seed, each embedded as its meta-question (text "meta-question") or as itself
+    ("question") at `layer` of the base model (middle by default), cached on disk
+    by embed_cached under a key of the model's files, dtype, layer and texts. A
+    question is never its own shot."""
+    if len(train) > pool_size:
+        train = [train[i] for i in sorted(seeded_random(seed, "shot pool").sample(range(len(train)), pool_size))]
+    as_text = meta_question if text == "meta-question" else str
+    layer = resolve_layer(model.config, layer)
+    K = embed_cached([as_text(e.question) for e in train], model, tok, layer, cache_dir)
+    questions = list(dict.fromkeys(e.question for e in examples))
+    Q = embed_cached([as_text(q) for q in questions], model, tok, layer, cache_dir)
+    at = {}
+    for j, e in enumerate(train):
+        at.setdefault(e.question, []).append(j)
+    exclude = {(i, j) for i, q in enumerate(questions) for j in at.get(q, [])}
+    rows = nearest_rows(Q, K, min(k, len(train)), exclude)
+    return {q: [train[j] for j in row] for q, row in zip(questions, rows)}
 
 
 LABELS_PER_SKILL = (1, 5, 20)

@@ -40,8 +40,8 @@ import mixture
 import model as M
 from data.cli import run
 from data.files import write_json
-from data.lila import by_skill, check_distinct, load as load_examples
-from data.prompts import question_ids, select
+from data.lila import check_distinct, load as load_examples
+from data.prompts import question_ids, select, shot_pool
 from data.score import is_correct
 
 @torch.no_grad()
@@ -70,8 +70,10 @@ def answer_nll(model, prompts, answers):
 
 @torch.no_grad()
 def evaluate(model, tok, examples, pool, shots=4, batch_size=32, seed=1234,
-             max_new_tokens=32, desc="eval", route=None):
+             max_new_tokens=32, desc="eval", route=None, source="skill"):
     """Answer every example k-shot; return one record per example (input order).
+    The shots come from pool as data.prompts.draw_shots reads it for `source`
+    (Evaluator.from_args builds it: shot_source).
     route(indices), if given, is a context entered around each batch's answers
     (the router sets the batch's task-level weights there). It yields a list,
     which holds one dict of extra fields per row of the batch once it exits, or
@@ -79,9 +81,9 @@ def evaluate(model, tok, examples, pool, shots=4, batch_size=32, seed=1234,
 
     Prompts are sorted by length before batching, so a batch holds prompts of
     similar length and little compute goes to padding."""
-    pool = by_skill(pool) if isinstance(pool, list) else pool
+    pool = shot_pool(pool, source) if isinstance(pool, list) else pool
     ids, gold = zip(*(question_ids(tok, e, pool, shots, seed, model.config.max_position_embeddings,
-                             max_new_tokens) for e in examples))
+                                   max_new_tokens, source) for e in examples))
     order = sorted(range(len(examples)), key=lambda i: len(ids[i]))
     predictions, extra = [None] * len(examples), [{} for _ in examples]
     nll = [None] * len(examples)
@@ -234,11 +236,12 @@ class Evaluator:
     batch_size: int = 32
     seed: int = 1234
     max_new_tokens: int = 32
+    source: str = "skill"      # where the shots come from (data.prompts.SHOT_SOURCES)
 
     def __call__(self, desc="eval", shots=None, examples=None, route=None):
         return evaluate(self.model, self.tok, self.examples if examples is None else examples, self.pool,
                         self.shots if shots is None else shots, self.batch_size, self.seed,
-                        self.max_new_tokens, desc, route)
+                        self.max_new_tokens, desc, route, self.source)
 
     @classmethod
     def from_args(cls, args):
@@ -248,15 +251,36 @@ class Evaluator:
         examples = load_examples(args.data, split=args.split, skills=skills)
         check_distinct(examples, f"{args.data}, {args.split} split")     # all of it, whatever --limit draws
         examples = select(examples, args.limit, args.seed)
-        pool = by_skill(load_examples(args.data, split="train", skills=skills)) if args.shots else {}
-        print(f"evaluating {len(examples)} {args.split} questions, {args.shots}-shot")
-        return cls(model, tok, examples, pool, args.shots, args.batch_size, args.seed, args.max_new_tokens)
+        train = load_examples(args.data, split="train", skills=skills) if args.shots else []
+        pool = shot_source(model, tok, examples, train, args.shots, args.shots_from, args.shot_pool,
+                           args.seed, args.shot_text)
+        print(f"evaluating {len(examples)} {args.split} questions, {args.shots}-shot"
+              + (f", shots from {args.shots_from}" if args.shots else ""))
+        return cls(model, tok, examples, pool, args.shots, args.batch_size, args.seed, args.max_new_tokens,
+                   args.shots_from)
+
+
+def shot_source(model, tok, examples, train, shots, source, pool_size, seed, text):
+    """The pool that data.prompts.draw_shots reads for `source`: the train split
+    grouped by skill or submodule, or each question's nearest train questions by
+    the base model's embedding (cluster.nearest_shots: call it before any adapter
+    is attached). Nothing for 0 shots."""
+    if not shots:
+        return {}
+    if source == "nearest":
+        return cluster.nearest_shots(examples, train, model, tok, shots, pool_size, seed, text)
+    return shot_pool(train, source)
 
 
 def main():
     args = flags.eval_args()
     if args.explain:
         return explain.explain(args)
+    if args.moe:                # a router that cannot do what is asked is refused before the model loads
+        cfg = mixture.load_config(args.moe)
+        _check_moe(args.moe, cfg, args.variant, args.route)
+        if args.route:
+            explain.parse_route(args.route, cfg)
     ev = Evaluator.from_args(args)
     if args.adapter:
         adapters.load_adapter(ev.model, args.adapter)
@@ -273,7 +297,8 @@ def main():
         name += f" (route {args.route})" if args.route else f" ({args.variant})"
     print(markdown(records, f"{name}, {args.shots}-shot, {args.split} split"))
     print(f"\n{len(records)} questions in {seconds:.1f}s ({len(records) / seconds:.1f} questions/s)")
-    report = {"model": args.model, "shots": args.shots, "split": args.split, "seconds": round(seconds, 1),
+    report = {"model": args.model, "shots": args.shots, "shots_from": args.shots_from if args.shots else None,
+              "split": args.split, "seconds": round(seconds, 1),
               "accuracy": {k: c / n for k, (c, n) in accuracy(records).items()},
               "counts": {k: {"correct": c, "total": n} for k, (c, n) in accuracy(records).items()},
               "mean_accuracy": mean_accuracy(records), "answer_nll": answer_nlls(records), "records": records}

@@ -27,8 +27,9 @@ Explaining (AT-MoE's "interpretability"). explain() prints, for one question:
 its meta-question, the nearest cluster of cluster.py and that cluster's
 majority skill, the task-level group and expert weights, the grouped gate of
 every layer as a text heatmap (mean over the generated tokens), and the answer.
-The shots of the prompt come from the train split of the cluster's majority
-skill, when the data is there.
+The prompt's shots, printed too, are as eval.py's (--shots-from): the train
+questions nearest to the question's meta-question, or random ones of the
+skill of its cluster (or, without clusters, of its top expert).
 
 Left out: steering per layer or per token (the spec is one vector per run).
 """
@@ -44,7 +45,7 @@ import flags
 import mixture
 import model as M
 from data.files import heatmap, write_json
-from data.lila import Example, by_skill, load as load_examples
+from data.lila import Example, load as load_examples
 from data.prompts import draw_shots, prompt_ids
 
 BLOCKS = " ▁▂▃▄▅▆▇█"   # a weight w in [0, 1] is drawn as BLOCKS[round(8 w)]
@@ -136,6 +137,10 @@ def explain(args):
     router = mixture.load_router(args.moe, model)
     cfg = router.cfg
     x = cluster.embed([meta], model, tok, cfg.embed_layer) if cfg.prior != "none" else None
+    train = train_split(args.data) if args.shots else []
+    nearest = cluster.nearest_shots([Example(question, ("",), None, None, "test")], train, model, tok, args.shots,
+                                    args.shot_pool, args.seed, args.shot_text) \
+        if train and args.shots_from == "nearest" else None
     if not cfg.rank1:                  # base-only work (embeddings) is done: now the experts
         adapters.load_experts(model, list(mixture.router_experts(args.moe, cfg, args.experts).values()))
     router.to(args.device).attach(model).eval()
@@ -163,26 +168,37 @@ def explain(args):
             print(f"  expert {cfg.experts[e]:<39} {bar(prior[0, e])} {100 * prior[0, e]:5.1f}%")
         skill = skill or cfg.experts[int(prior[0].argmax())]
 
-    pool = []
-    if args.shots and skill:
-        try:
-            pool = load_examples(args.data, split="train", skills=[skill])
-        except (OSError, ValueError) as err:    # no data here, or no such skill in it: zero-shot
-            print(f"\n(no shots: {err})")
-    shots = draw_shots(Example(question, ("",), skill, skill, "test"), by_skill(pool), args.shots,
-                       args.seed) if pool else []
+    shots = []
+    if nearest:
+        shots = draw_shots(Example(question, ("",), None, None, "test"), nearest, args.shots, args.seed, "nearest")
+    elif train and skill:                       # the skill of the question's cluster, or of its top expert
+        shots = draw_shots(Example(question, ("",), skill, skill, "test"), train, args.shots, args.seed)
+    print(f"\nshots ({len(shots)}, " + ("nearest by meta-question embedding" if nearest else f"random of skill {skill}")
+          + ("" if shots else ": none") + ")")
+    for s in shots:
+        print(f"  {s.question}  ->  {s.answers[0]}")
     ids, _ = prompt_ids(tok, [(s.question, s.answers[0]) for s in shots], question)
     router.set_prior(prior)
     with router.record() as rec:
         answer = M.complete(model, tok, [ids], args.max_new_tokens)[0].strip()
     w = rec.weights()[0]                                                          # (L, E)
     layers = [f"layer {l}" for l in range(cfg.n_layers)]
-    print(f"\ngrouped gate per layer, mean over the generated tokens ({len(pool) and args.shots}-shot prompt):")
+    print(f"\ngrouped gate per layer, mean over the generated tokens ({len(shots)}-shot prompt):")
     print(text_heatmap((w @ router.M.cpu()).tolist(), layers, [f"G{g}" for g in range(len(groups))]))
     print("  " + "; ".join(f"G{g} = {name}" for g, name in enumerate(groups)))
     if not cfg.rank1:
         print(text_heatmap(w.tolist(), layers, short(cfg.experts)))
     print(f"\nanswer         {answer}")
+
+
+def train_split(data):
+    """The train questions of `data` for the prompt's shots, or none (zero-shot, said
+    once) where there are none."""
+    try:
+        return load_examples(data, split="train")
+    except (OSError, ValueError) as err:        # no data here: zero-shot
+        print(f"(no shots: {err})")
+        return []
 
 
 def routing_report(records, router, out_dir):

@@ -21,6 +21,7 @@ import model as M
 from data.cli import (Parser, torch_device, finite_float, nonempty, nonneg_float, nonneg_int, positive_float,
                       positive_int, probability, random_seed, share, writable_dir, writable_file)
 from data.lila import DEFAULT_DATA
+from data.prompts import SHOT_SOURCES
 
 SHIPPED = "checkpoints/phi-tiny-moe"     # experts, router and clusters for phi-tiny, in the repository
 
@@ -242,6 +243,15 @@ def add_question_flags(p):
     p.add_argument("--data", type=nonempty, default=DEFAULT_DATA,
                    help=f"LiLA task file(s) or directory (default {DEFAULT_DATA})")
     p.add_argument("--shots", type=nonneg_int, default=4, help="solved examples in each prompt (0 = zero-shot; default 4)")
+    p.add_argument("--shots-from", default="nearest", choices=SHOT_SOURCES,
+                   help="where the shots come from: the train questions nearest to the question by the base "
+                   "model's embedding (no labels read), random ones of its skill, or random ones of its "
+                   "submodule (an oracle that reads the label) (default nearest)")
+    p.add_argument("--shot-pool", type=positive_int, default=cluster.SHOT_POOL,
+                   help=f"--shots-from nearest: train questions searched, drawn by --seed (default {cluster.SHOT_POOL})")
+    p.add_argument("--shot-text", default="meta-question", choices=cluster.SHOT_TEXTS,
+                   help="--shots-from nearest: what is embedded, the meta-question or the question itself "
+                   "(default meta-question)")
     p.add_argument("--skills", type=nonempty, default=None, help="comma-separated skills (default: all in the data)")
     p.add_argument("--split", default="test", choices=["train", "dev", "test"], help="split to evaluate (default test)")
     p.add_argument("--limit", type=positive_int, default=None, help="at most this many questions per skill (default all)")
@@ -289,6 +299,11 @@ def eval_args(argv=None):
         p.error(f"--{set_flags[0].replace('_', '-')} does not go with --explain")
     if "out" in given and not args.moe:
         p.error("--out needs --moe (it is where the routing report goes)")
+    for flag in ("shot_pool", "shot_text"):
+        if flag in given and args.shots_from != "nearest":
+            p.error(f"--{flag.replace('_', '-')} needs --shots-from nearest")
+    if args.explain and args.shots_from == "submodule":
+        p.error("--shots-from submodule reads the question's label, and --explain's question has none")
     if args.adapter and (args.moe or args.explain):
         p.error("--adapter merges one expert; --moe and --explain bring their own experts")
     if args.clusters and not cluster.has_output(args.clusters):

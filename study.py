@@ -211,7 +211,7 @@ def heldout(ev, root, shots, out):
         print(f"{label}: mean {100 * E.mean_accuracy(records):.1f}%")
 
     add("base, 0-shot", ev("base 0-shot", shots=0))
-    add(f"base, {shots}-shot", ev("base"))
+    add(f"base, {shots}-shot ({ev.source} shots)", ev("base"))
     mixed = os.path.join(root, "mixed")
     if os.path.exists(os.path.join(mixed, adapters.CONFIG_NAME)):
         add("mixed LoRA", adapters.with_adapter(ev.model, mixed, lambda: ev("mixed")))

@@ -106,25 +106,48 @@ def select(examples, limit, seed):
     return out
 
 
-def draw_shots(example, pool, k, seed):
-    """k examples of example.skill from pool, never the question itself.
+SHOT_SOURCES = ("nearest", "skill", "submodule")   # where a prompt's shots come from
 
-    pool is the train split: a list of Examples (other skills are skipped) or,
-    faster for many questions, data.lila.by_skill(train)."""
-    same = pool.get(example.skill, []) if isinstance(pool, dict) else pool
-    candidates = [p for p in same if p.skill == example.skill and p.question != example.question]
+
+def shot_pool(train, source):
+    """The train split grouped as draw_shots reads it for a random source:
+    {skill: [Example, ...]} or {submodule: [...]}. (For "nearest" the pool is
+    cluster.nearest_shots' {question: [Example, ...]}.)"""
+    pool = {}
+    for e in train:
+        pool.setdefault(getattr(e, source), []).append(e)
+    return pool
+
+
+def draw_shots(example, pool, k, seed, source="skill"):
+    """k solved questions for example's prompt, never the question itself.
+
+    source "skill":     random ones of example.skill; pool is the train split, a
+                        list of Examples or, faster, shot_pool(train, "skill");
+           "submodule": random ones of example.submodule, from shot_pool(train,
+                        "submodule"): an oracle, as it reads the question's label;
+           "nearest":   the last k of pool[example.question], which
+                        cluster.nearest_shots orders farthest first: the nearest
+                        shot comes last, next to the question. No label is read."""
+    if isinstance(pool, list):
+        pool = shot_pool(pool, source)
+    key = example.question if source == "nearest" else getattr(example, source)
+    candidates = [p for p in pool.get(key, []) if p.question != example.question]
     if len(candidates) < k:
-        raise ValueError(f"need {k} shots of skill {example.skill!r}, but the pool has only "
-                         f"{len(candidates)} other questions of it")
+        what = "nearest questions" if source == "nearest" else f"other questions of {source} {key!r}"
+        raise ValueError(f"need {k} shots of {source} {key!r}, but the pool has only {len(candidates)} {what}")
+    if source == "nearest":
+        return candidates[len(candidates) - k:]
     return seeded_random(seed, example.question).sample(candidates, k)
 
 
-def question_ids(tok, example, pool, shots, seed, context, max_new_tokens):
-    """(prompt ids, gold answer ids) of one question, k-shot, by prompt_ids (the
+def question_ids(tok, example, pool, shots, seed, context, max_new_tokens, source="skill"):
+    """(prompt ids, gold answer ids) of one question, k-shot (shots from `source`,
+    see draw_shots), by prompt_ids (the
     function that builds train.py's rows too). A prompt that leaves less than
     max_new_tokens of the context free loses its oldest shots, one at a time; with
     none left, the gold answer must still fit (generation stops at the context)."""
-    solved = [(s.question, s.answers[0]) for s in draw_shots(example, pool, shots, seed)]
+    solved = [(s.question, s.answers[0]) for s in draw_shots(example, pool, shots, seed, source)]
     while True:
         prompt, gold = prompt_ids(tok, solved, example.question, example.answers[0])
         if len(prompt) + max(max_new_tokens, len(gold)) <= context:

@@ -1,5 +1,6 @@
 """cluster.py: meta-questions, k-means (by hand and against scikit-learn), metrics,
 embeddings and their cache, the CLI end to end on a tiny random checkpoint."""
+import dataclasses
 import json
 import os
 import re
@@ -206,6 +207,55 @@ def test_embed_cached(tiny_ckpt, tmp_path, monkeypatch):
     assert np.array_equal(C.embed_cached(texts, model, tok, 2, cache_dir=str(tmp_path)), X)
     with pytest.raises(ValueError, match="layer 3 out of range"):
         C.embed_cached(texts, model, tok, 3, cache_dir=str(tmp_path))
+
+
+def test_nearest_rows_worked_example():
+    K = [[1, 0], [1, 1], [0, 1], [-1, 0]]
+    assert C.nearest_rows([[1, 0]], K, 2).tolist() == [[1, 0]]                       # nearest last
+    assert C.nearest_rows([[1, 0]], K, 2, exclude={(0, 0)}).tolist() == [[2, 1]]
+    # q [0, 3]: cosines 0, .71, 1, 0; rows 0 and 3 tie, and the lower index is the nearer
+    assert C.nearest_rows([[2, 0], [0, 3]], K, 3).tolist() == [[2, 1, 0], [0, 1, 2]]
+
+
+def test_nearest_rows_equals_brute_force_across_chunks():
+    rng = np.random.default_rng(0)
+    Q, K = rng.normal(size=(600, 8)), rng.normal(size=(50, 8))
+    exclude = {(i, i % 50) for i in range(0, 600, 7)}
+    got = C.nearest_rows(Q, K, 4, exclude)
+    cos = (Q / np.linalg.norm(Q, axis=1, keepdims=True)) @ (K / np.linalg.norm(K, axis=1, keepdims=True)).T
+    for i in range(600):
+        order = [j for j in np.argsort(-cos[i]) if (i, j) not in exclude]
+        assert got[i].tolist() == order[:4][::-1]
+
+
+def test_nearest_shots_read_no_label(tiny_ckpt, tmp_path):
+    """The shots are the nearest train questions by meta-question embedding,
+    farthest first, never the question itself, and the same whatever the
+    labels say; a capped pool is a seeded sample of the train split."""
+    model, tok = M.load(tiny_ckpt[0], verbose=False)
+    train, test = load_examples(FIXTURES, split="train"), load_examples(FIXTURES, split="test")
+    asked = test + train[:3]                                             # three are in the pool too
+    cache = str(tmp_path)
+    near = C.nearest_shots(asked, train, model, tok, 4, cache_dir=cache)
+    relabelled = [dataclasses.replace(e, skill="x", submodule="x__y") for e in train]
+    same = C.nearest_shots([dataclasses.replace(e, skill="?", submodule="?") for e in asked], relabelled,
+                           model, tok, 4, cache_dir=cache)
+    assert {q: [s.question for s in v] for q, v in near.items()} == \
+        {q: [s.question for s in v] for q, v in same.items()}
+    X = {t: x for t, x in zip([e.question for e in train],
+                              C.embed([C.meta_question(e.question) for e in train], model, tok, 1))}
+    for e in asked:
+        shots = near[e.question]
+        assert len(shots) == 4 and e.question not in [s.question for s in shots]
+        x = C.embed([C.meta_question(e.question)], model, tok, 1)[0]
+        cos = [float(X[s.question] @ x / np.linalg.norm(X[s.question]) / np.linalg.norm(x)) for s in shots]
+        assert cos == sorted(cos)                                        # farthest first
+        others = [t for t in X if t != e.question and t not in [s.question for s in shots]]
+        assert all(X[t] @ x / np.linalg.norm(X[t]) / np.linalg.norm(x) <= cos[0] + 1e-5 for t in others)
+    capped = C.nearest_shots(test, train, model, tok, 2, pool_size=10, seed=5, cache_dir=cache)
+    drawn = {s.question for v in capped.values() for s in v}
+    assert drawn <= {e.question for e in train} and len(drawn) <= 10
+    assert capped == C.nearest_shots(test, train, model, tok, 2, pool_size=10, seed=5, cache_dir=cache)
 
 
 def test_cli_end_to_end(tiny_ckpt, tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from data.lila import Example, LilaError, by_skill, load, skills_of
-from data.prompts import draw_shots, few_shot_prompt, format_qa
+from data.prompts import draw_shots, few_shot_prompt, format_qa, shot_pool
 from data.tokenizer import EOT, train_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -189,6 +189,28 @@ def test_too_few_shots_is_a_clear_error():
     (numbers_q,) = [e for e in load(OURS, split="test") if e.submodule == "numbers__gcd"]
     with pytest.raises(ValueError, match="skill 'numbers'.* only 0"):
         draw_shots(numbers_q, train, k=1, seed=0)
+
+
+def test_shots_of_the_same_submodule():
+    train = load(OURS, split="train")
+    pool = shot_pool(train, "submodule")
+    for e in load(OURS, split="test"):
+        shots = draw_shots(e, pool, k=2, seed=3, source="submodule")
+        assert all(s.submodule == e.submodule and s.question != e.question for s in shots)
+        assert shots == draw_shots(e, train, k=2, seed=3, source="submodule")
+
+
+def test_nearest_shots_are_the_last_k_of_the_question_s_list():
+    """pool holds each question's neighbours farthest first: the last k are its
+    shots, the nearest next to the question; the question itself never is one."""
+    a, b, c, d = (Example(q, ("1",), "s", "s__m", "train") for q in "abcd")
+    q = Example("q", ("2",), "?", "?", "test")
+    pool = {"q": [a, b, c, d], "c": [a, b, c, d]}
+    assert draw_shots(q, pool, 2, seed=0, source="nearest") == [c, d]
+    assert draw_shots(q, pool, 4, seed=9, source="nearest") == [a, b, c, d]
+    assert draw_shots(c, pool, 3, seed=0, source="nearest") == [a, b, d]
+    with pytest.raises(ValueError, match="need 5 shots of nearest 'q', but the pool has only 4 nearest"):
+        draw_shots(q, pool, 5, seed=0, source="nearest")
 
 
 # ----------------------------------------------------------------------------

@@ -106,6 +106,7 @@ def test_explain_one_question(routed, base_dir):  # noqa: F811
     for row in rows:
         assert abs(sum(int(p) for p in re.findall(r"(\d+)%", row)) - 100) <= 2, row
     assert re.search(r"\nanswer +\S", out)
+    assert "shots (2, nearest by meta-question embedding)" in out and out.count("  ->  ") == 2
     forced = run_eval(base_dir, "--moe", str(routed / "routers" / "two-level"), "--explain", "What is 2 + 3?",
                       "--route", "numbers")
     assert "--route numbers" in forced and "expert numbers" in forced and "100.0%" in forced
@@ -119,7 +120,7 @@ def test_heldout_evaluates_every_configuration(routed, base_dir, tmp_path):  # n
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     table = json.load(open(tmp_path / "results.json"))["accuracy"]
-    assert list(table) == ["base, 0-shot", "base, 2-shot", "each skill's expert on its own skill",
+    assert list(table) == ["base, 0-shot", "base, 2-shot (nearest shots)", "each skill's expert on its own skill",
                            "router two-level (full)", "router two-level (task-soft)",
                            "router two-level (task-hard)"]
     assert all(set(accs) == {"algebra", "numbers"} for accs in table.values())

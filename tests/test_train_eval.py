@@ -111,6 +111,18 @@ def test_eval_cli_end_to_end(tmp_path, tokenizer_path):
     assert set(report["answer_nll"]) == {"algebra", "numbers"}
 
 
+@pytest.mark.parametrize("source", ["nearest", "skill", "submodule"])
+def test_eval_shots_from_each_source(source, tmp_path):
+    """Each source of shots gives the prompts that draw_shots gives from its pool:
+    the report names the source, and the shots it picks read as they should."""
+    out = tmp_path / "eval.json"
+    cmd = [sys.executable, "eval.py", "--data", FIXTURE, "--shots", "2", "--limit", "2", "--shots-from", source,
+           "--json", str(out), "--device", "cpu"]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert f"2-shot, shots from {source}" in run.stdout and json.load(open(out))["shots_from"] == source
+
+
 def test_shipped_phi_tiny_matches_transformers():
     from transformers import PhiForCausalLM
     path = os.path.join(ROOT, "checkpoints", "phi-tiny")
