@@ -251,7 +251,9 @@ class Evaluator:
         examples = load_examples(args.data, split=args.split, skills=skills)
         check_distinct(examples, f"{args.data}, {args.split} split")     # all of it, whatever --limit draws
         examples = select(examples, args.limit, args.seed)
-        train = load_examples(args.data, split="train", skills=skills) if args.shots else []
+        # nearest shots search the whole train split: --skills picks the questions asked, not the shots
+        train = load_examples(args.data, split="train", skills=None if args.shots_from == "nearest" else skills) \
+            if args.shots else []
         pool = shot_source(model, tok, examples, train, args.shots, args.shots_from, args.shot_pool,
                            args.seed, args.shot_text)
         print(f"evaluating {len(examples)} {args.split} questions, {args.shots}-shot"

@@ -91,10 +91,14 @@ stage() { for p in "${PIDS[@]}"; do wait "$p"; done; PIDS=(); echo; echo "=== $*
 # stage after the one that trained it, beside that stage's training (a full fine-tune and
 # a sequential stage: in the job that trains it): the cores stay busy, and a study
 # stopped halfway already holds the results of what it trained.
+# Shots are random ones of the question's skill unless named: OUT/eval/nearest/ holds the
+# same configurations with the nearest train questions as shots (the strongest prompt
+# that reads no label), and OUT/eval/submodule/ the base with shots of the question's
+# own submodule (an oracle).
 evaluate() {  # evaluate NAME [eval.py flags]: one configuration -> OUT/eval/NAME.json (once)
     local name=$1; shift
     [ -e "$OUT/eval/$name.json" ] || "$PY" eval.py "${COMMON[@]}" --dtype "$DTYPE" --limit "$LIMIT" \
-        --json "$OUT/eval/$name.json" "$@"
+        --shots-from skill --json "$OUT/eval/$name.json" "$@"
 }
 ev() { [ -e "$OUT/eval/$1.json" ] || job evaluate "$@"; }     # the same, as a job
 # A full fine-tune's weights are the whole model (126 MB on phi-tiny with its optimizer state,
@@ -299,6 +303,32 @@ for s in $SKILLS; do
     ev "steer/own-$s" --skills "$s" --moe "$OUT/routers/centroid-token" --route "$s"
     ev "steer/wrong-$s" --skills "$s" --moe "$OUT/routers/centroid-token" --route "$wrong"
 done
+
+stage "the strongest few-shot prompt without labels: the base with the nearest shots, and with an oracle's"
+# The first evaluation with nearest shots embeds the pool of train questions, once (cached
+# under runs/embed-cache); the next stage's read it.
+NEAREST=(--shots-from nearest)
+ev nearest/base-4shot "${NEAREST[@]}"
+ev submodule/base-4shot --shots-from submodule
+
+stage "what the fine-tunes add over the strongest prompt: every configuration with the nearest shots"
+# the mixed LoRAs, each expert on its own skill, the routers, the sequential LoRA's stages and
+# the runs of adding a skill
+ev nearest/mixed "${NEAREST[@]}" --adapter "$OUT/mixed"
+ev nearest/mixed-r64 "${NEAREST[@]}" --adapter "$OUT/mixed-r64"
+for s in $SKILLS; do ev "nearest/experts/$s" "${NEAREST[@]}" --skills "$s" --adapter "$OUT/experts/$s"; done
+for r in centroid-token learned-token centroid-sequence clusters-token seeded-token rank1; do
+    ev "nearest/moe-$r" "${NEAREST[@]}" --moe "$OUT/routers/$r" --out "$OUT/routing-nearest/$r"
+done
+ev nearest/moe-task-soft "${NEAREST[@]}" --moe "$OUT/routers/centroid-token" --variant task-soft
+ev nearest/moe-task-hard "${NEAREST[@]}" --moe "$OUT/routers/centroid-token" --variant task-hard
+i=0
+for s in $SKILLS; do
+    i=$((i + 1)) && ev "nearest/sequential-lora/$i-$s" "${NEAREST[@]}" --adapter "$OUT/sequential-lora/$i-$s"
+done
+ev nearest/add-skill/router7 "${NEAREST[@]}" --moe "$OUT/add-skill/router7" --out "$OUT/routing-nearest/router7"
+ev nearest/add-skill/mixed7 "${NEAREST[@]}" --adapter "$OUT/add-skill/mixed7"
+ev "nearest/add-skill/mixed7-then-$NEW_SKILL" "${NEAREST[@]}" --adapter "$OUT/add-skill/mixed7-then-$NEW_SKILL"
 
 stage "report"
 "$PY" study.py forgetting "$OUT/eval/base-4shot.json" "$OUT"/eval/experts/*.json --out "$OUT/forgetting"
