@@ -47,6 +47,10 @@ ROWS = [("base-0shot", "base, 0-shot"), ("base-4shot", "base, 4-shot"), ("mixed"
         ("moe-clusters-token", "router over cluster experts, two-level, token gate"),
         ("moe-seeded-token", "router over seeded-cluster experts (10 labels per skill), two-level, token gate"),
         ("moe-rank1", "64 rank-1 experts trained jointly with the gate (MoR1E)")]
+# The base with shots of the question's own submodule (eval/submodule/), and the same
+# configurations with the nearest train questions as shots (eval/nearest/)
+SHOTS_ROWS = [("submodule/base-4shot", "base, 4-shot, shots of its own submodule (an oracle)")] + \
+    [(f"nearest/{name}", f"{label}, nearest shots") for name, label in ROWS if name != "base-0shot"]
 
 
 # ---------------------------------------------------------------------------
@@ -127,24 +131,58 @@ def the_configurations(out, base, skills, router):
     return [row for row in rows if row[1]]          # None: no question in common
 
 
-def goal_forgetting(out, base, skills):
+def the_strongest_prompt(out, skills):
+    """The base with each source of shots, and what the fine-tunes add over the
+    strongest prompt that reads no label: each configuration with the nearest shots
+    against the base with them, and against itself with skill shots (no verdict).
+    Returns (rows, the records of the base with the nearest shots)."""
+    near = eval_records(out, "nearest", "base-4shot.json")
+    if near is None:
+        return [], None
+    best = best_router(out, near, skills, "nearest")
+    runs = {"skill": eval_records(out, "base-4shot.json"), "0-shot": eval_records(out, "base-0shot.json"),
+            "nearest": near, "submodule": eval_records(out, "submodule", "base-4shot.json"),
+            "mixed": eval_records(out, "mixed.json"), "mixed, nearest": eval_records(out, "nearest", "mixed.json"),
+            "r64, nearest": eval_records(out, "nearest", "mixed-r64.json"),
+            "experts": own_skill(out, "experts", skills), "experts, nearest": own_skill(out, "nearest/experts", skills),
+            "router, nearest": best[1]}
+    pairs = [("the base: nearest shots against random shots of the skill", "skill", "nearest"),
+             ("the base: nearest shots against 0-shot", "0-shot", "nearest"),
+             ("the base: shots of its own submodule (an oracle) against nearest shots", "nearest", "submodule"),
+             ("the mixed LoRA against the base, both with nearest shots", "nearest", "mixed, nearest"),
+             ("the mixed LoRA at rank 64 against the base, both with nearest shots", "nearest", "r64, nearest"),
+             ("each skill's expert on its own skill against the base, both with nearest shots", "nearest",
+              "experts, nearest"),
+             (f"the best router ({best[0]}) against the base, both with nearest shots", "nearest", "router, nearest"),
+             ("the best router against each skill's expert on its own skill, both with nearest shots",
+              "experts, nearest", "router, nearest"),
+             ("the mixed LoRA: nearest shots against skill shots", "mixed", "mixed, nearest"),
+             ("each skill's expert on its own skill: nearest shots against skill shots", "experts",
+              "experts, nearest")]
+    rows = [(label, pooled(runs[a], runs[b], skills), "-") for label, a, b in pairs if runs[a] and runs[b]]
+    return [row for row in rows if row[1]], near
+
+
+def goal_forgetting(out, base, skills, shots=""):
     """Goal 1: a full fine-tune of one skill, and a fine-tune skill after skill,
     lose at least 5 points on the skills they leave behind. Shown too, marked as
     such: each LoRA expert on the other skills (what routing must keep it from),
     and every run of the one-skill sweeps, learning rates and longer training (how
-    forgetting grows with the rate and the steps). Returns [(label, numbers, verdict)]."""
+    forgetting grows with the rate and the steps). shots: "" for the runs with
+    skill shots, "nearest" for those under eval/nearest/ (judged against base, the
+    same prompt's). Returns [(label, numbers, verdict)]."""
     rows = []
 
     def add(label, c, verdict=None):
         if c:
             rows.append((label, c, verdict or ("met" if c["change"] <= -5 else "not met")))
     for folder, what, verdict in (("full", "full fine-tune", None), ("experts", "LoRA expert", "(expert)")):
-        for path in sorted(glob.glob(os.path.join(out, "eval", folder, "*.json"))):
+        for path in sorted(glob.glob(os.path.join(out, "eval", shots, folder, "*.json")) if not shots else []):
             skill = os.path.basename(path)[:-5]
             add(f"{what} of {skill}: the other skills, against the base",
                 pooled(base, read_records(path), skills - {skill}), verdict)
     for kind, what in (("lora", "one LoRA"), ("full", "the whole model")):
-        stages = sorted(glob.glob(os.path.join(out, "eval", f"sequential-{kind}", "*-*.json")),
+        stages = sorted(glob.glob(os.path.join(out, "eval", shots, f"sequential-{kind}", "*-*.json")),
                         key=lambda p: int(os.path.basename(p).partition("-")[0]))
         if len(stages) < 2:
             continue
@@ -154,7 +192,7 @@ def goal_forgetting(out, base, skills):
             pooled(before, read_records(stages[-1]), set(trained)))
     sweeps = [(os.path.basename(os.path.dirname(p))[len("sweep-"):], p,     # sweep-SKILL/FAMILY-LR[-Nsteps]
                *re.fullmatch(r"(\w+)-(.+?)(?:-(\d+)steps)?", os.path.basename(p)[:-5]).groups())
-              for p in glob.glob(os.path.join(out, "eval", "sweep-*", "*-*.json"))]
+              for p in glob.glob(os.path.join(out, "eval", shots, "sweep-*", "*-*.json"))]
     for skill, path, family, lr, steps in sorted(sweeps, key=lambda r: (r[0], r[2], float(r[3]), int(r[4] or 0))):
         what = "full fine-tune" if family == "full" else "LoRA expert"    # a longer run names its steps
         add(f"{what} of {skill} at lr {lr}{f', {steps} steps' if steps else ''}: the other skills, against the base",
@@ -162,20 +200,20 @@ def goal_forgetting(out, base, skills):
     return rows
 
 
-def goal_routing(out, base, skills):
+def goal_routing(out, base, skills, shots=""):
     """Goal 2: the routed mixture loses at most 1 point on any skill against the base."""
     rows = []
     for name, label in ROWS:
-        recs = eval_records(out, f"{name}.json") if name.startswith("moe-") else None
+        recs = eval_records(out, shots, f"{name}.json") if name.startswith("moe-") else None
         if recs:
             c = pooled(base, recs, skills)
             rows.append((f"{label}, against the base", c, "met" if c["per_skill"][c["worst"]][0] >= -1 else "not met"))
     return rows
 
 
-def best_router(out, base, skills):
+def best_router(out, base, skills, shots=""):
     """The routed configuration with the highest accuracy: (label, records)."""
-    found = [(label, eval_records(out, f"{name}.json")) for name, label in ROWS if name.startswith("moe-")]
+    found = [(label, eval_records(out, shots, f"{name}.json")) for name, label in ROWS if name.startswith("moe-")]
     found = [(label, recs) for label, recs in found if recs]
     return max(found, key=lambda lr: pooled(base, lr[1], skills)["change"]) if found else (None, None)
 
@@ -216,21 +254,21 @@ def minutes(out, run):
     return None if seconds is None else seconds / 60
 
 
-def goal_add_skill(out, skills):
+def goal_add_skill(out, skills, shots=""):
     """Goal 4: adding the eighth skill to the mixture (its expert, and the router
     trained again) costs the seven old skills at most 1 point, at a fraction of
     the mixed LoRA's retraining cost. Returns (rows, the cost line, the chart's
     per-skill changes)."""
-    then = sorted(glob.glob(os.path.join(out, "eval", "add-skill", "mixed7-then-*.json")))
+    then = sorted(glob.glob(os.path.join(out, "eval", shots, "add-skill", "mixed7-then-*.json")))
     if not then:
         return [], None, {}
     new = os.path.basename(then[0])[len("mixed7-then-"):-len(".json")]
-    r7, m7 = eval_records(out, "add-skill", "router7.json"), eval_records(out, "add-skill", "mixed7.json")
+    r7, m7 = (eval_records(out, shots, "add-skill", f"{n}.json") for n in ("router7", "mixed7"))
     rows, chart = [], {}
     for what, before, after, goal in (
             ("the eighth expert added, the router trained again", r7,
-             eval_records(out, "moe-centroid-token.json"), True),
-            ("the mixed LoRA retrained on all eight", m7, eval_records(out, "mixed.json"), False),
+             eval_records(out, shots, "moe-centroid-token.json"), True),
+            ("the mixed LoRA retrained on all eight", m7, eval_records(out, shots, "mixed.json"), False),
             (f"the seven-skill mixed LoRA trained on {new} alone", m7, read_records(then[0]), False)):
         if before and after:
             old, added = pooled(before, after, skills - {new}), pooled(before, after, {new})
@@ -309,6 +347,13 @@ def goals(out):
          "\n\n".join(t for t in (cost, "![adding a skill](add-skill.png)" if chart else None) if t)),
         ("5. Cluster experts, found without labels, within 2 points of the skill experts",
          goal_clusters(out, skills), None)]
+    prompt_rows, near = the_strongest_prompt(out, skills)
+    if near:
+        again = (goal_forgetting(out, near, skills, "nearest") + goal_routing(out, near, skills, "nearest")
+                 + goal_add_skill(out, skills, "nearest")[0])
+        sections += [("6. The strongest prompt without labels: the base with the nearest shots, and what the "
+                      "fine-tunes add over it", prompt_rows, None),
+                     ("7. Goals 1, 2 and 4 judged again with the nearest shots", again, None)]
     parts, numbers = [], {}
     for title, rows, extra in sections:
         if rows or extra:

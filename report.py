@@ -24,7 +24,7 @@ import shutil
 from collections import defaultdict
 
 from data.files import write_atomic, write_json, write_text
-from goals import ROWS, goals
+from goals import ROWS, SHOTS_ROWS, goals
 from stats import config_rows, load, logged_seconds, paired, paired_markdown, read_log, read_records
 
 # ---------------------------------------------------------------------------
@@ -47,21 +47,28 @@ def results_tables(out):
     tables = {}
     for metric, forg_key in (("accuracy", "accuracy"), ("answer_nll", "nll")):
         rows = {}
-        for name, label in ROWS:
+        for name, label in ROWS + SHOTS_ROWS:
             report = load(out, "eval", f"{name}.json")
             if report is not None and metric in report:
                 rows[label] = report[metric]
+            nearest = own_skill_runs(out, "nearest/experts", metric) if name == "nearest/mixed-r64" else None
+            if nearest:
+                rows["each skill's expert on its own skill, nearest shots"] = nearest
             if name == "mixed-r64" and forg_key in forg:
                 rows["each skill's expert on its own skill"] = {e: v[e] for e, v in forg[forg_key].items()
                                                                  if e in v}
-            if name == "mixed-r64":   # eval/full/SKILL.json: each full fine-tune on its own skill
-                full = {os.path.basename(p)[:-5]: load(out, "eval", "full", os.path.basename(p))
-                        for p in sorted(glob.glob(os.path.join(out, "eval", "full", "*.json")))}
-                own = {s: r[metric][s] for s, r in full.items() if s in r.get(metric, {})}
-                if own:
-                    rows["each skill's full fine-tune on its own skill"] = own
+            own = own_skill_runs(out, "full", metric) if name == "mixed-r64" else None
+            if own:
+                rows["each skill's full fine-tune on its own skill"] = own
         tables[metric] = rows
     return tables
+
+
+def own_skill_runs(out, folder, metric):
+    """{skill: metric} of each run eval/FOLDER/SKILL.json on its own skill."""
+    runs = {os.path.basename(p)[:-5]: load(out, "eval", folder, os.path.basename(p))
+            for p in sorted(glob.glob(os.path.join(out, "eval", folder, "*.json")))}
+    return {s: r[metric][s] for s, r in runs.items() if s in r.get(metric, {})}
 
 
 def routing_stats(report, skills):

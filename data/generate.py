@@ -19,7 +19,9 @@ What it does, step by step:
      does not depend on how many worker processes share the chunks.
   3. Questions are deduplicated per submodule in chunk order; the first --test
      unique questions go to `test`, the next --dev to `dev`, the next --train to
-     `train`. No question can sit in two splits.
+     `train`. Across a skill's submodules, a question already in a higher split
+     (test, then dev) is replaced in place by a spare (disjoint_across_skill):
+     no question of a skill sits in two splits.
      `--exclude DIR` counts every question of DIR as seen already: a fresh draw
      (another --seed) then shares no question with DIR.
   4. One LiLA task file per skill, instances sorted by submodule; each instance
@@ -186,18 +188,19 @@ def main():
         for task, pairs in tqdm(pool.imap_unordered(run_chunk, tasks), total=len(tasks)):
             results[task] = pairs
 
-    files = {}  # (composed, skill) -> instances
+    files = {}  # (composed, skill) -> [(instances, spare questions) of each submodule]
     for name in names:
         pairs = [p for i in range(n_chunks) for p in results[(name, i, args.seed)]]
-        bucket = files.setdefault((name.endswith("_composed"), name.split("__")[0]), [])
-        bucket += split_instances(name, pairs, excluded, args.train, args.dev, args.test)
-    write_files(files, args.out)
+        files.setdefault((name.endswith("_composed"), name.split("__")[0]), []).append(
+            split_instances(name, pairs, excluded, args.train, args.dev, args.test))
+    write_files({key: disjoint_across_skill(subs) for key, subs in files.items()}, args.out)
     print(f"done in {time.time() - t0:.0f}s")
 
 
 def split_instances(name, pairs, excluded, train, dev, test):
     """A submodule's (question, answer) pairs, duplicates and excluded questions
-    dropped in order, as task-file instances: the first `test` ones, then dev, then train."""
+    dropped in order, as task-file instances: the first `test` ones, then dev, then
+    train; and the unique pairs left over, spares for disjoint_across_skill."""
     seen, unique = set(excluded), []
     for q, a in pairs:
         if q not in seen:
@@ -211,7 +214,40 @@ def split_instances(name, pairs, excluded, train, dev, test):
         instances += [{"Input": q, "Output Program": [], "Output Answer": [a], "split": split, "submodule": name}
                       for q, a in unique[start:start + n]]
         start += n
-    return instances
+    return instances, unique[start:]
+
+
+def disjoint_across_skill(subs):
+    """One skill's instances, no question in two splits. Two submodules can draw the
+    same question ("Calculate ((-4)/8)/(6/(-12))." is both arithmetic__mixed's and
+    arithmetic__mul_div_multiple's), so a question of one submodule's test split may
+    be another's train question. Splits rank test, dev, train: a dev or train
+    instance whose question the skill holds in a higher split, or a test or dev
+    instance that repeats one, is replaced, in its place, by its submodule's next
+    spare question that the skill does not hold. Every other instance keeps its
+    position, so shots drawn by position from the train split stay the same (two
+    submodules may still share a train question). subs: [(instances, spares)] of
+    each submodule."""
+    rank = {"test": 0, "dev": 1, "train": 2}
+    first = {}                               # question -> its highest split in the skill
+    for instances, _ in subs:
+        for x in instances:
+            first[x["Input"]] = min(first.get(x["Input"], 2), rank[x["split"]])
+    out, held = [], set()                    # held: the test and dev questions written
+    for instances, spares in subs:
+        spares = iter(spares)
+        for x in instances:
+            r = rank[x["split"]]
+            if first[x["Input"]] < r or (r < 2 and x["Input"] in held):
+                q, a = next(((q, a) for q, a in spares if q not in first), (None, None))
+                if q is None:
+                    sys.exit(f"generate.py: {x['submodule']} has no spare question left to replace "
+                             f"{x['Input']!r}; draw more (OVERSAMPLE)")
+                first[q] = r
+                x = dict(x, Input=q, **{"Output Answer": [a]})
+            held.update([x["Input"]] if r < 2 else [])
+            out.append(x)
+    return out
 
 
 def write_files(files, out):

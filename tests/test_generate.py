@@ -69,3 +69,21 @@ def test_exclude_gives_a_draw_without_those_questions(generated, tmp_path):
     bad = subprocess.run([GEN_PYTHON, "data/generate.py", "--exclude", str(tmp_path / "nothing"),
                           "--out", out], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode != 0 and "no LiLA task files" in bad.stderr
+
+
+def test_splits_are_disjoint_across_a_skill_and_train_keeps_its_positions():
+    """Worked example: submodule a holds "q" in test, submodule b draws it for train
+    and "r" for dev, and a repeats "r" in train. b's train "q" and a's train "r"
+    are replaced in place by spares the skill does not hold ("q" and "s" are
+    skipped); a train question shared by a and b ("t") stays in both."""
+    from data.generate import disjoint_across_skill
+
+    def inst(sub, q, split):
+        return {"Input": q, "Output Program": [], "Output Answer": [q.upper()], "split": split,
+                "submodule": f"x__{sub}"}
+    a = [inst("a", "q", "test"), inst("a", "r", "train"), inst("a", "t", "train")]
+    b = [inst("b", "r", "dev"), inst("b", "u", "train"), inst("b", "q", "train"), inst("b", "t", "train")]
+    out = disjoint_across_skill([(a, [("s", "S"), ("v", "V")]), (b, [("q", "Q"), ("s", "S"), ("w", "W")])])
+    assert [(x["submodule"][-1], x["Input"], x["split"], x["Output Answer"]) for x in out] == [
+        ("a", "q", "test", ["Q"]), ("a", "s", "train", ["S"]), ("a", "t", "train", ["T"]),
+        ("b", "r", "dev", ["R"]), ("b", "u", "train", ["U"]), ("b", "w", "train", ["W"]), ("b", "t", "train", ["T"])]

@@ -305,3 +305,43 @@ def test_the_goals_are_answered_from_the_runs_that_decide_them(tmp_path):
     numbers = json.load(open(f"{out}/goals.json"))
     assert [len(v) for v in numbers.values()] == [6, 5, 2, 2, 6, 1]
     assert os.path.exists(f"{out}/add-skill.png")
+
+
+def test_the_strongest_prompt_and_the_goals_judged_again_with_it(tmp_path):
+    """Runs with the nearest shots (eval/nearest/) against the base with them; the
+    base's sources of shots against each other. Worked out by hand."""
+    out = str(tmp_path)
+    runs = {"base-4shot": dict(algebra=[1, 0, 0, 0], numbers=[1, 0, 0, 0]),
+            "base-0shot": dict(algebra=[0, 0, 0, 0], numbers=[1, 0, 0, 0]),
+            "nearest/base-4shot": dict(algebra=[1, 1, 0, 0], numbers=[1, 1, 1, 0]),
+            "submodule/base-4shot": dict(algebra=[1, 1, 1, 0], numbers=[1, 1, 1, 0]),
+            "mixed": dict(algebra=[1, 1, 0, 0], numbers=[1, 0, 0, 0]),
+            "nearest/mixed": dict(algebra=[1, 1, 1, 0], numbers=[1, 1, 1, 0]),
+            "nearest/experts/algebra": dict(algebra=[1, 1, 1, 1], numbers=[0, 0, 0, 0]),
+            "nearest/experts/numbers": dict(numbers=[1, 1, 0, 0]),
+            "nearest/moe-centroid-token": dict(algebra=[1, 1, 0, 0], numbers=[0, 1, 1, 0]),
+            "nearest/sequential-lora/1-algebra": dict(algebra=[1, 1, 1, 1], numbers=[1, 1, 1, 0]),
+            "nearest/sequential-lora/2-numbers": dict(algebra=[1, 0, 0, 0], numbers=[1, 1, 1, 1])}
+    for name, skills in runs.items():
+        write(f"{out}/eval/{name}.json", eval_json(**skills))
+    report(out)
+    text = open(f"{out}/REPORT.md").read()
+    row = lambda label: next(l for l in text.splitlines() if l.startswith(f"| {label} |"))  # noqa: E731
+    assert "| base, 4-shot, nearest shots | 50.0 | 75.0 | **62.5** |" in text          # the tables
+    assert "| each skill's expert on its own skill, nearest shots | 100.0 | 50.0 | **75.0** |" in text
+    assert "| 8 | +37.5 | " in row("the base: nearest shots against random shots of the skill")   # 2 -> 5 of 8
+    assert "| 3 : 0 |" in row("the base: nearest shots against random shots of the skill")
+    assert "| 8 | +12.5 | " in row("the base: shots of its own submodule (an oracle) against nearest shots")
+    assert "| 8 | +12.5 | " in row("the mixed LoRA against the base, both with nearest shots")
+    assert "| 8 | +12.5 | " in row("each skill's expert on its own skill against the base, both with nearest shots")
+    assert "| 8 | +37.5 | " in row("the mixed LoRA: nearest shots against skill shots")        # 3 -> 6 of 8
+    best = row("the best router (router: two-level, centroid prior, token gate) against the base, both with "
+               "nearest shots")
+    assert "| 8 | -12.5 | " in best and "| 0 : 1 |" in best
+    # goal 1 again: algebra right after its stage (4 of 4) against after the last (1 of 4)
+    assert "| 4 | -75.0 |" in row("one LoRA skill after skill: each skill right after its stage, against "
+                                  "after the last")
+    # goal 2 again: numbers q0 lost against the nearest base: -25 points on numbers, not met
+    assert row("router: two-level, centroid prior, token gate, against the base").endswith(
+        "| numbers -25.0 (p 1) | +0.000 | not met |")
+    assert "### 7. Goals 1, 2 and 4 judged again with the nearest shots" in text
