@@ -40,7 +40,7 @@ import mixture
 import model as M
 from data.cli import run
 from data.files import write_json
-from data.lila import check_distinct, load as load_examples
+from data.lila import check_disjoint, check_distinct, load as load_examples
 from data.prompts import question_ids, select, shot_pool
 from data.score import is_correct
 
@@ -249,11 +249,13 @@ class Evaluator:
         model, tok = M.load(args.model, dtype=args.dtype, device=args.device, revision=args.revision)
         skills = args.skills.split(",") if args.skills else None
         examples = load_examples(args.data, split=args.split, skills=skills)
-        check_distinct(examples, f"{args.data}, {args.split} split")     # all of it, whatever --limit draws
-        examples = select(examples, args.limit, args.seed)
         # nearest shots search the whole train split: --skills picks the questions asked, not the shots
         train = load_examples(args.data, split="train", skills=None if args.shots_from == "nearest" else skills) \
             if args.shots else []
+        check_distinct(examples, f"{args.data}, {args.split} split")     # all of it, whatever --limit draws
+        if args.split != "train":
+            check_disjoint(examples, train, args.data)
+        examples = select(examples, args.limit, args.seed)
         pool = shot_source(model, tok, examples, train, args.shots, args.shots_from, args.shot_pool,
                            args.seed, args.shot_text)
         print(f"evaluating {len(examples)} {args.split} questions, {args.shots}-shot"

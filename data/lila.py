@@ -212,6 +212,17 @@ def check_distinct(examples, where):
         seen.add((x.skill, x.question))
 
 
+def check_disjoint(asked, train, where):
+    """No question asked is also a train question of its skill: the shots come from
+    the train split, and a model trained on it would be tested on what it saw."""
+    seen = {(x.skill, x.question) for x in train}
+    both = [x for x in asked if (x.skill, x.question) in seen]
+    if both:
+        raise LilaError(f"{where}: {len(both)} {both[0].split} question(s) are also train questions of their "
+                        f"skill, e.g. the {both[0].skill} question {both[0].question[:60]!r}; expected "
+                        "disjoint splits")
+
+
 def by_skill(examples):
     """{skill: [examples of it, in order]}, skills sorted: the shot pool for prompts."""
     groups = {s: [] for s in skills_of(examples)}

@@ -439,6 +439,20 @@ def test_eval_of_a_repeated_test_question(tmp_path, capsys, monkeypatch, limit):
         in err, err
 
 
+@pytest.mark.parametrize("source", ["nearest", "skill"])
+def test_eval_of_a_test_question_that_is_also_a_train_question(tmp_path, capsys, monkeypatch, source):
+    """Refused, --limit or not: a shot could be the question, and a model trained on the split saw it."""
+    def q(text, split):
+        return {"Input": text, "Output Answer": ["5"], "split": split, "submodule": "algebra__x"}
+    (tmp_path / "algebra.json").write_text(json.dumps({"Instances": [
+        q("What is 2 + 3?", "test"), q("What is 1 + 1?", "test"), q("What is 2 + 3?", "train"),
+        q("What is 4 + 4?", "train"), q("What is 7 + 4?", "train")]}))
+    code, err = cli(E.main, ["--data", str(tmp_path), "--model", PHI_TINY, "--shots", "1", "--limit", "1",
+                             "--shots-from", source], capsys, monkeypatch)
+    assert code == 2 and f"{tmp_path}: 1 test question(s) are also train questions of their skill, e.g. the " \
+        "algebra question 'What is 2 + 3?'; expected disjoint splits" in err, err
+
+
 @pytest.mark.parametrize("instances, message", [
     ([], "algebra.json: field 'Instances': empty, expected at least one question"),
     ([{"Input": "What is 2 + 3?", "Output Answer": ["5"], "split": "train"}],
