@@ -202,15 +202,19 @@ done
 
 stage "sequential fine-tunes: one LoRA, and the whole model, trained skill after skill"
 sequential() {  # sequential lora|full: each stage starts from the one before and is evaluated after it
-    local i=0 s dir from=() how
+    local i=0 s dir from=() how last
     if [ "$1" = lora ]; then how=("${EXPERT[@]}"); else how=("${FULL[@]}"); fi
-    # the full stages' weights are not kept (see finetune): the chain is done once its last stage is evaluated
-    [ -e "$OUT/eval/sequential-$1/$(echo $SKILLS | wc -w)-${SKILLS##* }.json" ] && return
+    # the full stages' weights are not kept (see finetune): the chain is done once its last stage is
+    # evaluated with both sources of shots (the nearest ones, see the last stages, by the stage's own
+    # model where it is a full fine-tune)
+    last=$(echo $SKILLS | wc -w)-${SKILLS##* }.json
+    [ -e "$OUT/eval/sequential-$1/$last" ] && [ -e "$OUT/eval/nearest/sequential-$1/$last" ] && return
     for s in $SKILLS; do
         i=$((i + 1)) && dir=$OUT/sequential-$1/$i-$s
         "$PY" train.py --expert "$s" "${COMMON[@]}" "${how[@]}" "${from[@]}" --out "$dir"
         if [ "$1" = lora ]; then from=(--adapter "$dir"); else from=(--model "$dir"); fi
         evaluate "sequential-$1/$i-$s" "${from[@]}"
+        evaluate "nearest/sequential-$1/$i-$s" --shots-from nearest "${from[@]}"
     done
 }
 job sequential lora
@@ -312,8 +316,8 @@ ev nearest/base-4shot "${NEAREST[@]}"
 ev submodule/base-4shot --shots-from submodule
 
 stage "what the fine-tunes add over the strongest prompt: every configuration with the nearest shots"
-# the mixed LoRAs, each expert on its own skill, the routers, the sequential LoRA's stages and
-# the runs of adding a skill
+# the mixed LoRAs, each expert on its own skill, the routers and the runs of adding a skill (the
+# sequential fine-tunes' stages are evaluated with them in their own stage)
 ev nearest/mixed "${NEAREST[@]}" --adapter "$OUT/mixed"
 ev nearest/mixed-r64 "${NEAREST[@]}" --adapter "$OUT/mixed-r64"
 for s in $SKILLS; do ev "nearest/experts/$s" "${NEAREST[@]}" --skills "$s" --adapter "$OUT/experts/$s"; done
@@ -322,10 +326,6 @@ for r in centroid-token learned-token centroid-sequence clusters-token seeded-to
 done
 ev nearest/moe-task-soft "${NEAREST[@]}" --moe "$OUT/routers/centroid-token" --variant task-soft
 ev nearest/moe-task-hard "${NEAREST[@]}" --moe "$OUT/routers/centroid-token" --variant task-hard
-i=0
-for s in $SKILLS; do
-    i=$((i + 1)) && ev "nearest/sequential-lora/$i-$s" "${NEAREST[@]}" --adapter "$OUT/sequential-lora/$i-$s"
-done
 ev nearest/add-skill/router7 "${NEAREST[@]}" --moe "$OUT/add-skill/router7" --out "$OUT/routing-nearest/router7"
 ev nearest/add-skill/mixed7 "${NEAREST[@]}" --adapter "$OUT/add-skill/mixed7"
 ev "nearest/add-skill/mixed7-then-$NEW_SKILL" "${NEAREST[@]}" --adapter "$OUT/add-skill/mixed7-then-$NEW_SKILL"

@@ -2,10 +2,10 @@
 Few-shot prompts, as lm-evaluation-harness builds them for generative QA.
 
     from data.prompts import few_shot_prompt
-    prompt = few_shot_prompt(example, train_pool, k=4, seed=1234)
+    prompt = few_shot_prompt(example, train_pool, k=4, seed=1234)     # random shots of its skill
 
-gives k solved questions of the same skill from the train split, then the
-question itself, the answer left for the model (greedy, stop at a newline):
+gives k solved questions from the train split, then the question itself, the
+answer left for the model (greedy, stop at a newline):
 
     Question: Solve 95 = 35*z - 10 for z.
     Answer: 3
@@ -16,10 +16,18 @@ question itself, the answer left for the model (greedy, stop at a newline):
     Question: Solve -21*v - 96 = 156 for v.
     Answer:
 
-Shots are fixed by (seed, question): the same question gets the same shots in
-every run, model and process (the seed is hashed with sha256, not Python's
-salted hash()), and changing the seed redraws them. A question is never its
-own shot. Shots show their first answer.
+Where the shots come from (draw_shots' source, eval.py --shots-from):
+  nearest    the k train questions nearest to the question by the base model's
+             embedding of its meta-question (cluster.nearest_shots), the nearest
+             last; no label is read. The default: on phi-tiny's dev questions it
+             beats random shots of the skill by 5 points and is level with the
+             oracle below (docs/results.md)
+  skill      random solved questions of the question's skill
+  submodule  random ones of its own submodule: an oracle, as it reads the label
+Random shots are fixed by (seed, question): the same question gets the same
+shots in every run, model and process (the seed is hashed with sha256, not
+Python's salted hash()), and changing the seed redraws them. A question is
+never its own shot. Shots show their first answer.
 
 One tokenization. A byte-level BPE splits the same characters differently
 depending on what follows them: " 42\n\n" alone ends in one token for "\n\n",
@@ -46,7 +54,7 @@ puts between documents.
 select(examples, limit, seed) picks the questions an evaluation (or the router's
 training) uses: at most `limit` per skill, drawn from (seed, skill).
 
-Left out: instructions/task definitions in the prompt, and shots from other skills.
+Left out: instructions/task definitions in the prompt.
 """
 import hashlib
 import random
