@@ -330,6 +330,21 @@ ev nearest/add-skill/router7 "${NEAREST[@]}" --moe "$OUT/add-skill/router7" --ou
 ev nearest/add-skill/mixed7 "${NEAREST[@]}" --adapter "$OUT/add-skill/mixed7"
 ev "nearest/add-skill/mixed7-then-$NEW_SKILL" "${NEAREST[@]}" --adapter "$OUT/add-skill/mixed7-then-$NEW_SKILL"
 
+stage "beyond the answer format: experts trained on rows shaped like the nearest shots' prompts, and longer"
+# Rows of one submodule's questions are the shape of a prompt of nearest shots (a question's
+# nearest train questions are almost all of its submodule); and the sweep skill's expert
+# trained 2 and 4 times longer. Each is evaluated with the nearest shots on its own skill.
+for s in $SKILLS; do
+    job "$PY" train.py --expert "$s" "${COMMON[@]}" "${EXPERT[@]}" --rows submodule --out "$OUT/experts-submodule-rows/$s"
+done
+for n in $LONGER; do
+    ev "nearest/longer/expert-${n}steps" "${NEAREST[@]}" --skills "$SWEEP_SKILL" --adapter "$OUT/longer/expert-${n}steps"
+done
+stage "beyond the answer format: their evaluations"
+for s in $SKILLS; do
+    ev "nearest/experts-submodule-rows/$s" "${NEAREST[@]}" --skills "$s" --adapter "$OUT/experts-submodule-rows/$s"
+done
+
 stage "report"
 "$PY" study.py forgetting "$OUT/eval/base-4shot.json" "$OUT"/eval/experts/*.json --out "$OUT/forgetting"
 for kind in lora full; do    # the forgetting curves (stages 1..8 sort by name)

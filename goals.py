@@ -145,6 +145,7 @@ def the_strongest_prompt(out, skills):
             "mixed": eval_records(out, "mixed.json"), "mixed, nearest": eval_records(out, "nearest", "mixed.json"),
             "r64, nearest": eval_records(out, "nearest", "mixed-r64.json"),
             "experts": own_skill(out, "experts", skills), "experts, nearest": own_skill(out, "nearest/experts", skills),
+            "submodule rows, nearest": own_skill(out, "nearest/experts-submodule-rows", skills),
             "router, nearest": best[1]}
     pairs = [("the base: nearest shots against random shots of the skill", "skill", "nearest"),
              ("the base: nearest shots against 0-shot", "0-shot", "nearest"),
@@ -156,10 +157,19 @@ def the_strongest_prompt(out, skills):
              (f"the best router ({best[0]}) against the base, both with nearest shots", "nearest", "router, nearest"),
              ("the best router against each skill's expert on its own skill, both with nearest shots",
               "experts, nearest", "router, nearest"),
+             ("each skill's expert trained on rows of one submodule, on its own skill, against the base, both "
+              "with nearest shots", "nearest", "submodule rows, nearest"),
+             ("each skill's expert: rows of one submodule against rows of the skill, both with nearest shots",
+              "experts, nearest", "submodule rows, nearest"),
              ("the mixed LoRA: nearest shots against skill shots", "mixed", "mixed, nearest"),
              ("each skill's expert on its own skill: nearest shots against skill shots", "experts",
               "experts, nearest")]
     rows = [(label, pooled(runs[a], runs[b], skills), "-") for label, a, b in pairs if runs[a] and runs[b]]
+    for path in sorted(glob.glob(os.path.join(out, "eval", "nearest", "longer", "expert-*steps.json"))):
+        steps = os.path.basename(path)[len("expert-"):-len("steps.json")]
+        recs = read_records(path)
+        rows.append((f"the {recs[0]['skill']} expert at {steps} steps against the base, both with nearest shots",
+                     pooled(near, recs, skills), "-"))
     return [row for row in rows if row[1]], near
 
 

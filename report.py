@@ -51,9 +51,12 @@ def results_tables(out):
             report = load(out, "eval", f"{name}.json")
             if report is not None and metric in report:
                 rows[label] = report[metric]
-            nearest = own_skill_runs(out, "nearest/experts", metric) if name == "nearest/mixed-r64" else None
-            if nearest:
-                rows["each skill's expert on its own skill, nearest shots"] = nearest
+            for folder, what in (("experts", "each skill's expert on its own skill, nearest shots"),
+                                 ("experts-submodule-rows", "each skill's expert trained on rows of one submodule, "
+                                  "on its own skill, nearest shots")):
+                own = own_skill_runs(out, f"nearest/{folder}", metric) if name == "nearest/mixed-r64" else None
+                if own:
+                    rows[what] = own
             if name == "mixed-r64" and forg_key in forg:
                 rows["each skill's expert on its own skill"] = {e: v[e] for e, v in forg[forg_key].items()
                                                                  if e in v}

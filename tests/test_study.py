@@ -321,7 +321,9 @@ def test_the_strongest_prompt_and_the_goals_judged_again_with_it(tmp_path):
             "nearest/experts/numbers": dict(numbers=[1, 1, 0, 0]),
             "nearest/moe-centroid-token": dict(algebra=[1, 1, 0, 0], numbers=[0, 1, 1, 0]),
             "nearest/sequential-lora/1-algebra": dict(algebra=[1, 1, 1, 1], numbers=[1, 1, 1, 0]),
-            "nearest/sequential-lora/2-numbers": dict(algebra=[1, 0, 0, 0], numbers=[1, 1, 1, 1])}
+            "nearest/sequential-lora/2-numbers": dict(algebra=[1, 0, 0, 0], numbers=[1, 1, 1, 1]),
+            "nearest/experts-submodule-rows/algebra": dict(algebra=[1, 1, 1, 0]),
+            "nearest/longer/expert-400steps": dict(numbers=[0, 1, 1, 1])}
     for name, skills in runs.items():
         write(f"{out}/eval/{name}.json", eval_json(**skills))
     report(out)
@@ -345,3 +347,9 @@ def test_the_strongest_prompt_and_the_goals_judged_again_with_it(tmp_path):
     assert row("router: two-level, centroid prior, token gate, against the base").endswith(
         "| numbers -25.0 (p 1) | +0.000 | not met |")
     assert "### 7. Goals 1, 2 and 4 judged again with the nearest shots" in text
+    # algebra's expert on rows of one submodule: 3 of 4 against the base's 2 and the skill-row expert's 4
+    assert "| 4 | +25.0 | " in row("each skill's expert trained on rows of one submodule, on its own skill, against "
+                                   "the base, both with nearest shots")
+    assert "| 4 | -25.0 | " in row("each skill's expert: rows of one submodule against rows of the skill, both with "
+                                   "nearest shots")
+    assert "| 4 | +0.0 | " in row("the numbers expert at 400 steps against the base, both with nearest shots")
