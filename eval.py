@@ -8,8 +8,9 @@ Few-shot evaluation of a phi checkpoint on LiLA math questions, per skill.
     python eval.py --moe out/routers/centroid-token --route "algebra=0.7,arithmetic=0.3"   # steered
     python eval.py --explain "Solve 3*y - 1 = -13 for y."                                 # explained
 
-For every question: k solved questions of the same skill from the train split,
-then the question (data/prompts.py); greedy decoding with the KV cache, batched,
+For every question: k solved questions from the train split, by default the
+ones nearest to it by the base model's meta-question embedding (--shots-from;
+data/prompts.py, cluster.nearest_shots), then the question; greedy decoding with the KV cache, batched,
 stopping at the first newline (model.py); exact match after normalisation
 (data/score.py); and the answer's NLL under teacher forcing. The result is a
 markdown table per skill and submodule, and optionally a JSON file with every
