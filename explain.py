@@ -138,7 +138,8 @@ def explain(args):
     cfg = router.cfg
     x = cluster.embed([meta], model, tok, cfg.embed_layer) if cfg.prior != "none" else None
     train = train_split(args.data) if args.shots else []
-    nearest = cluster.nearest_shots([Example(question, ("",), None, None, "test")], train, model, tok, args.shots,
+    asked = Example(question, ("",), None, None, "test")          # no label: the nearest shots need none
+    nearest = cluster.nearest_shots([asked], train, model, tok, args.shots,
                                     args.shot_pool, args.seed, args.shot_text) \
         if train and args.shots_from == "nearest" else None
     if not cfg.rank1:                  # base-only work (embeddings) is done: now the experts
@@ -170,7 +171,7 @@ def explain(args):
 
     shots = []
     if nearest:
-        shots = draw_shots(Example(question, ("",), None, None, "test"), nearest, args.shots, args.seed, "nearest")
+        shots = draw_shots(asked, nearest, args.shots, args.seed, "nearest")
     elif train and skill:                       # the skill of the question's cluster, or of its top expert
         shots = draw_shots(Example(question, ("",), skill, skill, "test"), train, args.shots, args.seed)
     print(f"\nshots ({len(shots)}, " + ("nearest by meta-question embedding" if nearest else f"random of skill {skill}")
