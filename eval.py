@@ -24,7 +24,6 @@ Left out: multiple-choice scoring, chain-of-thought, and sampled metrics (pass@k
 """
 import os
 import time
-from collections import defaultdict
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -43,7 +42,7 @@ from data.cli import run
 from data.files import write_json
 from data.lila import check_disjoint, check_distinct, load as load_examples
 from data.prompts import question_ids, select, shot_pool
-from data.score import is_correct
+from data.score import accuracy, answer_nlls, is_correct, mean_accuracy
 
 @torch.no_grad()
 def answer_nll(model, prompts, answers):
@@ -110,29 +109,6 @@ def evaluate(model, tok, examples, pool, shots=4, batch_size=32, seed=1234,
              "skill": e.skill, "submodule": e.submodule, "correct": is_correct(p, e.answers),
              "answer_nll": v, **x}
             for e, p, x, v in zip(examples, predictions, extra, nll)]
-
-
-def accuracy(records, key="skill"):
-    """{group: (correct, total)} by skill or submodule."""
-    counts = defaultdict(lambda: [0, 0])
-    for r in records:
-        counts[r[key]][0] += r["correct"]
-        counts[r[key]][1] += 1
-    return {k: tuple(v) for k, v in sorted(counts.items())}
-
-
-def answer_nlls(records):
-    """{skill: mean answer NLL}."""
-    per = defaultdict(list)
-    for r in records:
-        per[r["skill"]].append(r["answer_nll"])
-    return {k: sum(v) / len(v) for k, v in sorted(per.items())}
-
-
-def mean_accuracy(records):
-    """Unweighted mean over skills of the per-skill accuracy."""
-    table = accuracy(records)
-    return sum(c / n for c, n in table.values()) / max(len(table), 1)
 
 
 def markdown(records, title):

@@ -32,7 +32,7 @@ import math
 import os
 import re
 
-import eval as E
+from data.score import accuracy
 from data.files import pyplot
 from stats import bootstrap_interval, load, logged_seconds, paired, read_records, sign_test
 
@@ -246,7 +246,7 @@ def goal_experts_kept(out, base, skills, best):
     forg = load(out, "forgetting", "forgetting.json")
     if not forg:
         return rows, None
-    base_acc, router_acc = ({s: c / n for s, (c, n) in E.accuracy(r).items()} for r in (base, recs))
+    base_acc, router_acc = ({s: c / n for s, (c, n) in accuracy(r).items()} for r in (base, recs))
     lines = [f"| skill | expert's gain (points) | {label}: gain | kept | goal |", "|---|---:|---:|---:|---|"]
     for s in sorted(skills & set(forg["accuracy"])):
         if s not in forg["accuracy"][s]:

@@ -27,7 +27,7 @@ from collections import defaultdict
 
 import numpy as np
 
-import eval as E
+from data.score import accuracy, answer_nlls
 
 # ---------------------------------------------------------------------------
 # 1. Two runs, question by question
@@ -103,7 +103,7 @@ def read_records(path):
 
 def per_skill(records):
     """({skill: accuracy}, {skill: mean answer NLL}) of eval.py's records."""
-    return {k: c / n for k, (c, n) in E.accuracy(records).items()}, E.answer_nlls(records)
+    return {k: c / n for k, (c, n) in accuracy(records).items()}, answer_nlls(records)
 
 
 def config_rows(values, skills, fmt):
@@ -158,7 +158,7 @@ def check_eval_json(path, report):
                              for k, c in report["counts"].items()}
     if "records" in report:
         check_records(path, report["records"])
-        tallies["records"] = E.accuracy(report["records"])
+        tallies["records"] = accuracy(report["records"])
     for source, tally in tallies.items():
         for skill, v in report["accuracy"].items():
             correct, total = tally.get(skill, (None, None))

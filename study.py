@@ -35,6 +35,7 @@ import os
 
 import adapters
 import eval as E
+from data.score import mean_accuracy
 import flags
 import mixture
 import report as R
@@ -208,7 +209,7 @@ def heldout(ev, root, shots, out):
 
     def add(label, records):
         table[label], nlls[label] = per_skill(records)
-        print(f"{label}: mean {100 * E.mean_accuracy(records):.1f}%")
+        print(f"{label}: mean {100 * mean_accuracy(records):.1f}%")
 
     add("base, 0-shot", ev("base 0-shot", shots=0))
     add(f"base, {shots}-shot ({ev.source} shots)", ev("base"))

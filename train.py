@@ -57,7 +57,8 @@ from data.files import write_atomic, write_json
 from data.lila import load as load_examples
 from data.episodes import Episodes
 from data.prompts import select
-from eval import evaluate, mean_accuracy
+from data.score import mean_accuracy
+from eval import evaluate
 
 # ---------------------------------------------------------------------------
 # 1. The pieces of the loop

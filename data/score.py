@@ -3,6 +3,7 @@ Exact-match scoring of generated answers, after normalisation.
 
     from data.score import is_correct, normalize
     is_correct(" -.50\\n\\nQuestion: ...", ["-1/2"])      # True
+    accuracy(records)      # {skill: (correct, total)} of eval.py's records
 
 A prediction is correct when normalize(prediction) equals normalize(answer) for
 any accepted answer. normalize turns an answer into a canonical string, one step
@@ -60,6 +61,7 @@ Left out: symbolic equivalence (would need sympy), units, and answers spread
 over several lines.
 """
 import re
+from collections import defaultdict
 from fractions import Fraction
 
 _NUMBER = re.compile(r"[+-]?(\d+/\d+|\d+\.?\d*|\.\d+)")
@@ -156,3 +158,30 @@ def is_correct(prediction, answers):
         answers = [answers]
     p = normalize(prediction)
     return any(p == normalize(a) for a in answers)
+
+
+# ---------------------------------------------------------------------------
+# Per skill: eval.py's records counted
+# ---------------------------------------------------------------------------
+
+def accuracy(records, key="skill"):
+    """{group: (correct, total)} by skill or submodule."""
+    counts = defaultdict(lambda: [0, 0])
+    for r in records:
+        counts[r[key]][0] += r["correct"]
+        counts[r[key]][1] += 1
+    return {k: tuple(v) for k, v in sorted(counts.items())}
+
+
+def answer_nlls(records):
+    """{skill: mean answer NLL}."""
+    per = defaultdict(list)
+    for r in records:
+        per[r["skill"]].append(r["answer_nll"])
+    return {k: sum(v) / len(v) for k, v in sorted(per.items())}
+
+
+def mean_accuracy(records):
+    """Unweighted mean over skills of the per-skill accuracy."""
+    table = accuracy(records)
+    return sum(c / n for c, n in table.values()) / max(len(table), 1)
