@@ -125,15 +125,16 @@ class MultiLoRALinear(nn.Module):
     r, which leaves B_e A_e unchanged). Weights may be per token (B, T, E), per
     sequence (B, E) or one vector for everything (E,).
 
-    How weights reach the layer. The model's forward signature is fixed, so a
-    router writes them into `self.weights` before the forward (set_expert_weights()
-    for every layer, or a forward pre-hook on the decoder layer, which sees its
-    input first); forward(x, weights) wins over the attribute. All experts' A x
-    are computed at once (E*r extra dims, cheap for small r), with one dropout mask.
+    How weights reach the layer. The model's forward signature is fixed, so the
+    weights are an attribute: set_expert_weights() writes `self.weights` for every
+    layer, or a router's forward pre-hook on the decoder layer (which sees the
+    layer's input first) writes them before the layer runs. All experts' A x are
+    computed at once (E*r extra dims, cheap for small r), with one dropout mask.
 
-    Weights from outside (set_expert_weights, forward, merge) are checked: finite
-    floats (..., E). A router's hook writes its own softmax output unchecked (a
-    check would stop a GPU at every layer)."""
+    forward(x) runs in every target Linear at every decoding step and checks
+    nothing. Weights from outside are checked where they come in, by
+    set_expert_weights and merge: finite floats (..., E). A router's hook writes
+    its own softmax output unchecked (a check would stop a GPU at every layer)."""
 
     def __init__(self, base: nn.Linear, n_experts, r=8, alpha=16, dropout=0.0):
         super().__init__()
@@ -177,42 +178,40 @@ class MultiLoRALinear(nn.Module):
         self.lora_B[e, :, :r_e] = B
         self.lora_scaling[e] = scaling
 
-    def forward(self, x, weights=None):
+    def forward(self, x):
         y = F.linear(x, self.weight, self.bias)                        # (B, T, O)
         if self.merged is not None:
             return y
-        if weights is not None:
-            _check_routing_weights(weights, self.n_experts, "MultiLoRALinear.forward")
-        w = self.weights if weights is None else weights
-        if w is None:
-            raise RuntimeError("MultiLoRALinear: no routing weights; set .weights (e.g. with "
-                               "set_expert_weights) or pass forward(x, weights)")
-        if w.shape[-1] != self.n_experts:
-            raise ValueError(f"routing weights {tuple(w.shape)}: last dim must be E={self.n_experts}")
-        w = w.float() * self.lora_scaling                               # fold s_e into w_e
+        w = self.weights.float() * self.lora_scaling                    # (..., E): s_e folded into w_e
         if w.dim() == 2:
             w = w[:, None, :]                                           # (B, E) -> (B, 1, E): same for every token
-        # The two einsums "bti,eri->bter" and "bter,eor->bto" (b batch, t token,
-        # i in, o out, e expert, r rank), written as two plain matmuls over the
+        # Legend: b batch, t token, i in, o out, e expert, r rank. The two einsums
+        # "bti,eri->bter" and "bter,eor->bto", written as two plain matmuls over the
         # E*r stacked rank dimensions, which is what makes them fast:
         E, r = self.n_experts, self.r
         x = self.lora_dropout(x).to(self.lora_A.dtype)
-        u = F.linear(x, self.lora_A.reshape(E * r, self.in_features))  # (B, T, E*r)
-        u = (u.unflatten(-1, (E, r)) * w[..., None].to(u.dtype)).flatten(-2)   # (B, T, E, r) * (B|1, T|1, E, 1) -> (B, T, E*r)
-        return y + (u @ self.stacked_B()).to(y.dtype)                   # (B, T, E*r) @ (E*r, O): sum over e and r
+        A = self.lora_A.reshape(E * r, self.in_features)               # (E, r, I) -> (E*r, I)
+        u = F.linear(x, A).unflatten(-1, (E, r))                        # (B, T, I) @ (E*r, I)^T = (B, T, E*r) -> (B, T, E, r)
+        u = (u * w[..., None].to(u.dtype)).flatten(-2)                  # (B, T, E, r) * (B|1, T|1, E, 1) -> (B, T, E*r)
+        return y + (u @ self.stacked_B()).to(y.dtype)                   # (B, T, E*r) @ (E*r, O) -> (B, T, O): sum over e and r
 
     def stacked_B(self):
         """lora_B (E, O, r) as one (E*r, O) matrix, row e*r + j = B_e[:, j]. Under
-        autograd it is built every call; for inference it is cached until lora_B
-        changes in place (tensor._version counts those changes), as in decoding,
-        where rebuilding it every step would cost more than the product itself."""
+        autograd it is built every call. For inference it is cached (in a decode
+        step, rebuilding it makes the layer's forward about 30% slower on the CPU)
+        until lora_B changes: in place (an optimizer step, set_expert,
+        load_state_dict; tensor._version counts those) or by new data (module.to(),
+        .half(), `.data =`; they keep _version but put the data at a new address).
+        The cache keeps the tensor it was built from, so that no other data can
+        take over that address while it is the key."""
+        B = self.lora_B
         def build():
-            return self.lora_B.transpose(1, 2).reshape(self.n_experts * self.r, self.out_features)   # (E*r, O)
-        if torch.is_grad_enabled() and self.lora_B.requires_grad:
+            return B.transpose(1, 2).reshape(self.n_experts * self.r, self.out_features)   # (E, O, r) -> (E, r, O) -> (E*r, O)
+        if torch.is_grad_enabled() and B.requires_grad:
             return build()
-        key = (self.lora_B._version, self.lora_B.data_ptr(), self.lora_B.device, self.lora_B.dtype)
+        key = (B._version, B.data_ptr())
         if getattr(self, "_stacked_key", None) != key:
-            self._stacked_B, self._stacked_key = build().contiguous(), key
+            self._stacked_B, self._stacked_key, self._stacked_from = build().contiguous(), key, B.detach()
         return self._stacked_B
 
     def delta_weight(self, w):

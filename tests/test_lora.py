@@ -175,8 +175,10 @@ def test_multi_one_expert_equals_its_lora():
     _, experts = make_experts(E=1)
     multi = lora.MultiLoRALinear.from_loras(experts)
     x = torch.randn(2, 4, 8)
-    assert torch.allclose(multi(x, torch.ones(2, 4, 1)), experts[0](x), atol=1e-6)
-    assert torch.allclose(multi(x, torch.ones(2, 1)), experts[0](x), atol=1e-6)
+    lora.set_expert_weights(multi, torch.ones(2, 4, 1))
+    assert torch.allclose(multi(x), experts[0](x), atol=1e-6)
+    lora.set_expert_weights(multi, torch.ones(2, 1))
+    assert torch.allclose(multi(x), experts[0](x), atol=1e-6)
 
 
 def test_multi_per_token_weights_equal_python_loop():
@@ -188,8 +190,10 @@ def test_multi_per_token_weights_equal_python_loop():
     multi.weights = w                                          # the router's way in
     assert torch.allclose(multi(x), ref, atol=1e-5)
     w_seq = torch.rand(2, 3)                                   # (B, E): one mix per sequence
-    ref_seq = multi(x, w_seq[:, None, :].expand(2, 4, 3))
-    assert torch.allclose(multi(x, w_seq), ref_seq, atol=1e-6)
+    lora.set_expert_weights(multi, w_seq[:, None, :].expand(2, 4, 3))
+    ref_seq = multi(x)
+    lora.set_expert_weights(multi, w_seq)
+    assert torch.allclose(multi(x), ref_seq, atol=1e-6)
     multi.weights = torch.tensor([0.2, 0.5, 0.3])              # (E,): a fixed mix can be merged
     y = multi(x)
     multi.merge()
@@ -200,18 +204,26 @@ def test_multi_per_token_weights_equal_python_loop():
 
 def test_multi_inference_cache_follows_in_place_changes():
     """Under no_grad the stacked B is cached; an in-place change to lora_B (an
-    optimizer step, set_expert, load_state_dict) must be seen at once."""
+    optimizer step, set_expert, load_state_dict) must be seen at once, and so must
+    new data put in its place (module.to(), .half(), `.data =`: _version unchanged)."""
     base, experts = make_experts(E=2)
     multi = lora.MultiLoRALinear.from_loras(experts)
-    x, w = torch.randn(2, 4, 8), torch.tensor([0.0, 1.0])
+    x = torch.randn(2, 4, 8)
+    lora.set_expert_weights(multi, torch.tensor([0.0, 1.0]))
     with torch.no_grad():
-        before = multi(x, w)
+        before = multi(x)
         multi.set_expert(1, experts[0].lora_A.weight, experts[0].lora_B.weight, experts[0].scaling)
-        torch.testing.assert_close(multi(x, w), experts[0](x))
+        torch.testing.assert_close(multi(x), experts[0](x))
+        expert0_B = multi.lora_B.clone()
         multi.lora_B.mul_(0)
-        torch.testing.assert_close(multi(x, w), base(x))
+        torch.testing.assert_close(multi(x), base(x))
+        version = multi.lora_B._version
+        multi.lora_B.data = expert0_B                           # new data, not an in-place write
+        assert multi.lora_B._version == version
+        torch.testing.assert_close(multi(x), experts[0](x))
+        multi.lora_B.mul_(0)
     assert not torch.allclose(before, base(x))
-    y = multi(x, w)                                             # with autograd: built each call
+    y = multi(x)                                                # with autograd: built each call
     assert y.requires_grad and torch.allclose(y, base(x))
 
 
