@@ -40,16 +40,16 @@ demo: .venv-gen/.ready .venv/.runtime
 	$(DEMO) --json out/demo/base.json > out/demo/base.md
 	$(DEMO) --adapter checkpoints/phi-tiny-moe/experts/arithmetic --json out/demo/arithmetic.json > out/demo/arithmetic.md
 	$(DEMO) --moe checkpoints/phi-tiny-moe/router --out out/demo/routing --json out/demo/mixture.json > out/demo/mixture.md
-	$(PY) study.py paired out/demo/base.json out/demo/arithmetic.json out/demo/mixture.json
+	$(PY) -m study paired out/demo/base.json out/demo/arithmetic.json out/demo/mixture.json
 	$(PY) eval.py --explain "Solve 3*y - 1 = -13 for y." --data out/demo/data
 
 test: .venv/.test .venv-gen/.ready
 	$(PY) -m pytest -q
 
-# The whole study (see experiment.sh for its knobs); matplotlib comes with the test set.
+# The whole study (see study/experiment.sh for its knobs); matplotlib comes with the test set.
 experiment: .venv/.test .venv-gen/.ready
-	bash experiment.sh
+	bash study/experiment.sh
 
 # The study at size: continues the one kept in checkpoints/phi-tiny-study and writes docs/study.
 study: .venv/.test .venv-gen/.ready
-	OUT=checkpoints/phi-tiny-study STEPS=100 ROUTER_STEPS=100 LIMIT=200 DOCS=docs/study bash experiment.sh
+	OUT=checkpoints/phi-tiny-study STEPS=100 ROUTER_STEPS=100 LIMIT=200 DOCS=docs/study bash study/experiment.sh

@@ -16,7 +16,7 @@ stopping at the first newline (model.py); exact match after normalisation
 markdown table per skill and submodule, and optionally a JSON file with every
 prediction. An expert (--adapter) is merged into the base weights first, so it
 costs nothing at inference; steering (--route), the explanation of one question
-(--explain) and the routing report are explain.py's; comparing runs is study.py's.
+(--explain) and the routing report are explain.py's; comparing runs is study/cli.py's.
 
 Reference: lm-evaluation-harness's conventions for generative QA (few-shot
 "Question:/Answer:" prompts, greedy, stop at newline, exact match).
@@ -204,7 +204,7 @@ class Evaluator:
     """One model and one set of questions with their prompts' settings:
     ev(desc) evaluates the model as it is at that moment (plain, an adapter
     merged, experts attached), so configurations are compared on the same
-    questions. study.py passes one around."""
+    questions. study/heldout.py passes one around."""
     model: object
     tok: object
     examples: list

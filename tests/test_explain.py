@@ -113,8 +113,8 @@ def test_explain_one_question(routed, base_dir):  # noqa: F811
 
 
 def test_heldout_evaluates_every_configuration(routed, base_dir, tmp_path):  # noqa: F811
-    """study.py heldout: every configuration of a study folder on the same questions."""
-    cmd = [sys.executable, "study.py", "heldout", str(routed), "--model", base_dir, "--data", FIXTURE,
+    """python -m study.heldout: every configuration of a study folder on the same questions."""
+    cmd = [sys.executable, "-m", "study.heldout", str(routed), "--model", base_dir, "--data", FIXTURE,
            "--shots", "2", "--limit", "2", "--out", str(tmp_path)]
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -1,5 +1,5 @@
 """--model takes a Hugging Face id ("org/name") as well as a folder, and
-experiment.sh spreads its parallel jobs over the GPUs.
+study/experiment.sh spreads its parallel jobs over the GPUs.
 
 No network: each test builds a fake HF cache in tmp_path, in the layout that
 huggingface_hub itself writes (files in blobs/, named by content, linked from
@@ -248,14 +248,14 @@ def test_train_expert_on_a_hub_id(hub, tmp_path):
     assert (saved["base_model_name_or_path"], saved["revision"]) == (REPO, MAIN)
 
 
-# --- experiment.sh: one GPU per job ------------------------------------------------------
+# --- study/experiment.sh: one GPU per job ------------------------------------------------------
 
 STUB = """#!/usr/bin/env bash
 # stands in for python: records the GPU each command was given, and whether another
 # command held that GPU at the same time (mkdir is atomic: it fails if the lock exists)
 echo "${CUDA_VISIBLE_DEVICES-unset} $*" >> "$STUB_DIR/log"
-# study.py best: the run named last (the highest learning rate) wins the sweep
-if [ "$1 $2" = "study.py best" ]; then echo "${@: -1}"; fi
+# python -m study best: the run named last (the highest learning rate) wins the sweep
+if [ "$1 $2 $3" = "-m study best" ]; then echo "${@: -1}"; fi
 if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then
     mkdir "$STUB_DIR/lock-$CUDA_VISIBLE_DEVICES" 2>/dev/null || echo "SHARED $CUDA_VISIBLE_DEVICES" >> "$STUB_DIR/log"
     sleep 0.1
@@ -271,7 +271,7 @@ echo "END $*" >> "$STUB_DIR/log"
 
 
 def study_with_stub(tmp_path, **env):
-    """Run the whole experiment.sh with PY=a stub; returns [(device, command)] for each
+    """Run the whole study/experiment.sh with PY=a stub; returns [(device, command)] for each
     command that it ran as a job, and fails on a GPU shared by two jobs at once."""
     stub = tmp_path / "python"
     stub.write_text(STUB)
@@ -280,12 +280,12 @@ def study_with_stub(tmp_path, **env):
     full = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "N_GPUS")}
     full.update(PY=str(stub), STUB_DIR=str(tmp_path), DATA=str(tmp_path / "data"),
                 OUT=str(tmp_path / "out"), **env)
-    run = subprocess.run(["bash", os.path.join(ROOT, "experiment.sh")], env=full,
+    run = subprocess.run(["bash", os.path.join(ROOT, "study", "experiment.sh")], env=full,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     lines = (tmp_path / "log").read_text().splitlines()
     assert not [l for l in lines if l.startswith("SHARED")]
-    run_here = ("study.py report ", "study.py curve ", "study.py best ", "study.py forgetting ")   # not jobs
+    run_here = ("-m study report ", "-m study curve ", "-m study best ", "-m study forgetting ")   # not jobs
     return [tuple(l.split(" ", 1)) for l in lines if not any(r in l for r in run_here) and not l.startswith("END ")]
 
 
@@ -341,12 +341,12 @@ def test_experiment_chains_what_builds_on_earlier_runs(tmp_path):
         assert ("--full" in runs[0]) == (kind == "full") and "--adapter" not in runs[0]
         evals = [l for l in log if f"--json {out}/eval/sequential-{kind}/" in l]
         assert len(evals) == 8
-        assert any(l.startswith(f"unset study.py curve {out}/eval/base-4shot.json") and f"sequential-{kind}" in l
+        assert any(l.startswith(f"unset -m study curve {out}/eval/base-4shot.json") and f"sequential-{kind}" in l
                    for l in log)
     # the forgetting matrix: each expert evaluated alone, then put beside the base
     for skill in ("algebra", "probability"):
         assert any(f"--json {out}/eval/experts/{skill}.json --adapter {out}/experts/{skill}" in l for l in log)
-    assert f"unset study.py forgetting {out}/eval/base-4shot.json {out}/eval/experts/algebra.json " in "\n".join(log)
+    assert f"unset -m study forgetting {out}/eval/base-4shot.json {out}/eval/experts/algebra.json " in "\n".join(log)
 
 
 def test_experiment_evaluates_a_run_only_after_its_training_ended(tmp_path):
@@ -382,25 +382,27 @@ def test_experiment_resumed_skips_what_is_evaluated_and_refuses_other_questions(
     links = tmp_path / "out" / "add-skill" / "experts7"
     assert all(not os.readlink(links / s).startswith("/") for s in os.listdir(links))
     (tmp_path / "data" / "algebra.json").write_text('{"other": 1}')
-    run = subprocess.run(["bash", os.path.join(ROOT, "experiment.sh")], capture_output=True, text=True,
+    run = subprocess.run(["bash", os.path.join(ROOT, "study", "experiment.sh")], capture_output=True, text=True,
                          env={**os.environ, "PY": str(tmp_path / "python"), "STUB_DIR": str(tmp_path),
                               "DATA": str(tmp_path / "data"), "OUT": str(tmp_path / "out"), "DEVICE": "cpu"})
     assert run.returncode == 2 and "holds other questions than" in run.stderr, run.stderr[-500:]
 
 
 def test_every_command_of_the_study_parses(tmp_path):
-    """Each command experiment.sh runs passes its script's own flag checks (types,
+    """Each command study/experiment.sh runs passes its script's own flag checks (types,
     and flags that the run would not read), so the study never stops on a flag."""
     import shlex
     import cluster
     import flags
-    import study
+    from study.cli import parser as study_parser
     study_with_stub(tmp_path, DEVICE="cpu", JOBS="1", TRAIN_DATA=str(tmp_path / "fresh"))
     parse = {"train.py": flags.train_args, "eval.py": flags.eval_args, "cluster.py": cluster.parser().parse_args,
-             "study.py": study.parser().parse_args}
+             "-m study": study_parser().parse_args}
     seen = set()
     for line in (tmp_path / "log").read_text().splitlines():
         script, *argv = shlex.split(line.split(" ", 1)[1])
+        if script == "-m":                            # python -m study SUBCOMMAND ...
+            script = f"-m {argv.pop(0)}"
         if script in parse:
             parse[script](argv)                       # SystemExit (exit 2) on a refused flag
             seen.add(script)

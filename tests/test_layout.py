@@ -13,7 +13,9 @@ ORDER = {
     "data/lila.py": 0, "data/score.py": 0, "data/cli.py": 0, "data/files.py": 0,
     "data/prompts.py": 1, "data/tokenizer.py": 2, "data/episodes.py": 2,
     "hf.py": 3, "kmeans.py": 3, "model.py": 4, "lora.py": 5, "cluster.py": 5, "adapters.py": 6, "router.py": 6, "flags.py": 6,
-    "mixture.py": 7, "explain.py": 8, "eval.py": 9, "train.py": 10, "stats.py": 11, "goals.py": 12, "report.py": 13, "study.py": 14,
+    "mixture.py": 7, "explain.py": 8, "eval.py": 9, "train.py": 10,
+    "study/stats.py": 11, "study/goals.py": 12, "study/report.py": 13, "study/cli.py": 14, "study/heldout.py": 14,
+    "study/__main__.py": 15,
 }
 MODULE = {path[:-3].replace("/", "."): path for path in ORDER}      # "data.lila" -> "data/lila.py"
 
@@ -40,6 +42,7 @@ def test_every_core_file_is_placed():
     core = {f for f in os.listdir(ROOT) if f.endswith(".py")}
     core |= {f"data/{f}" for f in os.listdir(os.path.join(ROOT, "data"))
              if f.endswith(".py") and f not in ("__init__.py", "generate.py")}   # generate.py: its own venv
+    core |= {f"study/{f}" for f in os.listdir(os.path.join(ROOT, "study")) if f.endswith(".py") and f != "__init__.py"}
     assert core == set(ORDER)
 
 

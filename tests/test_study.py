@@ -1,13 +1,31 @@
-"""study.py: the sign test against scipy, paired counts by hand, and the report
-of a made-up study folder, cell by cell."""
+"""The study (python -m study): the sign test against scipy, paired counts by
+hand, the report of a made-up study folder, cell by cell, and the study reading
+records without torch."""
 import json
 import os
 import re
+import subprocess
+import sys
 
 import pytest
 
-from report import best_run, report
-from stats import paired, per_skill, sign_test
+from conftest import ROOT
+from study.report import best_run, report
+from study.stats import paired, per_skill, sign_test
+
+
+def test_the_study_imports_no_torch():
+    """python -m study reads what the runs wrote: its modules load neither torch nor
+    eval.py (only study/heldout.py, which evaluates models, does)."""
+    code = ("import study.cli, study.stats, study.goals, study.report, sys; "
+            "assert 'torch' not in sys.modules and 'eval' not in sys.modules, "
+            "sorted(m for m in sys.modules if m in ('torch', 'eval'))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    # the check can fail: the evaluation of study/heldout.py does load torch
+    code = "import study.heldout, sys; assert 'torch' in sys.modules"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_sign_test_matches_scipy():
@@ -69,7 +87,7 @@ def test_curve_follows_each_skill_through_the_stages(tmp_path):
     """A model trained on algebra, then on numbers: the table holds every skill
     after each stage, and algebra's answers after its own stage are compared,
     question by question, with those after the last stage."""
-    from study import curve
+    from study.cli import curve
     rec = lambda q, skill, ok: {"question": q, "skill": skill, "correct": ok, "answer_nll": 2.0 - ok}  # noqa: E731
     runs = {"base": [1, 0, 0, 0], "1-algebra": [1, 1, 0, 0], "2-numbers": [0, 0, 1, 1]}
     paths = []
@@ -93,7 +111,7 @@ def test_curve_follows_each_skill_through_the_stages(tmp_path):
 def test_curve_refuses_stages_not_named_in_training_order(tmp_path, names):
     """Stage files are N-SKILL.json, numbered 1, 2, ... in the order given: another
     name would silently drop its skill's 'kept' row. Here the first stage is misnamed."""
-    from study import curve
+    from study.cli import curve
     records = [{"question": "a1", "skill": "algebra", "correct": True, "answer_nll": 1.0},
                {"question": "n1", "skill": "numbers", "correct": False, "answer_nll": 2.0}]
     paths = [str(tmp_path / f"{name}.json") for name in ["base", *names]]
@@ -174,7 +192,7 @@ def test_compute_time_sums_each_part_of_the_study_once(tmp_path):
     """Logged training time and evaluation seconds, summed per folder; out/mixed is
     a link to its learning-rate run and counts once; a report without seconds
     adds nothing; a NaN time is refused."""
-    from report import compute_time
+    from study.report import compute_time
     out = str(tmp_path)
     write(f"{out}/lr/mixed-1e-3/log.json", [{"step": 100, "loss": 1.0, "time": 600.0}])
     os.symlink("lr/mixed-1e-3", f"{out}/mixed")
@@ -196,7 +214,7 @@ def test_compute_time_sums_each_part_of_the_study_once(tmp_path):
 def test_forgetting_is_each_expert_minus_the_base_on_every_skill(tmp_path):
     """Two experts on two skills, four questions each: the matrix is accuracy minus
     the base's, cell by cell, and the own-skill row counts wins and losses."""
-    from study import forgetting
+    from study.cli import forgetting
     runs = {"base": eval_json(algebra=[1, 0, 0, 0], numbers=[1, 1, 0, 0]),
             "algebra": eval_json(0.5, algebra=[1, 1, 1, 0], numbers=[1, 0, 0, 0]),
             "numbers": eval_json(2.0, algebra=[0, 0, 0, 0], numbers=[1, 1, 1, 1])}
@@ -213,7 +231,7 @@ def test_forgetting_is_each_expert_minus_the_base_on_every_skill(tmp_path):
 
 
 def test_forgetting_refuses_runs_on_other_questions_or_named_twice(tmp_path):
-    from study import forgetting
+    from study.cli import forgetting
     write(str(tmp_path / "base.json"), eval_json(algebra=[1, 0], numbers=[1, 1]))
     write(str(tmp_path / "algebra.json"), eval_json(algebra=[1, 1], numbers=[1]))        # one numbers question short
     with pytest.raises(ValueError, match=r"algebra.json: 0 of its questions are not in .*base.json and 1 of that "

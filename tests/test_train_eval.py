@@ -165,23 +165,23 @@ def test_limit_draws_a_skill_independently_of_the_others():
 
 
 def test_forgetting_and_paired_agree_with_the_records(tmp_path):
-    """study.py forgetting (the shipped phi-tiny and two shipped experts, each
-    evaluated by eval.py --adapter) and study.py paired BASE_JSON EXPERT_JSON give
+    """python -m study forgetting (the shipped phi-tiny and two shipped experts, each
+    evaluated by eval.py --adapter) and python -m study paired BASE_JSON EXPERT_JSON give
     the same own-skill comparison, and both equal a count over the saved records."""
     experts = os.path.join(ROOT, "checkpoints", "phi-tiny-moe", "experts")
     common = ["--model", os.path.join(ROOT, "checkpoints", "phi-tiny"), "--data", FIXTURE, "--shots", "2",
               "--limit", "4"]
 
-    def run(script, *argv):
-        done = subprocess.run([sys.executable, script, *argv], cwd=ROOT, capture_output=True, text=True)
+    def run(*argv):
+        done = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
         return done.stdout
     run("eval.py", *common, "--json", str(tmp_path / "base.json"))
     for skill in ("algebra", "numbers"):
         run("eval.py", *common, "--adapter", os.path.join(experts, skill), "--json", str(tmp_path / f"{skill}.json"))
-    run("study.py", "forgetting", str(tmp_path / "base.json"), str(tmp_path / "algebra.json"),
+    run("-m", "study", "forgetting", str(tmp_path / "base.json"), str(tmp_path / "algebra.json"),
         str(tmp_path / "numbers.json"), "--out", str(tmp_path / "f"))
-    out = run("study.py", "paired", str(tmp_path / "base.json"), str(tmp_path / "algebra.json"))
+    out = run("-m", "study", "paired", str(tmp_path / "base.json"), str(tmp_path / "algebra.json"))
     assert "wins : losses against base" in out
     forgetting = json.load(open(tmp_path / "f" / "forgetting.json"))
     base, alg = json.load(open(tmp_path / "base.json")), json.load(open(tmp_path / "algebra.json"))
@@ -198,7 +198,7 @@ def test_forgetting_and_paired_agree_with_the_records(tmp_path):
     assert set(forgetting["own_skill"]) == {"algebra", "numbers"}
     row = f"| algebra | {own['questions']} | {own['base']} | {own['model']} ({wins} : {losses}, p "
     assert row in out
-    bad = subprocess.run([sys.executable, "study.py", "paired", str(tmp_path / "base.json"), str(tmp_path / "nope.json")],
+    bad = subprocess.run([sys.executable, "-m", "study", "paired", str(tmp_path / "base.json"), str(tmp_path / "nope.json")],
                          cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "nope.json: expected the JSON that `eval.py --json` writes" in bad.stderr
 

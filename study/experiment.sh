@@ -5,12 +5,15 @@
 # whole model fine-tuned skill after skill), clusters and cluster experts, router
 # variants, a skill added to a seven-skill mixture, evaluation of every
 # configuration, the forgetting curves, and out/REPORT.md with the study's goals
-# answered (study.py report). Every stage skips or resumes what is already done,
+# answered (python -m study report). Every stage skips or resumes what is already done,
 # so a killed run continues where it stopped.
 #
-#   bash experiment.sh                          # phi-tiny, CPU: a quick run, 1 h 45 min on 2 cores (+25 min data)
+# It first moves to the repository root: every path below, and MODEL, DATA, OUT given
+# as relative paths, are the repository's.
+#
+#   bash study/experiment.sh                    # phi-tiny, CPU: a quick run, 1 h 45 min on 2 cores (+25 min data)
 #   make study          # the study at size of docs/study/ (kept in checkpoints/phi-tiny-study)
-#   MODEL=microsoft/phi-2 DEVICE=cuda bash experiment.sh    # the real phi-2 on a GPU
+#   MODEL=microsoft/phi-2 DEVICE=cuda bash study/experiment.sh    # the real phi-2 on a GPU
 #
 # Knobs (environment): MODEL (a folder or a Hugging Face id), DATA (evaluation:
 # its test split), TRAIN_DATA (training; default a fresh draw beside data/lila,
@@ -23,9 +26,9 @@
 # the cores; a GPU takes several, and with DEVICE=cuda they are spread over the
 # GPUs, see job() below), PY (python).
 #
-#   DEVICE=cuda PY=python3 STEPS=300 BATCH=16 ROUTER_STEPS=300 EVAL_EVERY=100 JOBS=8 bash experiment.sh
+#   DEVICE=cuda PY=python3 STEPS=300 BATCH=16 ROUTER_STEPS=300 EVAL_EVERY=100 JOBS=8 bash study/experiment.sh
 set -euo pipefail
-cd "$(dirname "$0")"
+cd "$(dirname "$0")/.."     # the repository root: MODEL, DATA, OUT and the scripts are relative to it
 MODEL=${MODEL:-checkpoints/phi-tiny}
 DATA=${DATA:-data/lila}
 # Training questions: a draw the base never saw (data/generate.py --exclude DATA), so that the experts
@@ -132,7 +135,7 @@ fi
 mkdir -p "$OUT"
 if [ ! -e "$OUT/data.sha256" ]; then sums > "$OUT/data.sha256"
 elif ! sums | cmp -s - "$OUT/data.sha256"; then
-    echo "experiment.sh: $DATA or $TRAIN_DATA holds other questions than $OUT/data.sha256 records; use another OUT" >&2
+    echo "study/experiment.sh: $DATA or $TRAIN_DATA holds other questions than $OUT/data.sha256 records; use another OUT" >&2
     exit 2
 fi
 
@@ -160,7 +163,7 @@ stage "skill experts"
 best_lr() {   # best_lr FAMILY LR...: the learning rate of OUT/lr/FAMILY-LR with the best dev accuracy
     local family=$1 lr runs=() best; shift
     for lr in "$@"; do runs+=("$OUT/lr/$family-$lr"); done
-    best=$("$PY" study.py best "${runs[@]}")
+    best=$("$PY" -m study best "${runs[@]}")
     echo "${best#"$OUT/lr/$family-"}"
 }
 LR_EXPERT=$(best_lr expert $LORA_LRS)
@@ -346,10 +349,10 @@ for s in $SKILLS; do
 done
 
 stage "report"
-"$PY" study.py forgetting "$OUT/eval/base-4shot.json" "$OUT"/eval/experts/*.json --out "$OUT/forgetting"
+"$PY" -m study forgetting "$OUT/eval/base-4shot.json" "$OUT"/eval/experts/*.json --out "$OUT/forgetting"
 for kind in lora full; do    # the forgetting curves (stages 1..8 sort by name)
-    "$PY" study.py curve "$OUT/eval/base-4shot.json" "$OUT"/eval/sequential-$kind/*.json \
+    "$PY" -m study curve "$OUT/eval/base-4shot.json" "$OUT"/eval/sequential-$kind/*.json \
         --out "$OUT/sequential-$kind"
 done
-"$PY" study.py report "$OUT" ${DOCS:+--docs "$DOCS"}
+"$PY" -m study report "$OUT" ${DOCS:+--docs "$DOCS"}
 echo "the study took $((SECONDS / 60)) min"

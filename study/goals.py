@@ -1,8 +1,8 @@
 """
 The study's question, goal by goal: do routed skill experts keep what a
 fine-tune forgets, at the cost of a mixed LoRA? Each goal is answered from the
-runs of a `make experiment` folder that decide it (report.py puts the answers
-in REPORT.md and goals.json):
+runs of a `make experiment` folder that decide it (study/report.py puts the
+answers in REPORT.md and goals.json, run by `python -m study report`):
 
 1. a full fine-tune of one skill, and fine-tunes skill after skill, lose at
    least 5 points on the skills they leave behind;
@@ -34,7 +34,7 @@ import re
 
 from data.score import accuracy
 from data.files import pyplot
-from stats import bootstrap_interval, load, logged_seconds, paired, read_records, sign_test
+from study.stats import bootstrap_interval, load, logged_seconds, paired, read_records, sign_test
 
 # The study's configurations (out/eval/NAME.json) and how the report names them.
 ROWS = [("base-0shot", "base, 0-shot"), ("base-4shot", "base, 4-shot"), ("mixed", "mixed LoRA"),

@@ -18,6 +18,8 @@ not. Those questions decide every comparison here:
   (edited counts, a repeated question, a NaN), naming the file; load and
   read_log read any piece of a study folder and train.py's logs the same way.
 
+A library, not a command: python -m study (study/cli.py, goals.py, report.py)
+and python -m study.heldout call it. It reads JSON and imports numpy, not torch.
 Left out: corrections for many comparisons; each test is for one pair of runs.
 """
 import json
@@ -119,7 +121,7 @@ def config_rows(values, skills, fmt):
 
 
 # ---------------------------------------------------------------------------
-# 2. Checks: reports as eval.py and study.py write them
+# 2. Checks: reports as eval.py and python -m study write them
 # ---------------------------------------------------------------------------
 
 def check_records(path, records):
@@ -168,9 +170,9 @@ def check_eval_json(path, report):
 
 
 def check_forgetting_json(path, report):
-    """study.py forgetting's report: accuracy and nll per expert, per skill."""
+    """python -m study forgetting's report: accuracy and nll per expert, per skill."""
     if not isinstance(report, dict):
-        raise ValueError(f"{path}: expected a JSON object as study.py forgetting writes, "
+        raise ValueError(f"{path}: expected a JSON object as python -m study forgetting writes, "
                          f"got {type(report).__name__}")
     for key, rule in (("accuracy", ACCURACY), ("nll", NLL)):
         per_expert = report.get(key)

@@ -1,19 +1,19 @@
 """
 The report of a finished `make experiment`: every table of the study folder
-(experiment.sh's OUT) and the study's question answered goal by goal
-(goals.py), in one REPORT.md.
+(study/experiment.sh's OUT) and the study's question answered goal by goal
+(study/goals.py), in one REPORT.md.
 
-    python study.py report out          # out/REPORT.md, results.md, results.json, goals.json
-    python study.py report out --docs docs/study    # and REPORT.md with its pictures to docs/study
-    python study.py best out/lr/mixed-1e-3 out/lr/mixed-2e-3   # the best learning rate's run
+    python -m study report out          # out/REPORT.md, results.md, results.json, goals.json
+    python -m study report out --docs docs/study    # and REPORT.md with its pictures to docs/study
+    python -m study best out/lr/mixed-1e-3 out/lr/mixed-2e-3   # the best learning rate's run
 
-Everything comes from what eval.py, study.py, cluster.py and train.py wrote;
+Everything comes from what eval.py, python -m study, cluster.py and train.py wrote;
 nothing is recomputed, and a missing piece is reported missing, not invented.
 The tables: accuracy and answer NLL of every configuration, composed questions,
 routing accuracy, steering, adding a skill, the learning-rate sweeps, and the
 time of every run.
 
-Left out: plots beyond those study.py, eval.py and goals.py draw (forgetting
+Left out: plots beyond those study/cli.py, eval.py and study/goals.py draw (forgetting
 matrix and curve, routing heatmaps, the add-a-skill chart).
 """
 import glob
@@ -24,8 +24,8 @@ import shutil
 from collections import defaultdict
 
 from data.files import write_atomic, write_json, write_text
-from goals import ROWS, SHOTS_ROWS, goals
-from stats import config_rows, load, logged_seconds, paired, paired_markdown, read_log, read_records
+from study.goals import ROWS, SHOTS_ROWS, goals
+from study.stats import config_rows, load, logged_seconds, paired, paired_markdown, read_log, read_records
 
 # ---------------------------------------------------------------------------
 # 1. The study folder's pieces

@@ -1,16 +1,16 @@
 """
-The study: what the experts, the mixed LoRA and the routers do to every skill,
-compared question by question.
+The study's command line: what the experts, the mixed LoRA and the routers do
+to every skill, compared question by question.
 
-    python study.py paired out/eval/base-4shot.json out/eval/mixed.json   # wins, losses, sign test
-    python study.py forgetting out/eval/base-4shot.json out/eval/experts/*.json   # every expert on every skill
-    python study.py curve out/eval/base-4shot.json out/eval/sequential-lora/*.json   # skill after skill
-    python study.py heldout out --data data/heldout                     # every configuration, new questions
-    python study.py best out/lr/mixed-*                                 # the run with the best dev accuracy
-    python study.py report out                                          # out/results.md and out/REPORT.md
+    python -m study paired out/eval/base-4shot.json out/eval/mixed.json   # wins, losses, sign test
+    python -m study forgetting out/eval/base-4shot.json out/eval/experts/*.json   # every expert on every skill
+    python -m study curve out/eval/base-4shot.json out/eval/sequential-lora/*.json   # skill after skill
+    python -m study best out/lr/mixed-*                                 # the run with the best dev accuracy
+    python -m study report out                                          # out/results.md and out/REPORT.md
 
 eval.py evaluates one configuration and writes its records (--json); this file
-puts configurations side by side, with the paired statistics of stats.py.
+puts configurations side by side, with the paired statistics of study/stats.py.
+It reads only what the runs wrote, so it imports neither torch nor eval.py.
 
 - paired: two runs on the same questions, per skill. Differences of a few
   questions are common, so a question only one run gets right is a win or a
@@ -22,33 +22,29 @@ puts configurations side by side, with the paired statistics of stats.py.
 - curve: one model fine-tuned skill after skill (train.py --adapter, or --full
   on the previous stage's model), evaluated on every skill after each stage:
   the forgetting curve, and whether each skill survives the stages after its own.
-- heldout: every configuration of a study folder (experiment.sh's OUT) on the
-  same questions in one call, e.g. on questions drawn apart from all training.
 - best: of runs that differ in one setting (a learning-rate sweep), the one
   with the highest dev accuracy as train.py logged it (a tie: the lower dev loss).
-- report: the tables and the goals of a finished `make experiment` (report.py).
+- report: the tables and the goals of a finished `make experiment` (study/report.py).
+
+Every configuration of a study folder evaluated again on other questions is
+study/heldout.py's (`python -m study.heldout`), the one module of the study
+that loads a model.
 
 Left out: corrections for many comparisons; each test is for one pair of runs.
 """
-import glob
 import os
 
-import adapters
-import eval as E
-from data.score import mean_accuracy
-import flags
-import mixture
-import report as R
-from data.cli import Parser, run, writable_dir
+from data.cli import Parser, writable_dir
 from data.files import heatmap, pyplot, write_json, write_text
-from stats import config_rows, paired, paired_markdown, per_skill, read_records, sign_test
+from study import report
+from study.stats import config_rows, paired, paired_markdown, per_skill, read_records, sign_test
 
 # ---------------------------------------------------------------------------
 # 1. Runs against a reference
 # ---------------------------------------------------------------------------
 
 def compare(base_json, others):
-    """study.py paired: each run of `others` against base_json, side by side:
+    """python -m study paired: each run of `others` against base_json, side by side:
     per skill, correct answers, wins : losses and the sign test's p; the last row
     pools every skill's questions."""
     base = read_records(base_json)
@@ -86,7 +82,7 @@ def compare(base_json, others):
 # ---------------------------------------------------------------------------
 
 def forgetting(base_json, experts, out):
-    """study.py forgetting: the base and each expert evaluated on every skill
+    """python -m study forgetting: the base and each expert evaluated on every skill
     (experts: eval.py --json files, one per expert, each named after its expert,
     e.g. algebra.json for `eval.py --adapter out/experts/algebra`), all on the
     base's questions. Writes forgetting.md, .json and two heatmaps under out;
@@ -117,15 +113,15 @@ def forgetting(base_json, experts, out):
     print(text)
     os.makedirs(out, exist_ok=True)
     write_text(os.path.join(out, "forgetting.md"), text)
-    report = {"skills": skills, "base": base, "accuracy": acc, "delta": delta,
+    result = {"skills": skills, "base": base, "accuracy": acc, "delta": delta,
               "base_nll": base_nll, "nll": nll, "nll_delta": nll_delta, "own_skill": own}
-    write_json(os.path.join(out, "forgetting.json"), report)
+    write_json(os.path.join(out, "forgetting.json"), result)
     heatmap([[100 * delta[e][s] for s in skills] for e in acc], list(acc), skills,
             "expert accuracy - base accuracy (points)", os.path.join(out, "forgetting.png"))
     heatmap([[-nll_delta[e][s] for s in skills] for e in nll], list(nll), skills,
             "base answer NLL - expert answer NLL (nats; > 0: expert better)",
             os.path.join(out, "forgetting_nll.png"), fmt="{:+.2f}")
-    return report
+    return result
 
 
 def delta_rows(skills, base_label, base, delta, fmt, base_fmt):
@@ -146,7 +142,7 @@ def delta_rows(skills, base_label, base, delta, fmt, base_fmt):
 # ---------------------------------------------------------------------------
 
 def curve(base_json, stages, out):
-    """study.py curve: one model fine-tuned skill after skill, evaluated on every
+    """python -m study curve: one model fine-tuned skill after skill, evaluated on every
     skill after each stage (stages: eval.py --json files in training order, named
     N-SKILL.json for the skill of stage N). Writes curve.md, .json and .png under
     out: accuracy and answer NLL per skill after each stage, and for each trained skill its
@@ -197,60 +193,12 @@ def curve(base_json, stages, out):
 
 
 # ---------------------------------------------------------------------------
-# 4. Every configuration of a study folder on the same questions
-# ---------------------------------------------------------------------------
-
-def heldout(ev, root, shots, out):
-    """Base 0-shot and k-shot, the mixed LoRA, each skill's expert on its own
-    skill, and every router under root/routers (two-level, and the task level
-    alone, soft and hard), all on ev's questions. Writes results.md and
-    results.json under out; returns {"accuracy", "answer_nll"}."""
-    table, nlls = {}, {}
-
-    def add(label, records):
-        table[label], nlls[label] = per_skill(records)
-        print(f"{label}: mean {100 * mean_accuracy(records):.1f}%")
-
-    add("base, 0-shot", ev("base 0-shot", shots=0))
-    add(f"base, {shots}-shot ({ev.source} shots)", ev("base"))
-    mixed = os.path.join(root, "mixed")
-    if os.path.exists(os.path.join(mixed, adapters.CONFIG_NAME)):
-        add("mixed LoRA", adapters.with_adapter(ev.model, mixed, lambda: ev("mixed")))
-    experts = os.path.join(root, "experts")
-    own = []
-    for name, path in (adapters.expert_dirs(experts) if os.path.isdir(experts) else {}).items():
-        mine = [e for e in ev.examples if e.skill == name]
-        own += adapters.with_adapter(ev.model, path, lambda: ev(name, examples=mine)) if mine else []
-    if own:
-        add("each skill's expert on its own skill", own)
-    for path in sorted(glob.glob(os.path.join(root, "routers", "*", "router.json"))):
-        router_dir = os.path.dirname(path)
-        cfg = mixture.load_config(router_dir)
-        for variant in ["full"] + ([] if cfg.rank1 or cfg.prior == "none" else ["task-soft", "task-hard"]):
-            records, _ = E.moe(ev, router_dir, variant)
-            add(f"router {os.path.basename(router_dir)} ({variant})", records)
-    skills = sorted({s for accs in table.values() for s in accs})
-    lines = [f"### Every configuration of {root} ({len(ev.examples)} questions)"]
-    for what, values, fmt in (("accuracy (%)", {k: {s: 100 * v for s, v in a.items()} for k, a in table.items()},
-                               "{:.1f}"), ("answer NLL", nlls, "{:.3f}")):
-        lines += ["", f"{what}:", "", *config_rows(values, skills, fmt)]
-    text = "\n".join(lines)
-    print(text)
-    os.makedirs(out, exist_ok=True)
-    write_text(os.path.join(out, "results.md"), text)
-    result = {"accuracy": table, "answer_nll": nlls}
-    write_json(os.path.join(out, "results.json"), result)
-    print(f"wrote {out}/results.md and results.json")
-    return result
-
-
-# ---------------------------------------------------------------------------
-# 5. The command line
+# 4. The command line
 # ---------------------------------------------------------------------------
 
 def parser():
-    p = Parser(description="Compare the study's configurations: paired tests, forgetting, held-out "
-                           "questions, the report.")
+    p = Parser(prog="python -m study", description="Compare the study's configurations: paired tests, forgetting, the "
+                           "forgetting curve, the report (held-out questions: python -m study.heldout).")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     s = sub.add_parser("paired", help="eval.py --json runs against a reference, question by question")
     s.add_argument("base", help="eval.py --json of the reference run (e.g. the base model)")
@@ -267,15 +215,11 @@ def parser():
                    "N-SKILL.json (N the stage, SKILL what it trained on)")
     s.add_argument("--out", type=writable_dir, default="out/sequential", help="where curve.md/.json/.png go "
                    "(default out/sequential)")
-    s = sub.add_parser("heldout", help="every configuration of a study folder on the same questions")
-    s.add_argument("root", help="a study folder (experiment.sh's OUT)")
-    s.add_argument("--out", type=writable_dir, default=None, help="where results.md/.json go (default ROOT/heldout)")
-    flags.add_question_flags(s)
     s = sub.add_parser("best", help="print the train.py run with the highest dev accuracy (ties: the lower "
                        "dev loss, then the first named)")
     s.add_argument("runs", nargs="+", help="train.py output folders, e.g. one per learning rate")
     s = sub.add_parser("report", help="out/REPORT.md from a finished make experiment")
-    s.add_argument("root", nargs="?", default="out", help="the study folder (experiment.sh's OUT) (default out)")
+    s.add_argument("root", nargs="?", default="out", help="the study folder (study/experiment.sh's OUT) (default out)")
     s.add_argument("--docs", type=writable_dir, default=None, help="also write REPORT.md and its pictures to "
                    "this folder, e.g. docs/study (default: only under ROOT)")
     return p
@@ -283,24 +227,22 @@ def parser():
 
 def main():
     args = parser().parse_args()
-    if args.command in ("heldout", "report") and not os.path.isdir(args.root):
-        raise FileNotFoundError(f"{args.root}: no such study folder (experiment.sh's OUT)")
+    if args.command == "report" and not os.path.isdir(args.root):
+        raise FileNotFoundError(f"{args.root}: no such study folder (study/experiment.sh's OUT)")
     if args.command == "paired":
         compare(args.base, args.others)
     elif args.command == "report":
-        R.report(args.root, args.docs)
+        report.report(args.root, args.docs)
     elif args.command == "best":
-        print(R.best_run(args.runs))
+        print(report.best_run(args.runs))
     elif args.command == "curve":
         curve(args.base, args.stages, args.out)
-    elif args.command == "forgetting":
-        forgetting(args.base, args.experts, args.out)
     else:
-        heldout(E.Evaluator.from_args(args), args.root, args.shots, args.out or os.path.join(args.root, "heldout"))
+        forgetting(args.base, args.experts, args.out)
 
 
 # ---------------------------------------------------------------------------
-# 6. Checks
+# 5. Checks
 # ---------------------------------------------------------------------------
 
 def _check_stages(stages, skills):
@@ -324,7 +266,3 @@ def _check_expert_run(path, records, base_json, base_records, seen):
         raise ValueError(f"{path}: {len(mine - theirs)} of its questions are not in {base_json} and "
                          f"{len(theirs - mine)} of that run's are missing; evaluate both with the same "
                          "--data, --split, --limit and --seed")
-
-
-if __name__ == "__main__":
-    run(main)
