@@ -41,7 +41,7 @@ demo: .venv-gen/.ready .venv/.runtime
 	$(DEMO) --adapter checkpoints/phi-tiny-moe/experts/arithmetic --json out/demo/arithmetic.json > out/demo/arithmetic.md
 	$(DEMO) --moe checkpoints/phi-tiny-moe/router --out out/demo/routing --json out/demo/mixture.json > out/demo/mixture.md
 	$(PY) -m study paired out/demo/base.json out/demo/arithmetic.json out/demo/mixture.json
-	$(PY) eval.py --explain "Solve 3*y - 1 = -13 for y." --data out/demo/data
+	$(PY) explain.py "Solve 3*y - 1 = -13 for y." --data out/demo/data
 
 test: .venv/.test .venv-gen/.ready
 	$(PY) -m pytest -q

@@ -52,11 +52,10 @@ questions (a base-16 numeral written with letters only, like "bc", stays a name;
 "a" is told from the article by the word after it).
 """
 import hashlib
-import json
 import os
 import re
-import shutil
 from collections import Counter
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -65,12 +64,12 @@ from tqdm import tqdm
 import model as M
 from kmeans import (check_k, expert_groups, kmeans, labelled_sample, nmi, purity, seeded_accuracy,
                     seeded_clusters, sq_dists, unit)
-from data.cli import Parser, torch_device, nonempty, nonneg_int, positive_int, random_seed, run, writable_dir
-from data.files import pyplot, write_atomic
-from data.lila import DEFAULT_DATA, load as load_examples
-from data.prompts import seeded_random, select
-
-DEFAULT_CACHE = "runs/embed-cache"
+import cli
+from formats.clusters import check_replaceable, read_assignments, read_centroids, write_outputs
+from formats.files import UserError, write_atomic
+from formats.pictures import pyplot
+from data.lila import load as load_examples
+from data.prompts import SHOT_POOL, seeded_random, select
 
 # ---------------------------------------------------------------------------
 # 1. Meta-questions
@@ -138,7 +137,7 @@ def embed(texts, model, tok, layer, batch_size=32):
     ids = [tok.encode(t).ids for t in texts]
     long = [t for t, i in zip(texts, ids) if len(i) > model.config.max_position_embeddings]
     if long:   # never embed a cut text as if it were whole
-        raise ValueError(f"{len(long)} texts are longer than the model's {model.config.max_position_embeddings}"
+        raise UserError(f"{len(long)} texts are longer than the model's {model.config.max_position_embeddings}"
                          f"-token context, e.g. {long[0][:60]!r}...")
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out = np.zeros((len(ids), model.config.hidden_size), np.float32)
@@ -164,18 +163,18 @@ def resolve_layer(config, layer=None):
     n_layers = config.num_hidden_layers
     layer = n_layers // 2 if layer is None else layer
     if not 0 <= layer <= n_layers:
-        raise ValueError(f"layer {layer} out of range: the model has layers 0..{n_layers}")
+        raise UserError(f"layer {layer} out of range: the model has layers 0..{n_layers}")
     return layer
 
 
-def embed_cached(texts, model, tok, layer, cache_dir=DEFAULT_CACHE, batch_size=32):
+def embed_cached(texts, model, tok, layer, cache_dir=cli.EMBED_CACHE, batch_size=32):
     """embed() for each distinct text once, cached in cache_dir/<hash>.npy. The
     model is the run's one base model (no adapters attached); the hash covers the
     directory it was loaded from (path, and size and time of each file, so
     retraining in place invalidates it), its dtype, the layer and the texts."""
     layer = resolve_layer(model.config, layer)
     if not texts:
-        raise ValueError("no texts to embed")
+        raise UserError("no texts to embed")
     distinct, inverse = np.unique(np.array(texts), return_inverse=True)
     ckpt = model.name_or_path
     key = hashlib.sha256(f"{os.path.realpath(ckpt)}|{layer}|{model.lm_head.weight.dtype}".encode())
@@ -239,24 +238,6 @@ def meta_embeddings(examples, model, tok, layer):
     return embed_cached([meta_question(e.question) for e in examples], model, tok, layer)
 
 
-def saved_centroids(assign_dir, config):
-    """(centroids (k, C), embedding layer, cosine) of cluster.py --out assign_dir,
-    checked against the base model's config; the layer defaults to its middle
-    one for outputs that did not record it."""
-    info = read_json(os.path.join(assign_dir, "groups.json"), _is_groups_info,
-                      "an object with an integer 'layer' >= 0 and a true/false 'cosine'")
-    C = _read_centroids(os.path.join(assign_dir, "centroids.npy"))
-    layer = info.get("layer", resolve_layer(config))
-    if layer > config.num_hidden_layers:
-        raise ValueError(f"{assign_dir}/groups.json: layer {layer}, but the base model has "
-                         f"{config.num_hidden_layers} layers")
-    if C.shape[1] != config.hidden_size:
-        raise ValueError(f"{assign_dir}/centroids.npy: centroids are {C.shape[1]} wide, but the base "
-                         f"model embeds {config.hidden_size} wide: these clusters were made with "
-                         "another base model")
-    return C, layer, info.get("cosine", False)
-
-
 def nearest_centroid(X, C, cosine=False):
     """(N,) index of the nearest centroid (k, C) for each embedding in X (N, C)."""
     if cosine:
@@ -271,13 +252,12 @@ def clusters_of(assign_dir, examples, model=None, tok=None):
     the base model that embedded the clusters is given, and gets -1 otherwise.
     Expert training (examples_of_cluster) and the router's labels both use it,
     so a question means the same cluster to both."""
-    records = read_json(os.path.join(assign_dir, "assignments.json"), _is_assignments,
-                         "a non-empty list of {\"question\": text, \"cluster\": integer >= 0}")
+    records = read_assignments(assign_dir)
     cluster_of = {r["question"]: r["cluster"] for r in records}
     n_clusters = max(cluster_of.values()) + 1
     new = list(dict.fromkeys(e.question for e in examples if e.question not in cluster_of))
     if new and model is not None:
-        C, layer, cosine = saved_centroids(assign_dir, model.config)
+        C, layer, cosine = read_centroids(assign_dir, model.config)
         X = embed_cached([meta_question(q) for q in new], model, tok, layer)
         cluster_of.update(zip(new, nearest_centroid(X, C, cosine).tolist()))
     return np.array([cluster_of.get(e.question, -1) for e in examples], dtype=int), n_clusters
@@ -290,20 +270,16 @@ def examples_of_cluster(assign_dir, k, examples, model=None, tok=None):
     ids, n_clusters = clusters_of(assign_dir, examples, model, tok)
     path = os.path.join(assign_dir, "assignments.json")
     if not 0 <= k < n_clusters:
-        raise ValueError(f"cluster {k} does not exist: {path} has clusters 0..{n_clusters - 1}")
+        raise UserError(f"cluster {k} does not exist: {path} has clusters 0..{n_clusters - 1}")
     if (ids < 0).all():
-        raise ValueError(f"none of the {len(examples)} questions is in {path} "
+        raise UserError(f"none of the {len(examples)} questions is in {path} "
                          "(clustered from other data or another split?)")
     chosen = [e for e, c in zip(examples, ids) if c == k]
     if not chosen:
         splits = "/".join(sorted({e.split for e in examples}))
-        raise ValueError(f"cluster {k} of {path} holds none of the {len(examples)} {splits} questions; "
+        raise UserError(f"cluster {k} of {path} holds none of the {len(examples)} {splits} questions; "
                          "a cluster expert needs questions of its own in the train and the dev split")
     return chosen
-
-
-SHOT_POOL = 20000           # train questions that nearest_shots searches (drawn by seed)
-SHOT_TEXTS = ("meta-question", "question")
 
 
 def nearest_rows(Q, K, k, exclude=()):
@@ -326,7 +302,7 @@ def nearest_rows(Q, K, k, exclude=()):
 
 
 def nearest_shots(examples, train, model, tok, k, pool_size=SHOT_POOL, seed=1234, text="meta-question",
-                  layer=None, cache_dir=DEFAULT_CACHE):
+                  layer=None, cache_dir=cli.EMBED_CACHE):
     """{question: [Example, ...]}, the k train questions nearest to each example's
     (data.prompts.draw_shots with source "nearest"), farthest first. No label is
     read: the whole train split is searched, or pool_size questions of it drawn by
@@ -389,20 +365,39 @@ def table(header, rows):
             + ["| " + " | ".join(map(str, row)) + " |" for row in rows])
 
 
-def report(args, n, layer, rows, seeded, clusters, groups):
+@dataclass
+class ClusterConfig:
+    """One clustering run (cluster.py's flags; cli.py declares them with their defaults)."""
+    data: str                  # LiLA task files or folder
+    split: str                 # the questions clustered
+    limit: int | None          # at most this many per skill (a seeded sample)
+    k: int | None              # clusters (None: one per submodule; --seeded: one per skill)
+    cosine: bool               # spherical k-means
+    seeded: int | None         # labelled questions per skill that start each cluster
+    groups: int | None         # expert groups (None: about sqrt(k))
+    n_init: int                # k-means++ restarts
+    seed: int
+    label_trials: int          # draws of labelled questions for seeded k-means
+    no_raw: bool               # skip the raw-question comparison
+    layer: int | None          # the hidden layer embedded (None: the middle one)
+    batch_size: int
+    cache_dir: str
+
+
+def report(cfg, model_name, n, layer, rows, seeded, clusters, groups):
     """The markdown report: agreement with the labels, seeded k-means, clusters, groups."""
     metrics = list(rows["meta-questions"]["agreement"])
-    lines = [f"# Clusters of {n} {args.split} questions", "",
-             f"model `{args.model}` (layer {layer}), data `{args.data}`, k = {args.k}, "
-             f"{'cosine' if args.cosine else 'euclidean'} k-means, "
-             + (f"seeded with {args.seeded} labelled questions per skill, " if args.seeded else
-                f"n_init {args.n_init}, ") + f"seed {args.seed}", ""]
+    lines = [f"# Clusters of {n} {cfg.split} questions", "",
+             f"model `{model_name}` (layer {layer}), data `{cfg.data}`, k = {cfg.k}, "
+             f"{'cosine' if cfg.cosine else 'euclidean'} k-means, "
+             + (f"seeded with {cfg.seeded} labelled questions per skill, " if cfg.seeded else
+                f"n_init {cfg.n_init}, ") + f"seed {cfg.seed}", ""]
     lines += table(["embedded text", "distinct texts", "inertia", *metrics],
                    [[name, r["distinct"], f"{r['inertia']:.4g}", *map(fmt, r["agreement"].values())]
                     for name, r in rows.items()])
     lines += ["", "## Seeded k-means, one cluster per skill", "",
               "Centroids start at the mean of m labelled questions per skill, drawn at random from this "
-              f"split; accuracy on the other questions, mean of {args.label_trials} draws (n/a: some skill "
+              f"split; accuracy on the other questions, mean of {cfg.label_trials} draws (n/a: some skill "
               "has no more than m questions).", ""]
     lines += table(["labels per skill", *rows], [[m, *(fmt(seeded[name][m]) for name in rows)]
                                                  for m in LABELS_PER_SKILL])
@@ -417,186 +412,79 @@ def report(args, n, layer, rows, seeded, clusters, groups):
     return "\n".join(lines) + "\n"
 
 
-def cluster_texts(texts, model, tok, args, layer, skills, submodules):
+def cluster_texts(texts, model, tok, cfg, layer, skills, submodules):
     """Embed texts, k-means them, score the clusters: (X, KMeansResult, row, seeded accuracies)."""
-    X = embed_cached(texts, model, tok, layer, args.cache_dir, args.batch_size)
-    if args.seeded:           # semi-supervised: cluster c starts at skill c's labelled questions
-        _, r = seeded_clusters(X, skills, labelled_sample(skills, args.seeded, np.random.default_rng(args.seed)), seed=args.seed,
-                               cosine=args.cosine)
+    X = embed_cached(texts, model, tok, layer, cfg.cache_dir, cfg.batch_size)
+    if cfg.seeded:           # semi-supervised: cluster c starts at skill c's labelled questions
+        labelled = labelled_sample(skills, cfg.seeded, np.random.default_rng(cfg.seed))
+        _, r = seeded_clusters(X, skills, labelled, seed=cfg.seed, cosine=cfg.cosine)
     else:
-        r = kmeans(X, args.k, n_init=args.n_init, seed=args.seed, cosine=args.cosine)
+        r = kmeans(X, cfg.k, n_init=cfg.n_init, seed=cfg.seed, cosine=cfg.cosine)
     row = dict(distinct=len(set(texts)), inertia=r.inertia, agreement=agreement(r.labels, skills, submodules))
-    seeded = {m: seeded_accuracy(X, skills, m, args.label_trials, args.seed, cosine=args.cosine)
+    seeded = {m: seeded_accuracy(X, skills, m, cfg.label_trials, cfg.seed, cosine=cfg.cosine)
               for m in LABELS_PER_SKILL}
     return X, r, row, seeded
 
 
-OUTPUTS = {"assignments.json", "centroids.npy", "cluster_skills.json", "clusters.png", "groups.json",
-           "report.md"}
-READ_BACK = ("centroids.npy", "cluster_skills.json", "groups.json")   # what routing and --explain read
-
-
-def has_output(folder):
-    """Whether folder holds the cluster.py files that routing and --explain read."""
-    return all(os.path.exists(os.path.join(folder, n)) for n in READ_BACK)
-
-
-def cluster_questions(args):
-    if os.path.isdir(args.out) and set(os.listdir(args.out)) - OUTPUTS:
-        raise ValueError(f"--out {args.out}: holds files that cluster.py did not write "
-                         f"({sorted(set(os.listdir(args.out)) - OUTPUTS)[:3]}); cluster.py replaces "
-                         "its --out folder as a whole, so give it a folder of its own")
-    examples = load_examples(args.data, split=args.split)
-    if args.limit:   # a seeded sample of at most --limit questions per skill
-        examples = select(examples, args.limit, args.seed)
+def questions_to_cluster(cfg):
+    """The questions of cfg's split, and cfg with its k settled (one per skill when
+    seeded, else --k or one per submodule)."""
+    examples = load_examples(cfg.data, split=cfg.split)
+    if cfg.limit:   # a seeded sample of at most --limit questions per skill
+        examples = select(examples, cfg.limit, cfg.seed)
     n_skills = len({e.skill for e in examples})
-    if args.seeded and args.k not in (None, n_skills):
-        raise ValueError(f"--seeded makes one cluster per skill ({n_skills}); --k is {args.k}")
+    if cfg.seeded and cfg.k not in (None, n_skills):
+        raise UserError(f"--seeded makes one cluster per skill ({n_skills}); --k is {cfg.k}")
     fewest = min(Counter(e.skill for e in examples).items(), key=lambda kv: kv[1])
-    if args.seeded and args.seeded > fewest[1]:
-        raise ValueError(f"--seeded {args.seeded}: {fewest[0]} has only {fewest[1]} {args.split} questions here")
-    args.k = n_skills if args.seeded else args.k or len({e.submodule for e in examples})
-    check_k(args.k, len(examples))
-    if args.groups and args.groups > args.k:
-        raise ValueError(f"--groups {args.groups}: more groups than the {args.k} clusters")
-    model, tok = M.load(args.model, dtype=args.dtype, device=args.device, revision=args.revision)
-    layer = resolve_layer(model.config, args.layer)
+    if cfg.seeded and cfg.seeded > fewest[1]:
+        raise UserError(f"--seeded {cfg.seeded}: {fewest[0]} has only {fewest[1]} {cfg.split} questions here")
+    cfg = replace(cfg, k=n_skills if cfg.seeded else cfg.k or len({e.submodule for e in examples}))
+    check_k(cfg.k, len(examples))
+    if cfg.groups and cfg.groups > cfg.k:
+        raise UserError(f"--groups {cfg.groups}: more groups than the {cfg.k} clusters")
+    return examples, cfg
+
+
+def cluster_questions(cfg, examples, model, tok, out, model_name):
+    """Cluster the meta-questions (and, to compare, the raw questions) of the
+    examples with the base model's embeddings; write the set of files to `out`."""
+    layer = resolve_layer(model.config, cfg.layer)
     skills = np.array([e.skill for e in examples])
     submodules = np.array([e.submodule for e in examples])
     metas = [meta_question(e.question) for e in examples]
     rows, seeded = {}, {}
     X, best, rows["meta-questions"], seeded["meta-questions"] = cluster_texts(
-        metas, model, tok, args, layer, skills, submodules)
-    if not args.no_raw:   # the same without abstraction, to compare with
+        metas, model, tok, cfg, layer, skills, submodules)
+    if not cfg.no_raw:   # the same without abstraction, to compare with
         _, _, rows["raw questions"], seeded["raw questions"] = cluster_texts(
-            [e.question for e in examples], model, tok, args, layer, skills, submodules)
+            [e.question for e in examples], model, tok, cfg, layer, skills, submodules)
 
-    n_groups = args.groups or max(1, round(args.k ** 0.5))
-    groups = expert_groups(best.centroids, n_groups, args.seed, args.cosine)
+    n_groups = cfg.groups or max(1, round(cfg.k ** 0.5))
+    groups = expert_groups(best.centroids, n_groups, cfg.seed, cfg.cosine)
     group_of = {c: g for g, members in enumerate(groups) for c in members}
-    clusters = describe(best.labels, args.k, skills, submodules, metas, group_of)
-    text = report(args, len(examples), layer, rows, seeded, clusters, groups)
+    clusters = describe(best.labels, cfg.k, skills, submodules, metas, group_of)
+    text = report(cfg, model_name, len(examples), layer, rows, seeded, clusters, groups)
     print(text.split("## Clusters")[0])
-
-    # The files are one set (labels, centroids and groups of the same run): written
-    # into a fresh folder beside --out, which then takes --out's place.
-    tmp = args.out.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    np.save(os.path.join(tmp, "centroids.npy"), best.centroids.astype(np.float32))
     records = [dict(question=e.question, meta=m, cluster=int(c), skill=e.skill, submodule=e.submodule)
                for e, m, c in zip(examples, metas, best.labels)]
     files = {"assignments.json": records,
              "cluster_skills.json": {str(c): {k: d[k] for k in ("skill", "share", "size", "submodule")}
                                      for c, d in clusters.items()},
-             "groups.json": {"k": args.k, "groups": groups, "layer": layer, "cosine": args.cosine}}
-    for name, obj in files.items():
-        with open(os.path.join(tmp, name), "w") as f:
-            json.dump(obj, f, indent=1)
-    with open(os.path.join(tmp, "report.md"), "w") as f:
-        f.write(text)
-    title = f"{args.k} clusters of {len(examples)} {args.split} meta-questions (PCA of layer {layer})"
-    plot_clusters(X, best.labels, skills, os.path.join(tmp, "clusters.png"), title)
-    replace_dir(tmp, args.out)
-    print(f"wrote {', '.join(sorted(os.listdir(args.out)))} to {args.out}")
-
-
-def replace_dir(new, old):
-    """Put folder `new` where `old` is, by renames: a reader finds the old set or the
-    new set, never a mix of both."""
-    shutil.rmtree(old.rstrip("/") + ".old", ignore_errors=True)
-    if os.path.isdir(old):
-        os.replace(old, old.rstrip("/") + ".old")
-    os.replace(new, old)
-    shutil.rmtree(old.rstrip("/") + ".old", ignore_errors=True)
-
-
-def parser():
-    p = Parser(description="Cluster the meta-questions of LiLA questions with "
-                                            "NumPy k-means over base-model embeddings.")
-    p.add_argument("--k", type=positive_int, default=None, help="clusters (default: number of submodules in the data)")
-    p.add_argument("--out", type=writable_dir, default="runs/cluster", help="output directory (default runs/cluster)")
-    p.add_argument("--model", type=nonempty, default=M.DEFAULT_MODEL, help="HF-layout phi checkpoint directory, "
-                   f"or a Hugging Face id, e.g. microsoft/phi-2 (default {M.DEFAULT_MODEL})")
-    p.add_argument("--revision", default=None, help="--model id: branch, tag or commit "
-                   "(default: the repository's main branch)")
-    p.add_argument("--data", type=nonempty, default=DEFAULT_DATA, help=f"LiLA task file(s) or directory (default {DEFAULT_DATA})")
-    p.add_argument("--split", default="train", choices=["train", "dev", "test"],
-                   help="questions to cluster (train for experts; test for the quality report)")
-    p.add_argument("--limit", type=positive_int, default=None, help="at most this many questions per skill "
-                   "(a seeded sample; train.py --expert cluster:K then trains on these)")
-    p.add_argument("--layer", type=nonneg_int, default=None, help="hidden layer to embed (default: the middle one)")
-    p.add_argument("--cosine", action="store_true", help="spherical (cosine) k-means")
-    p.add_argument("--seeded", type=positive_int, default=None, metavar="N", help="semi-supervised: one "
-                   "cluster per skill, started at the mean of N labelled questions of that skill (seeded "
-                   "k-means), for cluster experts from a few labels (default: unsupervised)")
-    p.add_argument("--groups", type=positive_int, default=None, help="expert groups (default: about sqrt(k))")
-    p.add_argument("--n-init", type=positive_int, default=10, help="k-means++ restarts; the best is kept")
-    p.add_argument("--seed", type=random_seed, default=0, help="random seed (k-means++ and labelled draws)")
-    p.add_argument("--label-trials", type=positive_int, default=5,
-                   help="draws of labelled questions for seeded k-means")
-    p.add_argument("--no-raw", action="store_true",
-                   help="skip the comparison with raw (not abstracted) questions")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="questions embedded together")
-    p.add_argument("--cache-dir", type=writable_dir, default=DEFAULT_CACHE, help="where embeddings are cached (.npy)")
-    p.add_argument("--dtype", default="float32", choices=sorted(M.DTYPES), help="model dtype")
-    p.add_argument("--device", type=torch_device, default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="cpu or cuda (default cuda when available)")
-    return p
+             "groups.json": {"k": cfg.k, "groups": groups, "layer": layer, "cosine": cfg.cosine}}
+    title = f"{cfg.k} clusters of {len(examples)} {cfg.split} meta-questions (PCA of layer {layer})"
+    write_outputs(out, best.centroids, files, text, lambda path: plot_clusters(X, best.labels, skills, path, title))
+    print(f"wrote {', '.join(sorted(os.listdir(out)))} to {out}")
 
 
 def main(argv=None):
-    args = parser().parse_args(argv)
-    run(lambda: cluster_questions(args))
-
-
-# ---------------------------------------------------------------------------
-# Checks: reading cluster.py's output back
-# ---------------------------------------------------------------------------
-
-
-def read_json(path, ok, want):
-    """The JSON file at path, if ok(it); else one line naming the file and what was expected."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: run python cluster.py --out {os.path.dirname(path)} first")
-    try:
-        with open(path, "rb") as f:
-            obj = json.loads(f.read().decode("utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not ok(obj):
-        raise ValueError(f"{path}: expected {want}, as cluster.py writes it")
-    return obj
-
-
-def _is_count(v):
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-
-def _is_groups_info(g):
-    return isinstance(g, dict) and (g.get("layer") is None or _is_count(g["layer"])) \
-        and isinstance(g.get("cosine", False), bool)
-
-
-def _is_assignments(records):
-    return isinstance(records, list) and len(records) > 0 and all(
-        isinstance(r, dict) and isinstance(r.get("question"), str) and _is_count(r.get("cluster"))
-        for r in records)
-
-
-def _read_centroids(path):
-    """centroids.npy: a (k, C) array of finite floats."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: run python cluster.py --out {os.path.dirname(path)} first")
-    try:
-        C = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise ValueError(f"{path}: not a .npy array ({e})") from None
-    if C.ndim != 2 or C.shape[0] == 0 or C.dtype.kind != "f" or not np.isfinite(C).all():
-        raise ValueError(f"{path}: expected a (clusters, hidden size) array of finite floats, got "
-                         f"{C.dtype} {C.shape}" + ("" if C.dtype.kind != "f" or np.isfinite(C).all() else
-                                                   " with NaN or inf"))
-    return C
+    """python cluster.py ...: refusals are one line and exit status 2 (cli.run)."""
+    def cluster():
+        args = cli.cluster_args(argv)
+        check_replaceable(args.out)
+        examples, cfg = questions_to_cluster(cli.pick(args, ClusterConfig))
+        model, tok = M.load(args.model, dtype=args.dtype, device=args.device, revision=args.revision)
+        cluster_questions(cfg, examples, model, tok, args.out, args.model)
+    cli.run(cluster)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ Few-shot evaluation of a phi checkpoint on LiLA math questions, per skill.
     python eval.py --adapter out/experts/algebra     # base + one LoRA expert, merged
     python eval.py --moe out/routers/centroid-token  # the routed mixture
     python eval.py --moe out/routers/centroid-token --route "algebra=0.7,arithmetic=0.3"   # steered
-    python eval.py --explain "Solve 3*y - 1 = -13 for y."                                 # explained
 
 For every question: k solved questions from the train split, by default the
 ones nearest to it by the base model's meta-question embedding (--shots-from;
@@ -15,34 +14,51 @@ stopping at the first newline (model.py); exact match after normalisation
 (data/score.py); and the answer's NLL under teacher forcing. The result is a
 markdown table per skill and submodule, and optionally a JSON file with every
 prediction. An expert (--adapter) is merged into the base weights first, so it
-costs nothing at inference; steering (--route), the explanation of one question
-(--explain) and the routing report are explain.py's; comparing runs is study/cli.py's.
+costs nothing at inference. A routed mixture (--moe) records, for every
+question, the expert and group weights of every layer, and writes a routing
+report per skill (routing.json and heatmaps). Steering (--route) replaces the
+router's task-level weights by the user's: a route spec names experts or groups
+with weights. Worked example, experts [algebra, arithmetic, calculus] in groups
+[[0, 2], [1]] (names "algebra+calculus", "arithmetic"):
+
+    "algebra=0.7,arithmetic=0.3"      -> [0.7, 0.3, 0.0]
+    "algebra+calculus=1,arithmetic=1" -> [0.25, 0.5, 0.25]   a group's weight is split evenly
+    "calculus"                        -> [0.0, 0.0, 1.0]     one name: forced
+
+A single name forces that expert, merged into the weights: exactly --adapter
+with that expert. Several names replace the task prior, and in the two-level
+router the layer-wise gate still mixes in with its learned weight lambda_l
+(--variant task-soft uses the weights alone). explain.py explains one
+question; comparing runs is python -m study's.
 
 Reference: lm-evaluation-harness's conventions for generative QA (few-shot
 "Question:/Answer:" prompts, greedy, stop at newline, exact match).
 Left out: multiple-choice scoring, chain-of-thought, and sampled metrics (pass@k).
 """
+import math
 import os
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import adapters
+import cli
 import cluster
-import explain
-import flags
 import lora
-import mixture
 import model as M
-from data.cli import run
-from data.files import write_json
+import router as routing
+from formats import adapters
+from formats.files import UserError, write_json
+from formats.pictures import heatmap
+from formats.routers import load_router, read_config, router_experts
 from data.lila import check_disjoint, check_distinct, load as load_examples
 from data.prompts import question_ids, select, shot_pool
 from data.score import accuracy, answer_nlls, is_correct, mean_accuracy
+
 
 @torch.no_grad()
 def answer_nll(model, prompts, answers):
@@ -131,19 +147,19 @@ def moe(ev, router_dir, variant="full", experts=None, route=None):
     full      the two-level router: task prior mixed with the per-layer grouped gate
     task-soft the task-level prior alone, as fixed expert weights per question
     task-hard each question's top task-level expert, merged into the weights
-    route     steering (explain.parse_route): these weights replace the task level
+    route     steering (parse_route): these weights replace the task level
     Records get a `routing` field: per layer, the expert and group weights at
     the positions that produced the answer (full), or the task weights."""
     model, tok, examples = ev.model, ev.tok, ev.examples
     device = model.lm_head.weight.device
-    router = mixture.load_router(router_dir, model)          # rank-1 experts come inside the router
+    router = load_router(router_dir, model)          # rank-1 experts come inside the router
     cfg = router.cfg
-    dirs = mixture.router_experts(router_dir, cfg, experts)
+    dirs = router_experts(router_dir, cfg, experts)
     _check_moe(router_dir, cfg, variant, route)
     priors, forced = None, None
     if route:                       # steering: the user's weights replace the task level
-        w = explain.parse_route(route, cfg)
-        priors, forced = w.expand(len(examples), -1), explain.forced_expert(w)     # (N, E)
+        w = parse_route(route, cfg)
+        priors, forced = w.expand(len(examples), -1), forced_expert(w)     # (N, E)
         print(f"--route {route}: expert weights {dict(zip(cfg.experts, w.tolist()))}")
     elif cfg.prior != "none" or variant != "full":
         priors = router.task.prior(cluster.meta_embeddings(examples, model, tok, cfg.embed_layer))   # (N, E)
@@ -168,13 +184,82 @@ def moe(ev, router_dir, variant="full", experts=None, route=None):
         with router.record() as rec:
             yield extras
         for j, w in enumerate(rec.weights()):                             # (L, E) each, on the CPU
-            extras.append({"routing": {"experts": _rounded(w), "groups": _rounded(w @ router.M.cpu()),
+            extras.append({"routing": {"experts": _rounded(w), "groups": _rounded(w @ router.member.cpu()),
                                        "prior": None if p is None else _rounded(p[j])}})
     try:
         return ev(f"moe ({variant})", route=per_batch), router
     finally:
         router.detach()
         lora.remove_lora(model, merge=False)
+
+
+# ---------------------------------------------------------------------------
+# Steering and the routing report
+# ---------------------------------------------------------------------------
+
+
+def parse_route(spec, cfg):
+    """Route spec -> expert weights (E,) that sum to 1 (worked examples: this file's docstring)."""
+    experts, groups = cfg.experts, routing.group_names(cfg)
+    known = f"experts: {', '.join(experts)}; groups: {', '.join(groups)}"
+    w = torch.zeros(len(experts), dtype=torch.float64)     # 1e39 and 1e-50 are fine before normalising
+    names = [part.partition("=")[0].strip() for part in spec.split(",")]
+    if len(set(names)) < len(names):
+        raise UserError(f"--route {spec!r}: a name comes more than once; expected each expert or group once")
+    for part in spec.split(","):
+        name, eq, value = (s.strip() for s in part.partition("="))
+        try:
+            v = float(value) if eq else 1.0
+        except ValueError:
+            raise UserError(f"--route {spec!r}: the weight of {name!r} must be a number, got {value!r}")
+        if not (math.isfinite(v) and v >= 0):
+            raise UserError(f"--route {spec!r}: the weight of {name!r} must be a finite number >= 0, "
+                             f"got {value!r}")
+        if name in experts:
+            w[experts.index(name)] += v
+        elif name in groups:
+            members = cfg.groups[groups.index(name)]
+            w[members] += v / len(members)
+        else:
+            raise UserError(f"--route {spec!r}: unknown name {name!r}; {known}")
+    if not 0 < w.sum() < math.inf:
+        raise UserError(f"--route {spec!r}: the weights sum to {w.sum().item():g}, expected a finite sum > 0")
+    return (w / w.sum()).float()
+
+
+def forced_expert(w):
+    """The expert index if w is one-hot, else None."""
+    return int(w.argmax()) if w.max() == 1 else None
+
+
+def routing_report(records, router, out_dir):
+    """Per skill: mean expert and group weights per layer -> routing.json and a
+    heatmap PNG per skill (layers x experts)."""
+    cfg = router.cfg
+    os.makedirs(out_dir, exist_ok=True)
+    report = {"experts": cfg.experts, "groups": routing.group_names(cfg), "per_skill": {}}
+    for skill in sorted({r["skill"] for r in records}):
+        rs = [r["routing"] for r in records if r["skill"] == skill and "experts" in r["routing"]]
+        if not rs:
+            continue
+        experts = np.mean([r["experts"] for r in rs], axis=0)             # (L, E)
+        groups = np.mean([r["groups"] for r in rs], axis=0)               # (L, G)
+        per_question = [np.mean(r["groups"], 0) for r in rs]               # (G,) each: mean over layers
+        report["per_skill"][skill] = {
+            "experts": experts.tolist(), "groups": groups.tolist(), "questions": len(rs),
+            "group_entropy": float(np.mean([entropy(g) for g in per_question])),
+            "groups_above_10pct": float(np.mean([(g > 0.1).sum() for g in per_question]))}
+        heatmap(experts.tolist(), [f"layer {l}" for l in range(len(experts))], cfg.experts,
+                f"{skill}: mean expert weight per layer", os.path.join(out_dir, f"routing_{skill}.png"),
+                fmt="{:.2f}", diverging=False)
+    write_json(os.path.join(out_dir, "routing.json"), report)
+    print(f"wrote {out_dir}/routing.json")
+    return report
+
+
+def entropy(p):
+    p = np.asarray(p, dtype=np.float64)
+    return float(-(p * np.log(np.clip(p, 1e-12, None))).sum())
 
 
 def _rounded(w):
@@ -221,24 +306,38 @@ class Evaluator:
                         self.max_new_tokens, desc, route, self.source)
 
     @classmethod
-    def from_args(cls, args):
-        """The model and the questions that flags.add_question_flags' flags name."""
-        model, tok = M.load(args.model, dtype=args.dtype, device=args.device, revision=args.revision)
-        skills = args.skills.split(",") if args.skills else None
-        examples = load_examples(args.data, split=args.split, skills=skills)
+    def build(cls, model, tok, q):
+        """The questions that q (a Questions) names, with their shots' pool, for model."""
+        skills = q.skills.split(",") if q.skills else None
+        examples = load_examples(q.data, split=q.split, skills=skills)
         # nearest shots search the whole train split: --skills picks the questions asked, not the shots
-        train = load_examples(args.data, split="train", skills=None if args.shots_from == "nearest" else skills) \
-            if args.shots else []
-        check_distinct(examples, f"{args.data}, {args.split} split")     # all of it, whatever --limit draws
-        if args.split != "train":
-            check_disjoint(examples, train, args.data)
-        examples = select(examples, args.limit, args.seed)
-        pool = shot_source(model, tok, examples, train, args.shots, args.shots_from, args.shot_pool,
-                           args.seed, args.shot_text)
-        print(f"evaluating {len(examples)} {args.split} questions, {args.shots}-shot"
-              + (f", shots from {args.shots_from}" if args.shots else ""))
-        return cls(model, tok, examples, pool, args.shots, args.batch_size, args.seed, args.max_new_tokens,
-                   args.shots_from)
+        train = load_examples(q.data, split="train", skills=None if q.shots_from == "nearest" else skills) \
+            if q.shots else []
+        check_distinct(examples, f"{q.data}, {q.split} split")     # all of it, whatever --limit draws
+        if q.split != "train":
+            check_disjoint(examples, train, q.data)
+        examples = select(examples, q.limit, q.seed)
+        pool = shot_source(model, tok, examples, train, q.shots, q.shots_from, q.shot_pool, q.seed, q.shot_text)
+        print(f"evaluating {len(examples)} {q.split} questions, {q.shots}-shot"
+              + (f", shots from {q.shots_from}" if q.shots else ""))
+        return cls(model, tok, examples, pool, q.shots, q.batch_size, q.seed, q.max_new_tokens, q.shots_from)
+
+
+@dataclass
+class Questions:
+    """Which questions are asked and how their prompts are built: the question
+    flags of eval.py and study.heldout (cli.add_question_flags, with their defaults)."""
+    data: str
+    split: str                 # train, dev or test
+    skills: str | None         # comma-separated, or None for all
+    limit: int | None          # at most this many per skill, drawn by seed
+    shots: int
+    shots_from: str            # nearest, skill or submodule (data.prompts.SHOT_SOURCES)
+    shot_pool: int             # nearest: train questions searched
+    shot_text: str             # nearest: meta-question or question
+    seed: int
+    batch_size: int
+    max_new_tokens: int
 
 
 def shot_source(model, tok, examples, train, shots, source, pool_size, seed, text):
@@ -254,15 +353,14 @@ def shot_source(model, tok, examples, train, shots, source, pool_size, seed, tex
 
 
 def main():
-    args = flags.eval_args()
-    if args.explain:
-        return explain.explain(args)
+    args = cli.eval_args()
     if args.moe:                # a router that cannot do what is asked is refused before the model loads
-        cfg = mixture.load_config(args.moe)
+        cfg = read_config(args.moe)
         _check_moe(args.moe, cfg, args.variant, args.route)
         if args.route:
-            explain.parse_route(args.route, cfg)
-    ev = Evaluator.from_args(args)
+            parse_route(args.route, cfg)
+    model, tok = M.load(args.model, dtype=args.dtype, device=args.device, revision=args.revision)
+    ev = Evaluator.build(model, tok, cli.pick(args, Questions))
     if args.adapter:
         adapters.load_adapter(ev.model, args.adapter)
         lora.merge_lora(ev.model)
@@ -284,7 +382,7 @@ def main():
               "counts": {k: {"correct": c, "total": n} for k, (c, n) in accuracy(records).items()},
               "mean_accuracy": mean_accuracy(records), "answer_nll": answer_nlls(records), "records": records}
     if args.moe and args.variant == "full":
-        report["routing"] = explain.routing_report(records, router, args.out)
+        report["routing"] = routing_report(records, router, args.out)
     if args.json:
         write_json(args.json, report)
         print(f"wrote {args.json}")
@@ -298,10 +396,10 @@ def main():
 def _check_moe(router_dir, cfg, variant, route):
     """A router and the evaluation asked of it fit together."""
     if cfg.rank1 and variant != "full":
-        raise ValueError(f"{router_dir} holds rank-1 experts without a task prior: only --variant full")
+        raise UserError(f"{router_dir} holds rank-1 experts without a task prior: only --variant full")
     if route and (cfg.rank1 or cfg.prior == "none"):
-        raise ValueError(f"--route: {router_dir} has no task level to replace (rank-1 experts or --prior none)")
+        raise UserError(f"--route: {router_dir} has no task level to replace (rank-1 experts or --prior none)")
 
 
 if __name__ == "__main__":
-    run(main)
+    cli.run(main)

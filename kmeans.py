@@ -8,6 +8,8 @@ and purity and NMI to score a clustering against labels.
     r = seeded_kmeans(X, y, labelled)                # cluster c starts at the labelled points of class c
     purity(skills, r.labels), nmi(skills, r.labels)
 
+Chapters: 1. k-means, 2. seeded k-means and expert groups, 3. purity and NMI.
+
 References: Arthur & Vassilvitskii, "k-means++: The Advantages of Careful
 Seeding" (SODA 2007); Basu, Banerjee & Mooney, "Semi-supervised Clustering by
 Seeding" (ICML 2002); Strehl & Ghosh (JMLR 2002) for NMI. The tests check
@@ -19,8 +21,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from formats.files import UserError
+
 # ---------------------------------------------------------------------------
-# 3. k-means
+# 1. k-means: k-means++ seeding, Lloyd iterations, restarts
 # ---------------------------------------------------------------------------
 
 
@@ -46,9 +50,9 @@ def sq_dists(X, C):
 
 def check_k(k, n):
     if n == 0:
-        raise ValueError("no points to cluster (empty data)")
+        raise UserError("no points to cluster (empty data)")
     if not 1 <= k <= n:
-        raise ValueError(f"k={k} clusters for {n} points: k must be between 1 and the number of points")
+        raise UserError(f"k={k} clusters for {n} points: k must be between 1 and the number of points")
 
 
 def kmeans_plusplus(X, k, rng):
@@ -119,22 +123,27 @@ def kmeans(X, k, n_init=10, max_iter=300, tol=1e-4, seed=0, cosine=False, init=N
     X = np.asarray(X)
     X = X.astype(np.float32 if X.dtype == np.float32 else np.float64)
     if X.ndim != 2:
-        raise ValueError(f"X must be a (points, features) array, got shape {X.shape}")
+        raise UserError(f"X must be a (points, features) array, got shape {X.shape}")
     check_k(k, len(X))
     if not np.isfinite(X).all():
-        raise ValueError("X contains NaN or infinite values")
+        raise UserError("X contains NaN or infinite values")
     if cosine:
         X = unit(X)
     tol = tol * float(X.var(0).mean())
     if init is not None:
         init = np.asarray(init, X.dtype)
         if init.shape != (k, X.shape[1]):
-            raise ValueError(f"init has shape {init.shape}, expected {(k, X.shape[1])}")
+            raise UserError(f"init has shape {init.shape}, expected {(k, X.shape[1])}")
         starts = [unit(init) if cosine else init]
     else:
         rng = np.random.default_rng(seed)
         starts = (kmeans_plusplus(X, k, rng) for _ in range(n_init))
     return min((_lloyd(X, C, max_iter, tol, cosine) for C in starts), key=lambda r: r.inertia)
+
+
+# ---------------------------------------------------------------------------
+# 2. Seeded k-means and expert groups
+# ---------------------------------------------------------------------------
 
 
 def seeded_kmeans(X, y, labelled, **kw):
@@ -181,6 +190,11 @@ def expert_groups(centroids, n_groups, seed=0, cosine=False):
     Returns one sorted list of cluster ids per group."""
     labels = kmeans(centroids, n_groups, seed=seed, cosine=cosine).labels
     return [np.flatnonzero(labels == g).tolist() for g in range(n_groups)]
+
+
+# ---------------------------------------------------------------------------
+# 3. Scoring a clustering against labels: purity and NMI
+# ---------------------------------------------------------------------------
 
 
 def contingency(a, b):

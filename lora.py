@@ -1,7 +1,7 @@
 """
 LoRA by hand: low-rank adapters on the Linear layers of model.py's phi, a
 multi-expert LoRA layer for the router, and merging. Their files, in the PEFT
-layout, are adapters.py's.
+layout, are formats/adapters.py's.
 
     names = add_lora(model, r=8, alpha=16)        # q/k/v/dense/fc1/fc2 get adapters
     mark_only_lora_trainable(model)               # ... train ...
@@ -29,7 +29,7 @@ I in_features, O out_features.
 
 Left out: DoRA, rsLoRA, per-module rank/alpha patterns, trainable biases, LoRA
 on embeddings, several named adapters in one module (MultiLoRALinear instead),
-quantised bases. adapters.py refuses files that need one, naming the setting.
+quantised bases. formats/adapters.py refuses files that need one, naming the setting.
 """
 import math
 import re
@@ -37,6 +37,8 @@ import re
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from formats.files import UserError
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2")
 
@@ -58,7 +60,7 @@ class LoRALinear(nn.Module):
     def __init__(self, base: nn.Linear, r=8, alpha=16, dropout=0.0):
         super().__init__()
         if r <= 0:
-            raise ValueError(f"LoRA rank r must be positive, got {r}")
+            raise UserError(f"LoRA rank r must be positive, got {r}")
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight, self.bias = base.weight, base.bias   # same Parameters: keys unchanged
         self.r, self.alpha, self.scaling = r, alpha, alpha / r
@@ -161,7 +163,7 @@ class MultiLoRALinear(nn.Module):
         multi = cls(base, len(loras), max(m.r for m in loras), dropout=first.dropout_p)
         for e, m in enumerate(loras):
             if m.weight is not first.weight:
-                raise ValueError(f"expert {e} wraps a different base weight than expert 0")
+                raise UserError(f"expert {e} wraps a different base weight than expert 0")
             multi.set_expert(e, m.lora_A.weight, m.lora_B.weight, m.scaling)
         return multi
 
@@ -170,7 +172,7 @@ class MultiLoRALinear(nn.Module):
         """Copy one expert in: A (r_e, I), B (O, r_e) with r_e <= r; rows beyond r_e stay zero."""
         r_e = A.shape[0]
         if r_e > self.r or A.shape != (r_e, self.in_features) or B.shape != (self.out_features, r_e):
-            raise ValueError(f"expert {e}: A {tuple(A.shape)} / B {tuple(B.shape)} do not fit "
+            raise UserError(f"expert {e}: A {tuple(A.shape)} / B {tuple(B.shape)} do not fit "
                              f"A (<= {self.r}, {self.in_features}) / B ({self.out_features}, <= {self.r})")
         self.lora_A[e].zero_()
         self.lora_B[e].zero_()
@@ -228,7 +230,7 @@ class MultiLoRALinear(nn.Module):
         if self.merged is not None:
             return
         if self.weights is None or self.weights.dim() != 1:
-            raise ValueError("MultiLoRALinear.merge needs .weights of shape (E,): one fixed mix")
+            raise UserError("MultiLoRALinear.merge needs .weights of shape (E,): one fixed mix")
         _check_routing_weights(self.weights, self.n_experts, "MultiLoRALinear.merge")
         self.merged = self.weights.detach().clone()
         self.original = self.weight.detach().to("cpu", copy=True)      # exact restore, as LoRALinear
@@ -281,10 +283,10 @@ def replace_module(model, name, new):
 def _wrap(model, targets, make):
     """Replace every Linear that `targets` selects by make(linear), in place; return their names."""
     if lora_modules(model):
-        raise ValueError("model already has LoRA layers; call remove_lora(model) first")
+        raise UserError("model already has LoRA layers; call remove_lora(model) first")
     names = target_names(model, targets)
     if not names:
-        raise ValueError(f"targets {targets!r} match no nn.Linear in the model")
+        raise UserError(f"targets {targets!r} match no nn.Linear in the model")
     for name in names:
         replace_module(model, name, make(model.get_submodule(name)))
     return names
@@ -321,7 +323,7 @@ def merge_lora(model):
         m.merge()
         if not torch.isfinite(m.weight).all():   # e.g. a huge adapter in a bf16 or fp16 base
             unmerge_lora(model)
-            raise ValueError(f"the adapters' update s*B@A overflows the base weights' {m.weight.dtype}: "
+            raise UserError(f"the adapters' update s*B@A overflows the base weights' {m.weight.dtype}: "
                              "merged, they hold inf or NaN (is an adapter scaled wrongly?)")
 
 
@@ -374,11 +376,11 @@ def set_expert_weights(model, weights, layer=None):
 def _check_routing_weights(w, n_experts, where):
     """Routing weights: a floating-point tensor (E,), (B, E) or (B, T, E) of finite values."""
     if not (isinstance(w, torch.Tensor) and w.is_floating_point()):
-        raise ValueError(f"{where}: routing weights must be a floating-point tensor, got {repr(w)[:60]}")
+        raise UserError(f"{where}: routing weights must be a floating-point tensor, got {repr(w)[:60]}")
     if w.dim() not in (1, 2, 3) or w.shape[-1] != n_experts:
-        raise ValueError(f"{where}: routing weights {tuple(w.shape)}, expected (E,), (B, E) or "
+        raise UserError(f"{where}: routing weights {tuple(w.shape)}, expected (E,), (B, E) or "
                          f"(B, T, E) with E={n_experts}")
     if not torch.isfinite(w).all():
-        raise ValueError(f"{where}: routing weights {tuple(w.shape)} contain NaN or inf, "
+        raise UserError(f"{where}: routing weights {tuple(w.shape)} contain NaN or inf, "
                          "expected finite values")
 

@@ -11,7 +11,7 @@ Chapters, top to bottom:
   3. the network      attention (+ KV cache), MLP, the parallel block, the LM
   4. loading/saving   HF layout: config.json, model.safetensors (or shards), tokenizer.json,
                       or a Hub id ("microsoft/phi-2") resolved to such a folder in the HF
-                      cache; hf.py reads, checks and writes the files themselves
+                      cache; formats/hf.py reads, checks and writes the files themselves
   5. generation       batched, left-padded prefill + decode loop; greedy or sampled
 
 References: microsoft/phi-2 config.json; transformers' models/phi/modeling_phi.py
@@ -38,7 +38,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import hf
+from formats import hf
+from formats.files import UserError
 from data.prompts import EOT
 
 # ---------------------------------------------------------------------------
@@ -74,7 +75,7 @@ class PhiConfig:
         token ids may fall back to phi-2's) and typed (hf.read_config)."""
         cfg = cls(**hf.read_config(path, {name: f.type for name, f in cls.__dataclass_fields__.items()}))
         if cfg.hidden_size % cfg.num_attention_heads or cfg.rotary_dim % 2:
-            raise ValueError(f"{path}: hidden_size {cfg.hidden_size} must split into "
+            raise UserError(f"{path}: hidden_size {cfg.hidden_size} must split into "
                              f"{cfg.num_attention_heads} heads with an even rotary dim")
         return cfg
 
@@ -305,10 +306,9 @@ class PhiForCausalLM(nn.Module):
 
 
 # ---------------------------------------------------------------------------
-# 4. Loading and saving the HF checkpoint layout (the files themselves: hf.py)
+# 4. Loading and saving the HF checkpoint layout (the files themselves: formats/hf.py)
 # ---------------------------------------------------------------------------
 
-DEFAULT_MODEL = "checkpoints/phi-tiny"   # the phi-architecture model shipped in the repository
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
           "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
 
@@ -332,7 +332,7 @@ def load(ckpt, dtype=torch.float32, device="cpu", verbose=True, revision=None):
     model.name_or_path = folder            # the local folder it was read from (cluster.py hashes its files)
     model.model_id = ckpt                  # the folder or Hub id as given: adapters name their base by it
     model.revision = revision              # the Hub commit, or None for a plain folder
-    tok = hf.read_tokenizer(os.path.join(folder, "tokenizer.json"), cfg.vocab_size)
+    tok = hf.read_tokenizer(os.path.join(folder, "tokenizer.json"), cfg.vocab_size, EOT)
     if verbose:
         print(f"loaded {ckpt}: {model.num_params() / 1e6:.1f}M parameters, "
               f"{cfg.num_hidden_layers} layers, {dtype}, {device}")
@@ -445,13 +445,13 @@ def complete(model, tok, prompts, max_new_tokens=32, stop="\n", **kw):
 def _check_prompts(prompts, P, V):
     """generate()'s prompts: at least one, none empty, each fits the context P, ids below V."""
     if len(prompts) == 0:
-        raise ValueError("no prompts given")
+        raise UserError("no prompts given")
     for i, p in enumerate(prompts):
         if len(p) == 0:
-            raise ValueError(f"prompt {i} is empty")
+            raise UserError(f"prompt {i} is empty")
         if len(p) > P:
-            raise ValueError(f"prompt {i} has {len(p)} tokens, more than "
+            raise UserError(f"prompt {i} has {len(p)} tokens, more than "
                              f"max_position_embeddings={P}")
         if not 0 <= min(p) <= max(p) < V:
-            raise ValueError(f"prompt {i} has token ids from {min(p)} to {max(p)}, "
+            raise UserError(f"prompt {i} has token ids from {min(p)} to {max(p)}, "
                              f"outside the vocabulary 0..{V - 1}")

@@ -2,10 +2,11 @@
 Two-level routing over LoRA skill experts: a task-level router over whole
 questions and a layer-wise grouped gate over tokens, mixed by a learned weight.
 
-    experts = adapters.load_experts(model, dirs)          # E experts stacked per layer
-    router = Router(cfg).attach(model)                # one grouped gate per layer
-    router.set_prior(task.prior(embeddings))          # (B, E) for the questions in the batch
-    logits = model(idx)                               # the gates route inside every layer
+    adapters.load_experts(model, dirs)                 # E experts stacked per layer
+    router = from_experts(cfg, X, labels, n_groups=3)  # centroids, groups, task-level fit
+    router.attach(model)                               # one grouped gate per layer
+    router.set_prior(router.task.prior(embeddings))    # (B, E) for the questions in the batch
+    logits = model(idx)                                # the gates route inside every layer
 
 Chapters:
   1. TaskRouter   question -> distribution over experts, from the embedding of its
@@ -22,10 +23,14 @@ Chapters:
                   renormalisation, temperature, an entropy regulariser and a
                   load-balancing loss; forward pre-hooks write the weights into
                   the layer's MultiLoRALinear modules; record() keeps them
-  4. checks       the temperatures; a RouterConfig's fields, and the files
-                  router.json and router.safetensors, are checked in mixture.py
+  4. from experts each expert's centroid is the mean meta-question embedding of
+                  the training questions labelled as its own (its skill, or its
+                  cluster); the groups are a k-means of the centroids; the task
+                  router is fitted to the same labels. Rank-1 experts (Intuition-
+                  MoR1E) have no questions of their own: contiguous groups, no prior
+  5. checks       the temperatures and every field of a RouterConfig (from Python
+                  or from router.json, which formats/routers.py reads and writes)
 
-Expert groups come from a second k-means over the expert centroids (cluster.py);
 train.py --router builds a router from experts and questions, eval.py --moe runs one.
 With one expert in one group, the router reduces to that expert's LoRA
 (a test checks it). Hard task-level routing to one expert is served by merging
@@ -34,9 +39,10 @@ that expert into the weights (eval.py does it): zero inference overhead.
 References: AT-MoE (arXiv 2410.10896) for the grouped gate; Intuition-MoR1E /
 T-REX (arXiv 2404.08985) for centroid "intuition", the learned mix, rank-1
 experts and entropy regularisation; Switch Transformer (arXiv 2101.03961) for
-the load-balancing loss. The AT-MoE equations are our reading (see DESIGN.md).
+the load-balancing loss. The AT-MoE equations are our reading of its description
+(group weights first, then weights normalised within each group).
 
-Letters: B batch, T tokens, C hidden size, E experts, G groups, L layers.
+Letters: B batch, T tokens, C hidden size, E experts, G groups, L layers, N questions.
 Rank-1 experts (train.py --router --rank1 N): N fresh rank-1 LoRA experts per
 layer, trained with the gates on mixed data (Intuition-MoR1E); no task prior.
 
@@ -46,13 +52,16 @@ LoRA experts costs little), and gates that see more than their layer's input.
 import math
 import numbers
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import kmeans
 import lora
+from formats.files import UserError, short
 
 # ---------------------------------------------------------------------------
 # 1. Task level
@@ -72,7 +81,7 @@ class TaskRouter(nn.Module):
         super().__init__()
         _check_positive("TaskRouter", "tau", tau)
         if kind not in ("centroid", "learned"):
-            raise ValueError(f"TaskRouter: kind is {kind!r}, expected 'centroid' or 'learned'")
+            raise UserError(f"TaskRouter: kind is {kind!r}, expected 'centroid' or 'learned'")
         E, C = centroids.shape
         self.kind, self.tau = kind, tau
         self.register_buffer("centroids", torch.as_tensor(centroids, dtype=torch.float32))   # (E, C)
@@ -124,14 +133,14 @@ class TaskRouter(nn.Module):
 
 
 def membership(groups, E):
-    """One-hot (E, G): M[e, g] = 1 if expert e is in group g. Groups partition 0..E-1."""
+    """One-hot (E, G): member[e, g] = 1 if expert e is in group g. Groups partition 0..E-1."""
     flat = sorted(e for g in groups for e in g)
     if flat != list(range(E)):
-        raise ValueError(f"groups {groups} must partition the experts 0..{E - 1}, each exactly once")
-    M = torch.zeros(E, len(groups))
+        raise UserError(f"groups {groups} must partition the experts 0..{E - 1}, each exactly once")
+    member = torch.zeros(E, len(groups))
     for g, members in enumerate(groups):
-        M[members, g] = 1.0
-    return M
+        member[members, g] = 1.0
+    return member
 
 
 class GroupedGate(nn.Module):
@@ -147,17 +156,17 @@ class GroupedGate(nn.Module):
     it takes a handful of operations, which counts: the gate runs in every layer
     at every decoding step."""
 
-    def __init__(self, C, M, temperature=1.0):
+    def __init__(self, C, member, temperature=1.0):
         super().__init__()
         _check_positive("GroupedGate", "temperature", temperature)
-        E, G = M.shape
+        E, G = member.shape
         self.U = nn.Linear(C, G)
         self.V = nn.Linear(C, E)
         for lin in (self.U, self.V):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
-        self.register_buffer("log_M", M.log(), persistent=False)          # (E, G): 0 in e's group, -inf outside
-        self.register_buffer("group_of", M.argmax(1), persistent=False)   # (E,): g(e)
+        self.register_buffer("log_member", member.log(), persistent=False)   # (E, G): 0 in e's group, -inf outside
+        self.register_buffer("group_of", member.argmax(1), persistent=False)   # (E,): g(e)
         self.temperature = temperature
 
     def forward(self, h):
@@ -165,7 +174,7 @@ class GroupedGate(nn.Module):
         h = h.float()
         log_g = F.log_softmax(self.U(h) / self.temperature, dim=-1)       # (..., G) log group weights
         v = self.V(h) / self.temperature                                # (..., E)
-        lse = torch.logsumexp(v.unsqueeze(-1) + self.log_M, dim=-2)     # (..., E, G) -> (..., G) per group
+        lse = torch.logsumexp(v.unsqueeze(-1) + self.log_member, dim=-2)     # (..., E, G) -> (..., G) per group
         return torch.exp(v + (log_g - lse)[..., self.group_of])          # (..., E)
 
 
@@ -191,7 +200,10 @@ class RouterConfig:
     rank1: int = 0                # > 0: that many fresh rank-1 experts, trained with the gates
     rank1_alpha: float = 2.0      # their LoRA alpha (scale alpha/1)
     targets: list = field(default_factory=lambda: list(lora.DEFAULT_TARGETS))   # rank-1 expert modules
-    extra: dict = field(default_factory=dict)   # free-form notes (e.g. how groups were made)
+    experts_dir: str | None = None   # the folder of the experts' adapters (None: rank-1 experts)
+    clusters_dir: str | None = None  # cluster.py's output the expert labels came from, if any
+    experts_sha256: dict = field(default_factory=dict)   # {expert: sha256 of its adapter weights}
+    weights_sha256: str | None = None   # of router.safetensors: save_router writes it
 
 
 class Router(nn.Module):
@@ -199,9 +211,9 @@ class Router(nn.Module):
         super().__init__()
         self.cfg = cfg
         E = len(cfg.experts)
-        M = membership(cfg.groups, E)
-        self.register_buffer("M", M, persistent=False)
-        self.gates = nn.ModuleList(GroupedGate(cfg.hidden_size, M, cfg.temperature)
+        member = membership(cfg.groups, E)
+        self.register_buffer("member", member, persistent=False)             # (E, G): expert weights @ member = group weights
+        self.gates = nn.ModuleList(GroupedGate(cfg.hidden_size, member, cfg.temperature)
                                    for _ in range(cfg.n_layers))
         self.mix = nn.Parameter(torch.zeros(cfg.n_layers))   # lambda_l = sigmoid(mix_l), 0.5 at start
         self.task = TaskRouter(centroids, "learned" if cfg.prior == "learned" else "centroid", cfg.tau)
@@ -263,10 +275,10 @@ class Router(nn.Module):
         weights from the layer's input and hands them to its MultiLoRALinear modules."""
         layers = model.model.layers
         if len(layers) != self.cfg.n_layers:
-            raise ValueError(f"router has {self.cfg.n_layers} layers, the model {len(layers)}")
+            raise UserError(f"router has {self.cfg.n_layers} layers, the model {len(layers)}")
         multi = lora.lora_modules(model, lora.MultiLoRALinear)
         if not multi:
-            raise ValueError("the model has no MultiLoRALinear layers: adapters.load_experts() first")
+            raise UserError("the model has no MultiLoRALinear layers: adapters.load_experts() first")
         for l, layer in enumerate(layers):
             mods = [m for n, m in multi.items() if n.startswith(f"model.layers.{l}.")]
 
@@ -327,11 +339,142 @@ class Recording:
 
 
 # ---------------------------------------------------------------------------
-# 4. Checks (RouterConfig's fields are checked where they come in: mixture.py)
+# 4. A router from experts
+# ---------------------------------------------------------------------------
+
+
+def group_count(requested, E, top_k=0):
+    """The number of groups: `requested`, or 3 (fewer with fewer than 3 experts).
+    More groups than experts is refused, and so is a top-k above E."""
+    if requested is not None and requested > E:
+        raise UserError(f"--n-groups {requested}: more groups than the {E} experts")
+    if top_k > E:
+        raise UserError(f"--top-k {top_k}: more than the {E} experts (0 keeps them all)")
+    return requested or min(3, E)
+
+
+def from_experts(cfg, X, labels, n_groups, seed=0):
+    """A Router over cfg.experts from labelled embeddings: X (N, C) the
+    meta-question embeddings of the training questions, labels (N,) the expert
+    each belongs to (-1: none). Returns (router, the task classifier's loss).
+
+        centroid_e = mean of X[labels == e]                 (E, C)
+        groups     = k-means of the centroids into n_groups
+        task       = fitted to (X, labels): scale calibrated, classifier trained
+    cfg.groups is replaced by the groups made here."""
+    missing = [n for i, n in enumerate(cfg.experts) if not (labels == i).any()]
+    if missing:
+        raise UserError(f"no training questions for the experts {missing}; expert names must be "
+                        f"skills in the data or cluster-K (with --clusters)")
+    centroids = np.stack([X[labels == e].mean(0) for e in range(len(cfg.experts))])   # (E, C)
+    groups = [g for g in kmeans.expert_groups(centroids, n_groups, seed=seed) if g]
+    router = make_router(replace(cfg, groups=groups), centroids)
+    keep = labels >= 0
+    return router, router.task.fit(X[keep], labels[keep])
+
+
+def with_rank1(cfg, n_groups):
+    """A Router over cfg.rank1 fresh rank-1 experts in n_groups contiguous groups
+    (sizes differ by at most 1): no questions of their own, so no centroids and
+    no task prior. own_experts(model) then adds the experts."""
+    E = cfg.rank1
+    groups = [[int(e) for e in g] for g in np.array_split(np.arange(E), n_groups)]
+    return make_router(replace(cfg, groups=groups, prior="none"), np.zeros((E, cfg.hidden_size), np.float32))
+
+
+def make_router(cfg, centroids, where="RouterConfig"):
+    """Router(cfg, centroids) once every field of cfg is checked (check_config)."""
+    check_config(asdict(cfg), where)
+    return Router(cfg, centroids)
+
+
+def group_names(cfg):
+    """A readable name per group of a RouterConfig: its experts joined by '+'."""
+    return ["+".join(cfg.experts[e] for e in g) for g in cfg.groups]
+
+
+# ---------------------------------------------------------------------------
+# 5. Checks
 # ---------------------------------------------------------------------------
 
 
 def _check_positive(where, name, value):
     """A temperature: a finite number > 0 (0 divides by zero, NaN poisons every weight)."""
     if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0):
-        raise ValueError(f"{where}: {name} is {value!r:.60}, expected a finite number > 0")
+        raise UserError(f"{where}: {name} is {value!r:.60}, expected a finite number > 0")
+
+
+def _is_int(v):
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)   # JSON true is not a count
+
+
+def _is_finite(v):
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_names(v):
+    return isinstance(v, (list, tuple)) and len(v) > 0 and all(isinstance(s, str) and s for s in v)
+
+
+def _is_groups(v):
+    return isinstance(v, (list, tuple)) and all(
+        isinstance(g, (list, tuple)) and g and all(_is_int(e) for e in g) for g in v)
+
+
+def _is_path(v):
+    return v is None or (isinstance(v, str) and bool(v))
+
+
+# Each RouterConfig field: (test of its value, what was expected). Ranges that
+# depend on other fields (groups, top_k, rank1, embed_layer) are in check_config.
+FIELD_RULES = {
+    "experts": (lambda v: _is_names(v) and len(set(v)) == len(v), "a non-empty list of distinct names"),
+    "groups": (_is_groups, "a list of non-empty lists of expert indices"),
+    "hidden_size": (lambda v: _is_int(v) and v > 0, "a positive int"),
+    "n_layers": (lambda v: _is_int(v) and v > 0, "a positive int"),
+    "level": (lambda v: v in ("token", "sequence"), "'token' or 'sequence'"),
+    "prior": (lambda v: v in ("centroid", "learned", "none"), "'centroid', 'learned' or 'none'"),
+    "top_k": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
+    "temperature": (lambda v: _is_finite(v) and v > 0, "a finite number > 0"),
+    "tau": (lambda v: _is_finite(v) and v > 0, "a finite number > 0"),
+    "entropy_weight": (_is_finite, "a finite number"),
+    "balance_weight": (lambda v: _is_finite(v) and v >= 0, "a finite number >= 0"),
+    "embed_layer": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
+    "rank1": (lambda v: _is_int(v) and v >= 0, "an int >= 0"),
+    "rank1_alpha": (lambda v: _is_finite(v) and v > 0, "a finite number > 0"),
+    "targets": (lambda v: (isinstance(v, str) and v) or _is_names(v),
+                "a non-empty list of module names or one regex string"),
+    "experts_dir": (_is_path, "null or a folder name"),
+    "clusters_dir": (_is_path, "null or a folder name"),
+    "experts_sha256": (lambda v: isinstance(v, dict) and all(isinstance(d, str) for d in v.values()),
+                       "an object of expert name -> sha256"),
+    "weights_sha256": (lambda v: v is None or isinstance(v, str), "null or a sha256"),
+}
+
+
+def check_config(values, where):
+    """RouterConfig fields {name: value}, from router.json or from Python: no
+    unknown or missing field, each value of the right type and range, groups a
+    partition of the experts. `where` (the file, or "RouterConfig") starts every message."""
+    known = {f.name: f for f in fields(RouterConfig)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise UserError(f"{where}: unknown field(s) {unknown}; a RouterConfig has {sorted(known)}")
+    required = [n for n, f in known.items() if f.default is MISSING and f.default_factory is MISSING]
+    missing = [n for n in required if n not in values]
+    if missing:
+        raise UserError(f"{where}: required field(s) {missing} missing")
+    for name, (ok, expected) in FIELD_RULES.items():
+        if name in values and not ok(values[name]):
+            raise UserError(f"{where}: field {name!r} is {short(values[name])}, expected {expected}")
+    E, L = len(values["experts"]), values["n_layers"]
+    top_k, rank1, embed_layer = (values.get(n, known[n].default) for n in ("top_k", "rank1", "embed_layer"))
+    if sorted(e for g in values["groups"] for e in g) != list(range(E)):
+        raise UserError(f"{where}: field 'groups' is {short(values['groups'])}, expected a partition "
+                        f"of the expert indices 0..{E - 1} (each in exactly one group)")
+    if top_k > E:
+        raise UserError(f"{where}: field 'top_k' is {top_k}, expected 0..{E} (the number of experts)")
+    if rank1 and rank1 != E:
+        raise UserError(f"{where}: field 'rank1' is {rank1}, expected 0 or {E} (the number of experts)")
+    if embed_layer > L:
+        raise UserError(f"{where}: field 'embed_layer' is {embed_layer}, expected 0..{L} (n_layers)")

@@ -14,14 +14,16 @@ Chapters:
   1. the pieces   AdamW, warmup + cosine decay, the loss, the dev loss, processes
   2. the modes    what each mode trains and saves: an HF-layout model (--base),
                   a PEFT adapter (LoRA), a whole model (--full) or a router
-                  (mixture.py builds it; only its gates and mix train, with its
-                  entropy and balance terms added to the loss)
+                  (router.from_experts builds it from the experts' questions;
+                  only its gates and mix train, with its entropy and balance
+                  terms added to the loss)
   3. the run      setup(), then train_step() until --steps, with checkpoint() every
                   --eval-every steps: dev loss and accuracy, the best model kept in
                   OUT, the whole state in OUT/train_state.pt for an exact --resume
                   (after the last step only the run's record: a finished run is done)
-The flags, with each mode's defaults, are flags.py's; the rows, data/episodes.py's
-(solved questions shaped as few-shot prompts, rebuilt exactly per step).
+Each mode's defaults are MODES below; every flag is declared in cli.py, and a
+run is a TrainConfig. The rows are data/episodes.py's (solved questions shaped
+as few-shot prompts, rebuilt exactly per step).
 
 Precision (--dtype): trainable weights are fp32; the frozen base is held in
 --dtype and the matmuls run under autocast, as PEFT + transformers users do
@@ -38,27 +40,115 @@ References: nanoGPT's train.py (loop, schedule, decay groups); LoRA (Hu et al.
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
 
-import adapters
+import numpy as np
+
+import cli
 import cluster
-import flags
-import hf
 import lora
-import mixture
 import model as M
-from data.cli import run
-from data.files import write_atomic, write_json
+import router as routing
+from eval import evaluate
+from formats import adapters, hf
+from formats.files import UserError, write_atomic, write_json
+from formats.routers import experts_sha256, save_router
 from data.lila import load as load_examples
 from data.episodes import Episodes
 from data.prompts import select
 from data.score import mean_accuracy
-from eval import evaluate
+
+MODES = {           # the defaults that differ between modes; --help lists them per mode
+    "base": dict(steps=3000, lr=2e-3, seq_len=512, warmup=200, loss="all", rows="submodule", eval_every=500),
+    "lora": dict(steps=300, lr=2e-3, seq_len=256, warmup=30, loss="answer", rows="skill", eval_every=100),
+    "full": dict(steps=300, lr=1e-4, seq_len=256, warmup=30, loss="answer", rows="skill", eval_every=100),
+    "router": dict(steps=300, lr=5e-3, seq_len=256, warmup=30, loss="answer", rows="submodule", eval_every=100),
+}
+# LoRA rows mix a skill's submodules because eval.py's prompts do: experts trained on
+# one-submodule rows gained 1.5-2.0 points on arithmetic, numbers and measurement,
+# and 10.5-12.0 with skill rows (docs/results.md).
+
+
+@dataclass
+class TrainConfig:
+    """One run: train.py's flags (cli.py declares them, with their help and defaults)."""
+    # the mode: exactly one of base, expert, mixed, router
+    base: bool
+    expert: str | None         # a skill, or cluster:K
+    mixed: bool
+    router: bool
+    # every mode
+    data: str
+    out: str
+    steps: int
+    batch_size: int
+    lr: float
+    seq_len: int
+    warmup: int
+    loss: str                  # all or answer
+    rows: str                  # submodule or skill
+    weight_decay: float
+    eval_every: int
+    eval_batches: int
+    eval_questions: int
+    seed: int
+    device: str
+    dtype: str | None
+    compile: bool
+    resume: bool
+    stop_at: int | None
+    # --base: the model to pretrain
+    tokenizer: str
+    n_layer: int
+    n_embd: int
+    n_head: int
+    rotary: float
+    max_pos: int
+    save_dtype: str
+    # LoRA (--expert, --mixed) and the base they adapt
+    model: str
+    revision: str | None
+    full: bool
+    adapter: str | None
+    rank: int
+    alpha: float
+    dropout: float
+    targets: str               # comma-separated module names
+    clusters: str
+    steps_per_skill: int | None
+    # --router
+    experts: str
+    router_questions: int
+    level: str
+    prior: str
+    rank1: int
+    n_groups: int | None
+    top_k: int
+    temperature: float
+    tau: float
+    entropy_weight: float
+    balance_weight: float
+
+    @property
+    def mode(self):
+        """base, router, full (--expert/--mixed --full) or lora (--expert/--mixed)."""
+        return cli.mode_of(self)
+
+    def identity(self):
+        """The flags that define the run (a --resume must give the same)."""
+        return {k: v for k, v in sorted(asdict(self).items()) if k not in cli.NOT_THE_RUN}
+
+
+def config(argv=None):
+    """The TrainConfig of a command line (sys.argv by default), its flags checked."""
+    return cli.pick(cli.train_args(MODES, lora.DEFAULT_TARGETS, argv), TrainConfig)
+
 
 # ---------------------------------------------------------------------------
 # 1. The pieces of the loop
@@ -120,37 +210,37 @@ def distributed(device):
 # 2. The modes
 # ---------------------------------------------------------------------------
 
-def setup_base(args, tok, device):
+def setup_base(cfg, tok, device):
     """A fresh phi-architecture model; every parameter trains."""
     vocab = -(-tok.get_vocab_size() // 64) * 64          # round up: friendlier matmul shapes
-    cfg = M.PhiConfig(vocab_size=vocab, hidden_size=args.n_embd, intermediate_size=4 * args.n_embd,
-                      num_hidden_layers=args.n_layer, num_attention_heads=args.n_head,
-                      partial_rotary_factor=args.rotary, max_position_embeddings=args.max_pos,
+    phi = M.PhiConfig(vocab_size=vocab, hidden_size=cfg.n_embd, intermediate_size=4 * cfg.n_embd,
+                      num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
+                      partial_rotary_factor=cfg.rotary, max_position_embeddings=cfg.max_pos,
                       bos_token_id=tok.token_to_id(M.EOT), eos_token_id=tok.token_to_id(M.EOT))
-    model = M.PhiForCausalLM(cfg).to(device)
-    print(f"phi-tiny: {model.num_params() / 1e6:.2f}M parameters, {cfg.num_hidden_layers} layers, "
-          f"width {cfg.hidden_size}, {cfg.num_attention_heads} heads of {cfg.head_dim}")
-    save = lambda out: M.save(model, tok, out, dtype=M.DTYPES[args.save_dtype])
+    model = M.PhiForCausalLM(phi).to(device)
+    print(f"phi-tiny: {model.num_params() / 1e6:.2f}M parameters, {phi.num_hidden_layers} layers, "
+          f"width {phi.hidden_size}, {phi.num_attention_heads} heads of {phi.head_dim}")
+    save = lambda out: M.save(model, tok, out, dtype=M.DTYPES[cfg.save_dtype])
     return model, model, save
 
 
-def setup_lora(args, model):
+def setup_lora(cfg, model):
     """LoRA on the target modules of the frozen base, fresh or (--adapter) the
     saved one to continue from; only LoRA (fp32) trains."""
-    if args.adapter:          # its r, alpha, dropout and targets come with it
-        adapters.load_adapter(model, args.adapter)
-        print(f"continuing from the adapter {args.adapter}")
+    if cfg.adapter:          # its r, alpha, dropout and targets come with it
+        adapters.load_adapter(model, cfg.adapter)
+        print(f"continuing from the adapter {cfg.adapter}")
     else:
-        _check_targets(model, args.targets.split(","))
-        lora.add_lora(model, r=args.rank, alpha=args.alpha, dropout=args.dropout,
-                      targets=args.targets.split(","))
+        _check_targets(model, cfg.targets.split(","))
+        lora.add_lora(model, r=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout,
+                      targets=cfg.targets.split(","))
     lora.mark_only_lora_trainable(model)
     lora.count_trainable(model)
-    save = lambda out: adapters.save_adapter(model, out, args.model)
+    save = lambda out: adapters.save_adapter(model, out, cfg.model)
     return model, save
 
 
-def setup_full(args, model, tok):
+def setup_full(cfg, model, tok):
     """--full: every weight of the base trains (fp32, autocast to --dtype), as in a
     plain fine-tune, the baseline that can forget; the whole model is saved."""
     for p in model.parameters():
@@ -159,24 +249,93 @@ def setup_full(args, model, tok):
     return model, lambda out: M.save(model, tok, out)
 
 
-def setup_router(args, model, tok, device, train_ex, dev_ex):
-    """Base + frozen experts (or fresh rank-1 experts) + a Router; the router trains."""
-    setup = mixture.build_router(model, tok, args, train_ex, dev_ex, device)
-    save = lambda out: mixture.save_router(setup.router, out)
-    return setup, save
+def setup_router(cfg, model, tok, device, train_ex, dev_ex):
+    """Base + frozen experts (or fresh rank-1 experts) + a Router; only the router's
+    gates and mix (and rank-1 experts) train. Returns (TaskPriors, save)."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if cfg.rank1:
+        E = cfg.rank1
+        router = routing.with_rank1(router_config(cfg, model, [f"r1-{e:02d}" for e in range(E)]),
+                                    routing.group_count(cfg.n_groups, E, cfg.top_k)).own_experts(model)
+        X = None
+        print(f"router over {E} fresh rank-1 experts ({sum(p.numel() for p in router.rank1):,} parameters) in "
+              f"{len(router.cfg.groups)} groups, gate per {cfg.level}, no task prior")
+    else:
+        dirs = adapters.expert_dirs(cfg.experts)
+        names = list(dirs)
+        n_groups = routing.group_count(cfg.n_groups, len(names), cfg.top_k)
+        layer = cluster.resolve_layer(model.config)
+        X = cluster.meta_embeddings(train_ex + dev_ex, model, tok, layer)      # the base alone, before the experts
+        labels = expert_labels(train_ex, names, cfg.clusters, model, tok)
+        adapters.load_experts(model, list(dirs.values()))
+        for p in model.parameters():
+            p.requires_grad_(False)
+        wanted = router_config(cfg, model, names, embed_layer=layer, experts_dir=cfg.experts,
+                               clusters_dir=cfg.clusters, experts_sha256=experts_sha256(dirs))
+        router, task_loss = routing.from_experts(wanted, X[:len(train_ex)], labels, n_groups, cfg.seed)
+        print(f"router over {len(names)} experts {names} in groups {routing.group_names(router.cfg)}; "
+              f"task prior '{cfg.prior}' (classifier loss {task_loss:.3f}), gate per {cfg.level}")
+    router.to(device).attach(model)
+    for p in router.task.parameters():
+        p.requires_grad_(False)
+    return TaskPriors(router, train_ex + dev_ex, X), lambda out: save_router(router, out)
 
 
-def select_examples(args, split, model, tok):
+def router_config(cfg, model, names, **fields):
+    """The RouterConfig of this run's flags (groups are made with the router)."""
+    return routing.RouterConfig(
+        experts=names, groups=[], hidden_size=model.config.hidden_size, n_layers=model.config.num_hidden_layers,
+        level=cfg.level, prior="none" if cfg.rank1 else cfg.prior, top_k=cfg.top_k, temperature=cfg.temperature,
+        tau=cfg.tau, entropy_weight=cfg.entropy_weight, balance_weight=cfg.balance_weight, rank1=cfg.rank1,
+        rank1_alpha=cfg.alpha, targets=cfg.targets.split(","), **fields)
+
+
+def expert_labels(examples, names, clusters_dir, model, tok):
+    """The expert of each example: its skill, or (experts named cluster-K) its
+    cluster as cluster.clusters_of places it, the way that expert's training
+    questions were chosen; -1 where none applies."""
+    if all(n.startswith("cluster-") for n in names):
+        ids, _ = cluster.clusters_of(clusters_dir, examples, model, tok)
+        index = {int(n.split("-")[1]): i for i, n in enumerate(names)}
+        return np.array([index.get(c, -1) for c in ids.tolist()])
+    return np.array([names.index(e.skill) if e.skill in names else -1 for e in examples])
+
+
+class TaskPriors:
+    """The router's task-level weights of every training and dev question, by
+    question, handed to the router before each step and each dev batch."""
+
+    def __init__(self, router, examples, X):
+        self.router = router
+        self.prior = {} if X is None else {e.question: p for e, p in zip(examples, router.task.prior(X))}
+
+    def set(self, examples):
+        if self.router.cfg.prior == "none":
+            self.router.set_prior(None)
+        else:
+            self.router.set_prior(torch.stack([self.prior[e.question] for e in examples]))   # (B, E)
+
+    def dev_batch(self, questions):
+        """evaluate()'s route: the task-level priors of each batch of dev questions."""
+        @contextmanager
+        def route(indices):
+            self.set([questions[i] for i in indices])
+            yield []
+        return route
+
+
+def select_examples(cfg, split, model, tok):
     """The questions a mode trains on: one skill, one cluster, or everything
     (the router: at most --router-questions per skill)."""
-    if args.router:
-        return select(load_examples(args.data, split=split), args.router_questions, args.seed)
-    if args.expert and args.expert.startswith("cluster:"):
-        everything = load_examples(args.data, split=split)
-        return cluster.examples_of_cluster(args.clusters, int(args.expert.split(":")[1]), everything,
+    if cfg.router:
+        return select(load_examples(cfg.data, split=split), cfg.router_questions, cfg.seed)
+    if cfg.expert and cfg.expert.startswith("cluster:"):
+        everything = load_examples(cfg.data, split=split)
+        return cluster.examples_of_cluster(cfg.clusters, int(cfg.expert.split(":")[1]), everything,
                                            model, tok)
-    skills = [args.expert] if args.expert else None
-    return load_examples(args.data, split=split, skills=skills)
+    skills = [cfg.expert] if cfg.expert else None
+    return load_examples(cfg.data, split=split, skills=skills)
 
 
 # ---------------------------------------------------------------------------
@@ -188,13 +347,13 @@ def select_examples(args, split, model, tok):
 class Run:
     """What the loop works on, made by setup(): the model and the part of it that
     trains, the data streams, the optimizer, and where the run stands."""
-    args: object
-    mode: str                  # base, lora or router
+    cfg: TrainConfig
+    mode: str                  # base, lora, full or router
     model: torch.nn.Module     # the whole model that the loss runs through
     learner: torch.nn.Module   # what trains: the model, the model's LoRA, or the router
     save: object               # save(out): the model, the adapter or the router files
     tok: object
-    routing: object            # --router: the Routing (task-level priors per question); else None
+    priors: TaskPriors | None  # --router: the task-level weights per question; else None
     train_ex: list
     episodes: Episodes
     dev_episodes: Episodes
@@ -206,7 +365,7 @@ class Run:
     device: str
     rank: int
     world: int
-    identity: dict             # the flags that define the run (a resume must match them)
+    steps: int                 # the schedule's length: --steps, or --steps-per-skill x skills
     params: list               # the learner's trainable parameters
     step: int = 0
     best: float = -1.0         # best dev accuracy so far
@@ -219,25 +378,30 @@ class Run:
 
     @property
     def state_path(self):
-        return os.path.join(self.args.out, "train_state.pt")
+        return os.path.join(self.cfg.out, "train_state.pt")
 
 
-def train(args):
-    """Set up the chosen mode, then run the shared loop; returns the model (a finished run, resumed, trains nothing)."""
-    run = setup(args)
-    fwd = torch.compile(run.model) if args.compile else run.model
+def train(cfg):
+    """Set up the chosen mode, then run the shared loop; returns the model, or None
+    for a finished run resumed (it trains nothing, and its base is not loaded)."""
+    path = os.path.join(cfg.out, "train_state.pt")
+    state = read_state(path, cfg.identity()) if cfg.resume and os.path.exists(path) else None
+    if state and state["step"] == state["steps"]:
+        return print(f"{path}: the run finished at step {state['step']}; nothing to train")
+    run = setup(cfg, state)
+    fwd = torch.compile(run.model) if cfg.compile else run.model
     run.model.train()
-    bar = tqdm(initial=run.step, total=args.steps, desc=run.mode, disable=run.rank != 0)
-    while run.step < args.steps:
+    bar = tqdm(initial=run.step, total=run.steps, desc=run.mode, disable=run.rank != 0)
+    while run.step < run.steps:
         loss, lr = train_step(run, fwd)
         if run.step % 10 == 0:
             run.log.append({"step": run.step, "loss": loss.item(), "lr": lr, "time": time.time() - run.t0})
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}")
         run.step += 1
         bar.update(1)
-        if run.step % args.eval_every == 0 or run.step in (args.steps, args.stop_at):
+        if run.step % cfg.eval_every == 0 or run.step in (run.steps, cfg.stop_at):
             checkpoint(run, fwd)
-        if run.step == args.stop_at:
+        if run.step == cfg.stop_at:
             print(f"stopping at step {run.step} as asked (--stop-at); continue with --resume")
             break
     bar.close()
@@ -246,48 +410,48 @@ def train(args):
     return run.model
 
 
-def setup(args):
+def setup(cfg, state=None):
     """The model of the chosen mode on this process's device, its data and
-    optimizer, restored from OUT/train_state.pt with --resume."""
-    mode = flags.mode_of(args)
-    identity = flags.identity(args)
-    rank, world, device = distributed(args.device)
-    dtype = M.DTYPES[args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")]
-    torch.manual_seed(args.seed)
-    if mode == "base":
-        model, tok = None, hf.read_tokenizer(args.tokenizer, math.inf)
+    optimizer, restored from `state` (OUT/train_state.pt, read by train()) if given."""
+    rank, world, device = distributed(cfg.device)
+    dtype = M.DTYPES[cfg.dtype or ("bfloat16" if device.startswith("cuda") else "float32")]
+    torch.manual_seed(cfg.seed)
+    if cfg.mode == "base":
+        model, tok = None, hf.read_tokenizer(cfg.tokenizer, math.inf, M.EOT)
     else:                     # the one base of this process: frozen in --dtype, or fp32 to train it all
-        model, tok = M.load(args.model, dtype=torch.float32 if mode == "full" else dtype, device=device,
-                            revision=args.revision)
-    train_ex, dev_ex = select_examples(args, "train", model, tok), select_examples(args, "dev", model, tok)
-    routing = None
-    if mode == "base":
-        model, learner, save = setup_base(args, tok, device)
-    elif mode == "lora":
-        learner, save = setup_lora(args, model)
-    elif mode == "full":
-        learner, save = setup_full(args, model, tok)
+        model, tok = M.load(cfg.model, dtype=torch.float32 if cfg.mode == "full" else dtype, device=device,
+                            revision=cfg.revision)
+    train_ex, dev_ex = select_examples(cfg, "train", model, tok), select_examples(cfg, "dev", model, tok)
+    priors = None
+    if cfg.mode == "base":
+        model, learner, save = setup_base(cfg, tok, device)
+    elif cfg.mode == "lora":
+        learner, save = setup_lora(cfg, model)
+    elif cfg.mode == "full":
+        learner, save = setup_full(cfg, model, tok)
     else:
-        routing, save = setup_router(args, model, tok, device, train_ex, dev_ex)
-        learner = routing.router
-    if args.mixed and args.steps_per_skill:        # as much training as all experts together
-        args.steps = args.steps_per_skill * len({e.skill for e in train_ex})
-    _check_run(args, world, model)
-    os.makedirs(args.out, exist_ok=True)
-    episodes = Episodes(tok, train_ex, args.seq_len, args.seed, args.loss, args.rows)
-    dev_episodes = Episodes(tok, dev_ex, args.seq_len, args.seed + 1, args.loss, args.rows)
-    dev_questions = select(dev_ex, max(1, args.eval_questions // len({e.skill for e in dev_ex})), args.seed)
-    print(f"{len(train_ex)} train / {len(dev_ex)} dev questions in {len(episodes.groups)} {args.rows} groups; "
-          f"{args.steps} steps of {args.batch_size} x {args.seq_len} tokens on {world} process(es)")
-    run = Run(args, mode, model, learner, save, tok, routing, train_ex, episodes, dev_episodes, dev_questions,
-              load_examples(args.data, split="train"), make_optimizer(learner, args.lr, args.weight_decay, device),
-              torch.amp.GradScaler(device.split(":")[0], enabled=dtype == torch.float16),  # fp16: no underflow
-              dtype, device, rank, world, identity, [p for p in learner.parameters() if p.requires_grad])
-    if args.resume and os.path.exists(run.state_path):
-        run.step, run.best, run.log, args.steps = restore(run.state_path, identity, learner, run.opt,
-                                                          run.scaler, device)
+        priors, save = setup_router(cfg, model, tok, device, train_ex, dev_ex)
+        learner = priors.router
+    steps = cfg.steps_per_skill * len({e.skill for e in train_ex}) if cfg.mixed and cfg.steps_per_skill \
+        else cfg.steps                          # --steps-per-skill: as much training as all experts together
+    _check_run(cfg, world, model)
+    os.makedirs(cfg.out, exist_ok=True)
+    episodes = Episodes(tok, train_ex, cfg.seq_len, cfg.seed, cfg.loss, cfg.rows)
+    dev_episodes = Episodes(tok, dev_ex, cfg.seq_len, cfg.seed + 1, cfg.loss, cfg.rows)
+    dev_questions = select(dev_ex, max(1, cfg.eval_questions // len({e.skill for e in dev_ex})), cfg.seed)
+    print(f"{len(train_ex)} train / {len(dev_ex)} dev questions in {len(episodes.groups)} {cfg.rows} groups; "
+          f"{steps} steps of {cfg.batch_size} x {cfg.seq_len} tokens on {world} process(es)")
+    run = Run(cfg=cfg, mode=cfg.mode, model=model, learner=learner, save=save, tok=tok, priors=priors,
+              train_ex=train_ex, episodes=episodes, dev_episodes=dev_episodes, dev_questions=dev_questions,
+              pool=load_examples(cfg.data, split="train"),
+              opt=make_optimizer(learner, cfg.lr, cfg.weight_decay, device),
+              scaler=torch.amp.GradScaler(device.split(":")[0], enabled=dtype == torch.float16),  # fp16: no underflow
+              dtype=dtype, device=device, rank=rank, world=world, steps=steps,
+              params=[p for p in learner.parameters() if p.requires_grad])
+    if state:
+        run.step, run.best, run.log, run.steps = restore(run.state_path, state, learner, run.opt, run.scaler, device)
         print(f"resumed from {run.state_path} at step {run.step} (best dev accuracy {run.best:.3f})")
-    elif args.resume:
+    elif cfg.resume:
         print(f"--resume: no {run.state_path} yet, starting from scratch")
     run.t0 = time.time() - (run.log[-1]["time"] if run.log else 0)
     return run
@@ -295,24 +459,24 @@ def setup(args):
 
 def train_step(run, fwd):
     """One optimizer step on the step's global batch; returns (loss tensor, lr)."""
-    args, world = run.args, run.world
-    lr = lr_at(run.step, args.lr, args.warmup, args.steps)
+    cfg, world = run.cfg, run.world
+    lr = lr_at(run.step, cfg.lr, cfg.warmup, run.steps)
     for g in run.opt.param_groups:
         g["lr"] = lr
-    x, y, first = run.episodes.batch(run.step, args.batch_size, run.device, with_first=True)  # global batch
+    x, y, first = run.episodes.batch(run.step, cfg.batch_size, run.device, with_first=True)  # global batch
     n_targets = (y != -100).sum()
     if n_targets == 0:
-        raise ValueError(f"step {run.step}: no token of the batch carries the loss (--loss {args.loss}): "
-                         f"the questions do not fit rows of --seq-len {args.seq_len}")
+        raise UserError(f"step {run.step}: no token of the batch carries the loss (--loss {cfg.loss}): "
+                         f"the questions do not fit rows of --seq-len {cfg.seq_len}")
     x, y = x[run.rank::world], y[run.rank::world]                       # this process's rows
-    if run.routing:
-        run.routing.train_rows(first[run.rank::world], run.train_ex)     # task-level priors
+    if run.priors:
+        run.priors.set([run.train_ex[i] for i in first[run.rank::world]])   # the rows' task-level weights
     with run.autocast():
         loss = lm_loss(fwd, x, y, n_targets)
-        if run.routing:
-            loss = loss + run.routing.router.aux_loss() / world
+        if run.priors:
+            loss = loss + run.priors.router.aux_loss() / world
     if not torch.isfinite(loss):
-        raise ValueError(f"step {run.step}: the loss is {loss.item()}; stopped before updating the weights. "
+        raise UserError(f"step {run.step}: the loss is {loss.item()}; stopped before updating the weights. "
                          f"The last checkpoint, if any, is {run.state_path}; try a lower --lr")
     run.scaler.scale(loss).backward()
     if world > 1:
@@ -333,46 +497,43 @@ def checkpoint(run, fwd):
     """Dev loss and dev accuracy; the best model so far to OUT; the whole state to
     OUT/train_state.pt and the log to OUT/log.json, each atomically. Rank 0 only."""
     if run.rank == 0:
-        args = run.args
-        dl = dev_loss(fwd, run.dev_episodes, args.eval_batches, args.batch_size, run.device, run.autocast)
+        cfg = run.cfg
+        dl = dev_loss(fwd, run.dev_episodes, cfg.eval_batches, cfg.batch_size, run.device, run.autocast)
         run.model.eval()
         with run.autocast():
-            route = run.routing.dev_batch(run.dev_questions) if run.routing else None
+            route = run.priors.dev_batch(run.dev_questions) if run.priors else None
             acc = mean_accuracy(evaluate(run.model, run.tok, run.dev_questions, run.pool, shots=4, batch_size=64,
                                          desc="dev accuracy", route=route))
         run.model.train()
         run.log.append({"step": run.step, "dev_loss": dl, "dev_accuracy": acc, "time": time.time() - run.t0})
         if acc > run.best:
             run.best = acc
-            run.save(args.out)
-        state = {"step": run.step, "steps": args.steps, "best": run.best, "log": run.log, "run": run.identity}
-        if run.step < args.steps:     # at the end the record alone: the model is in OUT, nothing is left to resume
+            run.save(cfg.out)
+        state = {"step": run.step, "steps": run.steps, "best": run.best, "log": run.log, "run": cfg.identity()}
+        if run.step < run.steps:     # at the end the record alone: the model is in OUT, nothing is left to resume
             rng = {"cpu": torch.get_rng_state()}
             if run.device.startswith("cuda"):
                 rng["cuda"] = torch.cuda.get_rng_state(run.device)
             trained = {n: p for n, p in run.learner.state_dict().items() if run.mode != "lora" or "lora_" in n}
             state |= {"model": trained, "opt": run.opt.state_dict(), "scaler": run.scaler.state_dict(), "rng": rng}
         write_atomic(run.state_path, lambda p: torch.save(state, p))
-        write_json(os.path.join(args.out, "log.json"), run.log)
+        write_json(os.path.join(cfg.out, "log.json"), run.log)
         tqdm.write(f"step {run.step}: dev loss {dl:.4f}, dev accuracy {acc:.3f} (best {run.best:.3f})")
     if run.world > 1:
         dist.barrier()
 
 
-def restore(path, identity, learner, opt, scaler, device):
-    """Load OUT/train_state.pt into the learner, optimizer, grad scaler and the
-    random number generators; return (step, best, log, total steps)."""
-    state = read_state(path, identity, device)
-    if state["step"] == state["steps"]:          # a finished run: its state is the record alone
-        return state["step"], state["best"], state["log"], state["steps"]
+def restore(path, state, learner, opt, scaler, device):
+    """Load the state of OUT/train_state.pt (read_state) into the learner, optimizer,
+    grad scaler and the random number generators; return (step, best, log, total steps)."""
     missing, unexpected = learner.load_state_dict(state["model"], strict=False)
     trainable = {n for n, p in learner.named_parameters() if p.requires_grad}
     if unexpected or trainable & set(missing):
-        raise ValueError(f"{path}: its weights do not fit this model (missing "
+        raise UserError(f"{path}: its weights do not fit this model (missing "
                          f"{sorted(trainable & set(missing))[:3]}, unexpected {unexpected[:3]})")
     bad = [n for n, p in learner.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
     if bad:
-        raise ValueError(f"{path}: saved weights {bad[:3]} hold NaN or inf; delete it to start again")
+        raise UserError(f"{path}: saved weights {bad[:3]} hold NaN or inf; delete it to start again")
     opt.load_state_dict(state["opt"])
     scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"]["cpu"])
@@ -382,13 +543,7 @@ def restore(path, identity, learner, opt, scaler, device):
 
 
 def main():
-    args = flags.train_args()
-    path = os.path.join(args.out, "train_state.pt")
-    if args.resume and os.path.exists(path):      # a finished run is done before its base is even loaded
-        state = read_state(path, flags.identity(args), "cpu")
-        if state["step"] == state["steps"]:
-            return print(f"{path}: the run finished at step {state['step']}; nothing to train")
-    train(args)
+    train(config())
 
 
 # ---------------------------------------------------------------------------
@@ -396,12 +551,12 @@ def main():
 # ---------------------------------------------------------------------------
 
 
-def _check_run(args, world, model):
+def _check_run(cfg, world, model):
     """The batch divides among the processes, and a row fits the model's context."""
-    if args.batch_size % world:
-        raise ValueError(f"--batch-size {args.batch_size} must divide among {world} processes")
-    if args.seq_len > model.config.max_position_embeddings:
-        raise ValueError(f"--seq-len {args.seq_len} is longer than the model's context "
+    if cfg.batch_size % world:
+        raise UserError(f"--batch-size {cfg.batch_size} must divide among {world} processes")
+    if cfg.seq_len > model.config.max_position_embeddings:
+        raise UserError(f"--seq-len {cfg.seq_len} is longer than the model's context "
                          f"({model.config.max_position_embeddings} positions)")
 
 
@@ -410,29 +565,29 @@ def _check_targets(model, targets):
     unknown = [t for t in targets if not lora.target_names(model, [t])]
     if unknown:
         names = sorted({n.rsplit(".", 1)[-1] for n in lora.target_names(model, "all-linear")})
-        raise ValueError(f"--targets: {unknown} select no Linear of the model; its Linears are named {names}")
+        raise UserError(f"--targets: {unknown} select no Linear of the model; its Linears are named {names}")
 
 
-def read_state(path, identity, device):
-    """OUT/train_state.pt, refused if it is not one, or, naming the flags, if the
-    saved run was started with other flags (another skill, targets, lr, ...)."""
+def read_state(path, identity):
+    """OUT/train_state.pt (on the CPU), refused if it is not one, or, naming the
+    flags, if the saved run was started with other flags (another skill, targets, lr, ...)."""
     try:
-        state = torch.load(path, map_location=device, weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:     # a truncated zip, a text file, a pickle of something else
-        raise ValueError(f"{path}: not a train.py state (truncated or corrupt: {type(e).__name__}); "
+        raise UserError(f"{path}: not a train.py state (truncated or corrupt: {type(e).__name__}); "
                          "delete it to start again") from None
     saved = state.get("run") if isinstance(state, dict) else None
     if saved is None:
-        raise ValueError(f"{path}: no run configuration recorded (an older train.py wrote it); "
+        raise UserError(f"{path}: no run configuration recorded (an older train.py wrote it); "
                          "start again in a new --out")
     unset = (None, False)     # a flag added since the run started, left at its default, is the same run
     differ = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k)
                     and not (k not in saved and identity[k] in unset or k not in identity and saved[k] in unset))
     if differ:
-        raise ValueError(f"{path}: --resume must continue the same run, but " + ", ".join(
+        raise UserError(f"{path}: --resume must continue the same run, but " + ", ".join(
             f"--{k.replace('_', '-')} is {identity.get(k)!r} (the run's: {saved.get(k)!r})" for k in differ))
     return state
 
 
 if __name__ == "__main__":
-    run(main)
+    cli.run(main)

@@ -22,6 +22,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+import cli  # noqa: E402
 import eval as E  # noqa: E402
 import model as M  # noqa: E402
 from data.lila import by_skill, load  # noqa: E402
@@ -30,7 +31,7 @@ from data.prompts import select  # noqa: E402
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].strip())
-    p.add_argument("--model", default=M.DEFAULT_MODEL, help=f"checkpoint (default {M.DEFAULT_MODEL})")
+    p.add_argument("--model", default=cli.DEFAULT_MODEL, help=f"checkpoint (default {cli.DEFAULT_MODEL})")
     p.add_argument("--data", default=os.path.join(ROOT, "data", "lila"), help="LiLA folder (default data/lila)")
     p.add_argument("--questions", type=int, default=64, help="test questions in all, spread over the skills "
                    "(default 64)")

@@ -35,7 +35,7 @@ import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import adapters  # noqa: E402
+from formats import adapters  # noqa: E402
 import lora  # noqa: E402
 import model as M  # noqa: E402
 import router as R  # noqa: E402

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from data.prompts import EOT, solved_ids
+from formats.files import UserError
 
 
 class Episodes:
@@ -48,7 +49,7 @@ class Episodes:
         for i, e in enumerate(examples):
             groups.setdefault(e.submodule if rows == "submodule" else e.skill, []).append(i)
         if not groups:
-            raise ValueError("no training examples")
+            raise UserError("no training examples")
         self.index = [groups[name] for name in sorted(groups)]   # example indices per group
         groups = {name: [examples[i] for i in idx] for name, idx in groups.items()}
         self.groups = []   # per group (submodule or skill): list of (token ids, loss mask) per question

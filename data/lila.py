@@ -32,7 +32,7 @@ too; fields it lacks are filled in as follows.
   answers    every "Output Answer", in order; the first is the one shots show.
 
 "Output Program" and the other task fields are not read. A malformed file
-raises LilaError naming the file, the instance index and the field.
+raises UserError naming the file, the instance index and the field.
 Left out: LiLA's Robust split (perturbed questions) and jsonl/parquet exports.
 """
 import json
@@ -40,12 +40,10 @@ import os
 import re
 from dataclasses import dataclass
 
+from formats.files import UserError
+
 SPLITS = ("train", "dev", "test")
 DEFAULT_DATA = "data/lila"          # where make data writes the generated task files
-
-
-class LilaError(ValueError):
-    """A task file that is not valid LiLA, or a request the data cannot meet."""
 
 
 @dataclass(frozen=True)
@@ -83,12 +81,12 @@ def _category(task, path):
     """The task's "Math category" from Categories, or None when it has none."""
     categories = task.get("Categories", [])
     if not isinstance(categories, list):
-        raise LilaError(f"{path}: field 'Categories': expected a list, got {type(categories).__name__}")
+        raise UserError(f"{path}: field 'Categories': expected a list, got {type(categories).__name__}")
     for c in categories:
         if isinstance(c, dict) and "Math category" in c:
             value = c["Math category"]
             if not (isinstance(value, str) and value):
-                raise LilaError(f"{path}: field 'Categories'/'Math category': "
+                raise UserError(f"{path}: field 'Categories'/'Math category': "
                                 f"expected a non-empty string, got {value!r}")
             return value
     return None
@@ -97,10 +95,10 @@ def _category(task, path):
 def _instance(x, i, path, skill, name, file_split):
     """Check one instance and turn it into an Example."""
     def bad(field, why):
-        return LilaError(f"{path}: instance {i}: field {field!r}: {why}")
+        return UserError(f"{path}: instance {i}: field {field!r}: {why}")
 
     if not isinstance(x, dict):
-        raise LilaError(f"{path}: instance {i}: expected a JSON object, got {type(x).__name__}")
+        raise UserError(f"{path}: instance {i}: expected a JSON object, got {type(x).__name__}")
     question = x.get("Input")
     if question is None:
         raise bad("Input", "missing")
@@ -128,20 +126,20 @@ def load_file(path):
         with open(path, encoding="utf-8") as f:
             task = json.load(f)
     except json.JSONDecodeError as e:
-        raise LilaError(f"{path}: invalid JSON: {e}") from None
+        raise UserError(f"{path}: invalid JSON: {e}") from None
     except UnicodeDecodeError as e:
-        raise LilaError(f"{path}: not UTF-8 text ({e})") from None
+        raise UserError(f"{path}: not UTF-8 text ({e})") from None
     except IsADirectoryError:
-        raise LilaError(f"{path}: is a directory, expected a task file") from None
+        raise UserError(f"{path}: is a directory, expected a task file") from None
     if not isinstance(task, dict):
-        raise LilaError(f"{path}: expected a JSON object with 'Instances', got {type(task).__name__}")
+        raise UserError(f"{path}: expected a JSON object with 'Instances', got {type(task).__name__}")
     instances = task.get("Instances")
     if instances is None:
-        raise LilaError(f"{path}: field 'Instances': missing")
+        raise UserError(f"{path}: field 'Instances': missing")
     if not isinstance(instances, list):
-        raise LilaError(f"{path}: field 'Instances': expected a list, got {type(instances).__name__}")
+        raise UserError(f"{path}: field 'Instances': expected a list, got {type(instances).__name__}")
     if not instances:
-        raise LilaError(f"{path}: field 'Instances': empty, expected at least one question")
+        raise UserError(f"{path}: field 'Instances': empty, expected at least one question")
     name, file_split = _name_parts(path)
     skill = _category(task, path) or _skill_from_name(name)
     return [_instance(x, i, path, skill, name, file_split) for i, x in enumerate(instances)]
@@ -162,12 +160,12 @@ def task_files(paths):
             found = sorted(os.path.join(p, n) for n in os.listdir(p)
                            if n.endswith(".json") and os.path.isfile(os.path.join(p, n)))
             if not found:
-                raise LilaError(f"{p}: no *.json task files in this folder")
+                raise UserError(f"{p}: no *.json task files in this folder")
             files += found
         elif os.path.isfile(p):
             files.append(p)
         else:
-            raise FileNotFoundError(f"{p}: no such task file or folder (make data writes data/lila/)")
+            raise UserError(f"{p}: no such task file or folder (make data writes data/lila/)")
     return files
 
 
@@ -178,20 +176,20 @@ def load(paths, split=None, skills=None):
     empty list; so is, when no skills are named, a skill of the files without
     examples in that split (it would silently drop out of an evaluation)."""
     if split is not None and split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS} or None, got {split!r}")
+        raise UserError(f"split must be one of {SPLITS} or None, got {split!r}")
     examples = [e for f in task_files(paths) for e in load_file(f)]
     everything = set(skills_of(examples))
     if split is not None:
         examples = [e for e in examples if e.split == split]
     missing = sorted(everything - set(skills_of(examples)))
     if skills is None and missing:
-        raise LilaError(f"{paths}: skill(s) {missing} have no {split} examples; expected every skill of "
+        raise UserError(f"{paths}: skill(s) {missing} have no {split} examples; expected every skill of "
                         f"the task files to have some (name the skills wanted, or leave those files out)")
     if skills is not None:
         wanted = {skills} if isinstance(skills, str) else set(skills)
         missing = sorted(wanted - {e.skill for e in examples})
         if missing:
-            raise LilaError(f"no {split + ' ' if split else ''}examples of skill(s) {missing} in {paths}; "
+            raise UserError(f"no {split + ' ' if split else ''}examples of skill(s) {missing} in {paths}; "
                             f"found: {skills_of(examples)}")
         examples = [e for e in examples if e.skill in wanted]
     return examples
@@ -207,7 +205,7 @@ def check_distinct(examples, where):
     seen = set()
     for x in examples:
         if (x.skill, x.question) in seen:
-            raise LilaError(f"{where}: the {x.skill} question {x.question[:60]!r} comes more than once; "
+            raise UserError(f"{where}: the {x.skill} question {x.question[:60]!r} comes more than once; "
                             "expected each question once")
         seen.add((x.skill, x.question))
 
@@ -218,7 +216,7 @@ def check_disjoint(asked, train, where):
     seen = {(x.skill, x.question) for x in train}
     both = [x for x in asked if (x.skill, x.question) in seen]
     if both:
-        raise LilaError(f"{where}: {len(both)} {both[0].split} question(s) are also train questions of their "
+        raise UserError(f"{where}: {len(both)} {both[0].split} question(s) are also train questions of their "
                         f"skill, e.g. the {both[0].skill} question {both[0].question[:60]!r}; expected "
                         "disjoint splits")
 

@@ -1,11 +1,14 @@
 """
 Few-shot prompts, as lm-evaluation-harness builds them for generative QA.
 
-    from data.prompts import few_shot_prompt
-    prompt = few_shot_prompt(example, train_pool, k=4, seed=1234)     # random shots of its skill
+    from data.prompts import draw_shots, prompt_ids
+    shots = draw_shots(example, shot_pool(train, "skill"), k=4, seed=1234)   # random shots of its skill
+    ids, gold = prompt_ids(tok, [(s.question, s.answers[0]) for s in shots], example.question,
+                           example.answers[0])
 
-gives k solved questions from the train split, then the question itself, the
-answer left for the model (greedy, stop at a newline):
+gives the token ids of k solved questions from the train split, then the
+question itself, the answer left for the model (greedy, stop at a newline),
+and the ids of the gold answer. As text:
 
     Question: Solve 95 = 35*z - 10 for z.
     Answer: 3
@@ -60,6 +63,7 @@ import hashlib
 import random
 
 from data.lila import by_skill
+from formats.files import UserError
 
 EOT = "<|endoftext|>"     # the document separator: it opens every prompt and training row
 
@@ -115,6 +119,8 @@ def select(examples, limit, seed):
 
 
 SHOT_SOURCES = ("nearest", "skill", "submodule")   # where a prompt's shots come from
+SHOT_POOL = 20000           # train questions that the nearest shots are searched among (drawn by seed)
+SHOT_TEXTS = ("meta-question", "question")         # what is embedded to find the nearest shots
 
 
 def shot_pool(train, source):
@@ -143,7 +149,7 @@ def draw_shots(example, pool, k, seed, source="skill"):
     candidates = [p for p in pool.get(key, []) if p.question != example.question]
     if len(candidates) < k:
         what = "nearest questions" if source == "nearest" else f"other questions of {source} {key!r}"
-        raise ValueError(f"need {k} shots of {source} {key!r}, but the pool has only {len(candidates)} {what}")
+        raise UserError(f"need {k} shots of {source} {key!r}, but the pool has only {len(candidates)} {what}")
     if source == "nearest":
         return candidates[len(candidates) - k:]
     return seeded_random(seed, example.question).sample(candidates, k)
@@ -163,13 +169,7 @@ def question_ids(tok, example, pool, shots, seed, context, max_new_tokens, sourc
         if not solved:
             if len(prompt) + len(gold) <= context:
                 return prompt, gold
-            raise ValueError(f"a {example.skill} question of {len(prompt)} tokens and its "
+            raise UserError(f"a {example.skill} question of {len(prompt)} tokens and its "
                              f"{len(gold)}-token answer do not fit the model's {context}-token "
                              f"context: {example.question[:60]!r}...")
         solved = solved[1:]
-
-
-def few_shot_prompt(example, pool, k, seed):
-    """k shots (see draw_shots) followed by the open question."""
-    shots = draw_shots(example, pool, k, seed)
-    return "".join(format_qa(s.question, s.answers[0]) for s in shots) + format_qa(example.question)

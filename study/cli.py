@@ -34,8 +34,9 @@ Left out: corrections for many comparisons; each test is for one pair of runs.
 """
 import os
 
-from data.cli import Parser, writable_dir
-from data.files import heatmap, pyplot, write_json, write_text
+from cli import Parser, writable_dir
+from formats.files import UserError, write_json, write_text
+from formats.pictures import heatmap, pyplot
 from study import report
 from study.stats import config_rows, paired, paired_markdown, per_skill, read_records, sign_test
 
@@ -57,7 +58,7 @@ def compare(base_json, others):
                   "the questions in both")
         tables[path] = paired(base, records)
         if not tables[path]:
-            raise ValueError(f"{path}: none of its questions is in {base_json}; evaluate both "
+            raise UserError(f"{path}: none of its questions is in {base_json}; evaluate both "
                              "with the same --data, --split, --limit and --seed")
     names = [os.path.splitext(os.path.basename(p))[0] for p in [base_json, *others]]
     lines = [f"### Correct answers, and wins : losses against {names[0]} (sign-test p)", "",
@@ -228,7 +229,7 @@ def parser():
 def main():
     args = parser().parse_args()
     if args.command == "report" and not os.path.isdir(args.root):
-        raise FileNotFoundError(f"{args.root}: no such study folder (study/experiment.sh's OUT)")
+        raise UserError(f"{args.root}: no such study folder (study/experiment.sh's OUT)")
     if args.command == "paired":
         compare(args.base, args.others)
     elif args.command == "report":
@@ -252,7 +253,7 @@ def _check_stages(stages, skills):
         name = os.path.splitext(os.path.basename(path))[0]
         number, _, skill = name.partition("-")
         if number != str(n) or skill not in skills:
-            raise ValueError(f"{path}: expected stage {n} to be named {n}-SKILL.json, SKILL one of the base "
+            raise UserError(f"{path}: expected stage {n} to be named {n}-SKILL.json, SKILL one of the base "
                              f"report's skills {sorted(skills)} (stages in training order)")
 
 
@@ -260,9 +261,9 @@ def _check_expert_run(path, records, base_json, base_records, seen):
     """forgetting's expert runs: each expert once, each on exactly the base's questions."""
     name = os.path.splitext(os.path.basename(path))[0]
     if name in seen:
-        raise ValueError(f"{path}: a second run named {name!r}; name each expert's eval.py --json after its expert")
+        raise UserError(f"{path}: a second run named {name!r}; name each expert's eval.py --json after its expert")
     mine, theirs = ({(r["skill"], r["question"]) for r in rs} for rs in (records, base_records))
     if mine != theirs:
-        raise ValueError(f"{path}: {len(mine - theirs)} of its questions are not in {base_json} and "
+        raise UserError(f"{path}: {len(mine - theirs)} of its questions are not in {base_json} and "
                          f"{len(theirs - mine)} of that run's are missing; evaluate both with the same "
                          "--data, --split, --limit and --seed")

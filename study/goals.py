@@ -33,7 +33,7 @@ import os
 import re
 
 from data.score import accuracy
-from data.files import pyplot
+from formats.pictures import pyplot
 from study.stats import bootstrap_interval, load, logged_seconds, paired, read_records, sign_test
 
 # The study's configurations (out/eval/NAME.json) and how the report names them.

@@ -24,13 +24,13 @@ files).
 import glob
 import os
 
-import adapters
-import flags
-import mixture
-from data.cli import Parser, run, writable_dir
-from data.files import write_json, write_text
+import cli
+import model as M
+from eval import Evaluator, Questions, moe
+from formats import adapters
+from formats.files import UserError, write_json, write_text
+from formats.routers import read_config
 from data.score import mean_accuracy
-from eval import Evaluator, moe
 from study.stats import config_rows, per_skill
 
 # ---------------------------------------------------------------------------
@@ -62,7 +62,7 @@ def heldout(ev, root, shots, out):
         add("each skill's expert on its own skill", own)
     for path in sorted(glob.glob(os.path.join(root, "routers", "*", "router.json"))):
         router_dir = os.path.dirname(path)
-        cfg = mixture.load_config(router_dir)
+        cfg = read_config(router_dir)
         for variant in ["full"] + ([] if cfg.rank1 or cfg.prior == "none" else ["task-soft", "task-hard"]):
             records, _ = moe(ev, router_dir, variant)
             add(f"router {os.path.basename(router_dir)} ({variant})", records)
@@ -86,20 +86,22 @@ def heldout(ev, root, shots, out):
 # ---------------------------------------------------------------------------
 
 def parser():
-    p = Parser(prog="python -m study.heldout",
+    p = cli.Parser(prog="python -m study.heldout",
                description="Every configuration of a study folder evaluated on the same questions.")
     p.add_argument("root", help="a study folder (study/experiment.sh's OUT)")
-    p.add_argument("--out", type=writable_dir, default=None, help="where results.md/.json go (default ROOT/heldout)")
-    flags.add_question_flags(p)
+    p.add_argument("--out", type=cli.writable_dir, default=None, help="where results.md/.json go (default ROOT/heldout)")
+    cli.add_question_flags(p)
     return p
 
 
 def main():
     args = parser().parse_args()
     if not os.path.isdir(args.root):
-        raise FileNotFoundError(f"{args.root}: no such study folder (study/experiment.sh's OUT)")
-    heldout(Evaluator.from_args(args), args.root, args.shots, args.out or os.path.join(args.root, "heldout"))
+        raise UserError(f"{args.root}: no such study folder (study/experiment.sh's OUT)")
+    model, tok = M.load(args.model, dtype=args.dtype, device=args.device, revision=args.revision)
+    ev = Evaluator.build(model, tok, cli.pick(args, Questions))
+    heldout(ev, args.root, args.shots, args.out or os.path.join(args.root, "heldout"))
 
 
 if __name__ == "__main__":
-    run(main)
+    cli.run(main)

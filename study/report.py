@@ -23,7 +23,7 @@ import re
 import shutil
 from collections import defaultdict
 
-from data.files import write_atomic, write_json, write_text
+from formats.files import UserError, write_atomic, write_json, write_text
 from study.goals import ROWS, SHOTS_ROWS, goals
 from study.stats import config_rows, load, logged_seconds, paired, paired_markdown, read_log, read_records
 
@@ -115,7 +115,7 @@ def steering_table(out):
             continue
         for kind, r in (("own", own), ("wrong", wrong)):
             if s not in r["accuracy"]:
-                raise ValueError(f"{os.path.join(out, 'eval', 'steer', f'{kind}-{s}.json')}: no accuracy "
+                raise UserError(f"{os.path.join(out, 'eval', 'steer', f'{kind}-{s}.json')}: no accuracy "
                                  f"for {s!r}, the skill it was steered on")
         vals = [own["accuracy"][s], wrong["accuracy"][s], routed["accuracy"].get(s) if routed else None]
         for c, v in zip(cols, vals):
@@ -165,7 +165,7 @@ def routing_accuracy(out):
         top = lambda w: experts[max(range(len(experts)), key=w.__getitem__)]   # noqa: E731
         recs = [r for r in report["records"] if r["skill"] in experts]
         if not all(isinstance(r.get("routing"), dict) for r in recs):
-            raise ValueError(f"{os.path.join(out, 'eval', name + '.json')}: a record has no 'routing', "
+            raise UserError(f"{os.path.join(out, 'eval', name + '.json')}: a record has no 'routing', "
                              "although the report holds the router's")
         hit_prior = mean(float(top(r["routing"]["prior"]) == r["skill"]) for r in recs if r["routing"].get("prior"))
         hit_final = mean(float(top([sum(col) for col in zip(*r["routing"]["experts"])]) == r["skill"])
@@ -226,7 +226,7 @@ def best_run(runs):
     scores = {r: best_checkpoint(r) for r in runs}
     for r, score in scores.items():
         if score is None:
-            raise ValueError(f"{r}/log.json: no dev accuracy yet; expected a finished train.py run")
+            raise UserError(f"{r}/log.json: no dev accuracy yet; expected a finished train.py run")
     return max(runs, key=lambda r: (scores[r][0], -scores[r][1]))
 
 
@@ -257,7 +257,7 @@ def report(out, docs=None):
     docs, REPORT.md and every picture it shows also go to that folder (the same
     relative paths, so its links hold)."""
     if not glob.glob(os.path.join(out, "eval", "*.json")):
-        raise FileNotFoundError(f"{out}: no eval/*.json here; expected a study folder (experiment.sh's OUT)")
+        raise UserError(f"{out}: no eval/*.json here; expected a study folder (experiment.sh's OUT)")
     tables = results_tables(out)
     skills = sorted({s for rows in tables.values() for per in rows.values() for s in per})
     pcts = {label: {s: 100 * v for s, v in per.items()} for label, per in tables["accuracy"].items()}

@@ -30,6 +30,7 @@ from collections import defaultdict
 import numpy as np
 
 from data.score import accuracy, answer_nlls
+from formats.files import UserError
 
 # ---------------------------------------------------------------------------
 # 1. Two runs, question by question
@@ -54,7 +55,7 @@ def bootstrap_interval(wins, losses, n, level=0.95, samples=20000, seed=0):
     Worked example: 40 wins, 25 losses of 1,600 -> +0.94 points, interval about
     (-0.06, +1.94): level within the interval."""
     if n <= 0 or wins < 0 or losses < 0 or wins + losses > n:
-        raise ValueError(f"expected 0 <= wins + losses <= n questions, got {wins} + {losses} of {n}")
+        raise UserError(f"expected 0 <= wins + losses <= n questions, got {wins} + {losses} of {n}")
     draws = np.random.default_rng(seed).multinomial(n, [wins / n, losses / n, 1 - (wins + losses) / n], samples)
     diff = 100 * (draws[:, 0] - draws[:, 1]) / n
     lo, hi = np.quantile(diff, [(1 - level) / 2, (1 + level) / 2])
@@ -96,7 +97,7 @@ def read_records(path):
             report = json.load(f)
         records = report["records"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}: expected the JSON that `eval.py --json` writes, with a "
+        raise UserError(f"{path}: expected the JSON that `eval.py --json` writes, with a "
                          f"'records' list ({type(e).__name__}: {e})") from None
     check_records(path, records)
     check_eval_json(path, report)      # its accuracy and NLL, and their agreement with the records
@@ -128,15 +129,15 @@ def check_records(path, records):
     """eval.py's records: a list of objects with a string skill and question and
     a true/false correct, each (skill, question) once."""
     if not isinstance(records, list):
-        raise ValueError(f"{path}: 'records' is {type(records).__name__}, expected a list")
+        raise UserError(f"{path}: 'records' is {type(records).__name__}, expected a list")
     seen = set()
     for i, r in enumerate(records):
         if not (isinstance(r, dict) and isinstance(r.get("skill"), str) and isinstance(r.get("question"), str)
                 and isinstance(r.get("correct"), bool)):
-            raise ValueError(f"{path}: record {i} is not one of eval.py's (a skill, a question and a "
+            raise UserError(f"{path}: record {i} is not one of eval.py's (a skill, a question and a "
                              "true/false 'correct')")
         if (r["skill"], r["question"]) in seen:
-            raise ValueError(f"{path}: record {i} repeats a {r['skill']} question: {r['question'][:60]!r}")
+            raise UserError(f"{path}: record {i} repeats a {r['skill']} question: {r['question'][:60]!r}")
         seen.add((r["skill"], r["question"]))
 
 
@@ -146,14 +147,14 @@ def check_eval_json(path, report):
     number >= 0) where it has them; the accuracy agrees with the report's counts
     and records, where it has them (an edited report does not)."""
     if not isinstance(report, dict):
-        raise ValueError(f"{path}: expected a JSON object as eval.py --json writes, got {type(report).__name__}")
+        raise UserError(f"{path}: expected a JSON object as eval.py --json writes, got {type(report).__name__}")
     _check_per_skill(path, "accuracy", report.get("accuracy"), ACCURACY)
     _check_per_skill(path, "answer_nll", report.get("answer_nll"), NLL)
     if not report["accuracy"]:
-        raise ValueError(f"{path}: 'accuracy' is empty, expected one entry per skill evaluated")
+        raise UserError(f"{path}: 'accuracy' is empty, expected one entry per skill evaluated")
     seconds = report.get("seconds", 0)
     if not (isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and 0 <= seconds < math.inf):
-        raise ValueError(f"{path}: 'seconds' is {seconds!r}, expected the run's time, a number >= 0")
+        raise UserError(f"{path}: 'seconds' is {seconds!r}, expected the run's time, a number >= 0")
     tallies = {}
     if isinstance(report.get("counts"), dict):
         tallies["counts"] = {k: (c.get("correct"), c.get("total")) if isinstance(c, dict) else (None, None)
@@ -165,19 +166,19 @@ def check_eval_json(path, report):
         for skill, v in report["accuracy"].items():
             correct, total = tally.get(skill, (None, None))
             if not (isinstance(total, int) and total > 0 and isinstance(correct, int) and correct / total == v):
-                raise ValueError(f"{path}: accuracy of {skill!r} is {v!r}, but its {source} give "
+                raise UserError(f"{path}: accuracy of {skill!r} is {v!r}, but its {source} give "
                                  f"{correct}/{total}; expected the report as eval.py wrote it")
 
 
 def check_forgetting_json(path, report):
     """python -m study forgetting's report: accuracy and nll per expert, per skill."""
     if not isinstance(report, dict):
-        raise ValueError(f"{path}: expected a JSON object as python -m study forgetting writes, "
+        raise UserError(f"{path}: expected a JSON object as python -m study forgetting writes, "
                          f"got {type(report).__name__}")
     for key, rule in (("accuracy", ACCURACY), ("nll", NLL)):
         per_expert = report.get(key)
         if not isinstance(per_expert, dict):
-            raise ValueError(f"{path}: '{key}' is {type(per_expert).__name__}, expected an object of "
+            raise UserError(f"{path}: '{key}' is {type(per_expert).__name__}, expected an object of "
                              "expert -> skill -> value")
         for expert, per in per_expert.items():
             _check_per_skill(path, f"{key} of {expert!r}", per, rule)
@@ -191,10 +192,10 @@ def _check_per_skill(path, key, per, rule):
     """{skill: number}, each number finite and passing rule = (test, what was expected)."""
     ok, want = rule
     if not isinstance(per, dict):
-        raise ValueError(f"{path}: '{key}' is {type(per).__name__}, expected an object of skill -> value")
+        raise UserError(f"{path}: '{key}' is {type(per).__name__}, expected an object of skill -> value")
     for skill, v in per.items():
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
-            raise ValueError(f"{path}: {key} of {skill!r} is {v!r}, expected {want}")
+            raise UserError(f"{path}: {key} of {skill!r} is {v!r}, expected {want}")
 
 
 # ---------------------------------------------------------------------------
@@ -211,7 +212,7 @@ def load(out, *parts):
         with open(path) as f:
             obj = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        raise UserError(f"{path}: not valid JSON ({e})") from None
     if "eval" in parts:
         check_eval_json(path, obj)
     if "forgetting" in parts:
@@ -224,12 +225,12 @@ def read_log(path):
     (and, at each checkpoint, 'dev_loss' and 'dev_accuracy')."""
     log = load(path)
     if log is None:
-        raise FileNotFoundError(f"{path}: no such file; expected the log of a train.py run")
+        raise UserError(f"{path}: no such file; expected the log of a train.py run")
     number = lambda x: isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)  # noqa: E731
     if not (isinstance(log, list) and all(isinstance(e, dict) and number(e.get("step")) and number(e.get("time"))
                                           and number(e.get("dev_accuracy", 0)) and number(e.get("dev_loss", 0))
                                           for e in log)):
-        raise ValueError(f"{path}: expected train.py's log, a list of entries with a 'step' and a 'time'")
+        raise UserError(f"{path}: expected train.py's log, a list of entries with a 'step' and a 'time'")
     return log
 
 

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 
 import numpy as np
@@ -13,14 +14,17 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import adapters
+from formats import adapters
 import cluster
 import eval as E
+import explain
 import model as M
-import study
+import study.cli
+import study.heldout
 import train
 from conftest import ROOT
-from data.cli import run
+from cli import run
+from formats.clusters import read_centroids
 
 PHI_TINY = os.path.join(ROOT, "checkpoints", "phi-tiny")
 ROUTER = os.path.join(ROOT, "checkpoints", "phi-tiny-moe", "router")
@@ -47,9 +51,6 @@ EVAL = [   # (arguments, what the one-line message must say)
     (["--shot-pool", "0"], "--shot-pool: expected an integer >= 1"),
     (["--shots-from", "skill", "--shot-pool", "500"], "--shot-pool needs --shots-from nearest"),
     (["--shots-from", "submodule", "--shot-text", "question"], "--shot-text needs --shots-from nearest"),
-    (["--explain", "What is 2+2?", "--shots-from", "submodule"], "--shots-from submodule reads the question's label"),
-    (["--explain", ""], "--explain: expected a non-empty string"),
-    (["--explain", "   "], "--explain: expected a non-empty string"),
     (["--route", ""], "--route: expected a non-empty string"),
     (["--route", "algebra=1"], "--route needs --moe"),
     (["--variant", "task-hard"], "--variant needs --moe"),
@@ -65,11 +66,8 @@ EVAL = [   # (arguments, what the one-line message must say)
     (["--data", DATA, "--skills", "geometry"], "geometry"),
     (["--dtype", "fp8"], "--dtype: invalid choice: 'fp8'"),
     (["--split", "validation"], "--split: invalid choice"),
-    (["--moe", ROUTER, "--adapter", ROUTER], "--adapter merges one expert; --moe and --explain bring their own"),
+    (["--moe", ROUTER, "--adapter", ROUTER], "--adapter merges one expert; --moe brings its own"),
     (["--device", "cuda:x"], "--device: expected cpu, cuda or cuda:N"),
-    (["--explain", "What is 2+2?", "--clusters", ROOT], f"--clusters: {ROOT} holds no cluster.py output"),
-    (["--explain", "What is 2+2?", "--json", "x.json"], "--json does not go with --explain"),
-    (["--explain", "What is 2+2?", "--limit", "3"], "--limit does not go with --explain"),
     (["--out", "somewhere"], "--out needs --moe"),
     (["--variant", "full"], "--variant needs --moe"),            # given, though it is the default
     (["--out", "out/routing"], "--out needs --moe"),
@@ -82,6 +80,23 @@ EVAL = [   # (arguments, what the one-line message must say)
 @pytest.mark.parametrize("argv, message", EVAL, ids=[" ".join(a)[:40] for a, _ in EVAL])
 def test_eval_refuses(argv, message, capsys, monkeypatch):
     code, err = cli(E.main, argv, capsys, monkeypatch)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+EXPLAIN = [   # explain.py: one question, printed, so no question-set flags
+    (["What is 2+2?", "--shots-from", "submodule"], "--shots-from submodule reads the question's label"),
+    ([""], "question: expected a non-empty string"),
+    (["   "], "question: expected a non-empty string"),
+    (["What is 2+2?", "--clusters", ROOT], f"--clusters: {ROOT} holds no cluster.py output"),
+    (["What is 2+2?", "--json", "x.json"], "unrecognized arguments: --json x.json"),
+    (["What is 2+2?", "--limit", "3"], "unrecognized arguments: --limit 3"),
+    (["What is 2+2?", "--shots-from", "skill", "--shot-pool", "9"], "--shot-pool needs --shots-from nearest"),
+]
+
+
+@pytest.mark.parametrize("argv, message", EXPLAIN, ids=[" ".join(a)[:40] for a, _ in EXPLAIN])
+def test_explain_refuses(argv, message, capsys, monkeypatch):
+    code, err = cli(explain.main, argv, capsys, monkeypatch)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
@@ -286,9 +301,8 @@ def test_adapter_files_from_two_saves_are_refused(tmp_path):
         adapters.load_adapter(m, str(tmp_path / "a"))
 
 
-STUDY = [   # study.py: refused in one line before any model is loaded
+STUDY = [   # python -m study: refused in one line before any model is loaded
     (["report", "/nonexistent"], "/nonexistent: no such study folder"),
-    (["heldout", "/nonexistent"], "/nonexistent: no such study folder"),
     (["forgetting", "/nonexistent.json", "/nonexistent.json"], "/nonexistent.json: expected the JSON that "
                                                                  "`eval.py --json` writes"),
     (["paired", "/nonexistent.json", "/nonexistent.json"], "/nonexistent.json: expected the JSON that "
@@ -300,26 +314,31 @@ STUDY = [   # study.py: refused in one line before any model is loaded
 
 @pytest.mark.parametrize("argv, message", STUDY, ids=[" ".join(a)[:40] for a, _ in STUDY])
 def test_study_refuses(argv, message, capsys, monkeypatch):
-    code, err = cli(study.main, argv, capsys, monkeypatch)
+    code, err = cli(study.cli.main, argv, capsys, monkeypatch)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
+def test_heldout_refuses_a_missing_study_folder(capsys, monkeypatch):
+    """python -m study.heldout: refused in one line before any model is loaded."""
+    code, err = cli(study.heldout.main, ["/nonexistent"], capsys, monkeypatch)
+    assert code == 2 and "/nonexistent: no such study folder" in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_route_weights_too_large_or_small_for_float32_still_normalise():
-    import explain
-    import mixture
-    cfg = mixture.load_config(ROUTER)
-    w = explain.parse_route("algebra=1e39,arithmetic=1e39", cfg)              # 1e39 overflows float32
+    from formats import routers
+    cfg = routers.read_config(ROUTER)
+    w = E.parse_route("algebra=1e39,arithmetic=1e39", cfg)              # 1e39 overflows float32
     assert w.dtype == torch.float32 and w[:2].tolist() == [0.5, 0.5] and w.sum().item() == 1.0
-    assert explain.parse_route("algebra=1e-50", cfg)[0].item() == 1.0       # underflows float32
+    assert E.parse_route("algebra=1e-50", cfg)[0].item() == 1.0       # underflows float32
     with pytest.raises(ValueError, match="a name comes more than once"):
-        explain.parse_route("algebra=0.5,algebra=0.5", cfg)
+        E.parse_route("algebra=0.5,algebra=0.5", cfg)
 
 
 def test_paired_refuses_a_report_whose_accuracy_disagrees_with_its_records(tmp_path, capsys, monkeypatch):
     good = {"skill": "algebra", "question": "q", "correct": True, "answer_nll": 0.5}
     path = tmp_path / "edited.json"
     path.write_text(json.dumps({"accuracy": {"algebra": 0.0}, "answer_nll": {"algebra": 0.5}, "records": [good]}))
-    code, err = cli(study.main, ["paired", str(path), str(path)], capsys, monkeypatch)
+    code, err = cli(study.cli.main, ["paired", str(path), str(path)], capsys, monkeypatch)
     assert code == 2 and "accuracy of 'algebra' is 0.0, but its records give 1/1" in err, err
 
 
@@ -332,14 +351,14 @@ def test_study_refuses_bad_records_and_reports(tmp_path, capsys, monkeypatch):
     for i, (obj, message) in enumerate(cases):
         path = tmp_path / f"r{i}.json"
         path.write_text(json.dumps(obj))
-        code, err = cli(study.main, ["paired", str(path), str(path)], capsys, monkeypatch)
+        code, err = cli(study.cli.main, ["paired", str(path), str(path)], capsys, monkeypatch)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     (tmp_path / "s" / "eval").mkdir(parents=True)
     for obj, message in [([1, 2], "expected a JSON object"), ({"accuracy": [1], "answer_nll": {}}, "'accuracy' is list"),
                          ({"accuracy": {"algebra": 5}, "answer_nll": {}}, "accuracy of 'algebra' is 5, expected a fraction"),
                          ({"accuracy": {"algebra": 0.5}, "answer_nll": {"algebra": "x"}}, "answer_nll of 'algebra' is 'x'")]:
         (tmp_path / "s" / "eval" / "mixed.json").write_text(json.dumps(obj))
-        code, err = cli(study.main, ["report", str(tmp_path / "s")], capsys, monkeypatch)
+        code, err = cli(study.cli.main, ["report", str(tmp_path / "s")], capsys, monkeypatch)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     (tmp_path / "s" / "eval" / "mixed.json").write_text(json.dumps({"accuracy": {"algebra": 0.5},
                                                                     "answer_nll": {"algebra": 1.0}}))
@@ -348,10 +367,10 @@ def test_study_refuses_bad_records_and_reports(tmp_path, capsys, monkeypatch):
                          ({"accuracy": {"algebra": {"algebra": 0.5}}, "nll": {"algebra": {"algebra": -1}}},
                           "nll of 'algebra' of 'algebra' is -1, expected a finite number >= 0")]:
         (tmp_path / "s" / "forgetting" / "forgetting.json").write_text(json.dumps(obj))
-        code, err = cli(study.main, ["report", str(tmp_path / "s")], capsys, monkeypatch)
+        code, err = cli(study.cli.main, ["report", str(tmp_path / "s")], capsys, monkeypatch)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     (tmp_path / "empty").mkdir()
-    code, err = cli(study.main, ["report", str(tmp_path / "empty")], capsys, monkeypatch)
+    code, err = cli(study.cli.main, ["report", str(tmp_path / "empty")], capsys, monkeypatch)
     assert code == 2 and "no eval/*.json here" in err and not os.listdir(tmp_path / "empty")
 
 
@@ -387,7 +406,7 @@ def test_cluster_output_is_checked_when_read(name, content, message, tmp_path):
         if name == "assignments.json":
             cluster.clusters_of(str(folder), [])
         else:
-            cluster.saved_centroids(str(folder), config)
+            read_centroids(str(folder), config)
 
 
 @pytest.mark.parametrize("path, content, message", [
@@ -411,20 +430,20 @@ def test_study_report_names_a_malformed_piece(path, content, message, tmp_path, 
     for name, obj in {"eval/mixed.json": good, "eval/steer/wrong-algebra.json": good, path: content}.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(json.dumps(obj))
-    code, err = cli(study.main, ["report", str(tmp_path)], capsys, monkeypatch)
+    code, err = cli(study.cli.main, ["report", str(tmp_path)], capsys, monkeypatch)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_experts_swapped_between_folders_are_refused(tmp_path, capsys, monkeypatch):
     """router.json holds each expert's sha256: an algebra folder that holds the
-    arithmetic adapter is named, in eval --moe and in --explain."""
+    arithmetic adapter is named, in eval --moe and in explain.py."""
     experts = shutil.copytree(EXPERTS, str(tmp_path / "experts"))
     os.rename(os.path.join(experts, "algebra"), os.path.join(experts, "tmp"))
     os.rename(os.path.join(experts, "arithmetic"), os.path.join(experts, "algebra"))
     os.rename(os.path.join(experts, "tmp"), os.path.join(experts, "arithmetic"))
     message = os.path.join(experts, "algebra", "adapter_model.safetensors") + ": not the adapter that"
-    for argv in (["--moe", ROUTER, "--data", DATA], ["--explain", "Solve 3*y = 6 for y.", "--moe", ROUTER]):
-        code, err = cli(E.main, [*argv, "--experts", experts, "--model", PHI_TINY], capsys, monkeypatch)
+    for main, argv in ((E.main, ["--moe", ROUTER, "--data", DATA]), (explain.main, ["Solve 3*y = 6 for y.", "--moe", ROUTER])):
+        code, err = cli(main, [*argv, "--experts", experts, "--model", PHI_TINY], capsys, monkeypatch)
         assert code == 2 and message in err and "expert 'algebra'" in err, err
 
 
@@ -470,3 +489,22 @@ def test_a_fresh_run_does_not_overwrite_another_runs_state(tmp_path, capsys, mon
     code, err = cli(train.main, ["--expert", "algebra", "--out", str(tmp_path)], capsys, monkeypatch)
     assert code == 2 and f"--out {tmp_path} holds the train_state.pt of an earlier run" in err, err
     assert (tmp_path / "train_state.pt").read_bytes() == b"an earlier run"
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch, capsys):
+    """run() turns a UserError into one line, and nothing else: a ValueError from
+    a bug (numpy raises one for a shape mismatch) is not dressed as the user's
+    mistake; its traceback is printed and the exit status is 1."""
+    def bug(*args, **kwargs):
+        return np.ones(2) @ np.ones(3)                  # ValueError: matmul shapes do not match
+    monkeypatch.setattr(E.Evaluator, "build", bug)
+    monkeypatch.setattr(E.M, "load", lambda *a, **k: (None, None))
+    monkeypatch.setattr(sys, "argv", ["eval.py", "--model", PHI_TINY, "--data", DATA])
+    with pytest.raises(ValueError, match="matmul"):
+        run(E.main)
+    code = "import cli, numpy as np; cli.run(lambda: np.ones(2) @ np.ones(3))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 1 and "Traceback (most recent call last)" in done.stderr and "matmul" in done.stderr
+    code = "import cli; from formats.files import UserError\ndef f(): raise UserError('x.json: expected a list')\ncli.run(f)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr == "-c: error: x.json: expected a list\n", done.stderr

@@ -14,6 +14,7 @@ import kmeans
 import model as M
 from conftest import TINY, write_hf_checkpoint
 from data.lila import load as load_examples
+from formats.clusters import read_centroids
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "ours")
 
@@ -295,7 +296,7 @@ def test_cli_end_to_end(tiny_ckpt, tmp_path):
     wider = str(tmp_path / "wider")                      # clusters of another base: a clear error
     write_hf_checkpoint(wider, **{**TINY, "hidden_size": 96})
     with pytest.raises(ValueError, match="centroids are 64 wide, but .* embeds 96 wide"):
-        C.saved_centroids(str(out), M.load(wider, verbose=False)[0].config)
+        read_centroids(str(out), M.load(wider, verbose=False)[0].config)
 
 
 def test_router_labels_are_the_cluster_experts_training_questions(tiny_ckpt, tmp_path):
@@ -303,7 +304,7 @@ def test_router_labels_are_the_cluster_experts_training_questions(tiny_ckpt, tmp
     expert trained on, also questions that were not clustered (--limit). The
     study's router over eight cluster experts once failed because it labelled
     only the clustered ones."""
-    import mixture
+    from train import expert_labels
     out = tmp_path / "out"
     C.main(["--k", "3", "--out", str(out), "--model", tiny_ckpt[0], "--data", FIXTURES, "--split", "train",
             "--limit", "3", "--n-init", "2", "--cache-dir", str(tmp_path / "cache"), "--no-raw"])
@@ -311,14 +312,14 @@ def test_router_labels_are_the_cluster_experts_training_questions(tiny_ckpt, tmp
     clustered = {r["question"] for r in json.load(open(out / "assignments.json"))}
     assert 0 < len(clustered) < len({e.question for e in train})     # --limit left questions out
     model, tok = M.load(tiny_ckpt[0], verbose=False)
-    labels = mixture.expert_labels(train, ["cluster-0", "cluster-1", "cluster-2"], str(out), model, tok)
+    labels = expert_labels(train, ["cluster-0", "cluster-1", "cluster-2"], str(out), model, tok)
     assert (labels >= 0).all()
     for k in range(3):
         assert [e for e, c in zip(train, labels) if c == k] == \
             C.examples_of_cluster(str(out), k, train, model, tok)
     ids, n = C.clusters_of(str(out), train)                         # no model: unclustered get -1
     assert n == 3 and {e.question for e, c in zip(train, ids) if c >= 0} == clustered
-    swapped = mixture.expert_labels(train, ["cluster-2", "cluster-0"], str(out), model, tok)
+    swapped = expert_labels(train, ["cluster-2", "cluster-0"], str(out), model, tok)
     assert ((swapped == 0) == (labels == 2)).all() and ((swapped == -1) == (labels == 1)).all()
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import adapters
+from formats import adapters
 import model as M
 from conftest import ROOT
 from test_experts import base_dir, expert_argv  # noqa: F401  (base_dir: a fixture)

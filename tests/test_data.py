@@ -12,8 +12,9 @@ import sys
 import pytest
 from tokenizers import Tokenizer
 
-from data.lila import Example, LilaError, by_skill, load, skills_of
-from data.prompts import draw_shots, few_shot_prompt, format_qa, shot_pool
+from data.lila import Example, by_skill, load, skills_of
+from formats.files import UserError
+from data.prompts import draw_shots, format_qa, shot_pool
 from data.tokenizer import EOT, train_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -48,20 +49,20 @@ def test_load_split_and_skills_filters():
 
 
 def test_load_errors_on_missing_skill_bad_split_and_missing_path(tmp_path):
-    with pytest.raises(LilaError, match=r"skill\(s\) \['geometry'\].*found: \['algebra', 'numbers'\]"):
+    with pytest.raises(UserError, match=r"skill\(s\) \['geometry'\].*found: \['algebra', 'numbers'\]"):
         load(OURS, skills=["algebra", "geometry"])
     with pytest.raises(ValueError, match="split must be one of"):
         load(OURS, split="validation")
-    with pytest.raises(FileNotFoundError, match="nowhere"):
+    with pytest.raises(UserError, match="nowhere"):
         load(os.path.join(OURS, "nowhere"))
-    with pytest.raises(LilaError, match="no \\*.json task files"):
+    with pytest.raises(UserError, match="no \\*.json task files"):
         load(str(tmp_path))
 
 
 def test_a_skill_without_the_split_asked_for_is_named_not_dropped(tmp_path):
     (tmp_path / "algebra.json").write_text(json.dumps({"Instances": [GOOD]}))
     (tmp_path / "numbers.json").write_text(json.dumps({"Instances": [{**GOOD, "split": "train"}]}))
-    with pytest.raises(LilaError, match=r"skill\(s\) \['numbers'\] have no test examples"):
+    with pytest.raises(UserError, match=r"skill\(s\) \['numbers'\] have no test examples"):
         load(str(tmp_path), split="test")
     assert skills_of(load(str(tmp_path), split="test", skills=["algebra"])) == ["algebra"]
 
@@ -111,7 +112,7 @@ GOOD = {"Input": "What is 2 + 3?", "Output Program": [], "Output Answer": ["5"],
 def test_malformed_instance_names_file_index_and_field(tmp_path, instance, field):
     path = tmp_path / "broken_task.json"
     path.write_text(json.dumps({"Instances": [GOOD, instance]}))
-    with pytest.raises(LilaError) as err:
+    with pytest.raises(UserError) as err:
         load(str(path))
     msg = str(err.value)
     assert "broken_task.json" in msg and "instance 1" in msg and repr(field) in msg, msg
@@ -136,7 +137,7 @@ def test_a_question_may_span_lines(tmp_path):
 def test_malformed_file_names_file_and_problem(tmp_path, text, expected):
     path = tmp_path / "broken_task.json"
     path.write_text(text)
-    with pytest.raises(LilaError) as err:
+    with pytest.raises(UserError) as err:
         load(str(path))
     assert "broken_task.json" in str(err.value) and expected in str(err.value), str(err.value)
 
@@ -147,6 +148,12 @@ def test_malformed_file_names_file_and_problem(tmp_path, text, expected):
 def test_format_qa():
     assert format_qa("What is 2 + 3?", "5") == "Question: What is 2 + 3?\nAnswer: 5\n\n"
     assert format_qa("What is 2 + 3?") == "Question: What is 2 + 3?\nAnswer:"
+
+
+def few_shot_prompt(example, pool, k, seed):
+    """k shots (see draw_shots) followed by the open question, as text."""
+    shots = draw_shots(example, pool, k, seed)
+    return "".join(format_qa(s.question, s.answers[0]) for s in shots) + format_qa(example.question)
 
 
 def test_few_shot_prompt_layout():
@@ -255,7 +262,7 @@ def test_tokenizer_cli(tmp_path):
 def test_write_atomic_gives_a_plain_file_mode_and_makes_the_folder(tmp_path):
     """A writer that makes its file owner-only (safetensors does) still leaves a file
     with the mode of any new file, in a folder made for it."""
-    from data.files import write_atomic
+    from formats.files import write_atomic
     path = tmp_path / "new" / "f.bin"
 
     def write(tmp):

@@ -10,7 +10,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import flags
 import train
 from conftest import ROOT
 from test_train_eval import FIXTURE, base_args, tokenizer_path  # noqa: F401  (fixture)
@@ -42,7 +41,7 @@ def test_expert_killed_with_sigkill_resumes_bit_exactly_with_dropout(tmp_path, b
     equals the uninterrupted run's bit for bit (the optimizer, the grad scaler
     and every random number generator are restored)."""
     argv = expert_argv(base_dir, tmp_path / "full", "--dropout", "0.1", "--steps", "12")
-    a = lora_weights(train.train(flags.train_args(argv)))
+    a = lora_weights(train.train(train.config(argv)))
     cut = expert_argv(base_dir, tmp_path / "cut", "--dropout", "0.1", "--steps", "12")
     proc = subprocess.Popen([sys.executable, "train.py", *cut], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -52,7 +51,7 @@ def test_expert_killed_with_sigkill_resumes_bit_exactly_with_dropout(tmp_path, b
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert torch.load(state)["step"] < 12                      # it was killed before the end
-    b = lora_weights(train.train(flags.train_args(cut + ["--resume"])))
+    b = lora_weights(train.train(train.config(cut + ["--resume"])))
     assert a.keys() == b.keys() and a
     for k in a:
         assert torch.equal(a[k], b[k]), k
@@ -67,13 +66,13 @@ def test_a_finished_run_keeps_its_record_alone_and_resumes_to_nothing(tmp_path, 
     was (train.py says so before it loads the base). A cut run's state still holds
     everything."""
     argv = expert_argv(base_dir, tmp_path)
-    train.train(flags.train_args(argv + ["--stop-at", "3"]))
+    train.train(train.config(argv + ["--stop-at", "3"]))
     assert {"model", "opt", "scaler", "rng"} <= set(torch.load(tmp_path / "train_state.pt", weights_only=False))
-    train.train(flags.train_args(argv + ["--resume"]))
+    train.train(train.config(argv + ["--resume"]))
     state = torch.load(tmp_path / "train_state.pt", weights_only=False)
     assert state["step"] == state["steps"] == 6 and set(state) == {"step", "steps", "best", "log", "run"}
     before = {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)}
-    train.train(flags.train_args(argv + ["--resume"]))
+    train.train(train.config(argv + ["--resume"]))
     assert {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)} == before
     # the command line sees it is finished before it loads the base; other flags are still refused
     done = subprocess.run([sys.executable, "train.py", *argv, "--resume"], cwd=ROOT, capture_output=True, text=True)
@@ -90,7 +89,7 @@ def test_a_finished_run_keeps_its_record_alone_and_resumes_to_nothing(tmp_path, 
     (["--steps", "9"], "--steps")])
 def test_resume_of_another_run_is_refused(tmp_path, base_dir, change, flag):
     argv = expert_argv(base_dir, tmp_path, "--stop-at", "3")
-    train.train(flags.train_args(argv))
+    train.train(train.config(argv))
     other = expert_argv(base_dir, tmp_path, "--resume")
     if change[0] in other:
         i = other.index(change[0])
@@ -98,7 +97,7 @@ def test_resume_of_another_run_is_refused(tmp_path, base_dir, change, flag):
     else:
         other += change
     with pytest.raises(ValueError, match=f"--resume must continue the same run, but {flag} is"):
-        train.train(flags.train_args(other))
+        train.train(train.config(other))
 
 
 def test_two_processes_equal_one(tmp_path, base_dir):
@@ -123,25 +122,25 @@ def test_unknown_skill_lists_the_known_ones(tmp_path, base_dir):
     argv = expert_argv(base_dir, tmp_path)
     argv[argv.index("algebra")] = "geometry"
     with pytest.raises(ValueError, match="geometry.*algebra"):
-        train.train(flags.train_args(argv))
+        train.train(train.config(argv))
 
 
 def test_mixed_gets_the_steps_of_all_experts(tmp_path, base_dir):
     argv = expert_argv(base_dir, tmp_path, "--steps-per-skill", "2")
     argv[:2] = ["--mixed"]
     del argv[argv.index("--steps"):argv.index("--steps") + 2]     # --steps-per-skill sets them
-    args = flags.train_args(argv)
-    train.train(args)
-    assert args.steps == 4      # two skills in the fixture, 2 steps each
+    train.train(train.config(argv))
+    state = torch.load(tmp_path / "train_state.pt", weights_only=False)
+    assert state["steps"] == state["step"] == 4      # two skills in the fixture, 2 steps each
 
 
 def test_full_fine_tune_trains_every_weight_and_resumes_exactly(tmp_path, base_dir):
     """--full: every weight trains, OUT holds a whole model that model.load reads,
     and a run cut at step 3 and resumed equals the uninterrupted one bit for bit."""
     import model as M
-    whole = train.train(flags.train_args(expert_argv(base_dir, tmp_path / "a", "--full")))
-    train.train(flags.train_args(expert_argv(base_dir, tmp_path / "b", "--full", "--stop-at", "3")))
-    resumed = train.train(flags.train_args(expert_argv(base_dir, tmp_path / "b", "--full", "--resume")))
+    whole = train.train(train.config(expert_argv(base_dir, tmp_path / "a", "--full")))
+    train.train(train.config(expert_argv(base_dir, tmp_path / "b", "--full", "--stop-at", "3")))
+    resumed = train.train(train.config(expert_argv(base_dir, tmp_path / "b", "--full", "--resume")))
     a, b = whole.state_dict(), resumed.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     base, _ = M.load(base_dir, verbose=False)
@@ -150,7 +149,7 @@ def test_full_fine_tune_trains_every_weight_and_resumes_exactly(tmp_path, base_d
     saved, _ = M.load(str(tmp_path / "a"), verbose=False)           # the best-dev model, in the HF layout
     assert set(saved.state_dict()) == set(whole.state_dict())
     with pytest.raises(SystemExit):
-        flags.train_args(["--base", "--full"])                      # --full needs --expert or --mixed
+        train.config(["--base", "--full"])                      # --full needs --expert or --mixed
 
 
 def test_continuing_from_an_adapter_is_training_on(tmp_path, base_dir):
@@ -158,11 +157,11 @@ def test_continuing_from_an_adapter_is_training_on(tmp_path, base_dir):
     adapter on numbers, starts from A's weights (the first step's update is made
     from them) and keeps A's rank; without it the run starts fresh."""
     first = expert_argv(base_dir, tmp_path / "a", "--steps", "3", "--eval-every", "3")
-    train.train(flags.train_args(first))
+    train.train(train.config(first))
     second = ["numbers" if a == "algebra" else a for a in expert_argv(
         base_dir, tmp_path / "b", "--steps", "3", "--eval-every", "3", "--adapter", str(tmp_path / "a"))]
-    model = train.train(flags.train_args(second))
-    from adapters import read_adapter
+    model = train.train(train.config(second))
+    from formats.adapters import read_adapter
     _, saved_a = read_adapter(model.__class__(model.config), str(tmp_path / "a"), check_base=False)
     q = "model.layers.0.self_attn.q_proj"
     A = model.get_submodule(q).lora_A.weight
@@ -170,22 +169,22 @@ def test_continuing_from_an_adapter_is_training_on(tmp_path, base_dir):
     assert not torch.equal(A, saved_a[q][0]) and (A - saved_a[q][0]).abs().max() < 0.05   # moved on from it
     for refused in (["--full"], ["--rank", "2"], ["--dropout", "0.1"]):   # the adapter brings its own LoRA
         with pytest.raises(SystemExit):
-            flags.train_args(second + refused)
+            train.config(second + refused)
 
 
 def test_resume_of_a_run_saved_before_a_flag_existed(tmp_path, base_dir):
     """A state saved by a train.py without some flag resumes when that flag is at
     its default now; a recorded value that differs is still refused."""
     argv = expert_argv(base_dir, tmp_path / "a", "--steps", "6", "--stop-at", "3")
-    train.train(flags.train_args(argv))
+    train.train(train.config(argv))
     path = tmp_path / "a" / "train_state.pt"
     state = torch.load(path, weights_only=False)
     del state["run"]["adapter"], state["run"]["full"]               # as an older train.py saved it
     torch.save(state, path)
-    train.train(flags.train_args(argv[:-2] + ["--resume"]))          # resumes to step 6
+    train.train(train.config(argv[:-2] + ["--resume"]))          # resumes to step 6
     assert torch.load(path, weights_only=False)["step"] == 6
     state = torch.load(path, weights_only=False)
     state["run"]["full"], state["step"] = True, 3
     torch.save(state, path)
     with pytest.raises(ValueError, match="--full is False \\(the run's: True\\)"):
-        train.train(flags.train_args(argv[:-2] + ["--resume", "--steps", "6"]))
+        train.train(train.config(argv[:-2] + ["--resume", "--steps", "6"]))

@@ -1,5 +1,5 @@
-"""explain.py and eval.py --route / --explain: route specs by hand, a forced
-expert equals --adapter, a soft route replaces the task level, and --explain
+"""eval.py --route and explain.py: route specs by hand, a forced
+expert equals --adapter, a soft route replaces the task level, and explain.py
 runs end to end on a tiny base with two experts, a router and clusters."""
 import json
 import re
@@ -10,8 +10,8 @@ from types import SimpleNamespace
 import pytest
 
 import cluster as C
+import eval as E
 import explain
-import flags
 import train
 from conftest import ROOT
 from test_experts import base_dir, expert_argv  # noqa: F401  (fixture)
@@ -21,11 +21,11 @@ CFG = SimpleNamespace(experts=["algebra", "arithmetic", "calculus"], groups=[[0,
 
 
 def test_route_specs_by_hand():
-    assert explain.parse_route("algebra=0.7,arithmetic=0.3", CFG).tolist() == pytest.approx([0.7, 0.3, 0.0])
-    assert explain.parse_route("algebra+calculus=1, arithmetic=1", CFG).tolist() == [0.25, 0.5, 0.25]
-    forced = explain.parse_route("calculus", CFG)
-    assert forced.tolist() == [0.0, 0.0, 1.0] and explain.forced_expert(forced) == 2
-    assert explain.forced_expert(explain.parse_route("algebra=2,calculus=2", CFG)) is None
+    assert E.parse_route("algebra=0.7,arithmetic=0.3", CFG).tolist() == pytest.approx([0.7, 0.3, 0.0])
+    assert E.parse_route("algebra+calculus=1, arithmetic=1", CFG).tolist() == [0.25, 0.5, 0.25]
+    forced = E.parse_route("calculus", CFG)
+    assert forced.tolist() == [0.0, 0.0, 1.0] and E.forced_expert(forced) == 2
+    assert E.forced_expert(E.parse_route("algebra=2,calculus=2", CFG)) is None
 
 
 @pytest.mark.parametrize("spec, message", [
@@ -37,7 +37,7 @@ def test_route_specs_by_hand():
 ])
 def test_bad_route_specs(spec, message):
     with pytest.raises(ValueError, match=message.replace("+", r"\+")):
-        explain.parse_route(spec, CFG)
+        E.parse_route(spec, CFG)
 
 
 def test_text_heatmap_blocks():
@@ -53,10 +53,10 @@ def routed(tmp_path_factory, base_dir):  # noqa: F811
     for skill in ("algebra", "numbers"):
         argv = expert_argv(base_dir, root / "experts" / skill)
         argv[argv.index("algebra")] = skill
-        train.train(flags.train_args(argv + ["--steps", "2"]))
+        train.train(train.config(argv + ["--steps", "2"]))
     C.main(["--k", "2", "--out", str(root / "clusters"), "--model", base_dir, "--data", FIXTURE,
             "--split", "train", "--n-init", "2", "--no-raw", "--label-trials", "1"])
-    train.train(flags.train_args([
+    train.train(train.config([
         "--router", "--experts", str(root / "experts"), "--clusters", str(root / "clusters"),
         "--model", base_dir, "--data", FIXTURE, "--steps", "2", "--batch-size", "4", "--seq-len", "64",
         "--warmup", "1", "--eval-every", "2", "--eval-batches", "1", "--eval-questions", "4",
@@ -64,8 +64,8 @@ def routed(tmp_path_factory, base_dir):  # noqa: F811
     return root
 
 
-def run_eval(base, *argv):
-    cmd = [sys.executable, "eval.py", "--model", base, "--data", FIXTURE, "--shots", "2", *argv]
+def run_eval(base, *argv, script="eval.py"):
+    cmd = [sys.executable, script, "--model", base, "--data", FIXTURE, "--shots", "2", *argv]
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     return run.stdout
@@ -93,7 +93,8 @@ def test_soft_route_replaces_the_task_level(routed, base_dir, tmp_path):  # noqa
 
 
 def test_explain_one_question(routed, base_dir):  # noqa: F811
-    out = run_eval(base_dir, "--moe", str(routed / "routers" / "two-level"), "--explain", "Solve 3*y - 1 = -13 for y.")
+    out = run_eval(base_dir, "--moe", str(routed / "routers" / "two-level"), "Solve 3*y - 1 = -13 for y.",
+                   script="explain.py")
     assert f"meta-question  {C.meta_question('Solve 3*y - 1 = -13 for y.')}\n" in out
     assert f"of {routed / 'clusters'}: majority skill" in out          # the router's clusters_dir
     assert "task level (centroid task router)" in out
@@ -107,8 +108,8 @@ def test_explain_one_question(routed, base_dir):  # noqa: F811
         assert abs(sum(int(p) for p in re.findall(r"(\d+)%", row)) - 100) <= 2, row
     assert re.search(r"\nanswer +\S", out)
     assert "shots (2, nearest by meta-question embedding)" in out and out.count("  ->  ") == 2
-    forced = run_eval(base_dir, "--moe", str(routed / "routers" / "two-level"), "--explain", "What is 2 + 3?",
-                      "--route", "numbers")
+    forced = run_eval(base_dir, "--moe", str(routed / "routers" / "two-level"), "What is 2 + 3?",
+                      "--route", "numbers", script="explain.py")
     assert "--route numbers" in forced and "expert numbers" in forced and "100.0%" in forced
 
 
@@ -129,7 +130,7 @@ def test_heldout_evaluates_every_configuration(routed, base_dir, tmp_path):  # n
 
 def test_explain_the_shipped_router_from_a_fresh_clone(tmp_path):
     """checkpoints/phi-tiny-moe works without generated data (zero-shot then)."""
-    out = subprocess.run([sys.executable, "eval.py", "--explain", "What is 12 + 30?",
+    out = subprocess.run([sys.executable, "explain.py", "What is 12 + 30?",
                           "--data", str(tmp_path / "no-data")], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     text = out.stdout

@@ -19,8 +19,8 @@ import types
 import pytest
 import torch
 
-import adapters
-import hf
+from formats import adapters, hf
+from formats.files import UserError
 import lora
 import model as M
 from conftest import ROOT, TINY, write_hf_checkpoint
@@ -117,9 +117,9 @@ def test_revision_by_commit_hash(hub):
 
 
 @pytest.mark.parametrize("name, revision, error, message", [
-    ("org/absent", None, FileNotFoundError, "org/absent: no such folder, and not in the Hugging Face cache"),
-    (REPO, "2" * 40, FileNotFoundError, f"revision {'2' * 40}): no such folder, and not in the Hugging Face cache"),
-    (REPO, "v9", FileNotFoundError, "(revision v9): no such folder, and not in the Hugging Face cache"),
+    ("org/absent", None, UserError, "org/absent: no such folder, and not in the Hugging Face cache"),
+    (REPO, "2" * 40, UserError, f"revision {'2' * 40}): no such folder, and not in the Hugging Face cache"),
+    (REPO, "v9", UserError, "(revision v9): no such folder, and not in the Hugging Face cache"),
     (REPO, OLD, ValueError, "this is the old 'phi-msft' layout"),
 ])
 def test_unresolvable_ids_and_revisions_are_refused(hub, name, revision, error, message):
@@ -185,7 +185,7 @@ def test_what_looks_like_a_hub_id(name, is_id, monkeypatch):
 
 def test_missing_folder_keeps_its_message(monkeypatch):
     monkeypatch.chdir(ROOT)
-    with pytest.raises(FileNotFoundError, match="^checkpoints/phi-tny: checkpoint directory not found$"):
+    with pytest.raises(UserError, match="^checkpoints/phi-tny: checkpoint directory not found$"):
         M.load("checkpoints/phi-tny")
 
 
@@ -237,10 +237,9 @@ def test_save_adapter_records_the_id_and_the_revision(hub, ckpt, tmp_path):
 def test_train_expert_on_a_hub_id(hub, tmp_path):
     """python train.py --expert algebra --model org/name --revision <commit>: the
     expert's adapter_config.json names the id and the commit."""
-    import flags
     import train
     out = tmp_path / "expert"
-    train.train(flags.train_args([
+    train.train(train.config([
         "--expert", "algebra", "--model", REPO, "--revision", MAIN, "--data", DATA, "--out", str(out),
         "--steps", "2", "--batch-size", "2", "--seq-len", "64", "--warmup", "1", "--eval-every", "2",
         "--eval-batches", "1", "--eval-questions", "2", "--rank", "2", "--device", "cpu"]))
@@ -392,11 +391,11 @@ def test_every_command_of_the_study_parses(tmp_path):
     """Each command study/experiment.sh runs passes its script's own flag checks (types,
     and flags that the run would not read), so the study never stops on a flag."""
     import shlex
-    import cluster
-    import flags
+    import cli
+    import train
     from study.cli import parser as study_parser
     study_with_stub(tmp_path, DEVICE="cpu", JOBS="1", TRAIN_DATA=str(tmp_path / "fresh"))
-    parse = {"train.py": flags.train_args, "eval.py": flags.eval_args, "cluster.py": cluster.parser().parse_args,
+    parse = {"train.py": train.config, "eval.py": cli.eval_args, "cluster.py": cli.cluster_args,
              "-m study": study_parser().parse_args}
     seen = set()
     for line in (tmp_path / "log").read_text().splitlines():

@@ -1,4 +1,4 @@
-"""lora.py and adapters.py: LoRA invariants, the multi-expert layer, and adapter files that PEFT
+"""lora.py and formats/adapters.py: LoRA invariants, the multi-expert layer, and adapter files that PEFT
 reads and writes the same way we do. Tiny models only (2 layers, 64 wide)."""
 import copy
 import json
@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file
 
-import adapters
+from formats import adapters
+from formats.files import UserError
 import lora
 from model import PhiConfig, PhiForCausalLM, load
 
@@ -297,7 +298,7 @@ def copy_adapter(src, dst, **config_changes):
 def test_missing_file(tiny_ckpt, our_adapter, tmp_path):
     d = copy_adapter(our_adapter[0], tmp_path / "a")
     os.remove(os.path.join(d, adapters.WEIGHTS_NAME))
-    with pytest.raises(FileNotFoundError, match="adapter_model.safetensors"):
+    with pytest.raises(UserError, match="adapter_model.safetensors"):
         adapters.load_adapter(ours(tiny_ckpt[0]), d)
 
 

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 
 import model as M
+from formats.files import UserError
 
 FC1_BIAS = "model.layers.1.mlp.fc1.bias"    # shape (256,) in the tiny config
 
@@ -65,14 +66,14 @@ def raises(error, *parts):
 
 def test_missing_directory(tmp_path):
     path = str(tmp_path / "nowhere")
-    with raises(FileNotFoundError, path, "checkpoint directory not found"):
+    with raises(UserError, path, "checkpoint directory not found"):
         M.load(path)
 
 
 @pytest.mark.parametrize("name", ["config.json", "tokenizer.json"])
 def test_missing_config_or_tokenizer(single, name):
     os.remove(os.path.join(single, name))
-    with raises(FileNotFoundError, single, f"{name} is missing"):
+    with raises(UserError, single, f"{name} is missing"):
         M.load(single)
 
 
@@ -80,7 +81,7 @@ def test_missing_weights(sharded):
     for f in os.listdir(sharded):
         if "safetensors" in f:
             os.remove(os.path.join(sharded, f))
-    with raises(FileNotFoundError, sharded, "no model.safetensors or model.safetensors.index.json"):
+    with raises(UserError, sharded, "no model.safetensors or model.safetensors.index.json"):
         M.load(sharded)
 
 
@@ -182,7 +183,7 @@ def test_damaged_weight_file(layout, damage, request):
 def test_shard_missing(sharded):
     path = weight_file(sharded)
     os.remove(path)
-    with raises(FileNotFoundError, path, "listed for this checkpoint is missing"):
+    with raises(UserError, path, "listed for this checkpoint is missing"):
         M.load(sharded)
 
 
@@ -204,7 +205,7 @@ def test_index_or_config_that_is_a_directory(sharded):
         M.load(sharded)
     os.remove(os.path.join(sharded, "config.json"))
     os.mkdir(os.path.join(sharded, "config.json"))
-    with raises(FileNotFoundError, sharded, "config.json is missing (expected a file)"):
+    with raises(UserError, sharded, "config.json is missing (expected a file)"):
         M.load(sharded)
 
 

@@ -10,7 +10,7 @@ whitespace tokens and no pad token (test_phi2_fixture.phi2_like_tokenizer).
 
 Through the command lines, once in fp32 and once in bf16: two experts (each stopped
 after its first save and resumed), eval.py --adapter, cluster.py, train.py --router,
-eval.py --moe and eval.py --explain; then PEFT loads one expert onto transformers'
+eval.py --moe and explain.py; then PEFT loads one expert onto transformers'
 PhiForCausalLM of the same weights and gives our logits.
 
 Cost on 2 cores: about 2 minutes for each dtype, 5 GB peak memory (the PEFT check:
@@ -25,7 +25,7 @@ import sys
 import pytest
 import torch
 
-import adapters
+from formats import adapters
 import model as M
 from conftest import ROOT, write_hf_checkpoint
 from data.lila import load
@@ -121,7 +121,7 @@ def test_pipeline_at_phi2_sizes(phi2_dir, tmp_path, dtype):
     assert weights.shape == (2, 2) and torch.isfinite(weights).all()
     assert torch.allclose(weights.sum(-1), torch.ones(2), atol=1e-4)
 
-    out = run("eval.py", "--explain", QUESTION, "--moe", tmp_path / "router", *common)
+    out = run("explain.py", QUESTION, "--moe", tmp_path / "router", *common)
     assert f"question       {QUESTION}" in out and "layer 1" in out and "\nanswer " in out
 
     peft_gives_our_logits(phi2_dir, experts / "algebra")

@@ -11,10 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import adapters
-import flags
+from formats import adapters
 import lora
-import mixture
+from formats import routers
 import model as M
 import router as R
 import train
@@ -122,20 +121,20 @@ def test_router_trains_resumes_and_evaluates(tmp_path, base_dir, monkeypatch):  
     for skill in ("algebra", "numbers"):
         argv = expert_argv(base_dir, experts / skill)
         argv[argv.index("algebra")] = skill
-        train.train(flags.train_args(argv + ["--steps", "2"]))
+        train.train(train.config(argv + ["--steps", "2"]))
     argv = ["--router", "--experts", str(experts), "--model", base_dir, "--data", FIXTURE,
             "--steps", "4", "--batch-size", "4", "--seq-len", "64", "--warmup", "2", "--eval-every", "2",
             "--eval-batches", "1", "--eval-questions", "4", "--n-groups", "2", "--entropy-weight", "0.01",
             "--balance-weight", "0.01", "--seed", "0", "--device", "cpu"]
     runs, setup = [], train.setup          # each run's router, as trained to its last step
-    monkeypatch.setattr(train, "setup", lambda args: runs.append(setup(args)) or runs[-1])
-    train.train(flags.train_args(argv + ["--out", str(tmp_path / "full")]))
-    train.train(flags.train_args(argv + ["--out", str(tmp_path / "cut"), "--stop-at", "2"]))
-    train.train(flags.train_args(argv + ["--out", str(tmp_path / "cut"), "--resume"]))
+    monkeypatch.setattr(train, "setup", lambda cfg, state=None: runs.append(setup(cfg, state)) or runs[-1])
+    train.train(train.config(argv + ["--out", str(tmp_path / "full")]))
+    train.train(train.config(argv + ["--out", str(tmp_path / "cut"), "--stop-at", "2"]))
+    train.train(train.config(argv + ["--out", str(tmp_path / "cut"), "--resume"]))
     a, b = runs[0].learner.state_dict(), runs[2].learner.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert a["gates.0.U.weight"].abs().sum() > 0          # the group gate learned (one expert per group)
-    saved = mixture.load_router(str(tmp_path / "full"))
+    saved = routers.load_router(str(tmp_path / "full"))
     assert saved.cfg.experts == ["algebra", "numbers"]
     out = tmp_path / "moe.json"
     cmd = [sys.executable, "eval.py", "--model", base_dir, "--data", FIXTURE, "--moe", str(tmp_path / "full"),
@@ -154,7 +153,7 @@ def test_rank1_experts_train_with_the_router_and_reload(tmp_path, base_dir):  # 
             "--steps", "3", "--batch-size", "4", "--seq-len", "64", "--warmup", "1", "--eval-every", "3",
             "--eval-batches", "1", "--eval-questions", "4", "--seed", "0", "--device", "cpu",
             "--out", str(tmp_path / "r1")]
-    trained = train.train(flags.train_args(argv))
+    trained = train.train(train.config(argv))
     saved = load_file(str(tmp_path / "r1" / "router.safetensors"))
     Bs = [v for k, v in saved.items() if k.startswith("rank1.") and v.shape[-1] == 1 and v.dim() == 3
           and v.shape[1] > 1]
@@ -164,14 +163,14 @@ def test_rank1_experts_train_with_the_router_and_reload(tmp_path, base_dir):  # 
     assert all(torch.equal(p, q) for p, q in zip(base.state_dict().values(),
                {k: v for k, v in trained.state_dict().items() if ".lora_" not in k}.values()))
     fresh = M.load(base_dir)[0]
-    router = mixture.load_router(str(tmp_path / "r1"), fresh).attach(fresh).eval()
+    router = routers.load_router(str(tmp_path / "r1"), fresh).attach(fresh).eval()
     assert router.cfg.groups == [[0, 1], [2, 3]] and router.cfg.prior == "none"
     trained.eval()
     idx = torch.randint(0, trained.config.vocab_size, (2, 7))
     with torch.no_grad():
         torch.testing.assert_close(fresh(idx), trained(idx))
     with pytest.raises(ValueError, match="needs the model"):
-        mixture.load_router(str(tmp_path / "r1"))
+        routers.load_router(str(tmp_path / "r1"))
     cmd = [sys.executable, "eval.py", "--model", base_dir, "--data", FIXTURE, "--moe", str(tmp_path / "r1"),
            "--shots", "2", "--limit", "2", "--out", str(tmp_path / "routing")]
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -180,7 +179,7 @@ def test_rank1_experts_train_with_the_router_and_reload(tmp_path, base_dir):  # 
     config = tmp_path / "r1" / "router.json"
     config.write_text(json.dumps(dict(json.loads(config.read_text()), targets=["foo"])))
     with pytest.raises(ValueError, match=r"router.json: field 'targets': targets \['foo'\] match no nn.Linear"):
-        mixture.load_router(str(tmp_path / "r1"), M.load(base_dir)[0])
+        routers.load_router(str(tmp_path / "r1"), M.load(base_dir)[0])
 
 
 def test_regularisers_on_hand_made_distributions():

@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from conftest import ROOT
+from formats.files import UserError
 from study.report import best_run, report
 from study.stats import paired, per_skill, sign_test
 
@@ -163,7 +164,7 @@ def test_best_run_is_the_best_dev_accuracy_and_the_report_lists_the_sweep(tmp_pa
     write(f"{out}/lr/full-1e-4/log.json", [{"step": 0, "time": 1.0}])
     with pytest.raises(ValueError, match="full-1e-4/log.json: no dev accuracy yet"):
         best_run([f"{out}/lr/full-1e-4"])
-    with pytest.raises(FileNotFoundError, match="full-3e-4/log.json: no such file"):
+    with pytest.raises(UserError, match="full-3e-4/log.json: no such file"):
         best_run([f"{out}/lr/full-3e-4"])
     write(f"{out}/lr/full-1e-4/log.json", log((0.2, 1.0)))
     write(f"{out}/eval/base-4shot.json", {"accuracy": {"algebra": 0.5}, "answer_nll": {"algebra": 1.0}})

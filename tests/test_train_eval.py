@@ -8,7 +8,6 @@ import sys
 import pytest
 import torch
 
-import flags
 import model as M
 import train
 from conftest import ROOT, TINY, write_hf_checkpoint
@@ -35,7 +34,7 @@ def base_args(out, tok, **kw):
             "--seq-len", "64", "--steps", "6", "--batch-size", "2", "--lr", "1e-3", "--warmup", "2",
             "--eval-every", "3", "--eval-batches", "1", "--eval-questions", "8",
             "--save-dtype", "float32", "--seed", "0", "--device", "cpu"] + ["--resume"] * kw.pop("resume", False)
-    args = flags.train_args(argv)
+    args = train.config(argv)
     for k, v in kw.items():
         setattr(args, k, v)
     return args
@@ -235,7 +234,7 @@ def test_lora_trains_on_a_bf16_base(tmp_path):
     argv = ["--expert", "algebra", "--model", base, "--data", FIXTURE, "--steps", "2", "--batch-size", "2", "--seq-len", "64", "--eval-every", "2",
             "--eval-questions", "4", "--eval-batches", "1", "--dtype", "bfloat16", "--device", "cpu",
             "--out", str(tmp_path / "out")]
-    model = train.train(flags.train_args(argv))
+    model = train.train(train.config(argv))
     dtypes = {n: p.dtype for n, p in model.named_parameters()}
     assert dtypes["lm_head.weight"] == torch.bfloat16
     assert {d for n, d in dtypes.items() if "lora_" in n} == {torch.float32}

@@ -7,7 +7,7 @@ model alone.
     values = read_config(folder + "/config.json", {"hidden_size": int, ...})   # checked as phi-2
     files, source = weight_files(folder, 32)       # {tensor name: file}, 32 layers checked by name
     state = read_weights(files, source, expected, torch.bfloat16, "cuda")
-    tok = read_tokenizer(folder + "/tokenizer.json", 51200)
+    tok = read_tokenizer(folder + "/tokenizer.json", 51200, "<|endoftext|>")
     write_folder("out/model", state, tok, config)  # config.json last, naming the others' sha256
 
 A folder holds config.json, tokenizer.json and model.safetensors, or shards
@@ -27,12 +27,11 @@ import os
 import re
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
-from data.files import sha256, write_atomic, write_json
-from data.prompts import EOT
+from formats.files import UserError, open_safetensors, read_object, sha256, write_atomic, write_json
 
 # The files of a Hub repository that load() reads; nothing else is downloaded
 # (phi-2's repository also holds vocab.json, merges.txt, remote code, ...).
@@ -59,13 +58,13 @@ def resolve(name_or_path, revision=None, verbose=True):
     the folder is the cache's snapshots/<commit hash>, as `from_pretrained` uses."""
     if os.path.isdir(name_or_path):
         if revision is not None:
-            raise ValueError(f"{name_or_path}: a folder has no revision; --revision is for a Hugging Face model id")
+            raise UserError(f"{name_or_path}: a folder has no revision; --revision is for a Hugging Face model id")
         for name in ("config.json", "tokenizer.json"):
             if not os.path.isfile(os.path.join(name_or_path, name)):
-                raise FileNotFoundError(f"{name_or_path}: {name} is missing (expected a file)")
+                raise UserError(f"{name_or_path}: {name} is missing (expected a file)")
         return name_or_path, None
     if not looks_like_hub_id(name_or_path):
-        raise FileNotFoundError(f"{name_or_path}: checkpoint directory not found")
+        raise UserError(f"{name_or_path}: checkpoint directory not found")
     # huggingface_hub is not one of our declared dependencies: it comes with tokenizers
     # (which needs it), and only a Hub id ever imports it.
     import huggingface_hub
@@ -81,14 +80,14 @@ def resolve(name_or_path, revision=None, verbose=True):
         folder = None
     if folder is None or not _is_checkpoint(folder):    # not cached, or only partly
         if constants.HF_HUB_OFFLINE:   # read by huggingface_hub from HF_HUB_OFFLINE at import
-            raise FileNotFoundError(f"{where}: no such folder, and not in the Hugging Face cache "
+            raise UserError(f"{where}: no such folder, and not in the Hugging Face cache "
                                     f"{constants.HF_HUB_CACHE} (HF_HUB_OFFLINE is set, so nothing is "
                                     "downloaded)")
         try:
             folder = snapshot()
         except Exception as e:     # network, HTTP, authentication, unknown repo or revision
             first = (str(e).strip().splitlines() or [""])[0]
-            raise ValueError(f"{where}: no such folder, and the download from the Hugging Face Hub "
+            raise UserError(f"{where}: no such folder, and the download from the Hugging Face Hub "
                              f"failed ({type(e).__name__}: {first})") from None
     commit = os.path.basename(os.path.normpath(folder))   # the cache names snapshots by commit
     if verbose:
@@ -122,14 +121,14 @@ def _listed(ckpt):
             with open(index) as f:
                 weight_map = json.load(f)["weight_map"]
         except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{index}: not a safetensors index with a 'weight_map' ({e})") from None
+            raise UserError(f"{index}: not a safetensors index with a 'weight_map' ({e})") from None
         if not (isinstance(weight_map, dict) and all(isinstance(v, str) and v for v in weight_map.values())):
-            raise ValueError(f"{index}: 'weight_map' must be an object of tensor name -> file name")
+            raise UserError(f"{index}: 'weight_map' must be an object of tensor name -> file name")
         return {k: os.path.join(ckpt, v) for k, v in weight_map.items()}, index
     if os.path.exists(single):
         with _open(single) as f:
             return {k: single for k in f.keys()}, single
-    raise FileNotFoundError(f"{ckpt}: no model.safetensors or model.safetensors.index.json")
+    raise UserError(f"{ckpt}: no model.safetensors or model.safetensors.index.json")
 
 
 def _open(path):
@@ -141,13 +140,10 @@ def _open(path):
     near one copy of the weights in the target dtype, whatever the file dtype.
     The model also no longer points into the file, so rewriting it is safe."""
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: weight file listed for this checkpoint is missing")
+        raise UserError(f"{path}: weight file listed for this checkpoint is missing")
     if not os.path.isfile(path):
-        raise ValueError(f"{path}: is a directory, expected a safetensors file")
-    try:
-        return safe_open(path, framework="pt", device="cpu", backend="pread")
-    except (SafetensorError, OSError, ValueError) as e:
-        raise ValueError(f"{path}: truncated or corrupt safetensors file ({e})") from None
+        raise UserError(f"{path}: is a directory, expected a safetensors file")
+    return open_safetensors(path, backend="pread")
 
 
 def read_weights(files, source, expected, dtype, device):
@@ -162,7 +158,7 @@ def read_weights(files, source, expected, dtype, device):
     if missing or unexpected:
         problems = ([f"missing tensors {some(missing)}"] if missing else []) + \
                    ([f"unexpected tensors {some(unexpected)}"] if unexpected else [])
-        raise ValueError(f"{source}: tensors do not match the {len(expected)} that config.json "
+        raise UserError(f"{source}: tensors do not match the {len(expected)} that config.json "
                          f"describes: {'; '.join(problems)}")
     state = {}
     for path in sorted(set(files.values())):
@@ -170,18 +166,18 @@ def read_weights(files, source, expected, dtype, device):
             listed = sorted(n for n, p in files.items() if p == path)
             absent = sorted(set(listed) - set(f.keys()))
             if absent:
-                raise ValueError(f"{path}: tensors {some(absent)} are listed for this file "
+                raise UserError(f"{path}: tensors {some(absent)} are listed for this file "
                                  f"in {os.path.basename(source)} but are not in it")
             for name in listed:
                 try:
                     t = f.get_tensor(name)
                 except (SafetensorError, OSError, ValueError) as e:
-                    raise ValueError(f"{path}: cannot read tensor {name} ({e})") from None
+                    raise UserError(f"{path}: cannot read tensor {name} ({e})") from None
                 if not t.is_floating_point() or not torch.isfinite(t).all():
-                    raise ValueError(f"{path}: tensor {name} is {t.dtype}" + (" with NaN or inf values"
+                    raise UserError(f"{path}: tensor {name} is {t.dtype}" + (" with NaN or inf values"
                                      if t.is_floating_point() else "") + "; expected finite floating-point weights")
                 if tuple(t.shape) != tuple(expected[name]):
-                    raise ValueError(f"{path}: tensor {name} has shape {tuple(t.shape)}, "
+                    raise UserError(f"{path}: tensor {name} has shape {tuple(t.shape)}, "
                                      f"expected {tuple(expected[name])} from config.json")
                 state[name] = t.to(device=device, dtype=dtype)
                 del t
@@ -192,13 +188,7 @@ def read_config(path, fields):
     """The values of config.json for `fields` ({name: int or float}), checked:
     plain phi-2 (HF layout, gelu_new, no qk LayerNorm, no grouped KV heads),
     every field present (the token ids may be absent) and of its type and range."""
-    with open(path, "rb") as f:
-        try:
-            raw = json.loads(f.read().decode("utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    raw = read_object(path, "an HF model folder holds it")
     rope = raw.get("rope_parameters") or {}   # transformers>=5 nests these two
     for key in ("partial_rotary_factor", "rope_theta"):
         if key not in raw and key in rope:
@@ -208,21 +198,21 @@ def read_config(path, fields):
     _check_config_types(path, values, fields)
     for name in ("bos_token_id", "eos_token_id"):
         if values.get(name, 0) >= values["vocab_size"]:
-            raise ValueError(f"{path}: config field {name!r} is {values[name]}; expected an id below "
+            raise UserError(f"{path}: config field {name!r} is {values[name]}; expected an id below "
                              f"vocab_size ({values['vocab_size']})")
     return values
 
 
-def read_tokenizer(path, vocab_size):
-    """tokenizer.json, with an <|endoftext|> token and no more ids than embedding rows."""
+def read_tokenizer(path, vocab_size, eot):
+    """tokenizer.json, with the end-of-text token `eot` and no more ids than embedding rows."""
     try:
         tok = Tokenizer.from_file(path)
     except Exception as e:
-        raise ValueError(f"{path}: not a tokenizers tokenizer.json ({e})") from None
-    if tok.token_to_id(EOT) is None:
-        raise ValueError(f"{path}: has no {EOT} token")
+        raise UserError(f"{path}: not a tokenizers tokenizer.json ({e})") from None
+    if tok.token_to_id(eot) is None:
+        raise UserError(f"{path}: has no {eot} token")
     if tok.get_vocab_size() > vocab_size:
-        raise ValueError(f"{path}: {tok.get_vocab_size()} tokens, more than the "
+        raise UserError(f"{path}: {tok.get_vocab_size()} tokens, more than the "
                          f"{vocab_size} embedding rows of config.json")
     return tok
 
@@ -252,11 +242,11 @@ def _check_layout(files, source, n_layers):
     start building them)."""
     names = set(files)
     if any(n.startswith("transformer.h.") or ".mixer.Wqkv" in n for n in names):
-        raise ValueError(f"{source}: this is the old 'phi-msft' layout (transformer.h.N.mixer.Wqkv); "
+        raise UserError(f"{source}: this is the old 'phi-msft' layout (transformer.h.N.mixer.Wqkv); "
                          "convert it to the HF layout (model.layers.N.self_attn.q_proj, ...) first")
     layers = {int(m.group(1)) for n in names if (m := re.match(r"model\.layers\.(\d+)\.", n))}
     if len(layers) != n_layers or max(layers, default=-1) != len(layers) - 1:   # not 0..L-1
-        raise ValueError(f"{source}: holds {len(layers)} layers (model.layers.N), but config.json "
+        raise UserError(f"{source}: holds {len(layers)} layers (model.layers.N), but config.json "
                          f"says num_hidden_layers={n_layers}")
 
 
@@ -267,12 +257,12 @@ def _check_file_set(ckpt):
     with open(path) as f:
         saved = json.load(f).get(SET_KEY) or {}
     if not (isinstance(saved, dict) and all(isinstance(v, str) for v in saved.values())):
-        raise ValueError(f"{path}: {SET_KEY!r} must be an object of file name -> sha256")
+        raise UserError(f"{path}: {SET_KEY!r} must be an object of file name -> sha256")
     for name, digest in saved.items():
         if not os.path.exists(os.path.join(ckpt, name)):
-            raise FileNotFoundError(f"{os.path.join(ckpt, name)}: missing, but {path} was saved with it")
+            raise UserError(f"{os.path.join(ckpt, name)}: missing, but {path} was saved with it")
         if sha256(os.path.join(ckpt, name)) != digest:
-            raise ValueError(f"{os.path.join(ckpt, name)}: not the file that config.json was saved with "
+            raise UserError(f"{os.path.join(ckpt, name)}: not the file that config.json was saved with "
                              "(an interrupted save?)")
 
 
@@ -280,21 +270,21 @@ def _check_phi_config(path, raw, fields):
     """config.json describes plain phi-2: HF layout, gelu_new, no qk LayerNorm, no
     grouped KV heads, and every one of `fields` (the token ids may be absent)."""
     if raw.get("model_type") == "phi-msft":   # phi-2's Hub revisions before its HF conversion
-        raise ValueError(f"{path}: this is the old 'phi-msft' layout (transformer.h.N.mixer.Wqkv); "
+        raise UserError(f"{path}: this is the old 'phi-msft' layout (transformer.h.N.mixer.Wqkv); "
                          "convert it to the HF layout (model.layers.N.self_attn.q_proj, ...) first, "
                          "or use a later --revision")
     if raw.get("model_type") != "phi":
-        raise ValueError(f"{path}: model_type is {raw.get('model_type')!r}, expected 'phi'")
+        raise UserError(f"{path}: model_type is {raw.get('model_type')!r}, expected 'phi'")
     for key, want in {"hidden_act": "gelu_new", "qk_layernorm": False, "tie_word_embeddings": False}.items():
         if raw.get(key, want) != want:
-            raise ValueError(f"{path}: {key} is {raw[key]!r}; only {want!r} (as phi-2) is supported")
+            raise UserError(f"{path}: {key} is {raw[key]!r}; only {want!r} (as phi-2) is supported")
     kv = raw.get("num_key_value_heads") or raw.get("num_attention_heads")
     if kv != raw.get("num_attention_heads"):
-        raise ValueError(f"{path}: num_key_value_heads {kv} != num_attention_heads; "
+        raise UserError(f"{path}: num_key_value_heads {kv} != num_attention_heads; "
                          "phi-2 has no grouped KV heads")
     for name in fields:
         if raw.get(name) is None and name not in ("bos_token_id", "eos_token_id"):
-            raise ValueError(f"{path}: config field {name!r} is missing")
+            raise UserError(f"{path}: config field {name!r} is missing")
 
 
 # Ranges beyond "a positive number" (phi-2: 2048 positions, theta 10000, eps 1e-5): a
@@ -316,6 +306,6 @@ def _check_config_types(path, values, fields):
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo < v <= hi
             want = f"a finite number > {lo:g}" + (f" and <= {hi:g}" if hi < math.inf else "")
         if not ok:
-            raise ValueError(f"{path}: config field {name!r} is {v!r}; expected {want}")
+            raise UserError(f"{path}: config field {name!r} is {v!r}; expected {want}")
 
 

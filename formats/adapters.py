@@ -32,11 +32,11 @@ import os
 import re
 
 import torch
-from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 import lora
-from data.files import write_atomic, write_json
+from formats.files import (UserError, check_finite, check_names, open_safetensors, read_json, short, write_atomic,
+                           write_json)
 
 PEFT_PREFIX = "base_model.model."        # PEFT key = PEFT_PREFIX + our key
 CONFIG_NAME, WEIGHTS_NAME = "adapter_config.json", "adapter_model.safetensors"
@@ -79,12 +79,10 @@ def probe_positions(n, k):
     return (2 * i * (n - 1) + (k - 1)) // (2 * (k - 1))
 
 
-def probe(p, k=PROBES, first=False):
-    """k values of tensor p in fp32, at probe_positions of the flattened tensor
-    (the first k with first=True)."""
+def probe(p, k=PROBES):
+    """k values of tensor p in fp32, at probe_positions of the flattened tensor."""
     flat = p.detach().reshape(-1)
-    at = torch.arange(min(k, flat.numel())) if first else probe_positions(flat.numel(), k)
-    return flat[at.to(flat.device)].float().cpu()
+    return flat[probe_positions(flat.numel(), k).to(flat.device)].float().cpu()
 
 
 def base_fingerprint(model):
@@ -142,14 +140,14 @@ def save_adapter(model, out_dir, base_model_name_or_path=None, r=None, alpha=Non
 def expert_dirs(root):
     """{name: dir} of the adapter directories directly under root, sorted by name."""
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"{root}: no such directory of experts (train.py --expert writes them)")
+        raise UserError(f"{root}: no such directory of experts (train.py --expert writes them)")
     found = {d: os.path.join(root, d) for d in sorted(os.listdir(root)) if os.path.isdir(os.path.join(root, d))}
     strays = [d for d, path in found.items() if not os.path.exists(os.path.join(path, CONFIG_NAME))]
     if strays:   # never drop an expert silently: a half-written or misplaced one is an error
-        raise FileNotFoundError(f"{root}: the folders {strays} hold no {CONFIG_NAME}; every folder "
+        raise UserError(f"{root}: the folders {strays} hold no {CONFIG_NAME}; every folder "
                                 "here must be an expert's adapter directory")
     if not found:
-        raise FileNotFoundError(f"{root}: no adapter directories (with {CONFIG_NAME}) inside")
+        raise UserError(f"{root}: no adapter directories (with {CONFIG_NAME}) inside")
     return found
 
 
@@ -165,8 +163,8 @@ def read_adapter(model, adapter_dir, check_base=True):
     cfg_path, w_path = os.path.join(adapter_dir, CONFIG_NAME), os.path.join(adapter_dir, WEIGHTS_NAME)
     config = _read_adapter_config(cfg_path, w_path)
     if lora.lora_modules(model):
-        raise ValueError("model already has LoRA layers; call remove_lora(model) first")
-    with _open_weights(w_path) as f:
+        raise UserError("model already has LoRA layers; call remove_lora(model) first")
+    with open_safetensors(w_path) as f:
         metadata = f.metadata() or {}
         if check_base and FINGERPRINT_KEY in metadata:
             _check_fingerprint(model, metadata[FINGERPRINT_KEY], w_path)
@@ -240,9 +238,6 @@ def load_experts(model, adapter_dirs, check_base=True):
 # 2. Checks: what read_adapter refuses
 # ---------------------------------------------------------------------------
 
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
 def _is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)         # JSON true is not a rank
 
@@ -251,14 +246,8 @@ def _is_number(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _short(v, width=60):
-    """repr(v), cut to `width` characters for messages."""
-    text = repr(v)
-    return text if len(text) <= width else text[:width - 3] + "..."
-
-
 def _bad(path, key, value, expected):
-    return ValueError(f"{path}: {key} is {_short(value)}, expected {expected}")
+    return UserError(f"{path}: {key} is {short(value)}, expected {expected}")
 
 
 def _check_adapter_config(path, config):
@@ -266,14 +255,14 @@ def _check_adapter_config(path, config):
     target_modules have PEFT's types and sensible ranges, and no setting that
     lora.py does not implement (UNSUPPORTED)."""
     if not isinstance(config, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(config).__name__}")
+        raise UserError(f"{path}: expected a JSON object, got {type(config).__name__}")
     if config.get("task_type") not in (None, "CAUSAL_LM"):
-        raise ValueError(f"{path}: task_type is {config['task_type']!r}; a phi expert is 'CAUSAL_LM' (or null)")
+        raise UserError(f"{path}: task_type is {config['task_type']!r}; a phi expert is 'CAUSAL_LM' (or null)")
     if config.get("peft_type") != "LORA":
         raise _bad(path, "peft_type", config.get("peft_type"), "'LORA'")
     for key in ("r", "lora_alpha", "target_modules"):
         if key not in config:
-            raise ValueError(f"{path}: required key {key!r} is missing")
+            raise UserError(f"{path}: required key {key!r} is missing")
     r, alpha, dropout = config["r"], config["lora_alpha"], config.get("lora_dropout", 0.0)
     if not (_is_int(r) and r > 0):
         raise _bad(path, "r", r, "a positive int")
@@ -283,10 +272,10 @@ def _check_adapter_config(path, config):
         raise _bad(path, "lora_dropout", dropout, "a number in [0, 1)")
     _check_targets(path, config["target_modules"])
     if config.get("bias", "none") != "none":
-        raise ValueError(f"{path}: bias {config['bias']!r} is not supported (only 'none')")
+        raise UserError(f"{path}: bias {config['bias']!r} is not supported (only 'none')")
     for key in UNSUPPORTED:
         if config.get(key):
-            raise ValueError(f"{path}: {key}={config[key]!r} is not supported by lora.py")
+            raise UserError(f"{path}: {key}={config[key]!r} is not supported by lora.py")
 
 
 def _check_targets(path, targets):
@@ -304,27 +293,23 @@ def _check_saveable(model, mods, held, given, targets):
     """save_adapter: unmerged lora.LoRALinear layers that agree on r, alpha and dropout
     (and with the values given), selected exactly by target_modules."""
     if not mods:
-        raise ValueError("model has no lora.LoRALinear layers to save (MultiLoRALinear is not a PEFT adapter)")
+        raise UserError("model has no lora.LoRALinear layers to save (MultiLoRALinear is not a PEFT adapter)")
     if any(m.merged for m in mods.values()):
-        raise ValueError("adapters are merged into W; unmerge_lora(model) before saving")
+        raise UserError("adapters are merged into W; unmerge_lora(model) before saving")
     for k, vals in held.items():
         if len(vals) != 1 or (given[k] is not None and given[k] not in vals):
-            raise ValueError(f"{k}: layers hold {sorted(vals)}, asked to save {given[k]}")
+            raise UserError(f"{k}: layers hold {sorted(vals)}, asked to save {given[k]}")
     if set(lora.target_names(model, targets)) != set(mods):
-        raise ValueError(f"target_modules {targets!r} do not select exactly the {len(mods)} LoRA layers")
+        raise UserError(f"target_modules {targets!r} do not select exactly the {len(mods)} LoRA layers")
 
 
 def _read_adapter_config(cfg_path, w_path):
     """adapter_config.json, checked (_check_adapter_config), with the weights file beside it."""
     for path in (cfg_path, w_path):
         if not os.path.exists(path):
-            raise FileNotFoundError(f"{path} not found (an adapter directory holds {CONFIG_NAME} "
+            raise UserError(f"{path} not found (an adapter directory holds {CONFIG_NAME} "
                                     f"and {WEIGHTS_NAME})")
-    try:
-        with open(cfg_path) as f:
-            config = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{cfg_path}: not valid JSON ({e})") from None
+    config = read_json(cfg_path, "an adapter directory holds it")
     _check_adapter_config(cfg_path, config)
     return config
 
@@ -338,47 +323,30 @@ def _check_alpha(w_path, metadata, alpha):
         try:
             saved = json.loads(saved)
         except json.JSONDecodeError:
-            raise ValueError(f"{w_path}: metadata {ALPHA_KEY!r} is {saved!r}, expected a number") from None
+            raise UserError(f"{w_path}: metadata {ALPHA_KEY!r} is {saved!r}, expected a number") from None
     if saved is not None and saved != alpha:
-        raise ValueError(f"{w_path}: saved with lora_alpha {saved}, but {CONFIG_NAME} says "
+        raise UserError(f"{w_path}: saved with lora_alpha {saved}, but {CONFIG_NAME} says "
                          f"{alpha} (a save interrupted between the two files, or an edit of lora_alpha; "
                          "the scale belongs to the weights)")
-
-
-def _open_weights(w_path):
-    try:
-        return safe_open(w_path, framework="pt", device="cpu")
-    except (SafetensorError, OSError) as e:
-        raise ValueError(f"{w_path}: truncated or corrupt safetensors file ({e})") from None
 
 
 def _check_keys(w_path, config, expected, keys):
     """The file holds exactly the A and B of every Linear that target_modules selects."""
     if not expected:
-        raise ValueError(f"{w_path[:-len(WEIGHTS_NAME)]}{CONFIG_NAME}: target_modules "
+        raise UserError(f"{w_path[:-len(WEIGHTS_NAME)]}{CONFIG_NAME}: target_modules "
                          f"{config['target_modules']!r} match no Linear of this model")
-    missing, unexpected = sorted(set(expected) - keys), sorted(keys - set(expected))
-    if missing or unexpected:
-        parts = [f"{what} {len(ks)} tensors, e.g. {ks[:3]}" for what, ks in
-                 (("missing", missing), ("unexpected", unexpected)) if ks]
-        raise ValueError(f"{w_path}: tensors do not match {CONFIG_NAME} (target_modules "
-                         f"{config['target_modules']!r}, r={config['r']}) and this model: " + "; ".join(parts))
+    check_names(w_path, expected, keys, f"{CONFIG_NAME} (target_modules {config['target_modules']!r}, "
+                f"r={config['r']}) and this model")
 
 
 def _check_tensor(path, key, t, shape=None, lin=None, r=None):
     """An adapter tensor: of `shape` (the Linear lin's, at rank r), floating point,
     no NaN or inf. Returns it."""
     if shape is not None and tuple(t.shape) != shape:
-        raise ValueError(f"{path}: tensor {key} has shape {tuple(t.shape)}, expected {shape} "
+        raise UserError(f"{path}: tensor {key} has shape {tuple(t.shape)}, expected {shape} "
                          f"(r={r} from {CONFIG_NAME}; the layer is Linear({lin.in_features}, "
                          f"{lin.out_features}))")
-    if t.dtype not in FLOAT_DTYPES:
-        raise ValueError(f"{path}: tensor {key} has dtype {t.dtype}, expected a floating-point dtype "
-                         "(float16, bfloat16, float32 or float64)")
-    if not torch.isfinite(t).all():
-        nan, inf = int(t.isnan().sum()), int(t.isinf().sum())
-        raise ValueError(f"{path}: tensor {key} has {nan} NaN and {inf} inf values, expected finite values")
-    return t
+    return check_finite(path, key, t)
 
 
 MAX_UPDATE = 1e3   # an update this many times the norm of the weight it adapts is no adapter
@@ -393,7 +361,7 @@ def _check_size(path, name, A, B, scaling, W):
         return
     size = (scaling * B.double().cpu() @ A.double().cpu()).norm().item()
     if not size <= limit:
-        raise ValueError(f"{path}: the update of {name} (scaling * lora_B @ lora_A) has norm {size:.3g}, "
+        raise UserError(f"{path}: the update of {name} (scaling * lora_B @ lora_A) has norm {size:.3g}, "
                          f"{size / (limit / MAX_UPDATE):.3g} times its base weight's; expected an adapter "
                          f"trained on this base (at most {MAX_UPDATE:g} times)")
 
@@ -401,25 +369,23 @@ def _check_size(path, name, A, B, scaling, W):
 def _check_fingerprint(model, fp, path):
     """Refuse an adapter made for another base: first the config's shapes, then
     the sampled values of every tensor, to rtol 1e-2 (bf16 rounds by at most
-    2^-9, relative). Older fingerprints sampled only the first 8 values of the
-    first tensor ("probe_tensor", "probe"): those are checked as they are."""
+    2^-9, relative)."""
     try:
         fp = json.loads(fp)
-        old = "probe_tensor" in fp
-        probes = {fp["probe_tensor"]: fp["probe"]} if old else fp["probes"]
+        probes = fp["probes"]
         probes = {n: torch.tensor(v, dtype=torch.float32).reshape(-1) for n, v in probes.items()}
     except (ValueError, TypeError, KeyError, AttributeError):
-        raise ValueError(f"{path}: metadata {FINGERPRINT_KEY} is malformed: expected a JSON object as "
+        raise UserError(f"{path}: metadata {FINGERPRINT_KEY} is malformed: expected a JSON object as "
                          "base_fingerprint writes it") from None
     cfg = getattr(model, "config", None)
     diff = [f"{k} {fp[k]} (this model: {getattr(cfg, k, None)})" for k in SHAPE_FIELDS
             if k in fp and fp[k] != getattr(cfg, k, None)]
     if diff:
-        raise ValueError(f"{path}: adapter was made for another base model: " + ", ".join(diff))
+        raise UserError(f"{path}: adapter was made for another base model: " + ", ".join(diff))
     params = dict(base_parameters(model))
     differ = [n for n, saved in probes.items() if n not in params or not torch.allclose(
-        probe(params[n], saved.numel(), first=old), saved, rtol=1e-2, atol=1e-4)]
+        probe(params[n], saved.numel()), saved, rtol=1e-2, atol=1e-4)]
     if differ:
         more = f" (and {len(differ) - 1} more tensors)" if len(differ) > 1 else ""
-        raise ValueError(f"{path}: adapter was made for another base model: the base's {differ[0]} "
+        raise UserError(f"{path}: adapter was made for another base model: the base's {differ[0]} "
                          f"differs{more} (same shapes, different weights)")

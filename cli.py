@@ -1,50 +1,151 @@
 """
-The command lines of train.py and eval.py: every flag with its real default,
-train.py's defaults per mode (MODES), and the combinations that are refused
-rather than ignored (a flag the run would not read is an error).
+The command lines: every flag of train.py, eval.py, explain.py and cluster.py
+declared once with its real default, the default paths, the argparse types
+that refuse a bad value as it is parsed, and the rule that a user's mistake is
+one line on stderr.
 
     python train.py --help        # the flags, grouped by mode
     python eval.py --help
+    if __name__ == "__main__":
+        run(main)                 # UserError -> "train.py: error: ...", exit 2
 
-The scripts read top to bottom without their flags in the way; this file is
-their reference. study.py shares eval.py's question flags (add_question_flags).
-The flag types (positive_int, writable_dir, ...) and the one-line errors are
-data/cli.py's.
+Chapters:
+  1. types and run()   positive_int, writable_dir, ...; run() turns a UserError
+                       (formats.files) into one line, and leaves every other
+                       exception, a bug, its traceback
+  2. train.py          the flags; each mode's defaults are train.py's MODES;
+                       a flag the chosen run would not read is refused
+  3. eval.py           the model, question and prompt flags (study.heldout's too)
+  4. explain.py, cluster.py
+
+Left out: configuration files; the flags are the whole interface.
 """
+import argparse
+import math
 import os
+import sys
 
-import torch
-
-import cluster
-import lora
-import model as M
-from data.cli import (Parser, torch_device, finite_float, nonempty, nonneg_float, nonneg_int, positive_float,
-                      positive_int, probability, random_seed, share, writable_dir, writable_file)
+from formats.clusters import READ_BACK, has_output
+from formats.files import UserError
 from data.lila import DEFAULT_DATA
-from data.prompts import SHOT_SOURCES
+from data.prompts import SHOT_POOL, SHOT_SOURCES, SHOT_TEXTS
 
-SHIPPED = "checkpoints/phi-tiny-moe"     # experts, router and clusters for phi-tiny, in the repository
+DEFAULT_MODEL = "checkpoints/phi-tiny"    # the phi-architecture model shipped in the repository
+SHIPPED = "checkpoints/phi-tiny-moe"      # experts, router and clusters for phi-tiny, in the repository
+CLUSTERS = "out/clusters"                 # cluster.py --out, for cluster experts and routers
+EXPERTS = "out/experts"                   # train.py --expert's outputs, one folder per expert
+EMBED_CACHE = "runs/embed-cache"          # meta-question embeddings, cached on disk
+DTYPE_NAMES = ["bf16", "bfloat16", "float16", "float32", "fp16", "fp32"]   # model.DTYPES' keys
 
 # ---------------------------------------------------------------------------
-# 1. train.py
+# 1. Argument types, and run()
 # ---------------------------------------------------------------------------
 
-MODES = {           # the defaults that differ between modes; --help lists them per mode
-    "base": dict(steps=3000, lr=2e-3, seq_len=512, warmup=200, loss="all", rows="submodule", eval_every=500),
-    "lora": dict(steps=300, lr=2e-3, seq_len=256, warmup=30, loss="answer", rows="skill", eval_every=100),
-    "full": dict(steps=300, lr=1e-4, seq_len=256, warmup=30, loss="answer", rows="skill", eval_every=100),
-    "router": dict(steps=300, lr=5e-3, seq_len=256, warmup=30, loss="answer", rows="submodule", eval_every=100),
-}
-# LoRA rows mix a skill's submodules because eval.py's prompts do: experts trained on
-# one-submodule rows gained 1.5-2.0 points on arithmetic, numbers and measurement,
-# and 10.5-12.0 with skill rows (docs/results.md).
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors as one line, "prog: error: ...", exit status 2
+    (plain argparse prints the whole usage first)."""
+
+    def error(self, message):
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _type(kind, ok, expected):
+    """An argparse type: text -> kind(text), refused with "expected ..." unless ok(value)."""
+    def parse(text):
+        try:
+            v = kind(text)
+        except ValueError:
+            v = None
+        if v is None or not ok(v):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return v
+    return parse
+
+
+positive_int = _type(int, lambda v: v >= 1, "an integer >= 1")
+nonneg_int = _type(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _type(float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")   # not nan, inf, 0
+nonneg_float = _type(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
+finite_float = _type(float, math.isfinite, "a finite number")
+probability = _type(float, lambda v: 0 <= v < 1, "a number in [0, 1)")                        # a dropout rate
+share = _type(float, lambda v: 0 < v <= 1, "a number in (0, 1]")                              # a fraction of a size
+nonempty = _type(str, lambda v: bool(v.strip()), "a non-empty string")
+random_seed = _type(int, lambda v: 0 <= v < 2 ** 63, "an integer in [0, 2**63)")                    # torch.manual_seed's range
+
+
+def default_device():
+    """cuda when this machine has it, else cpu."""
+    import torch      # when a parser is built, not on import: python -m study never loads torch
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def torch_device(text):
+    """cpu, cuda or cuda:N, and a CUDA device only where this machine has it."""
+    import torch
+    kind, _, index = text.partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+    if kind == "cuda" and int(index or 0) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA "
+                                         "device(s)")
+    return text
+
+
+def writable_dir(path):
+    """A folder to write into: absent (it will be made) or a folder, not a file."""
+    if not path.strip():
+        raise argparse.ArgumentTypeError("expected a folder to write into, got ''")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise argparse.ArgumentTypeError(f"expected a folder to write into, got {path!r} (a file)")
+    return path
+
+
+def writable_file(path):
+    """A path a file can be written to (checked before a long run, not after)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if not path.strip():
+        raise argparse.ArgumentTypeError("expected a file name to write, got ''")
+    if os.path.isdir(path) or (os.path.exists(parent) and not os.path.isdir(parent)):
+        raise argparse.ArgumentTypeError(f"expected a file name to write, got {path!r} "
+                                          f"({'a directory' if os.path.isdir(path) else parent + ' is a file'})")
+    return path
+
+
+def pick(args, config):
+    """The dataclass `config` (a TrainConfig, ClusterConfig, Questions ...) made of
+    the flags of the same names: a main hands its library code a config, not args."""
+    return config(**{f: getattr(args, f) for f in config.__dataclass_fields__})
+
+
+def run(main):
+    """main(), with a UserError as one line on stderr and exit status 2; any
+    other exception is a bug and keeps its traceback."""
+    try:
+        main()
+    except UserError as e:
+        print(f"{program()}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def program():
+    """How the program was started: train.py, or python -m study for a package."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    if spec and spec.origin and os.path.abspath(sys.argv[0]) == spec.origin:
+        return "python -m " + spec.name.removesuffix(".__main__")
+    return os.path.basename(sys.argv[0])
+
+
+# ---------------------------------------------------------------------------
+# 2. train.py
+# ---------------------------------------------------------------------------
 
 # What may change when a run is resumed; every other flag defines the run.
 NOT_THE_RUN = ("resume", "stop_at", "device", "compile", "out")
 
 
-def train_parser():
+def train_parser(modes, targets):
     p = Parser(description="Pretrain phi-tiny, or train LoRA skill experts.")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--base", action="store_true", help="pretrain a phi-architecture model from scratch")
@@ -56,7 +157,7 @@ def train_parser():
     p.add_argument("--data", type=nonempty, default=DEFAULT_DATA, help=f"LiLA task file(s) or directory (default {DEFAULT_DATA})")
     p.add_argument("--out", type=writable_dir, default=None, help="output directory (default runs/base, "
                    "out/experts/SKILL, out/experts/cluster-K, out/mixed, out/router, out/full/SKILL)")
-    per_mode = lambda k: ", ".join(f"{'LoRA' if m == 'lora' else m} {d[k]}" for m, d in MODES.items())  # noqa: E731
+    per_mode = lambda k: ", ".join(f"{'LoRA' if m == 'lora' else m} {d[k]}" for m, d in modes.items())  # noqa: E731
     p.add_argument("--steps", type=positive_int, help=f"optimizer steps (default {per_mode('steps')})")
     p.add_argument("--batch-size", type=positive_int, default=16, help="sequences per step, over all "
                    "processes (default 16)")
@@ -76,7 +177,7 @@ def train_parser():
     p.add_argument("--eval-questions", type=positive_int, default=200, help="dev questions for the dev accuracy "
                    "(default 200)")
     p.add_argument("--seed", type=random_seed, default=1234, help="random seed: init and data order (default 1234)")
-    p.add_argument("--device", type=torch_device, default="cuda" if torch.cuda.is_available() else "cpu",
+    p.add_argument("--device", type=torch_device, default=default_device(),
                    help="cpu or cuda (default cuda when available)")
     p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
                    help="dtype of the frozen base and of autocast; trainable weights stay fp32 "
@@ -86,7 +187,7 @@ def train_parser():
     p.add_argument("--stop-at", type=positive_int, default=None, help="checkpoint and stop after this step; "
                    "the schedule still follows --steps, and --resume continues it (split a long run)")
     add_base_flags(p)
-    add_lora_flags(p)
+    add_lora_flags(p, targets)
     add_router_flags(p)
     return p
 
@@ -102,14 +203,14 @@ def add_base_flags(p):
     g.add_argument("--rotary", type=share, default=0.4,
                    help="partial_rotary_factor in (0, 1], as phi-2 (default 0.4)")
     g.add_argument("--max-pos", type=positive_int, default=1024, help="max_position_embeddings (default 1024)")
-    g.add_argument("--save-dtype", default="float16", choices=sorted(M.DTYPES),
+    g.add_argument("--save-dtype", default="float16", choices=DTYPE_NAMES,
                    help="dtype of model.safetensors (default float16)")
 
 
-def add_lora_flags(p):
+def add_lora_flags(p, targets):
     g = p.add_argument_group("--expert / --mixed: LoRA on a frozen base")
-    g.add_argument("--model", type=nonempty, default=M.DEFAULT_MODEL, help="base model: a directory (HF layout) or a "
-                   f"Hugging Face id, e.g. microsoft/phi-2 (default {M.DEFAULT_MODEL})")
+    g.add_argument("--model", type=nonempty, default=DEFAULT_MODEL, help="base model: a directory (HF layout) or a "
+                   f"Hugging Face id, e.g. microsoft/phi-2 (default {DEFAULT_MODEL})")
     g.add_argument("--revision", type=nonempty, default=None, help="--model id: branch, tag or commit "
                    "(default: the repository's main branch)")
     g.add_argument("--full", action="store_true", help="train every weight of the base instead of LoRA "
@@ -119,10 +220,10 @@ def add_lora_flags(p):
     g.add_argument("--rank", type=positive_int, default=8, help="LoRA rank r (default 8)")
     g.add_argument("--alpha", type=positive_float, default=16, help="LoRA alpha (scale alpha/r) (default 16)")
     g.add_argument("--dropout", type=probability, default=0.0, help="LoRA dropout (default 0.0)")
-    g.add_argument("--targets", type=nonempty, default=",".join(lora.DEFAULT_TARGETS),
-                   help="modules that get LoRA (default " + ",".join(lora.DEFAULT_TARGETS) + ")")
-    g.add_argument("--clusters", type=nonempty, default="out/clusters",
-                   help="cluster.py output, for --expert cluster:K (default out/clusters)")
+    g.add_argument("--targets", type=nonempty, default=",".join(targets),
+                   help="modules that get LoRA (default " + ",".join(targets) + ")")
+    g.add_argument("--clusters", type=nonempty, default=CLUSTERS,
+                   help=f"cluster.py output, for --expert cluster:K (default {CLUSTERS})")
     g.add_argument("--steps-per-skill", type=positive_int, default=None, help="--mixed: steps = this x the "
                    "number of skills (as much as all experts together); --rank 64 matches the "
                    "parameters of eight rank-8 experts")
@@ -130,7 +231,7 @@ def add_lora_flags(p):
 
 def add_router_flags(p):
     g = p.add_argument_group("--router: two-level grouped routing (router.py)")
-    g.add_argument("--experts", type=nonempty, default="out/experts",
+    g.add_argument("--experts", type=nonempty, default=EXPERTS,
                    help="directory with one adapter directory per expert (default out/experts)")
     g.add_argument("--router-questions", type=positive_int, default=500,
                    help="train/dev questions per skill for the router (default 500)")
@@ -153,9 +254,11 @@ def add_router_flags(p):
                    help="weight of the load-balancing loss (default 0.0)")
 
 
-def train_args(argv=None):
-    """The flags, with the chosen mode's defaults (MODES) for those not given."""
-    p = train_parser()
+def train_args(modes, targets, argv=None):
+    """The flags, with the chosen mode's defaults (`modes`, train.py's MODES) for
+    those not given, and --out's default for the mode; `targets` are the default
+    LoRA target modules (lora.DEFAULT_TARGETS)."""
+    p = train_parser(modes, targets)
     args = p.parse_args(argv)
     given = given_flags(p, argv, args)
     for flag, (who, reads) in READ_BY.items():   # a flag the run would not read is refused, not ignored
@@ -169,16 +272,14 @@ def train_args(argv=None):
     if args.base and (rotary_dims < 2 or rotary_dims % 2):
         p.error(f"--rotary {args.rotary}: {rotary_dims} of the head's {args.n_embd // args.n_head} dims; "
                 "expected an even number, at least 2")
-    p.set_defaults(**MODES[mode_of(args)])
+    name = "mixed" if args.mixed else "router" if args.router else (args.expert or "").replace(":", "-")
+    folder = "full" if args.full else "experts" if args.expert else ""
+    p.set_defaults(**modes[mode_of(args)], out="runs/base" if args.base else os.path.join("out", folder, name))
     args = p.parse_args(argv)
     if args.stop_at and args.stop_at > args.steps:
         p.error(f"--stop-at {args.stop_at} is after the last step (--steps {args.steps})")
     if "warmup" in given and args.warmup > args.steps:   # the default warmup may outlast a short test run
         p.error(f"--warmup {args.warmup} is longer than the run (--steps {args.steps})")
-    if args.out is None:
-        name = "mixed" if args.mixed else "router" if args.router else args.expert.replace(":", "-")
-        folder = "full" if args.full else "experts" if args.expert else ""
-        args.out = "runs/base" if args.base else os.path.join("out", folder, name)
     if os.path.exists(os.path.join(args.out, "train_state.pt")) and not args.resume:
         p.error(f"--out {args.out} holds the train_state.pt of an earlier run; continue it with --resume, "
                 "or give another --out")
@@ -224,22 +325,24 @@ def mode_of(args):
     return "base" if args.base else "router" if args.router else "full" if args.full else "lora"
 
 
-def identity(args):
-    """The flags that define a run (a --resume must give the same)."""
-    return {k: v for k, v in sorted(vars(args).items()) if k not in NOT_THE_RUN}
-
-
 # ---------------------------------------------------------------------------
-# 2. eval.py (and study.py's questions)
+# 3. eval.py (and study.heldout's questions)
 # ---------------------------------------------------------------------------
 
 
-def add_question_flags(p):
-    """The flags that choose the model, the questions and the prompts (study.py's too)."""
-    p.add_argument("--model", type=nonempty, default=M.DEFAULT_MODEL, help="HF-layout phi checkpoint directory, "
-                   f"or a Hugging Face id, e.g. microsoft/phi-2 (default {M.DEFAULT_MODEL})")
+def add_model_flags(p):
+    """The base model: which, in what dtype, on which device."""
+    p.add_argument("--model", type=nonempty, default=DEFAULT_MODEL, help="HF-layout phi checkpoint directory, "
+                   f"or a Hugging Face id, e.g. microsoft/phi-2 (default {DEFAULT_MODEL})")
     p.add_argument("--revision", type=nonempty, default=None, help="--model id: branch, tag or commit "
                    "(default: the repository's main branch)")
+    p.add_argument("--dtype", default="float32", choices=DTYPE_NAMES, help="model dtype (default float32)")
+    p.add_argument("--device", type=torch_device, default=default_device(),
+                   help="cpu or cuda (default cuda when available)")
+
+
+def add_prompt_flags(p):
+    """How a prompt is built: the data its shots come from, how many, which."""
     p.add_argument("--data", type=nonempty, default=DEFAULT_DATA,
                    help=f"LiLA task file(s) or directory (default {DEFAULT_DATA})")
     p.add_argument("--shots", type=nonneg_int, default=4, help="solved examples in each prompt (0 = zero-shot; default 4)")
@@ -247,20 +350,32 @@ def add_question_flags(p):
                    help="where the shots come from: the train questions nearest to the question by the base "
                    "model's embedding (no labels read), random ones of its skill, or random ones of its "
                    "submodule (an oracle that reads the label) (default nearest)")
-    p.add_argument("--shot-pool", type=positive_int, default=cluster.SHOT_POOL,
-                   help=f"--shots-from nearest: train questions searched, drawn by --seed (default {cluster.SHOT_POOL})")
-    p.add_argument("--shot-text", default="meta-question", choices=cluster.SHOT_TEXTS,
+    p.add_argument("--shot-pool", type=positive_int, default=SHOT_POOL,
+                   help=f"--shots-from nearest: train questions searched, drawn by --seed (default {SHOT_POOL})")
+    p.add_argument("--shot-text", default="meta-question", choices=SHOT_TEXTS,
                    help="--shots-from nearest: what is embedded, the meta-question or the question itself "
                    "(default meta-question)")
+    p.add_argument("--seed", type=random_seed, default=1234, help="seed for shot selection and --limit (default 1234)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=32, help="longest answer generated (default 32)")
+
+
+def add_question_flags(p):
+    """The flags that choose the model, the questions and the prompts (study.heldout's too)."""
+    add_model_flags(p)
+    add_prompt_flags(p)
     p.add_argument("--skills", type=nonempty, default=None, help="comma-separated skills (default: all in the data)")
     p.add_argument("--split", default="test", choices=["train", "dev", "test"], help="split to evaluate (default test)")
     p.add_argument("--limit", type=positive_int, default=None, help="at most this many questions per skill (default all)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="questions decoded together (default 32)")
-    p.add_argument("--seed", type=random_seed, default=1234, help="seed for shot selection and --limit (default 1234)")
-    p.add_argument("--max-new-tokens", type=positive_int, default=32, help="longest answer generated (default 32)")
-    p.add_argument("--dtype", default="float32", choices=sorted(M.DTYPES), help="model dtype (default float32)")
-    p.add_argument("--device", type=torch_device, default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="cpu or cuda (default cuda when available)")
+
+
+def add_route_flags(p):
+    """A router, its experts, and steering (eval.py --moe and explain.py)."""
+    p.add_argument("--experts", type=nonempty, default=None, help="--moe: the experts directory (default: the one it "
+                   "was trained on)")
+    p.add_argument("--route", type=nonempty, default=None, metavar="SPEC", help="--moe: replace the task-level weights "
+                   "by these, e.g. 'algebra=0.7,arithmetic=0.3' (expert or group names); one name forces "
+                   "that expert")
 
 
 def eval_parser():
@@ -271,16 +386,9 @@ def eval_parser():
     p.add_argument("--adapter", type=nonempty, default=None, help="a LoRA expert (PEFT layout) merged into the base")
     p.add_argument("--moe", type=nonempty, default=None, metavar="ROUTER_DIR", help="evaluate the routed mixture "
                    "(train.py --router output) over its experts")
-    p.add_argument("--experts", type=nonempty, default=None, help="--moe: the experts directory (default: the one it was trained on)")
+    add_route_flags(p)
     p.add_argument("--variant", default="full", choices=["full", "task-soft", "task-hard"],
                    help="--moe: two-level routing, task prior alone as weights, or top-1 expert merged (default full)")
-    p.add_argument("--route", type=nonempty, default=None, metavar="SPEC", help="--moe: replace the task-level weights "
-                   "by these, e.g. 'algebra=0.7,arithmetic=0.3' (expert or group names); one name forces "
-                   "that expert")
-    p.add_argument("--explain", type=nonempty, default=None, metavar="QUESTION", help="explain the routing of one "
-                   f"question (router --moe, default {SHIPPED}/router) and answer it")
-    p.add_argument("--clusters", type=nonempty, default=None, help="--explain: cluster.py output for the meta-question's "
-                   "cluster (default: the one the router was trained with)")
     p.add_argument("--out", type=writable_dir, default="out/routing", help="where --moe writes routing.json and its heatmaps "
                    "(default out/routing)")
     return p
@@ -291,21 +399,69 @@ def eval_args(argv=None):
     p = eval_parser()
     args = p.parse_args(argv)
     given = given_flags(p, argv, args)
-    for flag, needs in (("route", "moe"), ("variant", "moe"), ("experts", "moe"), ("clusters", "explain")):
-        if flag in given and not (getattr(args, needs) or args.explain):
-            p.error(f"--{flag} needs --{needs}")
-    set_flags = [f for f in ("out", "json", "skills", "split", "limit", "batch_size", "variant") if f in given]
-    if args.explain and set_flags:    # one question, printed: nothing of these is read
-        p.error(f"--{set_flags[0].replace('_', '-')} does not go with --explain")
-    if "out" in given and not args.moe:
-        p.error("--out needs --moe (it is where the routing report goes)")
+    for flag in ("route", "variant", "experts", "out"):
+        if flag in given and not args.moe:
+            p.error(f"--{flag} needs --moe" + (" (it is where the routing report goes)" if flag == "out" else ""))
+    _check_shot_flags(p, args, given)
+    if args.adapter and args.moe:
+        p.error("--adapter merges one expert; --moe brings its own experts")
+    return args
+
+
+def _check_shot_flags(p, args, given):
     for flag in ("shot_pool", "shot_text"):
         if flag in given and args.shots_from != "nearest":
             p.error(f"--{flag.replace('_', '-')} needs --shots-from nearest")
-    if args.explain and args.shots_from == "submodule":
-        p.error("--shots-from submodule reads the question's label, and --explain's question has none")
-    if args.adapter and (args.moe or args.explain):
-        p.error("--adapter merges one expert; --moe and --explain bring their own experts")
-    if args.clusters and not cluster.has_output(args.clusters):
-        p.error(f"--clusters: {args.clusters} holds no cluster.py output ({', '.join(cluster.READ_BACK)})")
+
+
+# ---------------------------------------------------------------------------
+# 4. explain.py and cluster.py
+# ---------------------------------------------------------------------------
+
+
+def explain_args(argv=None):
+    p = Parser(description="Explain how the routed mixture routes one question, and answer it.")
+    p.add_argument("question", type=nonempty, help="the question, e.g. 'Solve 3*y - 1 = -13 for y.'")
+    p.add_argument("--moe", type=nonempty, default=os.path.join(SHIPPED, "router"), metavar="ROUTER_DIR",
+                   help=f"the router (train.py --router output) (default {SHIPPED}/router)")
+    add_route_flags(p)
+    p.add_argument("--clusters", type=nonempty, default=None, help="cluster.py output for the meta-question's "
+                   "cluster (default: the one the router was trained with)")
+    add_model_flags(p)
+    add_prompt_flags(p)
+    args = p.parse_args(argv)
+    _check_shot_flags(p, args, given_flags(p, argv, args))
+    if args.shots_from == "submodule":
+        p.error("--shots-from submodule reads the question's label, and the question explained has none")
+    if args.clusters and not has_output(args.clusters):
+        p.error(f"--clusters: {args.clusters} holds no cluster.py output ({', '.join(READ_BACK)})")
     return args
+
+
+def cluster_args(argv=None):
+    p = Parser(description="Cluster the meta-questions of LiLA questions with NumPy k-means over base-model "
+               "embeddings.")
+    p.add_argument("--k", type=positive_int, default=None, help="clusters (default: number of submodules in the data)")
+    p.add_argument("--out", type=writable_dir, default="runs/cluster", help="output directory (default runs/cluster)")
+    add_model_flags(p)
+    p.add_argument("--data", type=nonempty, default=DEFAULT_DATA, help=f"LiLA task file(s) or directory (default {DEFAULT_DATA})")
+    p.add_argument("--split", default="train", choices=["train", "dev", "test"],
+                   help="questions to cluster (train for experts; test for the quality report) (default train)")
+    p.add_argument("--limit", type=positive_int, default=None, help="at most this many questions per skill "
+                   "(a seeded sample; train.py --expert cluster:K then trains on these) (default all)")
+    p.add_argument("--layer", type=nonneg_int, default=None, help="hidden layer to embed (default: the middle one)")
+    p.add_argument("--cosine", action="store_true", help="spherical (cosine) k-means")
+    p.add_argument("--seeded", type=positive_int, default=None, metavar="N", help="semi-supervised: one "
+                   "cluster per skill, started at the mean of N labelled questions of that skill (seeded "
+                   "k-means), for cluster experts from a few labels (default: unsupervised)")
+    p.add_argument("--groups", type=positive_int, default=None, help="expert groups (default: about sqrt(k))")
+    p.add_argument("--n-init", type=positive_int, default=10, help="k-means++ restarts; the best is kept (default 10)")
+    p.add_argument("--seed", type=random_seed, default=0, help="random seed (k-means++ and labelled draws) (default 0)")
+    p.add_argument("--label-trials", type=positive_int, default=5,
+                   help="draws of labelled questions for seeded k-means (default 5)")
+    p.add_argument("--no-raw", action="store_true",
+                   help="skip the comparison with raw (not abstracted) questions")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="questions embedded together (default 32)")
+    p.add_argument("--cache-dir", type=writable_dir, default=EMBED_CACHE,
+                   help=f"where embeddings are cached (.npy) (default {EMBED_CACHE})")
+    return p.parse_args(argv)
