@@ -266,3 +266,17 @@ def test_routed_answers_do_not_depend_on_the_batch(tiny_ckpt, tmp_path, level):
             batch = M.generate(model, prompts, 6)
         assert batch[i] == one
         torch.testing.assert_close(batched.weights()[i], alone.weights()[0], atol=1e-5, rtol=1e-5)
+
+
+def test_from_experts_worked_example():
+    """Centroids are the mean embedding of each expert's labelled questions; the
+    groups are a k-means of the centroids (two far-apart pairs make two groups);
+    unlabelled questions (-1) count for no expert; an expert without questions is refused."""
+    X = np.array([[0, 0], [0, 2], [1, 0], [9, 9], [9, 11], [10, 9], [5, 5]], np.float32)
+    labels = np.array([0, 0, 1, 2, 2, 3, -1])
+    cfg = R.RouterConfig(experts=["a", "b", "c", "d"], groups=[], hidden_size=2, n_layers=1)
+    router, loss = R.from_experts(cfg, X, labels, n_groups=2)
+    assert router.task.centroids.tolist() == [[0, 1], [1, 0], [9, 10], [10, 9]]
+    assert sorted(sorted(g) for g in router.cfg.groups) == [[0, 1], [2, 3]] and loss < 0.5   # 4 classes start at ln 4 = 1.39
+    with pytest.raises(ValueError, match=r"no training questions for the experts \['d'\]"):
+        R.from_experts(cfg, X, np.array([0, 0, 1, 2, 2, 2, -1]), n_groups=2)
