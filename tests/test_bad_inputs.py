@@ -508,3 +508,9 @@ def test_a_bug_keeps_its_traceback(monkeypatch, capsys):
     code = "import cli; from formats.files import UserError\ndef f(): raise UserError('x.json: expected a list')\ncli.run(f)"
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr == "-c: error: x.json: expected a list\n", done.stderr
+
+
+def test_dtype_flags_name_every_dtype_of_the_model():
+    """cli.py declares --dtype's choices without importing model.py (python -m study loads no torch)."""
+    import cli
+    assert cli.DTYPE_NAMES == sorted(M.DTYPES)
