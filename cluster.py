@@ -477,15 +477,12 @@ def cluster_questions(cfg, examples, model, tok, out, model_name):
 
 
 def main(argv=None):
-    """python cluster.py ...: refusals are one line and exit status 2 (cli.run)."""
-    def cluster():
-        args = cli.cluster_args(argv)
-        check_replaceable(args.out)
-        examples, cfg = questions_to_cluster(cli.pick(args, ClusterConfig))
-        model, tok = M.load(args.model, dtype=args.dtype, device=args.device, revision=args.revision)
-        cluster_questions(cfg, examples, model, tok, args.out, args.model)
-    cli.run(cluster)
+    args = cli.cluster_args(argv)
+    check_replaceable(args.out)
+    examples, cfg = questions_to_cluster(cli.pick(args, ClusterConfig))
+    model, tok = M.load(args.model, dtype=args.dtype, device=args.device, revision=args.revision)
+    cluster_questions(cfg, examples, model, tok, args.out, args.model)
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import cluster as C
+from cli import run
 import kmeans
 import model as M
 from conftest import TINY, write_hf_checkpoint
@@ -143,8 +144,8 @@ def test_cli_seeded_one_cluster_per_skill(tiny_ckpt, tmp_path):
     assert {r["cluster"] for r in json.load(open(out / "assignments.json"))} <= set(range(len(skills)))
     assert "seeded with 2 labelled questions per skill" in (out / "report.md").read_text()
     with pytest.raises(SystemExit):
-        C.main(["--seeded", "2", "--k", "5", "--out", str(tmp_path / "o2"), "--model", tiny_ckpt[0],
-                "--data", FIXTURES])
+        run(lambda: C.main(["--seeded", "2", "--k", "5", "--out", str(tmp_path / "o2"), "--model", tiny_ckpt[0],
+                            "--data", FIXTURES]))
 
 
 @pytest.mark.parametrize("X, k, msg", [
@@ -330,7 +331,7 @@ def test_router_labels_are_the_cluster_experts_training_questions(tiny_ckpt, tmp
 def test_cli_errors(tiny_ckpt, tmp_path, capsys, args, msg):
     base = ["--model", tiny_ckpt[0], "--data", FIXTURES, "--out", str(tmp_path)]
     with pytest.raises(SystemExit):
-        C.main(base + args)
+        run(lambda: C.main(base + args))
     assert msg in capsys.readouterr().err
 
 
@@ -338,7 +339,7 @@ def test_cli_empty_data(tiny_ckpt, tmp_path, capsys):
     empty = tmp_path / "empty.json"
     empty.write_text(json.dumps({"Categories": [{"Math category": "algebra"}], "Instances": []}))
     with pytest.raises(SystemExit):
-        C.main(["--model", tiny_ckpt[0], "--data", str(empty), "--out", str(tmp_path / "out")])
+        run(lambda: C.main(["--model", tiny_ckpt[0], "--data", str(empty), "--out", str(tmp_path / "out")]))
     assert "field 'Instances': empty, expected at least one question" in capsys.readouterr().err
 
 
