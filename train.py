@@ -43,12 +43,11 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from tqdm import tqdm
-
-import numpy as np
 
 import cli
 import cluster
