@@ -15,7 +15,6 @@ clusters, of its top expert). --route steers as in eval.py (parse_route).
 Nothing imports this file: it is the last chapter, reading the others.
 Left out: steering per layer or per token (the spec is one vector per run).
 """
-
 import torch
 
 import cli

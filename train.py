@@ -251,9 +251,9 @@ def setup_full(cfg, model, tok):
 def setup_router(cfg, model, tok, device, train_ex, dev_ex):
     """Base + frozen experts (or fresh rank-1 experts) + a Router; only the router's
     gates and mix (and rank-1 experts) train. Returns (TaskPriors, save)."""
-    for p in model.parameters():
-        p.requires_grad_(False)
     if cfg.rank1:
+        for p in model.parameters():
+            p.requires_grad_(False)
         E = cfg.rank1
         router = routing.with_rank1(router_config(cfg, model, [f"r1-{e:02d}" for e in range(E)]),
                                     routing.group_count(cfg.n_groups, E, cfg.top_k)).own_experts(model)

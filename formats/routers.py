@@ -19,6 +19,7 @@ from dataclasses import asdict
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 
 import lora
@@ -116,7 +117,7 @@ def _read_weights(path, cfg):
         layer = (f.metadata() or {}).get("embed_layer")
         try:
             state = {k: f.get_tensor(k) for k in f.keys()}
-        except Exception as e:     # safetensors' own error types differ between versions
+        except (SafetensorError, OSError, ValueError) as e:
             raise UserError(f"{path}: truncated or corrupt safetensors file ({e})") from None
     if layer != str(cfg.embed_layer):
         raise UserError(f"{os.path.dirname(path)}/router.json: field 'embed_layer' is {cfg.embed_layer}, but "
