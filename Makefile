@@ -8,7 +8,7 @@ TRAIN   ?= 10000
 DEV     ?= 50
 TEST    ?= 100
 
-.PHONY: demo test data experiment study
+.PHONY: demo test data experiment study plateau
 
 .venv/.runtime: requirements.txt
 	python3 -m venv .venv
@@ -53,3 +53,8 @@ experiment: .venv/.test .venv-gen/.ready
 # The study at size: continues the one kept in checkpoints/phi-tiny-study and writes docs/study.
 study: .venv/.test .venv-gen/.ready
 	OUT=checkpoints/phi-tiny-study STEPS=100 ROUTER_STEPS=100 LIMIT=200 DOCS=docs/study bash study/experiment.sh
+
+# The study with plateau-trained experts and choices made on dev (study/plateau.sh), kept in
+# checkpoints/phi-tiny-plateau; it resumes stage by stage.
+plateau: .venv/.test .venv-gen/.ready
+	OUT=checkpoints/phi-tiny-plateau bash study/plateau.sh

@@ -120,13 +120,21 @@ def pick(args, config):
 
 
 def run(main):
-    """main(), with a UserError as one line on stderr and exit status 2; any
-    other exception is a bug and keeps its traceback."""
+    """main(), with a UserError as one line on stderr and exit status 2, Ctrl-C as
+    one line and 130, and a closed pipe (`| head`) as a quiet exit; any other
+    exception is a bug and keeps its traceback."""
     try:
         main()
+        sys.stdout.flush()       # a pipe closed early fails here, inside the try
     except UserError as e:
         print(f"{program()}: error: {e}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"{program()}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no second error at exit
+        sys.exit(0)
 
 
 def program():
@@ -142,7 +150,7 @@ def program():
 # ---------------------------------------------------------------------------
 
 # What may change when a run is resumed; every other flag defines the run.
-NOT_THE_RUN = ("resume", "stop_at", "device", "compile", "out")
+NOT_THE_RUN = ("resume", "stop_at", "save_every", "device", "compile", "out")
 
 
 def train_parser(modes, targets):
@@ -173,6 +181,8 @@ def train_parser(modes, targets):
                    help="AdamW weight decay on matrices (default 0.1)")
     p.add_argument("--eval-every", type=positive_int,
                    help=f"steps between dev evaluations (default {per_mode('eval_every')})")
+    p.add_argument("--save-every", type=positive_int, help="steps between saves of the state that --resume "
+                   f"continues from, besides each dev evaluation and a stop (default {per_mode('save_every')})")
     p.add_argument("--eval-batches", type=positive_int, default=4, help="batches for the dev loss (default 4)")
     p.add_argument("--eval-questions", type=positive_int, default=200, help="dev questions for the dev accuracy "
                    "(default 200)")

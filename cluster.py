@@ -142,7 +142,8 @@ def embed(texts, model, tok, layer, batch_size=32):
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     out = np.zeros((len(ids), model.config.hidden_size), np.float32)
     device = model.lm_head.weight.device
-    for b in tqdm(range(0, len(order), batch_size), desc=f"embedding (layer {layer})", unit="batch"):
+    for b in tqdm(range(0, len(order), batch_size), desc=f"embedding (layer {layer})", unit="batch",
+                  disable=None):                                    # a bar on a terminal, not in a log
         rows = order[b:b + batch_size]
         T = max(len(ids[i]) for i in rows)
         idx = torch.full((len(rows), T), pad, dtype=torch.long)

@@ -55,7 +55,7 @@ from formats import adapters
 from formats.files import UserError, write_json
 from formats.pictures import heatmap
 from formats.routers import load_router, read_config, router_experts
-from data.lila import check_disjoint, check_distinct, load as load_examples
+from data.lila import check_disjoint, check_distinct, check_submodules, load as load_examples
 from data.prompts import question_ids, select, shot_pool
 from data.score import accuracy, answer_nlls, is_correct, mean_accuracy
 
@@ -316,6 +316,8 @@ class Evaluator:
         check_distinct(examples, f"{q.data}, {q.split} split")     # all of it, whatever --limit draws
         if q.split != "train":
             check_disjoint(examples, train, q.data)
+        if q.shots and q.shots_from == "submodule":
+            check_submodules(examples, f"{q.data}, {q.split} split")
         examples = select(examples, q.limit, q.seed)
         pool = shot_source(model, tok, examples, train, q.shots, q.shots_from, q.shot_pool, q.seed, q.shot_text)
         print(f"evaluating {len(examples)} {q.split} questions, {q.shots}-shot"

@@ -39,8 +39,10 @@ References: nanoGPT's train.py (loop, schedule, decay groups); LoRA (Hu et al.
 """
 import math
 import os
+import signal
+import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -54,20 +56,24 @@ import cluster
 import lora
 import model as M
 import router as routing
-from eval import evaluate
+from eval import evaluate, shot_source
 from formats import adapters, hf
-from formats.files import UserError, write_atomic, write_json
+from formats.files import UserError, lock, write_atomic, write_json
 from formats.routers import experts_sha256, save_router
 from data.lila import load as load_examples
 from data.episodes import Episodes
-from data.prompts import select
+from data.prompts import SHOT_POOL, select
 from data.score import mean_accuracy
 
 MODES = {           # the defaults that differ between modes; --help lists them per mode
-    "base": dict(steps=3000, lr=2e-3, seq_len=512, warmup=200, loss="all", rows="submodule", eval_every=500),
-    "lora": dict(steps=300, lr=2e-3, seq_len=256, warmup=30, loss="answer", rows="skill", eval_every=100),
-    "full": dict(steps=300, lr=1e-4, seq_len=256, warmup=30, loss="answer", rows="skill", eval_every=100),
-    "router": dict(steps=300, lr=5e-3, seq_len=256, warmup=30, loss="answer", rows="submodule", eval_every=100),
+    "base": dict(steps=3000, lr=2e-3, seq_len=512, warmup=200, loss="all", rows="submodule", eval_every=500,
+                 save_every=500),
+    "lora": dict(steps=300, lr=2e-3, seq_len=256, warmup=30, loss="answer", rows="skill", eval_every=100,
+                 save_every=50),
+    "full": dict(steps=300, lr=1e-4, seq_len=256, warmup=30, loss="answer", rows="skill", eval_every=100,
+                 save_every=100),
+    "router": dict(steps=300, lr=5e-3, seq_len=256, warmup=30, loss="answer", rows="submodule", eval_every=100,
+                   save_every=50),
 }
 # LoRA rows mix a skill's submodules because eval.py's prompts do: experts trained on
 # one-submodule rows gained 1.5-2.0 points on arithmetic, numbers and measurement,
@@ -94,6 +100,7 @@ class TrainConfig:
     rows: str                  # submodule or skill
     weight_decay: float
     eval_every: int
+    save_every: int
     eval_batches: int
     eval_questions: int
     seed: int
@@ -230,7 +237,6 @@ def setup_lora(cfg, model):
         adapters.load_adapter(model, cfg.adapter)
         print(f"continuing from the adapter {cfg.adapter}")
     else:
-        _check_targets(model, cfg.targets.split(","))
         lora.add_lora(model, r=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout,
                       targets=cfg.targets.split(","))
     lora.mark_only_lora_trainable(model)
@@ -337,6 +343,19 @@ def select_examples(cfg, split, model, tok):
     return load_examples(cfg.data, split=split, skills=skills)
 
 
+def dev_prompts(cfg, model, tok, dev_ex):
+    """The dev questions of the dev accuracy (--eval-questions, shared among the
+    skills) and their 4-shot prompts' pool, as the study evaluates: the nearest
+    train questions by the base's embedding, found before any adapter is attached
+    (eval.py does the same). --base has no base to embed with: random shots of
+    the question's skill. Returns (questions, pool, source)."""
+    questions = select(dev_ex, max(1, cfg.eval_questions // len({e.skill for e in dev_ex})), cfg.seed)
+    source = "skill" if cfg.mode == "base" else "nearest"
+    train = load_examples(cfg.data, split="train")
+    return questions, shot_source(model, tok, questions, train, 4, source, SHOT_POOL, cfg.seed, "meta-question"), \
+        source
+
+
 # ---------------------------------------------------------------------------
 # 3. The run: set-up, the loop, checkpoints
 # ---------------------------------------------------------------------------
@@ -356,8 +375,9 @@ class Run:
     train_ex: list
     episodes: Episodes
     dev_episodes: Episodes
-    dev_questions: list        # dev accuracy: a few per skill, 4-shot, with shots from pool
-    pool: list
+    dev_questions: list        # dev accuracy: --eval-questions over the skills, 4-shot
+    pool: dict                 # their shots (eval.shot_source), from `source`
+    source: str                # nearest (a base to embed with), or skill (--base)
     opt: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     dtype: torch.dtype
@@ -381,32 +401,85 @@ class Run:
 
 
 def train(cfg):
-    """Set up the chosen mode, then run the shared loop; returns the model, or None
-    for a finished run resumed (it trains nothing, and its base is not loaded)."""
-    path = os.path.join(cfg.out, "train_state.pt")
-    state = read_state(path, cfg.identity()) if cfg.resume and os.path.exists(path) else None
-    if state and state["step"] == state["steps"]:
-        return print(f"{path}: the run finished at step {state['step']}; nothing to train")
-    run = setup(cfg, state)
-    fwd = torch.compile(run.model) if cfg.compile else run.model
-    run.model.train()
-    bar = tqdm(initial=run.step, total=run.steps, desc=run.mode, disable=run.rank != 0)
-    while run.step < run.steps:
-        loss, lr = train_step(run, fwd)
-        if run.step % 10 == 0:
-            run.log.append({"step": run.step, "loss": loss.item(), "lr": lr, "time": time.time() - run.t0})
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}")
-        run.step += 1
-        bar.update(1)
-        if run.step % cfg.eval_every == 0 or run.step in (run.steps, cfg.stop_at):
-            checkpoint(run, fwd)
-        if run.step == cfg.stop_at:
-            print(f"stopping at step {run.step} as asked (--stop-at); continue with --resume")
-            break
-    bar.close()
+    """Set up the chosen mode, then run the shared loop, as the one writer of --out
+    (its lock); returns the model, or None for a finished run resumed (it trains
+    nothing, and its base is not loaded)."""
+    with lock(cfg.out) if int(os.environ.get("RANK", "0")) == 0 else nullcontext():
+        path = os.path.join(cfg.out, "train_state.pt")
+        state = read_state(path, cfg.identity()) if cfg.resume and os.path.exists(path) else None
+        if state and state["step"] == state["steps"]:
+            return print(f"{path}: the run finished at step {state['step']}; nothing to train")
+        run = setup(cfg, state)
+        loop(run)
     if run.world > 1:
         dist.destroy_process_group()
     return run.model
+
+
+def loop(run):
+    """train_step() until the last step: a dev evaluation every --eval-every steps
+    and at the last; the state saved at each, every --save-every steps, and when
+    Ctrl-C (or SIGTERM) asks the run to stop, which it then does with exit status
+    128 + the signal's number."""
+    cfg = run.cfg
+    fwd = torch.compile(run.model) if cfg.compile else run.model
+    run.model.train()
+    bar = tqdm(initial=run.step, total=run.steps, desc=run.mode, disable=run.rank != 0)
+    with stop_requests() as asked:
+        while run.step < run.steps:
+            loss, lr = train_step(run, fwd)
+            if run.step % 10 == 0:
+                run.log.append({"step": run.step, "loss": loss.item(), "lr": lr, "time": time.time() - run.t0})
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}")
+            run.step += 1
+            bar.update(1)
+            stop = stop_asked(run, asked)
+            evaluate_now = run.step % cfg.eval_every == 0 or run.step in (run.steps, cfg.stop_at)
+            if evaluate_now:
+                checkpoint(run, fwd)
+            if evaluate_now or stop or run.step % cfg.save_every == 0:
+                save_state(run)
+            if stop or run.step == cfg.stop_at:
+                bar.close()
+                print(f"stopped at step {run.step} of {run.steps} ({'--stop-at' if not stop else 'as asked'}); "
+                      f"the same command with --resume continues from {run.state_path}", file=sys.stderr)
+                if stop:
+                    raise SystemExit(128 + (asked[0] if asked else signal.SIGINT))
+                return
+    bar.close()
+    if run.rank == 0:
+        kept = [e["step"] for e in run.log if "kept" in e]
+        print(f"{cfg.out}: the {run.mode} of step {kept[-1]} (best dev accuracy {run.best:.3f}); "
+              f"log.json has every dev evaluation", file=sys.stderr)
+
+
+@contextmanager
+def stop_requests():
+    """A list that SIGINT (Ctrl-C) and SIGTERM append their number to: the loop stops
+    after the step it is in, with its state saved. A second Ctrl-C stops at once."""
+    asked = []
+
+    def handler(signum, frame):
+        if asked and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        asked.append(signum)
+        tqdm.write("stopping after this step, with its state saved (Ctrl-C again stops at once, losing it)",
+                   file=sys.stderr)
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield asked
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def stop_asked(run, asked):
+    """Whether a stop was asked of this process, or under torchrun of any process."""
+    if run.world == 1:
+        return bool(asked)
+    flag = torch.tensor([float(bool(asked))], device=run.device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 def setup(cfg, state=None):
@@ -424,25 +497,28 @@ def setup(cfg, state=None):
     priors = None
     if cfg.mode == "base":
         model, learner, save = setup_base(cfg, tok, device)
-    elif cfg.mode == "lora":
+    _check_run(cfg, world, model)
+    if cfg.mode == "lora" and not cfg.adapter:
+        _check_targets(model, cfg.targets.split(","))
+    dev_questions, pool, source = dev_prompts(cfg, model, tok, dev_ex)     # before any adapter is attached
+    if cfg.mode == "lora":
         learner, save = setup_lora(cfg, model)
     elif cfg.mode == "full":
         learner, save = setup_full(cfg, model, tok)
-    else:
+    elif cfg.mode == "router":
         priors, save = setup_router(cfg, model, tok, device, train_ex, dev_ex)
         learner = priors.router
     steps = cfg.steps_per_skill * len({e.skill for e in train_ex}) if cfg.mixed and cfg.steps_per_skill \
         else cfg.steps                          # --steps-per-skill: as much training as all experts together
-    _check_run(cfg, world, model)
     os.makedirs(cfg.out, exist_ok=True)
     episodes = Episodes(tok, train_ex, cfg.seq_len, cfg.seed, cfg.loss, cfg.rows)
     dev_episodes = Episodes(tok, dev_ex, cfg.seq_len, cfg.seed + 1, cfg.loss, cfg.rows)
-    dev_questions = select(dev_ex, max(1, cfg.eval_questions // len({e.skill for e in dev_ex})), cfg.seed)
     print(f"{len(train_ex)} train / {len(dev_ex)} dev questions in {len(episodes.groups)} {cfg.rows} groups; "
-          f"{steps} steps of {cfg.batch_size} x {cfg.seq_len} tokens on {world} process(es)")
+          f"{steps} steps of {cfg.batch_size} x {cfg.seq_len} tokens on {world} process(es), "
+          f"{steps * cfg.batch_size / episodes.rows:.2f} passes over the {episodes.rows} rows of the train questions")
     run = Run(cfg=cfg, mode=cfg.mode, model=model, learner=learner, save=save, tok=tok, priors=priors,
               train_ex=train_ex, episodes=episodes, dev_episodes=dev_episodes, dev_questions=dev_questions,
-              pool=load_examples(cfg.data, split="train"),
+              pool=pool, source=source,
               opt=make_optimizer(learner, cfg.lr, cfg.weight_decay, device),
               scaler=torch.amp.GradScaler(device.split(":")[0], enabled=dtype == torch.float16),  # fp16: no underflow
               dtype=dtype, device=device, rank=rank, world=world, steps=steps,
@@ -493,8 +569,8 @@ def train_step(run, fwd):
 
 
 def checkpoint(run, fwd):
-    """Dev loss and dev accuracy; the best model so far to OUT; the whole state to
-    OUT/train_state.pt and the log to OUT/log.json, each atomically. Rank 0 only."""
+    """Dev loss and dev accuracy into the log; the model to OUT when it is the best
+    so far (the kept step). Rank 0 only."""
     if run.rank == 0:
         cfg = run.cfg
         dl = dev_loss(fwd, run.dev_episodes, cfg.eval_batches, cfg.batch_size, run.device, run.autocast)
@@ -502,22 +578,33 @@ def checkpoint(run, fwd):
         with run.autocast():
             route = run.priors.dev_batch(run.dev_questions) if run.priors else None
             acc = mean_accuracy(evaluate(run.model, run.tok, run.dev_questions, run.pool, shots=4, batch_size=64,
-                                         desc="dev accuracy", route=route))
+                                         desc="dev accuracy", route=route, source=run.source))
         run.model.train()
-        run.log.append({"step": run.step, "dev_loss": dl, "dev_accuracy": acc, "time": time.time() - run.t0})
-        if acc > run.best:
+        entry = {"step": run.step, "dev_loss": dl, "dev_accuracy": acc, "time": time.time() - run.t0}
+        if acc > run.best:       # the kept step: the first with the best dev accuracy
             run.best = acc
             run.save(cfg.out)
-        state = {"step": run.step, "steps": run.steps, "best": run.best, "log": run.log, "run": cfg.identity()}
-        if run.step < run.steps:     # at the end the record alone: the model is in OUT, nothing is left to resume
+            entry["kept"] = (f"best dev accuracy so far, mean over skills of {len(run.dev_questions)} dev "
+                             f"questions with 4 {run.source} shots")
+        run.log.append(entry)
+        tqdm.write(f"step {run.step}: dev loss {dl:.4f}, dev accuracy {acc:.3f} (best {run.best:.3f})",
+                   file=sys.stderr)
+
+
+def save_state(run):
+    """The whole state to OUT/train_state.pt, for an exact --resume, and the log to
+    OUT/log.json, each atomically (after the last step the record alone: the model
+    is in OUT, nothing is left to resume). Rank 0 only."""
+    if run.rank == 0:
+        state = {"step": run.step, "steps": run.steps, "best": run.best, "log": run.log, "run": run.cfg.identity()}
+        if run.step < run.steps:
             rng = {"cpu": torch.get_rng_state()}
             if run.device.startswith("cuda"):
                 rng["cuda"] = torch.cuda.get_rng_state(run.device)
             trained = {n: p for n, p in run.learner.state_dict().items() if run.mode != "lora" or "lora_" in n}
             state |= {"model": trained, "opt": run.opt.state_dict(), "scaler": run.scaler.state_dict(), "rng": rng}
         write_atomic(run.state_path, lambda p: torch.save(state, p))
-        write_json(os.path.join(cfg.out, "log.json"), run.log)
-        tqdm.write(f"step {run.step}: dev loss {dl:.4f}, dev accuracy {acc:.3f} (best {run.best:.3f})")
+        write_json(os.path.join(run.cfg.out, "log.json"), run.log)
     if run.world > 1:
         dist.barrier()
 

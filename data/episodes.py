@@ -59,6 +59,11 @@ class Episodes:
                                 for q, a in pieces])
         self._epoch, self._streams = None, None
 
+    @property
+    def rows(self):
+        """Rows of T tokens in one pass over every question: the length of an epoch."""
+        return sum(len(ids) for pairs in self.groups for ids, _ in pairs) // self.T
+
     def streams(self, epoch):
         """Per submodule: (ids, mask, starts, first) of its shuffled stream for this
         epoch; first[j] is the index (in `examples`) of the question at starts[j]."""

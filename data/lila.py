@@ -221,6 +221,16 @@ def check_disjoint(asked, train, where):
                         "disjoint splits")
 
 
+def check_submodules(examples, where):
+    """Each question names a submodule finer than its skill, as --shots-from
+    submodule needs: without the "submodule" field (and a file name that names
+    one), a question's submodule is its skill, and the shots would be the skill's."""
+    coarse = sorted({x.skill for x in examples if x.submodule == x.skill})
+    if coarse:
+        raise UserError(f"{where}: the {coarse[0]} questions have no 'submodule' field (their submodule would be "
+                        "the skill itself); --shots-from submodule needs it: use --shots-from nearest or skill")
+
+
 def by_skill(examples):
     """{skill: [examples of it, in order]}, skills sorted: the shot pool for prompts."""
     groups = {s: [] for s in skills_of(examples)}

@@ -10,6 +10,8 @@ the checks that say it in one line, and writing so that nothing is lost.
     write_atomic("out/x.safetensors", lambda p: save_file(tensors, p))
     write_json("out/log.json", log)
     sha256("out/x.safetensors")        # lets one file of a set name another
+    with lock("out/experts/algebra"):  # one writer per folder
+        ...
 
 A UserError names the file, field or flag and what was expected; cli.run
 prints it as one line with exit status 2. Any other exception is a bug and
@@ -21,12 +23,21 @@ one set when the file written last records the sha256 of the others
 (formats.hf.write_folder, formats.routers.save_router and
 formats.adapters.save_adapter do so).
 
+One writer per folder: lock() holds an flock on FOLDER/.lock, which names its
+holder (process, host, command). The kernel lets go of the flock when the
+holder dies, however it dies, so a lock left by a dead process is told apart
+from a live one, taken over and said.
+
 Left out: fsync. A rename is atomic on a POSIX file system; surviving a power cut
 as well would cost a sync per file.
 """
+import fcntl
 import hashlib
 import json
 import os
+import socket
+import sys
+from contextlib import contextmanager
 
 from safetensors import SafetensorError, safe_open
 
@@ -129,3 +140,31 @@ def sha256(path):
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+@contextmanager
+def lock(folder):
+    """Hold FOLDER/.lock (the folder made if need be) while the body writes into
+    the folder. A live holder is refused in one line that names it; the name of a
+    dead one (its flock gone with it) is taken over, and said on stderr."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, ".lock")
+    with open(path, "a+") as f:
+        f.seek(0)
+        holder = f.read().strip()
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{folder} is being written by {holder or 'another process'}; wait for it to "
+                            "finish, or write to another folder") from None
+        if holder:
+            print(f"{path}: taking over the lock of {holder}, which is no longer running", file=sys.stderr)
+        f.seek(0)
+        f.truncate()
+        f.write(f"process {os.getpid()} on {socket.gethostname()} ({' '.join(sys.argv)[:200]})\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()             # a clean exit leaves no holder's name behind

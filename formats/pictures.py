@@ -6,8 +6,9 @@ line saying so.
     heatmap(values, rows, cols, title, "out/x.png")
 
 Used by cluster.py (the clusters in 2-D), eval.py (routing per layer) and the
-study (forgetting, curves). Left out: interactive backends.
+study (forgetting, curves). Status lines go to stderr. Left out: interactive backends.
 """
+import sys
 
 
 def pyplot():
@@ -17,7 +18,7 @@ def pyplot():
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("matplotlib is not installed: pictures are skipped (pip install matplotlib)")
+        print("matplotlib is not installed: pictures are skipped (pip install matplotlib)", file=sys.stderr)
         return None
     return plt
 
@@ -41,4 +42,4 @@ def heatmap(values, rows, cols, title, path, fmt="{:+.0f}", diverging=True):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    print(f"wrote {path}")
+    print(f"wrote {path}", file=sys.stderr)

@@ -6,6 +6,7 @@ to every skill, compared question by question.
     python -m study forgetting out/eval/base-4shot.json out/eval/experts/*.json   # every expert on every skill
     python -m study curve out/eval/base-4shot.json out/eval/sequential-lora/*.json   # skill after skill
     python -m study best out/lr/mixed-*                                 # the run with the best dev accuracy
+    python -m study curves out/plateau/curves/*/*                       # dev curves; the rank and lr they choose
     python -m study report out                                          # out/results.md and out/REPORT.md
 
 eval.py evaluates one configuration and writes its records (--json); this file
@@ -24,6 +25,8 @@ It reads only what the runs wrote, so it imports neither torch nor eval.py.
   the forgetting curve, and whether each skill survives the stages after its own.
 - best: of runs that differ in one setting (a learning-rate sweep), the one
   with the highest dev accuracy as train.py logged it (a tie: the lower dev loss).
+- curves: dev learning curves over steps, learning rates and ranks, and the
+  (rank, lr) they choose (study/curves.py).
 - report: the tables and the goals of a finished `make experiment` (study/report.py).
 
 Every configuration of a study folder evaluated again on other questions is
@@ -37,7 +40,7 @@ import os
 from cli import Parser, writable_dir
 from formats.files import UserError, write_json, write_text
 from formats.pictures import heatmap, pyplot
-from study import report
+from study import curves, report
 from study.stats import config_rows, paired, paired_markdown, per_skill, read_records, sign_test
 
 # ---------------------------------------------------------------------------
@@ -219,6 +222,11 @@ def parser():
     s = sub.add_parser("best", help="print the train.py run with the highest dev accuracy (ties: the lower "
                        "dev loss, then the first named)")
     s.add_argument("runs", nargs="+", help="train.py output folders, e.g. one per learning rate")
+    s = sub.add_parser("curves", help="dev learning curves of runs that differ in rank and learning rate, "
+                       "and the (rank, lr) chosen on dev, printed as RANK LR")
+    s.add_argument("runs", nargs="+", help="train.py --expert output folders named SKILL/rRANK-lrLR")
+    s.add_argument("--out", type=writable_dir, default="out/curves", help="where curves.md/.json/.png go "
+                   "(default out/curves)")
     s = sub.add_parser("report", help="out/REPORT.md from a finished make experiment")
     s.add_argument("root", nargs="?", default="out", help="the study folder (study/experiment.sh's OUT) (default out)")
     s.add_argument("--docs", type=writable_dir, default=None, help="also write REPORT.md and its pictures to "
@@ -238,6 +246,8 @@ def main():
         print(report.best_run(args.runs))
     elif args.command == "curve":
         curve(args.base, args.stages, args.out)
+    elif args.command == "curves":
+        print(*curves.curves(args.runs, args.out))
     else:
         forgetting(args.base, args.experts, args.out)
 

@@ -56,40 +56,7 @@ SKILLS="algebra arithmetic calculus comparison measurement numbers polynomials p
 COMMON=(--model "$MODEL" --data "$DATA" --device "$DEVICE")
 MIXED=(--data "$TRAIN_DATA" --batch-size "$BATCH" --eval-every "$EVAL_EVERY" --eval-questions 64 --resume)
 LORA=("${MIXED[@]}" --steps "$STEPS")   # the mixed LoRAs take --steps-per-skill "$STEPS" instead
-# Every stage starts its commands with `job` (at most JOBS at once); the next
-# stage first waits for all of them, and a failed command stops the study there.
-#
-# Several GPUs: with DEVICE=cuda and JOBS > 1, the jobs running at once hold slots
-# 0..JOBS-1, and slot i sees only GPU i mod (number of GPUs) through
-# CUDA_VISIBLE_DEVICES (so its `--device cuda` is that GPU). A job takes the first
-# slot whose job has ended, so JOBS=8 on an 8-GPU node trains eight experts side
-# by side, one per GPU. The GPUs are those CUDA_VISIBLE_DEVICES names if it is set,
-# else all that `nvidia-smi -L` lists (N_GPUS=n overrides that count).
-GPUS=()
-if [ "$DEVICE" = cuda ] && [ "$JOBS" -gt 1 ]; then
-    if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then
-        IFS=, read -ra GPUS <<< "$CUDA_VISIBLE_DEVICES"
-    else
-        n=${N_GPUS:-$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)}
-        for ((i = 0; i < n; i++)); do GPUS+=("$i"); done
-    fi
-    if [ "${#GPUS[@]}" -gt 1 ]; then echo "jobs spread over GPUs ${GPUS[*]}"; fi
-fi
-PIDS=()
-SLOT_PID=()   # slot -> the job that holds (or held) it
-job() {
-    if [ "${#GPUS[@]}" -gt 1 ]; then
-        local slot running=" $(jobs -rp | tr '\n' ' ') "
-        for ((slot = 0; slot < JOBS - 1; slot++)); do     # the first free slot
-            [[ $running == *" ${SLOT_PID[slot]:-none} "* ]] || break
-        done
-        CUDA_VISIBLE_DEVICES=${GPUS[slot % ${#GPUS[@]}]} "$@" & PIDS+=($!); SLOT_PID[slot]=$!
-    else
-        "$@" & PIDS+=($!)
-    fi
-    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 0.5; done
-}
-stage() { for p in "${PIDS[@]}"; do wait "$p"; done; PIDS=(); echo; echo "=== $* (at $((SECONDS / 60)) min)"; }
+source study/jobs.sh    # job (at most JOBS commands at once, spread over the GPUs) and stage
 # Each run is evaluated on LIMIT test questions per skill (4-shot unless named) in the
 # stage after the one that trained it, beside that stage's training (a full fine-tune and
 # a sequential stage: in the job that trains it): the cores stay busy, and a study
@@ -115,12 +82,6 @@ finetune() {  # finetune NAME DIR [train.py flags]: train --full into DIR, then 
 stage "data"
 # The questions are part of the study: OUT records their checksums, and a study resumed on
 # other questions (another draw of the generator, another DATA) stops rather than mix them.
-sums() { local d; for d in "$DATA" "$TRAIN_DATA"; do [ ! -d "$d" ] || (cd "$d" && find . -name '*.json' | sort \
-    | xargs -r sha256sum | sed "s|  \./|  $d/|"); done; }
-have_all() {   # have_all DIR [SKILL...]: each skill's task file is there (the generator writes them one by one)
-    local d=$1 s; shift
-    for s in ${@:-$SKILLS}; do [ -e "$d/$s.json" ] || return 1; done
-}
 if [ "$DATA" = data/lila ]; then   # generated; a LiLA download (DATA=...) is used as it is
     GEN=.venv-gen/bin/python
     # phi-tiny's pretraining data (make data), whose test split is the evaluation; excluding
@@ -133,8 +94,8 @@ if [ "$DATA" = data/lila ]; then   # generated; a LiLA download (DATA=...) is us
         --out "$DATA" --composed-only --train 200 --dev 0 --test 50
 fi
 mkdir -p "$OUT"
-if [ ! -e "$OUT/data.sha256" ]; then sums > "$OUT/data.sha256"
-elif ! sums | cmp -s - "$OUT/data.sha256"; then
+if [ ! -e "$OUT/data.sha256" ]; then sums "$DATA" "$TRAIN_DATA" > "$OUT/data.sha256"
+elif ! sums "$DATA" "$TRAIN_DATA" | cmp -s - "$OUT/data.sha256"; then
     echo "study/experiment.sh: $DATA or $TRAIN_DATA holds other questions than $OUT/data.sha256 records; use another OUT" >&2
     exit 2
 fi

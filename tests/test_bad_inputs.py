@@ -472,6 +472,19 @@ def test_eval_of_a_test_question_that_is_also_a_train_question(tmp_path, capsys,
         "algebra question 'What is 2 + 3?'; expected disjoint splits" in err, err
 
 
+def test_submodule_shots_need_the_submodule_field(tmp_path, capsys, monkeypatch):
+    """Without the field a question's submodule is its skill: --shots-from submodule
+    would silently give --shots-from skill's prompts, so it is refused."""
+    def q(text, split):
+        return {"Input": text, "Output Answer": ["5"], "split": split}
+    (tmp_path / "algebra.json").write_text(json.dumps({"Instances": [
+        q("What is 2 + 3?", "test"), q("What is 1 + 1?", "train"), q("What is 4 + 4?", "train")]}))
+    code, err = cli(E.main, ["--data", str(tmp_path), "--model", PHI_TINY, "--shots", "1",
+                             "--shots-from", "submodule"], capsys, monkeypatch)
+    assert code == 2 and f"{tmp_path}, test split: the algebra questions have no 'submodule' field" in err \
+        and len(err.strip().splitlines()) == 1, err
+
+
 @pytest.mark.parametrize("instances, message", [
     ([], "algebra.json: field 'Instances': empty, expected at least one question"),
     ([{"Input": "What is 2 + 3?", "Output Answer": ["5"], "split": "train"}],

@@ -188,3 +188,78 @@ def test_resume_of_a_run_saved_before_a_flag_existed(tmp_path, base_dir):
     torch.save(state, path)
     with pytest.raises(ValueError, match="--full is False \\(the run's: True\\)"):
         train.train(train.config(argv[:-2] + ["--resume", "--steps", "6"]))
+
+
+def test_ctrl_c_saves_the_state_and_resume_is_exact(tmp_path, base_dir, monkeypatch, capsys):
+    """Ctrl-C in the middle of a run: the step in progress finishes, the state is
+    saved (though no dev evaluation or --save-every falls there), the run exits
+    with 130 in one line; --resume then ends exactly where the uninterrupted run
+    does."""
+    whole = lora_weights(train.train(train.config(expert_argv(base_dir, tmp_path / "whole", "--steps", "12",
+                                                                "--eval-every", "12"))))
+    argv = expert_argv(base_dir, tmp_path / "cut", "--steps", "12", "--eval-every", "12", "--save-every", "100")
+    step = train.train_step
+
+    def ctrl_c_at_step_5(run, fwd):
+        if run.step == 5:
+            os.kill(os.getpid(), signal.SIGINT)     # arrives during the step, as a real Ctrl-C would
+        return step(run, fwd)
+    monkeypatch.setattr(train, "train_step", ctrl_c_at_step_5)
+    with pytest.raises(SystemExit) as stopped:
+        train.train(train.config(argv))
+    assert stopped.value.code == 130
+    assert "stopped at step 6 of 12 (as asked); the same command with --resume continues" in capsys.readouterr().err
+    assert torch.load(tmp_path / "cut" / "train_state.pt", weights_only=False)["step"] == 6
+    monkeypatch.setattr(train, "train_step", step)
+    resumed = lora_weights(train.train(train.config(argv + ["--resume"])))
+    assert whole.keys() == resumed.keys() and all(torch.equal(whole[k], resumed[k]) for k in whole)
+
+
+def test_ctrl_c_on_the_command_line_is_one_line(tmp_path, base_dir):
+    """SIGINT to `python train.py`: exit status 130, the stop said in one line,
+    no traceback; the state holds the step it stopped at."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "train.py", *expert_argv(base_dir, out, "--steps", "200",
+                             "--save-every", "1", "--eval-every", "200")],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    while not (out / "train_state.pt").exists() and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate()[1]
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    step = torch.load(out / "train_state.pt", weights_only=False)["step"]
+    assert f"stopped at step {step} of 200 (as asked)" in err.splitlines()[-1], err
+
+
+def test_save_every_saves_between_dev_evaluations(tmp_path, base_dir, monkeypatch):
+    """--save-every 2 with one dev evaluation (at the end): the state is saved at
+    steps 2, 4 and 6, whatever the dev evaluations do."""
+    saved = []
+    monkeypatch.setattr(train, "save_state", lambda run: saved.append(run.step))
+    train.train(train.config(expert_argv(base_dir, tmp_path, "--save-every", "2", "--eval-every", "6")))
+    assert saved == [2, 4, 6]
+
+
+def test_one_writer_per_output_folder(tmp_path, base_dir):
+    """A second training into a folder that a live run holds is refused in one line
+    naming that process; a lock left by a dead process is taken over, and said."""
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from formats.files import lock\n"
+                               f"with lock({str(out)!r}):\n    print('held', flush=True); time.sleep(60)"],
+                              cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        second = subprocess.run([sys.executable, "train.py", *expert_argv(base_dir, out)], cwd=ROOT,
+                                capture_output=True, text=True)
+        assert second.returncode == 2 and len(second.stderr.strip().splitlines()) == 1, second.stderr
+        assert f"{out} is being written by process {holder.pid} on " in second.stderr, second.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    # the holder died with its name in the lock (kill -9): the next run takes it over
+    assert f"process {holder.pid} " in (out / ".lock").read_text()
+    third = subprocess.run([sys.executable, "train.py", *expert_argv(base_dir, out)], cwd=ROOT,
+                           capture_output=True, text=True)
+    assert third.returncode == 0, third.stderr
+    assert f"taking over the lock of process {holder.pid} on " in third.stderr
+    assert (out / ".lock").read_text() == ""          # released on a clean exit

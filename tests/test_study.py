@@ -18,7 +18,7 @@ from study.stats import paired, per_skill, sign_test
 def test_the_study_imports_no_torch():
     """python -m study reads what the runs wrote: its modules load neither torch nor
     eval.py (only study/heldout.py, which evaluates models, does)."""
-    code = ("import study.cli, study.stats, study.goals, study.report, sys; "
+    code = ("import study.cli, study.stats, study.goals, study.report, study.curves, sys; "
             "assert 'torch' not in sys.modules and 'eval' not in sys.modules, "
             "sorted(m for m in sys.modules if m in ('torch', 'eval'))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
@@ -172,6 +172,32 @@ def test_best_run_is_the_best_dev_accuracy_and_the_report_lists_the_sweep(tmp_pa
     text = open(f"{out}/REPORT.md").read()
     assert "| mixed | 2e-3 | 45.0 | 0.7000 | kept |" in text and "| mixed | 4e-3 | 45.0 | 0.7000 |  |" in text
     assert "| mixed | 1e-3 | 40.0 | 0.8000 |  |" in text and "| full | 1e-4 | 20.0 | 1.0000 | kept |" in text
+
+
+def test_curves_keep_the_first_best_step_and_choose_on_the_mean_over_skills(tmp_path):
+    """Worked example: two skills, two settings. r8-lr1e-3 is best on average
+    (mean best 0.50 against 0.45), though r32-lr2e-3 is best on calculus; the
+    kept step is the first with the best accuracy, train.py's "kept" mark."""
+    log = lambda *marks: [{"step": 100 * i, "time": 1.0, "dev_accuracy": a, "dev_loss": l,   # noqa: E731
+                           **({"kept": "best"} if k else {})} for i, (a, l, k) in enumerate(marks, 1)]
+    write(f"{tmp_path}/arithmetic/r8-lr1e-3/log.json", log((0.4, 0.9, 1), (0.6, 0.8, 1), (0.6, 0.7, 0)))
+    write(f"{tmp_path}/calculus/r8-lr1e-3/log.json", log((0.3, 0.9, 1), (0.4, 0.8, 1)))
+    write(f"{tmp_path}/arithmetic/r32-lr2e-3/log.json", log((0.5, 0.9, 1), (0.4, 0.8, 0)))
+    write(f"{tmp_path}/calculus/r32-lr2e-3/log.json", log((0.4, 0.6, 1), (0.3, 0.9, 0)))
+    runs = sorted(str(p.parent) for p in tmp_path.glob("*/*/log.json"))
+    done = subprocess.run([sys.executable, "-m", "study", "curves", *runs, "--out", str(tmp_path / "c")], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout == "8 1e-3\n", (done.stdout, done.stderr)
+    found = json.load(open(tmp_path / "c" / "curves.json"))
+    kept = {(r["skill"], r["rank"]): (r["kept"], r["lowest_loss"]) for r in found["runs"]}
+    assert kept == {("arithmetic", 8): (200, 300), ("calculus", 8): (200, 200), ("arithmetic", 32): (100, 200),
+                    ("calculus", 32): (100, 100)}
+    assert "| 8 | 1e-3 | 40.0 | **60.0** | 60.0 | 200 | 300 |" in open(tmp_path / "c" / "curves.md").read()
+    os.remove(f"{tmp_path}/calculus/r32-lr2e-3/log.json")
+    os.rmdir(f"{tmp_path}/calculus/r32-lr2e-3")
+    with pytest.raises(UserError, match=r"rank 32, lr 2e-3 has no run on \['calculus'\]"):
+        from study.curves import curves
+        curves(runs[:2] + runs[3:], str(tmp_path / "c"))
 
 
 def test_best_run_refuses_a_log_with_a_nan_accuracy(tmp_path):

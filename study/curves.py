@@ -1,0 +1,122 @@
+"""
+Dev learning curves: where each LoRA run's dev accuracy stops rising, and the
+learning rate and rank that the study keeps, read from train.py's log.json.
+
+    python -m study curves out/plateau/curves/*/* --out out/plateau/curves
+
+Each run is a folder SKILL/rRANK-lrLR (train.py --expert SKILL --rank RANK --lr LR),
+checked on the dev split every --eval-every steps. A run's kept step is the
+first with its best dev accuracy (train.py keeps that adapter); the step of its
+lowest dev loss is shown beside it. The choice is the (rank, lr) whose best dev
+accuracy, averaged over the skills swept, is highest; a tie goes to the lower
+mean dev loss at the kept steps, then to the smaller rank and rate.
+
+Writes curves.md (a table per skill: dev accuracy at every check), curves.json
+(the curves, the kept steps and the choice) and curves.png (dev accuracy and dev
+loss against steps, one panel per skill and rank) into --out, and prints the
+choice as "RANK LR" for study/plateau.sh. Reads only what the runs wrote.
+
+Left out: smoothing and early stopping rules; the curves are shown as measured.
+"""
+import os
+import re
+import sys
+
+from formats.files import UserError, write_json, write_text
+from formats.pictures import pyplot
+from study.stats import read_log
+
+NAME = re.compile(r"r(\d+)-lr([0-9.e+-]+)")
+
+
+def read_curve(folder):
+    """{"skill", "rank", "lr", "steps", "accuracy", "loss", "kept", "lowest_loss"} of
+    one run folder SKILL/rRANK-lrLR; the curve's lists are in step order."""
+    m = NAME.fullmatch(os.path.basename(os.path.normpath(folder)))
+    if not m:
+        raise UserError(f"{folder}: expected a run folder named rRANK-lrLR inside its skill's folder, "
+                        "e.g. arithmetic/r8-lr1e-3")
+    checks = [e for e in read_log(os.path.join(folder, "log.json")) if "dev_accuracy" in e]
+    if not checks:
+        raise UserError(f"{folder}/log.json: no dev evaluation yet")
+    kept = [e["step"] for e in checks if "kept" in e]
+    best = max(e["dev_accuracy"] for e in checks)
+    lowest = min(checks, key=lambda e: e["dev_loss"])["step"]
+    return {"skill": os.path.basename(os.path.dirname(os.path.normpath(folder))), "rank": int(m[1]), "lr": m[2],
+            "steps": [e["step"] for e in checks], "accuracy": [e["dev_accuracy"] for e in checks],
+            "loss": [e["dev_loss"] for e in checks], "best": best,
+            "kept": kept[-1] if kept else next(e["step"] for e in checks if e["dev_accuracy"] == best),
+            "lowest_loss": lowest}
+
+
+def choose(curves):
+    """(rank, lr) with the highest best dev accuracy averaged over the skills;
+    ties: the lower mean dev loss at the kept steps, then the smaller rank and lr.
+    Every (rank, lr) must have run on every skill."""
+    skills = sorted({c["skill"] for c in curves})
+    by = {}
+    for c in curves:
+        by.setdefault((c["rank"], c["lr"]), {})[c["skill"]] = c
+    incomplete = {k: sorted(set(skills) - set(v)) for k, v in by.items() if set(v) != set(skills)}
+    if incomplete:
+        (rank, lr), missing = next(iter(incomplete.items()))
+        raise UserError(f"rank {rank}, lr {lr} has no run on {missing}; every setting needs one per skill")
+
+    def score(key):
+        runs = by[key].values()
+        loss = sum(c["loss"][c["steps"].index(c["kept"])] for c in runs) / len(runs)
+        return -sum(c["best"] for c in runs) / len(runs), loss, key[0], float(key[1])
+    return min(by, key=score)
+
+
+def markdown(curves, choice):
+    lines = []
+    for skill in sorted({c["skill"] for c in curves}):
+        runs = sorted((c for c in curves if c["skill"] == skill), key=lambda c: (c["rank"], float(c["lr"])))
+        steps = sorted({s for c in runs for s in c["steps"]})
+        lines += [f"### {skill}: dev accuracy (%) at each check", "",
+                  "| rank | lr | " + " | ".join(map(str, steps)) + " | kept step | lowest dev loss at |",
+                  "|---:|---:|" + "---:|" * (len(steps) + 2)]
+        for c in runs:
+            at = dict(zip(c["steps"], c["accuracy"]))
+            cells = [("**%.1f**" if s == c["kept"] else "%.1f") % (100 * at[s]) if s in at else "" for s in steps]
+            lines.append(f"| {c['rank']} | {c['lr']} | " + " | ".join(cells) + f" | {c['kept']} | {c['lowest_loss']} |")
+        lines.append("")
+    lines.append(f"Chosen on dev: rank {choice[0]}, learning rate {choice[1]} (the highest best dev accuracy "
+                 "averaged over these skills).")
+    return "\n".join(lines)
+
+
+def picture(curves, path):
+    """Dev accuracy (top) and dev loss (bottom) against steps: a column per
+    (skill, rank), a line per learning rate."""
+    plt = pyplot()
+    if plt is None:
+        return
+    panels = sorted({(c["skill"], c["rank"]) for c in curves})
+    fig, axes = plt.subplots(2, len(panels), figsize=(3.2 * len(panels), 5.5), squeeze=False, sharex="col")
+    for j, (skill, rank) in enumerate(panels):
+        for c in sorted((c for c in curves if (c["skill"], c["rank"]) == (skill, rank)), key=lambda c: float(c["lr"])):
+            axes[0][j].plot(c["steps"], [100 * a for a in c["accuracy"]], marker=".", label=f"lr {c['lr']}")
+            axes[1][j].plot(c["steps"], c["loss"], marker=".", label=f"lr {c['lr']}")
+        axes[0][j].set_title(f"{skill}, rank {rank}", fontsize=9)
+        axes[1][j].set_xlabel("step")
+    axes[0][0].set_ylabel("dev accuracy (%)")
+    axes[1][0].set_ylabel("dev loss")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}", file=sys.stderr)
+
+
+def curves(runs, out):
+    """python -m study curves: the table, the picture and the choice of runs' curves."""
+    found = [read_curve(r) for r in runs]
+    choice = choose(found)
+    os.makedirs(out, exist_ok=True)
+    write_text(os.path.join(out, "curves.md"), markdown(found, choice))
+    write_json(os.path.join(out, "curves.json"), {"runs": found, "choice": {"rank": choice[0], "lr": choice[1]}})
+    picture(found, os.path.join(out, "curves.png"))
+    print(f"wrote {out}/curves.md and {out}/curves.json", file=sys.stderr)
+    return choice
