@@ -60,10 +60,21 @@ elif ! sums "$DATA" "$TRAIN_DATA" | cmp -s - "$OUT/data.sha256"; then
 fi
 
 stage "curves: where the experts' dev accuracy stops rising, by learning rate and rank"
-# Steps: 3 passes over the skill's rows (train.py prints a pass's length), rounded up to a
-# check, at most 1,000.
-declare -A SWEEP_STEPS=([arithmetic]=1000 [calculus]=1000)
-for s in "${!SWEEP_STEPS[@]}"; do
+steps_for() {   # steps_for SKILL: 3 passes over its rows (as train.py counts them), in whole checks, at most 1,000
+    "$PY" - "$MODEL" "$TRAIN_DATA" "$1" "$BATCH" "$EVAL_EVERY" <<'EOF'
+import math, sys
+from data.episodes import Episodes
+from data.lila import load
+from formats.hf import read_tokenizer
+model, data, skill, batch, every = sys.argv[1:4] + [int(a) for a in sys.argv[4:]]
+rows = Episodes(read_tokenizer(f"{model}/tokenizer.json", math.inf, "<|endoftext|>"),
+                load(data, split="train", skills=[skill]), 256, 0, "answer", "skill").rows
+print(min(1000, every * math.ceil(3 * rows / batch / every)))
+EOF
+}
+declare -A SWEEP_STEPS
+for s in arithmetic calculus; do SWEEP_STEPS[$s]=$(steps_for "$s"); echo "$s: ${SWEEP_STEPS[$s]} steps"; done
+for s in arithmetic calculus; do
     for rank in 8 32; do
         for lr in 5e-4 1e-3 2e-3; do    # alpha = 2 x rank: the LoRA scale alpha/r stays 2
             job "$PY" train.py --expert "$s" "${LORA[@]}" --rank "$rank" --alpha $((2 * rank)) --lr "$lr" \
