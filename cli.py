@@ -23,7 +23,9 @@ Left out: configuration files; the flags are the whole interface.
 import argparse
 import math
 import os
+import signal
 import sys
+from contextlib import contextmanager
 
 from formats.clusters import READ_BACK, has_output
 from formats.files import UserError
@@ -36,6 +38,7 @@ CLUSTERS = "out/clusters"                 # cluster.py --out, for cluster expert
 EXPERTS = "out/experts"                   # train.py --expert's outputs, one folder per expert
 EMBED_CACHE = "runs/embed-cache"          # meta-question embeddings, cached on disk
 DTYPE_NAMES = ["bf16", "bfloat16", "float16", "float32", "fp16", "fp32"]   # model.DTYPES' keys
+FULL_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}   # a short name -> the name a run records
 
 # ---------------------------------------------------------------------------
 # 1. Argument types, and run()
@@ -137,6 +140,27 @@ def run(main):
         sys.exit(0)
 
 
+@contextmanager
+def stop_requests():
+    """with stop_requests() as asked: a list that SIGINT (Ctrl-C) and SIGTERM append
+    their number to, for a loop to stop at its next safe point (train.py: after the
+    step, with its state saved). A second Ctrl-C stops at once (run() says so)."""
+    asked = []
+
+    def handler(signum, frame):
+        if asked and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        asked.append(signum)
+        print("\nstopping after this step, with its state saved (Ctrl-C again stops at once, losing it)",
+              file=sys.stderr)
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield asked
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 def program():
     """How the program was started: train.py, or python -m study for a package."""
     spec = getattr(sys.modules["__main__"], "__spec__", None)
@@ -189,7 +213,7 @@ def train_parser(modes, targets):
     p.add_argument("--seed", type=random_seed, default=1234, help="random seed: init and data order (default 1234)")
     p.add_argument("--device", type=torch_device, default=default_device(),
                    help="cpu or cuda (default cuda when available)")
-    p.add_argument("--dtype", default=None, choices=["bfloat16", "float16", "float32"],
+    p.add_argument("--dtype", default=None, choices=DTYPE_NAMES,
                    help="dtype of the frozen base and of autocast; trainable weights stay fp32 "
                    "(default: bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (CUDA)")
@@ -286,6 +310,7 @@ def train_args(modes, targets, argv=None):
     folder = "full" if args.full else "experts" if args.expert else ""
     p.set_defaults(**modes[mode_of(args)], out="runs/base" if args.base else os.path.join("out", folder, name))
     args = p.parse_args(argv)
+    args.dtype, args.save_dtype = (FULL_DTYPE.get(d, d) for d in (args.dtype, args.save_dtype))  # one run, one name
     if args.stop_at and args.stop_at > args.steps:
         p.error(f"--stop-at {args.stop_at} is after the last step (--steps {args.steps})")
     if "warmup" in given and args.warmup > args.steps:   # the default warmup may outlast a short test run

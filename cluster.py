@@ -54,6 +54,7 @@ questions (a base-16 numeral written with letters only, like "bc", stays a name;
 import hashlib
 import os
 import re
+import sys
 from collections import Counter
 from dataclasses import dataclass, replace
 
@@ -62,7 +63,7 @@ import torch
 from tqdm import tqdm
 
 import model as M
-from kmeans import (check_k, expert_groups, kmeans, labelled_sample, nmi, purity, seeded_accuracy,
+from kmeans import (expert_groups, kmeans, labelled_sample, nmi, purity, seeded_accuracy,
                     seeded_clusters, sq_dists, unit)
 import cli
 from formats.clusters import check_replaceable, read_assignments, read_centroids, write_outputs
@@ -172,7 +173,8 @@ def embed_cached(texts, model, tok, layer, cache_dir=cli.EMBED_CACHE, batch_size
     """embed() for each distinct text once, cached in cache_dir/<hash>.npy. The
     model is the run's one base model (no adapters attached); the hash covers the
     directory it was loaded from (path, and size and time of each file, so
-    retraining in place invalidates it), its dtype, the layer and the texts."""
+    retraining in place invalidates it), its dtype, the layer and the texts. A
+    cache file that does not read back whole (read_cache) is a miss."""
     layer = resolve_layer(model.config, layer)
     if not texts:
         raise UserError("no texts to embed")
@@ -185,9 +187,9 @@ def embed_cached(texts, model, tok, layer, cache_dir=cli.EMBED_CACHE, batch_size
     for t in distinct:
         key.update(t.encode() + b"\0")
     path = os.path.join(cache_dir, key.hexdigest()[:20] + ".npy")
-    if os.path.exists(path):
-        print(f"embeddings from cache {path}")
-        return np.load(path)[inverse]
+    X = read_cache(path, (len(distinct), model.config.hidden_size))
+    if X is not None:
+        return X[inverse]
     X = embed(list(distinct), model, tok, layer, batch_size)
     os.makedirs(cache_dir, exist_ok=True)
     def save(tmp):
@@ -195,6 +197,25 @@ def embed_cached(texts, model, tok, layer, cache_dir=cli.EMBED_CACHE, batch_size
             np.save(f, X)
     write_atomic(path, save)
     return X[inverse]
+
+
+def read_cache(path, shape):
+    """The float32 array of `shape` cached at path, or None where there is none. A
+    damaged file (truncated by a full disk, say, or not an array) is said on stderr
+    and is a miss: the caller embeds again and writes it anew."""
+    if not os.path.exists(path):
+        return None
+    try:
+        X = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        why = str(e)
+    else:
+        why = None if X.dtype == np.float32 and X.shape == shape else f"{X.dtype} {X.shape}, expected float32 {shape}"
+    if why:
+        print(f"{path}: a damaged embedding cache ({why}); embedding again", file=sys.stderr)
+        return None
+    print(f"embeddings from cache {path}", file=sys.stderr)
+    return X
 
 
 # ---------------------------------------------------------------------------
@@ -262,6 +283,18 @@ def clusters_of(assign_dir, examples, model=None, tok=None):
         X = embed_cached([meta_question(q) for q in new], model, tok, layer)
         cluster_of.update(zip(new, nearest_centroid(X, C, cosine).tolist()))
     return np.array([cluster_of.get(e.question, -1) for e in examples], dtype=int), n_clusters
+
+
+def expert_labels(examples, names, clusters_dir, model, tok):
+    """The expert of each example, by its index in names: its skill, or (experts
+    named cluster-K) its cluster as clusters_of places it, the way that expert's
+    training questions were chosen; -1 where none applies. The router's
+    centroids and task level are fitted to these labels."""
+    if all(n.startswith("cluster-") for n in names):
+        ids, _ = clusters_of(clusters_dir, examples, model, tok)
+        index = {int(n.split("-")[1]): i for i, n in enumerate(names)}
+        return np.array([index.get(c, -1) for c in ids.tolist()])
+    return np.array([names.index(e.skill) if e.skill in names else -1 for e in examples])
 
 
 def examples_of_cluster(assign_dir, k, examples, model=None, tok=None):
@@ -440,7 +473,10 @@ def questions_to_cluster(cfg):
     if cfg.seeded and cfg.seeded > fewest[1]:
         raise UserError(f"--seeded {cfg.seeded}: {fewest[0]} has only {fewest[1]} {cfg.split} questions here")
     cfg = replace(cfg, k=n_skills if cfg.seeded else cfg.k or len({e.submodule for e in examples}))
-    check_k(cfg.k, len(examples))
+    points = len({meta_question(e.question) for e in examples})
+    if cfg.k > points:      # more clusters than distinct points: kmeans.check_k refuses them, said here by flag
+        raise UserError(f"--k {cfg.k}: the {len(examples)} {cfg.split} questions have {points} distinct "
+                        f"meta-questions (the points clustered); expected --k {points} or fewer")
     if cfg.groups and cfg.groups > cfg.k:
         raise UserError(f"--groups {cfg.groups}: more groups than the {cfg.k} clusters")
     return examples, cfg
@@ -474,7 +510,7 @@ def cluster_questions(cfg, examples, model, tok, out, model_name):
              "groups.json": {"k": cfg.k, "groups": groups, "layer": layer, "cosine": cfg.cosine}}
     title = f"{cfg.k} clusters of {len(examples)} {cfg.split} meta-questions (PCA of layer {layer})"
     write_outputs(out, best.centroids, files, text, lambda path: plot_clusters(X, best.labels, skills, path, title))
-    print(f"wrote {', '.join(sorted(os.listdir(out)))} to {out}")
+    print(f"wrote {', '.join(sorted(os.listdir(out)))} to {out}", file=sys.stderr)
 
 
 def main(argv=None):

@@ -11,10 +11,13 @@ For every question: k solved questions from the train split, by default the
 ones nearest to it by the base model's meta-question embedding (--shots-from;
 data/prompts.py, cluster.nearest_shots), then the question; greedy decoding with the KV cache, batched,
 stopping at the first newline (model.py); exact match after normalisation
-(data/score.py); and the answer's NLL under teacher forcing. The result is a
-markdown table per skill and submodule, and optionally a JSON file with every
-prediction. An expert (--adapter) is merged into the base weights first, so it
-costs nothing at inference. A routed mixture (--moe) records, for every
+(data/score.py); and the answer's NLL under teacher forcing. A prompt too long
+for the model's context loses its oldest shots: the table's title and the JSON
+say how many the prompts kept. The result is a markdown table per skill and
+submodule and the time it took, on stdout (what the run is doing goes to
+stderr, so `> table.md` keeps the results alone), and optionally a JSON file
+with every prediction. An expert (--adapter) is merged into the base weights
+first, so it costs nothing at inference. A routed mixture (--moe) records, for every
 question, the expert and group weights of every layer, and writes a routing
 report per skill (routing.json and heatmaps). Steering (--route) replaces the
 router's task-level weights by the user's: a route spec names experts or groups
@@ -37,6 +40,7 @@ Left out: multiple-choice scoring, chain-of-thought, and sampled metrics (pass@k
 """
 import math
 import os
+import sys
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -87,9 +91,11 @@ def answer_nll(model, prompts, answers):
 @torch.no_grad()
 def evaluate(model, tok, examples, pool, shots=4, batch_size=32, seed=1234,
              max_new_tokens=32, desc="eval", route=None, source="skill"):
-    """Answer every example k-shot; return one record per example (input order).
-    The shots come from pool as data.prompts.draw_shots reads it for `source`
-    (Evaluator.from_args builds it: shot_source).
+    """Answer every example k-shot; return one record per example (input order),
+    with the shots its prompt kept ("shots": fewer than k where the prompt would
+    not fit the context, data.prompts.question_ids). The shots come from pool as
+    data.prompts.draw_shots reads it for `source` (Evaluator.build builds it:
+    shot_source).
     route(indices), if given, is a context entered around each batch's answers
     (the router sets the batch's task-level weights there). It yields a list,
     which holds one dict of extra fields per row of the batch once it exits, or
@@ -98,8 +104,8 @@ def evaluate(model, tok, examples, pool, shots=4, batch_size=32, seed=1234,
     Prompts are sorted by length before batching, so a batch holds prompts of
     similar length and little compute goes to padding."""
     pool = shot_pool(pool, source) if isinstance(pool, list) else pool
-    ids, gold = zip(*(question_ids(tok, e, pool, shots, seed, model.config.max_position_embeddings,
-                                   max_new_tokens, source) for e in examples))
+    ids, gold, kept = zip(*(question_ids(tok, e, pool, shots, seed, model.config.max_position_embeddings,
+                                         max_new_tokens, source) for e in examples))
     order = sorted(range(len(examples)), key=lambda i: len(ids[i]))
     predictions, extra = [None] * len(examples), [{} for _ in examples]
     nll = [None] * len(examples)
@@ -123,8 +129,8 @@ def evaluate(model, tok, examples, pool, shots=4, batch_size=32, seed=1234,
     bar.close()
     return [{"question": e.question, "prediction": p, "answers": list(e.answers),
              "skill": e.skill, "submodule": e.submodule, "correct": is_correct(p, e.answers),
-             "answer_nll": v, **x}
-            for e, p, x, v in zip(examples, predictions, extra, nll)]
+             "answer_nll": v, "shots": k, **x}
+            for e, p, x, v, k in zip(examples, predictions, extra, nll, kept)]
 
 
 def markdown(records, title):
@@ -139,6 +145,23 @@ def markdown(records, title):
     lines.append(f"| **mean over skills** | | | {len(records)} | **{100 * mean_accuracy(records):.1f}%** "
                  f"| {sum(nll.values()) / len(nll):.3f} |")
     return "\n".join(lines)
+
+
+def shots_used(records, shots, context, max_new_tokens):
+    """The shots the prompts held against the k asked (data.prompts.question_ids
+    drops a prompt's oldest shots until it fits the context): as the table's title
+    says it, "40-shot asked, 3-12 used (trimmed to fit the 1024-token context)", or
+    "4-shot" where every prompt kept all k; and as the JSON report keeps it,
+    {"fewest", "most", "trimmed": prompts that lost shots}. Trimming is said on stderr."""
+    kept = [r["shots"] for r in records]
+    used = {"fewest": min(kept), "most": max(kept), "trimmed": sum(k < shots for k in kept)}
+    if not used["trimmed"]:
+        return f"{shots}-shot", used
+    print(f"{used['trimmed']} of {len(records)} prompts lost their oldest shots to fit the model's {context}-token "
+          f"context with --max-new-tokens {max_new_tokens} free; the fewest kept: {used['fewest']} of --shots {shots}",
+          file=sys.stderr)
+    span = f"{used['fewest']}" if used["fewest"] == used["most"] else f"{used['fewest']}-{used['most']}"
+    return f"{shots}-shot asked, {span} used (trimmed to fit the {context}-token context)", used
 
 
 def moe(ev, router_dir, variant="full", experts=None, route=None):
@@ -160,7 +183,7 @@ def moe(ev, router_dir, variant="full", experts=None, route=None):
     if route:                       # steering: the user's weights replace the task level
         w = parse_route(route, cfg)
         priors, forced = w.expand(len(examples), -1), forced_expert(w)     # (N, E)
-        print(f"--route {route}: expert weights {dict(zip(cfg.experts, w.tolist()))}")
+        print(f"--route {route}: expert weights {dict(zip(cfg.experts, w.tolist()))}", file=sys.stderr)
     elif cfg.prior != "none" or variant != "full":
         priors = router.task.prior(cluster.meta_embeddings(examples, model, tok, cfg.embed_layer))   # (N, E)
     if variant == "task-hard" or forced is not None:   # one expert per question, merged
@@ -253,7 +276,7 @@ def routing_report(records, router, out_dir):
                 f"{skill}: mean expert weight per layer", os.path.join(out_dir, f"routing_{skill}.png"),
                 fmt="{:.2f}", diverging=False)
     write_json(os.path.join(out_dir, "routing.json"), report)
-    print(f"wrote {out_dir}/routing.json")
+    print(f"wrote {out_dir}/routing.json", file=sys.stderr)
     return report
 
 
@@ -310,9 +333,7 @@ class Evaluator:
         """The questions that q (a Questions) names, with their shots' pool, for model."""
         skills = q.skills.split(",") if q.skills else None
         examples = load_examples(q.data, split=q.split, skills=skills)
-        # nearest shots search the whole train split: --skills picks the questions asked, not the shots
-        train = load_examples(q.data, split="train", skills=None if q.shots_from == "nearest" else skills) \
-            if q.shots else []
+        train = train_questions(q, skills)
         check_distinct(examples, f"{q.data}, {q.split} split")     # all of it, whatever --limit draws
         if q.split != "train":
             check_disjoint(examples, train, q.data)
@@ -321,7 +342,7 @@ class Evaluator:
         examples = select(examples, q.limit, q.seed)
         pool = shot_source(model, tok, examples, train, q.shots, q.shots_from, q.shot_pool, q.seed, q.shot_text)
         print(f"evaluating {len(examples)} {q.split} questions, {q.shots}-shot"
-              + (f", shots from {q.shots_from}" if q.shots else ""))
+              + (f", shots from {q.shots_from}" if q.shots else ""), file=sys.stderr)
         return cls(model, tok, examples, pool, q.shots, q.batch_size, q.seed, q.max_new_tokens, q.shots_from)
 
 
@@ -340,6 +361,16 @@ class Questions:
     seed: int
     batch_size: int
     max_new_tokens: int
+
+
+def train_questions(q, skills):
+    """The train split of q.data: the shots' pool, and what the questions asked must
+    not be, at any shot count. Nearest shots search all of it (--skills picks the
+    questions asked, not the shots). At 0 shots data without train questions is
+    fine: nothing to check them against."""
+    if q.shots:
+        return load_examples(q.data, split="train", skills=None if q.shots_from == "nearest" else skills)
+    return [e for e in load_examples(q.data, skills=skills) if e.split == "train"]
 
 
 def shot_source(model, tok, examples, train, shots, source, pool_size, seed, text):
@@ -361,12 +392,14 @@ def main():
         _check_moe(args.moe, cfg, args.variant, args.route)
         if args.route:
             parse_route(args.route, cfg)
+    if args.adapter:            # so is a folder that holds no adapter
+        adapters.read_config(args.adapter)
     model, tok = M.load(args.model, dtype=args.dtype, device=args.device, revision=args.revision)
     ev = Evaluator.build(model, tok, cli.pick(args, Questions))
     if args.adapter:
         adapters.load_adapter(ev.model, args.adapter)
         lora.merge_lora(ev.model)
-        print(f"merged the adapter {args.adapter} into the base weights")
+        print(f"merged the adapter {args.adapter} into the base weights", file=sys.stderr)
     t0 = time.time()
     if args.moe:
         records, router = moe(ev, args.moe, args.variant, args.experts, args.route)
@@ -376,9 +409,11 @@ def main():
     name = os.path.basename(os.path.normpath(args.moe or args.adapter or args.model))
     if args.moe:
         name += f" (route {args.route})" if args.route else f" ({args.variant})"
-    print(markdown(records, f"{name}, {args.shots}-shot, {args.split} split"))
+    shots, used = shots_used(records, args.shots, model.config.max_position_embeddings, args.max_new_tokens)
+    print(markdown(records, f"{name}, {shots}, {args.split} split"))
     print(f"\n{len(records)} questions in {seconds:.1f}s ({len(records) / seconds:.1f} questions/s)")
-    report = {"model": args.model, "shots": args.shots, "shots_from": args.shots_from if args.shots else None,
+    report = {"model": args.model, "shots": args.shots, "shots_used": used,
+              "shots_from": args.shots_from if args.shots else None,
               "split": args.split, "seconds": round(seconds, 1),
               "accuracy": {k: c / n for k, (c, n) in accuracy(records).items()},
               "counts": {k: {"correct": c, "total": n} for k, (c, n) in accuracy(records).items()},
@@ -387,7 +422,7 @@ def main():
         report["routing"] = routing_report(records, router, args.out)
     if args.json:
         write_json(args.json, report)
-        print(f"wrote {args.json}")
+        print(f"wrote {args.json}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------

@@ -138,8 +138,8 @@ def train_split(data):
 
 def main():
     args = cli.explain_args()
+    clusters = args.clusters or read_config(args.moe).clusters_dir or cli.CLUSTERS   # a missing --moe: before the model
     model, tok = M.load(args.model, dtype=args.dtype, device=args.device, revision=args.revision)
-    clusters = args.clusters or read_config(args.moe).clusters_dir or cli.CLUSTERS
     prompts = Questions(data=args.data, split="test", skills=None, limit=None, shots=args.shots,
                         shots_from=args.shots_from, shot_pool=args.shot_pool, shot_text=args.shot_text,
                         seed=args.seed, batch_size=1, max_new_tokens=args.max_new_tokens)

@@ -48,11 +48,20 @@ def sq_dists(X, C):
     return np.maximum(d, 0)   # rounding can make a zero distance slightly negative
 
 
-def check_k(k, n):
-    if n == 0:
+def check_k(k, distinct):
+    """1 <= k <= the number of distinct points: with fewer, k-means would stack
+    centroids on equal points and split them at random."""
+    if distinct == 0:
         raise UserError("no points to cluster (empty data)")
-    if not 1 <= k <= n:
-        raise UserError(f"k={k} clusters for {n} points: k must be between 1 and the number of points")
+    if not 1 <= k <= distinct:
+        raise UserError(f"k={k} clusters for {distinct} distinct points: k must be between 1 and the number of "
+                        "distinct points")
+
+
+def n_distinct(X):
+    """The number of distinct rows of X (N, d): a set of their bytes (+ 0.0 makes
+    -0.0 the 0.0 it equals), faster than np.unique(X, axis=0), which sorts."""
+    return len({row.tobytes() for row in X + 0.0})
 
 
 def kmeans_plusplus(X, k, rng):
@@ -117,18 +126,19 @@ def _lloyd(X, C, max_iter, tol, cosine):
 
 def kmeans(X, k, n_init=10, max_iter=300, tol=1e-4, seed=0, cosine=False, init=None):
     """Best of n_init k-means++ starts (lowest inertia); or one run from the
-    centroids `init` (k, d). tol is relative to the mean variance of the features,
-    as in scikit-learn. cosine: spherical k-means (points and centroids unit length,
-    so squared distance = 2 - 2 cos). The same seed gives the same result."""
+    centroids `init` (k, d). k is at most the number of distinct points (check_k).
+    tol is relative to the mean variance of the features, as in scikit-learn.
+    cosine: spherical k-means (points and centroids unit length, so squared
+    distance = 2 - 2 cos). The same seed gives the same result."""
     X = np.asarray(X)
     X = X.astype(np.float32 if X.dtype == np.float32 else np.float64)
     if X.ndim != 2:
         raise UserError(f"X must be a (points, features) array, got shape {X.shape}")
-    check_k(k, len(X))
     if not np.isfinite(X).all():
         raise UserError("X contains NaN or infinite values")
     if cosine:
         X = unit(X)
+    check_k(k, n_distinct(X))
     tol = tol * float(X.var(0).mean())
     if init is not None:
         init = np.asarray(init, X.dtype)

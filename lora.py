@@ -33,6 +33,7 @@ quantised bases. formats/adapters.py refuses files that need one, naming the set
 """
 import math
 import re
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -41,6 +42,17 @@ import torch.nn.functional as F
 from formats.files import UserError
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2")
+
+
+@dataclass
+class LoRAConfig:
+    """A fresh LoRA's settings (train.py's --rank, --alpha, --dropout, --targets),
+    for add_lora(model, cfg.rank, cfg.alpha, cfg.dropout, cfg.targets)."""
+    rank: int = 8
+    alpha: float = 16.0           # the update is scaled by alpha / rank
+    dropout: float = 0.0
+    targets: tuple = DEFAULT_TARGETS
+
 
 # ---------------------------------------------------------------------------
 # 1. LoRALinear

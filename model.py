@@ -32,6 +32,7 @@ rejected), and the old "phi-msft" checkpoint layout (rejected with a message).
 """
 import math
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -319,7 +320,7 @@ def load(ckpt, dtype=torch.float32, device="cpu", verbose=True, revision=None):
 
     The model is built on the meta device (no memory, no random init) and the
     tensors read from disk are assigned into it, so peak memory stays near one
-    copy of the weights in the target dtype."""
+    copy of the weights in the target dtype. verbose says what loaded, on stderr."""
     dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     folder, revision = hf.resolve(ckpt, revision, verbose)
     cfg = PhiConfig.from_json(os.path.join(folder, "config.json"))
@@ -335,7 +336,7 @@ def load(ckpt, dtype=torch.float32, device="cpu", verbose=True, revision=None):
     tok = hf.read_tokenizer(os.path.join(folder, "tokenizer.json"), cfg.vocab_size, EOT)
     if verbose:
         print(f"loaded {ckpt}: {model.num_params() / 1e6:.1f}M parameters, "
-              f"{cfg.num_hidden_layers} layers, {dtype}, {device}")
+              f"{cfg.num_hidden_layers} layers, {dtype}, {device}", file=sys.stderr)
     return model.eval(), tok
 
 

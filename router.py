@@ -27,7 +27,9 @@ Chapters:
                   the training questions labelled as its own (its skill, or its
                   cluster); the groups are a k-means of the centroids; the task
                   router is fitted to the same labels. Rank-1 experts (Intuition-
-                  MoR1E) have no questions of their own: contiguous groups, no prior
+                  MoR1E) have no questions of their own: contiguous groups, no prior.
+                  train.py --router's settings (RouterTraining) and the task-level
+                  weights it hands the router per batch (TaskPriors)
   5. checks       the temperatures and every field of a RouterConfig (from Python
                   or from router.json, which formats/routers.py reads and writes)
 
@@ -341,6 +343,58 @@ class Recording:
 # ---------------------------------------------------------------------------
 # 4. A router from experts
 # ---------------------------------------------------------------------------
+
+
+@dataclass
+class RouterTraining:
+    """train.py --router's settings for the router it trains (cli.py declares the
+    flags of the same names); config() makes the RouterConfig it saves."""
+    experts: str                  # a folder of expert adapters, one sub-folder each (not with rank1)
+    router_questions: int         # train questions per skill that the router trains on
+    level: str
+    prior: str
+    rank1: int                    # > 0: that many fresh rank-1 experts instead of the folder's
+    n_groups: int | None          # None: group_count's choice
+    top_k: int
+    temperature: float
+    tau: float
+    entropy_weight: float
+    balance_weight: float
+    alpha: float                  # the rank-1 experts' LoRA alpha
+    targets: str                  # the rank-1 experts' modules, comma-separated
+
+    def config(self, names, model_config, **fields):
+        """The RouterConfig over the experts `names` of a model (groups are made with the router)."""
+        return RouterConfig(
+            experts=names, groups=[], hidden_size=model_config.hidden_size, n_layers=model_config.num_hidden_layers,
+            level=self.level, prior="none" if self.rank1 else self.prior, top_k=self.top_k,
+            temperature=self.temperature, tau=self.tau, entropy_weight=self.entropy_weight,
+            balance_weight=self.balance_weight, rank1=self.rank1, rank1_alpha=self.alpha,
+            targets=self.targets.split(","), **fields)
+
+
+class TaskPriors:
+    """The task-level weights of every training and dev question (a router's
+    task.prior of their embeddings X), by question: set() hands a batch's to the
+    router before each training step, dev_batch() before each dev batch."""
+
+    def __init__(self, router, examples, X):
+        self.router = router
+        self.prior = {} if X is None else {e.question: p for e, p in zip(examples, router.task.prior(X))}
+
+    def set(self, examples):
+        if self.router.cfg.prior == "none":
+            self.router.set_prior(None)
+        else:
+            self.router.set_prior(torch.stack([self.prior[e.question] for e in examples]))   # (B, E)
+
+    def dev_batch(self, questions):
+        """eval.evaluate()'s route: the task-level priors of each batch of dev questions."""
+        @contextmanager
+        def route(indices):
+            self.set([questions[i] for i in indices])
+            yield []
+        return route
 
 
 def group_count(requested, E, top_k=0):

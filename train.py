@@ -8,22 +8,28 @@ Training, in modes that share one loop:
     python train.py --mixed                      # one LoRA on all skills (the baseline)
     python train.py --router --experts out/experts   # the two-level router over frozen experts
     torchrun --nproc-per-node 2 train.py --expert algebra    # data parallel, 2 processes
-    python train.py --expert algebra --resume    # continue a killed run
+    python train.py --expert algebra --resume    # continue a stopped run
 
 Chapters:
-  1. the pieces   AdamW, warmup + cosine decay, the loss, the dev loss, processes
-  2. the modes    what each mode trains and saves: an HF-layout model (--base),
-                  a PEFT adapter (LoRA), a whole model (--full) or a router
-                  (router.from_experts builds it from the experts' questions;
-                  only its gates and mix train, with its entropy and balance
-                  terms added to the loss)
-  3. the run      setup(), then train_step() until --steps, with checkpoint() every
-                  --eval-every steps: dev loss and accuracy, the best model kept in
-                  OUT, the whole state in OUT/train_state.pt for an exact --resume
-                  (after the last step only the run's record: a finished run is done)
-Each mode's defaults are MODES below; every flag is declared in cli.py, and a
-run is a TrainConfig. The rows are data/episodes.py's (solved questions shaped
-as few-shot prompts, rebuilt exactly per step).
+  1. the run's settings  TrainConfig: what every mode reads, and each mode's own
+                  settings from its chapter (model.PhiConfig to pretrain,
+                  lora.LoRAConfig, router.RouterTraining); MODES, the defaults
+                  that differ between modes
+  2. the pieces   AdamW, warmup + cosine decay, the loss, the dev loss, processes
+  3. the modes    the questions each mode trains on, and what it trains and saves:
+                  an HF-layout model (--base), a PEFT adapter (LoRA), a whole model
+                  (--full) or a router (router.from_experts builds it from the
+                  experts' questions; only its gates and mix train, with its
+                  entropy and balance terms added to the loss)
+  4. the loop     setup(), then train_step() until --steps: every --eval-every
+                  steps the dev loss and accuracy, the best model kept in OUT;
+                  every --save-every steps, at each dev check and on Ctrl-C the
+                  whole state in OUT/train_state.pt (formats/state.py) for an
+                  exact --resume; one writer per OUT (its lock)
+  5. checks
+Every flag is declared in cli.py. The rows are data/episodes.py's (solved
+questions shaped as few-shot prompts, rebuilt exactly per step); the dev
+accuracy asks 4-shot prompts with the nearest shots, as the study evaluates.
 
 Precision (--dtype): trainable weights are fp32; the frozen base is held in
 --dtype and the matmuls run under autocast, as PEFT + transformers users do
@@ -37,15 +43,16 @@ global count, so the summed gradient is exactly that of the global batch.
 References: nanoGPT's train.py (loop, schedule, decay groups); LoRA (Hu et al.
 2021); PyTorch DDP's gradient all-reduce. Left out: gradient accumulation.
 """
+from __future__ import annotations    # TrainConfig's fields `lora` and `router` are named as their modules
+
 import math
 import os
 import signal
 import sys
 import time
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -58,12 +65,17 @@ import model as M
 import router as routing
 from eval import evaluate, shot_source
 from formats import adapters, hf
-from formats.files import UserError, lock, write_atomic, write_json
+from formats.files import UserError, lock, write_json
 from formats.routers import experts_sha256, save_router
+from formats.state import read_state, restore, write_state
 from data.lila import load as load_examples
 from data.episodes import Episodes
-from data.prompts import SHOT_POOL, select
+from data.prompts import SHOT_POOL, dev_from_train, select
 from data.score import mean_accuracy
+
+# ---------------------------------------------------------------------------
+# 1. The run's settings
+# ---------------------------------------------------------------------------
 
 MODES = {           # the defaults that differ between modes; --help lists them per mode
     "base": dict(steps=3000, lr=2e-3, seq_len=512, warmup=200, loss="all", rows="submodule", eval_every=500,
@@ -81,24 +93,35 @@ MODES = {           # the defaults that differ between modes; --help lists them 
 
 
 @dataclass
+class Pretrain:
+    """--base: the model to pretrain and its files."""
+    phi: M.PhiConfig           # the architecture; vocab_size and the token ids come from the tokenizer
+    tokenizer: str             # tokenizer.json
+    save_dtype: str            # the dtype of model.safetensors
+
+
+@dataclass
 class TrainConfig:
-    """One run: train.py's flags (cli.py declares them, with their help and defaults)."""
-    # the mode: exactly one of base, expert, mixed, router
-    base: bool
-    expert: str | None         # a skill, or cluster:K
-    mixed: bool
-    router: bool
-    # every mode
+    """One run (cli.py declares the flags of the same names, with their defaults)."""
+    mode: str                  # base, lora, full (--full) or router
+    expert: str | None         # --expert: a skill, or cluster:K; None: every skill
     data: str
     out: str
+    model: str                 # the base model (every mode but --base)
+    revision: str | None
+    adapter: str | None        # LoRA: continue from this adapter instead of a fresh one
+    clusters: str              # cluster.py's output: --expert cluster:K, and a router's cluster experts
+    # the schedule
     steps: int
+    steps_per_skill: int | None   # --mixed: steps = this x the skills, as much as all experts together
     batch_size: int
     lr: float
-    seq_len: int
     warmup: int
+    weight_decay: float
+    seq_len: int
     loss: str                  # all or answer
     rows: str                  # submodule or skill
-    weight_decay: float
+    # dev checks and saves
     eval_every: int
     save_every: int
     eval_batches: int
@@ -109,55 +132,36 @@ class TrainConfig:
     compile: bool
     resume: bool
     stop_at: int | None
-    # --base: the model to pretrain
-    tokenizer: str
-    n_layer: int
-    n_embd: int
-    n_head: int
-    rotary: float
-    max_pos: int
-    save_dtype: str
-    # LoRA (--expert, --mixed) and the base they adapt
-    model: str
-    revision: str | None
-    full: bool
-    adapter: str | None
-    rank: int
-    alpha: float
-    dropout: float
-    targets: str               # comma-separated module names
-    clusters: str
-    steps_per_skill: int | None
-    # --router
-    experts: str
-    router_questions: int
-    level: str
-    prior: str
-    rank1: int
-    n_groups: int | None
-    top_k: int
-    temperature: float
-    tau: float
-    entropy_weight: float
-    balance_weight: float
-
-    @property
-    def mode(self):
-        """base, router, full (--expert/--mixed --full) or lora (--expert/--mixed)."""
-        return cli.mode_of(self)
-
-    def identity(self):
-        """The flags that define the run (a --resume must give the same)."""
-        return {k: v for k, v in sorted(asdict(self).items()) if k not in cli.NOT_THE_RUN}
+    # the run's identity: every flag but those a --resume may change (cli.NOT_THE_RUN)
+    flags: dict = field(default_factory=dict)
+    # each mode's own settings, None in the other modes
+    pretrain: Pretrain | None = None
+    lora: lora.LoRAConfig | None = None
+    router: routing.RouterTraining | None = None
 
 
 def config(argv=None):
     """The TrainConfig of a command line (sys.argv by default), its flags checked."""
-    return cli.pick(cli.train_args(MODES, lora.DEFAULT_TARGETS, argv), TrainConfig)
+    args = cli.train_args(MODES, lora.DEFAULT_TARGETS, argv)
+    mode = cli.mode_of(args)
+    shared = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__
+              if f not in ("mode", "flags", "pretrain", "lora", "router")}
+    cfg = TrainConfig(mode=mode, **shared, flags={k: v for k, v in sorted(vars(args).items())
+                                                  if k not in cli.NOT_THE_RUN})
+    if mode == "base":
+        phi = M.PhiConfig(hidden_size=args.n_embd, intermediate_size=4 * args.n_embd, num_hidden_layers=args.n_layer,
+                          num_attention_heads=args.n_head, partial_rotary_factor=args.rotary,
+                          max_position_embeddings=args.max_pos)
+        cfg.pretrain = Pretrain(phi, args.tokenizer, args.save_dtype)
+    elif mode == "lora" and not args.adapter:
+        cfg.lora = lora.LoRAConfig(args.rank, args.alpha, args.dropout, tuple(args.targets.split(",")))
+    elif mode == "router":
+        cfg.router = cli.pick(args, routing.RouterTraining)
+    return cfg
 
 
 # ---------------------------------------------------------------------------
-# 1. The pieces of the loop
+# 2. The pieces of the loop
 # ---------------------------------------------------------------------------
 
 
@@ -213,134 +217,31 @@ def distributed(device):
 
 
 # ---------------------------------------------------------------------------
-# 2. The modes
+# 3. The modes
 # ---------------------------------------------------------------------------
 
-def setup_base(cfg, tok, device):
-    """A fresh phi-architecture model; every parameter trains."""
-    vocab = -(-tok.get_vocab_size() // 64) * 64          # round up: friendlier matmul shapes
-    phi = M.PhiConfig(vocab_size=vocab, hidden_size=cfg.n_embd, intermediate_size=4 * cfg.n_embd,
-                      num_hidden_layers=cfg.n_layer, num_attention_heads=cfg.n_head,
-                      partial_rotary_factor=cfg.rotary, max_position_embeddings=cfg.max_pos,
-                      bos_token_id=tok.token_to_id(M.EOT), eos_token_id=tok.token_to_id(M.EOT))
-    model = M.PhiForCausalLM(phi).to(device)
-    print(f"phi-tiny: {model.num_params() / 1e6:.2f}M parameters, {phi.num_hidden_layers} layers, "
-          f"width {phi.hidden_size}, {phi.num_attention_heads} heads of {phi.head_dim}")
-    save = lambda out: M.save(model, tok, out, dtype=M.DTYPES[cfg.save_dtype])
-    return model, model, save
-
-
-def setup_lora(cfg, model):
-    """LoRA on the target modules of the frozen base, fresh or (--adapter) the
-    saved one to continue from; only LoRA (fp32) trains."""
-    if cfg.adapter:          # its r, alpha, dropout and targets come with it
-        adapters.load_adapter(model, cfg.adapter)
-        print(f"continuing from the adapter {cfg.adapter}")
-    else:
-        lora.add_lora(model, r=cfg.rank, alpha=cfg.alpha, dropout=cfg.dropout,
-                      targets=cfg.targets.split(","))
-    lora.mark_only_lora_trainable(model)
-    lora.count_trainable(model)
-    save = lambda out: adapters.save_adapter(model, out, cfg.model)
-    return model, save
-
-
-def setup_full(cfg, model, tok):
-    """--full: every weight of the base trains (fp32, autocast to --dtype), as in a
-    plain fine-tune, the baseline that can forget; the whole model is saved."""
-    for p in model.parameters():
-        p.requires_grad_(True)
-    print(f"full fine-tune: {sum(p.numel() for p in model.parameters()):,} trainable parameters")
-    return model, lambda out: M.save(model, tok, out)
-
-
-def setup_router(cfg, model, tok, device, train_ex, dev_ex):
-    """Base + frozen experts (or fresh rank-1 experts) + a Router; only the router's
-    gates and mix (and rank-1 experts) train. Returns (TaskPriors, save)."""
-    if cfg.rank1:
-        for p in model.parameters():
-            p.requires_grad_(False)
-        E = cfg.rank1
-        router = routing.with_rank1(router_config(cfg, model, [f"r1-{e:02d}" for e in range(E)]),
-                                    routing.group_count(cfg.n_groups, E, cfg.top_k)).own_experts(model)
-        X = None
-        print(f"router over {E} fresh rank-1 experts ({sum(p.numel() for p in router.rank1):,} parameters) in "
-              f"{len(router.cfg.groups)} groups, gate per {cfg.level}, no task prior")
-    else:
-        dirs = adapters.expert_dirs(cfg.experts)
-        names = list(dirs)
-        n_groups = routing.group_count(cfg.n_groups, len(names), cfg.top_k)
-        layer = cluster.resolve_layer(model.config)
-        X = cluster.meta_embeddings(train_ex + dev_ex, model, tok, layer)      # the base alone, before the experts
-        labels = expert_labels(train_ex, names, cfg.clusters, model, tok)
-        adapters.load_experts(model, list(dirs.values()))
-        for p in model.parameters():
-            p.requires_grad_(False)
-        wanted = router_config(cfg, model, names, embed_layer=layer, experts_dir=cfg.experts,
-                               clusters_dir=cfg.clusters, experts_sha256=experts_sha256(dirs))
-        router, task_loss = routing.from_experts(wanted, X[:len(train_ex)], labels, n_groups, cfg.seed)
-        print(f"router over {len(names)} experts {names} in groups {routing.group_names(router.cfg)}; "
-              f"task prior '{cfg.prior}' (classifier loss {task_loss:.3f}), gate per {cfg.level}")
-    router.to(device).attach(model)
-    for p in router.task.parameters():
-        p.requires_grad_(False)
-    return TaskPriors(router, train_ex + dev_ex, X), lambda out: save_router(router, out)
-
-
-def router_config(cfg, model, names, **fields):
-    """The RouterConfig of this run's flags (groups are made with the router)."""
-    return routing.RouterConfig(
-        experts=names, groups=[], hidden_size=model.config.hidden_size, n_layers=model.config.num_hidden_layers,
-        level=cfg.level, prior="none" if cfg.rank1 else cfg.prior, top_k=cfg.top_k, temperature=cfg.temperature,
-        tau=cfg.tau, entropy_weight=cfg.entropy_weight, balance_weight=cfg.balance_weight, rank1=cfg.rank1,
-        rank1_alpha=cfg.alpha, targets=cfg.targets.split(","), **fields)
-
-
-def expert_labels(examples, names, clusters_dir, model, tok):
-    """The expert of each example: its skill, or (experts named cluster-K) its
-    cluster as cluster.clusters_of places it, the way that expert's training
-    questions were chosen; -1 where none applies."""
-    if all(n.startswith("cluster-") for n in names):
-        ids, _ = cluster.clusters_of(clusters_dir, examples, model, tok)
-        index = {int(n.split("-")[1]): i for i, n in enumerate(names)}
-        return np.array([index.get(c, -1) for c in ids.tolist()])
-    return np.array([names.index(e.skill) if e.skill in names else -1 for e in examples])
-
-
-class TaskPriors:
-    """The router's task-level weights of every training and dev question, by
-    question, handed to the router before each step and each dev batch."""
-
-    def __init__(self, router, examples, X):
-        self.router = router
-        self.prior = {} if X is None else {e.question: p for e, p in zip(examples, router.task.prior(X))}
-
-    def set(self, examples):
-        if self.router.cfg.prior == "none":
-            self.router.set_prior(None)
-        else:
-            self.router.set_prior(torch.stack([self.prior[e.question] for e in examples]))   # (B, E)
-
-    def dev_batch(self, questions):
-        """evaluate()'s route: the task-level priors of each batch of dev questions."""
-        @contextmanager
-        def route(indices):
-            self.set([questions[i] for i in indices])
-            yield []
-        return route
-
-
-def select_examples(cfg, split, model, tok):
-    """The questions a mode trains on: one skill, one cluster, or everything
-    (the router: at most --router-questions per skill)."""
+def select_examples(cfg, model, tok):
+    """(train, dev) questions of the mode: one skill, one cluster's, or every
+    skill's (the router: at most --router-questions per skill). Skills without
+    dev questions lend some of their train questions (data.prompts.dev_from_train)."""
+    skill = cfg.expert if cfg.expert and not cfg.expert.startswith("cluster:") else None
+    everything = load_examples(cfg.data, skills=[skill] if skill else None)
+    train_ex = [e for e in everything if e.split == "train"]
+    untrained = sorted({e.skill for e in everything} - {e.skill for e in train_ex})
+    if untrained:
+        raise UserError(f"{cfg.data}: no train questions of {untrained}; expected some to train on")
+    dev_ex = [e for e in everything if e.split == "dev"]
+    train_ex, dev_ex, lent = dev_from_train(train_ex, dev_ex, cfg.seed)
+    if lent:
+        n = sum(e.skill in lent for e in dev_ex)
+        print(f"{cfg.data}: no dev questions of {lent}; {n} of their train questions are held out as "
+              "dev (the dev loss, the dev accuracy and the kept step read them)", file=sys.stderr)
+    if cfg.expert and not skill:
+        k = int(cfg.expert.split(":")[1])
+        return [cluster.examples_of_cluster(cfg.clusters, k, ex, model, tok) for ex in (train_ex, dev_ex)]
     if cfg.router:
-        return select(load_examples(cfg.data, split=split), cfg.router_questions, cfg.seed)
-    if cfg.expert and cfg.expert.startswith("cluster:"):
-        everything = load_examples(cfg.data, split=split)
-        return cluster.examples_of_cluster(cfg.clusters, int(cfg.expert.split(":")[1]), everything,
-                                           model, tok)
-    skills = [cfg.expert] if cfg.expert else None
-    return load_examples(cfg.data, split=split, skills=skills)
+        return [select(ex, cfg.router.router_questions, cfg.seed) for ex in (train_ex, dev_ex)]
+    return train_ex, dev_ex
 
 
 def dev_prompts(cfg, model, tok, dev_ex):
@@ -356,8 +257,74 @@ def dev_prompts(cfg, model, tok, dev_ex):
         source
 
 
+def setup_base(cfg, tok, device):
+    """A fresh phi-architecture model; every parameter trains."""
+    eot = tok.token_to_id(M.EOT)
+    vocab = -(-tok.get_vocab_size() // 64) * 64          # round up: friendlier matmul shapes
+    phi = M.PhiConfig(**{**cfg.pretrain.phi.__dict__, "vocab_size": vocab, "bos_token_id": eot, "eos_token_id": eot})
+    model = M.PhiForCausalLM(phi).to(device)
+    print(f"phi-tiny: {model.num_params() / 1e6:.2f}M parameters, {phi.num_hidden_layers} layers, "
+          f"width {phi.hidden_size}, {phi.num_attention_heads} heads of {phi.head_dim}")
+    save = lambda out: M.save(model, tok, out, dtype=M.DTYPES[cfg.pretrain.save_dtype])   # noqa: E731
+    return model, model, save
+
+
+def setup_lora(cfg, model):
+    """LoRA on the target modules of the frozen base, fresh or (--adapter) the
+    saved one to continue from; only LoRA (fp32) trains."""
+    if cfg.adapter:          # its r, alpha, dropout and targets come with it
+        adapters.load_adapter(model, cfg.adapter)
+        print(f"continuing from the adapter {cfg.adapter}")
+    else:
+        lora.add_lora(model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets)
+    lora.mark_only_lora_trainable(model)
+    lora.count_trainable(model)
+    return model, lambda out: adapters.save_adapter(model, out, cfg.model)
+
+
+def setup_full(cfg, model, tok):
+    """--full: every weight of the base trains (fp32, autocast to --dtype), as in a
+    plain fine-tune, the baseline that can forget; the whole model is saved."""
+    for p in model.parameters():
+        p.requires_grad_(True)
+    print(f"full fine-tune: {sum(p.numel() for p in model.parameters()):,} trainable parameters")
+    return model, lambda out: M.save(model, tok, out)
+
+
+def setup_router(cfg, model, tok, device, train_ex, dev_ex):
+    """Base + frozen experts (or fresh rank-1 experts) + a Router; only the router's
+    gates and mix (and rank-1 experts) train. Returns (router.TaskPriors, save)."""
+    spec = cfg.router
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if spec.rank1:
+        names = [f"r1-{e:02d}" for e in range(spec.rank1)]
+        router = routing.with_rank1(spec.config(names, model.config),
+                                    routing.group_count(spec.n_groups, spec.rank1, spec.top_k)).own_experts(model)
+        X = None
+        print(f"router over {spec.rank1} fresh rank-1 experts ({sum(p.numel() for p in router.rank1):,} parameters) "
+              f"in {len(router.cfg.groups)} groups, gate per {spec.level}, no task prior")
+    else:
+        dirs = adapters.expert_dirs(spec.experts)
+        names = list(dirs)
+        n_groups = routing.group_count(spec.n_groups, len(names), spec.top_k)
+        layer = cluster.resolve_layer(model.config)
+        X = cluster.meta_embeddings(train_ex + dev_ex, model, tok, layer)      # the base alone, before the experts
+        labels = cluster.expert_labels(train_ex, names, cfg.clusters, model, tok)
+        adapters.load_experts(model, list(dirs.values()))
+        wanted = spec.config(names, model.config, embed_layer=layer, experts_dir=spec.experts,
+                             clusters_dir=cfg.clusters, experts_sha256=experts_sha256(dirs))
+        router, task_loss = routing.from_experts(wanted, X[:len(train_ex)], labels, n_groups, cfg.seed)
+        print(f"router over {len(names)} experts {names} in groups {routing.group_names(router.cfg)}; "
+              f"task prior '{spec.prior}' (classifier loss {task_loss:.3f}), gate per {spec.level}")
+    router.to(device).attach(model)
+    for p in router.task.parameters():
+        p.requires_grad_(False)
+    return routing.TaskPriors(router, train_ex + dev_ex, X), lambda out: save_router(router, out)
+
+
 # ---------------------------------------------------------------------------
-# 3. The run: set-up, the loop, checkpoints
+# 4. The loop
 # ---------------------------------------------------------------------------
 
 
@@ -371,7 +338,7 @@ class Run:
     learner: torch.nn.Module   # what trains: the model, the model's LoRA, or the router
     save: object               # save(out): the model, the adapter or the router files
     tok: object
-    priors: TaskPriors | None  # --router: the task-level weights per question; else None
+    priors: routing.TaskPriors | None   # --router: the task-level weights per question; else None
     train_ex: list
     episodes: Episodes
     dev_episodes: Episodes
@@ -406,9 +373,9 @@ def train(cfg):
     nothing, and its base is not loaded)."""
     with lock(cfg.out) if int(os.environ.get("RANK", "0")) == 0 else nullcontext():
         path = os.path.join(cfg.out, "train_state.pt")
-        state = read_state(path, cfg.identity()) if cfg.resume and os.path.exists(path) else None
+        state = read_state(path, cfg.flags) if cfg.resume and os.path.exists(path) else None
         if state and state["step"] == state["steps"]:
-            return print(f"{path}: the run finished at step {state['step']}; nothing to train")
+            return print(f"{path}: the run finished at step {state['step']}; nothing to train", file=sys.stderr)
         run = setup(cfg, state)
         loop(run)
     if run.world > 1:
@@ -425,7 +392,7 @@ def loop(run):
     fwd = torch.compile(run.model) if cfg.compile else run.model
     run.model.train()
     bar = tqdm(initial=run.step, total=run.steps, desc=run.mode, disable=run.rank != 0)
-    with stop_requests() as asked:
+    with cli.stop_requests() as asked:
         while run.step < run.steps:
             loss, lr = train_step(run, fwd)
             if run.step % 10 == 0:
@@ -453,26 +420,6 @@ def loop(run):
               f"log.json has every dev evaluation", file=sys.stderr)
 
 
-@contextmanager
-def stop_requests():
-    """A list that SIGINT (Ctrl-C) and SIGTERM append their number to: the loop stops
-    after the step it is in, with its state saved. A second Ctrl-C stops at once."""
-    asked = []
-
-    def handler(signum, frame):
-        if asked and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        asked.append(signum)
-        tqdm.write("stopping after this step, with its state saved (Ctrl-C again stops at once, losing it)",
-                   file=sys.stderr)
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield asked
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
 def stop_asked(run, asked):
     """Whether a stop was asked of this process, or under torchrun of any process."""
     if run.world == 1:
@@ -489,17 +436,17 @@ def setup(cfg, state=None):
     dtype = M.DTYPES[cfg.dtype or ("bfloat16" if device.startswith("cuda") else "float32")]
     torch.manual_seed(cfg.seed)
     if cfg.mode == "base":
-        model, tok = None, hf.read_tokenizer(cfg.tokenizer, math.inf, M.EOT)
+        model, tok = None, hf.read_tokenizer(cfg.pretrain.tokenizer, math.inf, M.EOT)
     else:                     # the one base of this process: frozen in --dtype, or fp32 to train it all
         model, tok = M.load(cfg.model, dtype=torch.float32 if cfg.mode == "full" else dtype, device=device,
                             revision=cfg.revision)
-    train_ex, dev_ex = select_examples(cfg, "train", model, tok), select_examples(cfg, "dev", model, tok)
+    train_ex, dev_ex = select_examples(cfg, model, tok)
     priors = None
     if cfg.mode == "base":
         model, learner, save = setup_base(cfg, tok, device)
     _check_run(cfg, world, model)
-    if cfg.mode == "lora" and not cfg.adapter:
-        _check_targets(model, cfg.targets.split(","))
+    if cfg.lora:
+        _check_targets(model, cfg.lora.targets)
     dev_questions, pool, source = dev_prompts(cfg, model, tok, dev_ex)     # before any adapter is attached
     if cfg.mode == "lora":
         learner, save = setup_lora(cfg, model)
@@ -508,9 +455,7 @@ def setup(cfg, state=None):
     elif cfg.mode == "router":
         priors, save = setup_router(cfg, model, tok, device, train_ex, dev_ex)
         learner = priors.router
-    steps = cfg.steps_per_skill * len({e.skill for e in train_ex}) if cfg.mixed and cfg.steps_per_skill \
-        else cfg.steps                          # --steps-per-skill: as much training as all experts together
-    os.makedirs(cfg.out, exist_ok=True)
+    steps = cfg.steps_per_skill * len({e.skill for e in train_ex}) if cfg.steps_per_skill else cfg.steps
     episodes = Episodes(tok, train_ex, cfg.seq_len, cfg.seed, cfg.loss, cfg.rows)
     dev_episodes = Episodes(tok, dev_ex, cfg.seq_len, cfg.seed + 1, cfg.loss, cfg.rows)
     print(f"{len(train_ex)} train / {len(dev_ex)} dev questions in {len(episodes.groups)} {cfg.rows} groups; "
@@ -518,8 +463,7 @@ def setup(cfg, state=None):
           f"{steps * cfg.batch_size / episodes.rows:.2f} passes over the {episodes.rows} rows of the train questions")
     run = Run(cfg=cfg, mode=cfg.mode, model=model, learner=learner, save=save, tok=tok, priors=priors,
               train_ex=train_ex, episodes=episodes, dev_episodes=dev_episodes, dev_questions=dev_questions,
-              pool=pool, source=source,
-              opt=make_optimizer(learner, cfg.lr, cfg.weight_decay, device),
+              pool=pool, source=source, opt=make_optimizer(learner, cfg.lr, cfg.weight_decay, device),
               scaler=torch.amp.GradScaler(device.split(":")[0], enabled=dtype == torch.float16),  # fp16: no underflow
               dtype=dtype, device=device, rank=rank, world=world, steps=steps,
               params=[p for p in learner.parameters() if p.requires_grad])
@@ -592,40 +536,18 @@ def checkpoint(run, fwd):
 
 
 def save_state(run):
-    """The whole state to OUT/train_state.pt, for an exact --resume, and the log to
-    OUT/log.json, each atomically (after the last step the record alone: the model
-    is in OUT, nothing is left to resume). Rank 0 only."""
+    """The record and, mid-run, the whole state to OUT/train_state.pt for an exact
+    --resume (formats/state.py); the log to OUT/log.json. Rank 0 only."""
     if run.rank == 0:
-        state = {"step": run.step, "steps": run.steps, "best": run.best, "log": run.log, "run": run.cfg.identity()}
+        record = {"step": run.step, "steps": run.steps, "best": run.best, "log": run.log, "run": run.cfg.flags}
         if run.step < run.steps:
-            rng = {"cpu": torch.get_rng_state()}
-            if run.device.startswith("cuda"):
-                rng["cuda"] = torch.cuda.get_rng_state(run.device)
             trained = {n: p for n, p in run.learner.state_dict().items() if run.mode != "lora" or "lora_" in n}
-            state |= {"model": trained, "opt": run.opt.state_dict(), "scaler": run.scaler.state_dict(), "rng": rng}
-        write_atomic(run.state_path, lambda p: torch.save(state, p))
+            write_state(run.state_path, record, trained, run.opt, run.scaler, run.device)
+        else:            # finished: the model is in OUT, nothing is left to resume
+            write_state(run.state_path, record)
         write_json(os.path.join(run.cfg.out, "log.json"), run.log)
     if run.world > 1:
         dist.barrier()
-
-
-def restore(path, state, learner, opt, scaler, device):
-    """Load the state of OUT/train_state.pt (read_state) into the learner, optimizer,
-    grad scaler and the random number generators; return (step, best, log, total steps)."""
-    missing, unexpected = learner.load_state_dict(state["model"], strict=False)
-    trainable = {n for n, p in learner.named_parameters() if p.requires_grad}
-    if unexpected or trainable & set(missing):
-        raise UserError(f"{path}: its weights do not fit this model (missing "
-                         f"{sorted(trainable & set(missing))[:3]}, unexpected {unexpected[:3]})")
-    bad = [n for n, p in learner.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
-    if bad:
-        raise UserError(f"{path}: saved weights {bad[:3]} hold NaN or inf; delete it to start again")
-    opt.load_state_dict(state["opt"])
-    scaler.load_state_dict(state["scaler"])
-    torch.set_rng_state(state["rng"]["cpu"])
-    if "cuda" in state["rng"]:
-        torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-    return state["step"], state["best"], state["log"], state["steps"]
 
 
 def main():
@@ -633,7 +555,7 @@ def main():
 
 
 # ---------------------------------------------------------------------------
-# 4. Checks
+# 5. Checks
 # ---------------------------------------------------------------------------
 
 
@@ -652,27 +574,6 @@ def _check_targets(model, targets):
     if unknown:
         names = sorted({n.rsplit(".", 1)[-1] for n in lora.target_names(model, "all-linear")})
         raise UserError(f"--targets: {unknown} select no Linear of the model; its Linears are named {names}")
-
-
-def read_state(path, identity):
-    """OUT/train_state.pt (on the CPU), refused if it is not one, or, naming the
-    flags, if the saved run was started with other flags (another skill, targets, lr, ...)."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:     # a truncated zip, a text file, a pickle of something else
-        raise UserError(f"{path}: not a train.py state (truncated or corrupt: {type(e).__name__}); "
-                         "delete it to start again") from None
-    saved = state.get("run") if isinstance(state, dict) else None
-    if saved is None:
-        raise UserError(f"{path}: no run configuration recorded (an older train.py wrote it); "
-                         "start again in a new --out")
-    unset = (None, False)     # a flag added since the run started, left at its default, is the same run
-    differ = sorted(k for k in set(saved) | set(identity) if saved.get(k) != identity.get(k)
-                    and not (k not in saved and identity[k] in unset or k not in identity and saved[k] in unset))
-    if differ:
-        raise UserError(f"{path}: --resume must continue the same run, but " + ", ".join(
-            f"--{k.replace('_', '-')} is {identity.get(k)!r} (the run's: {saved.get(k)!r})" for k in differ))
-    return state
 
 
 if __name__ == "__main__":

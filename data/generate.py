@@ -170,7 +170,7 @@ def main():
     excluded = set()
     if args.exclude:
         excluded = excluded_questions(args.exclude)
-        print(f"excluding the {len(excluded)} questions of {args.exclude}")
+        print(f"excluding the {len(excluded)} questions of {args.exclude}", file=sys.stderr)
     composed = lambda n: n.endswith("_composed")
     names = [n for n in submodules() if n.split("__")[0] in skills
              and (composed(n) if args.composed_only else args.composed or not composed(n))]
@@ -178,7 +178,7 @@ def main():
     n_chunks = -(-int(need * OVERSAMPLE) // CHUNK)
     tasks = [(n, i, args.seed) for n in names for i in range(n_chunks)]
     print(f"generating {len(names)} submodules x {n_chunks * CHUNK} questions "
-          f"({len(tasks)} chunks) on {args.workers} workers")
+          f"({len(tasks)} chunks) on {args.workers} workers", file=sys.stderr)
 
     from tqdm import tqdm
     t0 = time.time()
@@ -194,7 +194,7 @@ def main():
         files.setdefault((name.endswith("_composed"), name.split("__")[0]), []).append(
             split_instances(name, pairs, excluded, args.train, args.dev, args.test))
     write_files({key: disjoint_across_skill(subs) for key, subs in files.items()}, args.out)
-    print(f"done in {time.time() - t0:.0f}s")
+    print(f"done in {time.time() - t0:.0f}s", file=sys.stderr)
 
 
 def split_instances(name, pairs, excluded, train, dev, test):
@@ -208,7 +208,7 @@ def split_instances(name, pairs, excluded, train, dev, test):
             unique.append((q, a))
     if len(unique) < train + dev + test:
         print(f"  note: {name} has only {len(unique)} unique questions of {train + dev + test} wanted; "
-              "train gets fewer")
+              "train gets fewer", file=sys.stderr)
     instances, start = [], 0
     for split, n in [("test", test), ("dev", dev), ("train", train)]:
         instances += [{"Input": q, "Output Program": [], "Output Answer": [a], "split": split, "submodule": name}
@@ -263,7 +263,7 @@ def write_files(files, out):
             f.write("\n")
         os.replace(tmp, path)
         counts = {s: sum(x["split"] == s for x in instances) for s in ("train", "dev", "test")}
-        print(f"wrote {path}: {counts}")
+        print(f"wrote {path}: {counts}", file=sys.stderr)
 
 
 if __name__ == "__main__":

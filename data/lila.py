@@ -33,6 +33,9 @@ too; fields it lacks are filled in as follows.
 
 "Output Program" and the other task fields are not read. A malformed file
 raises UserError naming the file, the instance index and the field.
+check_distinct and check_disjoint refuse a question asked twice, or asked and
+also in the train split; they compare questions with each run of whitespace one
+space, the ends stripped (same_question).
 Left out: LiLA's Robust split (perturbed questions) and jsonl/parquet exports.
 """
 import json
@@ -200,21 +203,27 @@ def skills_of(examples):
     return sorted({e.skill for e in examples})
 
 
+def same_question(x):
+    """(skill, question with each run of whitespace one space, stripped): what the
+    checks below compare, so "What is  2+3?" and "What is 2+3?" are one question."""
+    return x.skill, " ".join(x.question.split())
+
+
 def check_distinct(examples, where):
     """Each question once per skill (a repeated one would count twice in an evaluation)."""
     seen = set()
     for x in examples:
-        if (x.skill, x.question) in seen:
+        if same_question(x) in seen:
             raise UserError(f"{where}: the {x.skill} question {x.question[:60]!r} comes more than once; "
                             "expected each question once")
-        seen.add((x.skill, x.question))
+        seen.add(same_question(x))
 
 
 def check_disjoint(asked, train, where):
     """No question asked is also a train question of its skill: the shots come from
     the train split, and a model trained on it would be tested on what it saw."""
-    seen = {(x.skill, x.question) for x in train}
-    both = [x for x in asked if (x.skill, x.question) in seen]
+    seen = {same_question(x) for x in train}
+    both = [x for x in asked if same_question(x) in seen]
     if both:
         raise UserError(f"{where}: {len(both)} {both[0].split} question(s) are also train questions of their "
                         f"skill, e.g. the {both[0].skill} question {both[0].question[:60]!r}; expected "

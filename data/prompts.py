@@ -56,6 +56,8 @@ puts between documents.
 
 select(examples, limit, seed) picks the questions an evaluation (or the router's
 training) uses: at most `limit` per skill, drawn from (seed, skill).
+dev_from_train(train, dev, seed) gives a skill without dev questions some of its
+train questions as dev, for train.py's dev checks.
 
 Left out: instructions/task definitions in the prompt.
 """
@@ -118,6 +120,18 @@ def select(examples, limit, seed):
     return out
 
 
+def dev_from_train(train, dev, seed):
+    """(train, dev, lent): each skill of train without dev questions lends a tenth
+    of its train questions (1 to 100, drawn by seed) to dev; lent names those
+    skills. Skills with dev questions are left as they came."""
+    lent = sorted({e.skill for e in train} - {e.skill for e in dev})
+    held = set()
+    for skill in lent:
+        own = [i for i, e in enumerate(train) if e.skill == skill]
+        held |= set(seeded_random(seed, f"dev of {skill}").sample(own, max(1, min(100, len(own) // 10))))
+    return [e for i, e in enumerate(train) if i not in held], dev + [train[i] for i in sorted(held)], lent
+
+
 SHOT_SOURCES = ("nearest", "skill", "submodule")   # where a prompt's shots come from
 SHOT_POOL = 20000           # train questions that the nearest shots are searched among (drawn by seed)
 SHOT_TEXTS = ("meta-question", "question")         # what is embedded to find the nearest shots
@@ -156,19 +170,20 @@ def draw_shots(example, pool, k, seed, source="skill"):
 
 
 def question_ids(tok, example, pool, shots, seed, context, max_new_tokens, source="skill"):
-    """(prompt ids, gold answer ids) of one question, k-shot (shots from `source`,
-    see draw_shots), by prompt_ids (the
-    function that builds train.py's rows too). A prompt that leaves less than
-    max_new_tokens of the context free loses its oldest shots, one at a time; with
-    none left, the gold answer must still fit (generation stops at the context)."""
+    """(prompt ids, gold answer ids, shots kept) of one question, k-shot (shots from
+    `source`, see draw_shots), by prompt_ids (the function that builds train.py's
+    rows too). A prompt that leaves less than max_new_tokens of the context free
+    loses its oldest shots, one at a time, so it may keep fewer than k (eval.py
+    says so); with none left, the gold answer must still fit (generation stops at
+    the context)."""
     solved = [(s.question, s.answers[0]) for s in draw_shots(example, pool, shots, seed, source)]
     while True:
         prompt, gold = prompt_ids(tok, solved, example.question, example.answers[0])
         if len(prompt) + max(max_new_tokens, len(gold)) <= context:
-            return prompt, gold
+            return prompt, gold, len(solved)
         if not solved:
             if len(prompt) + len(gold) <= context:
-                return prompt, gold
+                return prompt, gold, 0
             raise UserError(f"a {example.skill} question of {len(prompt)} tokens and its "
                              f"{len(gold)}-token answer do not fit the model's {context}-token "
                              f"context: {example.question[:60]!r}...")

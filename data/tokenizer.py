@@ -22,6 +22,7 @@ Left out: normalisers (text is kept byte for byte) and a post-processor (no
 BOS/EOS is added; callers append "<|endoftext|>" where they want it).
 """
 import argparse
+import sys
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -55,12 +56,12 @@ def main():
     args = p.parse_args()
 
     train = load(args.data, split="train")
-    print(f"training a {args.vocab_size}-token BPE on {len(train)} train questions from {args.data}")
+    print(f"training a {args.vocab_size}-token BPE on {len(train)} train questions from {args.data}", file=sys.stderr)
     tok = train_tokenizer((format_qa(e.question, e.answers[0]) for e in train), args.vocab_size)
     tok.save(args.out)
     sample = format_qa(train[0].question, train[0].answers[0])
     print(f"wrote {args.out}: {tok.get_vocab_size()} tokens; "
-          f"{len(sample)} chars of the first question -> {len(tok.encode(sample).ids)} tokens")
+          f"{len(sample)} chars of the first question -> {len(tok.encode(sample).ids)} tokens", file=sys.stderr)
 
 
 if __name__ == "__main__":

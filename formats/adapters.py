@@ -3,14 +3,15 @@ Adapter files in the PEFT layout: what a trained expert is on disk, so that
 `peft.PeftModel.from_pretrained` reads ours and we read theirs.
 
     save_adapter(model, "out/experts/algebra")          # adapter_config.json + adapter_model.safetensors
+    read_config("out/experts/algebra")                  # its adapter_config.json, checked, no model needed
     load_adapter(model, "out/experts/algebra")          # LoRALinear layers with the saved A and B
     with_adapter(model, "out/experts/algebra", run)     # run() with it merged, then the base back
     load_experts(model, [dir_1, ..., dir_E])            # E adapters stacked in MultiLoRALinear layers
     expert_dirs("out/experts")                          # {name: folder} of a folder of experts
 
 Chapters:
-  1. files   save_adapter, read_adapter, load_adapter, with_adapter, load_experts, expert_dirs;
-             the base fingerprint that ties an adapter to its base model
+  1. files   save_adapter, read_config, read_adapter, load_adapter, with_adapter, load_experts,
+             expert_dirs; the base fingerprint that ties an adapter to its base model
   2. checks  what the readers refuse, and why (_check_adapter_config, _check_keys,
              _check_tensor, _check_fingerprint, _check_alpha)
 
@@ -32,11 +33,10 @@ import os
 import re
 
 import torch
-from safetensors.torch import save_file
 
 import lora
-from formats.files import (UserError, check_finite, check_names, open_safetensors, read_json, short, write_atomic,
-                           write_json)
+from formats.files import (UserError, check_finite, check_names, open_safetensors, read_json, short, save_safetensors,
+                           write_atomic, write_json)
 
 PEFT_PREFIX = "base_model.model."        # PEFT key = PEFT_PREFIX + our key
 CONFIG_NAME, WEIGHTS_NAME = "adapter_config.json", "adapter_model.safetensors"
@@ -132,7 +132,7 @@ def save_adapter(model, out_dir, base_model_name_or_path=None, r=None, alpha=Non
     metadata = {"format": "pt", FINGERPRINT_KEY: json.dumps(base_fingerprint(model)),
                 ALPHA_KEY: json.dumps(config["lora_alpha"])}
     os.makedirs(out_dir, exist_ok=True)
-    write_atomic(os.path.join(out_dir, WEIGHTS_NAME), lambda p: save_file(tensors, p, metadata=metadata))
+    write_atomic(os.path.join(out_dir, WEIGHTS_NAME), lambda p: save_safetensors(tensors, p, metadata))
     write_json(os.path.join(out_dir, CONFIG_NAME), config, indent=2)
     return config
 
@@ -151,17 +151,34 @@ def expert_dirs(root):
     return found
 
 
+def read_config(adapter_dir):
+    """adapter_dir/adapter_config.json, checked (_check_adapter_config), with the
+    weights file beside it. It needs no model: eval.py refuses a wrong --adapter
+    with it before the model loads."""
+    if not os.path.isdir(adapter_dir):
+        raise UserError(f"{adapter_dir}: no such adapter folder (train.py --expert writes one, holding "
+                        f"{CONFIG_NAME} and {WEIGHTS_NAME})")
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not os.path.exists(os.path.join(adapter_dir, name)):
+            raise UserError(f"{os.path.join(adapter_dir, name)} not found (an adapter directory holds "
+                            f"{CONFIG_NAME} and {WEIGHTS_NAME})")
+    cfg_path = os.path.join(adapter_dir, CONFIG_NAME)
+    config = read_json(cfg_path, "an adapter directory holds it")
+    _check_adapter_config(cfg_path, config)
+    return config
+
+
 def read_adapter(model, adapter_dir, check_base=True):
     """Read and check an adapter directory against `model`.
 
-    Returns (config, {module name: (A (r, I), B (O, r))}). Raises FileNotFoundError
-    for missing files and ValueError (starting with the file's path, naming the
-    key or tensor and what was expected) for a non-LoRA, unsupported or
+    Returns (config, {module name: (A (r, I), B (O, r))}). Raises UserError
+    (starting with the file's path, naming the key or tensor and what was
+    expected) for a missing file (read_config), a non-LoRA, unsupported or
     ill-typed config (_check_adapter_config), missing/unexpected tensors, wrong
     shapes, tensors that are not floating point or not finite (_check_tensor),
     or a base model other than the one it was made for (_check_fingerprint)."""
-    cfg_path, w_path = os.path.join(adapter_dir, CONFIG_NAME), os.path.join(adapter_dir, WEIGHTS_NAME)
-    config = _read_adapter_config(cfg_path, w_path)
+    w_path = os.path.join(adapter_dir, WEIGHTS_NAME)
+    config = read_config(adapter_dir)
     if lora.lora_modules(model):
         raise UserError("model already has LoRA layers; call remove_lora(model) first")
     with open_safetensors(w_path) as f:
@@ -301,17 +318,6 @@ def _check_saveable(model, mods, held, given, targets):
             raise UserError(f"{k}: layers hold {sorted(vals)}, asked to save {given[k]}")
     if set(lora.target_names(model, targets)) != set(mods):
         raise UserError(f"target_modules {targets!r} do not select exactly the {len(mods)} LoRA layers")
-
-
-def _read_adapter_config(cfg_path, w_path):
-    """adapter_config.json, checked (_check_adapter_config), with the weights file beside it."""
-    for path in (cfg_path, w_path):
-        if not os.path.exists(path):
-            raise UserError(f"{path} not found (an adapter directory holds {CONFIG_NAME} "
-                                    f"and {WEIGHTS_NAME})")
-    config = read_json(cfg_path, "an adapter directory holds it")
-    _check_adapter_config(cfg_path, config)
-    return config
 
 
 def _check_alpha(w_path, metadata, alpha):

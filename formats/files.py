@@ -7,7 +7,7 @@ the checks that say it in one line, and writing so that nothing is lost.
     f = open_safetensors("adapter_model.safetensors")    # safe_open, or one line
     check_names(path, expected, found, "router.json")   # missing / unexpected tensors
     check_finite(path, "lora_A", t)                      # floating point, no NaN or inf
-    write_atomic("out/x.safetensors", lambda p: save_file(tensors, p))
+    write_atomic("out/x.safetensors", lambda p: save_safetensors(tensors, p, {"format": "pt"}))
     write_json("out/log.json", log)
     sha256("out/x.safetensors")        # lets one file of a set name another
     with lock("out/experts/algebra"):  # one writer per folder
@@ -16,6 +16,14 @@ the checks that say it in one line, and writing so that nothing is lost.
 A UserError names the file, field or flag and what was expected; cli.run
 prints it as one line with exit status 2. Any other exception is a bug and
 keeps its traceback (a ValueError from numpy included).
+
+save_safetensors writes the safetensors format with its header in a fixed
+order: the same tensors and metadata give the same bytes (safetensors' own
+save_file orders the metadata at random, so a retrained adapter's sha256 would
+change though nothing else did). The format: 8 bytes of header length (little
+endian), the JSON header {"__metadata__": {...}, name: {"dtype", "shape",
+"data_offsets"}, ...} padded with spaces to a multiple of 8, then the tensors'
+bytes, one after another.
 
 A file is written under a temporary name and renamed over the old one, so a
 crash leaves the old file or the new one, never half of one. A set of files is
@@ -36,6 +44,7 @@ import hashlib
 import json
 import os
 import socket
+import struct
 import sys
 from contextlib import contextmanager
 
@@ -114,6 +123,31 @@ def write_atomic(path, write):
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)
     os.replace(tmp, path)
+
+
+SAFETENSORS_DTYPES = {"float64": "F64", "float32": "F32", "float16": "F16", "bfloat16": "BF16", "int64": "I64",
+                      "int32": "I32", "int16": "I16", "int8": "I8", "uint8": "U8", "bool": "BOOL"}
+
+
+def save_safetensors(tensors, path, metadata):
+    """{name: torch tensor} and {key: str} metadata to a safetensors file at path,
+    names and keys sorted: identical input, identical bytes. Not atomic by itself
+    (wrap it in write_atomic)."""
+    import torch           # here, not at the top: the study reads files.py without torch
+    header, blobs, offset = {"__metadata__": dict(sorted(metadata.items()))}, [], 0
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        blob = t.reshape(-1).view(torch.uint8).numpy().tobytes()          # the bytes as they lie in memory
+        header[name] = {"dtype": SAFETENSORS_DTYPES[str(t.dtype).removeprefix("torch.")], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text)
+        for blob in blobs:
+            f.write(blob)
 
 
 def write_json(path, obj, indent=1):

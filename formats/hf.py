@@ -25,13 +25,13 @@ import json
 import math
 import os
 import re
+import sys
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
-from formats.files import UserError, open_safetensors, read_object, sha256, write_atomic, write_json
+from formats.files import UserError, open_safetensors, read_object, save_safetensors, sha256, write_atomic, write_json
 
 # The files of a Hub repository that load() reads; nothing else is downloaded
 # (phi-2's repository also holds vocab.json, merges.txt, remote code, ...).
@@ -55,7 +55,8 @@ def resolve(name_or_path, revision=None, verbose=True):
     network call; only on a miss, and unless HF_HUB_OFFLINE is set, are the
     HUB_FILES downloaded into that cache. So a cached `main` is used as it is,
     and a --revision (branch, tag or commit hash) pins another one. Either way
-    the folder is the cache's snapshots/<commit hash>, as `from_pretrained` uses."""
+    the folder is the cache's snapshots/<commit hash>, as `from_pretrained` uses;
+    verbose says which on stderr."""
     if os.path.isdir(name_or_path):
         if revision is not None:
             raise UserError(f"{name_or_path}: a folder has no revision; --revision is for a Hugging Face model id")
@@ -91,7 +92,7 @@ def resolve(name_or_path, revision=None, verbose=True):
                              f"failed ({type(e).__name__}: {first})") from None
     commit = os.path.basename(os.path.normpath(folder))   # the cache names snapshots by commit
     if verbose:
-        print(f"{where}: commit {commit}, {folder}")
+        print(f"{where}: commit {commit}, {folder}", file=sys.stderr)
     return folder, commit
 
 
@@ -223,7 +224,7 @@ def write_folder(out_dir, state, tok, config):
     sha256 of the other two (SET_KEY), so a crash between files leaves a folder
     that weight_files refuses rather than a mix of two saves."""
     os.makedirs(out_dir, exist_ok=True)
-    files = {"model.safetensors": lambda p: save_file(state, p, metadata={"format": "pt"}),
+    files = {"model.safetensors": lambda p: save_safetensors(state, p, {"format": "pt"}),
              "tokenizer.json": lambda p: tok.save(p)}
     for name, write in files.items():
         write_atomic(os.path.join(out_dir, name), write)

@@ -20,13 +20,12 @@ from dataclasses import asdict
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import save_file
 
 import lora
 import router as routing
 from formats import adapters
-from formats.files import (UserError, check_finite, check_names, open_safetensors, read_object, sha256,
-                           write_atomic, write_json)
+from formats.files import (UserError, check_finite, check_names, open_safetensors, read_object, save_safetensors,
+                           sha256, write_atomic, write_json)
 
 
 def save_router(router, out_dir):
@@ -37,7 +36,7 @@ def save_router(router, out_dir):
     os.makedirs(out_dir, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in router.state_dict().items()}
     weights = os.path.join(out_dir, "router.safetensors")
-    write_atomic(weights, lambda p: save_file(tensors, p, metadata={"embed_layer": str(router.cfg.embed_layer)}))
+    write_atomic(weights, lambda p: save_safetensors(tensors, p, {"embed_layer": str(router.cfg.embed_layer)}))
     write_json(os.path.join(out_dir, "router.json"), asdict(router.cfg) | {"weights_sha256": sha256(weights)})
 
 

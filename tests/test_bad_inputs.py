@@ -33,11 +33,14 @@ DATA = os.path.join(ROOT, "tests", "fixtures", "ours")
 
 
 def cli(main, argv, capsys, monkeypatch):
-    """Run a CLI's main() as `python script.py argv` would: (exit status, stderr)."""
+    """Run a CLI's main() as `python script.py argv` would: (exit status, stderr from
+    its first "script.py: error" on). The status lines and progress bars before it
+    (what was loaded, read from a cache) are left out; whatever follows it is kept."""
     monkeypatch.setattr(sys, "argv", ["script.py", *argv])
     with pytest.raises(SystemExit) as exit_:
         run(main)
-    return exit_.value.code, capsys.readouterr().err
+    err = capsys.readouterr().err
+    return exit_.value.code, err[max(err.find("script.py: error"), 0):]
 
 
 EVAL = [   # (arguments, what the one-line message must say)
@@ -80,6 +83,21 @@ EVAL = [   # (arguments, what the one-line message must say)
 @pytest.mark.parametrize("argv, message", EVAL, ids=[" ".join(a)[:40] for a, _ in EVAL])
 def test_eval_refuses(argv, message, capsys, monkeypatch):
     code, err = cli(E.main, argv, capsys, monkeypatch)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+MISSING = [   # a folder that holds no adapter or router: refused before the model loads
+    (E.main, ["--adapter", "/nonexistent"], "/nonexistent: no such adapter folder (train.py --expert writes one"),
+    (E.main, ["--adapter", EXPERTS], f"{EXPERTS}/adapter_config.json not found (an adapter directory holds"),
+    (E.main, ["--moe", "/nonexistent"], "/nonexistent/router.json not found (train.py --router writes it)"),
+    (explain.main, ["What is 2+2?", "--moe", "/nonexistent"], "/nonexistent/router.json not found"),
+]
+
+
+@pytest.mark.parametrize("main, argv, message", MISSING, ids=[" ".join(a)[-40:] for _, a, _ in MISSING])
+def test_a_missing_folder_is_refused_before_the_model_loads(main, argv, message, capsys, monkeypatch):
+    monkeypatch.setattr(M, "load", lambda *a, **k: pytest.fail("the model loaded before the folder was checked"))
+    code, err = cli(main, argv, capsys, monkeypatch)
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
@@ -170,6 +188,7 @@ CLUSTER = [
     (["--layer", "99", "--data", DATA], "layer 99 out of range"),
     (["--seeded", "1000", "--data", DATA], "--seeded 1000: "),
     (["--groups", "50", "--k", "2", "--data", DATA], "--groups 50: more groups than the 2 clusters"),
+    (["--k", "35", "--data", DATA], "--k 35: the 42 train questions have 31 distinct meta-questions"),
     (["--seed", "-1"], "--seed: expected an integer in [0, 2**63)"),
     (["--cache-dir", os.path.join(ROOT, "README.md")], "--cache-dir: expected a folder to write into"),
 ]
@@ -374,7 +393,29 @@ def test_study_refuses_bad_records_and_reports(tmp_path, capsys, monkeypatch):
     assert code == 2 and "no eval/*.json here" in err and not os.listdir(tmp_path / "empty")
 
 
-# --- cluster.py's output, read back ----------------------------------------------------
+# --- the embedding cache, and cluster.py's output, read back ------------------------------
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "wrong shape"])
+def test_a_damaged_embedding_cache_is_a_miss(damage, tmp_path, capsys):
+    """cluster.embed_cached: a cache file that does not read back whole is said in
+    one line on stderr, embedded again and written anew, never a traceback."""
+    model, tok = M.load(PHI_TINY, verbose=False)
+    texts = ["Solve x + N = N for x.", "What is N + N?"]            # sorted: the file holds them in this order
+    X = cluster.embed_cached(texts, model, tok, 4, cache_dir=str(tmp_path))
+    [path] = tmp_path.glob("*.npy")
+    if damage == "wrong shape":
+        np.save(path, X[:1])
+    else:
+        data = path.read_bytes()
+        path.write_bytes({"truncated": data[:len(data) // 2], "garbage": b"garbage", "empty": b""}[damage])
+    capsys.readouterr()
+    assert np.array_equal(cluster.embed_cached(texts, model, tok, 4, cache_dir=str(tmp_path)), X)
+    out, err = capsys.readouterr()
+    assert not out and err.count("\n") == 1 and err.startswith(f"{path}: a damaged embedding cache"), err
+    assert np.array_equal(np.load(path), X)                                       # written anew
+    cluster.embed_cached(texts, model, tok, 4, cache_dir=str(tmp_path))
+    assert capsys.readouterr().err == f"embeddings from cache {path}\n"
 
 CLUSTERS = os.path.join(ROOT, "checkpoints", "phi-tiny-moe", "clusters")
 CLUSTER_FILES = [
@@ -458,16 +499,21 @@ def test_eval_of_a_repeated_test_question(tmp_path, capsys, monkeypatch, limit):
         in err, err
 
 
-@pytest.mark.parametrize("source", ["nearest", "skill"])
-def test_eval_of_a_test_question_that_is_also_a_train_question(tmp_path, capsys, monkeypatch, source):
+@pytest.mark.parametrize("shots, copy", [
+    (["--shots", "1", "--shots-from", "nearest"], "What is 2 + 3?"),
+    (["--shots", "1", "--shots-from", "skill"], "What is 2 + 3?"),
+    (["--shots", "0"], "What is 2 + 3?"),                              # no shots drawn, and still checked
+    (["--shots", "1", "--shots-from", "skill"], " What is  2 +\t3?\n"),    # the same question, spaced otherwise
+], ids=["nearest", "skill", "0-shot", "whitespace"])
+def test_eval_of_a_test_question_that_is_also_a_train_question(tmp_path, capsys, monkeypatch, shots, copy):
     """Refused, --limit or not: a shot could be the question, and a model trained on the split saw it."""
     def q(text, split):
         return {"Input": text, "Output Answer": ["5"], "split": split, "submodule": "algebra__x"}
     (tmp_path / "algebra.json").write_text(json.dumps({"Instances": [
-        q("What is 2 + 3?", "test"), q("What is 1 + 1?", "test"), q("What is 2 + 3?", "train"),
+        q("What is 2 + 3?", "test"), q("What is 1 + 1?", "test"), q(copy, "train"),
         q("What is 4 + 4?", "train"), q("What is 7 + 4?", "train")]}))
-    code, err = cli(E.main, ["--data", str(tmp_path), "--model", PHI_TINY, "--shots", "1", "--limit", "1",
-                             "--shots-from", source], capsys, monkeypatch)
+    code, err = cli(E.main, ["--data", str(tmp_path), "--model", PHI_TINY, "--limit", "1", *shots],
+                    capsys, monkeypatch)
     assert code == 2 and f"{tmp_path}: 1 test question(s) are also train questions of their skill, e.g. the " \
         "algebra question 'What is 2 + 3?'; expected disjoint splits" in err, err
 

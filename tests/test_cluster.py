@@ -150,7 +150,7 @@ def test_cli_seeded_one_cluster_per_skill(tiny_ckpt, tmp_path):
 
 @pytest.mark.parametrize("X, k, msg", [
     (np.zeros((0, 3)), 1, "empty"),
-    (np.zeros((4, 3)), 5, "k=5 clusters for 4 points"),
+    (np.zeros((4, 3)), 2, "k=2 clusters for 1 distinct points"),
     (np.zeros((4, 3)), 0, "k=0"),
     (np.zeros(4), 1, "shape"),
     (np.array([[0.], [np.nan]]), 1, "NaN"),
@@ -159,7 +159,19 @@ def test_kmeans_bad_input(X, k, msg):
     with pytest.raises(ValueError, match=msg):
         kmeans.kmeans(X, k)
     with pytest.raises(ValueError, match="init has shape"):
-        kmeans.kmeans(np.zeros((4, 3)), 2, init=np.zeros((2, 2)))
+        kmeans.kmeans(np.eye(4, 3), 2, init=np.zeros((2, 2)))
+
+
+def test_kmeans_refuses_more_clusters_than_distinct_points():
+    """Four points, two distinct ones: also in cosine k-means, where a point's length
+    is dropped, and -0.0 is the 0.0 it equals."""
+    with pytest.raises(ValueError, match="k=3 clusters for 2 distinct points"):
+        kmeans.kmeans(np.array([[0.], [0.], [1.], [1.]]), 3)
+    with pytest.raises(ValueError, match="k=3 clusters for 2 distinct points"):
+        kmeans.kmeans(np.array([[1., 0.], [2., 0.], [0., 1.], [0., 3.]]), 3, cosine=True)
+    with pytest.raises(ValueError, match="k=3 clusters for 2 distinct points"):
+        kmeans.kmeans(np.array([[-0.], [0.], [1.]]), 3)
+    assert kmeans.kmeans(np.array([[1., 0.], [2., 0.], [0., 1.], [0., 3.]]), 2, cosine=True).inertia < 1e-12
 
 
 # --- metrics -----------------------------------------------------------------
@@ -260,13 +272,16 @@ def test_nearest_shots_read_no_label(tiny_ckpt, tmp_path):
     assert capped == C.nearest_shots(test, train, model, tok, 2, pool_size=10, seed=5, cache_dir=cache)
 
 
-def test_cli_end_to_end(tiny_ckpt, tmp_path):
+def test_cli_end_to_end(tiny_ckpt, tmp_path, capsys):
     out = tmp_path / "out"
     C.main(["--k", "3", "--out", str(out), "--model", tiny_ckpt[0], "--data", FIXTURES,
             "--split", "train", "--n-init", "2", "--cache-dir", str(tmp_path / "cache"),
             "--no-raw"])       # raw questions do not fit the tiny model's 64-token context
     assert sorted(os.listdir(out)) == ["assignments.json", "centroids.npy", "cluster_skills.json",
                                        "clusters.png", "groups.json", "report.md"]
+    report, status = capsys.readouterr()           # the report on stdout; what it did, and wrote, on stderr
+    assert report.startswith("# Clusters of 42 train questions") and "wrote" not in report
+    assert status.endswith(f"wrote {', '.join(sorted(os.listdir(out)))} to {out}\n")
     train = load_examples(FIXTURES, split="train")
     records = json.load(open(out / "assignments.json"))
     assert [r["question"] for r in records] == [e.question for e in train]
@@ -305,7 +320,7 @@ def test_router_labels_are_the_cluster_experts_training_questions(tiny_ckpt, tmp
     expert trained on, also questions that were not clustered (--limit). The
     study's router over eight cluster experts once failed because it labelled
     only the clustered ones."""
-    from train import expert_labels
+    from cluster import expert_labels
     out = tmp_path / "out"
     C.main(["--k", "3", "--out", str(out), "--model", tiny_ckpt[0], "--data", FIXTURES, "--split", "train",
             "--limit", "3", "--n-init", "2", "--cache-dir", str(tmp_path / "cache"), "--no-raw"])
@@ -325,7 +340,7 @@ def test_router_labels_are_the_cluster_experts_training_questions(tiny_ckpt, tmp
 
 
 @pytest.mark.parametrize("args, msg", [
-    (["--k", "100"], "k=100 clusters for 42 points"),
+    (["--k", "100"], "--k 100: the 42 train questions have 31 distinct meta-questions"),
     (["--model", "/nonexistent"], "/nonexistent: checkpoint directory not found"),
 ])
 def test_cli_errors(tiny_ckpt, tmp_path, capsys, args, msg):
@@ -346,5 +361,5 @@ def test_cli_empty_data(tiny_ckpt, tmp_path, capsys):
 def test_picture_skipped_without_matplotlib(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)   # import matplotlib now fails
     C.plot_clusters(np.eye(3), np.array([0, 1, 2]), np.array(list("aab")), str(tmp_path / "c.png"), "t")
-    assert "matplotlib is not installed" in capsys.readouterr().out
+    assert "matplotlib is not installed" in capsys.readouterr().err
     assert not (tmp_path / "c.png").exists()

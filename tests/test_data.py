@@ -6,15 +6,16 @@ like a real allenai/Lila download (several answers, program lists, no split or
 submodule fields, an iid/dev.json)."""
 import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 from tokenizers import Tokenizer
 
-from data.lila import Example, by_skill, load, skills_of
+from data.lila import Example, by_skill, check_disjoint, check_distinct, load, skills_of
 from formats.files import UserError
-from data.prompts import draw_shots, format_qa, shot_pool
+from data.prompts import draw_shots, format_qa, prompt_ids, question_ids, shot_pool
 from data.tokenizer import EOT, train_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,6 +66,19 @@ def test_a_skill_without_the_split_asked_for_is_named_not_dropped(tmp_path):
     with pytest.raises(UserError, match=r"skill\(s\) \['numbers'\] have no test examples"):
         load(str(tmp_path), split="test")
     assert skills_of(load(str(tmp_path), split="test", skills=["algebra"])) == ["algebra"]
+
+
+def test_questions_are_compared_with_their_whitespace_collapsed():
+    """check_distinct and check_disjoint read each run of whitespace as one space and
+    strip the ends: a copy spaced otherwise is the same question; other words are not."""
+    def q(text, split="test"):
+        return Example(text, ("5",), "algebra", "algebra__x", split)
+    with pytest.raises(UserError, match=re.escape("the algebra question ' What is  2+3?\\n' comes more than once")):
+        check_distinct([q("What is 2+3?"), q(" What is  2+3?\n")], "here")
+    with pytest.raises(UserError, match=re.escape("here: 1 test question(s) are also train questions")):
+        check_disjoint([q("What is 2+3?")], [q("What is\t2+3? ", "train")], "here")
+    check_distinct([q("What is 2+3?"), q("What is 2 + 3?")], "here")
+    check_disjoint([q("What is 2+3?")], [q("What is 2 + 3?", "train")], "here")
 
 
 def test_real_lila_shapes():
@@ -220,6 +234,22 @@ def test_nearest_shots_are_the_last_k_of_the_question_s_list():
         draw_shots(q, pool, 5, seed=0, source="nearest")
 
 
+def test_a_prompt_too_long_for_the_context_loses_its_oldest_shots(tok):
+    """question_ids keeps the newest shots that leave max_new_tokens of the context
+    free and says how many it kept: the prompt is prompt_ids of exactly those, and
+    one more shot would not fit."""
+    train = load(OURS, split="train", skills=["algebra"])
+    q, pool = train[0], {"algebra": train}
+    pairs = [(s.question, s.answers[0]) for s in draw_shots(q, pool, 8, seed=0)]
+    def length(shots):
+        return len(prompt_ids(tok, shots, q.question, q.answers[0])[0])
+    assert question_ids(tok, q, pool, 8, 0, length(pairs) + 32, 32)[2] == 8           # it fits: all 8
+    context = length(pairs) + 31                                                      # one token short
+    prompt, gold, kept = question_ids(tok, q, pool, 8, 0, context, 32)
+    assert 0 < kept < 8 and (prompt, gold) == prompt_ids(tok, pairs[8 - kept:], q.question, q.answers[0])
+    assert len(prompt) + 32 <= context < length(pairs[7 - kept:]) + 32
+
+
 # ----------------------------------------------------------------------------
 # tokenizer
 
@@ -255,7 +285,7 @@ def test_tokenizer_cli(tmp_path):
     out = str(tmp_path / "tokenizer.json")
     run = subprocess.run([sys.executable, "-m", "data.tokenizer", "--data", OURS, "--out", out,
                           "--vocab-size", "300"], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert "42 train questions" in run.stdout and "wrote" in run.stdout
+    assert "42 train questions" in run.stderr and "wrote" in run.stderr and not run.stdout
     assert Tokenizer.from_file(out).get_vocab_size() == 300
 
 

@@ -76,8 +76,8 @@ def test_a_finished_run_keeps_its_record_alone_and_resumes_to_nothing(tmp_path, 
     assert {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)} == before
     # the command line sees it is finished before it loads the base; other flags are still refused
     done = subprocess.run([sys.executable, "train.py", *argv, "--resume"], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0 and "finished at step 6; nothing to train" in done.stdout, done.stderr
-    assert "loaded" not in done.stdout and {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)} == before
+    assert done.returncode == 0 and "finished at step 6; nothing to train" in done.stderr, done.stderr
+    assert "loaded" not in done.stderr and {f: (tmp_path / f).read_bytes() for f in os.listdir(tmp_path)} == before
     other = subprocess.run([sys.executable, "train.py", *argv, "--resume", "--lr", "1e-2"], cwd=ROOT,
                            capture_output=True, text=True)
     assert other.returncode == 2 and "--resume must continue the same run, but --lr is" in other.stderr
@@ -263,3 +263,34 @@ def test_one_writer_per_output_folder(tmp_path, base_dir):
     assert third.returncode == 0, third.stderr
     assert f"taking over the lock of process {holder.pid} on " in third.stderr
     assert (out / ".lock").read_text() == ""          # released on a clean exit
+
+
+def test_identical_training_writes_identical_bytes(tmp_path, base_dir):
+    """Two identical runs write byte-identical adapters (formats.files.save_safetensors
+    orders the header; safetensors' save_file orders the metadata at random), so a
+    router's sha256 of its experts survives an identical retrain."""
+    for name in ("a", "b"):
+        train.train(train.config(expert_argv(base_dir, tmp_path / name)))
+    for f in ("adapter_model.safetensors", "adapter_config.json"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+
+
+def test_a_skill_without_dev_questions_lends_some_of_its_train_questions(tmp_path, base_dir, capsys):
+    """Task files without a dev split (as `data/generate.py --dev 0` writes them)
+    still train: a tenth of the skill's train questions become its dev questions,
+    and the run says so. A skill without train questions is named."""
+    import json
+    task = json.load(open(os.path.join(FIXTURE, "algebra.json")))
+    task["Instances"] = [x for x in task["Instances"] if x["split"] != "dev"]
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "algebra.json").write_text(json.dumps(task))
+    argv = expert_argv(base_dir, tmp_path / "out", "--steps", "2", "--eval-every", "2")
+    argv[argv.index("--data") + 1] = str(data)
+    train.train(train.config(argv))
+    assert f"{data}: no dev questions of ['algebra']; 1 of their train questions are held out as dev" \
+        in capsys.readouterr().err
+    task["Instances"] = [x for x in task["Instances"] if x["split"] != "train"]
+    (data / "algebra.json").write_text(json.dumps(task))
+    with pytest.raises(ValueError, match=f"{data}: no train questions of \\['algebra'\\]"):
+        train.train(train.config(argv + ["--out", str(tmp_path / "again")]))

@@ -62,7 +62,7 @@ def test_exclude_gives_a_draw_without_those_questions(generated, tmp_path):
     run = subprocess.run([GEN_PYTHON, "data/generate.py", "--skills", "comparison", "--train", "20",
                           "--dev", "5", "--test", "0", "--workers", "2", "--exclude", generated[0],
                           "--out", out], cwd=ROOT, check=True, capture_output=True, text=True)
-    assert f"excluding the {len(load(generated[0]))} questions of {generated[0]}" in run.stdout
+    assert f"excluding the {len(load(generated[0]))} questions of {generated[0]}" in run.stderr and not run.stdout
     before = {e.question for e in load(generated[0])}
     fresh = load(out)
     assert fresh and not before & {e.question for e in fresh}

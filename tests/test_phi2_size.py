@@ -44,10 +44,11 @@ PHI2_CONFIG = dict(vocab_size=51200, hidden_size=2560, intermediate_size=10240, 
 
 
 def run(*argv):
-    """python ARGV in the repository root; its stdout, after checking it exited 0."""
+    """python ARGV in the repository root; its stdout and then its stderr (where the
+    status lines go), after checking it exited 0."""
     done = subprocess.run([sys.executable, *map(str, argv)], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, f"{argv}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
-    return done.stdout
+    return done.stdout + done.stderr
 
 
 @pytest.fixture(scope="module")

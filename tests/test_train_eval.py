@@ -106,7 +106,9 @@ def test_eval_cli_end_to_end(tmp_path, tokenizer_path):
     assert set(report["accuracy"]) == {"algebra", "numbers"}
     assert len(report["records"]) == 6
     assert set(report["records"][0]) == {"question", "prediction", "answers", "skill", "submodule", "correct",
-                                           "answer_nll"}
+                                           "answer_nll", "shots"}
+    assert {r["shots"] for r in report["records"]} == {2} and report["shots_used"] == {"fewest": 2, "most": 2,
+                                                                                         "trimmed": 0}
     assert set(report["answer_nll"]) == {"algebra", "numbers"}
 
 
@@ -119,7 +121,31 @@ def test_eval_shots_from_each_source(source, tmp_path):
            "--json", str(out), "--device", "cpu"]
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    assert f"2-shot, shots from {source}" in run.stdout and json.load(open(out))["shots_from"] == source
+    assert f"2-shot, shots from {source}" in run.stderr and json.load(open(out))["shots_from"] == source
+
+
+def test_eval_says_how_many_shots_the_prompts_kept(tmp_path):
+    """40 nearest shots do not fit phi-tiny's 1,024-token context: each prompt loses
+    its oldest ones. The records, the JSON, the table's title and one line on stderr
+    say how many were kept; stdout holds the results alone (status lines go to
+    stderr), so `eval.py > table.md` is a clean table."""
+    out = tmp_path / "eval.json"
+    cmd = [sys.executable, "eval.py", "--data", FIXTURE, "--shots", "40", "--limit", "1", "--device", "cpu",
+           "--json", str(out)]
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.load(open(out))
+    kept = [r["shots"] for r in report["records"]]
+    assert len(kept) == 2 and all(0 < k < 40 for k in kept)
+    assert report["shots_used"] == {"fewest": min(kept), "most": max(kept), "trimmed": 2}
+    span = f"{min(kept)}" if min(kept) == max(kept) else f"{min(kept)}-{max(kept)}"
+    lines = run.stdout.splitlines()
+    assert lines[0] == f"### phi-tiny, 40-shot asked, {span} used (trimmed to fit the 1024-token context), test split"
+    assert lines[1] == lines[-2] == "" and all(line.startswith("|") for line in lines[2:-2])
+    assert "questions/s" in lines[-1]
+    assert f"2 of 2 prompts lost their oldest shots to fit the model's 1024-token context with --max-new-tokens 32 " \
+        f"free; the fewest kept: {min(kept)} of --shots 40\n" in run.stderr
+    assert f"wrote {out}" in run.stderr and "loaded " in run.stderr and "evaluating 2 test questions" in run.stderr
 
 
 def test_shipped_phi_tiny_matches_transformers():
@@ -222,17 +248,17 @@ def test_eval_prompts_are_the_tokens_of_training_rows():
         assert tok.encode(text).ids != row[1:]
     q, pool = five[4], {"algebra": five[:4]}
     drawn = draw_shots(q, pool, 4, seed=0)
-    assert question_ids(tok, q, pool, 4, 0, 1024, 32) == prompt_ids(tok, pairs(drawn), q.question, q.answers[0])
+    assert question_ids(tok, q, pool, 4, 0, 1024, 32) == (*prompt_ids(tok, pairs(drawn), q.question, q.answers[0]), 4)
 
 
 def test_lora_trains_on_a_bf16_base(tmp_path):
-    """train.py --dtype bfloat16: the frozen base is bf16, LoRA trains in fp32 under
-    autocast, and losses and dev accuracy are finite numbers."""
+    """train.py --dtype bf16 (eval.py's name, as bfloat16): the frozen base is bf16,
+    LoRA trains in fp32 under autocast, and losses and dev accuracy are finite numbers."""
     from safetensors import safe_open
     base = str(tmp_path / "base")                       # tiny, with room for 4-shot prompts
     write_hf_checkpoint(base, **{**TINY, "max_position_embeddings": 512})
     argv = ["--expert", "algebra", "--model", base, "--data", FIXTURE, "--steps", "2", "--batch-size", "2", "--seq-len", "64", "--eval-every", "2",
-            "--eval-questions", "4", "--eval-batches", "1", "--dtype", "bfloat16", "--device", "cpu",
+            "--eval-questions", "4", "--eval-batches", "1", "--dtype", "bf16", "--device", "cpu",
             "--out", str(tmp_path / "out")]
     model = train.train(train.config(argv))
     dtypes = {n: p.dtype for n, p in model.named_parameters()}
