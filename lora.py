@@ -33,6 +33,7 @@ quantised bases. formats/adapters.py refuses files that need one, naming the set
 """
 import math
 import re
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -358,7 +359,7 @@ def count_trainable(model, verbose=True):
     total = sum(p.numel() for p in model.parameters())
     if verbose:
         print(f"trainable params: {trainable:,} || all params: {total:,} || "
-              f"trainable%: {100 * trainable / max(total, 1):.4f}")
+              f"trainable%: {100 * trainable / max(total, 1):.4f}", file=sys.stderr)
     return trainable, total
 
 

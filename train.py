@@ -264,7 +264,7 @@ def setup_base(cfg, tok, device):
     phi = M.PhiConfig(**{**cfg.pretrain.phi.__dict__, "vocab_size": vocab, "bos_token_id": eot, "eos_token_id": eot})
     model = M.PhiForCausalLM(phi).to(device)
     print(f"phi-tiny: {model.num_params() / 1e6:.2f}M parameters, {phi.num_hidden_layers} layers, "
-          f"width {phi.hidden_size}, {phi.num_attention_heads} heads of {phi.head_dim}")
+          f"width {phi.hidden_size}, {phi.num_attention_heads} heads of {phi.head_dim}", file=sys.stderr)
     save = lambda out: M.save(model, tok, out, dtype=M.DTYPES[cfg.pretrain.save_dtype])   # noqa: E731
     return model, model, save
 
@@ -274,7 +274,7 @@ def setup_lora(cfg, model):
     saved one to continue from; only LoRA (fp32) trains."""
     if cfg.adapter:          # its r, alpha, dropout and targets come with it
         adapters.load_adapter(model, cfg.adapter)
-        print(f"continuing from the adapter {cfg.adapter}")
+        print(f"continuing from the adapter {cfg.adapter}", file=sys.stderr)
     else:
         lora.add_lora(model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets)
     lora.mark_only_lora_trainable(model)
@@ -287,7 +287,7 @@ def setup_full(cfg, model, tok):
     plain fine-tune, the baseline that can forget; the whole model is saved."""
     for p in model.parameters():
         p.requires_grad_(True)
-    print(f"full fine-tune: {sum(p.numel() for p in model.parameters()):,} trainable parameters")
+    print(f"full fine-tune: {sum(p.numel() for p in model.parameters()):,} trainable parameters", file=sys.stderr)
     return model, lambda out: M.save(model, tok, out)
 
 
@@ -303,7 +303,7 @@ def setup_router(cfg, model, tok, device, train_ex, dev_ex):
                                     routing.group_count(spec.n_groups, spec.rank1, spec.top_k)).own_experts(model)
         X = None
         print(f"router over {spec.rank1} fresh rank-1 experts ({sum(p.numel() for p in router.rank1):,} parameters) "
-              f"in {len(router.cfg.groups)} groups, gate per {spec.level}, no task prior")
+              f"in {len(router.cfg.groups)} groups, gate per {spec.level}, no task prior", file=sys.stderr)
     else:
         dirs = adapters.expert_dirs(spec.experts)
         names = list(dirs)
@@ -316,7 +316,7 @@ def setup_router(cfg, model, tok, device, train_ex, dev_ex):
                              clusters_dir=cfg.clusters, experts_sha256=experts_sha256(dirs))
         router, task_loss = routing.from_experts(wanted, X[:len(train_ex)], labels, n_groups, cfg.seed)
         print(f"router over {len(names)} experts {names} in groups {routing.group_names(router.cfg)}; "
-              f"task prior '{spec.prior}' (classifier loss {task_loss:.3f}), gate per {spec.level}")
+              f"task prior '{spec.prior}' (classifier loss {task_loss:.3f}), gate per {spec.level}", file=sys.stderr)
     router.to(device).attach(model)
     for p in router.task.parameters():
         p.requires_grad_(False)
@@ -460,7 +460,8 @@ def setup(cfg, state=None):
     dev_episodes = Episodes(tok, dev_ex, cfg.seq_len, cfg.seed + 1, cfg.loss, cfg.rows)
     print(f"{len(train_ex)} train / {len(dev_ex)} dev questions in {len(episodes.groups)} {cfg.rows} groups; "
           f"{steps} steps of {cfg.batch_size} x {cfg.seq_len} tokens on {world} process(es), "
-          f"{steps * cfg.batch_size / episodes.rows:.2f} passes over the {episodes.rows} rows of the train questions")
+          f"{steps * cfg.batch_size / episodes.rows:.2f} passes over the {episodes.rows} rows of the train questions",
+          file=sys.stderr)
     run = Run(cfg=cfg, mode=cfg.mode, model=model, learner=learner, save=save, tok=tok, priors=priors,
               train_ex=train_ex, episodes=episodes, dev_episodes=dev_episodes, dev_questions=dev_questions,
               pool=pool, source=source, opt=make_optimizer(learner, cfg.lr, cfg.weight_decay, device),
@@ -469,9 +470,9 @@ def setup(cfg, state=None):
               params=[p for p in learner.parameters() if p.requires_grad])
     if state:
         run.step, run.best, run.log, run.steps = restore(run.state_path, state, learner, run.opt, run.scaler, device)
-        print(f"resumed from {run.state_path} at step {run.step} (best dev accuracy {run.best:.3f})")
+        print(f"resumed from {run.state_path} at step {run.step} (best dev accuracy {run.best:.3f})", file=sys.stderr)
     elif cfg.resume:
-        print(f"--resume: no {run.state_path} yet, starting from scratch")
+        print(f"--resume: no {run.state_path} yet, starting from scratch", file=sys.stderr)
     run.t0 = time.time() - (run.log[-1]["time"] if run.log else 0)
     return run
 
