@@ -2,20 +2,24 @@
 NumPy k-means, as cluster.py uses it: k-means++ seeding, n_init restarts, Lloyd
 iterations with empty-cluster repair, a cosine (spherical) variant, seeded
 k-means from a few labelled points, expert groups as a k-means of centroids,
-and purity and NMI to score a clustering against labels.
+purity and NMI to score a clustering against labels, and the silhouette, which
+scores one without labels (and so can choose k).
 
     r = kmeans(X, k=8, seed=0)                       # r.labels (N,), r.centroids (k, C), r.inertia
     r = seeded_kmeans(X, y, labelled)                # cluster c starts at the labelled points of class c
     purity(skills, r.labels), nmi(skills, r.labels)
+    silhouette(X, r.labels)                          # no labels read
 
-Chapters: 1. k-means, 2. seeded k-means and expert groups, 3. purity and NMI.
+Chapters: 1. k-means, 2. seeded k-means and expert groups, 3. purity, NMI and
+the silhouette.
 
 References: Arthur & Vassilvitskii, "k-means++: The Advantages of Careful
 Seeding" (SODA 2007); Basu, Banerjee & Mooney, "Semi-supervised Clustering by
-Seeding" (ICML 2002); Strehl & Ghosh (JMLR 2002) for NMI. The tests check
-k-means and NMI against scikit-learn, which is never imported here.
+Seeding" (ICML 2002); Strehl & Ghosh (JMLR 2002) for NMI; Rousseeuw (J. Comput.
+Appl. Math. 1987) for the silhouette. The tests check k-means, NMI and the
+silhouette against scikit-learn, which is never imported here.
 
-Left out: Elkan's and mini-batch k-means, and choosing k automatically.
+Left out: Elkan's and mini-batch k-means.
 """
 from dataclasses import dataclass
 
@@ -203,8 +207,37 @@ def expert_groups(centroids, n_groups, seed=0, cosine=False):
 
 
 # ---------------------------------------------------------------------------
-# 3. Scoring a clustering against labels: purity and NMI
+# 3. Scoring a clustering: purity and NMI against labels, the silhouette without
 # ---------------------------------------------------------------------------
+
+
+def silhouette(X, labels, cosine=False, chunk=2048):
+    """Mean silhouette coefficient (Rousseeuw 1987) of a clustering of X (N, d),
+    in Euclidean distance (cosine: in cosine distance 1 - cos, as scikit-learn's
+    metric="cosine"). For each point, a = its mean distance to the other points
+    of its cluster and b = its smallest mean distance to the points of another
+    cluster; s = (b - a) / max(a, b), and 0 for a point alone in its cluster. It
+    reads no labels, so it can choose k: near 1, tight clusters far apart; near
+    0, overlapping ones. Worked example: points 0, 1 (cluster 0) and 10 (cluster
+    1): s = (10 - 1) / 10, (9 - 1) / 9 and 0, mean 0.596.
+    Rows are taken `chunk` at a time, so memory is (chunk, N), not (N, N)."""
+    X = unit(X) if cosine else np.asarray(X, dtype=np.float64)
+    dist = (lambda A: np.maximum(1 - A @ X.T, 0)) if cosine else (lambda A: np.sqrt(sq_dists(A, X)))  # noqa: E731
+    labels = np.asarray(labels)
+    onehot = np.eye(labels.max() + 1)[labels]                           # (N, K)
+    counts = onehot.sum(0)                                              # (K,)
+    s = np.zeros(len(X))
+    for start in range(0, len(X), chunk):
+        rows = slice(start, start + chunk)
+        sums = dist(X[rows]) @ onehot                                   # (n, N) @ (N, K) -> (n, K)
+        own = labels[rows]
+        a = sums[np.arange(len(own)), own] / np.maximum(counts[own] - 1, 1)
+        mean = sums / np.maximum(counts, 1)
+        mean[np.arange(len(own)), own] = np.inf
+        mean[:, counts == 0] = np.inf
+        b = mean.min(1)
+        s[rows] = np.where(counts[own] > 1, (b - a) / np.maximum(np.maximum(a, b), 1e-12), 0.0)
+    return float(s.mean())
 
 
 def contingency(a, b):
