@@ -3,6 +3,8 @@ Paired statistics over eval.py's records: two runs on the same questions,
 compared question by question.
 
     paired(base_records, records)      # per skill: correct, wins, losses, sign-test p
+    pooled_verdicts(base_records, [seed1_records, seed2_records, seed3_records])   # seeds pooled per question
+    holm([0.01, 0.04, 0.03])           # [0.03, 0.06, 0.06]: corrected for comparing three with one base
     sign_test(9, 1)                    # 0.021: how likely so uneven a split is by chance
     bootstrap_interval(40, 25, 1600)   # 95% interval of the accuracy difference, in points
 
@@ -14,13 +16,17 @@ not. Those questions decide every comparison here:
   coin. Exact, for one skill or for all questions pooled.
 - bootstrap_interval: the paired bootstrap interval of the difference in
   accuracy, resampling questions; what "level with, within the interval" means.
+- pooled_verdicts: a configuration trained with several seeds, each question's
+  verdicts pooled over the seeds before the sign test.
+- holm: Holm's correction, for several configurations compared with one base.
 - read_records and the checks refuse a report that eval.py did not write
   (edited counts, a repeated question, a NaN), naming the file; load and
   read_log read any piece of a study folder and train.py's logs the same way.
 
 A library, not a command: python -m study (study/cli.py, goals.py, report.py)
 and python -m study.heldout call it. It reads JSON and imports numpy, not torch.
-Left out: corrections for many comparisons; each test is for one pair of runs.
+Left out: corrections other than Holm's (it holds under any dependence between
+the tests, which share the base's answers).
 """
 import json
 import math
@@ -78,6 +84,37 @@ def paired(base_records, records):
         table[skill] = {"questions": len(ab), "base": sum(b for b, _ in ab), "model": sum(m for _, m in ab),
                         "wins": wins, "losses": losses, "p": sign_test(wins, losses)}
     return table
+
+
+def pooled_verdicts(base_records, seeds):
+    """A configuration trained with several seeds against one base, question by
+    question: each question's verdicts are pooled over the seeds (its mean
+    correctness), a win where that mean is above the base's answer and a loss
+    where it is below. Returns {"questions", "wins", "losses", "p"} over the
+    questions that the base and every seed answered. Worked example: a question
+    two of three seeds get right and the base does not is a win; one seed of
+    three right against a right base is a loss."""
+    base = {(r["skill"], r["question"]): r["correct"] for r in base_records}
+    runs = [{(r["skill"], r["question"]): r["correct"] for r in records} for records in seeds]
+    common = [q for q in base if all(q in run for run in runs)]
+    mean = {q: sum(run[q] for run in runs) / len(runs) for q in common}
+    wins, losses = sum(mean[q] > base[q] for q in common), sum(mean[q] < base[q] for q in common)
+    return {"questions": len(common), "wins": wins, "losses": losses, "p": sign_test(wins, losses)}
+
+
+def holm(pvalues):
+    """Holm's step-down adjustment of the p-values of several comparisons against
+    one base (each test at level alpha after adjustment keeps the family-wise
+    error at alpha). The i-th smallest p (from 0) is multiplied by (m - i), and
+    the adjusted values are made non-decreasing in that order, capped at 1.
+    Worked example: [0.01, 0.04, 0.03] -> [0.03, 0.06, 0.06]."""
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    adjusted, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 def paired_markdown(table, title, row_name="skill"):
