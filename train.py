@@ -312,7 +312,7 @@ def setup_router(cfg, model, tok, device, train_ex, dev_ex):
         X = cluster.meta_embeddings(train_ex + dev_ex, model, tok, layer)      # the base alone, before the experts
         labels = cluster.expert_labels(train_ex, names, cfg.clusters, model, tok)
         adapters.load_experts(model, list(dirs.values()))
-        wanted = spec.config(names, model.config, embed_layer=layer, experts_dir=spec.experts,
+        wanted = spec.config(names, model.config, embed_layer=layer, expert_dirs=dirs,
                              clusters_dir=cfg.clusters, experts_sha256=experts_sha256(dirs))
         router, task_loss = routing.from_experts(wanted, X[:len(train_ex)], labels, n_groups, cfg.seed)
         print(f"router over {len(names)} experts {names} in groups {routing.group_names(router.cfg)}; "

@@ -22,7 +22,7 @@ import os
 import re
 import sys
 
-from formats.files import UserError, write_json, write_text
+from formats.files import UserError, write_atomic, write_json, write_text
 from formats.pictures import pyplot
 from study.stats import read_log
 
@@ -105,7 +105,7 @@ def picture(curves, path):
     axes[1][0].set_ylabel("dev loss")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
     print(f"wrote {path}", file=sys.stderr)
 
