@@ -14,7 +14,8 @@ the centroids for the groups of the grouped gate. Chapters:
   1. meta_question   numbers -> N, names -> canonical names, literal lists collapse
   2. embeddings      mean over real tokens of one layer's hidden states, cached on disk
   3. the picture     a PCA of the embeddings, coloured by cluster
-  4. the CLI         centroids, assignments, majority skills, groups, report
+  4. the CLI         centroids, assignments, majority skills, groups, report; one
+                     writer per --out (its lock)
 The k-means itself (k-means++, seeded k-means, purity and NMI) is kmeans.py's.
 
 Worked meta-questions, real generator output (data/generate.py), one per skill
@@ -66,8 +67,8 @@ import model as M
 from kmeans import (expert_groups, kmeans, labelled_sample, nmi, purity, seeded_accuracy,
                     seeded_clusters, sq_dists, unit)
 import cli
-from formats.clusters import check_replaceable, read_assignments, read_centroids, write_outputs
-from formats.files import UserError, write_atomic
+from formats.clusters import OUTPUTS, check_replaceable, read_assignments, read_centroids, write_outputs
+from formats.files import UserError, lock, write_atomic
 from formats.pictures import pyplot
 from data.lila import load as load_examples
 from data.prompts import SHOT_POOL, seeded_random, select
@@ -510,15 +511,16 @@ def cluster_questions(cfg, examples, model, tok, out, model_name):
              "groups.json": {"k": cfg.k, "groups": groups, "layer": layer, "cosine": cfg.cosine}}
     title = f"{cfg.k} clusters of {len(examples)} {cfg.split} meta-questions (PCA of layer {layer})"
     write_outputs(out, best.centroids, files, text, lambda path: plot_clusters(X, best.labels, skills, path, title))
-    print(f"wrote {', '.join(sorted(os.listdir(out)))} to {out}", file=sys.stderr)
+    print(f"wrote {', '.join(sorted(set(os.listdir(out)) & OUTPUTS))} to {out}", file=sys.stderr)
 
 
 def main(argv=None):
     args = cli.cluster_args(argv)
     check_replaceable(args.out)
     examples, cfg = questions_to_cluster(cli.pick(args, ClusterConfig))
-    model, tok = M.load(args.model, dtype=args.dtype, device=args.device, revision=args.revision)
-    cluster_questions(cfg, examples, model, tok, args.out, args.model)
+    with lock(args.out):                 # one writer per --out
+        model, tok = M.load(args.model, dtype=args.dtype, device=args.device, revision=args.revision)
+        cluster_questions(cfg, examples, model, tok, args.out, args.model)
 
 
 if __name__ == "__main__":

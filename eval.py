@@ -19,10 +19,11 @@ stderr, so `> table.md` keeps the results alone), and optionally a JSON file
 with every prediction. An expert (--adapter) is merged into the base weights
 first, so it costs nothing at inference. A routed mixture (--moe) records, for every
 question, the expert and group weights of every layer, and writes a routing
-report per skill (routing.json and heatmaps). Steering (--route) replaces the
-router's task-level weights by the user's: a route spec names experts or groups
-with weights. Worked example, experts [algebra, arithmetic, calculus] in groups
-[[0, 2], [1]] (names "algebra+calculus", "arithmetic"):
+report per skill (routing.json and heatmaps) to --out, one run at a time (its
+lock). Steering (--route) replaces the router's task-level weights by the
+user's: a route spec names experts or groups with weights. Worked example,
+experts [algebra, arithmetic, calculus] in groups [[0, 2], [1]] (names
+"algebra+calculus", "arithmetic"):
 
     "algebra=0.7,arithmetic=0.3"      -> [0.7, 0.3, 0.0]
     "algebra+calculus=1,arithmetic=1" -> [0.25, 0.5, 0.25]   a group's weight is split evenly
@@ -56,7 +57,7 @@ import lora
 import model as M
 import router as routing
 from formats import adapters
-from formats.files import UserError, write_json
+from formats.files import UserError, lock, write_json
 from formats.pictures import heatmap
 from formats.routers import load_router, read_config, router_experts
 from data.lila import check_disjoint, check_distinct, check_submodules, load as load_examples
@@ -390,39 +391,42 @@ def main():
     if args.moe:                # a router that cannot do what is asked is refused before the model loads
         cfg = read_config(args.moe)
         _check_moe(args.moe, cfg, args.variant, args.route)
+        router_experts(args.moe, cfg, args.experts)
         if args.route:
             parse_route(args.route, cfg)
     if args.adapter:            # so is a folder that holds no adapter
         adapters.read_config(args.adapter)
-    model, tok = M.load(args.model, dtype=args.dtype, device=args.device, revision=args.revision)
-    ev = Evaluator.build(model, tok, cli.pick(args, Questions))
-    if args.adapter:
-        adapters.load_adapter(ev.model, args.adapter)
-        lora.merge_lora(ev.model)
-        print(f"merged the adapter {args.adapter} into the base weights", file=sys.stderr)
-    t0 = time.time()
-    if args.moe:
-        records, router = moe(ev, args.moe, args.variant, args.experts, args.route)
-    else:
-        records = ev()
-    seconds = time.time() - t0
-    name = os.path.basename(os.path.normpath(args.moe or args.adapter or args.model))
-    if args.moe:
-        name += f" (route {args.route})" if args.route else f" ({args.variant})"
-    shots, used = shots_used(records, args.shots, model.config.max_position_embeddings, args.max_new_tokens)
-    print(markdown(records, f"{name}, {shots}, {args.split} split"))
-    print(f"\n{len(records)} questions in {seconds:.1f}s ({len(records) / seconds:.1f} questions/s)")
-    report = {"model": args.model, "shots": args.shots, "shots_used": used,
-              "shots_from": args.shots_from if args.shots else None,
-              "split": args.split, "seconds": round(seconds, 1),
-              "accuracy": {k: c / n for k, (c, n) in accuracy(records).items()},
-              "counts": {k: {"correct": c, "total": n} for k, (c, n) in accuracy(records).items()},
-              "mean_accuracy": mean_accuracy(records), "answer_nll": answer_nlls(records), "records": records}
-    if args.moe and args.variant == "full":
-        report["routing"] = routing_report(records, router, args.out)
-    if args.json:
-        write_json(args.json, report)
-        print(f"wrote {args.json}", file=sys.stderr)
+    routed = args.moe and args.variant == "full"      # the routing report goes to --out, written by one run at a time
+    with lock(args.out) if routed else nullcontext():
+        model, tok = M.load(args.model, dtype=args.dtype, device=args.device, revision=args.revision)
+        ev = Evaluator.build(model, tok, cli.pick(args, Questions))
+        if args.adapter:
+            adapters.load_adapter(ev.model, args.adapter)
+            lora.merge_lora(ev.model)
+            print(f"merged the adapter {args.adapter} into the base weights", file=sys.stderr)
+        t0 = time.time()
+        if args.moe:
+            records, router = moe(ev, args.moe, args.variant, args.experts, args.route)
+        else:
+            records = ev()
+        seconds = time.time() - t0
+        name = os.path.basename(os.path.normpath(args.moe or args.adapter or args.model))
+        if args.moe:
+            name += f" (route {args.route})" if args.route else f" ({args.variant})"
+        shots, used = shots_used(records, args.shots, model.config.max_position_embeddings, args.max_new_tokens)
+        print(markdown(records, f"{name}, {shots}, {args.split} split"))
+        print(f"\n{len(records)} questions in {seconds:.1f}s ({len(records) / seconds:.1f} questions/s)")
+        report = {"model": args.model, "shots": args.shots, "shots_used": used,
+                  "shots_from": args.shots_from if args.shots else None,
+                  "split": args.split, "seconds": round(seconds, 1),
+                  "accuracy": {k: c / n for k, (c, n) in accuracy(records).items()},
+                  "counts": {k: {"correct": c, "total": n} for k, (c, n) in accuracy(records).items()},
+                  "mean_accuracy": mean_accuracy(records), "answer_nll": answer_nlls(records), "records": records}
+        if routed:
+            report["routing"] = routing_report(records, router, args.out)
+        if args.json:
+            write_json(args.json, report)
+            print(f"wrote {args.json}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------------------

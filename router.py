@@ -202,7 +202,8 @@ class RouterConfig:
     rank1: int = 0                # > 0: that many fresh rank-1 experts, trained with the gates
     rank1_alpha: float = 2.0      # their LoRA alpha (scale alpha/1)
     targets: list = field(default_factory=lambda: list(lora.DEFAULT_TARGETS))   # rank-1 expert modules
-    experts_dir: str | None = None   # the folder of the experts' adapters (None: rank-1 experts)
+    expert_dirs: dict = field(default_factory=dict)   # {expert: its adapter folder} ({}: rank-1 experts);
+                                                      # router.json has them from its own folder
     clusters_dir: str | None = None  # cluster.py's output the expert labels came from, if any
     experts_sha256: dict = field(default_factory=dict)   # {expert: sha256 of its adapter weights}
     weights_sha256: str | None = None   # of router.safetensors: save_router writes it
@@ -480,7 +481,8 @@ def _is_path(v):
 
 
 # Each RouterConfig field: (test of its value, what was expected). Ranges that
-# depend on other fields (groups, top_k, rank1, embed_layer) are in check_config.
+# depend on other fields (groups, top_k, rank1, embed_layer, expert_dirs,
+# experts_sha256) are in check_config.
 FIELD_RULES = {
     "experts": (lambda v: _is_names(v) and len(set(v)) == len(v), "a non-empty list of distinct names"),
     "groups": (_is_groups, "a list of non-empty lists of expert indices"),
@@ -498,7 +500,8 @@ FIELD_RULES = {
     "rank1_alpha": (lambda v: _is_finite(v) and v > 0, "a finite number > 0"),
     "targets": (lambda v: (isinstance(v, str) and v) or _is_names(v),
                 "a non-empty list of module names or one regex string"),
-    "experts_dir": (_is_path, "null or a folder name"),
+    "expert_dirs": (lambda v: isinstance(v, dict) and all(isinstance(d, str) and d for d in v.values()),
+                    "an object of expert name -> its adapter folder"),
     "clusters_dir": (_is_path, "null or a folder name"),
     "experts_sha256": (lambda v: isinstance(v, dict) and all(isinstance(d, str) for d in v.values()),
                        "an object of expert name -> sha256"),
@@ -509,7 +512,8 @@ FIELD_RULES = {
 def check_config(values, where):
     """RouterConfig fields {name: value}, from router.json or from Python: no
     unknown or missing field, each value of the right type and range, groups a
-    partition of the experts. `where` (the file, or "RouterConfig") starts every message."""
+    partition of the experts, expert_dirs and experts_sha256 one entry per expert
+    or none. `where` (the file, or "RouterConfig") starts every message."""
     known = {f.name: f for f in fields(RouterConfig)}
     unknown = sorted(set(values) - set(known))
     if unknown:
@@ -532,3 +536,8 @@ def check_config(values, where):
         raise UserError(f"{where}: field 'rank1' is {rank1}, expected 0 or {E} (the number of experts)")
     if embed_layer > L:
         raise UserError(f"{where}: field 'embed_layer' is {embed_layer}, expected 0..{L} (n_layers)")
+    for name in ("expert_dirs", "experts_sha256"):
+        named = sorted(values.get(name, {}))
+        if named and (rank1 or named != sorted(values["experts"])):
+            raise UserError(f"{where}: field {name!r} names {short(named)}, expected one entry per expert of "
+                            f"'experts' ({short(sorted(values['experts']))}), or none for rank-1 experts")

@@ -9,7 +9,9 @@ the three that routing and explain.py read back, checked.
 
 The folder holds assignments.json, centroids.npy (float32, k x hidden size),
 cluster_skills.json, groups.json (k, the expert groups, the embedding layer,
-cosine or not), clusters.png and report.md.
+cosine or not), clusters.png and report.md, and the .lock of its one writer
+(formats.files.lock): the new set takes the held lock file along (a hard link),
+so the folder stays locked while it is swapped.
 
 Left out: appending to a folder: a new run replaces the old set.
 """
@@ -23,6 +25,7 @@ from formats.files import UserError, read_json
 
 OUTPUTS = {"assignments.json", "centroids.npy", "cluster_skills.json", "clusters.png", "groups.json",
            "report.md"}
+LOCK = ".lock"      # formats.files.lock's file
 READ_BACK = ("centroids.npy", "cluster_skills.json", "groups.json")   # what routing and explain.py read
 
 
@@ -33,16 +36,17 @@ def has_output(folder):
 
 def check_replaceable(out):
     """`out` is absent or holds nothing but an earlier run's files (it is replaced whole)."""
-    if os.path.isdir(out) and set(os.listdir(out)) - OUTPUTS:
-        raise UserError(f"--out {out}: holds files that cluster.py did not write "
-                        f"({sorted(set(os.listdir(out)) - OUTPUTS)[:3]}); cluster.py replaces "
-                        "its --out folder as a whole, so give it a folder of its own")
+    others = sorted(set(os.listdir(out)) - OUTPUTS - {LOCK}) if os.path.isdir(out) else []
+    if others:
+        raise UserError(f"--out {out}: holds files that cluster.py did not write ({others[:3]}); cluster.py "
+                        "replaces its --out folder as a whole, so give it a folder of its own")
 
 
 def write_outputs(out, centroids, files, report, draw):
     """The files of one run (labels, centroids and groups together) into a fresh
     folder beside `out`, which then takes out's place: `files` {name: JSON value},
-    report.md, centroids.npy and the picture draw(path) makes."""
+    report.md, centroids.npy and the picture draw(path) makes. Called under
+    formats.files.lock(out): out/.lock goes along into the new folder."""
     check_replaceable(out)
     tmp = out.rstrip("/") + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -54,6 +58,7 @@ def write_outputs(out, centroids, files, report, draw):
     with open(os.path.join(tmp, "report.md"), "w") as f:
         f.write(report)
     draw(os.path.join(tmp, "clusters.png"))
+    os.link(os.path.join(out, LOCK), os.path.join(tmp, LOCK))     # the same file: the lock held stays held
     replace_dir(tmp, out)
 
 

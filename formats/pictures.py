@@ -10,6 +10,8 @@ study (forgetting, curves). Status lines go to stderr. Left out: interactive bac
 """
 import sys
 
+from formats.files import write_atomic
+
 
 def pyplot():
     """matplotlib.pyplot with a file-only backend, or None (and a line saying so)."""
@@ -24,11 +26,13 @@ def pyplot():
 
 
 def heatmap(values, rows, cols, title, path, fmt="{:+.0f}", diverging=True):
-    """A PNG heatmap of values (rows x cols), each cell printed with fmt.
-    diverging: red/blue around 0 (differences); else one colour from 0 (weights)."""
+    """A PNG heatmap of values (rows x cols), each cell printed with fmt, written
+    atomically (formats.files.write_atomic). diverging: red/blue around 0
+    (differences); else one colour from 0 (weights). Returns path, or None when
+    matplotlib is missing and nothing was drawn."""
     plt = pyplot()
     if plt is None:
-        return
+        return None
     fig, ax = plt.subplots(figsize=(1 + 0.9 * len(cols), 1 + 0.5 * len(rows)))
     lim = max(1e-9, max(abs(v) for row in values for v in row))
     im = ax.imshow(values, cmap="RdBu" if diverging else "Blues", vmin=-lim if diverging else 0, vmax=lim)
@@ -40,6 +44,7 @@ def heatmap(values, rows, cols, title, path, fmt="{:+.0f}", diverging=True):
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, shrink=0.8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    write_atomic(path, lambda p: fig.savefig(p, dpi=120, format="png"))
     plt.close(fig)
     print(f"wrote {path}", file=sys.stderr)
+    return path

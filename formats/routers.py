@@ -6,11 +6,17 @@ tensors) and router.json (its RouterConfig), one set.
     cfg = read_config("out/router")                  # a RouterConfig, every field checked
     router = load_router("out/router", model)        # every tensor checked against cfg
     dirs = router_experts("out/router", cfg)         # {name: adapter folder} it was trained over
+    RouterConfig(..., expert_dirs=dirs, experts_sha256=experts_sha256(dirs))   # train.py --router's, dirs {name: folder}
 
 router.json is free to edit by hand (a temperature, say), except embed_layer:
 the centroids in the weights were made at that layer, so the weights' metadata
-records it too. A router over experts names their folder and each adapter's
-sha256, so swapping an expert for another is refused.
+records it too. A router over experts names each one's adapter folder
+(expert_dirs) and the sha256 of its weights (experts_sha256): what else lies
+beside them does not matter, and an expert swapped for another is refused. The
+folders are written relative to the router's own folder, so a study folder that
+moves keeps its routers working; a router moved without its experts finds them
+by name in another folder (router_experts' `experts`, the --experts DIR of
+eval.py and explain.py).
 
 Left out: routers over experts of different base models.
 """
@@ -37,15 +43,20 @@ def save_router(router, out_dir):
     tensors = {k: v.detach().cpu().contiguous() for k, v in router.state_dict().items()}
     weights = os.path.join(out_dir, "router.safetensors")
     write_atomic(weights, lambda p: save_safetensors(tensors, p, {"embed_layer": str(router.cfg.embed_layer)}))
-    write_json(os.path.join(out_dir, "router.json"), asdict(router.cfg) | {"weights_sha256": sha256(weights)})
+    config = asdict(router.cfg) | {"weights_sha256": sha256(weights)}
+    config["expert_dirs"] = {name: os.path.relpath(d, out_dir) for name, d in config["expert_dirs"].items()}
+    write_json(os.path.join(out_dir, "router.json"), config)
 
 
 def read_config(out_dir):
-    """out_dir/router.json as a RouterConfig, every field checked (router.check_config)."""
+    """out_dir/router.json as a RouterConfig, every field checked (router.check_config),
+    its expert_dirs as paths from here (router.json has them from out_dir)."""
     path = os.path.join(out_dir, "router.json")
     raw = read_object(path, "train.py --router writes it")
     routing.check_config(raw, path)
-    return routing.RouterConfig(**raw)
+    cfg = routing.RouterConfig(**raw)
+    cfg.expert_dirs = {name: os.path.normpath(os.path.join(out_dir, d)) for name, d in cfg.expert_dirs.items()}
+    return cfg
 
 
 def experts_sha256(dirs):
@@ -54,23 +65,30 @@ def experts_sha256(dirs):
 
 
 def router_experts(out_dir, cfg, experts=None):
-    """{name: folder} of the experts that the router in out_dir routes over: the
-    adapter folders in `experts` (default: the folder it was trained with), named
-    as router.json's experts and holding the adapters it was trained over (their
-    sha256 in router.json). Rank-1 routers own theirs: {}."""
+    """{name: adapter folder} of the experts that the router in out_dir routes over:
+    the folders router.json names, or, given `experts` (a folder of experts, e.g.
+    theirs moved), the folders of the same names in it. Each must hold the adapter
+    the router was trained over (its sha256 in router.json); one that does not is
+    named, with the flag that points at the right one. Rank-1 routers own theirs: {}."""
     if cfg.rank1:
         return {}
-    if not (experts or cfg.experts_dir):
-        raise UserError(f"{os.path.join(out_dir, 'router.json')}: names no experts folder (experts_dir); "
-                        "give the experts with --experts")
-    dirs = adapters.expert_dirs(experts or cfg.experts_dir)
-    if list(dirs) != cfg.experts:
-        raise UserError(f"{out_dir} routes over {cfg.experts}, but the experts found are {list(dirs)}")
-    for name, digest in experts_sha256(dirs).items():
-        if digest != cfg.experts_sha256.get(name):
-            raise UserError(f"{os.path.join(dirs[name], adapters.WEIGHTS_NAME)}: not the adapter that "
-                            f"{out_dir} was trained over as its expert {name!r}; expected that expert "
-                            "(router.json: experts_sha256)")
+    path = os.path.join(out_dir, "router.json")
+    if not cfg.experts_sha256:
+        raise UserError(f"{path}: field 'experts_sha256' is empty; expected the sha256 of each expert's adapter, "
+                        "as train.py --router writes it")
+    if not (experts or cfg.expert_dirs):
+        raise UserError(f"{path}: field 'expert_dirs' is empty; give the folder that holds its experts with "
+                        "--experts DIR")
+    dirs = {name: os.path.join(experts, name) if experts else cfg.expert_dirs[name] for name in cfg.experts}
+    for name, folder in dirs.items():
+        weights = os.path.join(folder, adapters.WEIGHTS_NAME)
+        if not os.path.isfile(weights):
+            raise UserError(f"{weights} not found: {out_dir} routes over the expert {name!r} there; "
+                            "give the folder that holds its experts with --experts DIR")
+        if sha256(weights) != cfg.experts_sha256[name]:
+            raise UserError(f"{weights}: not the adapter that {out_dir} was trained over as its expert {name!r} "
+                            "(router.json: experts_sha256); give the folder that holds its experts with "
+                            "--experts DIR")
     return dirs
 
 

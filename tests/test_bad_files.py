@@ -443,7 +443,12 @@ ROUTER_JSON = [   # (key, bad value, what the message says); the router has 2 ex
     ("rank1_alpha", 0.0, "field 'rank1_alpha' is 0.0"),
     ("targets", [], "field 'targets' is []"),
     ("experts_sha256", [], "field 'experts_sha256' is [], expected an object of expert name -> sha256"),
-    ("experts_dir", "", "field 'experts_dir' is '', expected null or a folder name"),
+    ("experts_sha256", {"e0": "0"}, "field 'experts_sha256' names ['e0'], expected one entry per expert of "
+                                    "'experts' (['e0', 'e1']), or none for rank-1 experts"),
+    ("expert_dirs", "../experts", "field 'expert_dirs' is '../experts', expected an object of expert name -> "
+                                  "its adapter folder"),
+    ("expert_dirs", {"e0": "../e0", "e1": ""}, "field 'expert_dirs'"),
+    ("expert_dirs", {"e0": "../e0", "e1": "../e1", "e2": "../e2"}, "field 'expert_dirs' names ['e0', 'e1', 'e2']"),
 ]
 
 
@@ -477,6 +482,34 @@ def test_router_json_not_an_object(router_dir, text, message):
         f.write(text)
     with expect(ValueError, path, message):
         routers.read_config(router_dir)
+
+
+def test_router_experts_are_the_adapters_router_json_names(good_adapter, good_router, tmp_path):
+    """router.json names each expert's folder (from its own folder) and sha256: the
+    experts are found there whatever else lies beside them; a changed or missing
+    one is named with the flag that points at the right one; a router that names
+    none is refused."""
+    experts = tmp_path / "experts"
+    dirs = {name: shutil.copytree(good_adapter, str(experts / name)) for name in ("e0", "e1")}
+    os.makedirs(experts / "half-trained")              # no adapter in it, and not this router's
+    cfg = R.RouterConfig(experts=["e0", "e1"], groups=[[0], [1]], hidden_size=64, n_layers=2,
+                         expert_dirs=dirs, experts_sha256=routers.experts_sha256(dirs))
+    out = str(tmp_path / "routers" / "r")
+    routers.save_router(R.Router(cfg, np.zeros((2, 64), np.float32)), out)
+    assert json.load(open(os.path.join(out, "router.json")))["expert_dirs"] == {"e0": "../../experts/e0",
+                                                                                "e1": "../../experts/e1"}
+    assert routers.router_experts(out, routers.read_config(out)) == dirs
+    weights = os.path.join(dirs["e1"], "adapter_model.safetensors")
+    edit_safetensors(weights, lambda state: state[A0].mul_(2))
+    with expect(UserError, weights, f"not the adapter that {out} was trained over as its expert 'e1' (router.json: "
+                "experts_sha256); give the folder that holds its experts with --experts DIR"):
+        routers.router_experts(out, routers.read_config(out))
+    os.remove(weights)
+    with expect(UserError, weights, f"not found: {out} routes over the expert 'e1' there; give the folder that "
+                "holds its experts with --experts DIR"):
+        routers.router_experts(out, routers.read_config(out))
+    with expect(UserError, os.path.join(good_router, "router.json"), "field 'experts_sha256' is empty"):
+        routers.router_experts(good_router, routers.read_config(good_router), str(experts))
 
 
 def test_missing_router_files(router_dir):

@@ -91,6 +91,7 @@ MISSING = [   # a folder that holds no adapter or router: refused before the mod
     (E.main, ["--adapter", EXPERTS], f"{EXPERTS}/adapter_config.json not found (an adapter directory holds"),
     (E.main, ["--moe", "/nonexistent"], "/nonexistent/router.json not found (train.py --router writes it)"),
     (explain.main, ["What is 2+2?", "--moe", "/nonexistent"], "/nonexistent/router.json not found"),
+    (explain.main, ["What is 2+2?", "--adapter", "/nonexistent"], "/nonexistent: no such adapter folder"),
 ]
 
 
@@ -109,6 +110,9 @@ EXPLAIN = [   # explain.py: one question, printed, so no question-set flags
     (["What is 2+2?", "--json", "x.json"], "unrecognized arguments: --json x.json"),
     (["What is 2+2?", "--limit", "3"], "unrecognized arguments: --limit 3"),
     (["What is 2+2?", "--shots-from", "skill", "--shot-pool", "9"], "--shot-pool needs --shots-from nearest"),
+    (["What is 2+2?", "--adapter", EXPERTS, "--route", "algebra"], "--route goes with a router (--moe), not with --adapter"),
+    (["What is 2+2?", "--no-router", "--experts", EXPERTS], "--experts goes with a router (--moe), not with --no-router"),
+    (["What is 2+2?", "--moe", ROUTER, "--no-router"], "argument --no-router: not allowed with argument --moe"),
 ]
 
 
@@ -486,6 +490,32 @@ def test_experts_swapped_between_folders_are_refused(tmp_path, capsys, monkeypat
     for main, argv in ((E.main, ["--moe", ROUTER, "--data", DATA]), (explain.main, ["Solve 3*y = 6 for y.", "--moe", ROUTER])):
         code, err = cli(main, [*argv, "--experts", experts, "--model", PHI_TINY], capsys, monkeypatch)
         assert code == 2 and message in err and "expert 'algebra'" in err, err
+
+
+def test_a_router_moved_without_its_experts_names_the_first_one(tmp_path, capsys, monkeypatch):
+    """router.json names its experts' folders from its own: moved alone, the router
+    is refused before the model loads, naming the expert and the flag that finds it."""
+    router = shutil.copytree(ROUTER, str(tmp_path / "router"))
+    monkeypatch.setattr(M, "load", lambda *a, **k: pytest.fail("the model loaded before the experts were checked"))
+    message = (f"{tmp_path}/experts/algebra/adapter_model.safetensors not found: {router} routes over the expert "
+               "'algebra' there; give the folder that holds its experts with --experts DIR")
+    for main, argv in ((E.main, ["--moe", router, "--data", DATA]), (explain.main, ["What is 2+2?", "--moe", router])):
+        code, err = cli(main, argv, capsys, monkeypatch)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_one_writer_per_output_folder_of_cluster_and_eval(tmp_path, capsys, monkeypatch):
+    """cluster.py --out and eval.py --moe's --out (the routing report) are refused,
+    naming the holder, while another process writes them (formats.files.lock);
+    before the model loads."""
+    from formats.files import lock
+    monkeypatch.setattr(M, "load", lambda *a, **k: pytest.fail("the model loaded into a held folder"))
+    out = str(tmp_path / "out")
+    for main, argv in ((lambda: cluster.main(["--data", DATA, "--out", out]), []),
+                       (E.main, ["--moe", ROUTER, "--data", DATA, "--out", out])):
+        with lock(out):                  # another open file: refused as another process would be
+            code, err = cli(main, argv, capsys, monkeypatch)
+        assert code == 2 and f"{out} is being written by process {os.getpid()} on " in err, err
 
 
 @pytest.mark.parametrize("limit", [[], ["--limit", "1"]])

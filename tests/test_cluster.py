@@ -277,11 +277,12 @@ def test_cli_end_to_end(tiny_ckpt, tmp_path, capsys):
     C.main(["--k", "3", "--out", str(out), "--model", tiny_ckpt[0], "--data", FIXTURES,
             "--split", "train", "--n-init", "2", "--cache-dir", str(tmp_path / "cache"),
             "--no-raw"])       # raw questions do not fit the tiny model's 64-token context
-    assert sorted(os.listdir(out)) == ["assignments.json", "centroids.npy", "cluster_skills.json",
-                                       "clusters.png", "groups.json", "report.md"]
+    written = ["assignments.json", "centroids.npy", "cluster_skills.json", "clusters.png", "groups.json", "report.md"]
+    assert sorted(os.listdir(out)) == [".lock", *written]       # and the lock of its one writer, released
+    assert (out / ".lock").read_text() == ""
     report, status = capsys.readouterr()           # the report on stdout; what it did, and wrote, on stderr
     assert report.startswith("# Clusters of 42 train questions") and "wrote" not in report
-    assert status.endswith(f"wrote {', '.join(sorted(os.listdir(out)))} to {out}\n")
+    assert status.endswith(f"wrote {', '.join(written)} to {out}\n")
     train = load_examples(FIXTURES, split="train")
     records = json.load(open(out / "assignments.json"))
     assert [r["question"] for r in records] == [e.question for e in train]
@@ -363,3 +364,18 @@ def test_picture_skipped_without_matplotlib(tmp_path, monkeypatch, capsys):
     C.plot_clusters(np.eye(3), np.array([0, 1, 2]), np.array(list("aab")), str(tmp_path / "c.png"), "t")
     assert "matplotlib is not installed" in capsys.readouterr().err
     assert not (tmp_path / "c.png").exists()
+
+
+@pytest.mark.parametrize("cosine", [False, True])
+def test_silhouette_matches_sklearn_and_its_worked_example(cosine):
+    """kmeans.silhouette against scikit-learn's silhouette_score (a singleton
+    cluster scores 0 in both), chunked or not; and the docstring's example."""
+    from sklearn.datasets import make_blobs
+    from sklearn.metrics import silhouette_score
+    from kmeans import kmeans, silhouette
+    X, _ = make_blobs(n_samples=300, centers=4, n_features=6, random_state=0)
+    labels = kmeans(X, 4, seed=0, cosine=cosine).labels.copy()
+    labels[0] = 4                                                       # a cluster of one point
+    want = silhouette_score(X, labels, metric="cosine" if cosine else "euclidean")
+    assert abs(silhouette(X, labels, cosine=cosine, chunk=64) - want) < 1e-9
+    assert abs(silhouette(np.array([[0.0], [1.0], [10.0]]), np.array([0, 0, 1])) - (0.9 + 8 / 9) / 3) < 1e-12

@@ -1,6 +1,7 @@
 """eval.py --route and explain.py: route specs by hand, a forced
 expert equals --adapter, a soft route replaces the task level, and explain.py
-runs end to end on a tiny base with two experts, a router and clusters."""
+runs end to end on a tiny base with two experts, a router and clusters, or
+asks one question of one expert or of the base alone, without data."""
 import json
 import re
 import subprocess
@@ -12,7 +13,10 @@ import pytest
 import cluster as C
 import eval as E
 import explain
+import model as M
 import train
+from data.prompts import prompt_ids
+from formats import adapters
 from conftest import ROOT
 from test_experts import base_dir, expert_argv  # noqa: F401  (fixture)
 from test_train_eval import FIXTURE, tokenizer_path  # noqa: F401  (fixture)
@@ -111,6 +115,30 @@ def test_explain_one_question(routed, base_dir):  # noqa: F811
     forced = run_eval(base_dir, "--moe", str(routed / "routers" / "two-level"), "What is 2 + 3?",
                       "--route", "numbers", script="explain.py")
     assert "--route numbers" in forced and "expert numbers" in forced and "100.0%" in forced
+
+
+def test_one_question_of_one_expert_or_of_the_base_without_data(routed, base_dir, tmp_path, monkeypatch,  # noqa: F811
+                                                                capsys):
+    """explain.py --adapter answers with that expert merged, --no-router with the
+    base alone; without a data folder the prompt has no shots, and says so. Each
+    answer is the merged expert's (or the base's) own 0-shot answer."""
+    question, expert = "Solve 3*y - 1 = -13 for y.", str(routed / "experts" / "algebra")
+    answers = {}
+    for who in (["--adapter", expert], ["--no-router"]):
+        monkeypatch.setattr(sys, "argv", ["explain.py", question, *who, "--model", base_dir,
+                                          "--data", str(tmp_path / "no-data"), "--clusters", str(routed / "clusters")])
+        explain.main()
+        out = capsys.readouterr().out
+        assert "(no shots: " in out and "shots (0, none: no train questions)" in out
+        assert "cluster        " in out and "task level" not in out and "layer 0" not in out
+        answers[who[0]] = out
+    assert f"adapter        {expert}, merged into the base\n" in answers["--adapter"]
+    assert "adapter        none: the base alone (--no-router)\n" in answers["--no-router"]
+    model, tok = M.load(base_dir, verbose=False)
+    ids = prompt_ids(tok, [], question)[0]
+    merged = adapters.with_adapter(model, expert, lambda: M.complete(model, tok, [ids], 32)[0].strip())
+    assert answers["--adapter"].endswith(f"\nanswer         {merged}\n")
+    assert answers["--no-router"].endswith(f"\nanswer         {M.complete(model, tok, [ids], 32)[0].strip()}\n")
 
 
 def test_heldout_evaluates_every_configuration(routed, base_dir, tmp_path):  # noqa: F811

@@ -1,8 +1,10 @@
 """router.py: the grouped gate's algebra, the single-expert reduction, and
 train.py --router / eval.py --moe end to end on a tiny base."""
+import glob
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -136,6 +138,9 @@ def test_router_trains_resumes_and_evaluates(tmp_path, base_dir, monkeypatch):  
     assert a["gates.0.U.weight"].abs().sum() > 0          # the group gate learned (one expert per group)
     saved = routers.load_router(str(tmp_path / "full"))
     assert saved.cfg.experts == ["algebra", "numbers"]
+    named = json.load(open(tmp_path / "full" / "router.json"))["expert_dirs"]      # from the router's folder
+    assert named == {"algebra": "../experts/algebra", "numbers": "../experts/numbers"}
+    os.makedirs(experts / "geometry")         # an expert still training beside them: not this router's
     out = tmp_path / "moe.json"
     cmd = [sys.executable, "eval.py", "--model", base_dir, "--data", FIXTURE, "--moe", str(tmp_path / "full"),
            "--shots", "2", "--limit", "2", "--json", str(out), "--out", str(tmp_path / "routing")]
@@ -146,6 +151,36 @@ def test_router_trains_resumes_and_evaluates(tmp_path, base_dir, monkeypatch):  
     assert len(rec["experts"]) == 2 and abs(sum(rec["experts"][0]) - 1) < 1e-4   # (L, E), rows sum to 1
     assert set(report["routing"]["per_skill"]) == {"algebra", "numbers"}
     assert os.path.exists(tmp_path / "routing" / "routing.json")
+
+
+def test_a_router_names_its_experts_and_moves_with_them(tmp_path):
+    """A study folder moved whole keeps its router working (router.json names each
+    expert's folder from the router's own), whatever else lies beside the experts;
+    a router moved alone is refused naming its first expert, and finds them by
+    name in the folder given (eval.py and explain.py's --experts DIR)."""
+    moved = shutil.copytree(os.path.join(ROOT, "checkpoints", "phi-tiny-moe"), tmp_path / "moe")
+    os.makedirs(moved / "experts" / "geometry")                     # e.g. an expert still training
+    cfg = routers.read_config(str(moved / "router"))
+    dirs = routers.router_experts(str(moved / "router"), cfg)
+    assert dirs == {name: str(moved / "experts" / name) for name in cfg.experts} and len(dirs) == 8
+    alone = shutil.move(str(moved / "router"), str(tmp_path / "router"))
+    with pytest.raises(ValueError, match=f"{tmp_path}/experts/algebra/adapter_model.safetensors not found: "
+                                         f"{alone} routes over the expert 'algebra' there; give the folder that "
+                                         "holds its experts with --experts DIR"):
+        routers.router_experts(alone, routers.read_config(alone))
+    assert routers.router_experts(alone, routers.read_config(alone), str(moved / "experts")) == dirs
+
+
+@pytest.mark.parametrize("router_dir", sorted(glob.glob(os.path.join(ROOT, "checkpoints", "*", "routers", "*")))
+                         + [os.path.join(ROOT, "checkpoints", "phi-tiny-moe", "router"),
+                            os.path.join(ROOT, "checkpoints", "phi-tiny-study", "add-skill", "router7")],
+                         ids=lambda d: os.path.relpath(d, os.path.join(ROOT, "checkpoints")))
+def test_every_kept_router_finds_its_experts(router_dir):
+    """The routers kept in checkpoints/ load, and find the very adapters they were trained over."""
+    cfg = routers.read_config(router_dir)
+    base = M.load(os.path.join(ROOT, "checkpoints", "phi-tiny"), verbose=False)[0] if cfg.rank1 else None
+    assert routers.load_router(router_dir, base).cfg == cfg
+    assert list(routers.router_experts(router_dir, cfg)) == ([] if cfg.rank1 else cfg.experts)
 
 
 def test_rank1_experts_train_with_the_router_and_reload(tmp_path, base_dir):  # noqa: F811
