@@ -140,11 +140,14 @@ class MultiLoRALinear(nn.Module):
     r, which leaves B_e A_e unchanged). Weights may be per token (B, T, E), per
     sequence (B, E) or one vector for everything (E,).
 
-    How weights reach the layer. The model's forward signature is fixed, so the
-    weights are an attribute: set_expert_weights() writes `self.weights` for every
-    layer, or a router's forward pre-hook on the decoder layer (which sees the
-    layer's input first) writes them before the layer runs. All experts' A x are
-    computed at once (E*r extra dims, cheap for small r), with one dropout mask.
+    How weights reach the layer. forward(x, weights) takes them as an input.
+    Inside the model, though, the Linear is called as self.q_proj(x) (the model's
+    forward signature is fixed), so weights=None reads `self.weights`, which
+    someone wrote before the layer ran: set_expert_weights() for every layer, or
+    a router's forward pre-hook on the decoder layer, which sees the layer's input
+    first (router.py; router.routed_linear writes that path out as plain math).
+    All experts' A x are computed at once (E*r extra dims, cheap for small r),
+    with one dropout mask.
 
     forward(x) runs in every target Linear at every decoding step and checks
     nothing. Weights from outside are checked where they come in, by
@@ -163,7 +166,7 @@ class MultiLoRALinear(nn.Module):
         for e in range(n_experts):
             nn.init.kaiming_uniform_(self.lora_A.data[e], a=math.sqrt(5))
         self.register_buffer("lora_scaling", torch.full((n_experts,), alpha / r, device=kw["device"]))
-        self.weights = None          # set by the router before each forward
+        self.weights = None          # forward's weights when it is given none: a router's hook sets them
         self.merged = None           # the (E,) weights merged into W, or None
         self.original = None         # W before merge(), on the CPU, while merged
 
@@ -193,11 +196,13 @@ class MultiLoRALinear(nn.Module):
         self.lora_B[e, :, :r_e] = B
         self.lora_scaling[e] = scaling
 
-    def forward(self, x):
+    def forward(self, x, weights=None):
+        """x (B, T, I) -> (B, T, O). weights (B, T, E), (B, E) or (E,): the routing
+        weights w_e; None reads self.weights (set by a router's hook or set_expert_weights)."""
         y = F.linear(x, self.weight, self.bias)                        # (B, T, O)
         if self.merged is not None:
             return y
-        w = self.weights.float() * self.lora_scaling                    # (..., E): s_e folded into w_e
+        w = (self.weights if weights is None else weights).float() * self.lora_scaling   # (..., E): s_e folded into w_e
         if w.dim() == 2:
             w = w[:, None, :]                                           # (B, E) -> (B, 1, E): same for every token
         # Legend: b batch, t token, i in, o out, e expert, r rank. The two einsums

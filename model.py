@@ -12,7 +12,9 @@ Chapters, top to bottom:
   4. loading/saving   HF layout: config.json, model.safetensors (or shards), tokenizer.json,
                       or a Hub id ("microsoft/phi-2") resolved to such a folder in the HF
                       cache; formats/hf.py reads, checks and writes the files themselves
-  5. generation       batched, left-padded prefill + decode loop; greedy or sampled
+  5. generation       prefill (the left-padded prompts, once) and decode_step (one
+                      token per row through the KV cache), as gpt-fast's prefill and
+                      decode_one_token; generate() loops over them, greedy or sampled
 
 References: microsoft/phi-2 config.json; transformers' models/phi/modeling_phi.py
 (the parity tests compare against it); nanoGPT and gpt-fast for the shape of the
@@ -353,60 +355,78 @@ def save(model, tok, out_dir, dtype=None):
 # ---------------------------------------------------------------------------
 
 
-@torch.no_grad()
-def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=None, eos_id=None,
-             stop_fn=None, generator=None, n_tokens=None, keep_cache=0):
-    """Continue each prompt (a list of token ids); return the new ids per prompt.
+def prefill(model, prompts, room):
+    """Run the prompts (lists of token ids) through the model once, left-padded
+    into one batch, into a fresh KV cache with `room` slots after the longest
+    prompt L. Returns (logits (B, V) at each row's last token, valid (B, L + room)
+    with the prompts' real slots set, pos (B, 1) each row's last RoPE position).
 
-    Prompts of different lengths are left-padded into one batch. Padding slots
-    are masked as keys, and each row's positions count from its first real token,
-    so a row gets the same tokens as it would alone. Prefill runs the padded
-    prompts once; each decode step feeds one token per row through the KV cache.
-    A row stops at eos_id or when stop_fn(its new ids) is true; the loop ends
-    when all rows have stopped. temperature 0 is greedy; otherwise sample from
-    softmax(logits / temperature), restricted to the top_k logits if given.
-    n_tokens: only ids below it are ever produced. phi-2 has 51200 embedding rows
-    but 50295 tokens, and an id without a token would be dropped by decode().
-    keep_cache > 0 leaves the KV cache in place, with room for that many tokens
-    after the prompts, for a later forward through it (eval.answer_nll scores gold
-    answers there without running the prompts again); the caller then calls
-    model.clear_cache()."""
-    P = model.config.max_position_embeddings
-    _check_prompts(prompts, P, model.config.vocab_size)
+    Padding slots stay False in valid, so no query sees them as keys, and each
+    row's positions count from its first real token: a row gets the same numbers
+    as it would alone. Only the last position's logits are needed, so the forward
+    stops at the final LayerNorm and lm_head runs on that one position: for phi-2
+    (V = 51200) the head over all L positions costs about as much as two layers."""
     B, L = len(prompts), max(len(p) for p in prompts)
-    max_new_tokens = min(max_new_tokens, P - L)
     device = model.lm_head.weight.device
     idx = torch.zeros(B, L, dtype=torch.long, device=device)
-    valid = torch.zeros(B, L + max_new_tokens, dtype=torch.bool, device=device)
+    valid = torch.zeros(B, L + room, dtype=torch.bool, device=device)
     for b, p in enumerate(prompts):
         idx[b, L - len(p):] = torch.tensor(p, device=device)
         valid[b, L - len(p):L] = True
     pos = (valid[:, :L].long().cumsum(-1) - 1).clamp(min=0)                # (B, L)
+    model.setup_cache(B, L + room)
+    h = model(idx, pos, valid[:, :L], start=0, hidden_layer=model.config.num_hidden_layers)   # (B, L, C)
+    return model.lm_head(h[:, -1]), valid, pos[:, -1:]                    # (B, V), (B, L + room), (B, 1)
 
-    model.setup_cache(B, L + max(max_new_tokens, keep_cache))
+
+def decode_step(model, tokens, valid, pos, slot):
+    """Feed one token per row, tokens (B,), at RoPE positions pos (B, 1) into cache
+    slot `slot`, which becomes a real key; return the next logits (B, V)."""
+    valid[:, slot] = True
+    return model(tokens[:, None], pos, valid[:, :slot + 1], start=slot)[:, -1]   # (B, 1, V) -> (B, V)
+
+
+def keep_new(out, done, tokens, eos_id, stop_fn):
+    """Append each row's new token to out unless the row is done; a row is done
+    at eos_id (not appended) or once stop_fn(its new ids) is true. True when all are."""
+    for b, tok_id in enumerate(tokens):
+        if done[b]:
+            continue
+        if tok_id == eos_id:
+            done[b] = True
+            continue
+        out[b].append(tok_id)
+        done[b] = stop_fn is not None and stop_fn(out[b])
+    return all(done)
+
+
+@torch.no_grad()
+def generate(model, prompts, max_new_tokens, temperature=0.0, top_k=None, eos_id=None,
+             stop_fn=None, generator=None, n_tokens=None, keep_cache=0):
+    """Continue each prompt (a list of token ids); return the new ids per prompt:
+    prefill() once, then sample and decode_step() until every row has stopped.
+
+    A row stops at eos_id or when stop_fn(its new ids) is true. temperature 0 is
+    greedy; otherwise sample from softmax(logits / temperature), restricted to the
+    top_k logits if given. n_tokens: only ids below it are ever produced (phi-2
+    has 51200 embedding rows but 50295 tokens; an id without a token would be
+    dropped by decode()).
+    keep_cache > 0 is for evaluation: the KV cache stays in place, with room for
+    that many tokens after the prompts, for a later forward through it
+    (eval.answer_nll scores gold answers there without running the prompts
+    again); the caller then calls model.clear_cache()."""
+    P = model.config.max_position_embeddings
+    _check_prompts(prompts, P, model.config.vocab_size)
+    L = max(len(p) for p in prompts)
+    max_new_tokens = min(max_new_tokens, P - L)
+    out, done = [[] for _ in prompts], [False] * len(prompts)
     try:
-        # Prefill. Only the last position's logits are needed, so stop at the final
-        # LayerNorm and apply lm_head to that one position: for phi-2 (V = 51200)
-        # the head over all L positions would cost about as much as two layers.
-        h = model(idx, pos, valid[:, :L], start=0, hidden_layer=model.config.num_hidden_layers)
-        logits = model.lm_head(h[:, -1])                                    # (B, V)
-        out, done = [[] for _ in range(B)], [False] * B
-        next_pos = pos[:, -1:] + 1                                          # (B, 1)
+        logits, valid, pos = prefill(model, prompts, max(max_new_tokens, keep_cache))
         for t in range(max_new_tokens):
-            nxt = sample(logits[:, :n_tokens], temperature, top_k, generator)   # (B,)
-            for b, tok_id in enumerate(nxt.tolist()):
-                if done[b]:
-                    continue
-                if tok_id == eos_id:
-                    done[b] = True
-                    continue
-                out[b].append(tok_id)
-                done[b] = stop_fn is not None and stop_fn(out[b])
-            if all(done) or t == max_new_tokens - 1:
+            tokens = sample(logits[:, :n_tokens], temperature, top_k, generator)   # (B,)
+            if keep_new(out, done, tokens.tolist(), eos_id, stop_fn) or t == max_new_tokens - 1:
                 break
-            valid[:, L + t] = True
-            logits = model(nxt[:, None], next_pos, valid[:, :L + t + 1], start=L + t)[:, -1]
-            next_pos = next_pos + 1
+            logits = decode_step(model, tokens, valid, pos + 1 + t, L + t)
     except BaseException:
         model.clear_cache()
         raise

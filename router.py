@@ -22,7 +22,9 @@ Chapters:
                   with a learned router the same way); optional top-k with
                   renormalisation, temperature, an entropy regulariser and a
                   load-balancing loss; forward pre-hooks write the weights into
-                  the layer's MultiLoRALinear modules; record() keeps them
+                  the layer's MultiLoRALinear modules; record() keeps them.
+                  routed_linear() writes one layer's routing and one mixed Linear
+                  out in full, the reference the hooks are tested against
   4. from experts each expert's centroid is the mean meta-question embedding of
                   the training questions labelled as its own (its skill, or its
                   cluster); the groups are a k-means of the centroids; the task
@@ -315,6 +317,52 @@ class Router(nn.Module):
             yield self.recording
         finally:
             self.recording = None
+
+
+def routed_linear(router, layer, h, x, linear, prior=None):
+    """One layer's two-level routing and one of its mixed LoRA Linears, written
+    out in full: the reference that the running path (Router.attach's hook
+    writing Router.weights into MultiLoRALinear.weights, then its stacked-matmul
+    forward) must match, as model.attention() is for sdpa. Computed in float64.
+
+    h (B, T, C) the decoder layer's input (what the gate sees); x (B, T, I) the
+    input of `linear`, a MultiLoRALinear of that layer; prior (B, E) the task
+    level, or None. Returns y (B, T, O). No padding: at sequence level the gate
+    sees the mean of h over all T tokens.
+
+    Letters: B batch, T tokens, C hidden, E experts, G groups, r rank, I in, O out.
+    einsum legend: b batch, t token, e expert, r rank, i in, o out."""
+    cfg, gate = router.cfg, router.gates[layer]
+    h, x = h.double(), x.double()
+    if cfg.level == "sequence":
+        h = h.mean(dim=1, keepdim=True)                                # (B, T, C) -> (B, 1, C): one input per question
+    # 1. The grouped gate: group weights first, then a softmax inside each group.
+    t = gate.temperature
+    u = (h @ gate.U.weight.double().T + gate.U.bias.double()) / t      # (B, T, G) group scores
+    v = (h @ gate.V.weight.double().T + gate.V.bias.double()) / t      # (B, T, E) expert scores
+    group_w = torch.softmax(u, dim=-1)                                 # (B, T, G), sums to 1 over groups
+    w_gate = torch.zeros_like(v)                                       # (B, T, E)
+    for g, members in enumerate(cfg.groups):
+        inside = torch.softmax(v[..., members], dim=-1)                # (B, T, |g|), sums to 1 in the group
+        w_gate[..., members] = group_w[..., g:g + 1] * inside          # (B, T, 1) * (B, T, |g|)
+    # 2. The mix with the task level: w = lambda_l * prior + (1 - lambda_l) * w_gate.
+    w = w_gate
+    if prior is not None and cfg.prior != "none":
+        lam = torch.sigmoid(router.mix[layer].double())                # scalar in (0, 1)
+        w = lam * prior.double()[:, None, :] + (1 - lam) * w_gate      # (B, E) -> (B, 1, E), broadcast over T
+    # 3. Optional top-k: keep the k largest weights, renormalise them to sum 1.
+    if cfg.top_k:
+        kth = w.topk(cfg.top_k, dim=-1).values[..., -1:]               # (B, T, 1) the k-th largest
+        w = torch.where(w >= kth, w, 0.0)
+        w = w / w.sum(dim=-1, keepdim=True)                            # (B, T, E)
+    # 4. The experts: y = W x + b + sum_e w_e * (alpha/r)_e * B_e A_e x.
+    y = x @ linear.weight.double().T                                   # (B, T, I) @ (I, O) -> (B, T, O)
+    if linear.bias is not None:
+        y = y + linear.bias.double()
+    A, B = linear.lora_A.double(), linear.lora_B.double()             # (E, r, I), (E, O, r)
+    s = linear.lora_scaling.double()                                   # (E,) each expert's alpha / r
+    Ax = torch.einsum("eri,bti->bter", A, x)                           # (B, T, E, r)
+    return y + torch.einsum("bte,e,eor,bter->bto", w, s, B, Ax)        # (B, T, O): summed over e and r
 
 
 def pool(h, allowed):

@@ -188,8 +188,9 @@ def test_multi_per_token_weights_equal_python_loop():
     x = torch.randn(2, 4, 8)
     w = torch.rand(2, 4, 3).softmax(-1)                        # (B, T, E)
     ref = base(x) + sum(w[..., e:e + 1] * (m(x) - base(x)) for e, m in enumerate(experts))
-    multi.weights = w                                          # the router's way in
-    assert torch.allclose(multi(x), ref, atol=1e-5)
+    assert torch.allclose(multi(x, w), ref, atol=1e-5)         # weights as an input
+    multi.weights = w                                          # the router's way in: forward(x) reads them
+    assert torch.equal(multi(x), multi(x, w))
     w_seq = torch.rand(2, 3)                                   # (B, E): one mix per sequence
     lora.set_expert_weights(multi, w_seq[:, None, :].expand(2, 4, 3))
     ref_seq = multi(x)

@@ -45,6 +45,21 @@ def test_cached_decode_equals_full_forward(tiny_ckpt):
     assert (torch.cat(steps, dim=1) - full).abs().max() < 1e-5
 
 
+def test_prefill_and_decode_steps_equal_the_full_forward(tiny_ckpt):
+    """generate()'s two halves by hand: prefill's logits are the full forward's at
+    the last prompt token, and each decode_step's those at the token it feeds."""
+    model, _ = M.load(tiny_ckpt[0])
+    idx = batch(model.config.vocab_size, B=2, T=12)
+    with torch.no_grad():
+        full = model(idx)                                          # (2, 12, V)
+        logits, valid, pos = M.prefill(model, idx[:, :8].tolist(), room=4)
+        steps = [logits]
+        for t in range(8, 11):
+            steps.append(M.decode_step(model, idx[:, t], valid, pos + t - 7, slot=t))
+        model.clear_cache()
+    torch.testing.assert_close(torch.stack(steps, dim=1), full[:, 7:11], atol=1e-5, rtol=1e-5)
+
+
 def test_batched_greedy_equals_one_at_a_time(tiny_ckpt):
     model, _ = M.load(tiny_ckpt[0])
     g = torch.Generator().manual_seed(3)

@@ -278,6 +278,38 @@ def test_hard_merged_route_equals_soft_one_hot(tiny_ckpt, tmp_path):
         torch.testing.assert_close(model(idx), soft, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("level, top_k", [("token", 0), ("token", 2), ("sequence", 0)])
+def test_hooks_equal_the_written_out_routing(tiny_ckpt, tmp_path, level, top_k):
+    """Router.attach's hooks and MultiLoRALinear's stacked matmuls, inside a model
+    forward, give one layer's fc1 the output that routed_linear() computes by hand
+    (gate, lambda-mix with the prior, top-k, experts). The test has teeth: with
+    lambda applied the other way round (sigmoid(-mix) = 1 - lambda) the output differs."""
+    model = with_random_experts(tiny_ckpt[0], tmp_path, 3, std=0.2)
+    router = R.Router(cfg(3, [[0, 2], [1]], level=level, top_k=top_k, hidden_size=model.config.hidden_size,
+                          n_layers=model.config.num_hidden_layers), torch.zeros(3, 320).numpy())
+    router.attach(model).eval()
+    torch.manual_seed(5)
+    for gate in router.gates:
+        for lin in (gate.U, gate.V):
+            torch.nn.init.normal_(lin.weight, std=0.5)
+            torch.nn.init.normal_(lin.bias, std=0.5)
+    with torch.no_grad():
+        router.mix.copy_(torch.tensor([0.8, -1.3]))                # lambda = 0.69, 0.21
+    prior = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]])
+    router.set_prior(prior)
+    layer, seen = 1, {}
+    model.model.layers[layer].register_forward_pre_hook(lambda m, args: seen.update(h=args[0]))
+    fc1 = model.model.layers[layer].mlp.fc1
+    fc1.register_forward_hook(lambda m, args, out: seen.update(x=args[0], y=out))
+    with torch.no_grad():
+        model(torch.randint(1, 300, (2, 7), generator=torch.Generator().manual_seed(1)))
+        ref = R.routed_linear(router, layer, seen["h"], seen["x"], fc1, prior)
+        torch.testing.assert_close(seen["y"].double(), ref, atol=1e-5, rtol=1e-5)
+        router.mix.neg_()                                          # lambda the other way round
+        flipped = R.routed_linear(router, layer, seen["h"], seen["x"], fc1, prior)
+    assert (flipped - ref).abs().max() > 1e-3
+
+
 @pytest.mark.parametrize("level", ["token", "sequence"])
 def test_routed_answers_do_not_depend_on_the_batch(tiny_ckpt, tmp_path, level):
     """A routed question gets the same answer and routing alone as in a left-padded
