@@ -15,8 +15,13 @@ TEST    ?= 100
 	$(PY) -m pip install -q -r requirements.txt
 	touch $@
 
-.venv/.test: requirements-test.txt .venv/.runtime
+.venv/.test: requirements-test.txt requirements-pictures.txt .venv/.runtime
 	$(PY) -m pip install -q -r requirements-test.txt
+	touch $@
+
+# matplotlib, for the pictures only (heatmaps, curves): an extra, not a dependency of the library
+.venv/.pictures: requirements-pictures.txt .venv/.runtime
+	$(PY) -m pip install -q -r requirements-pictures.txt
 	touch $@
 
 # DeepMind's generator pins sympy 1.4 / numpy 1.23.5, which torch cannot live with:
@@ -32,21 +37,25 @@ data: .venv-gen/.ready .venv/.runtime
 
 # The mixture at work on the shipped phi-tiny: fresh questions from the generator;
 # the base, the arithmetic expert merged and the routed mixture on the same questions
-# (each table in out/demo/*.md), side by side and question by question; then one
-# question explained.
+# (each table in out/demo/*.md, the mixture's routing heatmaps in out/demo/routing),
+# side by side and question by question (out/demo/paired.md); then one question explained.
 DEMO := $(PY) eval.py --data out/demo/data --limit 10
-demo: .venv-gen/.ready .venv/.runtime
+demo: .venv-gen/.ready .venv/.runtime .venv/.pictures
 	$(GEN) data/generate.py --out out/demo/data --train 20 --dev 0 --test 10 --seed 7
 	$(DEMO) --json out/demo/base.json > out/demo/base.md
 	$(DEMO) --adapter checkpoints/phi-tiny-moe/experts/arithmetic --json out/demo/arithmetic.json > out/demo/arithmetic.md
 	$(DEMO) --moe checkpoints/phi-tiny-moe/router --out out/demo/routing --json out/demo/mixture.json > out/demo/mixture.md
-	$(PY) -m study paired out/demo/base.json out/demo/arithmetic.json out/demo/mixture.json
+	$(PY) -m study paired out/demo/base.json out/demo/arithmetic.json out/demo/mixture.json > out/demo/paired.md
+	cat out/demo/paired.md
 	$(PY) explain.py "Solve 3*y - 1 = -13 for y." --data out/demo/data
+	@echo; echo "The three side by side, question by question: out/demo/paired.md"; \
+	echo "The mixture's routing heatmaps, mean expert weight per layer:" out/demo/routing/*.png
 
 test: .venv/.test .venv-gen/.ready
 	$(PY) -m pytest -q
 
 # The whole study (see study/experiment.sh for its knobs); matplotlib comes with the test set.
+# make experiment SMOKE=1: every stage at toy sizes, in minutes, into out/smoke (a check, not a result).
 experiment: .venv/.test .venv-gen/.ready
 	bash study/experiment.sh
 

@@ -187,8 +187,10 @@ def train_parser(modes, targets):
     mode.add_argument("--router", action="store_true", help="train the two-level router over the "
                       "frozen experts in --experts")
     p.add_argument("--data", type=nonempty, default=DEFAULT_DATA, help=f"LiLA task file(s) or directory (default {DEFAULT_DATA})")
-    p.add_argument("--out", type=writable_dir, default=None, help="output directory (default runs/base, "
-                   "out/experts/SKILL, out/experts/cluster-K, out/mixed, out/router, out/full/SKILL)")
+    p.add_argument("--out", type=writable_dir, default=None, help="output directory (default: --base "
+                   "runs/base; --expert out/experts/SKILL, cluster:K out/cluster-experts/cluster-K; --mixed "
+                   "out/mixed; with --adapter out/sequential/SKILL (or mixed); with --full out/full/SKILL "
+                   "(or mixed); --router out/routers/PRIOR-LEVEL, e.g. centroid-token, or out/routers/rank1)")
     per_mode = lambda k: ", ".join(f"{'LoRA' if m == 'lora' else m} {d[k]}" for m, d in modes.items())  # noqa: E731
     p.add_argument("--steps", type=positive_int, help=f"optimizer steps (default {per_mode('steps')})")
     p.add_argument("--batch-size", type=positive_int, default=16, help="sequences per step, over all "
@@ -306,9 +308,7 @@ def train_args(modes, targets, argv=None):
     if args.base and (rotary_dims < 2 or rotary_dims % 2):
         p.error(f"--rotary {args.rotary}: {rotary_dims} of the head's {args.n_embd // args.n_head} dims; "
                 "expected an even number, at least 2")
-    name = "mixed" if args.mixed else "router" if args.router else (args.expert or "").replace(":", "-")
-    folder = "full" if args.full else "experts" if args.expert else ""
-    p.set_defaults(**modes[mode_of(args)], out="runs/base" if args.base else os.path.join("out", folder, name))
+    p.set_defaults(**modes[mode_of(args)], out=default_out(args))
     args = p.parse_args(argv)
     args.dtype, args.save_dtype = (FULL_DTYPE.get(d, d) for d in (args.dtype, args.save_dtype))  # one run, one name
     if args.stop_at and args.stop_at > args.steps:
@@ -319,6 +319,20 @@ def train_args(modes, targets, argv=None):
         p.error(f"--out {args.out} holds the train_state.pt of an earlier run; continue it with --resume, "
                 "or give another --out")
     return args
+
+
+def default_out(args):
+    """--out when not given: each kind of run in a folder of its own, so that one never
+    lands where another kind is read (a router reads every folder of --experts)."""
+    if args.base:
+        return "runs/base"
+    if args.router:
+        return os.path.join("out", "routers", "rank1" if args.rank1 else f"{args.prior}-{args.level}")
+    name = "mixed" if args.mixed else args.expert.replace(":", "-")
+    folder = ("full" if args.full else "sequential" if args.adapter else
+              "cluster-experts" if args.expert and args.expert.startswith("cluster:") else
+              "experts" if args.expert else "")
+    return os.path.join("out", folder, name)
 
 
 fresh_lora = lambda a: (a.expert or a.mixed) and not (a.full or a.adapter)   # noqa: E731
@@ -406,8 +420,9 @@ def add_question_flags(p):
 
 def add_route_flags(p):
     """A router, its experts, and steering (eval.py --moe and explain.py)."""
-    p.add_argument("--experts", type=nonempty, default=None, help="--moe: the experts directory (default: the one it "
-                   "was trained on)")
+    p.add_argument("--experts", type=nonempty, default=None, metavar="DIR", help="--moe: a folder holding the "
+                   "router's experts by name, e.g. its experts moved (default: the adapter folders its router.json "
+                   "names)")
     p.add_argument("--route", type=nonempty, default=None, metavar="SPEC", help="--moe: replace the task-level weights "
                    "by these, e.g. 'algebra=0.7,arithmetic=0.3' (expert or group names); one name forces "
                    "that expert")
@@ -455,17 +470,31 @@ def _check_shot_flags(p, args, given):
 
 
 def explain_args(argv=None):
-    p = Parser(description="Explain how the routed mixture routes one question, and answer it.")
+    """The flags; args.moe is None when the question goes to one --adapter or to the
+    base alone (--no-router)."""
+    p = Parser(description="Explain how the routed mixture routes one question, and answer it; or answer it "
+               "with one expert, or with the base alone.")
     p.add_argument("question", type=nonempty, help="the question, e.g. 'Solve 3*y - 1 = -13 for y.'")
-    p.add_argument("--moe", type=nonempty, default=os.path.join(SHIPPED, "router"), metavar="ROUTER_DIR",
-                   help=f"the router (train.py --router output) (default {SHIPPED}/router)")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--moe", type=nonempty, default=os.path.join(SHIPPED, "router"), metavar="ROUTER_DIR",
+                     help=f"the router (train.py --router output) (default {SHIPPED}/router)")
+    who.add_argument("--adapter", type=nonempty, default=None, metavar="DIR", help="no router: this one LoRA "
+                     "expert (PEFT layout), merged into the base")
+    who.add_argument("--no-router", action="store_true", help="no router and no adapter: the base alone")
     add_route_flags(p)
     p.add_argument("--clusters", type=nonempty, default=None, help="cluster.py output for the meta-question's "
-                   "cluster (default: the one the router was trained with)")
+                   f"cluster (default: the one the router was trained with, else {CLUSTERS})")
     add_model_flags(p)
     add_prompt_flags(p)
     args = p.parse_args(argv)
-    _check_shot_flags(p, args, given_flags(p, argv, args))
+    given = given_flags(p, argv, args)
+    _check_shot_flags(p, args, given)
+    for flag in ("route", "experts"):
+        if flag in given and (args.adapter or args.no_router):
+            p.error(f"--{flag} goes with a router (--moe), not with "
+                    + ("--adapter" if args.adapter else "--no-router"))
+    if args.adapter or args.no_router:
+        args.moe = None
     if args.shots_from == "submodule":
         p.error("--shots-from submodule reads the question's label, and the question explained has none")
     if args.clusters and not has_output(args.clusters):

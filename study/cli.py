@@ -36,6 +36,7 @@ that loads a model.
 Left out: corrections for many comparisons; each test is for one pair of runs.
 """
 import os
+import sys
 
 from cli import Parser, writable_dir
 from formats.files import UserError, write_json, write_text
@@ -58,7 +59,7 @@ def compare(base_json, others):
         only = len({(r["skill"], r["question"]) for r in records} ^ {(r["skill"], r["question"]) for r in base})
         if only:
             print(f"note: {only} questions are in only one of {base_json} and {path}; the table compares "
-                  "the questions in both")
+                  "the questions in both", file=sys.stderr)
         tables[path] = paired(base, records)
         if not tables[path]:
             raise UserError(f"{path}: none of its questions is in {base_json}; evaluate both "
@@ -89,8 +90,8 @@ def forgetting(base_json, experts, out):
     """python -m study forgetting: the base and each expert evaluated on every skill
     (experts: eval.py --json files, one per expert, each named after its expert,
     e.g. algebra.json for `eval.py --adapter out/experts/algebra`), all on the
-    base's questions. Writes forgetting.md, .json and two heatmaps under out;
-    returns the JSON dict."""
+    base's questions. Writes forgetting.md, .json and two heatmaps under out, and
+    says so on stderr; returns the JSON dict."""
     base_records = read_records(base_json)
     base, base_nll = per_skill(base_records)
     acc, nll, own = {}, {}, {}
@@ -120,12 +121,18 @@ def forgetting(base_json, experts, out):
     result = {"skills": skills, "base": base, "accuracy": acc, "delta": delta,
               "base_nll": base_nll, "nll": nll, "nll_delta": nll_delta, "own_skill": own}
     write_json(os.path.join(out, "forgetting.json"), result)
-    heatmap([[100 * delta[e][s] for s in skills] for e in acc], list(acc), skills,
-            "expert accuracy - base accuracy (points)", os.path.join(out, "forgetting.png"))
-    heatmap([[-nll_delta[e][s] for s in skills] for e in nll], list(nll), skills,
-            "base answer NLL - expert answer NLL (nats; > 0: expert better)",
-            os.path.join(out, "forgetting_nll.png"), fmt="{:+.2f}")
+    pictures = [heatmap([[100 * delta[e][s] for s in skills] for e in acc], list(acc), skills,
+                        "expert accuracy - base accuracy (points)", os.path.join(out, "forgetting.png")),
+                heatmap([[-nll_delta[e][s] for s in skills] for e in nll], list(nll), skills,
+                        "base answer NLL - expert answer NLL (nats; > 0: expert better)",
+                        os.path.join(out, "forgetting_nll.png"), fmt="{:+.2f}")]
+    say_wrote(out, ["forgetting.md", "forgetting.json", *(os.path.basename(p) for p in pictures if p)])
     return result
+
+
+def say_wrote(out, names):
+    """The last line of a command that wrote files into out: which, and where (stderr)."""
+    print(f"wrote {', '.join(names)} to {out}", file=sys.stderr)
 
 
 def delta_rows(skills, base_label, base, delta, fmt, base_fmt):
@@ -151,7 +158,7 @@ def curve(base_json, stages, out):
     N-SKILL.json for the skill of stage N). Writes curve.md, .json and .png under
     out: accuracy and answer NLL per skill after each stage, and for each trained skill its
     accuracy right after its own stage against after the last one, question by
-    question: what the later stages made the model forget."""
+    question: what the later stages made the model forget. Says what it wrote on stderr."""
     runs = {"base": read_records(base_json)}
     for path in stages:
         runs[os.path.splitext(os.path.basename(path))[0]] = read_records(path)
@@ -192,7 +199,7 @@ def curve(base_json, stages, out):
         fig.tight_layout()
         fig.savefig(os.path.join(out, "curve.png"), dpi=120)
         plt.close(fig)
-        print(f"wrote {os.path.join(out, 'curve.png')}")
+    say_wrote(out, ["curve.md", "curve.json", *(["curve.png"] if plt is not None else [])])
     return {"accuracy": acc, "kept": kept}
 
 

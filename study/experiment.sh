@@ -12,28 +12,48 @@
 # as relative paths, are the repository's.
 #
 #   bash study/experiment.sh                    # phi-tiny, CPU: a quick run, 1 h 45 min on 2 cores (+25 min data)
+#   SMOKE=1 bash study/experiment.sh            # every stage at toy sizes, in minutes (make experiment SMOKE=1)
 #   make study          # the study at size of docs/study/ (kept in checkpoints/phi-tiny-study)
 #   MODEL=microsoft/phi-2 DEVICE=cuda bash study/experiment.sh    # the real phi-2 on a GPU
 #
 # Knobs (environment): MODEL (a folder or a Hugging Face id), DATA (evaluation:
-# its test split), TRAIN_DATA (training; default a fresh draw beside data/lila,
-# or DATA itself when DATA is given), OUT, DOCS (a copy of the report, if set), STEPS
-# (LoRA steps per expert), ROUTER_STEPS, BATCH (LoRA batch), EVAL_EVERY (steps
-# between dev evaluations; the best is kept), LIMIT (test questions per skill in
-# every evaluation), DEVICE, DTYPE (evaluation dtype, e.g. bfloat16 on a GPU),
-# LORA_LRS and FULL_LRS (the learning rates tried for the LoRAs and the full
-# fine-tune), JOBS (commands of a stage run at once: 2 on a CPU, each with half
-# the cores; a GPU takes several, and with DEVICE=cuda they are spread over the
-# GPUs, see job() below), PY (python).
+# its test split; default data/lila, generated), TRAIN_DATA (training; default a
+# fresh draw beside the generated DATA, or DATA itself when DATA is given), OUT,
+# DOCS (a copy of the report, if set), STEPS (LoRA steps per expert), ROUTER_STEPS,
+# BATCH (LoRA batch), EVAL_EVERY (steps between dev evaluations; the best is kept),
+# LIMIT (test questions per skill in every evaluation), DEVICE, DTYPE (evaluation
+# dtype, e.g. bfloat16 on a GPU), LORA_LRS and FULL_LRS (the learning rates tried
+# for the LoRAs and the full fine-tune), JOBS (commands of a stage run at once: 2 on
+# a CPU, each with half the cores; a GPU takes several, and with DEVICE=cuda they are
+# spread over the GPUs, see job() below), PY (python), SMOKE (below).
 #
 #   DEVICE=cuda PY=python3 STEPS=300 BATCH=16 ROUTER_STEPS=300 EVAL_EVERY=100 JOBS=8 bash study/experiment.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."     # the repository root: MODEL, DATA, OUT and the scripts are relative to it
+# When DATA is not given, the questions are generated into DRAWN, data/generate.py's sizes per
+# submodule: DRAW those of make data, FRESH_DRAW a fresh draw to train on (TRAIN_DATA, below), and
+# COMPOSED_DRAW composed questions, which exist for the five COMPOSED skills.
+SKILLS="algebra arithmetic calculus comparison measurement numbers polynomials probability"
+COMPOSED="algebra calculus comparison numbers polynomials"
+DRAWN=data/lila DRAW=(--train 10000) FRESH_DRAW=(--train 4000 --dev 100) COMPOSED_DRAW=(--train 200 --test 50)
+# SMOKE=1: a smoke run, a check that every stage runs, not a result: three skills, a few questions
+# of each drawn into data/smoke, two steps per run, one test question per skill, written to its own
+# OUT (out/smoke); 18 min on 2 cores shared with other work (16 min of CPU time, questions drawn
+# included). A knob given as well still wins.
+if [ -n "${SMOKE:-}" ]; then
+    echo "SMOKE=1: a smoke run at toy sizes into ${OUT:-out/smoke}; its numbers are not results"
+    SKILLS="algebra arithmetic numbers" COMPOSED="algebra numbers"
+    DRAWN=data/smoke/lila DRAW=(--train 30 --dev 1 --test 3) FRESH_DRAW=(--train 30 --dev 1)
+    COMPOSED_DRAW=(--train 5 --test 2)
+    : "${OUT:=out/smoke}" "${STEPS:=2}" "${ROUTER_STEPS:=2}" "${BATCH:=2}" "${EVAL_EVERY:=2}" "${LIMIT:=1}" \
+      "${LORA_LRS:=1e-3 4e-3}" "${FULL_LRS:=1e-4 3e-4}"
+fi
+K=$(echo $SKILLS | wc -w)    # clusters of meta-questions: one per skill, a cluster expert for each skill expert
 MODEL=${MODEL:-checkpoints/phi-tiny}
-DATA=${DATA:-data/lila}
+DATA=${DATA:-$DRAWN}
 # Training questions: a draw the base never saw (data/generate.py --exclude DATA), so that the experts
 # and the baselines learn something beyond the prompt shape; DATA's test split is the evaluation.
-TRAIN_DATA=${TRAIN_DATA:-$([ "$DATA" = data/lila ] && echo data/fresh || echo "$DATA")}
+TRAIN_DATA=${TRAIN_DATA:-$([ "$DATA" = "$DRAWN" ] && echo "$(dirname "$DRAWN")/fresh" || echo "$DATA")}
 OUT=${OUT:-out}
 DOCS=${DOCS:-}     # if set, the report and its pictures are copied there at the end (make study: docs/study)
 # The defaults are a quick run (103 min on 2 CPU cores, the data made); the study at size
@@ -52,7 +72,6 @@ if [ "$DEVICE" = cpu ]; then
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( n > 0 ? n : 1 ))}
 fi
 PY=${PY:-.venv/bin/python}
-SKILLS="algebra arithmetic calculus comparison measurement numbers polynomials probability"
 COMMON=(--model "$MODEL" --data "$DATA" --device "$DEVICE")
 MIXED=(--data "$TRAIN_DATA" --batch-size "$BATCH" --eval-every "$EVAL_EVERY" --eval-questions 64 --resume)
 LORA=("${MIXED[@]}" --steps "$STEPS")   # the mixed LoRAs take --steps-per-skill "$STEPS" instead
@@ -82,16 +101,15 @@ finetune() {  # finetune NAME DIR [train.py flags]: train --full into DIR, then 
 stage "data"
 # The questions are part of the study: OUT records their checksums, and a study resumed on
 # other questions (another draw of the generator, another DATA) stops rather than mix them.
-if [ "$DATA" = data/lila ]; then   # generated; a LiLA download (DATA=...) is used as it is
+if [ "$DATA" = "$DRAWN" ]; then   # generated; a LiLA download (DATA=...) is used as it is
     GEN=.venv-gen/bin/python
     # phi-tiny's pretraining data (make data), whose test split is the evaluation; excluding
     # all of it, not a sample, keeps every training question of the study new to the base
-    have_all "$DATA" || "$GEN" data/generate.py --out "$DATA" --train 10000
-    have_all "$TRAIN_DATA" || "$GEN" data/generate.py --out "$TRAIN_DATA" --train 4000 --dev 100 \
-        --test 0 --seed 4321 --exclude "$DATA"
-    # composed questions exist for these five skills only
-    have_all "$DATA/composed" algebra calculus comparison numbers polynomials || "$GEN" data/generate.py \
-        --out "$DATA" --composed-only --train 200 --dev 0 --test 50
+    have_all "$DATA" || "$GEN" data/generate.py --out "$DATA" --skills "${SKILLS// /,}" "${DRAW[@]}"
+    have_all "$TRAIN_DATA" || "$GEN" data/generate.py --out "$TRAIN_DATA" --skills "${SKILLS// /,}" \
+        "${FRESH_DRAW[@]}" --test 0 --seed 4321 --exclude "$DATA"
+    have_all "$DATA/composed" $COMPOSED || "$GEN" data/generate.py --out "$DATA" --composed-only \
+        --skills "${COMPOSED// /,}" "${COMPOSED_DRAW[@]}" --dev 0
 fi
 mkdir -p "$OUT"
 if [ ! -e "$OUT/data.sha256" ]; then sums "$DATA" "$TRAIN_DATA" > "$OUT/data.sha256"
@@ -100,10 +118,10 @@ elif ! sums "$DATA" "$TRAIN_DATA" | cmp -s - "$OUT/data.sha256"; then
     exit 2
 fi
 
-stage "learning rates: three per family, each chosen on dev questions"
+stage "learning rates: each family's, chosen on dev questions"
 # No strawmen: the experts, the full fine-tune and the mixed LoRA each get the best
-# of three learning rates by dev accuracy (TRAIN_DATA's dev split, never the test
-# split), at the study's steps. The experts and the full fine-tune are swept on one
+# of three learning rates (two in a smoke run) by dev accuracy (TRAIN_DATA's dev split,
+# never the test split), at the study's steps. The experts and the full fine-tune are swept on one
 # skill, the mixed LoRA on all of them; its best run is the study's mixed LoRA.
 # A tie in dev accuracy goes to the lower dev loss (then to the rate named first).
 LORA_LRS=${LORA_LRS:-1e-3 2e-3 4e-3}
@@ -188,9 +206,9 @@ for n in $LONGER; do    # evaluated beside them: the previous stage's longer exp
 done
 
 echo; echo "=== clusters of meta-questions (beside the sequential fine-tunes)"
-[ -e "$OUT/clusters/assignments.json" ] || job "$PY" cluster.py --k 8 --split train --limit 300 \
+[ -e "$OUT/clusters/assignments.json" ] || job "$PY" cluster.py --k "$K" --split train --limit 300 \
     --model "$MODEL" --data "$TRAIN_DATA" --device "$DEVICE" --out "$OUT/clusters"
-[ -e "$OUT/clusters-test/report.md" ] || job "$PY" cluster.py --k 8 --split test --limit 100 \
+[ -e "$OUT/clusters-test/report.md" ] || job "$PY" cluster.py --k "$K" --split test --limit 100 \
     --model "$MODEL" --data "$DATA" --device "$DEVICE" --out "$OUT/clusters-test"
 # semi-supervised: one cluster per skill, seeded by 10 labelled questions of each
 [ -e "$OUT/clusters-seeded/assignments.json" ] || job "$PY" cluster.py --seeded 10 --split train --limit 300 \
@@ -198,7 +216,7 @@ echo; echo "=== clusters of meta-questions (beside the sequential fine-tunes)"
 ev mixed-r64 --adapter "$OUT/mixed-r64"    # evaluated beside them: the previous stage's LoRA
 
 stage "cluster experts (unsupervised, and seeded by a few labels)"
-for k in 0 1 2 3 4 5 6 7; do
+for ((k = 0; k < K; k++)); do
     job "$PY" train.py --expert "cluster:$k" --clusters "$OUT/clusters" "${COMMON[@]}" "${EXPERT[@]}" \
         --out "$OUT/cluster-experts/cluster-$k"
     job "$PY" train.py --expert "cluster:$k" --clusters "$OUT/clusters-seeded" "${COMMON[@]}" "${EXPERT[@]}" \
@@ -220,9 +238,9 @@ job "$PY" train.py "${ROUTER[@]}" --experts "$OUT/cluster-experts" --clusters "$
     --prior centroid --level token --out "$OUT/routers/clusters-token"
 job "$PY" train.py "${ROUTER[@]}" --experts "$OUT/seeded-experts" --clusters "$OUT/clusters-seeded" \
     --prior centroid --level token --out "$OUT/routers/seeded-token"
-# Intuition-MoR1E's comparison point: 64 fresh rank-1 experts (the parameters of the eight
-# rank-8 experts) trained jointly with the gates, as many steps as the mixed LoRA
-job "$PY" train.py "${ROUTER[@]}" --rank1 64 --n-groups 8 --steps $((8 * STEPS)) --out "$OUT/routers/rank1"
+# Intuition-MoR1E's comparison point: 64 fresh rank-1 experts for eight skills (the parameters of
+# the eight rank-8 experts) trained jointly with the gates, as many steps as the mixed LoRA
+job "$PY" train.py "${ROUTER[@]}" --rank1 $((8 * K)) --n-groups "$K" --steps $((K * STEPS)) --out "$OUT/routers/rank1"
 
 stage "adding a skill: seven skills first, then the eighth"
 # Experts, a router and a mixed LoRA on the first seven skills, from their questions alone. Adding
@@ -316,4 +334,4 @@ for kind in lora full; do    # the forgetting curves (stages 1..8 sort by name)
         --out "$OUT/sequential-$kind"
 done
 "$PY" -m study report "$OUT" ${DOCS:+--docs "$DOCS"}
-echo "the study took $((SECONDS / 60)) min"
+echo "the ${SMOKE:+smoke }study took $((SECONDS / 60)) min${SMOKE:+ (toy sizes: its numbers are not results)}"

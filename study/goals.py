@@ -31,6 +31,7 @@ import glob
 import math
 import os
 import re
+import sys
 
 from data.score import accuracy
 from formats.pictures import pyplot
@@ -297,10 +298,11 @@ def goal_add_skill(out, skills, shots=""):
 
 
 def add_skill_chart(chart, path):
-    """Bars: each skill's change (points) when the eighth skill is added, one bar per way of adding it."""
-    plt = pyplot()
-    if plt is None or not chart:
-        return
+    """Bars: each skill's change (points) when the eighth skill is added, one bar per way of adding it.
+    Returns whether it drew them (not without matplotlib, nor without runs that add a skill)."""
+    plt = pyplot() if chart else None
+    if plt is None:
+        return False
     skills = sorted({s for per in chart.values() for s in per})
     fig, ax = plt.subplots(figsize=(2 + 0.9 * len(skills), 4))
     width = 0.8 / len(chart)
@@ -314,7 +316,8 @@ def add_skill_chart(chart, path):
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    print(f"wrote {path}")
+    print(f"wrote {path}", file=sys.stderr)
+    return True
 
 
 def goal_clusters(out, skills):
@@ -344,7 +347,7 @@ def goals(out):
     best = best_router(out, base, skills)      # read once, used by two sections
     kept_rows, kept_table = goal_experts_kept(out, base, skills, best)
     add_rows, cost, chart = goal_add_skill(out, skills)
-    add_skill_chart(chart, os.path.join(out, "add-skill.png"))
+    drawn = add_skill_chart(chart, os.path.join(out, "add-skill.png"))
     sections = [
         ("The configurations against each other, over all skills", the_configurations(out, base, skills, best[1]),
          None),
@@ -354,7 +357,7 @@ def goals(out):
          goal_routing(out, base, skills), None),
         ("3. The best router keeps 90% of each expert's gain, level with the mixed LoRA", kept_rows, kept_table),
         ("4. Adding the eighth skill costs the old ones at most 1 point", add_rows,
-         "\n\n".join(t for t in (cost, "![adding a skill](add-skill.png)" if chart else None) if t)),
+         "\n\n".join(t for t in (cost, "![adding a skill](add-skill.png)" if drawn else None) if t)),
         ("5. Cluster experts, found without labels, within 2 points of the skill experts",
          goal_clusters(out, skills), None)]
     prompt_rows, near = the_strongest_prompt(out, skills)

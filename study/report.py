@@ -21,6 +21,7 @@ import math
 import os
 import re
 import shutil
+import sys
 from collections import defaultdict
 
 from formats.files import UserError, write_atomic, write_json, write_text
@@ -285,7 +286,8 @@ def report(out, docs=None):
                                     "clusters-test/clusters.png")):
         if os.path.exists(os.path.join(out, folder)):    # its own headings go below this section's
             text = re.sub(r"^#{1,2} ", "### ", open(os.path.join(out, folder)).read(), flags=re.M)
-            parts += [f"## {title}", "", text, f"![{title}]({picture})", ""]
+            drawn = os.path.exists(os.path.join(out, picture))    # no matplotlib, no picture: no link
+            parts += [f"## {title}", "", text, *([f"![{title}]({picture})"] if drawn else []), ""]
     for title, text in (("Composed questions (two skills chained) beside plain ones of the same skills",
                          composed_table(out)),
                         ("Routing accuracy: the largest weight on the question's own skill (%)",
@@ -309,6 +311,6 @@ def report(out, docs=None):
                 write_atomic(os.path.join(docs, picture),
                              lambda p, src=os.path.join(out, picture): shutil.copyfile(src, p))
         write_text(os.path.join(docs, "REPORT.md"), text)
-        print(f"wrote {docs}/REPORT.md and its pictures")
+        print(f"wrote {docs}/REPORT.md and its pictures", file=sys.stderr)
     print(acc)
-    print(f"wrote {out}/REPORT.md, results.md, results.json" + (", goals.json" if answers else ""))
+    print(f"wrote {out}/REPORT.md, results.md, results.json" + (", goals.json" if answers else ""), file=sys.stderr)

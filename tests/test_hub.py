@@ -11,6 +11,7 @@ its constants as well."""
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -282,6 +283,7 @@ def study_with_stub(tmp_path, **env):
     run = subprocess.run(["bash", os.path.join(ROOT, "study", "experiment.sh")], env=full,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
+    (tmp_path / "stdout").write_text(run.stdout)
     lines = (tmp_path / "log").read_text().splitlines()
     assert not [l for l in lines if l.startswith("SHARED")]
     run_here = ("-m study report ", "-m study curve ", "-m study best ", "-m study forgetting ")   # not jobs
@@ -385,6 +387,25 @@ def test_experiment_resumed_skips_what_is_evaluated_and_refuses_other_questions(
                          env={**os.environ, "PY": str(tmp_path / "python"), "STUB_DIR": str(tmp_path),
                               "DATA": str(tmp_path / "data"), "OUT": str(tmp_path / "out"), "DEVICE": "cpu"})
     assert run.returncode == 2 and "holds other questions than" in run.stderr, run.stderr[-500:]
+
+
+def test_a_smoke_run_reaches_every_stage_at_toy_sizes(tmp_path):
+    """SMOKE=1 runs every stage that a study runs, says it is a smoke run, and trains and
+    evaluates at its toy sizes: its three skills, two steps, one question per skill."""
+    script = open(os.path.join(ROOT, "study", "experiment.sh")).read()
+    stages = re.findall(r'^stage "(.*)"$|^echo; echo "=== (.*)"$', script, re.M)
+    study_with_stub(tmp_path, DEVICE="cpu", JOBS="2", SMOKE="1")
+    smoke = (tmp_path / "stdout").read_text()
+    reached = [l[4:].split(" (at ")[0] for l in smoke.splitlines() if l.startswith("=== ")]
+    assert len(stages) > 10 and reached == ["".join(s) for s in stages]
+    assert smoke.startswith("SMOKE=1: a smoke run") and "the smoke study took" in smoke
+    log = [l.split(" ", 1)[1] for l in (tmp_path / "log").read_text().splitlines() if not l.startswith("END ")]
+    trains = [l for l in log if l.startswith("train.py ")]
+    assert {l.split("--expert ")[1].split()[0] for l in trains if "--expert " in l and "cluster:" not in l} == {
+        "algebra", "arithmetic", "numbers"}
+    assert all(l.split("--steps ")[-1].split()[0] in ("2", "4", "8", "6") for l in trains if "--steps " in l)
+    evals = [l for l in log if l.startswith("eval.py ")]
+    assert evals and all(l.split("--limit ")[-1].split()[0] == "1" for l in evals)
 
 
 def test_every_command_of_the_study_parses(tmp_path):

@@ -84,10 +84,11 @@ def test_report_reads_what_the_study_wrote(tmp_path):
     assert tables["answer_nll"]["base, 4-shot"] == {"algebra": 1.0, "numbers": 2.0}
 
 
-def test_curve_follows_each_skill_through_the_stages(tmp_path):
+def test_curve_follows_each_skill_through_the_stages(tmp_path, capsys):
     """A model trained on algebra, then on numbers: the table holds every skill
     after each stage, and algebra's answers after its own stage are compared,
-    question by question, with those after the last stage."""
+    question by question, with those after the last stage. The table goes to
+    stdout, and the last line on stderr says what was written where."""
     from study.cli import curve
     rec = lambda q, skill, ok: {"question": q, "skill": skill, "correct": ok, "answer_nll": 2.0 - ok}  # noqa: E731
     runs = {"base": [1, 0, 0, 0], "1-algebra": [1, 1, 0, 0], "2-numbers": [0, 0, 1, 1]}
@@ -99,6 +100,10 @@ def test_curve_follows_each_skill_through_the_stages(tmp_path):
         acc, nll = per_skill(records)
         write(paths[-1], {"accuracy": acc, "answer_nll": nll, "records": records})
     result = curve(paths[0], paths[1:], str(tmp_path / "out"))
+    table, status = capsys.readouterr()
+    assert table.startswith("### Accuracy (%) after each stage") and "wrote" not in table
+    assert status.endswith(f"wrote curve.md, curve.json, curve.png to {tmp_path / 'out'}\n")
+    assert sorted(os.listdir(tmp_path / "out")) == ["curve.json", "curve.md", "curve.png"]
     assert result["kept"] == {"algebra (stage 1-algebra)": {"questions": 2, "base": 2, "model": 0, "wins": 0,
                                                             "losses": 2, "p": 0.5}}
     text = open(tmp_path / "out" / "curve.md").read()
@@ -145,6 +150,29 @@ def test_report_adds_a_skill_to_seven(tmp_path):
     assert "| ... then trained on the eighth skill alone | 0.0 | 100.0 | **50.0** |" in text
     assert "| numbers | 2 | 0 | 2 | 2 | 0 | 0.5 |" in text           # the new skill, router 7 -> 8
     assert "| algebra | 2 | 2 | 0 | 0 | 2 | 0.5 |" in text           # forgotten by the mixed LoRA
+
+
+@pytest.mark.parametrize("matplotlib", [True, False])
+def test_the_report_links_only_pictures_that_exist(tmp_path, monkeypatch, matplotlib):
+    """Every picture REPORT.md links is there: forgetting.md without its heatmap gets
+    no link, and without matplotlib the chart of adding a skill is neither drawn nor linked."""
+    import study.goals
+    if not matplotlib:
+        monkeypatch.setattr(study.goals, "pyplot", lambda: None)
+    out = str(tmp_path)
+    for name, skills in {"base-4shot": dict(algebra=[1, 0], numbers=[1, 0]),
+                         "add-skill/router7": dict(algebra=[1, 1], numbers=[0, 0]),
+                         "add-skill/mixed7-then-numbers": dict(algebra=[0, 0], numbers=[1, 1]),
+                         "moe-centroid-token": dict(algebra=[1, 0], numbers=[1, 1])}.items():
+        write(f"{out}/eval/{name}.json", eval_json(**skills))
+    os.makedirs(f"{out}/forgetting")
+    with open(f"{out}/forgetting/forgetting.md", "w") as f:      # python -m study forgetting, no heatmap
+        f.write("| expert \\ skill | algebra |\n")
+    report(out)
+    text = open(f"{out}/REPORT.md").read()
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert "## Forgetting" in text and all(os.path.exists(os.path.join(out, link)) for link in links)
+    assert links == (["add-skill.png"] if matplotlib else [])
 
 
 def test_best_run_is_the_best_dev_accuracy_and_the_report_lists_the_sweep(tmp_path):
@@ -238,9 +266,10 @@ def test_compute_time_sums_each_part_of_the_study_once(tmp_path):
         compute_time(out)
 
 
-def test_forgetting_is_each_expert_minus_the_base_on_every_skill(tmp_path):
+def test_forgetting_is_each_expert_minus_the_base_on_every_skill(tmp_path, capsys):
     """Two experts on two skills, four questions each: the matrix is accuracy minus
-    the base's, cell by cell, and the own-skill row counts wins and losses."""
+    the base's, cell by cell, and the own-skill row counts wins and losses. The
+    tables go to stdout, and the last line on stderr says what was written where."""
     from study.cli import forgetting
     runs = {"base": eval_json(algebra=[1, 0, 0, 0], numbers=[1, 1, 0, 0]),
             "algebra": eval_json(0.5, algebra=[1, 1, 1, 0], numbers=[1, 0, 0, 0]),
@@ -249,6 +278,11 @@ def test_forgetting_is_each_expert_minus_the_base_on_every_skill(tmp_path):
         write(str(tmp_path / f"{name}.json"), obj)
     result = forgetting(str(tmp_path / "base.json"), [str(tmp_path / "algebra.json"), str(tmp_path / "numbers.json")],
                         str(tmp_path / "out"))
+    table, status = capsys.readouterr()
+    assert table.startswith("### Forgetting") and "wrote" not in table
+    written = ["forgetting.md", "forgetting.json", "forgetting.png", "forgetting_nll.png"]
+    assert status.endswith(f"wrote {', '.join(written)} to {tmp_path / 'out'}\n")
+    assert sorted(os.listdir(tmp_path / "out")) == sorted(written)
     assert result["delta"] == {"algebra": {"algebra": 0.5, "numbers": -0.25},
                                "numbers": {"algebra": -0.25, "numbers": 0.5}}
     assert result["nll_delta"]["algebra"] == {"algebra": -0.5, "numbers": -0.5}
@@ -398,3 +432,16 @@ def test_the_strongest_prompt_and_the_goals_judged_again_with_it(tmp_path):
     assert "| 4 | -25.0 | " in row("each skill's expert: rows of one submodule against rows of the skill, both with "
                                    "nearest shots")
     assert "| 4 | +0.0 | " in row("the numbers expert at 400 steps against the base, both with nearest shots")
+
+
+def test_holm_and_pooled_seeds_by_hand():
+    """Holm: the docstring's example, and one worked by hand (sorted p times
+    m - i, a running maximum, capped at 1). Seeds pooled per question: a question
+    is a win where the seeds' mean correctness beats the base."""
+    from study.stats import holm, pooled_verdicts
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.001, 0.9, 0.02]) == pytest.approx([1.0, 0.004, 1.0, 0.06])
+    base = [{"skill": "a", "question": f"q{i}", "correct": c} for i, c in enumerate([0, 1, 1, 0])]
+    seed = lambda *cs: [{"skill": "a", "question": f"q{i}", "correct": c} for i, c in enumerate(cs)]  # noqa: E731
+    got = pooled_verdicts(base, [seed(1, 0, 1, 0), seed(1, 1, 1, 0), seed(0, 0, 1, 1)])
+    assert got == {"questions": 4, "wins": 2, "losses": 1, "p": 1.0}     # q0 2/3 > 0, q3 1/3 > 0; q1 1/3 < 1
