@@ -111,12 +111,7 @@ if [ "$DATA" = "$DRAWN" ]; then   # generated; a LiLA download (DATA=...) is use
     have_all "$DATA/composed" $COMPOSED || "$GEN" data/generate.py --out "$DATA" --composed-only \
         --skills "${COMPOSED// /,}" "${COMPOSED_DRAW[@]}" --dev 0
 fi
-mkdir -p "$OUT"
-if [ ! -e "$OUT/data.sha256" ]; then sums "$DATA" "$TRAIN_DATA" > "$OUT/data.sha256"
-elif ! sums "$DATA" "$TRAIN_DATA" | cmp -s - "$OUT/data.sha256"; then
-    echo "study/experiment.sh: $DATA or $TRAIN_DATA holds other questions than $OUT/data.sha256 records; use another OUT" >&2
-    exit 2
-fi
+same_data "$OUT" "$DATA" "$TRAIN_DATA"    # OUT/data.sha256: these questions, or stop
 
 stage "learning rates: each family's, chosen on dev questions"
 # No strawmen: the experts, the full fine-tune and the mixed LoRA each get the best

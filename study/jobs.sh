@@ -44,3 +44,12 @@ have_all() {   # have_all DIR [SKILL...]: each skill's task file is there (the g
     local d=$1 s; shift
     for s in ${@:-$SKILLS}; do [ -e "$d/$s.json" ] || return 1; done
 }
+same_data() {   # same_data OUT DIR...: record the questions' checksums in OUT/data.sha256, or stop if they differ
+    local out=$1; shift
+    mkdir -p "$out"
+    if [ ! -e "$out/data.sha256" ]; then sums "$@" > "$out/data.sha256"
+    elif ! sums "$@" | cmp -s - "$out/data.sha256"; then
+        echo "$0: the data ($*) holds other questions than $out/data.sha256 records; use another OUT" >&2
+        exit 2
+    fi
+}

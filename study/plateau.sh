@@ -52,12 +52,7 @@ if [ "$DATA" = data/lila ]; then   # generated; a LiLA download (DATA=...) is us
     have_all "$TRAIN_DATA" || "$GEN" data/generate.py --out "$TRAIN_DATA" --train 4000 --dev 100 --test 0 \
         --seed 2468 --exclude "$DATA"
 fi
-mkdir -p "$OUT"
-if [ ! -e "$OUT/data.sha256" ]; then sums "$DATA" "$TRAIN_DATA" > "$OUT/data.sha256"
-elif ! sums "$DATA" "$TRAIN_DATA" | cmp -s - "$OUT/data.sha256"; then
-    echo "study/plateau.sh: $DATA or $TRAIN_DATA holds other questions than $OUT/data.sha256 records; use another OUT" >&2
-    exit 2
-fi
+same_data "$OUT" "$DATA" "$TRAIN_DATA"    # OUT/data.sha256: these questions, or stop
 
 stage "curves: where the experts' dev accuracy stops rising, by learning rate and rank"
 steps_for() {   # steps_for SKILL: 3 passes over its rows (as train.py counts them), in whole checks, at most 1,000
