@@ -87,7 +87,7 @@ def test_logits_and_greedy_decoding_match_transformers(phi2_dir):
     assert M.generate(model, [idx[0].tolist()], 32)[0] == ref
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float32", pytest.param("bfloat16", marks=pytest.mark.slow)])   # bf16: CPU-slow
 def test_pipeline_at_phi2_sizes(phi2_dir, tmp_path, dtype):
     common = ["--model", phi2_dir, "--data", FIXTURE, "--device", "cpu", "--dtype", dtype]
     small = ["--steps", "4", "--batch-size", "2", "--seq-len", "128", "--warmup", "1", "--eval-every", "2",
