@@ -48,9 +48,10 @@ def written(folder):
 
 
 def stamps(folder):
-    """{(path, modification time)} of the files under folder, locks aside."""
+    """{(path, modification time)} of the files under folder, locks and temporary
+    files aside (a .tmp file can be renamed between the listing and the stat)."""
     return {(os.path.join(r, n), os.stat(os.path.join(r, n)).st_mtime_ns)
-            for r, _, names in os.walk(folder) for n in names if n != LOCK}
+            for r, _, names in os.walk(folder) for n in names if n != LOCK and not n.endswith(".tmp")}
 
 
 def first_write(proc, folder):
