@@ -21,7 +21,7 @@ eval.py and explain.py).
 Left out: routers over experts of different base models.
 """
 import os
-from dataclasses import asdict
+from dataclasses import asdict, fields
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ import router as routing
 from formats import adapters
 from formats.files import (UserError, check_finite, check_names, open_safetensors, read_object, save_safetensors,
                            sha256, write_atomic, write_json)
+from formats.router_fields import check_config
 
 
 def save_router(router, out_dir):
@@ -49,11 +50,11 @@ def save_router(router, out_dir):
 
 
 def read_config(out_dir):
-    """out_dir/router.json as a RouterConfig, every field checked (router.check_config),
+    """out_dir/router.json as a RouterConfig, every field checked (formats.router_fields),
     its expert_dirs as paths from here (router.json has them from out_dir)."""
     path = os.path.join(out_dir, "router.json")
     raw = read_object(path, "train.py --router writes it")
-    routing.check_config(raw, path)
+    check_config(raw, fields(routing.RouterConfig), path)
     cfg = routing.RouterConfig(**raw)
     cfg.expert_dirs = {name: os.path.normpath(os.path.join(out_dir, d)) for name, d in cfg.expert_dirs.items()}
     return cfg

@@ -347,3 +347,13 @@ def test_from_experts_worked_example():
     assert sorted(sorted(g) for g in router.cfg.groups) == [[0, 1], [2, 3]] and loss < 0.5   # 4 classes start at ln 4 = 1.39
     with pytest.raises(ValueError, match=r"no training questions for the experts \['d'\]"):
         R.from_experts(cfg, X, np.array([0, 0, 1, 2, 2, 2, -1]), n_groups=2)
+
+
+def test_router_fields_worked_example():
+    """formats/router_fields.py's opening example, as written there."""
+    from dataclasses import fields
+    from formats.files import UserError
+    from formats.router_fields import check_config
+    values = {"experts": ["algebra"], "groups": [[0]], "hidden_size": 8, "n_layers": 2, "top_k": 3}
+    with pytest.raises(UserError, match=r"^router.json: field 'top_k' is 3, expected 0..1 \(the number of experts\)$"):
+        check_config(values, fields(R.RouterConfig), "router.json")
