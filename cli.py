@@ -502,29 +502,49 @@ def explain_args(argv=None):
     return args
 
 
+def _k_range(text):
+    """--k's value: "8" -> range(8, 9), "2-16" -> range(2, 17)."""
+    low, dash, high = text.partition("-")
+    return range(int(low), int(high if dash else low) + 1)
+
+
+cluster_k = _type(_k_range, lambda r: (len(r) == 1 and r[0] >= 1) or (len(r) > 1 and r[0] >= 2),
+                  "an integer >= 1, or a range A-B with 2 <= A < B")
+
+
 def cluster_args(argv=None):
-    p = Parser(description="Cluster the meta-questions of LiLA questions with NumPy k-means over base-model "
-               "embeddings.")
-    p.add_argument("--k", type=positive_int, default=None, help="clusters (default: number of submodules in the data)")
-    p.add_argument("--out", type=writable_dir, default="runs/cluster", help="output directory (default runs/cluster)")
+    """cluster.py's flags, and python -m study.clusters's (the same run, with its report)."""
+    p = Parser(prog=program(), description="Cluster the meta-questions of LiLA questions with NumPy k-means "
+               "over base-model embeddings.")
+    p.add_argument("--k", type=cluster_k, default=None, metavar="K|A-B", help="clusters, or a range of them "
+                   "(2-16): k-means for each, keeping the k of the best silhouette, which reads no labels "
+                   "(default: number of submodules in the data)")
+    p.add_argument("--out", type=writable_dir, default=CLUSTERS, help=f"output directory (default {CLUSTERS}, "
+                   "where train.py reads it)")
     add_model_flags(p)
     p.add_argument("--data", type=nonempty, default=DEFAULT_DATA, help=f"LiLA task file(s) or directory (default {DEFAULT_DATA})")
     p.add_argument("--split", default="train", choices=["train", "dev", "test"],
-                   help="questions to cluster (train for experts; test for the quality report) (default train)")
-    p.add_argument("--limit", type=positive_int, default=None, help="at most this many questions per skill "
-                   "(a seeded sample; train.py --expert cluster:K then trains on these) (default all)")
+                   help="questions to cluster (train for experts; test for python -m study.clusters's report) "
+                   "(default train)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--limit", type=positive_int, default=None, help="at most this many questions per skill "
+                       "(a seeded sample by label; train.py --expert cluster:K then trains on these) (default all)")
+    which.add_argument("--sample", type=positive_int, default=None, metavar="N", help="N questions drawn "
+                       "uniformly from the whole split, whatever their skill (seeded by --seed) (default all)")
     p.add_argument("--layer", type=nonneg_int, default=None, help="hidden layer to embed (default: the middle one)")
-    p.add_argument("--cosine", action="store_true", help="spherical (cosine) k-means")
+    p.add_argument("--cosine", action="store_true", help="spherical (cosine) k-means, and the silhouette in "
+                   "cosine distance (default: Euclidean)")
     p.add_argument("--seeded", type=positive_int, default=None, metavar="N", help="semi-supervised: one "
                    "cluster per skill, started at the mean of N labelled questions of that skill (seeded "
                    "k-means), for cluster experts from a few labels (default: unsupervised)")
     p.add_argument("--groups", type=positive_int, default=None, help="expert groups (default: about sqrt(k))")
     p.add_argument("--n-init", type=positive_int, default=10, help="k-means++ restarts; the best is kept (default 10)")
-    p.add_argument("--seed", type=random_seed, default=0, help="random seed (k-means++ and labelled draws) (default 0)")
-    p.add_argument("--label-trials", type=positive_int, default=5,
-                   help="draws of labelled questions for seeded k-means (default 5)")
-    p.add_argument("--no-raw", action="store_true",
-                   help="skip the comparison with raw (not abstracted) questions")
+    p.add_argument("--seed", type=random_seed, default=0, help="random seed (k-means++, --sample, the silhouette's "
+                   "sample and labelled draws) (default 0)")
+    p.add_argument("--label-trials", type=positive_int, default=5, help="draws of labelled questions for seeded "
+                   "k-means in python -m study.clusters's report (default 5)")
+    p.add_argument("--no-raw", action="store_true", help="python -m study.clusters's report: skip the comparison "
+                   "with raw (not abstracted) questions")
     p.add_argument("--batch-size", type=positive_int, default=32, help="questions embedded together (default 32)")
     p.add_argument("--cache-dir", type=writable_dir, default=EMBED_CACHE,
                    help=f"where embeddings are cached (.npy) (default {EMBED_CACHE})")

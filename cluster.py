@@ -1,56 +1,44 @@
 """
-Meta-questions and NumPy k-means: group questions by skill without labels.
+Questions grouped by skill without labels, and each question's nearest shots.
+A question is reduced to its meta-question (its skeleton), embedded with the
+base model's own hidden states, and the embeddings are clustered: the clusters
+stand in for hand-made skill labels (an expert per cluster, centroids for the
+router), and the same embeddings find, for each question, the train questions
+most like it to show as shots.
 
-    python cluster.py --out runs/cluster                   # k = number of submodules in the data
-    python cluster.py --k 8 --split test --out runs/cluster-test --cosine
+    python cluster.py                                   # k = number of submodules: out/clusters
+    python cluster.py --k 2-16 --sample 2000 --cosine   # k chosen by silhouette, 2000 questions drawn at random
+    python -m study.clusters --split test --out out/clusters-test   # the same, with the report against the labels
 
-Each question is reduced to its meta-question (its skeleton), embedded with the
-base model's own hidden states, and k-means groups the embeddings. The clusters
-stand in for hand-made skill labels: an expert per cluster (train.py --expert
-cluster:K, via examples_of_cluster and clusters_of), centroids as the instance
-"intuition" an Intuition-MoR1E router compares with, and a second k-means over
-the centroids for the groups of the grouped gate. Chapters:
+Chapters:
+  1. meta-question   numbers -> N, names -> canonical names, literal lists collapse;
+                     each rule of RULES with its worked example
+  2. embedding       the mean of one layer's hidden states over real tokens, cached on disk
+  3. clustering      k-means for one k, for a range of k kept by silhouette, or seeded by
+                     a few labels; each cluster's majority skill; the cluster of any
+                     question (clusters_of, examples_of_cluster, expert_labels)
+  4. nearest shots   the train questions nearest to a question by meta-question, one
+                     matrix product (nearest_rows, nearest_shots)
+  then the CLI (the questions, --limit per skill or --sample over the split; one
+  writer per --out) and the checks of its flags.
+The k-means itself is kmeans.py's; the report against the labels (purity, NMI,
+seeded k-means, raw questions) and the PCA picture are study/clusters.py's.
 
-  1. meta_question   numbers -> N, names -> canonical names, literal lists collapse
-  2. embeddings      mean over real tokens of one layer's hidden states, cached on disk
-  3. the picture     a PCA of the embeddings, coloured by cluster
-  4. the CLI         centroids, assignments, majority skills, groups, report; one
-                     writer per --out (its lock)
-The k-means itself (k-means++, seeded k-means, purity and NMI) is kmeans.py's.
-
-Worked meta-questions, real generator output (data/generate.py), one per skill
-(tests/test_cluster.py checks every pair below):
-
-  algebra      Solve -12704 = -5*s - 12744 for s.
-            -> Solve N = x + N for x.
-  algebra      What is the k'th term of 113, 469, 1061, 1889, 2953, 4253?
-            -> What is the x'th term of [list]?
-  arithmetic   In base 4, what is 10 + -2231?
-            -> In base N, what is N + N?
-  calculus     What is the second derivative of -1940*y**2 - 14311*y + 1 wrt y?
-            -> What is the second derivative of x**N + x + N wrt x?
-  comparison   Which is the third biggest value?  (a) -1/3  (b) -3/5  (c) -2/311
-            -> Which is the third biggest value? [list]
-  measurement  How many micrograms are there in 42/5 of a milligram?
-            -> How many micrograms are there in N/N of a milligram?
-  numbers      Round -0.00030706 to 4 decimal places.
-            -> Round N to N decimal places.
-  polynomials  Let a(x) = 2*x - 4. What is a(4)?
-            -> Let f(x) = x + N. What is f(N)?
-  probability  Two letters picked without replacement from {x: 4, e: 2, v: 8}. Give prob of sequence xx.
-            -> N letters picked without replacement from {letters}. Give prob of sequence {letters}.
+Users: train.py --expert cluster:K (examples_of_cluster), a router's labels and
+centroids (expert_labels, meta_embeddings), eval.py's nearest shots
+(nearest_shots), explain.py (meta_question, nearest_centroid).
 
 References: Intuition-MoR1E / T-REX (arXiv 2404.08985) for clustering instance
-embeddings to guide a mixture of LoRA experts; Arthur & Vassilvitskii, "k-means++:
-The Advantages of Careful Seeding" (SODA 2007); Basu, Banerjee & Mooney,
-"Semi-supervised Clustering by Seeding" (ICML 2002); Strehl & Ghosh (JMLR 2002)
-for NMI. The tests check k-means and NMI against scikit-learn, which is never
-imported here.
+embeddings to guide a mixture of LoRA experts; Rousseeuw (J. Comput. Appl. Math.
+1987) for the silhouette, which chooses k; Liu et al., "What Makes Good
+In-Context Examples for GPT-3?" (DeeLIO 2022) for shots chosen as the nearest
+neighbours of the question in an embedding space.
 
-Left out: Elkan's and mini-batch k-means, choosing k automatically, and a real
-parser: the abstraction is a chain of regular expressions tuned to DeepMind-style
-questions (a base-16 numeral written with letters only, like "bc", stays a name;
-"a" is told from the article by the word after it).
+Left out: a real parser: the abstraction is a chain of regular expressions tuned
+to DeepMind-style questions (a base-16 numeral written with letters only, like
+"bc", stays a name; "a" is told from the article by the word after it); criteria
+for k other than the silhouette (the gap statistic, BIC); an approximate
+nearest-neighbour index (the shot pool is a few thousand questions).
 """
 import hashlib
 import os
@@ -58,40 +46,69 @@ import re
 import sys
 from collections import Counter
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 import model as M
-from kmeans import (expert_groups, kmeans, labelled_sample, nmi, purity, seeded_accuracy,
-                    seeded_clusters, sq_dists, unit)
+from kmeans import KMeansResult, expert_groups, kmeans, labelled_sample, seeded_clusters, silhouette, sq_dists, unit
 import cli
 from formats.clusters import OUTPUTS, check_replaceable, read_assignments, read_centroids, write_outputs
 from formats.files import UserError, lock, write_atomic
-from formats.pictures import pyplot
 from data.lila import load as load_examples
 from data.prompts import SHOT_POOL, seeded_random, select
 
 # ---------------------------------------------------------------------------
-# 1. Meta-questions
+# 1. Meta-question
 # ---------------------------------------------------------------------------
+
+
+class Rule(NamedTuple):
+    """re.sub(pattern, replacement, question), and a worked example: `before`, as
+    the rules above this one leave a question, becomes `after` (tests/test_cluster.py
+    checks every example)."""
+    pattern: str
+    replacement: str
+    before: str
+    after: str
+
 
 NUM = r"N(?:/N)?"   # a number or a fraction, once numbers are N
 RULES = [           # applied in order
     # numbers -> N: integers, decimals, base-b numerals (4a, -c9), units glued on (9232.153l) ...
-    (r"\b[0-9a-z]*\d[0-9a-z]*(?:\.\d+[a-z]*)?\b", "N"),
-    # ... and number words ("three fifths of a meter")
-    (r"(?i)\b(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve)\b", "N"),
-    (r"(?<![\w)])-(?=[\w(.])", ""),   # a unary minus is part of its number: -44*v -> 44*v
-    (r" - ", " + "),                  # so a binary minus is a plus
-    (r"(?<![\w)*/^.])N\*(?=[a-z](?!\w))", ""),   # coefficients drop (1 is never written): N*v -> v
-    (r"( \+ ([\w*/^]+))(?: \+ \2)+(?![\w*/^(:])", r"\1"),   # repeated terms merge: v + N + N -> v + N
-    (r"\s*(?:\([a-z]\) " + NUM + r"\s*){2,}", " [list]"),   # options (a) N  (b) N/N ... -> [list]
-    (r"(?<![\w*/^.)])(?<![=+*/] )" + NUM + r"(?:, " + NUM + r"){2,}(?![\w*/^(:]| [=+*/])",
-     "[list]"),                                             # N, N, N/N -> [list]
-    (r"\{[a-z]: N(?:, [a-z]: N)*\}", "{letters}"),          # a bag {x: N, e: N} ...
-    (r"(?<=replacement from )[a-z]+\b|(?<=sequence )[a-z]+\b", "{letters}"),   # ... or string of letters
+    Rule(r"\b[0-9a-z]*\d[0-9a-z]*(?:\.\d+[a-z]*)?\b", "N",
+         "In base 13, what is 4a + -9232.153l?", "In base N, what is N + -N?"),
+    # ... and number words
+    Rule(r"(?i)\b(?:zero|one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve)\b", "N",
+         "Convert three fifths of a meter to centimeters.", "Convert N fifths of a meter to centimeters."),
+    # a unary minus is part of its number ...
+    Rule(r"(?<![\w)])-(?=[\w(.])", "",
+         "Solve -N*v - N = -N for v.", "Solve N*v - N = N for v."),
+    # ... so a binary minus is a plus
+    Rule(r" - ", " + ",
+         "Solve N*v - N = N for v.", "Solve N*v + N = N for v."),
+    # coefficients drop (1 is never written)
+    Rule(r"(?<![\w)*/^.])N\*(?=[a-z](?!\w))", "",
+         "Solve N*v + N = N*y for v.", "Solve v + N = y for v."),
+    # repeated terms merge
+    Rule(r"( \+ ([\w*/^]+))(?: \+ \2)+(?![\w*/^(:])", r"\1",
+         "Solve v + N + N = N for v.", "Solve v + N = N for v."),
+    # lettered options -> [list]
+    Rule(r"\s*(?:\([a-z]\) " + NUM + r"\s*){2,}", " [list]",
+         "Which is the closest to N?  (a) N  (b) N/N  (c) N", "Which is the closest to N? [list]"),
+    # three or more numbers in a row -> [list]
+    Rule(r"(?<![\w*/^.)])(?<![=+*/] )" + NUM + r"(?:, " + NUM + r"){2,}(?![\w*/^(:]| [=+*/])", "[list]",
+         "What comes next: N, N, N, N?", "What comes next: [list]?"),
+    # a bag of letters ...
+    Rule(r"\{[a-z]: N(?:, [a-z]: N)*\}", "{letters}",
+         "N letters picked without replacement from {x: N, e: N}.",
+         "N letters picked without replacement from {letters}."),
+    # ... or a string of letters
+    Rule(r"(?<=replacement from )[a-z]+\b|(?<=sequence )[a-z]+\b", "{letters}",
+         "N letters picked without replacement from sssm. Give prob of sequence ss.",
+         "N letters picked without replacement from {letters}. Give prob of sequence {letters}."),
 ]
 VARIABLES, FUNCTIONS = "xyzwvutsrqpo", "fghjklmn"   # canonical names, in order of appearance
 NOT_ARTICLE = {"be", "is", "and", "or", "for", "when", "in", "wrt"}   # "Let a be", "picking N a and"
@@ -100,7 +117,9 @@ NOT_ARTICLE = {"be", "is", "and", "or", "for", "when", "in", "wrt"}   # "Let a b
 def _canonical_names(q):
     """Rename single-letter names in order of appearance: functions (a letter
     before "(") to f, g, h, ..., variables to x, y, z, ...; "a" before a word
-    (other than NOT_ARTICLE) is the article and stays."""
+    (other than NOT_ARTICLE) is the article and stays. Worked example:
+
+        Let b(h) = h. Is a a factor of b(c)?  ->  Let f(x) = x. Is y a factor of f(z)?"""
     names = {}
 
     def rename(m):
@@ -119,14 +138,35 @@ def _canonical_names(q):
 
 
 def meta_question(question):
-    """The skeleton of a question; see the worked examples at the top of the file."""
-    for pattern, replacement in RULES:
-        question = re.sub(pattern, replacement, question)
+    """The skeleton of a question: RULES in order, then canonical names. Real
+    generator output (data/generate.py), one per skill (tests/test_cluster.py
+    checks every pair):
+
+      algebra      Solve -12704 = -5*s - 12744 for s.
+                -> Solve N = x + N for x.
+      algebra      What is the k'th term of 113, 469, 1061, 1889, 2953, 4253?
+                -> What is the x'th term of [list]?
+      arithmetic   In base 4, what is 10 + -2231?
+                -> In base N, what is N + N?
+      calculus     What is the second derivative of -1940*y**2 - 14311*y + 1 wrt y?
+                -> What is the second derivative of x**N + x + N wrt x?
+      comparison   Which is the third biggest value?  (a) -1/3  (b) -3/5  (c) -2/311
+                -> Which is the third biggest value? [list]
+      measurement  How many micrograms are there in 42/5 of a milligram?
+                -> How many micrograms are there in N/N of a milligram?
+      numbers      Round -0.00030706 to 4 decimal places.
+                -> Round N to N decimal places.
+      polynomials  Let a(x) = 2*x - 4. What is a(4)?
+                -> Let f(x) = x + N. What is f(N)?
+      probability  Two letters picked without replacement from {x: 4, e: 2, v: 8}. Give prob of sequence xx.
+                -> N letters picked without replacement from {letters}. Give prob of sequence {letters}."""
+    for rule in RULES:
+        question = re.sub(rule.pattern, rule.replacement, question)
     return _canonical_names(question)
 
 
 # ---------------------------------------------------------------------------
-# 2. Embeddings
+# 2. Embedding
 # ---------------------------------------------------------------------------
 
 
@@ -219,46 +259,73 @@ def read_cache(path, shape):
     return X
 
 
-# ---------------------------------------------------------------------------
-# 3. The picture
-# ---------------------------------------------------------------------------
-
-
-def pca_2d(X):
-    """The points projected on their first two principal components (via SVD)."""
-    Xc = X - X.mean(0)
-    return Xc @ np.linalg.svd(Xc, full_matrices=False)[2][:2].T
-
-
-def plot_clusters(X, labels, skills, path, title):
-    """2-D PCA picture: colour = cluster, marker = true skill (skipped without matplotlib)."""
-    plt = pyplot()
-    if plt is None:
-        return
-    P = pca_2d(X)
-    fig, ax = plt.subplots(figsize=(9, 7))
-    cmap = "tab20" if labels.max() < 20 else "turbo"
-    for s, marker in zip(sorted(set(skills)), "osv^D<>pP*hX" * 10):
-        m = skills == s
-        ax.scatter(P[m, 0], P[m, 1], c=labels[m], cmap=cmap, vmin=0, vmax=max(labels.max(), 1),
-                   marker=marker, s=22, alpha=0.8, edgecolors="none")
-        ax.scatter([], [], marker=marker, c="grey", label=s)   # legend entry: marker only
-    ax.legend(title="true skill", fontsize=8)
-    ax.set(title=title, xlabel="principal component 1", ylabel="principal component 2")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-# ---------------------------------------------------------------------------
-# 4. Using the assignments, and the CLI
-# ---------------------------------------------------------------------------
-
-
 def meta_embeddings(examples, model, tok, layer):
     """The embeddings (N, C) of the examples' meta-questions at `layer` of the base
     model, which must not have experts attached yet."""
     return embed_cached([meta_question(e.question) for e in examples], model, tok, layer)
+
+
+# ---------------------------------------------------------------------------
+# 3. Clustering
+# ---------------------------------------------------------------------------
+
+SILHOUETTE_POINTS = 2000   # the silhouette is O(N^2): at most this many points are scored
+
+
+def choose_k(X, ks, n_init=10, seed=0, cosine=False, points=SILHOUETTE_POINTS):
+    """k-means of X (N, C) for each k of ks, and the one whose clusters have the
+    highest silhouette (the smaller k of a tie), in the distance k-means used
+    (cosine: 1 - cos). The silhouette reads no labels, and nothing here knows how
+    many skills there are. Beyond `points` points it is taken on a seeded sample
+    of them, the same for every k. Returns (the kept KMeansResult, the sweep
+    {"k": kept, "points": N, "silhouette_points": scored, "runs": [{k, silhouette,
+    inertia}]}). Worked example: three tight blobs far apart, ks 2-6 -> k 3 (two
+    blobs in one cluster make it loose; a blob split in two has a near neighbour)."""
+    scored = np.arange(len(X))
+    if len(X) > points:
+        scored = np.sort(np.random.default_rng(seed).choice(len(X), points, replace=False))
+    runs, best = [], None
+    for k in tqdm(ks, desc="k sweep", unit="k", disable=None):
+        r = kmeans(X, k, n_init=n_init, seed=seed, cosine=cosine)
+        runs.append(dict(k=k, silhouette=silhouette(X[scored], r.labels[scored], cosine=cosine), inertia=r.inertia))
+        if best is None or runs[-1]["silhouette"] > best[0]:
+            best = runs[-1]["silhouette"], r
+    kept = best[1]
+    return kept, dict(k=len(kept.centroids), points=len(X), silhouette_points=len(scored), runs=runs)
+
+
+def fit_clusters(X, cfg, skills):
+    """The clusters of X (N, C) that cfg (a ClusterConfig, below) asks for: k-means
+    for its one k, choose_k for a range, or seeded k-means (--seeded), the one
+    use of the skills. Returns (KMeansResult, the k sweep or None)."""
+    if cfg.seeded:           # semi-supervised: cluster c starts at skill c's labelled questions
+        labelled = labelled_sample(skills, cfg.seeded, np.random.default_rng(cfg.seed))
+        return seeded_clusters(X, skills, labelled, seed=cfg.seed, cosine=cfg.cosine)[1], None
+    if len(cfg.k) > 1:
+        return choose_k(X, cfg.k, cfg.n_init, cfg.seed, cfg.cosine)
+    return kmeans(X, cfg.k[0], n_init=cfg.n_init, seed=cfg.seed, cosine=cfg.cosine), None
+
+
+def majority(values):
+    """(most common value, its share); ("-", 0.0) when there are none."""
+    if len(values) == 0:
+        return "-", 0.0
+    value, count = Counter(values).most_common(1)[0]
+    return value, count / len(values)
+
+
+def cluster_skills(labels, k, examples):
+    """{"c": {"skill", "share", "size", "submodule"}} for each of the k clusters:
+    the majority skill of its questions, its share, the cluster's size and its
+    majority submodule (cluster_skills.json, which explain.py shows). The labels
+    name the clusters; they never make them."""
+    skills, submodules = np.array([e.skill for e in examples]), np.array([e.submodule for e in examples])
+    out = {}
+    for c in range(k):
+        members = np.flatnonzero(labels == c)   # empty only if the final assignment emptied it
+        (skill, share), (submodule, _) = majority(skills[members]), majority(submodules[members])
+        out[str(c)] = dict(skill=str(skill), share=share, size=len(members), submodule=str(submodule))
+    return out
 
 
 def nearest_centroid(X, C, cosine=False):
@@ -270,9 +337,10 @@ def nearest_centroid(X, C, cosine=False):
 
 def clusters_of(assign_dir, examples, model=None, tok=None):
     """(cluster of each example (N,), number of clusters) for cluster.py --out
-    assign_dir. A question that was clustered keeps its cluster; one that was not
-    (another split, or left out by --limit) goes to its nearest centroid when
-    the base model that embedded the clusters is given, and gets -1 otherwise.
+    assign_dir. A question that was clustered keeps its cluster; one that was
+    not (another split, or left out by --limit or --sample) goes to its nearest
+    centroid when the base model that embedded the clusters is given, and gets
+    -1 otherwise.
     Expert training (examples_of_cluster) and the router's labels both use it,
     so a question means the same cluster to both."""
     records = read_assignments(assign_dir)
@@ -315,6 +383,17 @@ def examples_of_cluster(assign_dir, k, examples, model=None, tok=None):
         raise UserError(f"cluster {k} of {path} holds none of the {len(examples)} {splits} questions; "
                          "a cluster expert needs questions of its own in the train and the dev split")
     return chosen
+
+
+
+# ---------------------------------------------------------------------------
+# 4. Nearest shots
+# ---------------------------------------------------------------------------
+# The shots of a k-shot prompt, chosen without labels: the train questions whose
+# meta-questions are nearest to the question's. On phi-tiny they lift the 4-shot
+# base by 4-8 points over random shots of the question's own skill, level with
+# the oracle of its own submodule (DESIGN.md, "Evaluation conventions"): the
+# project's largest measured effect.
 
 
 def nearest_rows(Q, K, k, exclude=()):
@@ -360,44 +439,11 @@ def nearest_shots(examples, train, model, tok, k, pool_size=SHOT_POOL, seed=1234
     return {q: [train[j] for j in row] for q, row in zip(questions, rows)}
 
 
-LABELS_PER_SKILL = (1, 5, 20)
 
 
-def agreement(labels, skills, submodules):
-    """Purity and NMI of a clustering against the skills and the submodules."""
-    out = {}
-    for name, truth in (("skills", skills), ("submodules", submodules)):
-        out[f"purity ({name})"], out[f"NMI ({name})"] = purity(truth, labels), nmi(truth, labels)
-    return out
-
-
-def majority(values):
-    """(most common value, its share); ("-", 0.0) when there are none."""
-    if len(values) == 0:
-        return "-", 0.0
-    value, count = Counter(values).most_common(1)[0]
-    return value, count / len(values)
-
-
-def describe(labels, k, skills, submodules, metas, group_of):
-    """{cluster: size, majority skill and its share, majority submodule, group, an example}."""
-    out = {}
-    for c in range(k):
-        members = np.flatnonzero(labels == c)   # empty only if the final assignment emptied it
-        (skill, share), (submodule, _) = majority(skills[members]), majority(submodules[members])
-        out[c] = dict(size=len(members), skill=skill, share=share, submodule=submodule,
-                      group=group_of[c], example=metas[members[0]] if len(members) else "")
-    return out
-
-
-def fmt(x):
-    return "n/a" if x is None else f"{x:.3f}"
-
-
-def table(header, rows):
-    """A markdown table, as a list of lines."""
-    return (["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-            + ["| " + " | ".join(map(str, row)) + " |" for row in rows])
+# ---------------------------------------------------------------------------
+# The CLI
+# ---------------------------------------------------------------------------
 
 
 @dataclass
@@ -405,122 +451,152 @@ class ClusterConfig:
     """One clustering run (cluster.py's flags; cli.py declares them with their defaults)."""
     data: str                  # LiLA task files or folder
     split: str                 # the questions clustered
-    limit: int | None          # at most this many per skill (a seeded sample)
-    k: int | None              # clusters (None: one per submodule; --seeded: one per skill)
+    limit: int | None          # at most this many per skill (a seeded sample, by label)
+    sample: int | None         # this many drawn uniformly from the whole split (seeded, no label read)
+    k: range | None            # the k's tried, kept by silhouette when several (None: one per
+                               # submodule; --seeded: one per skill)
     cosine: bool               # spherical k-means
     seeded: int | None         # labelled questions per skill that start each cluster
     groups: int | None         # expert groups (None: about sqrt(k))
     n_init: int                # k-means++ restarts
     seed: int
-    label_trials: int          # draws of labelled questions for seeded k-means
-    no_raw: bool               # skip the raw-question comparison
+    label_trials: int          # draws of labelled questions (python -m study.clusters's report)
+    no_raw: bool               # skip the raw-question comparison (python -m study.clusters's report)
     layer: int | None          # the hidden layer embedded (None: the middle one)
     batch_size: int
     cache_dir: str
 
 
-def report(cfg, model_name, n, layer, rows, seeded, clusters, groups):
-    """The markdown report: agreement with the labels, seeded k-means, clusters, groups."""
-    metrics = list(rows["meta-questions"]["agreement"])
-    lines = [f"# Clusters of {n} {cfg.split} questions", "",
-             f"model `{model_name}` (layer {layer}), data `{cfg.data}`, k = {cfg.k}, "
-             f"{'cosine' if cfg.cosine else 'euclidean'} k-means, "
-             + (f"seeded with {cfg.seeded} labelled questions per skill, " if cfg.seeded else
-                f"n_init {cfg.n_init}, ") + f"seed {cfg.seed}", ""]
-    lines += table(["embedded text", "distinct texts", "inertia", *metrics],
-                   [[name, r["distinct"], f"{r['inertia']:.4g}", *map(fmt, r["agreement"].values())]
-                    for name, r in rows.items()])
-    lines += ["", "## Seeded k-means, one cluster per skill", "",
-              "Centroids start at the mean of m labelled questions per skill, drawn at random from this "
-              f"split; accuracy on the other questions, mean of {cfg.label_trials} draws (n/a: some skill "
-              "has no more than m questions).", ""]
-    lines += table(["labels per skill", *rows], [[m, *(fmt(seeded[name][m]) for name in rows)]
-                                                 for m in LABELS_PER_SKILL])
-    lines += ["", "## Clusters", ""]
-    lines += table(["cluster", "size", "majority skill", "share", "majority submodule", "group", "example"],
-                   [[c, d["size"], d["skill"], f"{d['share']:.2f}", d["submodule"], d["group"],
-                     f"`{d['example']}`"] for c, d in clusters.items()])
-    lines += ["", "## Expert groups", ""]
-    for g, members in enumerate(groups):
-        skills = sorted({clusters[c]["skill"] for c in members})
-        lines.append(f"- group {g}: clusters {', '.join(map(str, members))} ({', '.join(skills)})")
-    return "\n".join(lines) + "\n"
+@dataclass
+class Clustering:
+    """One run's result: what cluster.py writes, and python -m study.clusters reports on."""
+    cfg: ClusterConfig         # its k settled
+    examples: list             # the questions clustered (data.lila.Example)
+    metas: list                # their meta-questions
+    layer: int                 # the hidden layer embedded
+    X: np.ndarray              # (N, C) the meta-questions' embeddings
+    result: KMeansResult       # the clusters kept
+    sweep: dict | None         # choose_k's sweep (sweep.json), or None for one k
+    groups: list               # expert groups: one list of clusters per group
+    model_name: str
+
+    @property
+    def k(self):
+        """The number of clusters kept."""
+        return len(self.result.centroids)
 
 
-def cluster_texts(texts, model, tok, cfg, layer, skills, submodules):
-    """Embed texts, k-means them, score the clusters: (X, KMeansResult, row, seeded accuracies)."""
-    X = embed_cached(texts, model, tok, layer, cfg.cache_dir, cfg.batch_size)
-    if cfg.seeded:           # semi-supervised: cluster c starts at skill c's labelled questions
-        labelled = labelled_sample(skills, cfg.seeded, np.random.default_rng(cfg.seed))
-        _, r = seeded_clusters(X, skills, labelled, seed=cfg.seed, cosine=cfg.cosine)
-    else:
-        r = kmeans(X, cfg.k, n_init=cfg.n_init, seed=cfg.seed, cosine=cfg.cosine)
-    row = dict(distinct=len(set(texts)), inertia=r.inertia, agreement=agreement(r.labels, skills, submodules))
-    seeded = {m: seeded_accuracy(X, skills, m, cfg.label_trials, cfg.seed, cosine=cfg.cosine)
-              for m in LABELS_PER_SKILL}
-    return X, r, row, seeded
+def k_text(ks):
+    """--k as written: "8", or "2-16" for a range."""
+    return f"{ks[0]}" if len(ks) == 1 else f"{ks[0]}-{ks[-1]}"
+
+
+def sample_questions(examples, n, seed):
+    """n questions drawn uniformly from all of examples, without replacement, in
+    their order: each is drawn with probability n / len(examples), whatever its
+    skill (unlike --limit, which takes as many of each skill). Fixed by seed."""
+    return [examples[i] for i in sorted(seeded_random(seed, "cluster sample").sample(range(len(examples)), n))]
 
 
 def questions_to_cluster(cfg):
-    """The questions of cfg's split, and cfg with its k settled (one per skill when
-    seeded, else --k or one per submodule)."""
+    """The questions of cfg's split (all, --limit per skill or a --sample of the
+    split), and cfg with its k settled (one per skill when seeded, else --k or one
+    per submodule)."""
     examples = load_examples(cfg.data, split=cfg.split)
-    if cfg.limit:   # a seeded sample of at most --limit questions per skill
+    if cfg.sample:
+        _check_sample(cfg, len(examples))
+        examples = sample_questions(examples, cfg.sample, cfg.seed)
+    elif cfg.limit:
         examples = select(examples, cfg.limit, cfg.seed)
-    n_skills = len({e.skill for e in examples})
-    if cfg.seeded and cfg.k not in (None, n_skills):
-        raise UserError(f"--seeded makes one cluster per skill ({n_skills}); --k is {cfg.k}")
-    fewest = min(Counter(e.skill for e in examples).items(), key=lambda kv: kv[1])
-    if cfg.seeded and cfg.seeded > fewest[1]:
-        raise UserError(f"--seeded {cfg.seeded}: {fewest[0]} has only {fewest[1]} {cfg.split} questions here")
-    cfg = replace(cfg, k=n_skills if cfg.seeded else cfg.k or len({e.submodule for e in examples}))
-    points = len({meta_question(e.question) for e in examples})
-    if cfg.k > points:      # more clusters than distinct points: kmeans.check_k refuses them, said here by flag
-        raise UserError(f"--k {cfg.k}: the {len(examples)} {cfg.split} questions have {points} distinct "
-                        f"meta-questions (the points clustered); expected --k {points} or fewer")
-    if cfg.groups and cfg.groups > cfg.k:
-        raise UserError(f"--groups {cfg.groups}: more groups than the {cfg.k} clusters")
+    n_skills, n_submodules = len({e.skill for e in examples}), len({e.submodule for e in examples})
+    _check_seeded(cfg, examples, n_skills)
+    k = n_skills if cfg.seeded else n_submodules
+    cfg = replace(cfg, k=cfg.k or range(k, k + 1))
+    _check_k(cfg, examples)
     return examples, cfg
 
 
-def cluster_questions(cfg, examples, model, tok, out, model_name):
-    """Cluster the meta-questions (and, to compare, the raw questions) of the
-    examples with the base model's embeddings; write the set of files to `out`."""
+def cluster_questions(cfg, examples, model, tok, model_name):
+    """Embed the examples' meta-questions with the base model, cluster them, and
+    group the clusters (a k-means of the centroids): a Clustering. A k sweep is
+    said on stderr."""
     layer = resolve_layer(model.config, cfg.layer)
-    skills = np.array([e.skill for e in examples])
-    submodules = np.array([e.submodule for e in examples])
     metas = [meta_question(e.question) for e in examples]
-    rows, seeded = {}, {}
-    X, best, rows["meta-questions"], seeded["meta-questions"] = cluster_texts(
-        metas, model, tok, cfg, layer, skills, submodules)
-    if not cfg.no_raw:   # the same without abstraction, to compare with
-        _, _, rows["raw questions"], seeded["raw questions"] = cluster_texts(
-            [e.question for e in examples], model, tok, cfg, layer, skills, submodules)
+    X = embed_cached(metas, model, tok, layer, cfg.cache_dir, cfg.batch_size)
+    result, sweep = fit_clusters(X, cfg, np.array([e.skill for e in examples]))
+    if sweep:
+        print(f"k by silhouette ({'cosine' if cfg.cosine else 'euclidean'}, on {sweep['silhouette_points']} of "
+              f"{sweep['points']} points):\n   k  silhouette  inertia", file=sys.stderr)
+        for r in sweep["runs"]:
+            kept = "  <- kept" if r["k"] == sweep["k"] else ""
+            print(f"{r['k']:4d}  {r['silhouette']:10.4f}  {r['inertia']:.4g}{kept}", file=sys.stderr)
+    k = len(result.centroids)
+    groups = expert_groups(result.centroids, cfg.groups or max(1, round(k ** 0.5)), cfg.seed, cfg.cosine)
+    return Clustering(cfg, examples, metas, layer, X, result, sweep, groups, model_name)
 
-    n_groups = cfg.groups or max(1, round(cfg.k ** 0.5))
-    groups = expert_groups(best.centroids, n_groups, cfg.seed, cfg.cosine)
-    group_of = {c: g for g, members in enumerate(groups) for c in members}
-    clusters = describe(best.labels, cfg.k, skills, submodules, metas, group_of)
-    text = report(cfg, model_name, len(examples), layer, rows, seeded, clusters, groups)
-    print(text.split("## Clusters")[0])
+
+def output_files(run):
+    """{name: JSON value} of a run: assignments.json (every question's cluster),
+    cluster_skills.json, groups.json and, for a k sweep, sweep.json."""
     records = [dict(question=e.question, meta=m, cluster=int(c), skill=e.skill, submodule=e.submodule)
-               for e, m, c in zip(examples, metas, best.labels)]
+               for e, m, c in zip(run.examples, run.metas, run.result.labels)]
     files = {"assignments.json": records,
-             "cluster_skills.json": {str(c): {k: d[k] for k in ("skill", "share", "size", "submodule")}
-                                     for c, d in clusters.items()},
-             "groups.json": {"k": cfg.k, "groups": groups, "layer": layer, "cosine": cfg.cosine}}
-    title = f"{cfg.k} clusters of {len(examples)} {cfg.split} meta-questions (PCA of layer {layer})"
-    write_outputs(out, best.centroids, files, text, lambda path: plot_clusters(X, best.labels, skills, path, title))
-    print(f"wrote {', '.join(sorted(set(os.listdir(out)) & OUTPUTS))} to {out}", file=sys.stderr)
+             "cluster_skills.json": cluster_skills(run.result.labels, run.k, run.examples),
+             "groups.json": {"k": run.k, "groups": run.groups, "layer": run.layer, "cosine": run.cfg.cosine}}
+    if run.sweep:
+        files["sweep.json"] = run.sweep
+    return files
 
 
-def main(argv=None):
+def main(argv=None, report=None):
+    """python cluster.py: the clusters into --out, replaced as a whole. `report`
+    is python -m study.clusters's: report(run, model, tok) -> (markdown, draw(path)),
+    written beside them as report.md and clusters.png. cluster.py passes none:
+    the report against the labels is the study's, and imports run one way, so
+    study/ hands its report in here rather than this file importing study/."""
     args = cli.cluster_args(argv)
     check_replaceable(args.out)
     examples, cfg = questions_to_cluster(cli.pick(args, ClusterConfig))
     with lock(args.out):                 # one writer per --out
         model, tok = M.load(args.model, dtype=args.dtype, device=args.device, revision=args.revision)
-        cluster_questions(cfg, examples, model, tok, args.out, args.model)
+        run = cluster_questions(cfg, examples, model, tok, args.model)
+        text, draw = report(run, model, tok) if report else (None, None)
+        write_outputs(args.out, run.result.centroids, output_files(run), text, draw)
+    print(f"wrote {', '.join(sorted(set(os.listdir(args.out)) & OUTPUTS))} to {args.out}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------
+# Checks of the flags against the questions
+# ---------------------------------------------------------------------------
+
+
+def _check_sample(cfg, n):
+    """--sample draws from the split: no more questions than it holds."""
+    if cfg.sample > n:
+        raise UserError(f"--sample {cfg.sample}: the {cfg.split} split has {n} questions here; expected "
+                        f"--sample {n} or fewer")
+
+
+def _check_seeded(cfg, examples, n_skills):
+    """--seeded makes one cluster per skill, from --seeded questions of each."""
+    if not cfg.seeded:
+        return
+    if cfg.k is not None and list(cfg.k) != [n_skills]:
+        raise UserError(f"--seeded makes one cluster per skill ({n_skills}); --k is {k_text(cfg.k)}")
+    fewest = min(Counter(e.skill for e in examples).items(), key=lambda kv: kv[1])
+    if cfg.seeded > fewest[1]:
+        raise UserError(f"--seeded {cfg.seeded}: {fewest[0]} has only {fewest[1]} {cfg.split} questions here")
+
+
+def _check_k(cfg, examples):
+    """No more clusters than distinct points (kmeans.check_k refuses them; said
+    here by flag), and no more groups than clusters."""
+    points = len({meta_question(e.question) for e in examples})
+    if cfg.k[-1] > points:
+        raise UserError(f"--k {k_text(cfg.k)}: the {len(examples)} {cfg.split} questions have {points} distinct "
+                        f"meta-questions (the points clustered); expected --k {points} or fewer")
+    if cfg.groups and cfg.groups > cfg.k[0]:
+        raise UserError(f"--groups {cfg.groups}: more groups than the {cfg.k[0]} clusters")
 
 
 if __name__ == "__main__":

@@ -2,16 +2,17 @@
 cluster.py's output folder: the files one clustering run writes as a set, and
 the three that routing and explain.py read back, checked.
 
-    write_outputs("out/clusters", centroids, files, report, draw)   # the set, replaced as a whole
+    write_outputs("out/clusters", centroids, files)  # the set, replaced as a whole
     C, layer, cosine = read_centroids("out/clusters", model.config)  # (k, C) and how they were made
     records = read_assignments("out/clusters")     # [{"question", "cluster", ...}] per question
     skills = read_cluster_skills("out/clusters", k)  # {"0": {"skill", "share", "size", "submodule"}}
 
 The folder holds assignments.json, centroids.npy (float32, k x hidden size),
 cluster_skills.json, groups.json (k, the expert groups, the embedding layer,
-cosine or not), clusters.png and report.md, and the .lock of its one writer
-(formats.files.lock): the new set takes the held lock file along (a hard link),
-so the folder stays locked while it is swapped.
+cosine or not), sweep.json when k was chosen from a range (each k's silhouette
+and inertia), report.md and clusters.png when python -m study.clusters wrote it,
+and the .lock of its one writer (formats.files.lock): the new set takes the held
+lock file along (a hard link), so the folder stays locked while it is swapped.
 
 Left out: appending to a folder: a new run replaces the old set.
 """
@@ -24,7 +25,7 @@ import numpy as np
 from formats.files import UserError, read_json
 
 OUTPUTS = {"assignments.json", "centroids.npy", "cluster_skills.json", "clusters.png", "groups.json",
-           "report.md"}
+           "report.md", "sweep.json"}
 LOCK = ".lock"      # formats.files.lock's file
 READ_BACK = ("centroids.npy", "cluster_skills.json", "groups.json")   # what routing and explain.py read
 
@@ -42,10 +43,11 @@ def check_replaceable(out):
                         "replaces its --out folder as a whole, so give it a folder of its own")
 
 
-def write_outputs(out, centroids, files, report, draw):
+def write_outputs(out, centroids, files, report=None, draw=None):
     """The files of one run (labels, centroids and groups together) into a fresh
     folder beside `out`, which then takes out's place: `files` {name: JSON value},
-    report.md, centroids.npy and the picture draw(path) makes. Called under
+    centroids.npy and, when given, the markdown `report` (report.md) and the
+    picture draw(path) makes (clusters.png). Called under
     formats.files.lock(out): out/.lock goes along into the new folder."""
     check_replaceable(out)
     tmp = out.rstrip("/") + ".tmp"
@@ -55,9 +57,11 @@ def write_outputs(out, centroids, files, report, draw):
     for name, obj in files.items():
         with open(os.path.join(tmp, name), "w") as f:
             json.dump(obj, f, indent=1)
-    with open(os.path.join(tmp, "report.md"), "w") as f:
-        f.write(report)
-    draw(os.path.join(tmp, "clusters.png"))
+    if report is not None:
+        with open(os.path.join(tmp, "report.md"), "w") as f:
+            f.write(report)
+    if draw is not None:
+        draw(os.path.join(tmp, "clusters.png"))
     os.link(os.path.join(out, LOCK), os.path.join(tmp, LOCK))     # the same file: the lock held stays held
     replace_dir(tmp, out)
 

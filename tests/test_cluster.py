@@ -1,5 +1,6 @@
 """cluster.py: meta-questions, k-means (by hand and against scikit-learn), metrics,
-embeddings and their cache, the CLI end to end on a tiny random checkpoint."""
+embeddings and their cache, k chosen by silhouette, --sample, the CLI end to end
+on a tiny random checkpoint, with and without study/clusters.py's report."""
 import dataclasses
 import json
 import os
@@ -13,6 +14,7 @@ import cluster as C
 from cli import run
 import kmeans
 import model as M
+import study.clusters as S
 from conftest import TINY, write_hf_checkpoint
 from data.lila import load as load_examples
 from formats.clusters import read_centroids
@@ -28,8 +30,17 @@ def test_meta_question_shared_by_two_linear_equations():
     assert a == b == "Solve x + N = N for x."
 
 
+@pytest.mark.parametrize("rule", C.RULES, ids=[f"{i}:{r.replacement}" for i, r in enumerate(C.RULES)])
+def test_every_rule_does_its_worked_example(rule):
+    """Each rule of RULES alone turns its `before` into its `after`; and `before`
+    is what the rules above it leave (they change it no further)."""
+    assert re.sub(rule.pattern, rule.replacement, rule.before) == rule.after != rule.before
+    earlier = C.RULES[:C.RULES.index(rule)]
+    assert all(re.sub(r.pattern, r.replacement, rule.before) == rule.before for r in earlier)
+
+
 def test_docstring_examples_cover_every_skill():
-    pairs = re.findall(r"^  (\w+) +(.+)\n +-> (.+)$", C.__doc__, flags=re.M)
+    pairs = re.findall(r"^ +(\w+) +(.+)\n +-> (.+)$", C.meta_question.__doc__, flags=re.M)
     assert {skill for skill, _, _ in pairs} == {"algebra", "arithmetic", "calculus", "comparison",
                                                 "measurement", "numbers", "polynomials", "probability"}
     for _, question, meta in pairs:
@@ -137,7 +148,7 @@ def test_cli_seeded_one_cluster_per_skill(tiny_ckpt, tmp_path):
     """cluster.py --seeded N: k is the number of skills, and cluster c starts at the
     mean of skill c's N labelled questions (skills in sorted order)."""
     out = tmp_path / "out"
-    C.main(["--seeded", "2", "--out", str(out), "--model", tiny_ckpt[0], "--data", FIXTURES,
+    S.main(["--seeded", "2", "--out", str(out), "--model", tiny_ckpt[0], "--data", FIXTURES,
             "--split", "train", "--cache-dir", str(tmp_path / "cache"), "--no-raw"])
     skills = sorted({e.skill for e in load_examples(FIXTURES, split="train")})
     assert json.load(open(out / "groups.json"))["k"] == len(skills)
@@ -273,16 +284,24 @@ def test_nearest_shots_read_no_label(tiny_ckpt, tmp_path):
 
 
 def test_cli_end_to_end(tiny_ckpt, tmp_path, capsys):
-    out = tmp_path / "out"
-    C.main(["--k", "3", "--out", str(out), "--model", tiny_ckpt[0], "--data", FIXTURES,
-            "--split", "train", "--n-init", "2", "--cache-dir", str(tmp_path / "cache"),
-            "--no-raw"])       # raw questions do not fit the tiny model's 64-token context
-    written = ["assignments.json", "centroids.npy", "cluster_skills.json", "clusters.png", "groups.json", "report.md"]
+    """cluster.py writes the clusters; python -m study.clusters the same run with
+    its report and picture beside them."""
+    out, argv = tmp_path / "out", ["--k", "3", "--model", tiny_ckpt[0], "--data", FIXTURES, "--split", "train",
+                                   "--n-init", "2", "--cache-dir", str(tmp_path / "cache"),
+                                   "--no-raw"]   # raw questions do not fit the tiny model's 64-token context
+    C.main(argv + ["--out", str(out)])
+    written = ["assignments.json", "centroids.npy", "cluster_skills.json", "groups.json"]
     assert sorted(os.listdir(out)) == [".lock", *written]       # and the lock of its one writer, released
     assert (out / ".lock").read_text() == ""
-    report, status = capsys.readouterr()           # the report on stdout; what it did, and wrote, on stderr
+    stdout, status = capsys.readouterr()            # what it did, and wrote, on stderr
+    assert stdout == "" and status.endswith(f"wrote {', '.join(written)} to {out}\n")
+    S.main(argv + ["--out", str(tmp_path / "reported")])
+    report, status = capsys.readouterr()            # the report's head on stdout
     assert report.startswith("# Clusters of 42 train questions") and "wrote" not in report
-    assert status.endswith(f"wrote {', '.join(written)} to {out}\n")
+    assert sorted(os.listdir(tmp_path / "reported")) == sorted([".lock", "clusters.png", "report.md", *written])
+    assert "NMI (submodules)" in (tmp_path / "reported" / "report.md").read_text()
+    for name in written:                           # the same clusters
+        assert (out / name).read_bytes() == (tmp_path / "reported" / name).read_bytes(), name
     train = load_examples(FIXTURES, split="train")
     records = json.load(open(out / "assignments.json"))
     assert [r["question"] for r in records] == [e.question for e in train]
@@ -291,7 +310,6 @@ def test_cli_end_to_end(tiny_ckpt, tmp_path, capsys):
     assert set(json.load(open(out / "cluster_skills.json"))) == {"0", "1", "2"}
     groups = json.load(open(out / "groups.json"))["groups"]
     assert sorted(c for g in groups for c in g) == [0, 1, 2]
-    assert "NMI (submodules)" in (out / "report.md").read_text()
     chosen = [C.examples_of_cluster(str(out), k, train) for k in range(3)]
     assert sorted(sum(chosen, []), key=train.index) == train
     others = chosen[1] + chosen[2]            # e.g. a dev split too small to reach every cluster
@@ -361,7 +379,7 @@ def test_cli_empty_data(tiny_ckpt, tmp_path, capsys):
 
 def test_picture_skipped_without_matplotlib(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "matplotlib", None)   # import matplotlib now fails
-    C.plot_clusters(np.eye(3), np.array([0, 1, 2]), np.array(list("aab")), str(tmp_path / "c.png"), "t")
+    S.plot_clusters(np.eye(3), np.array([0, 1, 2]), np.array(list("aab")), str(tmp_path / "c.png"), "t")
     assert "matplotlib is not installed" in capsys.readouterr().err
     assert not (tmp_path / "c.png").exists()
 
@@ -379,3 +397,93 @@ def test_silhouette_matches_sklearn_and_its_worked_example(cosine):
     want = silhouette_score(X, labels, metric="cosine" if cosine else "euclidean")
     assert abs(silhouette(X, labels, cosine=cosine, chunk=64) - want) < 1e-9
     assert abs(silhouette(np.array([[0.0], [1.0], [10.0]]), np.array([0, 0, 1])) - (0.9 + 8 / 9) / 3) < 1e-12
+
+
+# --- what the study needs: --sample, and k chosen by silhouette -----------------
+
+def test_sample_is_uniform_over_the_split_and_seeded():
+    """--sample draws each question with the same probability, whatever its
+    skill (--limit would take as many of each): 80 of skill a and 20 of b, 10
+    drawn, 2000 seeds: each question about 1 time in 10, about 2 of b a draw."""
+    examples = [("a" if i < 80 else "b", i) for i in range(100)]
+    draws = [C.sample_questions(examples, 10, seed) for seed in range(2000)]
+    assert all(len(d) == 10 and d == sorted(d, key=lambda e: e[1]) for d in draws)   # in the split's order
+    counts = np.bincount([i for d in draws for _, i in d], minlength=100) / 2000
+    assert abs(counts - 0.1).max() < 0.03
+    assert abs(np.mean([sum(s == "b" for s, _ in d) for d in draws]) - 2) < 0.1
+    assert C.sample_questions(examples, 10, 7) == draws[7] != draws[8]
+
+
+def test_choose_k_worked_example():
+    """Three tight blobs far apart: of k 2-6, k = 3 has the best silhouette, in
+    Euclidean and in cosine distance (the blobs lie in three directions); on a
+    sample of 30 points too, the same sample for every k."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[10., 0, 0], [0, 10, 0], [0, 0, 10]])
+    X = np.repeat(centres, 20, axis=0) + rng.normal(scale=0.3, size=(60, 3))    # (60, 3)
+    for cosine in (False, True):
+        r, sweep = C.choose_k(X, range(2, 7), n_init=2, cosine=cosine)
+        assert sweep["k"] == 3 and len(r.centroids) == 3 and [x["k"] for x in sweep["runs"]] == [2, 3, 4, 5, 6]
+        best = max(sweep["runs"], key=lambda x: x["silhouette"])
+        assert best["k"] == 3 and best["silhouette"] > 0.9
+        assert r.labels.tolist() == np.repeat(r.labels[[0, 20, 40]], 20).tolist()      # one blob, one cluster
+        assert sweep["runs"][1]["silhouette"] == kmeans.silhouette(X, r.labels, cosine=cosine)
+    r, sweep = C.choose_k(X, range(2, 7), n_init=2, points=30)
+    assert sweep["k"] == 3 and (sweep["points"], sweep["silhouette_points"]) == (60, 30)
+
+
+def test_cli_k_range_keeps_the_best_silhouette(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    """cluster.py --k 2-6 on questions whose embeddings are three blobs (each
+    meta-question placed by its crc32): k = 3 is kept, its clusters are the blobs,
+    and sweep.json, the report and stderr say each k's silhouette."""
+    import zlib
+    blob = lambda text: zlib.crc32(text.encode()) % 3                                     # noqa: E731
+
+    def three_blobs(texts, *args):
+        rng = np.random.default_rng(0)
+        return np.stack([np.eye(64)[blob(t)] * 10 + rng.normal(scale=0.1, size=64) for t in texts]).astype(np.float32)
+    monkeypatch.setattr(C, "embed_cached", three_blobs)
+    out = tmp_path / "out"
+    S.main(["--k", "2-6", "--out", str(out), "--model", tiny_ckpt[0], "--data", FIXTURES, "--n-init", "2",
+            "--no-raw", "--label-trials", "1"])
+    sweep = json.load(open(out / "sweep.json"))
+    assert sweep["k"] == 3 and [r["k"] for r in sweep["runs"]] == [2, 3, 4, 5, 6]
+    assert max(sweep["runs"], key=lambda r: r["silhouette"])["k"] == 3
+    assert (sweep["points"], sweep["silhouette_points"]) == (42, 42)
+    assert json.load(open(out / "groups.json"))["k"] == 3 and np.load(out / "centroids.npy").shape == (3, 64)
+    records = json.load(open(out / "assignments.json"))
+    assert len({(r["cluster"], blob(r["meta"])) for r in records}) == 3                 # cluster = blob
+    report = (out / "report.md").read_text()
+    assert "k = 3 (of 2-6, by silhouette)" in report and "## k by silhouette" in report
+    assert "on all 42 points" in report
+    kept = re.findall(r"^ +(\d+) +\S+ +\S+  <- kept$", capsys.readouterr().err, flags=re.M)
+    assert kept == ["3"]
+
+
+def test_cli_sample(tiny_ckpt, tmp_path):
+    """cluster.py --sample N clusters N questions drawn uniformly from the split, by --seed."""
+    out = tmp_path / "out"
+    C.main(["--sample", "12", "--seed", "3", "--k", "2", "--out", str(out), "--model", tiny_ckpt[0], "--data", FIXTURES,
+            "--n-init", "1", "--cache-dir", str(tmp_path / "cache")])
+    train = load_examples(FIXTURES, split="train")
+    assert [r["question"] for r in json.load(open(out / "assignments.json"))] == \
+        [e.question for e in C.sample_questions(train, 12, 3)]
+
+
+@pytest.mark.parametrize("args, msg", [
+    (["--k", "1-5"], "--k: expected an integer >= 1, or a range A-B with 2 <= A < B, got '1-5'"),
+    (["--k", "6-3"], "--k: expected an integer >= 1, or a range A-B with 2 <= A < B, got '6-3'"),
+    (["--k", "auto"], "--k: expected an integer >= 1, or a range A-B with 2 <= A < B, got 'auto'"),
+    (["--k", "2-40"], "--k 2-40: the 42 train questions have 31 distinct meta-questions"),
+    (["--k", "2-4", "--seeded", "2"], "--seeded makes one cluster per skill (2); --k is 2-4"),
+    (["--k", "2-4", "--groups", "3"], "--groups 3: more groups than the 2 clusters"),
+    (["--sample", "0"], "--sample: expected an integer >= 1, got '0'"),
+    (["--sample", "43"], "--sample 43: the train split has 42 questions here; expected --sample 42 or fewer"),
+    (["--sample", "5", "--limit", "3"], "argument --limit: not allowed with argument --sample"),
+])
+def test_cli_bad_k_or_sample(tmp_path, capsys, args, msg):
+    """One line naming the flag, exit status 2, before any model is loaded."""
+    with pytest.raises(SystemExit) as e:
+        run(lambda: C.main(["--model", "/nonexistent", "--data", FIXTURES, "--out", str(tmp_path / "o"), *args]))
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and msg in err and err.count("\n") == 1, err
