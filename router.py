@@ -53,6 +53,7 @@ layer, trained with the gates on mixed data (Intuition-MoR1E); no task prior.
 Left out: per-expert capacity limits and token dropping (dense mixing of small
 LoRA experts costs little), and gates that see more than their layer's input.
 """
+import sys
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 
@@ -63,6 +64,7 @@ import torch.nn.functional as F
 
 import kmeans
 import lora
+from formats import adapters
 from formats.files import UserError
 from formats.router_fields import check_config, check_positive
 
@@ -396,7 +398,8 @@ class Recording:
 @dataclass
 class RouterTraining:
     """train.py --router's settings for the router it trains (cli.py declares the
-    flags of the same names); config() makes the RouterConfig it saves."""
+    flags of the same names); config() makes the RouterConfig it saves, build()
+    the router itself."""
     experts: str                  # a folder of expert adapters, one sub-folder each (not with rank1)
     router_questions: int         # train questions per skill that the router trains on
     level: str
@@ -419,6 +422,39 @@ class RouterTraining:
             temperature=self.temperature, tau=self.tau, entropy_weight=self.entropy_weight,
             balance_weight=self.balance_weight, rank1=self.rank1, rank1_alpha=self.alpha,
             targets=self.targets.split(","), **fields)
+
+    def build(self, model, questions, X, labels, layer, clusters, seed, device):
+        """The router that train.py --router trains, attached to `model` (frozen),
+        over the experts in the folder self.experts or over self.rank1 fresh
+        rank-1 experts. `questions` are the train then the dev questions, X (N, C)
+        their meta-question embeddings at `layer` (found with the base alone),
+        labels the expert of each train question (cluster.expert_labels, from
+        `clusters` for cluster experts); rank-1 routers have none (None).
+        Only the gates and mix (and rank-1 experts) train. Returns the
+        questions' TaskPriors."""
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if self.rank1:
+            names = [f"r1-{e:02d}" for e in range(self.rank1)]
+            router = with_rank1(self.config(names, model.config),
+                                group_count(self.n_groups, self.rank1, self.top_k)).own_experts(model)
+            print(f"router over {self.rank1} fresh rank-1 experts ({sum(p.numel() for p in router.rank1):,} "
+                  f"parameters) in {len(router.cfg.groups)} groups, gate per {self.level}, no task prior",
+                  file=sys.stderr)
+        else:
+            dirs = adapters.expert_dirs(self.experts)
+            names = list(dirs)
+            adapters.load_experts(model, list(dirs.values()))
+            wanted = self.config(names, model.config, embed_layer=layer, expert_dirs=dirs, clusters_dir=clusters,
+                                 experts_sha256=adapters.experts_sha256(dirs))
+            router, task_loss = from_experts(wanted, X[:len(labels)], labels,
+                                             group_count(self.n_groups, len(names), self.top_k), seed)
+            print(f"router over {len(names)} experts {names} in groups {group_names(router.cfg)}; task prior "
+                  f"'{self.prior}' (classifier loss {task_loss:.3f}), gate per {self.level}", file=sys.stderr)
+        router.to(device).attach(model)
+        for p in router.task.parameters():
+            p.requires_grad_(False)
+        return TaskPriors(router, questions, X)
 
 
 class TaskPriors:

@@ -18,9 +18,9 @@ Chapters:
   2. the pieces   AdamW, warmup + cosine decay, the loss, the dev loss, processes
   3. the modes    the questions each mode trains on, and what it trains and saves:
                   an HF-layout model (--base), a PEFT adapter (LoRA), a whole model
-                  (--full) or a router (router.from_experts builds it from the
-                  experts' questions; only its gates and mix train, with its
-                  entropy and balance terms added to the loss)
+                  (--full) or a router (router.RouterTraining.build makes it
+                  from the experts' questions; only its gates and mix train,
+                  with its entropy and balance terms added to the loss)
   4. the loop     setup(), then train_step() until --steps: every --eval-every
                   steps the dev loss and accuracy, the best model kept in OUT;
                   every --save-every steps, at each dev check and on Ctrl-C the
@@ -66,7 +66,7 @@ import router as routing
 from eval import evaluate, shot_source
 from formats import adapters, hf
 from formats.files import UserError, lock, write_json
-from formats.routers import experts_sha256, save_router
+from formats.routers import save_router
 from formats.state import read_state, restore, write_state
 from data.lila import load as load_examples
 from data.episodes import Episodes
@@ -292,35 +292,16 @@ def setup_full(cfg, model, tok):
 
 
 def setup_router(cfg, model, tok, device, train_ex, dev_ex):
-    """Base + frozen experts (or fresh rank-1 experts) + a Router; only the router's
-    gates and mix (and rank-1 experts) train. Returns (router.TaskPriors, save)."""
-    spec = cfg.router
-    for p in model.parameters():
-        p.requires_grad_(False)
-    if spec.rank1:
-        names = [f"r1-{e:02d}" for e in range(spec.rank1)]
-        router = routing.with_rank1(spec.config(names, model.config),
-                                    routing.group_count(spec.n_groups, spec.rank1, spec.top_k)).own_experts(model)
-        X = None
-        print(f"router over {spec.rank1} fresh rank-1 experts ({sum(p.numel() for p in router.rank1):,} parameters) "
-              f"in {len(router.cfg.groups)} groups, gate per {spec.level}, no task prior", file=sys.stderr)
-    else:
-        dirs = adapters.expert_dirs(spec.experts)
-        names = list(dirs)
-        n_groups = routing.group_count(spec.n_groups, len(names), spec.top_k)
+    """Base + frozen experts (or fresh rank-1 experts) + a Router (router.RouterTraining.build).
+    The questions' meta-question embeddings and expert labels come first, from the
+    base alone. Returns the router's TaskPriors."""
+    X = labels = layer = None
+    if not cfg.router.rank1:
+        names = list(adapters.expert_dirs(cfg.router.experts))
         layer = cluster.resolve_layer(model.config)
-        X = cluster.meta_embeddings(train_ex + dev_ex, model, tok, layer)      # the base alone, before the experts
+        X = cluster.meta_embeddings(train_ex + dev_ex, model, tok, layer)       # (N, C)
         labels = cluster.expert_labels(train_ex, names, cfg.clusters, model, tok)
-        adapters.load_experts(model, list(dirs.values()))
-        wanted = spec.config(names, model.config, embed_layer=layer, expert_dirs=dirs,
-                             clusters_dir=cfg.clusters, experts_sha256=experts_sha256(dirs))
-        router, task_loss = routing.from_experts(wanted, X[:len(train_ex)], labels, n_groups, cfg.seed)
-        print(f"router over {len(names)} experts {names} in groups {routing.group_names(router.cfg)}; "
-              f"task prior '{spec.prior}' (classifier loss {task_loss:.3f}), gate per {spec.level}", file=sys.stderr)
-    router.to(device).attach(model)
-    for p in router.task.parameters():
-        p.requires_grad_(False)
-    return routing.TaskPriors(router, train_ex + dev_ex, X), lambda out: save_router(router, out)
+    return cfg.router.build(model, train_ex + dev_ex, X, labels, layer, cfg.clusters, cfg.seed, device)
 
 
 # ---------------------------------------------------------------------------
@@ -453,8 +434,8 @@ def setup(cfg, state=None):
     elif cfg.mode == "full":
         learner, save = setup_full(cfg, model, tok)
     elif cfg.mode == "router":
-        priors, save = setup_router(cfg, model, tok, device, train_ex, dev_ex)
-        learner = priors.router
+        priors = setup_router(cfg, model, tok, device, train_ex, dev_ex)
+        learner, save = priors.router, lambda out: save_router(priors.router, out)
     steps = cfg.steps_per_skill * len({e.skill for e in train_ex}) if cfg.steps_per_skill else cfg.steps
     episodes = Episodes(tok, train_ex, cfg.seq_len, cfg.seed, cfg.loss, cfg.rows)
     dev_episodes = Episodes(tok, dev_ex, cfg.seq_len, cfg.seed + 1, cfg.loss, cfg.rows)

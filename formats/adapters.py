@@ -35,8 +35,8 @@ import re
 import torch
 
 import lora
-from formats.files import (UserError, check_finite, check_names, open_safetensors, read_json, short, save_safetensors,
-                           write_atomic, write_json)
+from formats.files import (UserError, check_finite, check_names, open_safetensors, read_json, sha256, short,
+                           save_safetensors, write_atomic, write_json)
 
 PEFT_PREFIX = "base_model.model."        # PEFT key = PEFT_PREFIX + our key
 CONFIG_NAME, WEIGHTS_NAME = "adapter_config.json", "adapter_model.safetensors"
@@ -149,6 +149,11 @@ def expert_dirs(root):
     if not found:
         raise UserError(f"{root}: no adapter directories (with {CONFIG_NAME}) inside")
     return found
+
+
+def experts_sha256(dirs):
+    """{name: sha256 of its adapter_model.safetensors}: which adapters a router was trained over."""
+    return {name: sha256(os.path.join(folder, WEIGHTS_NAME)) for name, folder in dirs.items()}
 
 
 def read_config(adapter_dir):

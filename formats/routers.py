@@ -6,7 +6,7 @@ tensors) and router.json (its RouterConfig), one set.
     cfg = read_config("out/router")                  # a RouterConfig, every field checked
     router = load_router("out/router", model)        # every tensor checked against cfg
     dirs = router_experts("out/router", cfg)         # {name: adapter folder} it was trained over
-    RouterConfig(..., expert_dirs=dirs, experts_sha256=experts_sha256(dirs))   # train.py --router's, dirs {name: folder}
+    RouterConfig(..., expert_dirs=dirs, experts_sha256=adapters.experts_sha256(dirs))   # train.py --router's, dirs {name: folder}
 
 router.json is free to edit by hand (a temperature, say), except embed_layer:
 the centroids in the weights were made at that layer, so the weights' metadata
@@ -58,11 +58,6 @@ def read_config(out_dir):
     cfg = routing.RouterConfig(**raw)
     cfg.expert_dirs = {name: os.path.normpath(os.path.join(out_dir, d)) for name, d in cfg.expert_dirs.items()}
     return cfg
-
-
-def experts_sha256(dirs):
-    """{name: sha256 of its adapter_model.safetensors}: which adapters a router was trained over."""
-    return {name: sha256(os.path.join(folder, adapters.WEIGHTS_NAME)) for name, folder in dirs.items()}
 
 
 def router_experts(out_dir, cfg, experts=None):

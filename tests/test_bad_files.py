@@ -493,7 +493,7 @@ def test_router_experts_are_the_adapters_router_json_names(good_adapter, good_ro
     dirs = {name: shutil.copytree(good_adapter, str(experts / name)) for name in ("e0", "e1")}
     os.makedirs(experts / "half-trained")              # no adapter in it, and not this router's
     cfg = R.RouterConfig(experts=["e0", "e1"], groups=[[0], [1]], hidden_size=64, n_layers=2,
-                         expert_dirs=dirs, experts_sha256=routers.experts_sha256(dirs))
+                         expert_dirs=dirs, experts_sha256=adapters.experts_sha256(dirs))
     out = str(tmp_path / "routers" / "r")
     routers.save_router(R.Router(cfg, np.zeros((2, 64), np.float32)), out)
     assert json.load(open(os.path.join(out, "router.json")))["expert_dirs"] == {"e0": "../../experts/e0",
