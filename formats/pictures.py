@@ -5,7 +5,7 @@ line saying so.
     plt = pyplot()                      # matplotlib.pyplot (file-only backend), or None
     heatmap(values, rows, cols, title, "out/x.png")
 
-Used by cluster.py (the clusters in 2-D), eval.py (routing per layer) and the
+Used by study/clusters.py (the clusters in 2-D), eval.py (routing per layer) and the
 study (forgetting, curves). Status lines go to stderr. Left out: interactive backends.
 """
 import sys

@@ -11,8 +11,9 @@ that puts the runs of train.py and eval.py side by side.
 - goals.py     the study's question, goal by goal, from the runs that decide it
 - report.py    REPORT.md of a finished study folder
 - heldout.py   every configuration evaluated again on the same questions (loads a model)
+- clusters.py  cluster.py's run with its report against the labels and the PCA picture (loads a model)
 - experiment.sh  the whole study, stage by stage
 
-Only heldout.py imports torch (through eval.py); the rest reads what the runs
-wrote. Nothing is imported here, so `import study.stats` loads no model code.
+Only heldout.py and clusters.py import torch (through eval.py and cluster.py);
+the rest reads what the runs wrote. Nothing is imported here, so `import study.stats` loads no model code.
 """

@@ -6,7 +6,8 @@ to every skill, compared question by question.
     python -m study forgetting out/eval/base-4shot.json out/eval/experts/*.json   # every expert on every skill
     python -m study curve out/eval/base-4shot.json out/eval/sequential-lora/*.json   # skill after skill
     python -m study best out/lr/mixed-*                                 # the run with the best dev accuracy
-    python -m study curves out/plateau/curves/*/*                       # dev curves; the rank and lr they choose
+    python -m study curves out/plateau/curves/*/*                       # dev curves; the rank, lr and steps they choose
+    python -m study subset data/plateau --skills calculus --fraction 0.25 --out out/quarter   # the data curve's rows
     python -m study report out                                          # out/results.md and out/REPORT.md
 
 eval.py evaluates one configuration and writes its records (--json); this file
@@ -26,7 +27,9 @@ It reads only what the runs wrote, so it imports neither torch nor eval.py.
 - best: of runs that differ in one setting (a learning-rate sweep), the one
   with the highest dev accuracy as train.py logged it (a tie: the lower dev loss).
 - curves: dev learning curves over steps, learning rates and ranks, and the
-  (rank, lr) they choose (study/curves.py).
+  (rank, lr) and steps they choose (study/curves.py).
+- subset: task files with a fraction of their train questions, for the data
+  curve (study/curves.py).
 - report: the tables and the goals of a finished `make experiment` (study/report.py).
 
 Every configuration of a study folder evaluated again on other questions is
@@ -38,7 +41,7 @@ Left out: corrections for many comparisons; each test is for one pair of runs.
 import os
 import sys
 
-from cli import Parser, writable_dir
+from cli import Parser, nonempty, random_seed, share, writable_dir
 from formats.files import UserError, write_json, write_text
 from formats.pictures import heatmap, pyplot
 from study import curves, report
@@ -230,10 +233,17 @@ def parser():
                        "dev loss, then the first named)")
     s.add_argument("runs", nargs="+", help="train.py output folders, e.g. one per learning rate")
     s = sub.add_parser("curves", help="dev learning curves of runs that differ in rank and learning rate, "
-                       "and the (rank, lr) chosen on dev, printed as RANK LR")
+                       "and the (rank, lr) chosen on dev and the experts' steps, printed as RANK LR STEPS")
     s.add_argument("runs", nargs="+", help="train.py --expert output folders named SKILL/rRANK-lrLR")
     s.add_argument("--out", type=writable_dir, default="out/curves", help="where curves.md/.json/.png go "
                    "(default out/curves)")
+    s = sub.add_parser("subset", help="task files with a fraction of their train questions (the data curve)")
+    s.add_argument("data", help="a folder of LiLA task files, one per skill")
+    s.add_argument("--skills", type=nonempty, required=True, help="comma-separated skills to take (required)")
+    s.add_argument("--fraction", type=share, required=True, help="the share of each submodule's train "
+                   "questions kept, in (0, 1] (required)")
+    s.add_argument("--seed", type=random_seed, default=0, help="seed of the draw (default 0)")
+    s.add_argument("--out", type=writable_dir, required=True, help="where the task files go (required)")
     s = sub.add_parser("report", help="out/REPORT.md from a finished make experiment")
     s.add_argument("root", nargs="?", default="out", help="the study folder (study/experiment.sh's OUT) (default out)")
     s.add_argument("--docs", type=writable_dir, default=None, help="also write REPORT.md and its pictures to "
@@ -255,6 +265,8 @@ def main():
         curve(args.base, args.stages, args.out)
     elif args.command == "curves":
         print(*curves.curves(args.runs, args.out))
+    elif args.command == "subset":
+        curves.subset(args.data, args.skills.split(","), args.fraction, args.seed, args.out)
     else:
         forgetting(args.base, args.experts, args.out)
 

@@ -9,20 +9,28 @@ checked on the dev split every --eval-every steps. A run's kept step is the
 first with its best dev accuracy (train.py keeps that adapter); the step of its
 lowest dev loss is shown beside it. The choice is the (rank, lr) whose best dev
 accuracy, averaged over the skills swept, is highest; a tie goes to the lower
-mean dev loss at the kept steps, then to the smaller rank and rate.
+mean dev loss at the kept steps, then to the smaller rank and rate. The
+experts then train for twice the latest kept step of the chosen setting over
+the skills swept (room for each expert's own curve to show its plateau), at
+most the longest of its runs; each keeps its own best dev step.
 
 Writes curves.md (a table per skill: dev accuracy at every check), curves.json
 (the curves, the kept steps and the choice) and curves.png (dev accuracy and dev
 loss against steps, one panel per skill and rank) into --out, and prints the
-choice as "RANK LR" for study/plateau.sh. Reads only what the runs wrote.
+choice as "RANK LR STEPS" for study/plateau.sh. Reads only what the runs wrote.
+
+The data curve's questions (python -m study subset): a skill's task file with a
+fraction of its train questions, to train the same expert on 1/4, 1/2 and all
+of its rows.
 
 Left out: smoothing and early stopping rules; the curves are shown as measured.
 """
 import os
+import random
 import re
 import sys
 
-from formats.files import UserError, write_atomic, write_json, write_text
+from formats.files import UserError, read_object, write_atomic, write_json, write_text
 from formats.pictures import pyplot
 from study.stats import read_log
 
@@ -69,7 +77,16 @@ def choose(curves):
     return min(by, key=score)
 
 
-def markdown(curves, choice):
+def steps_for(curves, choice):
+    """The experts' steps: twice the latest kept step of the chosen (rank, lr)
+    over the skills, at most the longest of its runs.
+
+        kept steps 200 and 100, runs of 1000 and 400 steps -> 400"""
+    runs = [c for c in curves if (c["rank"], c["lr"]) == choice]
+    return min(2 * max(c["kept"] for c in runs), max(c["steps"][-1] for c in runs))
+
+
+def markdown(curves, choice, steps):
     lines = []
     for skill in sorted({c["skill"] for c in curves}):
         runs = sorted((c for c in curves if c["skill"] == skill), key=lambda c: (c["rank"], float(c["lr"])))
@@ -83,7 +100,8 @@ def markdown(curves, choice):
             lines.append(f"| {c['rank']} | {c['lr']} | " + " | ".join(cells) + f" | {c['kept']} | {c['lowest_loss']} |")
         lines.append("")
     lines.append(f"Chosen on dev: rank {choice[0]}, learning rate {choice[1]} (the highest best dev accuracy "
-                 "averaged over these skills).")
+                 f"averaged over these skills); the experts train {steps} steps (twice the latest kept step of "
+                 "that setting, at most its longest run) and each keeps its own best dev step.")
     return "\n".join(lines)
 
 
@@ -114,9 +132,42 @@ def curves(runs, out):
     """python -m study curves: the table, the picture and the choice of runs' curves."""
     found = [read_curve(r) for r in runs]
     choice = choose(found)
+    steps = steps_for(found, choice)
     os.makedirs(out, exist_ok=True)
-    write_text(os.path.join(out, "curves.md"), markdown(found, choice))
-    write_json(os.path.join(out, "curves.json"), {"runs": found, "choice": {"rank": choice[0], "lr": choice[1]}})
+    write_text(os.path.join(out, "curves.md"), markdown(found, choice, steps))
+    write_json(os.path.join(out, "curves.json"), {"runs": found, "choice": {"rank": choice[0], "lr": choice[1],
+                                                                            "steps": steps}})
     picture(found, os.path.join(out, "curves.png"))
     print(f"wrote {out}/curves.md and {out}/curves.json", file=sys.stderr)
-    return choice
+    return (*choice, steps)
+
+
+def subset(data, skills, fraction, seed, out):
+    """python -m study subset: each skill's task file of `data` with `fraction`
+    of its train questions, drawn within each submodule (the mix of submodules
+    stays) by a seeded shuffle whose prefixes nest, so the 1/4 is part of the
+    1/2. Dev and test questions are kept whole; the files go to `out`.
+
+        0.25 of a skill with 4,000 train questions in each of 3 submodules
+        -> 1,000 of each, 3,000 in all"""
+    os.makedirs(out, exist_ok=True)
+    for skill in skills:
+        path = os.path.join(data, f"{skill}.json")
+        task = read_object(path, "data/generate.py writes one task file per skill")
+        instances = task.get("Instances")
+        if not isinstance(instances, list) or not all(isinstance(i, dict) for i in instances):
+            raise UserError(f"{path}: field 'Instances' is not a list of objects; expected a LiLA task file")
+        by_submodule = {}
+        for i, inst in enumerate(instances):
+            if inst.get("split") == "train":
+                by_submodule.setdefault(str(inst.get("submodule")), []).append(i)
+        if not by_submodule:
+            raise UserError(f"{path}: no instance has split 'train'; expected train questions to take a part of")
+        keep = set()
+        for name, rows in sorted(by_submodule.items()):
+            random.Random(f"{seed}-{skill}-{name}").shuffle(rows)
+            keep.update(rows[:max(1, round(fraction * len(rows)))])
+        task["Instances"] = [inst for i, inst in enumerate(instances) if inst.get("split") != "train" or i in keep]
+        write_json(os.path.join(out, f"{skill}.json"), task)
+        print(f"{out}/{skill}.json: {len(keep)} of its {sum(map(len, by_submodule.values()))} train questions",
+              file=sys.stderr)

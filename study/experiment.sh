@@ -203,7 +203,7 @@ done
 echo; echo "=== clusters of meta-questions (beside the sequential fine-tunes)"
 [ -e "$OUT/clusters/assignments.json" ] || job "$PY" cluster.py --k "$K" --split train --limit 300 \
     --model "$MODEL" --data "$TRAIN_DATA" --device "$DEVICE" --out "$OUT/clusters"
-[ -e "$OUT/clusters-test/report.md" ] || job "$PY" cluster.py --k "$K" --split test --limit 100 \
+[ -e "$OUT/clusters-test/report.md" ] || job "$PY" -m study.clusters --k "$K" --split test --limit 100 \
     --model "$MODEL" --data "$DATA" --device "$DEVICE" --out "$OUT/clusters-test"
 # semi-supervised: one cluster per skill, seeded by 10 labelled questions of each
 [ -e "$OUT/clusters-seeded/assignments.json" ] || job "$PY" cluster.py --seeded 10 --split train --limit 300 \

@@ -1,7 +1,7 @@
 """
 Every configuration of a study folder evaluated again on the same questions,
-e.g. on questions drawn apart from all training: the one module of study/ that
-loads a model.
+e.g. on questions drawn apart from all training (it loads a model, as
+study/clusters.py does).
 
     python -m study.heldout out --data data/heldout        # out/heldout/results.md and results.json
     python -m study.heldout out --data data/heldout --limit 50 --out out/heldout-50

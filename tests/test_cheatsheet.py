@@ -80,7 +80,9 @@ def tiny(name, argv, model):
                 "--eval-questions", "2", *router]
     return {"eval.py": ["--model", model, *data, "--limit", "1", *few],
             "explain.py": [*data, *few],                     # phi-tiny: the shipped router was trained on it
-            "cluster.py": ["--model", model, *data, "--n-init", "1", "--label-trials", "1", "--no-raw"],
+            "cluster.py": ["--model", model, *data, "--n-init", "1", "--label-trials", "1", "--no-raw",
+                           *(["--sample", "20"] if "--sample" in argv else [])],   # the fixture's train split: 42
+            "study.clusters": ["--model", model, *data, "--n-init", "1", "--label-trials", "1", "--no-raw"],
             "study": [],
             "study.heldout": ["--model", model, "--device", "cpu", "--limit", "1", *few],   # the questions drawn
             "data/generate.py": ["--skills", "algebra,numbers", "--train", "2", "--test", "1", "--exclude", FIXTURE],

@@ -417,7 +417,7 @@ def test_every_command_of_the_study_parses(tmp_path):
     from study.cli import parser as study_parser
     study_with_stub(tmp_path, DEVICE="cpu", JOBS="1", TRAIN_DATA=str(tmp_path / "fresh"))
     parse = {"train.py": train.config, "eval.py": cli.eval_args, "cluster.py": cli.cluster_args,
-             "-m study": study_parser().parse_args}
+             "-m study": study_parser().parse_args, "-m study.clusters": cli.cluster_args}
     seen = set()
     for line in (tmp_path / "log").read_text().splitlines():
         script, *argv = shlex.split(line.split(" ", 1)[1])

@@ -205,7 +205,9 @@ def test_best_run_is_the_best_dev_accuracy_and_the_report_lists_the_sweep(tmp_pa
 def test_curves_keep_the_first_best_step_and_choose_on_the_mean_over_skills(tmp_path):
     """Worked example: two skills, two settings. r8-lr1e-3 is best on average
     (mean best 0.50 against 0.45), though r32-lr2e-3 is best on calculus; the
-    kept step is the first with the best accuracy, train.py's "kept" mark."""
+    kept step is the first with the best accuracy, train.py's "kept" mark. The
+    experts' steps: twice the setting's latest kept step (200), at most its
+    longest run (300)."""
     log = lambda *marks: [{"step": 100 * i, "time": 1.0, "dev_accuracy": a, "dev_loss": l,   # noqa: E731
                            **({"kept": "best"} if k else {})} for i, (a, l, k) in enumerate(marks, 1)]
     write(f"{tmp_path}/arithmetic/r8-lr1e-3/log.json", log((0.4, 0.9, 1), (0.6, 0.8, 1), (0.6, 0.7, 0)))
@@ -215,12 +217,13 @@ def test_curves_keep_the_first_best_step_and_choose_on_the_mean_over_skills(tmp_
     runs = sorted(str(p.parent) for p in tmp_path.glob("*/*/log.json"))
     done = subprocess.run([sys.executable, "-m", "study", "curves", *runs, "--out", str(tmp_path / "c")], cwd=ROOT,
                           capture_output=True, text=True)
-    assert done.returncode == 0 and done.stdout == "8 1e-3\n", (done.stdout, done.stderr)
+    assert done.returncode == 0 and done.stdout == "8 1e-3 300\n", (done.stdout, done.stderr)
     found = json.load(open(tmp_path / "c" / "curves.json"))
     kept = {(r["skill"], r["rank"]): (r["kept"], r["lowest_loss"]) for r in found["runs"]}
     assert kept == {("arithmetic", 8): (200, 300), ("calculus", 8): (200, 200), ("arithmetic", 32): (100, 200),
                     ("calculus", 32): (100, 100)}
     assert "| 8 | 1e-3 | 40.0 | **60.0** | 60.0 | 200 | 300 |" in open(tmp_path / "c" / "curves.md").read()
+    assert found["choice"] == {"rank": 8, "lr": "1e-3", "steps": 300}
     os.remove(f"{tmp_path}/calculus/r32-lr2e-3/log.json")
     os.rmdir(f"{tmp_path}/calculus/r32-lr2e-3")
     with pytest.raises(UserError, match=r"rank 32, lr 2e-3 has no run on \['calculus'\]"):
@@ -445,3 +448,23 @@ def test_holm_and_pooled_seeds_by_hand():
     seed = lambda *cs: [{"skill": "a", "question": f"q{i}", "correct": c} for i, c in enumerate(cs)]  # noqa: E731
     got = pooled_verdicts(base, [seed(1, 0, 1, 0), seed(1, 1, 1, 0), seed(0, 0, 1, 1)])
     assert got == {"questions": 4, "wins": 2, "losses": 1, "p": 1.0}     # q0 2/3 > 0, q3 1/3 > 0; q1 1/3 < 1
+
+
+def test_subset_keeps_a_nested_share_of_each_submodule(tmp_path):
+    """The data curve's rows: 1/4 and 1/2 of each submodule's train questions, the
+    quarter inside the half; dev and test questions whole."""
+    from study.curves import subset
+    inst = [{"Input": f"q{s}{i}", "Output Answer": ["1"], "split": "train", "submodule": f"m{s}"}
+            for s in range(2) for i in range(8)] + [{"Input": "d", "Output Answer": ["1"], "split": "dev"}]
+    write(f"{tmp_path}/data/calculus.json", {"Definition": ["x"], "Instances": inst})
+    kept = {}
+    for f in (0.25, 0.5):
+        subset(f"{tmp_path}/data", ["calculus"], f, 3, f"{tmp_path}/{f}")
+        rows = json.load(open(f"{tmp_path}/{f}/calculus.json"))["Instances"]
+        kept[f] = {r["Input"] for r in rows if r["split"] == "train"}
+        assert [r["Input"] for r in rows if r["split"] == "dev"] == ["d"]
+        assert sorted(sum(q.startswith(f"q{s}") for q in kept[f]) for s in range(2)) == [8 * f, 8 * f]
+    assert kept[0.25] < kept[0.5]
+    done = subprocess.run([sys.executable, "-m", "study", "subset", f"{tmp_path}/data", "--skills", "calculus",
+                           "--fraction", "0", "--out", f"{tmp_path}/x"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and "--fraction" in done.stderr
