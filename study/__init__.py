@@ -10,6 +10,7 @@ that puts the runs of train.py and eval.py side by side.
 - stats.py     paired statistics over eval.py's records: sign test, bootstrap, the checks
 - goals.py     the study's question, goal by goal, from the runs that decide it
 - report.py    REPORT.md of a finished study folder
+- plateau.py   REPORT.md of study/plateau.sh's folder: the choices on dev, the test with seeds pooled
 - heldout.py   every configuration evaluated again on the same questions (loads a model)
 - clusters.py  cluster.py's run with its report against the labels and the PCA picture (loads a model)
 - experiment.sh  the whole study, stage by stage

@@ -7,6 +7,7 @@ to every skill, compared question by question.
     python -m study curve out/eval/base-4shot.json out/eval/sequential-lora/*.json   # skill after skill
     python -m study best out/lr/mixed-*                                 # the run with the best dev accuracy
     python -m study curves out/plateau/curves/*/*                       # dev curves; the rank, lr and steps they choose
+    python -m study plateau checkpoints/phi-tiny-plateau                # that study's REPORT.md, so far
     python -m study subset data/plateau --skills calculus --fraction 0.25 --out out/quarter   # the data curve's rows
     python -m study report out                                          # out/results.md and out/REPORT.md
 
@@ -28,6 +29,7 @@ It reads only what the runs wrote, so it imports neither torch nor eval.py.
   with the highest dev accuracy as train.py logged it (a tie: the lower dev loss).
 - curves: dev learning curves over steps, learning rates and ranks, and the
   (rank, lr) and steps they choose (study/curves.py).
+- plateau: the report of study/plateau.sh's folder (study/plateau.py).
 - subset: task files with a fraction of their train questions, for the data
   curve (study/curves.py).
 - report: the tables and the goals of a finished `make experiment` (study/report.py).
@@ -44,7 +46,7 @@ import sys
 from cli import Parser, nonempty, random_seed, share, writable_dir
 from formats.files import UserError, write_json, write_text
 from formats.pictures import heatmap, pyplot
-from study import curves, report
+from study import curves, plateau, report
 from study.stats import config_rows, paired, paired_markdown, per_skill, read_records, sign_test
 
 # ---------------------------------------------------------------------------
@@ -237,6 +239,10 @@ def parser():
     s.add_argument("runs", nargs="+", help="train.py --expert output folders named SKILL/rRANK-lrLR")
     s.add_argument("--out", type=writable_dir, default="out/curves", help="where curves.md/.json/.png go "
                    "(default out/curves)")
+    s = sub.add_parser("plateau", help="REPORT.md and results.json of a study/plateau.sh folder, so far")
+    s.add_argument("root", help="the study folder (study/plateau.sh's OUT)")
+    s.add_argument("--data", type=nonempty, default="data/lila", help="the evaluation's task files; their train "
+                   "split is phi-tiny's pretraining rows (default data/lila)")
     s = sub.add_parser("subset", help="task files with a fraction of their train questions (the data curve)")
     s.add_argument("data", help="a folder of LiLA task files, one per skill")
     s.add_argument("--skills", type=nonempty, required=True, help="comma-separated skills to take (required)")
@@ -265,6 +271,8 @@ def main():
         curve(args.base, args.stages, args.out)
     elif args.command == "curves":
         print(*curves.curves(args.runs, args.out))
+    elif args.command == "plateau":
+        plateau.report(args.root, args.data)
     elif args.command == "subset":
         curves.subset(args.data, args.skills.split(","), args.fraction, args.seed, args.out)
     else:

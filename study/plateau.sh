@@ -216,5 +216,6 @@ ev routers/clusters --moe "$OUT/routers/clusters" --out "$OUT/routing/clusters"
 for part in 0.25 0.5; do
     for s in $SWEPT; do ev "rows/$s-$part" --adapter "$OUT/rows/$s-$part" --skills "$s"; done
 done
-stage "done"
+stage "the report"
+"$PY" -m study plateau "$OUT" --data "$DATA"
 echo "the ${SMOKE:+smoke }plateau study took $((SECONDS / 60)) min${SMOKE:+ (toy sizes: its numbers are not results)}"

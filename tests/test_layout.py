@@ -17,7 +17,7 @@ ORDER = [   # every project module; each may import only modules listed before i
     "data/tokenizer.py", "data/episodes.py", "formats/hf.py",
     "model.py", "lora.py", "formats/adapters.py", "kmeans.py", "formats/clusters.py", "cli.py", "cluster.py",
     "router.py", "formats/routers.py", "formats/state.py", "eval.py", "train.py", "explain.py",
-    "study/stats.py", "study/curves.py", "study/goals.py", "study/report.py", "study/cli.py", "study/heldout.py", "study/clusters.py", "study/__main__.py",
+    "study/stats.py", "study/curves.py", "study/goals.py", "study/report.py", "study/plateau.py", "study/cli.py", "study/heldout.py", "study/clusters.py", "study/__main__.py",
 ]
 PACKAGES = ("data", "formats", "study")
 MAX_DEPTH = 7        # files in the longest chain of imports

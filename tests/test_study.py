@@ -18,7 +18,7 @@ from study.stats import paired, per_skill, sign_test
 def test_the_study_imports_no_torch():
     """python -m study reads what the runs wrote: its modules load neither torch nor
     eval.py (only study/heldout.py, which evaluates models, does)."""
-    code = ("import study.cli, study.stats, study.goals, study.report, study.curves, sys; "
+    code = ("import study.cli, study.stats, study.goals, study.report, study.curves, study.plateau, sys; "
             "assert 'torch' not in sys.modules and 'eval' not in sys.modules, "
             "sorted(m for m in sys.modules if m in ('torch', 'eval'))")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
@@ -468,3 +468,35 @@ def test_subset_keeps_a_nested_share_of_each_submodule(tmp_path):
     done = subprocess.run([sys.executable, "-m", "study", "subset", f"{tmp_path}/data", "--skills", "calculus",
                            "--fraction", "0", "--out", f"{tmp_path}/x"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 2 and "--fraction" in done.stderr
+
+
+def test_plateau_report_pools_the_seeds_and_corrects_for_the_rows(tmp_path):
+    """Worked example, two skills of 10 questions. The experts' seeds get 3 + 2 and
+    2 + 4 right on their own skills (25.0 and 30.0); pooled over the seeds they win
+    6 questions from the base and lose none (sign test 2/64 = 0.031). The mixed
+    LoRA wins one and loses one (p = 1). Holm over the two rows: 0.031 x 2 = 0.062."""
+    from study.plateau import report as plateau_report
+    out, z = str(tmp_path / "study"), [0] * 10
+    os.makedirs(out)
+    open(f"{out}/data.sha256", "w").close()
+    hits = lambda n: [1] * n + [0] * (10 - n)   # noqa: E731
+    write(f"{out}/eval/base.json", eval_json(a=hits(1), b=z))
+    write(f"{out}/eval/experts/seed-1/a.json", eval_json(a=hits(3), b=z))
+    write(f"{out}/eval/experts/seed-1/b.json", eval_json(a=z, b=hits(2)))
+    write(f"{out}/eval/experts/seed-2/a.json", eval_json(a=hits(2)))
+    write(f"{out}/eval/experts/seed-2/b.json", eval_json(b=hits(4)))
+    write(f"{out}/eval/mixed/seed-1.json", eval_json(a=z, b=hits(1)))
+    for seed in (1, 2):
+        for s in "ab":
+            write(f"{out}/experts/seed-{seed}/{s}/log.json", [{"step": 100, "time": 1.0, "dev_accuracy": 0.5,
+                                                                "dev_loss": 1.0, "kept": "best"}])
+    write(f"{tmp_path}/data/a.json", {"Definition": ["x"], "Categories": [{"Math category": "a"}],
+                                       "Instances": [{"Input": "q0", "Output Answer": ["1"], "split": "train"}]})
+    plateau_report(out, f"{tmp_path}/data")
+    text = open(f"{out}/REPORT.md").read()
+    assert "| experts, each on its own skill | 2 | 25.0, 30.0 | 27.5 (25.0 to 30.0) | 6 : 0 | 0.031 | 0.062 |" in text
+    assert "| mixed LoRA, rank 8 | 1 | 5.0 | 5.0 | 1 : 1 | 1 | 1 |" in text
+    assert "| a | +20.0 | +0.0 |" in text and "| b | -10.0 | +20.0 |" in text     # seed 1 on every skill
+    assert "1 of the 20: q0" in text and "| a | 100 of 100 (the last), 50.0 | 100 of 100 (the last), 50.0 |" in text
+    with pytest.raises(UserError, match="no data.sha256"):
+        plateau_report(str(tmp_path), f"{tmp_path}/data")

@@ -1,0 +1,229 @@
+"""
+The plateau study's report: every choice as it was made on dev questions, then
+every final configuration on the test split, with its seeds pooled and Holm's
+correction across the configurations compared with the base.
+
+    python -m study plateau checkpoints/phi-tiny-plateau --data data/lila   # OUT/REPORT.md, OUT/results.json
+
+It reads the folder study/plateau.sh writes, and a study under way gets a
+report of what it has so far (a section whose runs are missing says so).
+Sections:
+
+  1. the sizing    the dev curves' table and picture, and the (rank, lr, steps) chosen
+  2. the choices   each expert's kept step and dev accuracy per seed; the mixed
+                   LoRA's rate; the router variants, each by its best dev accuracy
+  3. the test      one row per configuration: its accuracy per seed (the mean over
+                   skills of each skill's accuracy), the mean and range over the
+                   seeds, and the paired comparison with the base (4 nearest shots):
+                   every question's verdicts pooled over the seeds, the sign test's
+                   p, and p after Holm's correction over the rows compared
+  4. the rest      what each expert does to every skill (seed 1), the data curve,
+                   the clusters' k, and the test questions phi-tiny saw in pretraining
+
+Columns that average over skills say so; "wins : losses" count questions, pooled
+over all skills. Left out: pictures of the test results (the tables carry them).
+"""
+import glob
+import json
+import os
+import sys
+
+from data.lila import load as load_examples, same_question
+from formats.files import UserError, write_json, write_text
+from study.report import best_checkpoint, pct
+from study.stats import holm, pooled_verdicts, read_log, read_records
+
+BASE = "base"          # eval/base.json: the base with 4 nearest shots, the reference of every paired test
+
+# ---------------------------------------------------------------------------
+# 1. What the runs wrote
+# ---------------------------------------------------------------------------
+
+
+def seeds_of(out, folder):
+    """The seeds N of out/folder/seed-N (a run's folder, or an evaluation's seed-N.json), in order."""
+    names = [os.path.basename(f).removesuffix(".json")[5:] for f in glob.glob(os.path.join(out, folder, "seed-*"))]
+    return sorted(int(n) for n in names if n.isdigit())
+
+
+def records(out, name, skill=None):
+    """The records of out/eval/NAME.json (only those of `skill` if given), or None."""
+    path = os.path.join(out, "eval", f"{name}.json")
+    if not os.path.exists(path):
+        return None
+    found = read_records(path)
+    return [r for r in found if r["skill"] == skill] if skill else found
+
+
+def mean_over_skills(recs):
+    """The mean over skills of each skill's accuracy, as the tables' columns average."""
+    by = {}
+    for r in recs:
+        by.setdefault(r["skill"], []).append(bool(r["correct"]))
+    return sum(sum(v) / len(v) for v in by.values()) / len(by)
+
+
+def kept(run):
+    """(kept step, last step, best dev accuracy) of a train.py run, or None before its first check."""
+    log = read_log(os.path.join(run, "log.json"))
+    checks = [e for e in log if "dev_accuracy" in e]
+    if not checks:
+        return None
+    marked = [e["step"] for e in checks if "kept" in e]
+    return marked[-1] if marked else None, max(e["step"] for e in log), best_checkpoint(run)[0]
+
+
+def configurations(out, skills):
+    """{row name: [records of each seed]} of the final configurations found: the
+    experts (each on its own skill, every seed), the mixed LoRA and the router
+    chosen on dev (every seed), the base's other prompts and the cluster router."""
+    rows = {"base, 0-shot": [records(out, "base-0shot")],
+            "base, 4 random shots of the skill": [records(out, "base-skill-shots")]}
+    experts = []
+    for seed in seeds_of(out, "eval/experts"):
+        own = [records(out, f"experts/seed-{seed}/{s}", s) for s in skills]
+        if all(own):
+            experts.append([r for rs in own for r in rs])
+    rows["experts, each on its own skill"] = experts
+    rows["mixed LoRA, rank 8"] = [records(out, f"mixed/seed-{s}") for s in seeds_of(out, "eval/mixed")]
+    rows["router chosen on dev"] = [records(out, f"routers/seed-{s}") for s in seeds_of(out, "eval/routers")]
+    rows["router over cluster experts (no labels)"] = [records(out, "routers/clusters")]
+    return {name: [r for r in runs if r] for name, runs in rows.items() if any(runs)}
+
+
+# ---------------------------------------------------------------------------
+# 2. The tables
+# ---------------------------------------------------------------------------
+
+
+def test_table(base, rows):
+    """Markdown and {row: figures} of every configuration against the base."""
+    found = {}
+    for name, seeds in rows.items():
+        accs = [mean_over_skills(r) for r in seeds]
+        found[name] = {"seeds": len(seeds), "accuracy": accs, "mean": sum(accs) / len(accs),
+                       **pooled_verdicts(base, seeds)}
+    for name, p in zip(found, holm([f["p"] for f in found.values()])):
+        found[name]["p_holm"] = p
+    lines = ["| configuration | seeds | accuracy per seed (%) | mean (range) | wins : losses | p | p, Holm |",
+             "|---|---:|---|---|---:|---:|---:|",
+             f"| base, 4 nearest shots (the reference) | 1 | {pct(mean_over_skills(base))} | | | | |"]
+    for name, f in found.items():
+        spread = f" ({pct(min(f['accuracy']))} to {pct(max(f['accuracy']))})" if f["seeds"] > 1 else ""
+        lines.append(f"| {name} | {f['seeds']} | {', '.join(map(pct, f['accuracy']))} | {pct(f['mean'])}{spread} "
+                     f"| {f['wins']} : {f['losses']} | {f['p']:.2g} | {f['p_holm']:.2g} |")
+    return "\n".join(lines), found
+
+
+def experts_table(out, skills):
+    """Each expert's kept step of its steps and its best dev accuracy, per seed."""
+    seeds = seeds_of(out, "experts")
+    lines = ["| skill | " + " | ".join(f"seed {s}: kept step, dev accuracy (%)" for s in seeds) + " |",
+             "|---|" + "---|" * len(seeds)]
+    for skill in skills:
+        cells = []
+        for seed in seeds:
+            run = os.path.join(out, "experts", f"seed-{seed}", skill)
+            k = kept(run) if os.path.exists(os.path.join(run, "log.json")) else None
+            cells.append("-" if k is None else f"{k[0]} of {k[1]}{' (the last)' if k[0] == k[1] else ''}, "
+                                               f"{pct(k[2])}")
+        lines.append(f"| {skill} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) if seeds else None
+
+
+def dev_choice(runs, what):
+    """A table of runs by their best dev accuracy, the best marked: how `what` was chosen."""
+    scored = {os.path.basename(r): kept(r) for r in runs if os.path.exists(os.path.join(r, "log.json"))}
+    scored = {n: k for n, k in scored.items() if k}
+    if not scored:
+        return None
+    best = max(scored, key=lambda n: scored[n][2])
+    return "\n".join([f"| {what} | best dev accuracy (%) | kept step | |", "|---|---:|---:|---|"] + [
+        f"| {n} | {pct(k[2])} | {k[0]} of {k[1]} | {'chosen' if n == best else ''} |" for n, k in scored.items()])
+
+
+def forgetting_table(out, base, skills):
+    """Seed 1's experts on every skill, minus the base, in points."""
+    base_acc = per_skill_accuracy(base)
+    lines = ["| expert | " + " | ".join(skills) + " |", "|---|" + "---:|" * len(skills)]
+    for expert in skills:
+        recs = records(out, f"experts/seed-1/{expert}")
+        if recs is None:
+            return None
+        acc = per_skill_accuracy(recs)
+        lines.append(f"| {expert} | " + " | ".join(f"{100 * (acc[s] - base_acc[s]):+.1f}" for s in skills) + " |")
+    return "\n".join(lines)
+
+
+def per_skill_accuracy(recs):
+    by = {}
+    for r in recs:
+        by.setdefault(r["skill"], []).append(bool(r["correct"]))
+    return {s: sum(v) / len(v) for s, v in by.items()}
+
+
+def data_curve(out):
+    """The swept skills' experts (seed 1) on 1/4, 1/2 and all of their rows: test accuracy on their skill."""
+    parts = sorted(glob.glob(os.path.join(out, "eval", "rows", "*.json")))
+    skills = sorted({os.path.basename(p).rsplit("-", 1)[0] for p in parts})
+    lines = ["| skill | 1/4 of the rows | 1/2 | all |", "|---|---:|---:|---:|"]
+    for s in skills:
+        cells = [records(out, f"rows/{s}-{f}", s) for f in ("0.25", "0.5")] + [records(out, f"experts/seed-1/{s}", s)]
+        lines.append(f"| {s} | " + " | ".join(pct(mean_over_skills(c)) if c else "-" for c in cells) + " |")
+    return "\n".join(lines) if skills else None
+
+
+def seen_in_pretraining(base, data):
+    """The test questions of the base's records that are also in `data`'s train
+    split (phi-tiny's pretraining rows), whitespace-normalised."""
+    train = {same_question(e) for e in load_examples(data, split="train")}
+    return sorted(r["question"] for r in base if (r["skill"], " ".join(r["question"].split())) in train)
+
+
+# ---------------------------------------------------------------------------
+# 3. REPORT.md
+# ---------------------------------------------------------------------------
+
+
+def section(title, body, missing="not run yet"):
+    return [f"## {title}", "", body if body else f"({missing})", ""]
+
+
+def report(out, data):
+    """OUT/REPORT.md and OUT/results.json of a plateau study folder, from what it holds."""
+    if not os.path.exists(os.path.join(out, "data.sha256")):
+        raise UserError(f"{out}: no data.sha256 here; expected a study folder that study/plateau.sh wrote")
+    base = records(out, BASE)
+    skills = sorted({r["skill"] for r in base}) if base else []
+    curves = os.path.join(out, "curves", "curves.md")
+    lines = ["# The plateau study", "",
+             "Every choice below was made on dev questions (data/plateau's dev split, 4 nearest shots); the "
+             "test split was read once per final configuration. Accuracy columns are means over skills of each "
+             "skill's accuracy; wins : losses count test questions over all skills, each question's verdicts "
+             "pooled over the seeds; p is the two-sided sign test, then Holm's correction over the rows.", ""]
+    lines += section("1. Sizing: dev learning curves", open(curves).read() + "\n\n![dev curves](curves/curves.png)"
+                     if os.path.exists(curves) else None)
+    lines += section("2. Experts: kept step and dev accuracy", experts_table(out, skills) if skills else None)
+    lines += section("2. Mixed LoRA: learning rate", dev_choice(sorted(glob.glob(f"{out}/mixed-lr/lr*")), "rate"))
+    lines += section("2. Router variants (over seed 1's experts)",
+                     dev_choice(sorted(glob.glob(f"{out}/routers/seed-1/*")), "variant"))
+    found = {}
+    if base:
+        table, found = test_table(base, configurations(out, skills))
+        lines += section(f"3. Test: {len(base)} questions ({len(skills)} skills)", table)
+        lines += section("4. What each expert does to every skill (seed 1, points against the base)",
+                         forgetting_table(out, base, skills))
+        seen = seen_in_pretraining(base, data)
+        lines += section("4. Test questions in phi-tiny's pretraining rows",
+                         f"{len(seen)} of the {len(base)}" + (": " + "; ".join(seen[:5]) if seen else ""))
+    else:
+        lines += section("3. Test", None)
+    lines += section("4. The data curve (seed 1, test accuracy on the skill, %)", data_curve(out))
+    sweep = os.path.join(out, "clusters", "sweep.json")
+    if os.path.exists(sweep):
+        s = json.load(open(sweep))
+        lines += section("4. Clusters: k by silhouette", "| k | silhouette |\n|---:|---:|\n" + "\n".join(
+            f"| {r['k']} | {r['silhouette']:.3f} |" for r in s["runs"]) + f"\n\nkept: k = {s['k']}")
+    write_text(os.path.join(out, "REPORT.md"), "\n".join(lines))
+    write_json(os.path.join(out, "results.json"), {"test": found})
+    print(f"wrote {out}/REPORT.md and {out}/results.json", file=sys.stderr)
