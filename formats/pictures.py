@@ -44,7 +44,13 @@ def heatmap(values, rows, cols, title, path, fmt="{:+.0f}", diverging=True):
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, shrink=0.8)
     fig.tight_layout()
-    write_atomic(path, lambda p: fig.savefig(p, dpi=120, format="png"))
-    plt.close(fig)
-    print(f"wrote {path}", file=sys.stderr)
+    save_figure(fig, path)
     return path
+
+
+def save_figure(fig, path):
+    """fig as a PNG at path, written atomically (a killed run leaves the old
+    picture or none, never half of one), then closed."""
+    write_atomic(path, lambda p: fig.savefig(p, dpi=120, format="png"))
+    pyplot().close(fig)
+    print(f"wrote {path}", file=sys.stderr)

@@ -45,7 +45,7 @@ import sys
 
 from cli import Parser, nonempty, random_seed, share, writable_dir
 from formats.files import UserError, write_json, write_text
-from formats.pictures import heatmap, pyplot
+from formats.pictures import heatmap, pyplot, save_figure
 from study import curves, plateau, report
 from study.stats import config_rows, paired, paired_markdown, per_skill, read_records, sign_test
 
@@ -202,8 +202,7 @@ def curve(base_json, stages, out):
         ax.set_title("accuracy on every skill after each stage", fontsize=9)
         ax.legend(fontsize=7, bbox_to_anchor=(1.01, 1), loc="upper left")
         fig.tight_layout()
-        fig.savefig(os.path.join(out, "curve.png"), dpi=120)
-        plt.close(fig)
+        save_figure(fig, os.path.join(out, "curve.png"))
     say_wrote(out, ["curve.md", "curve.json", *(["curve.png"] if plt is not None else [])])
     return {"accuracy": acc, "kept": kept}
 

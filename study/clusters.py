@@ -25,7 +25,7 @@ import numpy as np
 import cli
 import cluster as C
 from kmeans import nmi, purity, seeded_accuracy
-from formats.pictures import pyplot
+from formats.pictures import pyplot, save_figure
 
 LABELS_PER_SKILL = (1, 5, 20)   # labelled questions per skill that start seeded k-means
 
@@ -165,8 +165,7 @@ def plot_clusters(X, labels, skills, path, title):
     ax.legend(title="true skill", fontsize=8)
     ax.set(title=title, xlabel="principal component 1", ylabel="principal component 2")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------

@@ -30,8 +30,8 @@ import random
 import re
 import sys
 
-from formats.files import UserError, read_object, write_atomic, write_json, write_text
-from formats.pictures import pyplot
+from formats.files import UserError, read_object, write_json, write_text
+from formats.pictures import pyplot, save_figure
 from study.stats import read_log
 
 NAME = re.compile(r"r(\d+)-lr([0-9.e+-]+)")
@@ -123,9 +123,7 @@ def picture(curves, path):
     axes[1][0].set_ylabel("dev loss")
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
-    plt.close(fig)
-    print(f"wrote {path}", file=sys.stderr)
+    save_figure(fig, path)
 
 
 def curves(runs, out):

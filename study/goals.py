@@ -9,7 +9,7 @@ answers in REPORT.md and goals.json, run by `python -m study report`):
 2. the routed mixture loses at most 1 point on any skill against the base;
 3. the best router keeps 90% of each expert's own-skill gain and is level with
    the mixed LoRA at equal trainable parameters;
-4. adding an eighth skill costs the seven old ones at most 1 point, at a
+4. adding a skill (the eighth) costs the old ones at most 1 point, at a
    fraction of retraining the mixed LoRA;
 5. cluster experts, assigned without labels, come within 2 points of the
    skill experts.
@@ -31,10 +31,9 @@ import glob
 import math
 import os
 import re
-import sys
 
 from data.score import accuracy
-from formats.pictures import pyplot
+from formats.pictures import pyplot, save_figure
 from study.stats import bootstrap_interval, load, logged_seconds, paired, read_records, sign_test
 
 # The study's configurations (out/eval/NAME.json) and how the report names them.
@@ -266,8 +265,8 @@ def minutes(out, run):
 
 
 def goal_add_skill(out, skills, shots=""):
-    """Goal 4: adding the eighth skill to the mixture (its expert, and the router
-    trained again) costs the seven old skills at most 1 point, at a fraction of
+    """Goal 4: adding a skill to the mixture (its expert, and the router trained
+    again) costs the old skills (seven in the study) at most 1 point, at a fraction of
     the mixed LoRA's retraining cost. Returns (rows, the cost line, the chart's
     per-skill changes)."""
     then = sorted(glob.glob(os.path.join(out, "eval", shots, "add-skill", "mixed7-then-*.json")))
@@ -277,13 +276,13 @@ def goal_add_skill(out, skills, shots=""):
     r7, m7 = (eval_records(out, shots, "add-skill", f"{n}.json") for n in ("router7", "mixed7"))
     rows, chart = [], {}
     for what, before, after, goal in (
-            ("the eighth expert added, the router trained again", r7,
+            (f"the {new} expert added, the router trained again", r7,
              eval_records(out, shots, "moe-centroid-token.json"), True),
-            ("the mixed LoRA retrained on all eight", m7, eval_records(out, shots, "mixed.json"), False),
-            (f"the seven-skill mixed LoRA trained on {new} alone", m7, read_records(then[0]), False)):
+            ("the mixed LoRA retrained on all skills", m7, eval_records(out, shots, "mixed.json"), False),
+            (f"the old skills' mixed LoRA trained on {new} alone", m7, read_records(then[0]), False)):
         if before and after:
             old, added = pooled(before, after, skills - {new}), pooled(before, after, {new})
-            rows.append((f"{what}: the seven old skills", old, ("met" if old["change"] >= -1 else "not met")
+            rows.append((f"{what}: the old skills", old, ("met" if old["change"] >= -1 else "not met")
                          if goal else "-"))
             rows.append((f"{what}: {new}", added, "-"))
             chart[what] = {s: v[0] for c in (old, added) if c for s, v in c["per_skill"].items()}
@@ -293,12 +292,12 @@ def goal_add_skill(out, skills, shots=""):
     if None not in added and retrain:
         cost = (f"Cost: the {new} expert ({added[0]:.1f} min) and the router trained again ({added[1]:.1f} "
                 f"min) took {sum(added):.1f} min, {100 * sum(added) / retrain:.0f}% of retraining the mixed "
-                f"LoRA on all eight skills ({retrain:.1f} min), as logged.")
+                f"LoRA on all skills ({retrain:.1f} min), as logged.")
     return rows, cost, chart
 
 
 def add_skill_chart(chart, path):
-    """Bars: each skill's change (points) when the eighth skill is added, one bar per way of adding it.
+    """Bars: each skill's change (points) when a skill is added, one bar per way of adding it.
     Returns whether it drew them (not without matplotlib, nor without runs that add a skill)."""
     plt = pyplot() if chart else None
     if plt is None:
@@ -311,12 +310,9 @@ def add_skill_chart(chart, path):
     ax.axhline(0, color="black", lw=0.5)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(skills))], skills, rotation=45, ha="right")
     ax.set_ylabel("accuracy change (points)")
-    ax.set_title("adding the eighth skill: each skill's change", fontsize=9)
+    ax.set_title("adding a skill: each skill's change", fontsize=9)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    print(f"wrote {path}", file=sys.stderr)
+    save_figure(fig, path)
     return True
 
 
@@ -356,7 +352,7 @@ def goals(out):
         ("2. The routed mixture loses at most 1 point on any skill against the base",
          goal_routing(out, base, skills), None),
         ("3. The best router keeps 90% of each expert's gain, level with the mixed LoRA", kept_rows, kept_table),
-        ("4. Adding the eighth skill costs the old ones at most 1 point", add_rows,
+        ("4. Adding a skill costs the old ones at most 1 point", add_rows,
          "\n\n".join(t for t in (cost, "![adding a skill](add-skill.png)" if drawn else None) if t)),
         ("5. Cluster experts, found without labels, within 2 points of the skill experts",
          goal_clusters(out, skills), None)]

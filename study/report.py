@@ -129,25 +129,25 @@ def steering_table(out):
 
 
 def add_skill_table(out):
-    """A skill added to a seven-skill mixture and to a seven-skill mixed LoRA:
+    """A skill added to a mixture of the other skills' experts and to a mixed LoRA on them:
     accuracy per skill before and after, then each addition against its
-    seven-skill start, question by question."""
+    start on the old skills, question by question."""
     then = sorted(glob.glob(os.path.join(out, "eval", "add-skill", "mixed7-then-*.json")))
-    paths = {"router over seven experts": ("add-skill", "router7.json"),
-             "eighth expert added, router trained again": ("moe-centroid-token.json",),
-             "mixed LoRA on seven skills": ("add-skill", "mixed7.json"),
-             "... then trained on the eighth skill alone": ("add-skill", os.path.basename(then[0])) if then else (),
-             "mixed LoRA retrained on all eight": ("mixed.json",)}
+    paths = {"router over the old skills' experts": ("add-skill", "router7.json"),
+             "new expert added, router trained again": ("moe-centroid-token.json",),
+             "mixed LoRA on the old skills": ("add-skill", "mixed7.json"),
+             "... then trained on the new skill alone": ("add-skill", os.path.basename(then[0])) if then else (),
+             "mixed LoRA retrained on all skills": ("mixed.json",)}
     found = {name: (os.path.join(out, "eval", *p), load(out, "eval", *p)) for name, p in paths.items() if p}
     paths = {name: path for name, (path, report) in found.items() if report is not None}
-    if "router over seven experts" not in paths:
+    if "router over the old skills' experts" not in paths:
         return None
     acc = {name: found[name][1]["accuracy"] for name in paths}
     skills = sorted({s for per in acc.values() for s in per})
     parts = config_rows({name: {s: 100 * v for s, v in per.items()} for name, per in acc.items()}, skills, "{:.1f}")
-    for before, after in (("router over seven experts", "eighth expert added, router trained again"),
-                          ("mixed LoRA on seven skills", "... then trained on the eighth skill alone"),
-                          ("mixed LoRA on seven skills", "mixed LoRA retrained on all eight")):
+    for before, after in (("router over the old skills' experts", "new expert added, router trained again"),
+                          ("mixed LoRA on the old skills", "... then trained on the new skill alone"),
+                          ("mixed LoRA on the old skills", "mixed LoRA retrained on all skills")):
         if before in paths and after in paths:
             table = paired(read_records(paths[before]), read_records(paths[after]))
             parts += ["", paired_markdown(table, f"{after} against {before} (wins: only after is right)")]
@@ -293,7 +293,7 @@ def report(out, docs=None):
                         ("Routing accuracy: the largest weight on the question's own skill (%)",
                          routing_accuracy(out)),
                         ("Steering with --route (router centroid-token)", steering_table(out)),
-                        ("Adding a skill to seven (accuracy, %)", add_skill_table(out)),
+                        ("Adding a skill to the others (accuracy, %)", add_skill_table(out)),
                         ("Learning rates, each family's chosen on dev questions", lr_table(out)),
                         ("Compute: the time of every run, as logged", compute_time(out))):
         if text:
