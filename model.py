@@ -43,7 +43,6 @@ import torch.nn.functional as F
 
 from formats import hf
 from formats.files import UserError
-from data.prompts import EOT
 
 # ---------------------------------------------------------------------------
 # 1. Config
@@ -61,7 +60,7 @@ class PhiConfig:
     rope_theta: float = 10000.0
     max_position_embeddings: int = 2048
     layer_norm_eps: float = 1e-5
-    bos_token_id: int = 50256
+    bos_token_id: int = 50256             # bos = eos = the id of EOT (below) in tokenizer.json
     eos_token_id: int = 50256
 
     @property
@@ -91,6 +90,13 @@ class PhiConfig:
                  embd_pdrop=0.0, attention_dropout=0.0, initializer_range=0.02,
                  torch_dtype=str(dtype).removeprefix("torch."), use_cache=True)
         return d
+
+
+# phi-2's end-of-text token, its bos and eos: load() refuses a tokenizer.json
+# without it, and complete() stops there. data/prompts.py opens every prompt and
+# training row with the same token (its own EOT: data/ never imports model.py,
+# and tests/test_model.py holds the two equal).
+EOT = "<|endoftext|>"
 
 
 # ---------------------------------------------------------------------------
@@ -278,7 +284,7 @@ class PhiForCausalLM(nn.Module):
         B, T = idx.shape
         S = start + T
         if pos is None:
-            pos = torch.arange(start, S, device=idx.device).expand(B, T)
+            pos = torch.arange(start, S, device=idx.device).expand(B, T)   # (T,) -> (B, T)
         x = self.model.embed_tokens(idx)                                   # (B, T, C)
         cos = self.rope_cos[pos].unsqueeze(1).to(x.dtype)                  # (B, 1, T, R)
         sin = self.rope_sin[pos].unsqueeze(1).to(x.dtype)                  # (B, 1, T, R)
@@ -443,7 +449,7 @@ def sample(logits, temperature, top_k, generator=None):
     if top_k is not None:
         kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]   # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)   # (B, 1) -> (B,)
 
 
 def complete(model, tok, prompts, max_new_tokens=32, stop="\n", **kw):

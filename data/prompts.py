@@ -68,6 +68,7 @@ from data.lila import by_skill
 from formats.files import UserError
 
 EOT = "<|endoftext|>"     # the document separator: it opens every prompt and training row
+                          # (phi-2's end-of-text token, model.EOT: data/ sits below model.py)
 
 
 def format_qa(question, answer=None):

@@ -6,6 +6,7 @@ import torch
 
 import model as M
 from conftest import ROOT
+from data.prompts import EOT
 
 def batch(vocab, B=3, T=17, seed=1):
     return torch.randint(1, vocab, (B, T), generator=torch.Generator().manual_seed(seed))
@@ -112,6 +113,12 @@ def test_stop_string_and_eos(tiny_ckpt):
     assert cut == full[:3]
     eos = M.generate(model, [[5, 6, 7]], 10, eos_id=full[2])[0]
     assert eos == full[:full.index(full[2])]
+
+
+def test_generation_stops_at_the_token_prompts_open_with():
+    """model.EOT, where complete() stops, is data.prompts.EOT, which opens every
+    prompt and training row (data/ sits below model.py, so each names it)."""
+    assert M.EOT == EOT == "<|endoftext|>"
 
 
 def test_complete_cuts_at_the_stop():
