@@ -35,6 +35,22 @@ router the layer-wise gate still mixes in with its learned weight lambda_l
 (--variant task-soft uses the weights alone). explain.py explains one
 question; comparing runs is python -m study's.
 
+Chapters:
+  1. the loop       evaluate(): the prompts sorted by length and batched, greedy
+                    answers through the KV cache, then answer_nll() of the gold
+                    answers from that same cache
+  2. the questions  Questions (the question flags), the train split they must not
+                    meet and their shots' pool; Evaluator, one model and one set of
+                    questions, evaluated as the model is at each call
+  3. the mixture    moe(): steering (parse_route), the task-level weights, then one
+                    function per variant: the two-level router (full), the task
+                    level alone (task-soft), the top expert merged (task-hard, and
+                    a route that forces one expert)
+  4. the report     the markdown table, the shots the prompts kept, the routing
+                    report (routing.json and a heatmap per skill)
+  5. main           the command line
+  6. checks         a router and the evaluation asked of it fit together
+
 Reference: lm-evaluation-harness's conventions for generative QA (few-shot
 "Question:/Answer:" prompts, greedy, stop at newline, exact match).
 Left out: multiple-choice scoring, chain-of-thought, and sampled metrics (pass@k).
@@ -64,6 +80,10 @@ from data.lila import check_disjoint, check_distinct, check_submodules, load as 
 from data.prompts import question_ids, select, shot_pool
 from data.score import accuracy, answer_nlls, is_correct, mean_accuracy
 
+# ---------------------------------------------------------------------------
+# 1. The loop
+# ---------------------------------------------------------------------------
+
 
 @torch.no_grad()
 def answer_nll(model, prompts, answers):
@@ -83,7 +103,7 @@ def answer_nll(model, prompts, answers):
     for b, (p, a) in enumerate(zip(prompts, answers)):
         idx[b, :len(a)] = torch.tensor(p[-1:] + a[:-1])
         valid[b, L - len(p):L - 1 + len(a)] = True
-    pos = torch.tensor([len(p) - 1 for p in prompts])[:, None] + torch.arange(G)   # (B, G)
+    pos = torch.tensor([len(p) - 1 for p in prompts])[:, None] + torch.arange(G)   # (B, 1) + (G,) -> (B, G)
     logits = model(idx.to(device), pos.to(device), valid.to(device), start=L - 1)  # (B, G, V)
     return [F.cross_entropy(logits[b, :len(a)].float(), torch.tensor(a, device=device)).item()
             for b, a in enumerate(answers)]
@@ -91,16 +111,16 @@ def answer_nll(model, prompts, answers):
 
 @torch.no_grad()
 def evaluate(model, tok, examples, pool, shots=4, batch_size=32, seed=1234,
-             max_new_tokens=32, desc="eval", route=None, source="skill"):
+             max_new_tokens=32, desc="eval", per_batch=None, source="skill"):
     """Answer every example k-shot; return one record per example (input order),
     with the shots its prompt kept ("shots": fewer than k where the prompt would
     not fit the context, data.prompts.question_ids). The shots come from pool as
     data.prompts.draw_shots reads it for `source` (Evaluator.build builds it:
     shot_source).
-    route(indices), if given, is a context entered around each batch's answers
-    (the router sets the batch's task-level weights there). It yields a list,
-    which holds one dict of extra fields per row of the batch once it exits, or
-    stays empty.
+    per_batch(indices), if given, is a context entered around each batch's answers
+    (a router sets the batch's task-level weights there: moe(), and train.py's dev
+    accuracy). It yields a list, which holds one dict of extra fields per row of
+    the batch once it exits, or stays empty.
 
     Prompts are sorted by length before batching, so a batch holds prompts of
     similar length and little compute goes to padding."""
@@ -115,10 +135,10 @@ def evaluate(model, tok, examples, pool, shots=4, batch_size=32, seed=1234,
         chunk = order[start:start + batch_size]
         prompts, golds = [ids[i] for i in chunk], [gold[i] for i in chunk]
         try:
-            with route(chunk) if route else nullcontext([]) as extras:
+            with per_batch(chunk) if per_batch else nullcontext([]) as extras:
                 texts = M.complete(model, tok, prompts, max_new_tokens, keep_cache=max(map(len, golds)))
-            # The gold answers, from the prompts' cache: after the route context, so the
-            # router does not record them, while the batch's routing still holds.
+            # The gold answers, from the prompts' cache: after the per_batch context, so
+            # a router does not record them, while the batch's routing still holds.
             for i, v in zip(chunk, answer_nll(model, prompts, golds)):
                 nll[i] = v
         finally:
@@ -134,217 +154,9 @@ def evaluate(model, tok, examples, pool, shots=4, batch_size=32, seed=1234,
             for e, p, x, v, k in zip(examples, predictions, extra, nll, kept)]
 
 
-def markdown(records, title):
-    lines = [f"### {title}", "", "| skill | submodule | correct | total | accuracy | answer NLL |",
-             "|---|---|---:|---:|---:|---:|"]
-    subs, nll = accuracy(records, "submodule"), answer_nlls(records)
-    for skill, (c, n) in accuracy(records).items():
-        lines.append(f"| **{skill}** | (all) | {c} | {n} | **{100 * c / n:.1f}%** | {nll[skill]:.3f} |")
-        for sub, (sc, sn) in subs.items():
-            if sub.split("__")[0] == skill and sub != skill:
-                lines.append(f"| | {sub.split('__', 1)[-1]} | {sc} | {sn} | {100 * sc / sn:.1f}% | |")
-    lines.append(f"| **mean over skills** | | | {len(records)} | **{100 * mean_accuracy(records):.1f}%** "
-                 f"| {sum(nll.values()) / len(nll):.3f} |")
-    return "\n".join(lines)
-
-
-def shots_used(records, shots, context, max_new_tokens):
-    """The shots the prompts held against the k asked (data.prompts.question_ids
-    drops a prompt's oldest shots until it fits the context): as the table's title
-    says it, "40-shot asked, 3-12 used (trimmed to fit the 1024-token context)", or
-    "4-shot" where every prompt kept all k; and as the JSON report keeps it,
-    {"fewest", "most", "trimmed": prompts that lost shots}. Trimming is said on stderr."""
-    kept = [r["shots"] for r in records]
-    used = {"fewest": min(kept), "most": max(kept), "trimmed": sum(k < shots for k in kept)}
-    if not used["trimmed"]:
-        return f"{shots}-shot", used
-    print(f"{used['trimmed']} of {len(records)} prompts lost their oldest shots to fit the model's {context}-token "
-          f"context with --max-new-tokens {max_new_tokens} free; the fewest kept: {used['fewest']} of --shots {shots}",
-          file=sys.stderr)
-    span = f"{used['fewest']}" if used["fewest"] == used["most"] else f"{used['fewest']}-{used['most']}"
-    return f"{shots}-shot asked, {span} used (trimmed to fit the {context}-token context)", used
-
-
-def moe(ev, router_dir, variant="full", experts=None, route=None):
-    """Evaluate base + experts + router (train.py --router's router_dir) on ev's
-    questions; returns (records, router), and leaves the model as it was.
-    full      the two-level router: task prior mixed with the per-layer grouped gate
-    task-soft the task-level prior alone, as fixed expert weights per question
-    task-hard each question's top task-level expert, merged into the weights
-    route     steering (parse_route): these weights replace the task level
-    Records get a `routing` field: per layer, the expert and group weights at
-    the positions that produced the answer (full), or the task weights."""
-    model, tok, examples = ev.model, ev.tok, ev.examples
-    device = model.lm_head.weight.device
-    router = load_router(router_dir, model)          # rank-1 experts come inside the router
-    cfg = router.cfg
-    dirs = router_experts(router_dir, cfg, experts)
-    _check_moe(router_dir, cfg, variant, route)
-    priors, forced = None, None
-    if route:                       # steering: the user's weights replace the task level
-        w = parse_route(route, cfg)
-        priors, forced = w.expand(len(examples), -1), forced_expert(w)     # (N, E)
-        print(f"--route {route}: expert weights {dict(zip(cfg.experts, w.tolist()))}", file=sys.stderr)
-    elif cfg.prior != "none" or variant != "full":
-        priors = router.task.prior(cluster.meta_embeddings(examples, model, tok, cfg.embed_layer))   # (N, E)
-    if variant == "task-hard" or forced is not None:   # one expert per question, merged
-        return _moe_hard(ev, priors, list(dirs.values()), cfg.experts), router
-    if not cfg.rank1:
-        adapters.load_experts(model, list(dirs.values()))
-    if variant == "full":
-        router.to(device).attach(model).eval()
-
-    @contextmanager
-    def per_batch(idx):
-        """The batch's task-level weights in; its routing, per row, out."""
-        p = None if priors is None else priors[idx]                       # (B, E)
-        extras = []
-        if variant == "task-soft":
-            lora.set_expert_weights(model, p.to(device))
-            yield extras
-            extras += [{"routing": {"prior": _rounded(w)}} for w in p]
-            return
-        router.set_prior(p.to(device) if cfg.prior != "none" else None)
-        with router.record() as rec:
-            yield extras
-        for j, w in enumerate(rec.weights()):                             # (L, E) each, on the CPU
-            extras.append({"routing": {"experts": _rounded(w), "groups": _rounded(w @ router.member.cpu()),
-                                       "prior": None if p is None else _rounded(p[j])}})
-    try:
-        return ev(f"moe ({variant})", route=per_batch), router
-    finally:
-        router.detach()
-        lora.remove_lora(model, merge=False)
-
-
 # ---------------------------------------------------------------------------
-# Steering and the routing report
+# 2. The questions, and the Evaluator that asks them
 # ---------------------------------------------------------------------------
-
-
-def parse_route(spec, cfg):
-    """Route spec -> expert weights (E,) that sum to 1 (worked examples: this file's docstring)."""
-    experts, groups = cfg.experts, routing.group_names(cfg)
-    known = f"experts: {', '.join(experts)}; groups: {', '.join(groups)}"
-    w = torch.zeros(len(experts), dtype=torch.float64)     # 1e39 and 1e-50 are fine before normalising
-    names = [part.partition("=")[0].strip() for part in spec.split(",")]
-    if len(set(names)) < len(names):
-        raise UserError(f"--route {spec!r}: a name comes more than once; expected each expert or group once")
-    for part in spec.split(","):
-        name, eq, value = (s.strip() for s in part.partition("="))
-        try:
-            v = float(value) if eq else 1.0
-        except ValueError:
-            raise UserError(f"--route {spec!r}: the weight of {name!r} must be a number, got {value!r}")
-        if not (math.isfinite(v) and v >= 0):
-            raise UserError(f"--route {spec!r}: the weight of {name!r} must be a finite number >= 0, "
-                             f"got {value!r}")
-        if name in experts:
-            w[experts.index(name)] += v
-        elif name in groups:
-            members = cfg.groups[groups.index(name)]
-            w[members] += v / len(members)
-        else:
-            raise UserError(f"--route {spec!r}: unknown name {name!r}; {known}")
-    if not 0 < w.sum() < math.inf:
-        raise UserError(f"--route {spec!r}: the weights sum to {w.sum().item():g}, expected a finite sum > 0")
-    return (w / w.sum()).float()
-
-
-def forced_expert(w):
-    """The expert index if w is one-hot, else None."""
-    return int(w.argmax()) if w.max() == 1 else None
-
-
-def routing_report(records, router, out_dir):
-    """Per skill: mean expert and group weights per layer -> routing.json and a
-    heatmap PNG per skill (layers x experts)."""
-    cfg = router.cfg
-    os.makedirs(out_dir, exist_ok=True)
-    report = {"experts": cfg.experts, "groups": routing.group_names(cfg), "per_skill": {}}
-    for skill in sorted({r["skill"] for r in records}):
-        rs = [r["routing"] for r in records if r["skill"] == skill and "experts" in r["routing"]]
-        if not rs:
-            continue
-        experts = np.mean([r["experts"] for r in rs], axis=0)             # (L, E)
-        groups = np.mean([r["groups"] for r in rs], axis=0)               # (L, G)
-        per_question = [np.mean(r["groups"], 0) for r in rs]               # (G,) each: mean over layers
-        report["per_skill"][skill] = {
-            "experts": experts.tolist(), "groups": groups.tolist(), "questions": len(rs),
-            "group_entropy": float(np.mean([entropy(g) for g in per_question])),
-            "groups_above_10pct": float(np.mean([(g > 0.1).sum() for g in per_question]))}
-        heatmap(experts.tolist(), [f"layer {l}" for l in range(len(experts))], cfg.experts,
-                f"{skill}: mean expert weight per layer", os.path.join(out_dir, f"routing_{skill}.png"),
-                fmt="{:.2f}", diverging=False)
-    write_json(os.path.join(out_dir, "routing.json"), report)
-    print(f"wrote {out_dir}/routing.json", file=sys.stderr)
-    return report
-
-
-def entropy(p):
-    p = np.asarray(p, dtype=np.float64)
-    return float(-(p * np.log(np.clip(p, 1e-12, None))).sum())
-
-
-def _rounded(w):
-    """Routing weights as a record keeps them: 5 decimals are plenty to read and
-    plot, and keep the file small (a float32 written in full takes 20 characters,
-    and 64 rank-1 experts x 8 layers x 1,500 questions made 26 MB)."""
-    return torch.round(w.double(), decimals=5).tolist()
-
-
-def _moe_hard(ev, priors, paths, names):
-    """Each question answered by its top expert (priors (N, E)), merged; records in order."""
-    records = [None] * len(ev.examples)
-    top = priors.argmax(-1).tolist()
-    for e, path in enumerate(paths):
-        idx = [i for i, t in enumerate(top) if t == e]
-        if not idx:
-            continue
-        chosen = adapters.with_adapter(ev.model, path, lambda: ev(names[e], examples=[ev.examples[i] for i in idx]))
-        for i, r in zip(idx, chosen):
-            r["routing"] = {"expert": names[e], "prior": _rounded(priors[i])}
-            records[i] = r
-    return records
-
-
-@dataclass
-class Evaluator:
-    """One model and one set of questions with their prompts' settings:
-    ev(desc) evaluates the model as it is at that moment (plain, an adapter
-    merged, experts attached), so configurations are compared on the same
-    questions. study/heldout.py passes one around."""
-    model: object
-    tok: object
-    examples: list
-    pool: dict
-    shots: int = 4
-    batch_size: int = 32
-    seed: int = 1234
-    max_new_tokens: int = 32
-    source: str = "skill"      # where the shots come from (data.prompts.SHOT_SOURCES)
-
-    def __call__(self, desc="eval", shots=None, examples=None, route=None):
-        return evaluate(self.model, self.tok, self.examples if examples is None else examples, self.pool,
-                        self.shots if shots is None else shots, self.batch_size, self.seed,
-                        self.max_new_tokens, desc, route, self.source)
-
-    @classmethod
-    def build(cls, model, tok, q):
-        """The questions that q (a Questions) names, with their shots' pool, for model."""
-        skills = q.skills.split(",") if q.skills else None
-        examples = load_examples(q.data, split=q.split, skills=skills)
-        train = train_questions(q, skills)
-        check_distinct(examples, f"{q.data}, {q.split} split")     # all of it, whatever --limit draws
-        if q.split != "train":
-            check_disjoint(examples, train, q.data)
-        if q.shots and q.shots_from == "submodule":
-            check_submodules(examples, f"{q.data}, {q.split} split")
-        examples = select(examples, q.limit, q.seed)
-        pool = shot_source(model, tok, examples, train, q.shots, q.shots_from, q.shot_pool, q.seed, q.shot_text)
-        print(f"evaluating {len(examples)} {q.split} questions, {q.shots}-shot"
-              + (f", shots from {q.shots_from}" if q.shots else ""), file=sys.stderr)
-        return cls(model, tok, examples, pool, q.shots, q.batch_size, q.seed, q.max_new_tokens, q.shots_from)
 
 
 @dataclass
@@ -384,6 +196,262 @@ def shot_source(model, tok, examples, train, shots, source, pool_size, seed, tex
     if source == "nearest":
         return cluster.nearest_shots(examples, train, model, tok, shots, pool_size, seed, text)
     return shot_pool(train, source)
+
+
+@dataclass
+class Evaluator:
+    """One model and one set of questions with their prompts' settings:
+    ev(desc) evaluates the model as it is at that moment (plain, an adapter
+    merged, experts attached), so configurations are compared on the same
+    questions. study/heldout.py passes one around."""
+    model: object
+    tok: object
+    examples: list
+    pool: dict
+    shots: int = 4
+    batch_size: int = 32
+    seed: int = 1234
+    max_new_tokens: int = 32
+    source: str = "skill"      # where the shots come from (data.prompts.SHOT_SOURCES)
+
+    def __call__(self, desc="eval", shots=None, examples=None, per_batch=None):
+        return evaluate(self.model, self.tok, self.examples if examples is None else examples, self.pool,
+                        self.shots if shots is None else shots, self.batch_size, self.seed,
+                        self.max_new_tokens, desc, per_batch, self.source)
+
+    @classmethod
+    def build(cls, model, tok, q):
+        """The questions that q (a Questions) names, with their shots' pool, for model."""
+        skills = q.skills.split(",") if q.skills else None
+        examples = load_examples(q.data, split=q.split, skills=skills)
+        train = train_questions(q, skills)
+        check_distinct(examples, f"{q.data}, {q.split} split")     # all of it, whatever --limit draws
+        if q.split != "train":
+            check_disjoint(examples, train, q.data)
+        if q.shots and q.shots_from == "submodule":
+            check_submodules(examples, f"{q.data}, {q.split} split")
+        examples = select(examples, q.limit, q.seed)
+        pool = shot_source(model, tok, examples, train, q.shots, q.shots_from, q.shot_pool, q.seed, q.shot_text)
+        print(f"evaluating {len(examples)} {q.split} questions, {q.shots}-shot"
+              + (f", shots from {q.shots_from}" if q.shots else ""), file=sys.stderr)
+        return cls(model, tok, examples, pool, q.shots, q.batch_size, q.seed, q.max_new_tokens, q.shots_from)
+
+
+# ---------------------------------------------------------------------------
+# 3. The routed mixture: steering, the task-level weights, one function per variant
+# ---------------------------------------------------------------------------
+
+
+def parse_route(spec, cfg):
+    """Route spec -> expert weights (E,) that sum to 1 (worked examples: this file's docstring)."""
+    experts, groups = cfg.experts, routing.group_names(cfg)
+    known = f"experts: {', '.join(experts)}; groups: {', '.join(groups)}"
+    w = torch.zeros(len(experts), dtype=torch.float64)     # 1e39 and 1e-50 are fine before normalising
+    names = [part.partition("=")[0].strip() for part in spec.split(",")]
+    if len(set(names)) < len(names):
+        raise UserError(f"--route {spec!r}: a name comes more than once; expected each expert or group once")
+    for part in spec.split(","):
+        name, eq, value = (s.strip() for s in part.partition("="))
+        try:
+            v = float(value) if eq else 1.0
+        except ValueError:
+            raise UserError(f"--route {spec!r}: the weight of {name!r} must be a number, got {value!r}")
+        if not (math.isfinite(v) and v >= 0):
+            raise UserError(f"--route {spec!r}: the weight of {name!r} must be a finite number >= 0, "
+                             f"got {value!r}")
+        if name in experts:
+            w[experts.index(name)] += v
+        elif name in groups:
+            members = cfg.groups[groups.index(name)]
+            w[members] += v / len(members)
+        else:
+            raise UserError(f"--route {spec!r}: unknown name {name!r}; {known}")
+    if not 0 < w.sum() < math.inf:
+        raise UserError(f"--route {spec!r}: the weights sum to {w.sum().item():g}, expected a finite sum > 0")
+    return (w / w.sum()).float()
+
+
+def forced_expert(w):
+    """The expert index if w is one-hot, else None."""
+    return int(w.argmax()) if w.max() == 1 else None
+
+
+def task_weights(ev, router, variant, route):
+    """The task-level expert weights of every question of ev, (N, E): the route
+    spec's, the same for all (said on stderr), or the router's task prior of the
+    questions' meta-question embeddings (from the base model: call it before any
+    expert is attached). None for the full router without a task level (--prior none)."""
+    cfg = router.cfg
+    if route:
+        w = parse_route(route, cfg)                                                  # (E,)
+        print(f"--route {route}: expert weights {dict(zip(cfg.experts, w.tolist()))}", file=sys.stderr)
+        return w.expand(len(ev.examples), -1)                                        # (N, E)
+    if cfg.prior == "none" and variant == "full":
+        return None
+    return router.task.prior(cluster.meta_embeddings(ev.examples, ev.model, ev.tok, cfg.embed_layer))   # (N, E)
+
+
+def _rounded(w):
+    """Routing weights as a record keeps them: 5 decimals are plenty to read and
+    plot, and keep the file small (a float32 written in full takes 20 characters,
+    and 64 rank-1 experts x 8 layers x 1,500 questions made 26 MB)."""
+    return torch.round(w.double(), decimals=5).tolist()
+
+
+def _moe_full(ev, router, weights, paths):
+    """The two-level router attached over its experts (paths; rank-1 experts come
+    inside the router): each batch's task-level weights (B, E), if any, are its
+    prior, and the grouped gate of every layer mixes the experts per token. Each
+    record's routing: per layer, the expert and group weights at the positions
+    that produced the answer, and the prior."""
+    model, device = ev.model, ev.model.lm_head.weight.device
+    if not router.cfg.rank1:
+        adapters.load_experts(model, paths)
+    router.to(device).attach(model).eval()
+
+    @contextmanager
+    def per_batch(idx):
+        """The batch's task-level weights in; its routing, per row, out."""
+        p = None if weights is None else weights[idx]                     # (B, E)
+        router.set_prior(None if p is None else p.to(device))
+        extras = []
+        with router.record() as rec:
+            yield extras
+        for j, w in enumerate(rec.weights()):                             # (L, E) each, on the CPU
+            extras.append({"routing": {"experts": _rounded(w), "groups": _rounded(w @ router.member.cpu()),
+                                       "prior": None if p is None else _rounded(p[j])}})
+    try:
+        return ev("moe (full)", per_batch=per_batch)
+    finally:
+        router.detach()
+        lora.remove_lora(model, merge=False)
+
+
+def _moe_soft(ev, weights, paths):
+    """The task level alone (task-soft): every question's expert weights (N, E)
+    fixed for all its tokens and layers, no gate. Each record's routing: its weights."""
+    model = ev.model
+    adapters.load_experts(model, paths)
+
+    @contextmanager
+    def per_batch(idx):
+        lora.set_expert_weights(model, weights[idx].to(model.lm_head.weight.device))    # (B, E)
+        yield []
+    try:
+        records = ev("moe (task-soft)", per_batch=per_batch)
+    finally:
+        lora.remove_lora(model, merge=False)
+    for r, w in zip(records, weights):
+        r["routing"] = {"prior": _rounded(w)}
+    return records
+
+
+def _moe_hard(ev, weights, paths, names):
+    """Each question answered by its top expert (weights (N, E)), merged into the
+    base weights; records in order. Each record's routing: that expert and the weights."""
+    records = [None] * len(ev.examples)
+    top = weights.argmax(-1).tolist()
+    for e, path in enumerate(paths):
+        idx = [i for i, t in enumerate(top) if t == e]
+        if not idx:
+            continue
+        chosen = adapters.with_adapter(ev.model, path, lambda: ev(names[e], examples=[ev.examples[i] for i in idx]))
+        for i, r in zip(idx, chosen):
+            r["routing"] = {"expert": names[e], "prior": _rounded(weights[i])}
+            records[i] = r
+    return records
+
+
+def moe(ev, router_dir, variant="full", experts=None, route=None):
+    """Evaluate base + experts + router (train.py --router's router_dir) on ev's
+    questions; returns (records, router), and leaves the model as it was. experts
+    is a folder that holds the router's experts (None: where router.json says),
+    route a steering spec (parse_route) or None. The variants:
+      full       _moe_full: the task prior mixed with the per-layer grouped gate
+      task-soft  _moe_soft: the task-level weights alone, fixed per question
+      task-hard  _moe_hard: each question's top task-level expert, merged
+    A route replaces the task-level weights (task_weights); a route that names
+    one expert forces it, merged (_moe_hard): exactly --adapter with that expert."""
+    router = load_router(router_dir, ev.model)          # rank-1 experts come inside the router
+    paths = list(router_experts(router_dir, router.cfg, experts).values())
+    _check_moe(router_dir, router.cfg, variant, route)
+    weights = task_weights(ev, router, variant, route)                   # (N, E), or None
+    if variant == "task-hard" or (route and forced_expert(weights[0]) is not None):
+        return _moe_hard(ev, weights, paths, router.cfg.experts), router
+    if variant == "task-soft":
+        return _moe_soft(ev, weights, paths), router
+    return _moe_full(ev, router, weights, paths), router
+
+
+# ---------------------------------------------------------------------------
+# 4. The report
+# ---------------------------------------------------------------------------
+
+
+def markdown(records, title):
+    lines = [f"### {title}", "", "| skill | submodule | correct | total | accuracy | answer NLL |",
+             "|---|---|---:|---:|---:|---:|"]
+    subs, nll = accuracy(records, "submodule"), answer_nlls(records)
+    for skill, (c, n) in accuracy(records).items():
+        lines.append(f"| **{skill}** | (all) | {c} | {n} | **{100 * c / n:.1f}%** | {nll[skill]:.3f} |")
+        for sub, (sc, sn) in subs.items():
+            if sub.split("__")[0] == skill and sub != skill:
+                lines.append(f"| | {sub.split('__', 1)[-1]} | {sc} | {sn} | {100 * sc / sn:.1f}% | |")
+    lines.append(f"| **mean over skills** | | | {len(records)} | **{100 * mean_accuracy(records):.1f}%** "
+                 f"| {sum(nll.values()) / len(nll):.3f} |")
+    return "\n".join(lines)
+
+
+def shots_used(records, shots, context, max_new_tokens):
+    """The shots the prompts held against the k asked (data.prompts.question_ids
+    drops a prompt's oldest shots until it fits the context): as the table's title
+    says it, "40-shot asked, 3-12 used (trimmed to fit the 1024-token context)", or
+    "4-shot" where every prompt kept all k; and as the JSON report keeps it,
+    {"fewest", "most", "trimmed": prompts that lost shots}. Trimming is said on stderr."""
+    kept = [r["shots"] for r in records]
+    used = {"fewest": min(kept), "most": max(kept), "trimmed": sum(k < shots for k in kept)}
+    if not used["trimmed"]:
+        return f"{shots}-shot", used
+    print(f"{used['trimmed']} of {len(records)} prompts lost their oldest shots to fit the model's {context}-token "
+          f"context with --max-new-tokens {max_new_tokens} free; the fewest kept: {used['fewest']} of --shots {shots}",
+          file=sys.stderr)
+    span = f"{used['fewest']}" if used["fewest"] == used["most"] else f"{used['fewest']}-{used['most']}"
+    return f"{shots}-shot asked, {span} used (trimmed to fit the {context}-token context)", used
+
+
+def entropy(p):
+    p = np.asarray(p, dtype=np.float64)
+    return float(-(p * np.log(np.clip(p, 1e-12, None))).sum())
+
+
+def routing_report(records, router, out_dir):
+    """Per skill: mean expert and group weights per layer -> routing.json and a
+    heatmap PNG per skill (layers x experts)."""
+    cfg = router.cfg
+    os.makedirs(out_dir, exist_ok=True)
+    report = {"experts": cfg.experts, "groups": routing.group_names(cfg), "per_skill": {}}
+    for skill in sorted({r["skill"] for r in records}):
+        rs = [r["routing"] for r in records if r["skill"] == skill and "experts" in r["routing"]]
+        if not rs:
+            continue
+        experts = np.mean([r["experts"] for r in rs], axis=0)             # (L, E)
+        groups = np.mean([r["groups"] for r in rs], axis=0)               # (L, G)
+        per_question = [np.mean(r["groups"], 0) for r in rs]               # (G,) each: mean over layers
+        report["per_skill"][skill] = {
+            "experts": experts.tolist(), "groups": groups.tolist(), "questions": len(rs),
+            "group_entropy": float(np.mean([entropy(g) for g in per_question])),
+            "groups_above_10pct": float(np.mean([(g > 0.1).sum() for g in per_question]))}
+        heatmap(experts.tolist(), [f"layer {l}" for l in range(len(experts))], cfg.experts,
+                f"{skill}: mean expert weight per layer", os.path.join(out_dir, f"routing_{skill}.png"),
+                fmt="{:.2f}", diverging=False)
+    write_json(os.path.join(out_dir, "routing.json"), report)
+    print(f"wrote {out_dir}/routing.json", file=sys.stderr)
+    return report
+
+
+# ---------------------------------------------------------------------------
+# 5. main
+# ---------------------------------------------------------------------------
 
 
 def main():
@@ -430,7 +498,7 @@ def main():
 
 
 # ---------------------------------------------------------------------------
-# Checks
+# 6. Checks
 # ---------------------------------------------------------------------------
 
 
