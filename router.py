@@ -473,7 +473,7 @@ class TaskPriors:
             self.router.set_prior(torch.stack([self.prior[e.question] for e in examples]))   # (B, E)
 
     def dev_batch(self, questions):
-        """eval.evaluate()'s route: the task-level priors of each batch of dev questions."""
+        """eval.evaluate()'s per_batch: the task-level priors of each batch of dev questions."""
         @contextmanager
         def route(indices):
             self.set([questions[i] for i in indices])

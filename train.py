@@ -504,7 +504,7 @@ def checkpoint(run, fwd):
         with run.autocast():
             route = run.priors.dev_batch(run.dev_questions) if run.priors else None
             acc = mean_accuracy(evaluate(run.model, run.tok, run.dev_questions, run.pool, shots=4, batch_size=64,
-                                         desc="dev accuracy", route=route, source=run.source))
+                                         desc="dev accuracy", per_batch=route, source=run.source))
         run.model.train()
         entry = {"step": run.step, "dev_loss": dl, "dev_accuracy": acc, "time": time.time() - run.t0}
         if acc > run.best:       # the kept step: the first with the best dev accuracy
