@@ -66,4 +66,4 @@ study: .venv/.test .venv-gen/.ready
 # The study with plateau-trained experts and choices made on dev (study/plateau.sh), kept in
 # checkpoints/phi-tiny-plateau; it resumes stage by stage.
 plateau: .venv/.test .venv-gen/.ready
-	OUT=checkpoints/phi-tiny-plateau bash study/plateau.sh
+	OUT=checkpoints/phi-tiny-plateau DOCS=docs/plateau bash study/plateau.sh

@@ -242,6 +242,8 @@ def parser():
     s.add_argument("root", help="the study folder (study/plateau.sh's OUT)")
     s.add_argument("--data", type=nonempty, default="data/lila", help="the evaluation's task files; their train "
                    "split is phi-tiny's pretraining rows (default data/lila)")
+    s.add_argument("--docs", type=writable_dir, default=None, help="also write REPORT.md and its pictures to "
+                   "this folder, e.g. docs/plateau (default: only under ROOT)")
     s = sub.add_parser("subset", help="task files with a fraction of their train questions (the data curve)")
     s.add_argument("data", help="a folder of LiLA task files, one per skill")
     s.add_argument("--skills", type=nonempty, required=True, help="comma-separated skills to take (required)")
@@ -271,7 +273,7 @@ def main():
     elif args.command == "curves":
         print(*curves.curves(args.runs, args.out))
     elif args.command == "plateau":
-        plateau.report(args.root, args.data)
+        plateau.report(args.root, args.data, args.docs)
     elif args.command == "subset":
         curves.subset(args.data, args.skills.split(","), args.fraction, args.seed, args.out)
     else:

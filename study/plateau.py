@@ -4,6 +4,7 @@ every final configuration on the test split, with its seeds pooled and Holm's
 correction across the configurations compared with the base.
 
     python -m study plateau checkpoints/phi-tiny-plateau --data data/lila   # OUT/REPORT.md, OUT/results.json
+    python -m study plateau checkpoints/phi-tiny-plateau --docs docs/plateau  # and REPORT.md, its pictures in docs/
 
 It reads the folder study/plateau.sh writes, and a study under way gets a
 report of what it has so far (a section whose runs are missing says so).
@@ -30,7 +31,7 @@ import sys
 
 from data.lila import load as load_examples, same_question
 from formats.files import UserError, write_json, write_text
-from study.report import best_checkpoint, pct
+from study.report import best_checkpoint, pct, to_docs
 from study.stats import holm, pooled_verdicts, read_log, read_records
 
 BASE = "base"          # eval/base.json: the base with 4 nearest shots, the reference of every paired test
@@ -189,8 +190,9 @@ def section(title, body, missing="not run yet"):
     return [f"## {title}", "", body if body else f"({missing})", ""]
 
 
-def report(out, data):
-    """OUT/REPORT.md and OUT/results.json of a plateau study folder, from what it holds."""
+def report(out, data, docs=None):
+    """OUT/REPORT.md and OUT/results.json of a plateau study folder, from what it
+    holds; with docs, REPORT.md and its pictures also go there."""
     if not os.path.exists(os.path.join(out, "data.sha256")):
         raise UserError(f"{out}: no data.sha256 here; expected a study folder that study/plateau.sh wrote")
     base = records(out, BASE)
@@ -226,4 +228,6 @@ def report(out, data):
             f"| {r['k']} | {r['silhouette']:.3f} |" for r in s["runs"]) + f"\n\nkept: k = {s['k']}")
     write_text(os.path.join(out, "REPORT.md"), "\n".join(lines))
     write_json(os.path.join(out, "results.json"), {"test": found})
+    if docs:
+        to_docs("\n".join(lines), out, docs)
     print(f"wrote {out}/REPORT.md and {out}/results.json", file=sys.stderr)

@@ -38,8 +38,8 @@
 #
 # Knobs (environment): MODEL, DATA, TRAIN_DATA, OUT, BATCH (LoRA rows per step),
 # EVAL_EVERY, DEV_QUESTIONS, SEEDS, LRS (the rates swept), ROUTERS, ROUTER_STEPS,
-# MIXED_SWEEP_STEPS, LIMIT, DEVICE, JOBS (commands at once: 2 on a CPU, one thread
-# each), PY, SMOKE.
+# MIXED_SWEEP_STEPS, LIMIT, DOCS (a copy of the report and its pictures, if set),
+# DEVICE, JOBS (commands at once: 2 on a CPU, one thread each), PY, SMOKE.
 set -euo pipefail
 cd "$(dirname "$0")/.."     # the repository root: every path is relative to it
 SKILLS="algebra arithmetic calculus comparison measurement numbers polynomials probability"
@@ -217,5 +217,5 @@ for part in 0.25 0.5; do
     for s in $SWEPT; do ev "rows/$s-$part" --adapter "$OUT/rows/$s-$part" --skills "$s"; done
 done
 stage "the report"
-"$PY" -m study plateau "$OUT" --data "$DATA"
+"$PY" -m study plateau "$OUT" --data "$DATA" ${DOCS:+--docs "$DOCS"}
 echo "the ${SMOKE:+smoke }plateau study took $((SECONDS / 60)) min${SMOKE:+ (toy sizes: its numbers are not results)}"

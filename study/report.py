@@ -253,6 +253,16 @@ def lr_table(out):
 # 3. REPORT.md
 # ---------------------------------------------------------------------------
 
+def to_docs(text, out, docs):
+    """A report's text as docs/REPORT.md, with every picture it links copied from
+    out to the same relative path under docs (so the links hold)."""
+    for picture in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
+        if os.path.exists(os.path.join(out, picture)):
+            write_atomic(os.path.join(docs, picture), lambda p, src=os.path.join(out, picture): shutil.copyfile(src, p))
+    write_text(os.path.join(docs, "REPORT.md"), text)
+    print(f"wrote {docs}/REPORT.md and its pictures", file=sys.stderr)
+
+
 def report(out, docs=None):
     """out/results.md, results.json and REPORT.md of a finished study folder; with
     docs, REPORT.md and every picture it shows also go to that folder (the same
@@ -306,11 +316,6 @@ def report(out, docs=None):
     text = "\n".join(parts)
     write_text(os.path.join(out, "REPORT.md"), text)
     if docs:
-        for picture in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
-            if os.path.exists(os.path.join(out, picture)):
-                write_atomic(os.path.join(docs, picture),
-                             lambda p, src=os.path.join(out, picture): shutil.copyfile(src, p))
-        write_text(os.path.join(docs, "REPORT.md"), text)
-        print(f"wrote {docs}/REPORT.md and its pictures", file=sys.stderr)
+        to_docs(text, out, docs)
     print(acc)
     print(f"wrote {out}/REPORT.md, results.md, results.json" + (", goals.json" if answers else ""), file=sys.stderr)

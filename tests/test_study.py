@@ -492,8 +492,13 @@ def test_plateau_report_pools_the_seeds_and_corrects_for_the_rows(tmp_path):
                                                                 "dev_loss": 1.0, "kept": "best"}])
     write(f"{tmp_path}/data/a.json", {"Definition": ["x"], "Categories": [{"Math category": "a"}],
                                        "Instances": [{"Input": "q0", "Output Answer": ["1"], "split": "train"}]})
-    plateau_report(out, f"{tmp_path}/data")
+    os.makedirs(f"{out}/curves")
+    open(f"{out}/curves/curves.md", "w").write("the curves' table")
+    open(f"{out}/curves/curves.png", "wb").write(b"png")
+    plateau_report(out, f"{tmp_path}/data", docs=f"{tmp_path}/docs")
     text = open(f"{out}/REPORT.md").read()
+    assert open(f"{tmp_path}/docs/REPORT.md").read() == text and "![dev curves](curves/curves.png)" in text
+    assert open(f"{tmp_path}/docs/curves/curves.png", "rb").read() == b"png"
     assert "| experts, each on its own skill | 2 | 25.0, 30.0 | 27.5 (25.0 to 30.0) | 6 : 0 | 0.031 | 0.062 |" in text
     assert "| mixed LoRA, rank 8 | 1 | 5.0 | 5.0 | 1 : 1 | 1 | 1 |" in text
     assert "| a | +20.0 | +0.0 |" in text and "| b | -10.0 | +20.0 |" in text     # seed 1 on every skill
