@@ -121,7 +121,8 @@ for s in $SWEPT; do
     done
 done
 stage "curves: the table, the picture and the choice"
-read -r RANK LR STEPS < <("$PY" -m study curves "$OUT"/curves/*/r* --out "$OUT/curves")
+runs=() && for s in $SWEPT; do for rank in $RANKS; do for lr in $LRS; do runs+=("$OUT/curves/$s/r$rank-lr$lr"); done; done; done
+read -r RANK LR STEPS < <("$PY" -m study curves "${runs[@]}" --out "$OUT/curves")
 echo "chosen on dev: rank $RANK, learning rate $LR, $STEPS steps per expert"
 EXPERT=("${LORA[@]}" --rank "$RANK" --alpha $((2 * RANK)) --lr "$LR" --steps "$STEPS")
 
@@ -139,7 +140,8 @@ for lr in $LRS; do
         --out "$OUT/mixed-lr/lr$lr"
 done
 stage "mixed: each seed at the rate chosen on dev"
-best=$("$PY" -m study best "$OUT"/mixed-lr/lr*)
+runs=() && for lr in $LRS; do runs+=("$OUT/mixed-lr/lr$lr"); done
+best=$("$PY" -m study best "${runs[@]}")
 LR_MIXED=${best##*/lr}
 echo "mixed LoRA: learning rate $LR_MIXED chosen on dev, $N_SKILLS x $STEPS steps"
 for seed in $SEEDS; do

@@ -427,3 +427,59 @@ def test_every_command_of_the_study_parses(tmp_path):
             parse[script](argv)                       # SystemExit (exit 2) on a refused flag
             seen.add(script)
     assert seen == set(parse)
+
+
+PLATEAU_STUB = """#!/usr/bin/env bash
+# stands in for python in study/plateau.sh: logs each command, answers what the script reads back
+echo "$*" >> "$STUB_DIR/log"
+case "$1" in
+    -) echo 400 ;;                                        # steps_for: 3 passes over a skill's rows
+    -c) echo 3 ;;                                         # the clusters' k, from groups.json
+esac
+if [ "$1 $2 $3" = "-m study curves" ]; then echo "8 1e-3 400"; fi
+if [ "$1 $2 $3" = "-m study best" ]; then echo "${@: -1}"; fi      # the run named last wins
+all="$*" && json=${all##*--json } && json=${json%% *}
+if [ "$1" = eval.py ]; then mkdir -p "$(dirname "$json")" && echo '{}' > "$json"; fi
+"""
+
+
+def test_plateau_runs_every_stage_and_every_command_parses(tmp_path):
+    """study/plateau.sh with PY=a stub: every command passes its script's own flag
+    checks; training reads TRAIN_DATA (or the data curve's rows), the test split
+    is read by eval.py alone, once per final configuration; each seed's experts,
+    mixed LoRA and chosen router are trained."""
+    import shlex
+    import cli
+    import train
+    from study.cli import parser as study_parser
+    stub = tmp_path / "python"
+    stub.write_text(PLATEAU_STUB)
+    stub.chmod(0o755)
+    (tmp_path / "data").mkdir()
+    env = {**os.environ, "PY": str(stub), "STUB_DIR": str(tmp_path), "DATA": str(tmp_path / "data"),
+           "TRAIN_DATA": str(tmp_path / "fresh"), "OUT": str(tmp_path / "out"), "DEVICE": "cpu", "JOBS": "1"}
+    run = subprocess.run(["bash", os.path.join(ROOT, "study", "plateau.sh")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "router chosen on dev: rank1" in run.stdout     # the stub's best: the variant named last
+    parse = {"train.py": train.config, "eval.py": cli.eval_args, "-m study.clusters": cli.cluster_args,
+             "-m study": study_parser().parse_args}
+    lines = [shlex.split(line) for line in (tmp_path / "log").read_text().splitlines()]
+    for script, *argv in lines:
+        if script == "-m":
+            script = f"-m {argv.pop(0)}"
+        if script in parse:
+            parse[script](argv)                           # SystemExit (exit 2) on a refused flag
+    out = str(tmp_path / "out")
+    trains = [" ".join(l) for l in lines if l[0] == "train.py"]
+    assert all(f"--data {tmp_path}/fresh" in t or f"--data {out}/rows/data-" in t for t in trains)
+    experts = [t for t in trains if "--expert " in t and f"--out {out}/experts/" in t]
+    assert len(experts) == 3 * 8 and all("--rank 8 --alpha 16 --lr 1e-3 --steps 400" in t for t in experts)
+    assert sum(f"--out {out}/mixed/seed-" in t and "--steps-per-skill 400" in t for t in trains) == 3
+    assert sum(f"--out {out}/routers/seed-" in t and "/rank1" in t for t in trains) == 3
+    assert sum("--expert cluster:" in t for t in trains) == 3
+    evals = [l[l.index("--json") + 1] for l in lines if l[0] == "eval.py"]
+    assert len(evals) == len(set(evals)) and all(f"--data {tmp_path}/data" in " ".join(l)
+                                                  for l in lines if l[0] == "eval.py")
+    assert sum("/eval/experts/seed-1/" in e for e in evals) == 8 and f"{out}/eval/base.json" in evals
+    assert ["-m", "study", "plateau", out, "--data", str(tmp_path / "data")] in lines
