@@ -86,7 +86,7 @@ def steps_for(curves, choice):
     return min(2 * max(c["kept"] for c in runs), max(c["steps"][-1] for c in runs))
 
 
-def markdown(curves, choice, steps):
+def markdown(curves, choice, expert_steps):
     lines = []
     for skill in sorted({c["skill"] for c in curves}):
         runs = sorted((c for c in curves if c["skill"] == skill), key=lambda c: (c["rank"], float(c["lr"])))
@@ -100,7 +100,7 @@ def markdown(curves, choice, steps):
             lines.append(f"| {c['rank']} | {c['lr']} | " + " | ".join(cells) + f" | {c['kept']} | {c['lowest_loss']} |")
         lines.append("")
     lines.append(f"Chosen on dev: rank {choice[0]}, learning rate {choice[1]} (the highest best dev accuracy "
-                 f"averaged over these skills); the experts train {steps} steps (twice the latest kept step of "
+                 f"averaged over these skills); the experts train {expert_steps} steps (twice the latest kept step of "
                  "that setting, at most its longest run) and each keeps its own best dev step.")
     return "\n".join(lines)
 

@@ -31,7 +31,7 @@ import sys
 
 from data.lila import load as load_examples, same_question
 from formats.files import UserError, write_json, write_text
-from study.report import best_checkpoint, pct, to_docs
+from study.report import best_checkpoint, best_run, pct, to_docs
 from study.stats import holm, pooled_verdicts, read_log, read_records
 
 BASE = "base"          # eval/base.json: the base with 4 nearest shots, the reference of every paired test
@@ -133,12 +133,13 @@ def experts_table(out, skills):
 
 
 def dev_choice(runs, what):
-    """A table of runs by their best dev accuracy, the best marked: how `what` was chosen."""
-    scored = {os.path.basename(r): kept(r) for r in runs if os.path.exists(os.path.join(r, "log.json"))}
-    scored = {n: k for n, k in scored.items() if k}
-    if not scored:
+    """A table of runs by their best dev accuracy, the one study/plateau.sh chose
+    marked (study.report.best_run: a tie goes to the lower dev loss)."""
+    runs = [r for r in runs if os.path.exists(os.path.join(r, "log.json")) and kept(r)]
+    if not runs:
         return None
-    best = max(scored, key=lambda n: scored[n][2])
+    scored = {os.path.basename(r): kept(r) for r in runs}
+    best = os.path.basename(best_run(runs))
     return "\n".join([f"| {what} | best dev accuracy (%) | kept step | |", "|---|---:|---:|---|"] + [
         f"| {n} | {pct(k[2])} | {k[0]} of {k[1]} | {'chosen' if n == best else ''} |" for n, k in scored.items()])
 

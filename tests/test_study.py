@@ -224,6 +224,7 @@ def test_curves_keep_the_first_best_step_and_choose_on_the_mean_over_skills(tmp_
                     ("calculus", 32): (100, 100)}
     assert "| 8 | 1e-3 | 40.0 | **60.0** | 60.0 | 200 | 300 |" in open(tmp_path / "c" / "curves.md").read()
     assert found["choice"] == {"rank": 8, "lr": "1e-3", "steps": 300}
+    assert "the experts train 300 steps" in open(tmp_path / "c" / "curves.md").read()
     os.remove(f"{tmp_path}/calculus/r32-lr2e-3/log.json")
     os.rmdir(f"{tmp_path}/calculus/r32-lr2e-3")
     with pytest.raises(UserError, match=r"rank 32, lr 2e-3 has no run on \['calculus'\]"):
@@ -492,6 +493,9 @@ def test_plateau_report_pools_the_seeds_and_corrects_for_the_rows(tmp_path):
                                                                 "dev_loss": 1.0, "kept": "best"}])
     write(f"{tmp_path}/data/a.json", {"Definition": ["x"], "Categories": [{"Math category": "a"}],
                                        "Instances": [{"Input": "q0", "Output Answer": ["1"], "split": "train"}]})
+    for lr, loss in (("1e-3", 0.9), ("2e-3", 0.8)):     # level on accuracy: the lower dev loss is chosen
+        write(f"{out}/mixed-lr/lr{lr}/log.json", [{"step": 100, "time": 1.0, "dev_accuracy": 0.5, "dev_loss": loss,
+                                                   "kept": "best"}, {"step": 200, "time": 2.0, "loss": 1.0}])
     os.makedirs(f"{out}/curves")
     open(f"{out}/curves/curves.md", "w").write("the curves' table")
     open(f"{out}/curves/curves.png", "wb").write(b"png")
@@ -502,6 +506,7 @@ def test_plateau_report_pools_the_seeds_and_corrects_for_the_rows(tmp_path):
     assert "| experts, each on its own skill | 2 | 25.0, 30.0 | 27.5 (25.0 to 30.0) | 6 : 0 | 0.031 | 0.062 |" in text
     assert "| mixed LoRA, rank 8 | 1 | 5.0 | 5.0 | 1 : 1 | 1 | 1 |" in text
     assert "| a | +20.0 | +0.0 |" in text and "| b | -10.0 | +20.0 |" in text     # seed 1 on every skill
+    assert "| lr1e-3 | 50.0 | 100 of 200 |  |" in text and "| lr2e-3 | 50.0 | 100 of 200 | chosen |" in text
     assert "1 of the 20: q0" in text and "| a | 100 of 100 (the last), 50.0 | 100 of 100 (the last), 50.0 |" in text
     with pytest.raises(UserError, match="no data.sha256"):
         plateau_report(str(tmp_path), f"{tmp_path}/data")
