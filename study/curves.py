@@ -7,12 +7,15 @@ learning rate and rank that the study keeps, read from train.py's log.json.
 Each run is a folder SKILL/rRANK-lrLR (train.py --expert SKILL --rank RANK --lr LR),
 checked on the dev split every --eval-every steps. A run's kept step is the
 first with its best dev accuracy (train.py keeps that adapter); the step of its
-lowest dev loss is shown beside it. The choice is the (rank, lr) whose best dev
-accuracy, averaged over the skills swept, is highest; a tie goes to the lower
-mean dev loss at the kept steps, then to the smaller rank and rate. The
-experts then train for twice the latest kept step of the chosen setting over
-the skills swept (room for each expert's own curve to show its plateau), at
-most the longest of its runs; each keeps its own best dev step.
+lowest dev loss is shown beside it. A run's plateau starts at the first check
+within one standard error of its best accuracy p (sqrt(p (1 - p) / n) over its
+n dev questions): later gains are within the noise of the dev set. The choice
+is the (rank, lr) whose best dev accuracy, averaged over the skills swept, is
+highest; a tie goes to the lower mean dev loss at the kept steps, then to the
+smaller rank and rate. The experts then train for twice the latest plateau
+step of the chosen setting over the skills swept (room for each expert's own
+curve to show its plateau), at most the longest of its runs; each keeps its
+own best dev step.
 
 Writes curves.md (a table per skill: dev accuracy at every check), curves.json
 (the curves, the kept steps and the choice) and curves.png (dev accuracy and dev
@@ -25,6 +28,7 @@ of its rows.
 
 Left out: smoothing and early stopping rules; the curves are shown as measured.
 """
+import math
 import os
 import random
 import re
@@ -35,6 +39,7 @@ from formats.pictures import pyplot, save_figure
 from study.stats import read_log
 
 NAME = re.compile(r"r(\d+)-lr([0-9.e+-]+)")
+QUESTIONS = re.compile(r"of (\d+) dev questions")   # in train.py's "kept" mark: how many the accuracy is over
 
 
 def read_curve(folder):
@@ -50,11 +55,18 @@ def read_curve(folder):
     kept = [e["step"] for e in checks if "kept" in e]
     best = max(e["dev_accuracy"] for e in checks)
     lowest = min(checks, key=lambda e: e["dev_loss"])["step"]
+    counted = [QUESTIONS.search(e["kept"]) for e in checks if "kept" in e]
+    if not any(counted):
+        raise UserError(f"{folder}/log.json: no kept check says how many dev questions it read; expected "
+                        "train.py's mark, e.g. 'best dev accuracy so far, mean over skills of 300 dev questions'")
+    n = int(next(c for c in counted if c)[1])
+    se = math.sqrt(best * (1 - best) / n)
     return {"skill": os.path.basename(os.path.dirname(os.path.normpath(folder))), "rank": int(m[1]), "lr": m[2],
             "steps": [e["step"] for e in checks], "accuracy": [e["dev_accuracy"] for e in checks],
             "loss": [e["dev_loss"] for e in checks], "best": best,
             "kept": kept[-1] if kept else next(e["step"] for e in checks if e["dev_accuracy"] == best),
-            "lowest_loss": lowest}
+            "lowest_loss": lowest, "dev_questions": n,
+            "plateau": next(e["step"] for e in checks if e["dev_accuracy"] >= best - se)}
 
 
 def choose(curves):
@@ -78,12 +90,12 @@ def choose(curves):
 
 
 def steps_for(curves, choice):
-    """The experts' steps: twice the latest kept step of the chosen (rank, lr)
+    """The experts' steps: twice the latest plateau step of the chosen (rank, lr)
     over the skills, at most the longest of its runs.
 
-        kept steps 200 and 100, runs of 1000 and 400 steps -> 400"""
+        plateaus at 200 and 100, runs of 1000 and 400 steps -> 400"""
     runs = [c for c in curves if (c["rank"], c["lr"]) == choice]
-    return min(2 * max(c["kept"] for c in runs), max(c["steps"][-1] for c in runs))
+    return min(2 * max(c["plateau"] for c in runs), max(c["steps"][-1] for c in runs))
 
 
 def markdown(curves, choice, expert_steps):
@@ -92,15 +104,19 @@ def markdown(curves, choice, expert_steps):
         runs = sorted((c for c in curves if c["skill"] == skill), key=lambda c: (c["rank"], float(c["lr"])))
         steps = sorted({s for c in runs for s in c["steps"]})
         lines += [f"### {skill}: dev accuracy (%) at each check", "",
-                  "| rank | lr | " + " | ".join(map(str, steps)) + " | kept step | lowest dev loss at |",
-                  "|---:|---:|" + "---:|" * (len(steps) + 2)]
+                  "| rank | lr | " + " | ".join(map(str, steps)) + " | kept step | plateau from | lowest dev loss at |",
+                  "|---:|---:|" + "---:|" * (len(steps) + 3)]
         for c in runs:
             at = dict(zip(c["steps"], c["accuracy"]))
             cells = [("**%.1f**" if s == c["kept"] else "%.1f") % (100 * at[s]) if s in at else "" for s in steps]
-            lines.append(f"| {c['rank']} | {c['lr']} | " + " | ".join(cells) + f" | {c['kept']} | {c['lowest_loss']} |")
+            lines.append(f"| {c['rank']} | {c['lr']} | " + " | ".join(cells) + f" | {c['kept']} | {c['plateau']} "
+                         f"| {c['lowest_loss']} |")
         lines.append("")
+    lines.append("Bold: the kept step (the first with the run's best dev accuracy). Plateau from: the first check "
+                 "within one standard error of that best, sqrt(p (1 - p) / n) over the run's n dev questions.")
+    lines.append("")
     lines.append(f"Chosen on dev: rank {choice[0]}, learning rate {choice[1]} (the highest best dev accuracy "
-                 f"averaged over these skills); the experts train {expert_steps} steps (twice the latest kept step of "
+                 f"averaged over these skills); the experts train {expert_steps} steps (twice the latest plateau step of "
                  "that setting, at most its longest run) and each keeps its own best dev step.")
     return "\n".join(lines)
 
