@@ -144,6 +144,15 @@ def dev_choice(runs, what):
         f"| {n} | {pct(k[2])} | {k[0]} of {k[1]} | {'chosen' if n == best else ''} |" for n, k in scored.items()])
 
 
+def kept_table(out, *patterns):
+    """Every run of out/PATTERN... (globs): its kept step of its steps and its best dev accuracy."""
+    runs = [r for p in patterns for r in sorted(glob.glob(os.path.join(out, p)))
+            if os.path.exists(os.path.join(r, "log.json"))]
+    found = {os.path.relpath(r, out): kept(r) for r in runs}
+    rows = [f"| {name} | {k[0]} of {k[1]} | {pct(k[2])} |" for name, k in found.items() if k]
+    return "\n".join(["| run | kept step | best dev accuracy (%) |", "|---|---:|---:|"] + rows) if rows else None
+
+
 def forgetting_table(out, base, skills):
     """Seed 1's experts on every skill, minus the base, in points."""
     base_acc = per_skill_accuracy(base)
@@ -208,8 +217,12 @@ def report(out, data, docs=None):
                      if os.path.exists(curves) else None)
     lines += section("2. Experts: kept step and dev accuracy", experts_table(out, skills) if skills else None)
     lines += section("2. Mixed LoRA: learning rate", dev_choice(sorted(glob.glob(f"{out}/mixed-lr/lr*")), "rate"))
+    lines += section("2. Mixed LoRA: each seed, as many steps as the experts together",
+                     kept_table(out, "mixed/seed-*"))
     lines += section("2. Router variants (over seed 1's experts)",
                      dev_choice(sorted(glob.glob(f"{out}/routers/seed-1/*")), "variant"))
+    lines += section("2. The other runs: the chosen router of each seed, the data curve, the cluster experts",
+                     kept_table(out, "routers/seed-[!1]*/*", "routers/clusters", "rows/*-*", "cluster-experts/*"))
     found = {}
     if base:
         table, found = test_table(base, configurations(out, skills))

@@ -489,6 +489,9 @@ def test_plateau_report_pools_the_seeds_and_corrects_for_the_rows(tmp_path):
     write(f"{out}/eval/experts/seed-2/a.json", eval_json(a=hits(2)))
     write(f"{out}/eval/experts/seed-2/b.json", eval_json(b=hits(4)))
     write(f"{out}/eval/mixed/seed-1.json", eval_json(a=z, b=hits(1)))
+    write(f"{out}/mixed/seed-1/log.json", [{"step": 100, "time": 1.0, "dev_accuracy": 0.25, "dev_loss": 1.0,
+                                            "kept": "best"}, {"step": 200, "time": 2.0, "dev_accuracy": 0.2,
+                                                              "dev_loss": 1.0}])
     for seed in (1, 2):
         for s in "ab":
             write(f"{out}/experts/seed-{seed}/{s}/log.json", [{"step": 100, "time": 1.0, "dev_accuracy": 0.5,
@@ -509,6 +512,7 @@ def test_plateau_report_pools_the_seeds_and_corrects_for_the_rows(tmp_path):
     assert "| mixed LoRA, rank 8 | 1 | 5.0 | 5.0 | 1 : 1 | 1 | 1 |" in text
     assert "| a | +20.0 | +0.0 |" in text and "| b | -10.0 | +20.0 |" in text     # seed 1 on every skill
     assert "| lr1e-3 | 50.0 | 100 of 200 |  |" in text and "| lr2e-3 | 50.0 | 100 of 200 | chosen |" in text
+    assert "| mixed/seed-1 | 100 of 200 | 25.0 |" in text
     assert "1 of the 20: q0" in text and "| a | 100 of 100 (the last), 50.0 | 100 of 100 (the last), 50.0 |" in text
     with pytest.raises(UserError, match="no data.sha256"):
         plateau_report(str(tmp_path), f"{tmp_path}/data")
