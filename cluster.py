@@ -53,7 +53,8 @@ import torch
 from tqdm import tqdm
 
 import model as M
-from kmeans import KMeansResult, expert_groups, kmeans, labelled_sample, seeded_clusters, silhouette, sq_dists, unit
+from kmeans import (KMeansResult, choose_k, expert_groups, kmeans, labelled_sample, seeded_clusters, sq_dists,
+                    unit)
 import cli
 from formats.clusters import OUTPUTS, check_replaceable, read_assignments, read_centroids, write_outputs
 from formats.files import UserError, lock, write_atomic
@@ -268,31 +269,6 @@ def meta_embeddings(examples, model, tok, layer):
 # ---------------------------------------------------------------------------
 # 3. Clustering
 # ---------------------------------------------------------------------------
-
-SILHOUETTE_POINTS = 2000   # the silhouette is O(N^2): at most this many points are scored
-
-
-def choose_k(X, ks, n_init=10, seed=0, cosine=False, points=SILHOUETTE_POINTS):
-    """k-means of X (N, C) for each k of ks, and the one whose clusters have the
-    highest silhouette (the smaller k of a tie), in the distance k-means used
-    (cosine: 1 - cos). The silhouette reads no labels, and nothing here knows how
-    many skills there are. Beyond `points` points it is taken on a seeded sample
-    of them, the same for every k. Returns (the kept KMeansResult, the sweep
-    {"k": kept, "points": N, "silhouette_points": scored, "runs": [{k, silhouette,
-    inertia}]}). Worked example: three tight blobs far apart, ks 2-6 -> k 3 (two
-    blobs in one cluster make it loose; a blob split in two has a near neighbour)."""
-    scored = np.arange(len(X))
-    if len(X) > points:
-        scored = np.sort(np.random.default_rng(seed).choice(len(X), points, replace=False))
-    runs, best = [], None
-    for k in tqdm(ks, desc="k sweep", unit="k", disable=None):
-        r = kmeans(X, k, n_init=n_init, seed=seed, cosine=cosine)
-        runs.append(dict(k=k, silhouette=silhouette(X[scored], r.labels[scored], cosine=cosine), inertia=r.inertia))
-        if best is None or runs[-1]["silhouette"] > best[0]:
-            best = runs[-1]["silhouette"], r
-    kept = best[1]
-    return kept, dict(k=len(kept.centroids), points=len(X), silhouette_points=len(scored), runs=runs)
-
 
 def fit_clusters(X, cfg, skills):
     """The clusters of X (N, C) that cfg (a ClusterConfig, below) asks for: k-means

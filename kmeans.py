@@ -9,9 +9,10 @@ scores one without labels (and so can choose k).
     r = seeded_kmeans(X, y, labelled)                # cluster c starts at the labelled points of class c
     purity(skills, r.labels), nmi(skills, r.labels)
     silhouette(X, r.labels)                          # no labels read
+    r, sweep = choose_k(X, range(2, 17))             # the k of the best silhouette
 
 Chapters: 1. k-means, 2. seeded k-means and expert groups, 3. purity, NMI and
-the silhouette.
+the silhouette, and k chosen by it (choose_k).
 
 References: Arthur & Vassilvitskii, "k-means++: The Advantages of Careful
 Seeding" (SODA 2007); Basu, Banerjee & Mooney, "Semi-supervised Clustering by
@@ -24,6 +25,7 @@ Left out: Elkan's and mini-batch k-means.
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm import tqdm
 
 from formats.files import UserError
 
@@ -238,6 +240,31 @@ def silhouette(X, labels, cosine=False, chunk=2048):
         b = mean.min(1)
         s[rows] = np.where(counts[own] > 1, (b - a) / np.maximum(np.maximum(a, b), 1e-12), 0.0)
     return float(s.mean())
+
+
+SILHOUETTE_POINTS = 2000   # the silhouette is O(N^2): at most this many points are scored
+
+
+def choose_k(X, ks, n_init=10, seed=0, cosine=False, points=SILHOUETTE_POINTS):
+    """k-means of X (N, C) for each k of ks, and the one whose clusters have the
+    highest silhouette (the smaller k of a tie), in the distance k-means used
+    (cosine: 1 - cos). The silhouette reads no labels, and nothing here knows how
+    many skills there are. Beyond `points` points it is taken on a seeded sample
+    of them, the same for every k. Returns (the kept KMeansResult, the sweep
+    {"k": kept, "points": N, "silhouette_points": scored, "runs": [{k, silhouette,
+    inertia}]}). Worked example: three tight blobs far apart, ks 2-6 -> k 3 (two
+    blobs in one cluster make it loose; a blob split in two has a near neighbour)."""
+    scored = np.arange(len(X))
+    if len(X) > points:
+        scored = np.sort(np.random.default_rng(seed).choice(len(X), points, replace=False))
+    runs, best = [], None
+    for k in tqdm(ks, desc="k sweep", unit="k", disable=None):
+        r = kmeans(X, k, n_init=n_init, seed=seed, cosine=cosine)
+        runs.append(dict(k=k, silhouette=silhouette(X[scored], r.labels[scored], cosine=cosine), inertia=r.inertia))
+        if best is None or runs[-1]["silhouette"] > best[0]:
+            best = runs[-1]["silhouette"], r
+    kept = best[1]
+    return kept, dict(k=len(kept.centroids), points=len(X), silhouette_points=len(scored), runs=runs)
 
 
 def contingency(a, b):

@@ -422,13 +422,13 @@ def test_choose_k_worked_example():
     centres = np.array([[10., 0, 0], [0, 10, 0], [0, 0, 10]])
     X = np.repeat(centres, 20, axis=0) + rng.normal(scale=0.3, size=(60, 3))    # (60, 3)
     for cosine in (False, True):
-        r, sweep = C.choose_k(X, range(2, 7), n_init=2, cosine=cosine)
+        r, sweep = kmeans.choose_k(X, range(2, 7), n_init=2, cosine=cosine)
         assert sweep["k"] == 3 and len(r.centroids) == 3 and [x["k"] for x in sweep["runs"]] == [2, 3, 4, 5, 6]
         best = max(sweep["runs"], key=lambda x: x["silhouette"])
         assert best["k"] == 3 and best["silhouette"] > 0.9
         assert r.labels.tolist() == np.repeat(r.labels[[0, 20, 40]], 20).tolist()      # one blob, one cluster
         assert sweep["runs"][1]["silhouette"] == kmeans.silhouette(X, r.labels, cosine=cosine)
-    r, sweep = C.choose_k(X, range(2, 7), n_init=2, points=30)
+    r, sweep = kmeans.choose_k(X, range(2, 7), n_init=2, points=30)
     assert sweep["k"] == 3 and (sweep["points"], sweep["silhouette_points"]) == (60, 30)
 
 
