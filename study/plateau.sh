@@ -144,9 +144,9 @@ runs=() && for lr in $LRS; do runs+=("$OUT/mixed-lr/lr$lr"); done
 best=$("$PY" -m study best "${runs[@]}")
 LR_MIXED=${best##*/lr}
 echo "mixed LoRA: learning rate $LR_MIXED chosen on dev, $N_SKILLS x $STEPS steps"
-for seed in $SEEDS; do
+for seed in $SEEDS; do    # checked every 2 x EVAL_EVERY steps: a check of all skills' dev questions costs
     job "$PY" train.py --mixed "${MIXED[@]}" --lr "$LR_MIXED" --steps-per-skill "$STEPS" --seed "$seed" \
-        --out "$OUT/mixed/seed-$seed"
+        --eval-every $((2 * EVAL_EVERY)) --out "$OUT/mixed/seed-$seed"    # as much as 70 steps
 done
 
 stage "routers: the variants over seed 1's experts"
