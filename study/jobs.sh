@@ -32,7 +32,7 @@ job() {
     else
         "$@" & PIDS+=($!)
     fi
-    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 0.5; done
+    while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 0.1; done
 }
 stage() { for p in "${PIDS[@]}"; do wait "$p"; done; PIDS=(); echo; echo "=== $* (at $((SECONDS / 60)) min)"; }
 
