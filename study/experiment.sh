@@ -84,10 +84,12 @@ source study/jobs.sh    # job (at most JOBS commands at once, spread over the GP
 # same configurations with the nearest train questions as shots (the strongest prompt
 # that reads no label), and OUT/eval/submodule/ the base with shots of the question's
 # own submodule (an oracle).
-evaluate() {  # evaluate NAME [eval.py flags]: one configuration -> OUT/eval/NAME.json (once)
-    local name=$1; shift
+evaluate() {  # evaluate NAME [eval.py flags]: one configuration -> OUT/eval/NAME.json (once); a routed
+              # mixture's routing report goes to OUT/routing-other/NAME unless its flags name an --out
+    local name=$1 routing=(); shift
+    if [[ " $* " == *" --moe "* && " $* " != *" --out "* ]]; then routing=(--out "$OUT/routing-other/$name"); fi
     [ -e "$OUT/eval/$name.json" ] || "$PY" eval.py "${COMMON[@]}" --dtype "$DTYPE" --limit "$LIMIT" \
-        --shots-from skill --json "$OUT/eval/$name.json" "$@"
+        --shots-from skill --json "$OUT/eval/$name.json" "${routing[@]}" "$@"
 }
 ev() { [ -e "$OUT/eval/$1.json" ] || job evaluate "$@"; }     # the same, as a job
 # A full fine-tune's weights are the whole model (126 MB on phi-tiny with its optimizer state,

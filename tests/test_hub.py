@@ -483,3 +483,14 @@ def test_plateau_runs_every_stage_and_every_command_parses(tmp_path):
                                                   for l in lines if l[0] == "eval.py")
     assert sum("/eval/experts/seed-1/" in e for e in evals) == 8 and f"{out}/eval/base.json" in evals
     assert ["-m", "study", "plateau", out, "--data", str(tmp_path / "data")] in lines
+
+
+def test_every_routed_evaluation_of_the_study_has_a_routing_folder_of_its_own(tmp_path):
+    """eval.py --moe writes its routing report under one writer's lock: two at once
+    into the default out/routing would refuse each other (and write outside OUT)."""
+    import shlex
+    study_with_stub(tmp_path, DEVICE="cpu", JOBS="1")
+    routed = [shlex.split(l.split(" ", 1)[1]) for l in (tmp_path / "log").read_text().splitlines()
+              if " eval.py " in f" {l} " and " --moe " in l and not l.startswith("END ")]
+    outs = [argv[len(argv) - 1 - argv[::-1].index("--out") + 1] for argv in routed]
+    assert len(routed) > 10 and len(outs) == len(set(outs)) and all(o.startswith(str(tmp_path / "out")) for o in outs)
