@@ -38,8 +38,8 @@ COMPOSED="algebra calculus comparison numbers polynomials"
 DRAWN=data/lila DRAW=(--train 10000) FRESH_DRAW=(--train 4000 --dev 100) COMPOSED_DRAW=(--train 200 --test 50)
 # SMOKE=1: a smoke run, a check that every stage runs, not a result: three skills, a few questions
 # of each drawn into data/smoke, two steps per run, one test question per skill, written to its own
-# OUT (out/smoke); 18 min on 2 cores shared with other work (16 min of CPU time, questions drawn
-# included). A knob given as well still wins.
+# OUT (out/smoke); 8 min on 2 idle cores (15 min of CPU time), questions drawn included
+# (time SMOKE=1 bash study/experiment.sh). A knob given as well still wins.
 if [ -n "${SMOKE:-}" ]; then
     echo "SMOKE=1: a smoke run at toy sizes into ${OUT:-out/smoke}; its numbers are not results"
     SKILLS="algebra arithmetic numbers" COMPOSED="algebra numbers"
