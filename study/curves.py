@@ -160,7 +160,10 @@ def subset(data, skills, fraction, seed, out):
     """python -m study subset: each skill's task file of `data` with `fraction`
     of its train questions, drawn within each submodule (the mix of submodules
     stays) by a seeded shuffle whose prefixes nest, so the 1/4 is part of the
-    1/2. Dev and test questions are kept whole; the files go to `out`.
+    1/2. Dev and test questions are kept whole; the files go to `out`. An
+    expert trained on them draws its dev checks' shots from the same part (the
+    shot pool of train.py is its --data's train split); its test evaluation
+    (eval.py --data DATA) uses the same shots as every other run.
 
         0.25 of a skill with 4,000 train questions in each of 3 submodules
         -> 1,000 of each, 3,000 in all"""
