@@ -32,7 +32,7 @@ import sys
 from data.lila import load as load_examples, same_question
 from formats.files import UserError, write_json, write_text
 from study.report import best_checkpoint, best_run, pct, to_docs
-from study.stats import holm, pooled_verdicts, read_log, read_records
+from study.stats import holm, per_skill, pooled_verdicts, read_log, read_records
 
 BASE = "base"          # eval/base.json: the base with 4 nearest shots, the reference of every paired test
 
@@ -58,10 +58,8 @@ def records(out, name, skill=None):
 
 def mean_over_skills(recs):
     """The mean over skills of each skill's accuracy, as the tables' columns average."""
-    by = {}
-    for r in recs:
-        by.setdefault(r["skill"], []).append(bool(r["correct"]))
-    return sum(sum(v) / len(v) for v in by.values()) / len(by)
+    acc = per_skill(recs)[0]
+    return sum(acc.values()) / len(acc)
 
 
 def kept(run):
@@ -155,22 +153,15 @@ def kept_table(out, *patterns):
 
 def forgetting_table(out, base, skills):
     """Seed 1's experts on every skill, minus the base, in points."""
-    base_acc = per_skill_accuracy(base)
+    base_acc = per_skill(base)[0]
     lines = ["| expert | " + " | ".join(skills) + " |", "|---|" + "---:|" * len(skills)]
     for expert in skills:
         recs = records(out, f"experts/seed-1/{expert}")
         if recs is None:
             return None
-        acc = per_skill_accuracy(recs)
+        acc = per_skill(recs)[0]
         lines.append(f"| {expert} | " + " | ".join(f"{100 * (acc[s] - base_acc[s]):+.1f}" for s in skills) + " |")
     return "\n".join(lines)
-
-
-def per_skill_accuracy(recs):
-    by = {}
-    for r in recs:
-        by.setdefault(r["skill"], []).append(bool(r["correct"]))
-    return {s: sum(v) / len(v) for s, v in by.items()}
 
 
 def data_curve(out):
