@@ -150,13 +150,12 @@ for seed in $SEEDS; do    # checked every 2 x EVAL_EVERY steps: a check of all s
 done
 
 stage "routers: the variants over seed 1's experts"
-router_flags() {   # router_flags NAME SEED: train.py's flags of a router variant
+router_flags() {   # router_flags NAME SEED: train.py's flags of a router variant (ROUTERS checked above)
     case $1 in
         centroid-token) echo --experts "$OUT/experts/seed-$2" ;;
         learned-token) echo --experts "$OUT/experts/seed-$2" --prior learned ;;
         centroid-sequence) echo --experts "$OUT/experts/seed-$2" --level sequence ;;
         rank1) echo "${RANK1[@]}" ;;     # fresh rank-1 experts (Intuition-MoR1E): the same for every seed
-        *) echo "study/plateau.sh: unknown router variant '$1' in ROUTERS" >&2; exit 2 ;;
     esac
 }
 ROUTER=("${LORA[@]}" "${ALL[@]}" --steps "$ROUTER_STEPS")
