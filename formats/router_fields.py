@@ -17,10 +17,9 @@ from dataclasses import MISSING
 from formats.files import UserError, short
 
 
-
 def check_positive(where, name, value):
     """A temperature: a finite number > 0 (0 divides by zero, NaN poisons every weight)."""
-    if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value) and value > 0):
+    if not (_is_finite(value) and value > 0):
         raise UserError(f"{where}: {name} is {value!r:.60}, expected a finite number > 0")
 
 
@@ -76,10 +75,10 @@ FIELD_RULES = {
 
 def check_config(values, known, where):
     """RouterConfig fields {name: value}, from router.json or from Python, against
-    `known` (dataclasses.fields(RouterConfig)): no
-    unknown or missing field, each value of the right type and range, groups a
-    partition of the experts, expert_dirs and experts_sha256 one entry per expert
-    or none. `where` (the file, or "RouterConfig") starts every message."""
+    `known` (dataclasses.fields(RouterConfig)): no unknown or missing field, each
+    value of the right type and range, groups a partition of the experts,
+    expert_dirs and experts_sha256 one entry per expert or none. `where` (the
+    file, or "RouterConfig") starts every message."""
     known = {f.name: f for f in known}
     unknown = sorted(set(values) - set(known))
     if unknown:
