@@ -49,9 +49,18 @@ def written(folder):
 
 def stamps(folder):
     """{(path, modification time)} of the files under folder, locks and temporary
-    files aside (a .tmp file can be renamed between the listing and the stat)."""
-    return {(os.path.join(r, n), os.stat(os.path.join(r, n)).st_mtime_ns)
-            for r, _, names in os.walk(folder) for n in names if n != LOCK and not n.endswith(".tmp")}
+    files aside. A file can vanish between the listing and the stat (a .tmp file
+    or a whole .tmp folder renamed into place); it is left out."""
+    found = set()
+    for root, _, names in os.walk(folder):
+        for name in names:
+            if name == LOCK or name.endswith(".tmp"):
+                continue
+            try:
+                found.add((os.path.join(root, name), os.stat(os.path.join(root, name)).st_mtime_ns))
+            except FileNotFoundError:
+                pass
+    return found
 
 
 def first_write(proc, folder):
