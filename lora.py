@@ -391,6 +391,15 @@ def set_expert_weights(model, weights, layer=None):
 # ---------------------------------------------------------------------------
 
 
+def check_targets(model, targets):
+    """Each of the target names selects some Linear of the model (PEFT silently
+    drops one that does not, so a typo would train fewer layers than asked)."""
+    unknown = [t for t in targets if not target_names(model, [t])]
+    if unknown:
+        names = sorted({n.rsplit(".", 1)[-1] for n in target_names(model, "all-linear")})
+        raise UserError(f"--targets: {unknown} select no Linear of the model; its Linears are named {names}")
+
+
 def _check_routing_weights(w, n_experts, where):
     """Routing weights: a floating-point tensor (E,), (B, E) or (B, T, E) of finite values."""
     if not (isinstance(w, torch.Tensor) and w.is_floating_point()):

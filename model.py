@@ -348,6 +348,19 @@ def load(ckpt, dtype=torch.float32, device="cpu", verbose=True, revision=None):
     return model.eval(), tok
 
 
+def new(phi, tok, device="cpu"):
+    """A freshly initialised model of phi's shape, to pretrain: its vocabulary is
+    the tokenizer's, rounded up to a multiple of 64 (friendlier matmul shapes),
+    and its begin and end tokens are EOT, as phi-2's are."""
+    eot = tok.token_to_id(EOT)
+    vocab = -(-tok.get_vocab_size() // 64) * 64
+    phi = PhiConfig(**{**phi.__dict__, "vocab_size": vocab, "bos_token_id": eot, "eos_token_id": eot})
+    model = PhiForCausalLM(phi).to(device)
+    print(f"a new phi model: {model.num_params() / 1e6:.2f}M parameters, {phi.num_hidden_layers} layers, "
+          f"width {phi.hidden_size}, {phi.num_attention_heads} heads of {phi.head_dim}", file=sys.stderr)
+    return model
+
+
 def save(model, tok, out_dir, dtype=None):
     """Write an HF-layout folder (config.json, model.safetensors, tokenizer.json)
     that load() and transformers both read, as one set (hf.write_folder)."""

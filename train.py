@@ -11,21 +11,17 @@ Training, in modes that share one loop:
     python train.py --expert algebra --resume    # continue a stopped run
 
 Chapters:
-  1. the run's settings  TrainConfig: what every mode reads, and each mode's own
-                  settings from its chapter (model.PhiConfig to pretrain,
-                  lora.LoRAConfig, router.RouterTraining); MODES, the defaults
-                  that differ between modes
+  1. the run's settings  TrainConfig, what every mode reads; each mode's own
+                  settings come from its chapter (model.PhiConfig, lora.LoRAConfig,
+                  router.RouterTraining); MODES, the defaults that differ by mode
   2. the pieces   AdamW, warmup + cosine decay, the loss, the dev loss, processes
-  3. the modes    the questions each mode trains on, and what it trains and saves:
-                  an HF-layout model (--base), a PEFT adapter (LoRA), a whole model
-                  (--full) or a router (router.RouterTraining.build makes it
-                  from the experts' questions; only its gates and mix train,
-                  with its entropy and balance terms added to the loss)
-  4. the loop     setup(), then train_step() until --steps: every --eval-every
-                  steps the dev loss and accuracy, the best model kept in OUT;
-                  every --save-every steps, at each dev check and on Ctrl-C the
-                  whole state in OUT/train_state.pt (formats/state.py) for an
-                  exact --resume; one writer per OUT (its lock)
+  3. the modes    the questions each mode trains on, and what trains and is saved:
+                  a new model (--base), a PEFT adapter, the whole base (--full) or
+                  a router (only its gates and mix; router.RouterTraining.build)
+  4. the loop     setup(), then train_step() until the last step; every
+                  --eval-every steps the dev loss and accuracy, the best model kept
+                  in OUT; every --save-every steps, at each dev check and on Ctrl-C
+                  the whole state for an exact --resume; one writer per OUT (a lock)
   5. checks
 Every flag is declared in cli.py. The rows are data/episodes.py's (solved
 questions shaped as few-shot prompts, rebuilt exactly per step); the dev
@@ -63,7 +59,7 @@ import cluster
 import lora
 import model as M
 import router as routing
-from eval import evaluate, shot_source
+from eval import Evaluator, shot_source
 from formats import adapters, hf
 from formats.files import UserError, lock, write_json
 from formats.routers import save_router
@@ -244,64 +240,46 @@ def select_examples(cfg, model, tok):
     return train_ex, dev_ex
 
 
-def dev_prompts(cfg, model, tok, dev_ex):
-    """The dev questions of the dev accuracy (--eval-questions, shared among the
-    skills) and their 4-shot prompts' pool, as the study evaluates: the nearest
-    train questions by the base's embedding, found before any adapter is attached
-    (eval.py does the same). --base has no base to embed with: random shots of
-    the question's skill. Returns (questions, pool, source)."""
+def dev_check(cfg, model, tok, dev_ex):
+    """The dev accuracy's Evaluator: --eval-questions dev questions (shared among
+    the skills), 4-shot with the nearest train questions by the base's embedding,
+    found before any adapter is attached, as the study evaluates. --base has no
+    base to embed with: random shots of the question's skill."""
     questions = select(dev_ex, max(1, cfg.eval_questions // len({e.skill for e in dev_ex})), cfg.seed)
     source = "skill" if cfg.mode == "base" else "nearest"
-    train = load_examples(cfg.data, split="train")
-    return questions, shot_source(model, tok, questions, train, 4, source, SHOT_POOL, cfg.seed, "meta-question"), \
-        source
+    pool = shot_source(model, tok, questions, load_examples(cfg.data, split="train"), 4, source, SHOT_POOL,
+                       cfg.seed, "meta-question")
+    return Evaluator(model, tok, questions, pool, shots=4, batch_size=64, source=source)
 
 
-def setup_base(cfg, tok, device):
-    """A fresh phi-architecture model; every parameter trains."""
-    eot = tok.token_to_id(M.EOT)
-    vocab = -(-tok.get_vocab_size() // 64) * 64          # round up: friendlier matmul shapes
-    phi = M.PhiConfig(**{**cfg.pretrain.phi.__dict__, "vocab_size": vocab, "bos_token_id": eot, "eos_token_id": eot})
-    model = M.PhiForCausalLM(phi).to(device)
-    print(f"phi-tiny: {model.num_params() / 1e6:.2f}M parameters, {phi.num_hidden_layers} layers, "
-          f"width {phi.hidden_size}, {phi.num_attention_heads} heads of {phi.head_dim}", file=sys.stderr)
-    save = lambda out: M.save(model, tok, out, dtype=M.DTYPES[cfg.pretrain.save_dtype])   # noqa: E731
-    return model, model, save
-
-
-def setup_lora(cfg, model):
-    """LoRA on the target modules of the frozen base, fresh or (--adapter) the
-    saved one to continue from; only LoRA (fp32) trains."""
-    if cfg.adapter:          # its r, alpha, dropout and targets come with it
+def learner_of(cfg, model, tok, train_ex, dev_ex, device):
+    """What trains in each mode, and how it is saved: (learner, save(out), priors),
+    priors being the router's TaskPriors (None in the other modes)."""
+    if cfg.mode == "base":      # every parameter of a fresh model (model.new)
+        return model, lambda out: M.save(model, tok, out, dtype=M.DTYPES[cfg.pretrain.save_dtype]), None
+    if cfg.mode == "full":      # every weight of the base, fp32 under autocast: the plain fine-tune that can forget
+        for p in model.parameters():
+            p.requires_grad_(True)
+        print(f"full fine-tune: {sum(p.numel() for p in model.parameters()):,} trainable parameters",
+              file=sys.stderr)
+        return model, lambda out: M.save(model, tok, out), None
+    if cfg.mode == "router":    # the gates and the mix over frozen experts (router.RouterTraining.build)
+        X = labels = layer = None
+        if not cfg.router.rank1:    # the questions' meta-question embeddings and experts, from the base alone
+            layer = cluster.resolve_layer(model.config)
+            X = cluster.meta_embeddings(train_ex + dev_ex, model, tok, layer)       # (N, C)
+            labels = cluster.expert_labels(train_ex, list(adapters.expert_dirs(cfg.router.experts)), cfg.clusters,
+                                           model, tok)
+        priors = cfg.router.build(model, train_ex + dev_ex, X, labels, layer, cfg.clusters, cfg.seed, device)
+        return priors.router, lambda out: save_router(priors.router, out), priors
+    if cfg.adapter:             # LoRA, continuing from a saved adapter: its r, alpha, dropout and targets come with it
         adapters.load_adapter(model, cfg.adapter)
         print(f"continuing from the adapter {cfg.adapter}", file=sys.stderr)
-    else:
+    else:                       # LoRA, fresh, on the target modules of the frozen base
         lora.add_lora(model, cfg.lora.rank, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.targets)
     lora.mark_only_lora_trainable(model)
     lora.count_trainable(model)
-    return model, lambda out: adapters.save_adapter(model, out, cfg.model)
-
-
-def setup_full(cfg, model, tok):
-    """--full: every weight of the base trains (fp32, autocast to --dtype), as in a
-    plain fine-tune, the baseline that can forget; the whole model is saved."""
-    for p in model.parameters():
-        p.requires_grad_(True)
-    print(f"full fine-tune: {sum(p.numel() for p in model.parameters()):,} trainable parameters", file=sys.stderr)
-    return model, lambda out: M.save(model, tok, out)
-
-
-def setup_router(cfg, model, tok, device, train_ex, dev_ex):
-    """Base + frozen experts (or fresh rank-1 experts) + a Router (router.RouterTraining.build).
-    The questions' meta-question embeddings and expert labels come first, from the
-    base alone. Returns the router's TaskPriors."""
-    X = labels = layer = None
-    if not cfg.router.rank1:
-        names = list(adapters.expert_dirs(cfg.router.experts))
-        layer = cluster.resolve_layer(model.config)
-        X = cluster.meta_embeddings(train_ex + dev_ex, model, tok, layer)       # (N, C)
-        labels = cluster.expert_labels(train_ex, names, cfg.clusters, model, tok)
-    return cfg.router.build(model, train_ex + dev_ex, X, labels, layer, cfg.clusters, cfg.seed, device)
+    return model, lambda out: adapters.save_adapter(model, out, cfg.model), None
 
 
 # ---------------------------------------------------------------------------
@@ -314,18 +292,14 @@ class Run:
     """What the loop works on, made by setup(): the model and the part of it that
     trains, the data streams, the optimizer, and where the run stands."""
     cfg: TrainConfig
-    mode: str                  # base, lora, full or router
     model: torch.nn.Module     # the whole model that the loss runs through
     learner: torch.nn.Module   # what trains: the model, the model's LoRA, or the router
     save: object               # save(out): the model, the adapter or the router files
-    tok: object
     priors: routing.TaskPriors | None   # --router: the task-level weights per question; else None
     train_ex: list
     episodes: Episodes
     dev_episodes: Episodes
-    dev_questions: list        # dev accuracy: --eval-questions over the skills, 4-shot
-    pool: dict                 # their shots (eval.shot_source), from `source`
-    source: str                # nearest (a base to embed with), or skill (--base)
+    dev: Evaluator             # the dev accuracy: its questions, 4-shot (dev_check)
     opt: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     dtype: torch.dtype
@@ -372,7 +346,7 @@ def loop(run):
     cfg = run.cfg
     fwd = torch.compile(run.model) if cfg.compile else run.model
     run.model.train()
-    bar = tqdm(initial=run.step, total=run.steps, desc=run.mode, disable=run.rank != 0)
+    bar = tqdm(initial=run.step, total=run.steps, desc=cfg.mode, disable=run.rank != 0)
     with cli.stop_requests() as asked:
         while run.step < run.steps:
             loss, lr = train_step(run, fwd)
@@ -397,7 +371,7 @@ def loop(run):
     bar.close()
     if run.rank == 0:
         kept = [e["step"] for e in run.log if "kept" in e]
-        print(f"{cfg.out}: the {run.mode} of step {kept[-1]} (best dev accuracy {run.best:.3f}); "
+        print(f"{cfg.out}: the {cfg.mode} of step {kept[-1]} (best dev accuracy {run.best:.3f}); "
               f"log.json has every dev evaluation", file=sys.stderr)
 
 
@@ -422,20 +396,11 @@ def setup(cfg, state=None):
         model, tok = M.load(cfg.model, dtype=torch.float32 if cfg.mode == "full" else dtype, device=device,
                             revision=cfg.revision)
     train_ex, dev_ex = select_examples(cfg, model, tok)
-    priors = None
     if cfg.mode == "base":
-        model, learner, save = setup_base(cfg, tok, device)
+        model = M.new(cfg.pretrain.phi, tok, device)
     _check_run(cfg, world, model)
-    if cfg.lora:
-        _check_targets(model, cfg.lora.targets)
-    dev_questions, pool, source = dev_prompts(cfg, model, tok, dev_ex)     # before any adapter is attached
-    if cfg.mode == "lora":
-        learner, save = setup_lora(cfg, model)
-    elif cfg.mode == "full":
-        learner, save = setup_full(cfg, model, tok)
-    elif cfg.mode == "router":
-        priors = setup_router(cfg, model, tok, device, train_ex, dev_ex)
-        learner, save = priors.router, lambda out: save_router(priors.router, out)
+    dev = dev_check(cfg, model, tok, dev_ex)     # before any adapter is attached
+    learner, save, priors = learner_of(cfg, model, tok, train_ex, dev_ex, device)
     steps = cfg.steps_per_skill * len({e.skill for e in train_ex}) if cfg.steps_per_skill else cfg.steps
     episodes = Episodes(tok, train_ex, cfg.seq_len, cfg.seed, cfg.loss, cfg.rows)
     dev_episodes = Episodes(tok, dev_ex, cfg.seq_len, cfg.seed + 1, cfg.loss, cfg.rows)
@@ -443,9 +408,9 @@ def setup(cfg, state=None):
           f"{steps} steps of {cfg.batch_size} x {cfg.seq_len} tokens on {world} process(es), "
           f"{steps * cfg.batch_size / episodes.rows:.2f} passes over the {episodes.rows} rows of the train questions",
           file=sys.stderr)
-    run = Run(cfg=cfg, mode=cfg.mode, model=model, learner=learner, save=save, tok=tok, priors=priors,
-              train_ex=train_ex, episodes=episodes, dev_episodes=dev_episodes, dev_questions=dev_questions,
-              pool=pool, source=source, opt=make_optimizer(learner, cfg.lr, cfg.weight_decay, device),
+    run = Run(cfg=cfg, model=model, learner=learner, save=save, priors=priors,
+              train_ex=train_ex, episodes=episodes, dev_episodes=dev_episodes, dev=dev,
+              opt=make_optimizer(learner, cfg.lr, cfg.weight_decay, device),
               scaler=torch.amp.GradScaler(device.split(":")[0], enabled=dtype == torch.float16),  # fp16: no underflow
               dtype=dtype, device=device, rank=rank, world=world, steps=steps,
               params=[p for p in learner.parameters() if p.requires_grad])
@@ -502,16 +467,15 @@ def checkpoint(run, fwd):
         dl = dev_loss(fwd, run.dev_episodes, cfg.eval_batches, cfg.batch_size, run.device, run.autocast)
         run.model.eval()
         with run.autocast():
-            route = run.priors.dev_batch(run.dev_questions) if run.priors else None
-            acc = mean_accuracy(evaluate(run.model, run.tok, run.dev_questions, run.pool, shots=4, batch_size=64,
-                                         desc="dev accuracy", per_batch=route, source=run.source))
+            route = run.priors.dev_batch(run.dev.examples) if run.priors else None
+            acc = mean_accuracy(run.dev("dev accuracy", per_batch=route))
         run.model.train()
         entry = {"step": run.step, "dev_loss": dl, "dev_accuracy": acc, "time": time.time() - run.t0}
         if acc > run.best:       # the kept step: the first with the best dev accuracy
             run.best = acc
             run.save(cfg.out)
-            entry["kept"] = (f"best dev accuracy so far, mean over skills of {len(run.dev_questions)} dev "
-                             f"questions with 4 {run.source} shots")
+            entry["kept"] = (f"best dev accuracy so far, mean over skills of {len(run.dev.examples)} dev "
+                             f"questions with 4 {run.dev.source} shots")
         run.log.append(entry)
         tqdm.write(f"step {run.step}: dev loss {dl:.4f}, dev accuracy {acc:.3f} (best {run.best:.3f})",
                    file=sys.stderr)
@@ -523,7 +487,7 @@ def save_state(run):
     if run.rank == 0:
         record = {"step": run.step, "steps": run.steps, "best": run.best, "log": run.log, "run": run.cfg.flags}
         if run.step < run.steps:
-            trained = {n: p for n, p in run.learner.state_dict().items() if run.mode != "lora" or "lora_" in n}
+            trained = {n: p for n, p in run.learner.state_dict().items() if run.cfg.mode != "lora" or "lora_" in n}
             write_state(run.state_path, record, trained, run.opt, run.scaler, run.device)
         else:            # finished: the model is in OUT, nothing is left to resume
             write_state(run.state_path, record)
@@ -542,20 +506,15 @@ def main():
 
 
 def _check_run(cfg, world, model):
-    """The batch divides among the processes, and a row fits the model's context."""
+    """The batch divides among the processes, a row fits the model's context, and
+    each LoRA target selects some Linear (checked before the slow setup)."""
     if cfg.batch_size % world:
         raise UserError(f"--batch-size {cfg.batch_size} must divide among {world} processes")
     if cfg.seq_len > model.config.max_position_embeddings:
         raise UserError(f"--seq-len {cfg.seq_len} is longer than the model's context "
                          f"({model.config.max_position_embeddings} positions)")
-
-
-def _check_targets(model, targets):
-    """Each --targets name selects some Linear of the model (PEFT drops one that does not)."""
-    unknown = [t for t in targets if not lora.target_names(model, [t])]
-    if unknown:
-        names = sorted({n.rsplit(".", 1)[-1] for n in lora.target_names(model, "all-linear")})
-        raise UserError(f"--targets: {unknown} select no Linear of the model; its Linears are named {names}")
+    if cfg.lora:
+        lora.check_targets(model, cfg.lora.targets)
 
 
 if __name__ == "__main__":
