@@ -40,7 +40,6 @@ to DeepMind-style questions (a base-16 numeral written with letters only, like
 for k other than the silhouette (the gap statistic, BIC); an approximate
 nearest-neighbour index (the shot pool is a few thousand questions).
 """
-import hashlib
 import os
 import re
 import sys
@@ -57,7 +56,8 @@ from kmeans import (KMeansResult, choose_k, expert_groups, kmeans, labelled_samp
                     unit)
 import cli
 from formats.clusters import OUTPUTS, check_replaceable, read_assignments, read_centroids, write_outputs
-from formats.files import UserError, lock, write_atomic
+from formats.embeddings import cache_path, read_cache, write_cache
+from formats.files import UserError, lock
 from data.lila import load as load_examples
 from data.prompts import SHOT_POOL, seeded_random, select
 
@@ -212,52 +212,19 @@ def resolve_layer(config, layer=None):
 
 
 def embed_cached(texts, model, tok, layer, cache_dir=cli.EMBED_CACHE, batch_size=32):
-    """embed() for each distinct text once, cached in cache_dir/<hash>.npy. The
-    model is the run's one base model (no adapters attached); the hash covers the
-    directory it was loaded from (path, and size and time of each file, so
-    retraining in place invalidates it), its dtype, the layer and the texts. A
-    cache file that does not read back whole (read_cache) is a miss."""
+    """embed() for each distinct text once, cached in cache_dir (formats/embeddings.py).
+    The model is the run's one base model (no adapters attached): the cache's key
+    is the folder it was loaded from, its dtype, the layer and the texts."""
     layer = resolve_layer(model.config, layer)
     if not texts:
         raise UserError("no texts to embed")
     distinct, inverse = np.unique(np.array(texts), return_inverse=True)
-    ckpt = model.name_or_path
-    key = hashlib.sha256(f"{os.path.realpath(ckpt)}|{layer}|{model.lm_head.weight.dtype}".encode())
-    for name in sorted(os.listdir(ckpt)):
-        st = os.stat(os.path.join(ckpt, name))
-        key.update(f"|{name}:{st.st_size}:{st.st_mtime_ns}".encode())
-    for t in distinct:
-        key.update(t.encode() + b"\0")
-    path = os.path.join(cache_dir, key.hexdigest()[:20] + ".npy")
+    path = cache_path(cache_dir, model.name_or_path, model.lm_head.weight.dtype, layer, distinct)
     X = read_cache(path, (len(distinct), model.config.hidden_size))
-    if X is not None:
-        return X[inverse]
-    X = embed(list(distinct), model, tok, layer, batch_size)
-    os.makedirs(cache_dir, exist_ok=True)
-    def save(tmp):
-        with open(tmp, "wb") as f:
-            np.save(f, X)
-    write_atomic(path, save)
+    if X is None:
+        X = embed(list(distinct), model, tok, layer, batch_size)
+        write_cache(path, X)
     return X[inverse]
-
-
-def read_cache(path, shape):
-    """The float32 array of `shape` cached at path, or None where there is none. A
-    damaged file (truncated by a full disk, say, or not an array) is said on stderr
-    and is a miss: the caller embeds again and writes it anew."""
-    if not os.path.exists(path):
-        return None
-    try:
-        X = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        why = str(e)
-    else:
-        why = None if X.dtype == np.float32 and X.shape == shape else f"{X.dtype} {X.shape}, expected float32 {shape}"
-    if why:
-        print(f"{path}: a damaged embedding cache ({why}); embedding again", file=sys.stderr)
-        return None
-    print(f"embeddings from cache {path}", file=sys.stderr)
-    return X
 
 
 def meta_embeddings(examples, model, tok, layer):

@@ -8,5 +8,6 @@ the story (read these after model.py ... explain.py):
     adapters.py  PEFT LoRA adapters (adapter_config.json + adapter_model.safetensors)
     routers.py   a router's router.json + router.safetensors
     clusters.py  cluster.py's output folder, read back
+    embeddings.py  cluster.py's embedding cache (.npy files named by a hash)
     pictures.py  PNG heatmaps (matplotlib optional)
 """

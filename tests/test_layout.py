@@ -13,7 +13,7 @@ from conftest import ROOT
 
 STORY = ["model.py", "lora.py", "kmeans.py", "cluster.py", "router.py", "eval.py", "train.py", "explain.py"]
 ORDER = [   # every project module; each may import only modules listed before it
-    "formats/files.py", "formats/pictures.py", "formats/router_fields.py", "data/lila.py", "data/score.py", "data/prompts.py",
+    "formats/files.py", "formats/embeddings.py", "formats/pictures.py", "formats/router_fields.py", "data/lila.py", "data/score.py", "data/prompts.py",
     "data/tokenizer.py", "data/episodes.py", "formats/hf.py",
     "model.py", "lora.py", "formats/adapters.py", "kmeans.py", "formats/clusters.py", "cli.py", "cluster.py",
     "router.py", "formats/routers.py", "formats/state.py", "eval.py", "train.py", "explain.py",
