@@ -23,13 +23,11 @@ Chapters:
                   in OUT; every --save-every steps, at each dev check and on Ctrl-C
                   the whole state for an exact --resume; one writer per OUT (a lock)
   5. checks
-Every flag is declared in cli.py. The rows are data/episodes.py's (solved
-questions shaped as few-shot prompts, rebuilt exactly per step); the dev
-accuracy asks 4-shot prompts with the nearest shots, as the study evaluates.
-
-Precision (--dtype): trainable weights are fp32; the frozen base is held in
---dtype and the matmuls run under autocast, as PEFT + transformers users do
-(bf16 by default on CUDA).
+Every flag is declared in cli.py. The rows are data/episodes.py's, rebuilt
+exactly per step; the dev accuracy asks 4-shot prompts with the nearest shots,
+as the study evaluates. Trainable weights are fp32; a frozen base is held in
+--dtype (bf16 by default on CUDA), its matmuls under autocast, as PEFT +
+transformers users do.
 
 Data parallel by hand: every process builds the same global batch (a function
 of the step) and takes its share of the rows; gradients are summed with
@@ -66,7 +64,7 @@ from formats.routers import save_router
 from formats.state import read_state, restore, write_state
 from data.lila import load as load_examples
 from data.episodes import Episodes
-from data.prompts import SHOT_POOL, dev_from_train, select
+from data.prompts import SHOT_POOL, select, train_and_dev
 from data.score import mean_accuracy
 
 # ---------------------------------------------------------------------------
@@ -218,20 +216,10 @@ def distributed(device):
 
 def select_examples(cfg, model, tok):
     """(train, dev) questions of the mode: one skill, one cluster's, or every
-    skill's (the router: at most --router-questions per skill). Skills without
-    dev questions lend some of their train questions (data.prompts.dev_from_train)."""
+    skill's (the router: at most --router-questions per skill); a skill without
+    dev questions lends some of its train questions (data.prompts.train_and_dev)."""
     skill = cfg.expert if cfg.expert and not cfg.expert.startswith("cluster:") else None
-    everything = load_examples(cfg.data, skills=[skill] if skill else None)
-    train_ex = [e for e in everything if e.split == "train"]
-    untrained = sorted({e.skill for e in everything} - {e.skill for e in train_ex})
-    if untrained:
-        raise UserError(f"{cfg.data}: no train questions of {untrained}; expected some to train on")
-    dev_ex = [e for e in everything if e.split == "dev"]
-    train_ex, dev_ex, lent = dev_from_train(train_ex, dev_ex, cfg.seed)
-    if lent:
-        n = sum(e.skill in lent for e in dev_ex)
-        print(f"{cfg.data}: no dev questions of {lent}; {n} of their train questions are held out as "
-              "dev (the dev loss, the dev accuracy and the kept step read them)", file=sys.stderr)
+    train_ex, dev_ex = train_and_dev(cfg.data, [skill] if skill else None, cfg.seed)
     if cfg.expert and not skill:
         k = int(cfg.expert.split(":")[1])
         return [cluster.examples_of_cluster(cfg.clusters, k, ex, model, tok) for ex in (train_ex, dev_ex)]

@@ -56,15 +56,17 @@ puts between documents.
 
 select(examples, limit, seed) picks the questions an evaluation (or the router's
 training) uses: at most `limit` per skill, drawn from (seed, skill).
-dev_from_train(train, dev, seed) gives a skill without dev questions some of its
-train questions as dev, for train.py's dev checks.
+train_and_dev(folder, skills, seed) reads what train.py trains on and checks
+with: the train and dev questions, a skill without dev questions lending some of
+its train questions to dev (dev_from_train).
 
 Left out: instructions/task definitions in the prompt.
 """
 import hashlib
 import random
+import sys
 
-from data.lila import by_skill
+from data.lila import by_skill, load
 from formats.files import UserError
 
 EOT = "<|endoftext|>"     # the document separator: it opens every prompt and training row
@@ -131,6 +133,23 @@ def dev_from_train(train, dev, seed):
         own = [i for i, e in enumerate(train) if e.skill == skill]
         held |= set(seeded_random(seed, f"dev of {skill}").sample(own, max(1, min(100, len(own) // 10))))
     return [e for i, e in enumerate(train) if i not in held], dev + [train[i] for i in sorted(held)], lent
+
+
+def train_and_dev(folder, skills, seed):
+    """(train, dev) questions of the task files in folder (of `skills`, or all),
+    each skill with some train questions; a skill without dev questions lends
+    some of its train questions to dev (dev_from_train), and says so."""
+    everything = load(folder, skills=skills)
+    train = [e for e in everything if e.split == "train"]
+    untrained = sorted({e.skill for e in everything} - {e.skill for e in train})
+    if untrained:
+        raise UserError(f"{folder}: no train questions of {untrained}; expected some to train on")
+    train, dev, lent = dev_from_train(train, [e for e in everything if e.split == "dev"], seed)
+    if lent:
+        n = sum(e.skill in lent for e in dev)
+        print(f"{folder}: no dev questions of {lent}; {n} of their train questions are held out as "
+              "dev (the dev loss, the dev accuracy and the kept step read them)", file=sys.stderr)
+    return train, dev
 
 
 SHOT_SOURCES = ("nearest", "skill", "submodule")   # where a prompt's shots come from
