@@ -188,7 +188,14 @@ def seen_in_pretraining(base, data):
 
 
 def section(title, body, missing="not run yet"):
+    """A section of REPORT.md (numbered when the report is written)."""
     return [f"## {title}", "", body if body else f"({missing})", ""]
+
+
+def numbered(lines):
+    """The sections' titles numbered in order: "## Test" -> "## 3. Test"."""
+    n = iter(range(1, len(lines) + 1))
+    return [f"## {next(n)}. {line[3:]}" if line.startswith("## ") else line for line in lines]
 
 
 def report(out, data, docs=None):
@@ -204,33 +211,34 @@ def report(out, data, docs=None):
              "test split was read once per final configuration. Accuracy columns are means over skills of each "
              "skill's accuracy; wins : losses count test questions over all skills, each question's verdicts "
              "pooled over the seeds; p is the two-sided sign test, then Holm's correction over the rows.", ""]
-    lines += section("1. Sizing: dev learning curves", open(curves).read() + "\n\n![dev curves](curves/curves.png)"
+    lines += section("Sizing: dev learning curves", open(curves).read() + "\n\n![dev curves](curves/curves.png)"
                      if os.path.exists(curves) else None)
-    lines += section("2. Experts: kept step and dev accuracy", experts_table(out, skills) if skills else None)
-    lines += section("2. Mixed LoRA: learning rate", dev_choice(sorted(glob.glob(f"{out}/mixed-lr/lr*")), "rate"))
-    lines += section("2. Mixed LoRA: each seed, as many steps as the experts together",
+    lines += section("Experts: kept step and dev accuracy", experts_table(out, skills) if skills else None)
+    lines += section("Mixed LoRA: learning rate", dev_choice(sorted(glob.glob(f"{out}/mixed-lr/lr*")), "rate"))
+    lines += section("Mixed LoRA: each seed, as many steps as the experts together",
                      kept_table(out, "mixed/seed-*"))
-    lines += section("2. Router variants (over seed 1's experts)",
+    lines += section("Router variants (over seed 1's experts)",
                      dev_choice(sorted(glob.glob(f"{out}/routers/seed-1/*")), "variant"))
-    lines += section("2. The other runs: the chosen router of each seed, the data curve, the cluster experts",
+    lines += section("The other runs: the chosen router of each seed, the data curve, the cluster experts",
                      kept_table(out, "routers/seed-[!1]*/*", "routers/clusters", "rows/*-*", "cluster-experts/*"))
     found = {}
     if base:
         table, found = test_table(base, configurations(out, skills))
-        lines += section(f"3. Test: {len(base)} questions ({len(skills)} skills)", table)
-        lines += section("4. What each expert does to every skill (seed 1, points against the base)",
+        lines += section(f"Test: {len(base)} questions ({len(skills)} skills)", table)
+        lines += section("What each expert does to every skill (seed 1, points against the base)",
                          forgetting_table(out, base, skills))
         seen = seen_in_pretraining(base, data)
-        lines += section("4. Test questions in phi-tiny's pretraining rows",
+        lines += section("Test questions in phi-tiny's pretraining rows",
                          f"{len(seen)} of the {len(base)}" + (": " + "; ".join(seen[:5]) if seen else ""))
     else:
-        lines += section("3. Test", None)
-    lines += section("4. The data curve (seed 1, test accuracy on the skill, %)", data_curve(out))
+        lines += section("Test", None)
+    lines += section("The data curve (seed 1, test accuracy on the skill, %)", data_curve(out))
     sweep = os.path.join(out, "clusters", "sweep.json")
     if os.path.exists(sweep):
         s = json.load(open(sweep))
-        lines += section("4. Clusters: k by silhouette", "| k | silhouette |\n|---:|---:|\n" + "\n".join(
+        lines += section("Clusters: k by silhouette", "| k | silhouette |\n|---:|---:|\n" + "\n".join(
             f"| {r['k']} | {r['silhouette']:.3f} |" for r in s["runs"]) + f"\n\nkept: k = {s['k']}")
+    lines = numbered(lines)
     write_text(os.path.join(out, "REPORT.md"), "\n".join(lines))
     write_json(os.path.join(out, "results.json"), {"test": found})
     if docs:
