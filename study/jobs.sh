@@ -21,6 +21,7 @@ if [ "$DEVICE" = cuda ] && [ "$JOBS" -gt 1 ]; then
     if [ "${#GPUS[@]}" -gt 1 ]; then echo "jobs spread over GPUs ${GPUS[*]}"; fi
 fi
 PIDS=()
+declare -A COMMAND   # pid -> the command it runs, to name a failed one
 SLOT_PID=()   # slot -> the job that holds (or held) it
 job() {
     if [ "${#GPUS[@]}" -gt 1 ]; then
@@ -32,9 +33,16 @@ job() {
     else
         "$@" & PIDS+=($!)
     fi
+    COMMAND[$!]="$*"
     while [ "$(jobs -rp | wc -l)" -ge "$JOBS" ]; do sleep 0.1; done
 }
-stage() { for p in "${PIDS[@]}"; do wait "$p"; done; PIDS=(); echo; echo "=== $* (at $((SECONDS / 60)) min)"; }
+stage() {   # wait for the jobs started so far; a failed one stops the study, named
+    local p
+    for p in "${PIDS[@]}"; do
+        wait "$p" || { echo "$0: stopped: exit status $? from ${COMMAND[$p]}" >&2; exit 1; }
+    done
+    PIDS=(); echo; echo "=== $* (at $((SECONDS / 60)) min)"
+}
 
 # The questions are part of a study: its OUT records their checksums (sums DIR...),
 # and a study resumed on other questions stops rather than mix them.

@@ -122,7 +122,8 @@ for s in $SWEPT; do
 done
 stage "curves: the table, the picture and the choice"
 runs=() && for s in $SWEPT; do for rank in $RANKS; do for lr in $LRS; do runs+=("$OUT/curves/$s/r$rank-lr$lr"); done; done; done
-read -r RANK LR STEPS < <("$PY" -m study curves "${runs[@]}" --out "$OUT/curves")
+choice=$("$PY" -m study curves "${runs[@]}" --out "$OUT/curves")    # a failure stops the study here
+read -r RANK LR STEPS <<< "$choice"
 echo "chosen on dev: rank $RANK, learning rate $LR, $STEPS steps per expert"
 EXPERT=("${LORA[@]}" --rank "$RANK" --alpha $((2 * RANK)) --lr "$LR" --steps "$STEPS")
 

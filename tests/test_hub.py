@@ -485,6 +485,21 @@ def test_plateau_runs_every_stage_and_every_command_parses(tmp_path):
     assert ["-m", "study", "plateau", out, "--data", str(tmp_path / "data")] in lines
 
 
+def test_a_failed_job_stops_the_study_and_is_named(tmp_path):
+    """A command that fails stops the study at the next stage, naming itself and its
+    exit status, rather than ending the script without a word."""
+    stub = tmp_path / "python"
+    stub.write_text('#!/usr/bin/env bash\nif [ "$1 $3" = "train.py calculus" ]; then exit 3; fi\n')
+    stub.chmod(0o755)
+    (tmp_path / "data").mkdir()
+    env = {**os.environ, "PY": str(stub), "DATA": str(tmp_path / "data"), "TRAIN_DATA": str(tmp_path / "fresh"),
+           "OUT": str(tmp_path / "out"), "DEVICE": "cpu", "JOBS": "2"}
+    run = subprocess.run(["bash", os.path.join(ROOT, "study", "plateau.sh")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 1 and "=== curves: the table" not in run.stdout
+    assert "stopped: exit status 3 from " in run.stderr and "train.py --expert calculus" in run.stderr, run.stderr
+
+
 def test_every_routed_evaluation_of_the_study_has_a_routing_folder_of_its_own(tmp_path):
     """eval.py --moe writes its routing report under one writer's lock: two at once
     into the default out/routing would refuse each other (and write outside OUT)."""
