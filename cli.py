@@ -12,7 +12,8 @@ one line on stderr.
 Chapters:
   1. types and run()   positive_int, writable_dir, ...; run() turns a UserError
                        (formats.files) into one line, and leaves every other
-                       exception, a bug, its traceback
+                       exception, a bug, its traceback; Ctrl-C as a request to
+                       stop (stop_requests), and torchrun's processes
   2. train.py          the flags; each mode's defaults are train.py's MODES;
                        a flag the chosen run would not read is refused
   3. eval.py           the model, question and prompt flags (study.heldout's too)
@@ -159,6 +160,33 @@ def stop_requests():
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+def processes(device):
+    """(rank, world, device) under torchrun, its process group started (a CUDA
+    process takes the GPU of its LOCAL_RANK); (0, 1, device) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    import torch
+    import torch.distributed as dist
+    if device.startswith("cuda"):
+        device = f"cuda:{os.environ['LOCAL_RANK']}"
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return dist.get_rank(), world, device
+
+
+def stop_asked(asked, world, device):
+    """Whether stop_requests() has `asked` a stop of this process, or under
+    torchrun of any process (they all stop at the same step)."""
+    if world == 1:
+        return bool(asked)
+    import torch
+    import torch.distributed as dist
+    flag = torch.tensor([float(bool(asked))], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 def program():

@@ -77,7 +77,7 @@ from formats.files import UserError, lock, write_json
 from formats.pictures import heatmap
 from formats.routers import load_router, read_config, router_experts
 from data.lila import check_disjoint, check_distinct, check_submodules, load as load_examples
-from data.prompts import question_ids, select, shot_pool
+from data.prompts import SHOT_POOL, question_ids, select, shot_pool
 from data.score import accuracy, answer_nlls, is_correct, mean_accuracy
 
 # ---------------------------------------------------------------------------
@@ -235,6 +235,16 @@ class Evaluator:
         print(f"evaluating {len(examples)} {q.split} questions, {q.shots}-shot"
               + (f", shots from {q.shots_from}" if q.shots else ""), file=sys.stderr)
         return cls(model, tok, examples, pool, q.shots, q.batch_size, q.seed, q.max_new_tokens, q.shots_from)
+
+    @classmethod
+    def dev(cls, model, tok, dev_ex, train, n, source, seed):
+        """train.py's dev accuracy: n of the dev questions dev_ex (shared among the
+        skills), 4-shot, the shots from the train questions `train`: the nearest by
+        the base's embedding (found before any adapter is attached), as the study
+        evaluates, or (--base, with no base to embed with) random ones of the skill."""
+        questions = select(dev_ex, max(1, n // len({e.skill for e in dev_ex})), seed)
+        pool = shot_source(model, tok, questions, train, 4, source, SHOT_POOL, seed, "meta-question")
+        return cls(model, tok, questions, pool, shots=4, batch_size=64, source=source)
 
 
 # ---------------------------------------------------------------------------

@@ -11,28 +11,25 @@ Training, in modes that share one loop:
     python train.py --expert algebra --resume    # continue a stopped run
 
 Chapters:
-  1. the run's settings  TrainConfig, what every mode reads; each mode's own
-                  settings come from its chapter (model.PhiConfig, lora.LoRAConfig,
-                  router.RouterTraining); MODES, the defaults that differ by mode
-  2. the pieces   AdamW, warmup + cosine decay, the loss, the dev loss, processes
-  3. the modes    the questions each mode trains on, and what trains and is saved:
-                  a new model (--base), a PEFT adapter, the whole base (--full) or
-                  a router (only its gates and mix; router.RouterTraining.build)
-  4. the loop     setup(), then train_step() until the last step; every
-                  --eval-every steps the dev loss and accuracy, the best model kept
-                  in OUT; every --save-every steps, at each dev check and on Ctrl-C
-                  the whole state for an exact --resume; one writer per OUT (a lock)
+  1. the settings  TrainConfig, what every mode reads; each mode's own settings
+                   come from its chapter (model.PhiConfig, lora.LoRAConfig,
+                   router.RouterTraining); MODES, the defaults that differ by mode
+  2. the pieces    AdamW, warmup + cosine decay, the loss
+  3. the modes     the questions each trains on, and what trains and is saved: a
+                   new model, a PEFT adapter, the whole base, or a router's gates
+  4. the loop      setup(), then train_step() to the last step; every --eval-every
+                   steps the dev loss and accuracy (4 nearest shots, as the study
+                   evaluates), the best step kept in OUT; every --save-every steps,
+                   at each dev check and on Ctrl-C the whole state, for an exact
+                   --resume; one writer per OUT (a lock)
   5. checks
-Every flag is declared in cli.py. The rows are data/episodes.py's, rebuilt
-exactly per step; the dev accuracy asks 4-shot prompts with the nearest shots,
-as the study evaluates. Trainable weights are fp32; a frozen base is held in
---dtype (bf16 by default on CUDA), its matmuls under autocast, as PEFT +
-transformers users do.
-
-Data parallel by hand: every process builds the same global batch (a function
-of the step) and takes its share of the rows; gradients are summed with
-all_reduce. The loss is a sum over the process's target tokens divided by the
-global count, so the summed gradient is exactly that of the global batch.
+Every flag is declared in cli.py; the rows are data/episodes.py's, rebuilt
+exactly per step. Trainable weights are fp32; a frozen base is held in --dtype
+(bf16 by default on CUDA), its matmuls under autocast, as PEFT + transformers
+users do. Data parallel by hand: every process builds the same global batch
+and takes its share of the rows; the loss is a sum over the process's target
+tokens divided by the global count, so the all-reduced gradient is exactly
+that of the global batch.
 
 References: nanoGPT's train.py (loop, schedule, decay groups); LoRA (Hu et al.
 2021); PyTorch DDP's gradient all-reduce. Left out: gradient accumulation.
@@ -57,14 +54,14 @@ import cluster
 import lora
 import model as M
 import router as routing
-from eval import Evaluator, shot_source
+from eval import Evaluator
 from formats import adapters, hf
 from formats.files import UserError, lock, write_json
 from formats.routers import save_router
 from formats.state import read_state, restore, write_state
 from data.lila import load as load_examples
 from data.episodes import Episodes
-from data.prompts import SHOT_POOL, select, train_and_dev
+from data.prompts import select, train_and_dev
 from data.score import mean_accuracy
 
 # ---------------------------------------------------------------------------
@@ -186,30 +183,6 @@ def lm_loss(model, x, y, n_targets=None):
     return total / (n_targets if n_targets is not None else (y != -100).sum().clamp(min=1))
 
 
-@torch.no_grad()
-def dev_loss(model, episodes, batches, B, device, autocast):
-    model.eval()
-    losses = []
-    for i in range(batches):
-        x, y = episodes.batch(i, B, device)
-        with autocast():
-            losses.append(lm_loss(model, x, y).item())
-    model.train()
-    return sum(losses) / len(losses)
-
-
-def distributed(device):
-    """(rank, world, device) under torchrun; (0, 1, device) otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1, device
-    if device.startswith("cuda"):
-        device = f"cuda:{os.environ['LOCAL_RANK']}"
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
-    return dist.get_rank(), world, device
-
-
 # ---------------------------------------------------------------------------
 # 3. The modes
 # ---------------------------------------------------------------------------
@@ -226,18 +199,6 @@ def select_examples(cfg, model, tok):
     if cfg.router:
         return [select(ex, cfg.router.router_questions, cfg.seed) for ex in (train_ex, dev_ex)]
     return train_ex, dev_ex
-
-
-def dev_check(cfg, model, tok, dev_ex):
-    """The dev accuracy's Evaluator: --eval-questions dev questions (shared among
-    the skills), 4-shot with the nearest train questions by the base's embedding,
-    found before any adapter is attached, as the study evaluates. --base has no
-    base to embed with: random shots of the question's skill."""
-    questions = select(dev_ex, max(1, cfg.eval_questions // len({e.skill for e in dev_ex})), cfg.seed)
-    source = "skill" if cfg.mode == "base" else "nearest"
-    pool = shot_source(model, tok, questions, load_examples(cfg.data, split="train"), 4, source, SHOT_POOL,
-                       cfg.seed, "meta-question")
-    return Evaluator(model, tok, questions, pool, shots=4, batch_size=64, source=source)
 
 
 def learner_of(cfg, model, tok, train_ex, dev_ex, device):
@@ -285,9 +246,10 @@ class Run:
     save: object               # save(out): the model, the adapter or the router files
     priors: routing.TaskPriors | None   # --router: the task-level weights per question; else None
     train_ex: list
+    dev_ex: list
     episodes: Episodes
     dev_episodes: Episodes
-    dev: Evaluator             # the dev accuracy: its questions, 4-shot (dev_check)
+    dev: Evaluator             # the dev accuracy: its questions, 4-shot (Evaluator.dev)
     opt: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
     dtype: torch.dtype
@@ -343,7 +305,7 @@ def loop(run):
                 bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.1e}")
             run.step += 1
             bar.update(1)
-            stop = stop_asked(run, asked)
+            stop = cli.stop_asked(asked, run.world, run.device)
             evaluate_now = run.step % cfg.eval_every == 0 or run.step in (run.steps, cfg.stop_at)
             if evaluate_now:
                 checkpoint(run, fwd)
@@ -363,19 +325,10 @@ def loop(run):
               f"log.json has every dev evaluation", file=sys.stderr)
 
 
-def stop_asked(run, asked):
-    """Whether a stop was asked of this process, or under torchrun of any process."""
-    if run.world == 1:
-        return bool(asked)
-    flag = torch.tensor([float(bool(asked))], device=run.device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return bool(flag.item())
-
-
 def setup(cfg, state=None):
     """The model of the chosen mode on this process's device, its data and
     optimizer, restored from `state` (OUT/train_state.pt, read by train()) if given."""
-    rank, world, device = distributed(cfg.device)
+    rank, world, device = cli.processes(cfg.device)
     dtype = M.DTYPES[cfg.dtype or ("bfloat16" if device.startswith("cuda") else "float32")]
     torch.manual_seed(cfg.seed)
     if cfg.mode == "base":
@@ -387,7 +340,8 @@ def setup(cfg, state=None):
     if cfg.mode == "base":
         model = M.new(cfg.pretrain.phi, tok, device)
     _check_run(cfg, world, model)
-    dev = dev_check(cfg, model, tok, dev_ex)     # before any adapter is attached
+    dev = Evaluator.dev(model, tok, dev_ex, load_examples(cfg.data, split="train"), cfg.eval_questions,
+                        "skill" if cfg.mode == "base" else "nearest", cfg.seed)    # before any adapter
     learner, save, priors = learner_of(cfg, model, tok, train_ex, dev_ex, device)
     steps = cfg.steps_per_skill * len({e.skill for e in train_ex}) if cfg.steps_per_skill else cfg.steps
     episodes = Episodes(tok, train_ex, cfg.seq_len, cfg.seed, cfg.loss, cfg.rows)
@@ -397,7 +351,7 @@ def setup(cfg, state=None):
           f"{steps * cfg.batch_size / episodes.rows:.2f} passes over the {episodes.rows} rows of the train questions",
           file=sys.stderr)
     run = Run(cfg=cfg, model=model, learner=learner, save=save, priors=priors,
-              train_ex=train_ex, episodes=episodes, dev_episodes=dev_episodes, dev=dev,
+              train_ex=train_ex, dev_ex=dev_ex, episodes=episodes, dev_episodes=dev_episodes, dev=dev,
               opt=make_optimizer(learner, cfg.lr, cfg.weight_decay, device),
               scaler=torch.amp.GradScaler(device.split(":")[0], enabled=dtype == torch.float16),  # fp16: no underflow
               dtype=dtype, device=device, rank=rank, world=world, steps=steps,
@@ -447,14 +401,26 @@ def train_step(run, fwd):
     return loss, lr
 
 
+def dev_loss(run, fwd):
+    """The mean loss of --eval-batches batches of the dev rows; a router is handed
+    each batch's task-level weights, as in training."""
+    losses = []
+    for i in range(run.cfg.eval_batches):
+        x, y, first = run.dev_episodes.batch(i, run.cfg.batch_size, run.device, with_first=True)
+        if run.priors:
+            run.priors.set([run.dev_ex[j] for j in first])
+        losses.append(lm_loss(fwd, x, y).item())
+    return sum(losses) / len(losses)
+
+
 def checkpoint(run, fwd):
     """Dev loss and dev accuracy into the log; the model to OUT when it is the best
     so far (the kept step). Rank 0 only."""
     if run.rank == 0:
         cfg = run.cfg
-        dl = dev_loss(fwd, run.dev_episodes, cfg.eval_batches, cfg.batch_size, run.device, run.autocast)
         run.model.eval()
-        with run.autocast():
+        with torch.no_grad(), run.autocast():
+            dl = dev_loss(run, fwd)
             route = run.priors.dev_batch(run.dev.examples) if run.priors else None
             acc = mean_accuracy(run.dev("dev accuracy", per_batch=route))
         run.model.train()

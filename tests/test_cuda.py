@@ -66,7 +66,7 @@ def test_cuda_adapter_saved_on_cpu_loads_on_gpu(tiny_ckpt, tmp_path):
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
 def test_cuda_two_processes_equal_one(tmp_path, base_dir):  # noqa: F811
-    """test_experts' 2-processes-equal-1 on GPUs: train.py's distributed() gives
+    """test_experts' 2-processes-equal-1 on GPUs: cli.processes() gives
     rank r the device cuda:r and all-reduces the gradients over nccl (gloo on the
     CPU). fp32 (--dtype float32; the GPU default is bf16 autocast), so the two
     runs differ only by summation order, as on the CPU."""
