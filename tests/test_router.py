@@ -130,7 +130,18 @@ def test_router_trains_resumes_and_evaluates(tmp_path, base_dir, monkeypatch):  
             "--balance-weight", "0.01", "--seed", "0", "--device", "cpu"]
     runs, setup = [], train.setup          # each run's router, as trained to its last step
     monkeypatch.setattr(train, "setup", lambda cfg, state=None: runs.append(setup(cfg, state)) or runs[-1])
+    dev_rows, handed, dev_loss, set_priors = [], [], train.dev_loss, R.TaskPriors.set
+    def dev_loss_(run, fwd):               # the dev loss hands the router each dev batch's own priors
+        dev_rows.append(run.dev_ex)
+        try:
+            return dev_loss(run, fwd)
+        finally:
+            dev_rows.pop()
+    monkeypatch.setattr(train, "dev_loss", dev_loss_)
+    monkeypatch.setattr(R.TaskPriors, "set", lambda self, ex: (dev_rows and handed.append(
+        all(e in dev_rows[-1] for e in ex))) or set_priors(self, ex))
     train.train(train.config(argv + ["--out", str(tmp_path / "full")]))
+    assert handed and all(handed)
     train.train(train.config(argv + ["--out", str(tmp_path / "cut"), "--stop-at", "2"]))
     train.train(train.config(argv + ["--out", str(tmp_path / "cut"), "--resume"]))
     a, b = runs[0].learner.state_dict(), runs[2].learner.state_dict()
