@@ -13,7 +13,10 @@
 #   data      DATA (data/lila: phi-tiny's pretraining rows, and the test split the
 #             study reports) and TRAIN_DATA (data/plateau: a fresh draw of 4,000
 #             train and 100 dev questions per submodule, disjoint from all of DATA);
-#             the dev split chooses, the test split is read once per final configuration
+#             the dev split chooses, the test split is read once per final configuration.
+#             Both are kept in OUT/questions.tar.xz (and their checksums in
+#             OUT/data.sha256): a study resumed on a new machine unpacks them
+#             rather than spend an hour generating them again
 #   curves    the sizing: dev learning curves of one large skill (arithmetic) and one
 #             small (calculus), at three learning rates and ranks 8 and 32, checked
 #             every EVAL_EVERY steps on DEV_QUESTIONS dev questions with 4 nearest
@@ -24,7 +27,9 @@
 #             each keeps the step of its best dev accuracy
 #   mixed     one LoRA on all skills at rank 8: its rate chosen on dev (runs of
 #             MIXED_SWEEP_STEPS), then per seed as many steps as the experts
-#             together, keeping its own best dev step (its plateau)
+#             together, keeping its own best dev step (its plateau). Its checks
+#             read every skill's dev questions, each costing as much as about 70
+#             steps: every 2 x EVAL_EVERY steps in the sweep, 4 x in the long runs
 #   routers   ROUTERS, variants of the two-level router, over seed 1's experts; the
 #             one with the best dev accuracy is trained over each seed's experts
 #   rows      the data curve: the swept skills' experts on 1/4 and 1/2 of their rows
@@ -89,6 +94,11 @@ N_SKILLS=$(echo $SKILLS | wc -w)
 ALL=(--eval-questions $((N_SKILLS * DEV_QUESTIONS / 3)))   # the mixed LoRA's and routers' dev questions (100 a skill)
 
 stage "data"
+QUESTIONS=$OUT/questions.tar.xz   # the study's questions, kept: a resumed study unpacks them, not regenerates
+if ! { have_all "$DATA" && have_all "$TRAIN_DATA"; } && [ -e "$QUESTIONS" ]; then
+    echo "unpacking the study's questions from $QUESTIONS"
+    tar -xJPf "$QUESTIONS"
+fi
 if [ "$DATA" = "$DRAWN" ]; then   # generated; a LiLA download (DATA=...) is used as it is
     GEN=.venv-gen/bin/python
     have_all "$DATA" || "$GEN" data/generate.py --out "$DATA" --skills "${SKILLS// /,}" "${DRAW[@]}"

@@ -485,6 +485,34 @@ def test_plateau_runs_every_stage_and_every_command_parses(tmp_path):
     assert ["-m", "study", "plateau", out, "--data", str(tmp_path / "data")] in lines
 
 
+def test_the_plateau_study_keeps_its_questions_and_a_resume_unpacks_them(tmp_path):
+    """Once its questions are there, the study keeps them in OUT/questions.tar.xz; on a
+    machine without them a resume unpacks them (the same bytes, as data.sha256 checks)
+    rather than generating them again."""
+    stub = tmp_path / "python"
+    stub.write_text(PLATEAU_STUB)
+    stub.chmod(0o755)
+    skills = "algebra arithmetic calculus comparison measurement numbers polynomials probability".split()
+    made = {}
+    for folder in ("data", "fresh"):
+        (tmp_path / folder).mkdir()
+        for s in skills:
+            made[f"{folder}/{s}.json"] = f'{{"Instances": [{{"Input": "{folder} {s}"}}]}}'
+            (tmp_path / folder / f"{s}.json").write_text(made[f"{folder}/{s}.json"])
+    env = {**os.environ, "PY": str(stub), "STUB_DIR": str(tmp_path), "DATA": str(tmp_path / "data"),
+           "TRAIN_DATA": str(tmp_path / "fresh"), "OUT": str(tmp_path / "out"), "DEVICE": "cpu", "JOBS": "1"}
+    script = ["bash", os.path.join(ROOT, "study", "plateau.sh")]
+    first = subprocess.run(script, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert "kept the study's questions in" in first.stdout and (tmp_path / "out" / "questions.tar.xz").exists()
+    for folder in ("data", "fresh"):
+        shutil.rmtree(tmp_path / folder)
+    again = subprocess.run(script, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "unpacking the study's questions" in again.stdout and "kept the study's" not in again.stdout
+    assert {name: (tmp_path / name).read_text() for name in made} == made
+
+
 def test_a_failed_job_stops_the_study_and_is_named(tmp_path):
     """A command that fails stops the study at the next stage, naming itself and its
     exit status, rather than ending the script without a word."""
