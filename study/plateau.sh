@@ -106,6 +106,10 @@ if [ "$DATA" = "$DRAWN" ]; then   # generated; a LiLA download (DATA=...) is use
         "${FRESH_DRAW[@]}" --test 0 --seed 2468 --exclude "$DATA"
 fi
 same_data "$OUT" "$DATA" "$TRAIN_DATA"    # OUT/data.sha256: these questions, or stop
+if [ ! -e "$QUESTIONS" ] && have_all "$DATA" && have_all "$TRAIN_DATA"; then
+    tar -cJPf "$QUESTIONS.tmp" "$DATA" "$TRAIN_DATA" && mv "$QUESTIONS.tmp" "$QUESTIONS"
+    echo "kept the study's questions in $QUESTIONS ($(du -h "$QUESTIONS" | cut -f1))"
+fi
 
 stage "curves: where the experts' dev accuracy stops rising, by learning rate and rank"
 steps_for() {   # steps_for SKILL: 3 passes over its rows (as train.py counts them), in whole checks, at most MAX_STEPS
@@ -148,16 +152,16 @@ stage "mixed: one LoRA on all skills, its rate chosen on dev, then as long as th
 MIXED=("${LORA[@]}" "${ALL[@]}" --rank 8 --alpha 16)
 for lr in $LRS; do
     job "$PY" train.py --mixed "${MIXED[@]}" --lr "$lr" --steps "$MIXED_SWEEP_STEPS" --seed 1 \
-        --out "$OUT/mixed-lr/lr$lr"
+        --eval-every $((2 * EVAL_EVERY)) --out "$OUT/mixed-lr/lr$lr"
 done
 stage "mixed: each seed at the rate chosen on dev"
 runs=() && for lr in $LRS; do runs+=("$OUT/mixed-lr/lr$lr"); done
 best=$("$PY" -m study best "${runs[@]}")
 LR_MIXED=${best##*/lr}
 echo "mixed LoRA: learning rate $LR_MIXED chosen on dev, $N_SKILLS x $STEPS steps"
-for seed in $SEEDS; do    # checked every 2 x EVAL_EVERY steps: a check of all skills' dev questions costs
+for seed in $SEEDS; do
     job "$PY" train.py --mixed "${MIXED[@]}" --lr "$LR_MIXED" --steps-per-skill "$STEPS" --seed "$seed" \
-        --eval-every $((2 * EVAL_EVERY)) --out "$OUT/mixed/seed-$seed"    # as much as 70 steps
+        --eval-every $((4 * EVAL_EVERY)) --out "$OUT/mixed/seed-$seed"
 done
 
 stage "routers: the variants over seed 1's experts"
