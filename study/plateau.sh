@@ -23,19 +23,21 @@
 #             shots (the protocol of the reported evaluation), up to 1,000 steps or 3
 #             passes over the skill's rows, whichever comes first; python -m study
 #             curves draws them and picks the rank, the rate and the experts' steps
-#   experts   every skill's expert at that rank, rate and length, for each of SEEDS;
-#             each keeps the step of its best dev accuracy
-#   mixed     one LoRA on all skills at rank 8: its rate chosen on dev (runs of
-#             MIXED_SWEEP_STEPS), then per seed as many steps as the experts
-#             together, keeping its own best dev step (its plateau). Its checks
-#             read every skill's dev questions, each costing as much as about 70
-#             steps: every 2 x EVAL_EVERY steps in the sweep, 4 x in the long runs
-#   routers   ROUTERS, variants of the two-level router, over seed 1's experts; the
-#             one with the best dev accuracy is trained over each seed's experts
-#   rows      the data curve: the swept skills' experts on 1/4 and 1/2 of their rows
-#   clusters  k-means of meta-questions on a uniform sample of the train split, k
-#             chosen by silhouette (no label read); an expert per cluster, and over
-#             them the router variant that routes over experts best on dev; one seed
+#   experts   every skill's expert at that rank, rate and length, for each of SEEDS,
+#             each keeping the step of its best dev accuracy; beside them the mixed
+#             LoRA's rate sweep (one LoRA on all skills at rank 8, runs of
+#             MIXED_SWEEP_STEPS) and the data curve (the swept skills' experts on
+#             1/4 and 1/2 of their rows)
+#   mixed     the mixed LoRA at the rate chosen on dev, per seed as many steps as
+#             the experts together, keeping its own best dev step (its plateau);
+#             beside it ROUTERS, variants of the two-level router over seed 1's
+#             experts, and the clusters: k-means of meta-questions on a uniform
+#             sample of the train split, k chosen by silhouette (no label read),
+#             an expert per cluster (one seed). The mixed LoRA's checks read every
+#             skill's dev questions, each costing as much as about 70 steps: every
+#             2 x EVAL_EVERY steps in the sweep, 4 x in the long runs
+#   routers   the variant with the best dev accuracy over each seed's experts, and
+#             the best variant that routes over experts over the cluster experts
 #   test      every final configuration on DATA's test split, LIMIT questions per
 #             skill, once: the base (0-shot, 4 nearest shots, 4 random shots of the
 #             skill), every seed's experts (seed 1's on every skill: what each
@@ -141,20 +143,29 @@ read -r RANK LR STEPS <<< "$choice"
 echo "chosen on dev: rank $RANK, learning rate $LR, $STEPS steps per expert"
 EXPERT=("${LORA[@]}" --rank "$RANK" --alpha $((2 * RANK)) --lr "$LR" --steps "$STEPS")
 
-stage "experts: every skill at the chosen rank, rate and steps, for each seed"
+# The runs that read no choice made after the curves share a stage, longest first,
+# so that both job slots stay busy; a stage ends only where the next reads a choice.
+stage "experts: every skill, each seed; beside them the mixed LoRA's rate sweep and the data curve"
 for seed in $SEEDS; do
     for s in $SKILLS; do
         job "$PY" train.py --expert "$s" "${EXPERT[@]}" --seed "$seed" --out "$OUT/experts/seed-$seed/$s"
     done
 done
-
-stage "mixed: one LoRA on all skills, its rate chosen on dev, then as long as the experts together"
 MIXED=("${LORA[@]}" "${ALL[@]}" --rank 8 --alpha 16)
 for lr in $LRS; do
     job "$PY" train.py --mixed "${MIXED[@]}" --lr "$lr" --steps "$MIXED_SWEEP_STEPS" --seed 1 \
         --eval-every $((2 * EVAL_EVERY)) --out "$OUT/mixed-lr/lr$lr"
 done
-stage "mixed: each seed at the rate chosen on dev"
+for part in 0.25 0.5; do     # the data curve: the swept skills' experts on 1/4 and 1/2 of their rows
+    have_all "$OUT/rows/data-$part" $SWEPT || "$PY" -m study subset "$TRAIN_DATA" --skills "${SWEPT// /,}" \
+        --fraction "$part" --seed 1 --out "$OUT/rows/data-$part"
+    for s in $SWEPT; do
+        job "$PY" train.py --expert "$s" "${EXPERT[@]}" --data "$OUT/rows/data-$part" --seed 1 \
+            --out "$OUT/rows/$s-$part"
+    done
+done
+
+stage "mixed: each seed at the rate chosen on dev; beside them the router variants and the clusters"
 runs=() && for lr in $LRS; do runs+=("$OUT/mixed-lr/lr$lr"); done
 best=$("$PY" -m study best "${runs[@]}")
 LR_MIXED=${best##*/lr}
@@ -163,8 +174,6 @@ for seed in $SEEDS; do
     job "$PY" train.py --mixed "${MIXED[@]}" --lr "$LR_MIXED" --steps-per-skill "$STEPS" --seed "$seed" \
         --eval-every $((4 * EVAL_EVERY)) --out "$OUT/mixed/seed-$seed"
 done
-
-stage "routers: the variants over seed 1's experts"
 router_flags() {   # router_flags NAME SEED: train.py's flags of a router variant (ROUTERS checked above)
     case $1 in
         centroid-token) echo --experts "$OUT/experts/seed-$2" ;;
@@ -174,29 +183,10 @@ router_flags() {   # router_flags NAME SEED: train.py's flags of a router varian
     esac
 }
 ROUTER=("${LORA[@]}" "${ALL[@]}" --steps "$ROUTER_STEPS")
-for name in $ROUTERS; do
+for name in $ROUTERS; do     # the variants, over seed 1's experts
     job "$PY" train.py --router $(router_flags "$name" 1) "${ROUTER[@]}" --seed 1 --out "$OUT/routers/seed-1/$name"
 done
-stage "routers: the variant chosen on dev, over each seed's experts"
-runs=() && for name in $ROUTERS; do runs+=("$OUT/routers/seed-1/$name"); done
-CHOSEN=$(basename "$("$PY" -m study best "${runs[@]}")")
-echo "router chosen on dev: $CHOSEN"
-for seed in $SEEDS; do
-    [ "$seed" = 1 ] || job "$PY" train.py --router $(router_flags "$CHOSEN" "$seed") "${ROUTER[@]}" --seed "$seed" \
-        --out "$OUT/routers/seed-$seed/$CHOSEN"
-done
-
-stage "rows: the swept skills' experts on 1/4 and 1/2 of their rows (the data curve)"
-for part in 0.25 0.5; do
-    have_all "$OUT/rows/data-$part" $SWEPT || "$PY" -m study subset "$TRAIN_DATA" --skills "${SWEPT// /,}" \
-        --fraction "$part" --seed 1 --out "$OUT/rows/data-$part"
-    for s in $SWEPT; do
-        job "$PY" train.py --expert "$s" "${EXPERT[@]}" --data "$OUT/rows/data-$part" --seed 1 \
-            --out "$OUT/rows/$s-$part"
-    done
-done
-
-stage "clusters: k by silhouette on a uniform sample, an expert per cluster, a router over them"
+# the clusters: k by silhouette on a uniform sample (no label read), an expert per cluster
 [ -e "$OUT/clusters/assignments.json" ] || "$PY" -m study.clusters --k "$K_RANGE" --sample "$SAMPLE" \
     --split train --model "$MODEL" --data "$TRAIN_DATA" --device "$DEVICE" --seed 1 --out "$OUT/clusters"
 K=$("$PY" -c "import json, sys; print(json.load(open(sys.argv[1]))['k'])" "$OUT/clusters/groups.json")
@@ -205,9 +195,18 @@ for ((k = 0; k < K; k++)); do
     job "$PY" train.py --expert "cluster:$k" --clusters "$OUT/clusters" "${EXPERT[@]}" --seed 1 \
         --out "$OUT/cluster-experts/cluster-$k"
 done
-stage "clusters: the router over the cluster experts"
+
+stage "routers: the variant chosen on dev over each seed's experts, and the best over experts over the clusters'"
+runs=() && for name in $ROUTERS; do runs+=("$OUT/routers/seed-1/$name"); done
+CHOSEN=$(basename "$("$PY" -m study best "${runs[@]}")")
+echo "router chosen on dev: $CHOSEN"
+for seed in $SEEDS; do
+    [ "$seed" = 1 ] || job "$PY" train.py --router $(router_flags "$CHOSEN" "$seed") "${ROUTER[@]}" --seed "$seed" \
+        --out "$OUT/routers/seed-$seed/$CHOSEN"
+done
 runs=() && for name in $ROUTERS; do [ "$name" = rank1 ] || runs+=("$OUT/routers/seed-1/$name"); done
 OVER_EXPERTS=$(basename "$("$PY" -m study best "${runs[@]}")")   # the best variant that routes over experts
+echo "over the cluster experts: $OVER_EXPERTS"
 job "$PY" train.py --router $(router_flags "$OVER_EXPERTS" 1 | sed "s|$OUT/experts/seed-1|$OUT/cluster-experts|") \
     --clusters "$OUT/clusters" "${ROUTER[@]}" --seed 1 --out "$OUT/routers/clusters"
 
