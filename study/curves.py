@@ -55,18 +55,31 @@ def read_curve(folder):
     kept = [e["step"] for e in checks if "kept" in e]
     best = max(e["dev_accuracy"] for e in checks)
     lowest = min(checks, key=lambda e: e["dev_loss"])["step"]
-    counted = [QUESTIONS.search(e["kept"]) for e in checks if "kept" in e]
-    if not any(counted):
+    n = dev_questions(checks)
+    if n is None:
         raise UserError(f"{folder}/log.json: no kept check says how many dev questions it read; expected "
                         "train.py's mark, e.g. 'best dev accuracy so far, mean over skills of 300 dev questions'")
-    n = int(next(c for c in counted if c)[1])
-    se = math.sqrt(best * (1 - best) / n)
     return {"skill": os.path.basename(os.path.dirname(os.path.normpath(folder))), "rank": int(m[1]), "lr": m[2],
             "steps": [e["step"] for e in checks], "accuracy": [e["dev_accuracy"] for e in checks],
             "loss": [e["dev_loss"] for e in checks], "best": best,
             "kept": kept[-1] if kept else next(e["step"] for e in checks if e["dev_accuracy"] == best),
             "lowest_loss": lowest, "dev_questions": n,
-            "plateau": next(e["step"] for e in checks if e["dev_accuracy"] >= best - se)}
+            "plateau": plateau_step(checks, n)}
+
+
+def dev_questions(checks):
+    """How many dev questions a run's checks read, as train.py's kept mark says
+    ("... mean over skills of 300 dev questions ..."), or None."""
+    counted = [QUESTIONS.search(e["kept"]) for e in checks if "kept" in e]
+    return int(next(c for c in counted if c)[1]) if any(counted) else None
+
+
+def plateau_step(checks, n):
+    """The step of the first check within one standard error of the best dev
+    accuracy p, sqrt(p (1 - p) / n) over n dev questions: where the plateau starts."""
+    best = max(e["dev_accuracy"] for e in checks)
+    se = math.sqrt(best * (1 - best) / n)
+    return next(e["step"] for e in checks if e["dev_accuracy"] >= best - se)
 
 
 def choose(curves):

@@ -31,6 +31,7 @@ import sys
 
 from data.lila import load as load_examples, same_question
 from formats.files import UserError, write_json, write_text
+from study.curves import dev_questions, plateau_step
 from study.report import best_checkpoint, best_run, pct, to_docs
 from study.stats import holm, per_skill, pooled_verdicts, read_log, read_records
 
@@ -63,13 +64,23 @@ def mean_over_skills(recs):
 
 
 def kept(run):
-    """(kept step, last step, best dev accuracy) of a train.py run, or None before its first check."""
+    """(kept step, last step, best dev accuracy, plateau step) of a train.py run, or
+    None before its first check; the plateau's start (study.curves.plateau_step)
+    is None where the log does not say how many dev questions a check read."""
     log = read_log(os.path.join(run, "log.json"))
     checks = [e for e in log if "dev_accuracy" in e]
     if not checks:
         return None
     marked = [e["step"] for e in checks if "kept" in e]
-    return marked[-1] if marked else None, max(e["step"] for e in log), best_checkpoint(run)[0]
+    n = dev_questions(checks)
+    return (marked[-1] if marked else None, max(e["step"] for e in log), best_checkpoint(run)[0],
+            plateau_step(checks, n) if n else None)
+
+
+def steps_of(k):
+    """A table's cell of kept(run): "600 of 600 (the last), plateau from 300"."""
+    return (f"{k[0]} of {k[1]}{' (the last)' if k[0] == k[1] else ''}"
+            + (f", plateau from {k[3]}" if k[3] is not None else ""))
 
 
 def configurations(out, skills):
@@ -124,9 +135,10 @@ def experts_table(out, skills):
         for seed in seeds:
             run = os.path.join(out, "experts", f"seed-{seed}", skill)
             k = kept(run) if os.path.exists(os.path.join(run, "log.json")) else None
-            cells.append("-" if k is None else f"{k[0]} of {k[1]}{' (the last)' if k[0] == k[1] else ''}, "
-                                               f"{pct(k[2])}")
+            cells.append("-" if k is None else f"{steps_of(k)}, {pct(k[2])}")
         lines.append(f"| {skill} | " + " | ".join(cells) + " |")
+    lines.append("\nPlateau from: the first check within one standard error of the run's best dev accuracy "
+                 "(sqrt(p (1 - p) / n) over its n dev questions); later gains are within the dev set's noise.")
     return "\n".join(lines) if seeds else None
 
 
@@ -139,7 +151,7 @@ def dev_choice(runs, what):
     scored = {os.path.basename(r): kept(r) for r in runs}
     best = os.path.basename(best_run(runs))
     return "\n".join([f"| {what} | best dev accuracy (%) | kept step | |", "|---|---:|---:|---|"] + [
-        f"| {n} | {pct(k[2])} | {k[0]} of {k[1]} | {'chosen' if n == best else ''} |" for n, k in scored.items()])
+        f"| {n} | {pct(k[2])} | {steps_of(k)} | {'chosen' if n == best else ''} |" for n, k in scored.items()])
 
 
 def kept_table(out, *patterns):
@@ -147,7 +159,7 @@ def kept_table(out, *patterns):
     runs = [r for p in patterns for r in sorted(glob.glob(os.path.join(out, p)))
             if os.path.exists(os.path.join(r, "log.json"))]
     found = {os.path.relpath(r, out): kept(r) for r in runs}
-    rows = [f"| {name} | {k[0]} of {k[1]} | {pct(k[2])} |" for name, k in found.items() if k]
+    rows = [f"| {name} | {steps_of(k)} | {pct(k[2])} |" for name, k in found.items() if k]
     return "\n".join(["| run | kept step | best dev accuracy (%) |", "|---|---:|---:|"] + rows) if rows else None
 
 
@@ -204,7 +216,8 @@ def report(out, data, docs=None):
     if not os.path.exists(os.path.join(out, "data.sha256")):
         raise UserError(f"{out}: no data.sha256 here; expected a study folder that study/plateau.sh wrote")
     base = records(out, BASE)
-    skills = sorted({r["skill"] for r in base}) if base else []
+    skills = sorted({r["skill"] for r in base} if base else     # before the test: the experts trained so far
+                    {os.path.basename(p) for p in glob.glob(os.path.join(out, "experts", "seed-*", "*"))})
     curves = os.path.join(out, "curves", "curves.md")
     lines = ["# The plateau study", "",
              "Every choice below was made on dev questions (data/plateau's dev split, 4 nearest shots); the "

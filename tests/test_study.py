@@ -496,6 +496,10 @@ def test_plateau_report_pools_the_seeds_and_corrects_for_the_rows(tmp_path):
         for s in "ab":
             write(f"{out}/experts/seed-{seed}/{s}/log.json", [{"step": 100, "time": 1.0, "dev_accuracy": 0.5,
                                                                 "dev_loss": 1.0, "kept": "best"}])
+    mark = "best dev accuracy so far, mean over skills of 100 dev questions"   # the plateau: from 0.5 - 0.05
+    write(f"{out}/experts/seed-2/b/log.json", [{"step": s, "time": 1.0, "dev_accuracy": a, "dev_loss": 1.0,
+                                                 **({"kept": mark} if k else {})}
+                                                for s, a, k in ((100, 0.40, 1), (200, 0.47, 1), (300, 0.50, 1))])
     write(f"{tmp_path}/data/a.json", {"Definition": ["x"], "Categories": [{"Math category": "a"}],
                                        "Instances": [{"Input": "q0", "Output Answer": ["1"], "split": "train"}]})
     for lr, loss in (("1e-3", 0.9), ("2e-3", 0.8)):     # level on accuracy: the lower dev loss is chosen
@@ -514,5 +518,6 @@ def test_plateau_report_pools_the_seeds_and_corrects_for_the_rows(tmp_path):
     assert "| lr1e-3 | 50.0 | 100 of 200 |  |" in text and "| lr2e-3 | 50.0 | 100 of 200 | chosen |" in text
     assert "| mixed/seed-1 | 100 of 200 | 25.0 |" in text
     assert "1 of the 20: q0" in text and "| a | 100 of 100 (the last), 50.0 | 100 of 100 (the last), 50.0 |" in text
+    assert "| b | 100 of 100 (the last), 50.0 | 300 of 300 (the last), plateau from 200, 50.0 |" in text
     with pytest.raises(UserError, match="no data.sha256"):
         plateau_report(str(tmp_path), f"{tmp_path}/data")
