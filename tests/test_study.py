@@ -473,6 +473,18 @@ def test_subset_keeps_a_nested_share_of_each_submodule(tmp_path):
     assert done.returncode == 2 and "--fraction" in done.stderr
 
 
+def test_plateau_report_shows_the_experts_before_the_test_stage(tmp_path):
+    """A study under way: its experts' kept steps are reported before any test evaluation."""
+    from study.plateau import report as plateau_report
+    out = str(tmp_path / "study")
+    os.makedirs(out)
+    open(f"{out}/data.sha256", "w").close()
+    write(f"{out}/experts/seed-1/algebra/log.json", [{"step": 100, "time": 1.0, "dev_accuracy": 0.25,
+                                                       "dev_loss": 1.0, "kept": "best"}, {"step": 110, "time": 2.0, "loss": 1.0}])
+    plateau_report(out, f"{tmp_path}/data")
+    assert "| algebra | 100 of 110, 25.0 |" in open(f"{out}/REPORT.md").read()
+
+
 def test_plateau_report_pools_the_seeds_and_corrects_for_the_rows(tmp_path):
     """Worked example, two skills of 10 questions. The experts' seeds get 3 + 2 and
     2 + 4 right on their own skills (25.0 and 30.0); pooled over the seeds they win
