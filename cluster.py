@@ -16,7 +16,8 @@ Chapters:
   2. embedding       the mean of one layer's hidden states over real tokens, cached on disk
   3. clustering      k-means for one k, for a range of k kept by silhouette, or seeded by
                      a few labels; each cluster's majority skill; the cluster of any
-                     question (clusters_of, examples_of_cluster, expert_labels)
+                     question (clusters_of, examples_of_cluster), a router's
+                     inputs (router_inputs)
   4. nearest shots   the train questions nearest to a question by meta-question, one
                      matrix product (nearest_rows, nearest_shots)
   then the CLI (the questions, --limit per skill or --sample over the split; one
@@ -25,7 +26,7 @@ The k-means itself is kmeans.py's; the report against the labels (purity, NMI,
 seeded k-means, raw questions) and the PCA picture are study/clusters.py's.
 
 Users: train.py --expert cluster:K (examples_of_cluster), a router's labels and
-centroids (expert_labels, meta_embeddings), eval.py's nearest shots
+centroids (router_inputs), eval.py's nearest shots
 (nearest_shots), explain.py (meta_question, nearest_centroid).
 
 References: Intuition-MoR1E / T-REX (arXiv 2404.08985) for clustering instance
@@ -55,6 +56,7 @@ import model as M
 from kmeans import (KMeansResult, choose_k, expert_groups, kmeans, labelled_sample, seeded_clusters, sq_dists,
                     unit)
 import cli
+from formats.adapters import expert_dirs
 from formats.clusters import OUTPUTS, check_replaceable, read_assignments, read_centroids, write_outputs
 from formats.embeddings import cache_path, read_cache, write_cache
 from formats.files import UserError, lock
@@ -307,6 +309,16 @@ def expert_labels(examples, names, clusters_dir, model, tok):
         index = {int(n.split("-")[1]): i for i, n in enumerate(names)}
         return np.array([index.get(c, -1) for c in ids.tolist()])
     return np.array([names.index(e.skill) if e.skill in names else -1 for e in examples])
+
+
+def router_inputs(train_ex, dev_ex, experts, clusters_dir, model, tok):
+    """What train.py --router's task level is fitted to, from the base alone (no
+    experts attached yet): the meta-question embeddings X (N, C) of the train then
+    the dev questions, at the middle layer, the expert of each train question
+    (expert_labels, over the folders of `experts`), and that layer."""
+    layer = resolve_layer(model.config)
+    X = meta_embeddings(train_ex + dev_ex, model, tok, layer)                  # (N, C)
+    return X, expert_labels(train_ex, list(expert_dirs(experts)), clusters_dir, model, tok), layer
 
 
 def examples_of_cluster(assign_dir, k, examples, model=None, tok=None):

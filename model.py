@@ -9,10 +9,11 @@ Chapters, top to bottom:
   1. PhiConfig        the config.json fields we use, phi-2's values as defaults
   2. RoPE             half-split ("NeoX") rotary embedding on the first 32 of 80 dims
   3. the network      attention (+ KV cache), MLP, the parallel block, the LM
-  4. loading/saving   HF layout: config.json, model.safetensors (or shards), tokenizer.json,
-                      or a Hub id ("microsoft/phi-2") resolved to such a folder in the HF
-                      cache; formats/hf.py reads, checks and writes the files themselves
-  5. generation       prefill (the left-padded prompts, once) and decode_step (one
+  4. training         the loss and AdamW's decay groups, as nanoGPT's model.py
+  5. loading/saving   load() an HF folder (config.json, model.safetensors or shards,
+                      tokenizer.json) or a Hub id ("microsoft/phi-2") from the HF cache;
+                      new() to pretrain (Pretrain); save(); the files are formats/hf.py's
+  6. generation       prefill (the left-padded prompts, once) and decode_step (one
                       token per row through the KV cache), as gpt-fast's prefill and
                       decode_one_token; generate() loops over them, greedy or sampled
 
@@ -35,7 +36,7 @@ rejected), and the old "phi-msft" checkpoint layout (rejected with a message).
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
@@ -80,16 +81,6 @@ class PhiConfig:
             raise UserError(f"{path}: hidden_size {cfg.hidden_size} must split into "
                              f"{cfg.num_attention_heads} heads with an even rotary dim")
         return cfg
-
-    def to_hf(self, dtype=torch.float32):
-        """The config.json that transformers' PhiForCausalLM also reads."""
-        d = {"architectures": ["PhiForCausalLM"], "model_type": "phi"}
-        d.update({k: getattr(self, k) for k in self.__dataclass_fields__})
-        d.update(num_key_value_heads=self.num_attention_heads, hidden_act="gelu_new",
-                 qk_layernorm=False, tie_word_embeddings=False, resid_pdrop=0.0,
-                 embd_pdrop=0.0, attention_dropout=0.0, initializer_range=0.02,
-                 torch_dtype=str(dtype).removeprefix("torch."), use_cache=True)
-        return d
 
 
 # phi-2's end-of-text token, its bos and eos: load() refuses a tokenizer.json
@@ -315,7 +306,31 @@ class PhiForCausalLM(nn.Module):
 
 
 # ---------------------------------------------------------------------------
-# 4. Loading and saving the HF checkpoint layout (the files themselves: formats/hf.py)
+# 4. Training: the loss and the optimizer (as nanoGPT's model.py holds them)
+# ---------------------------------------------------------------------------
+
+def lm_loss(model, x, y, n_targets=None):
+    """Summed cross-entropy over the targets of y (-100 = none), divided by
+    n_targets (default: this batch's count; data parallel passes the global one)."""
+    logits = model(x)                                                   # (B, T, V)
+    total = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100,
+                            reduction="sum")
+    return total / (n_targets if n_targets is not None else (y != -100).sum().clamp(min=1))
+
+
+def make_optimizer(module, lr, weight_decay, device):
+    """AdamW over the trainable parameters of module (a model, its LoRA, or a
+    router); matrices decay, biases, LayerNorms and embeddings don't (nanoGPT's
+    split, less the small embeddings)."""
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    decay = [p for n, p in named if p.dim() == 2 and "embed" not in n]
+    rest = [p for n, p in named if not (p.dim() == 2 and "embed" not in n)]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device.startswith("cuda"))
+
+
+# ---------------------------------------------------------------------------
+# 5. Loading and saving the HF checkpoint layout (the files themselves: formats/hf.py)
 # ---------------------------------------------------------------------------
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
@@ -348,6 +363,14 @@ def load(ckpt, dtype=torch.float32, device="cpu", verbose=True, revision=None):
     return model.eval(), tok
 
 
+@dataclass
+class Pretrain:
+    """train.py --base: the model to pretrain from scratch, and its files."""
+    phi: PhiConfig             # the architecture; vocab_size and the token ids come from the tokenizer
+    tokenizer: str             # tokenizer.json
+    save_dtype: str            # the dtype of model.safetensors
+
+
 def new(phi, tok, device="cpu"):
     """A freshly initialised model of phi's shape, to pretrain: its vocabulary is
     the tokenizer's, rounded up to a multiple of 64 (friendlier matmul shapes),
@@ -366,11 +389,11 @@ def save(model, tok, out_dir, dtype=None):
     that load() and transformers both read, as one set (hf.write_folder)."""
     dtype = dtype or model.lm_head.weight.dtype
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
-    hf.write_folder(out_dir, state, tok, model.config.to_hf(dtype))
+    hf.write_folder(out_dir, state, tok, asdict(model.config), dtype)
 
 
 # ---------------------------------------------------------------------------
-# 5. Generation
+# 6. Generation
 # ---------------------------------------------------------------------------
 
 

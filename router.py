@@ -428,7 +428,7 @@ class RouterTraining:
         over the experts in the folder self.experts or over self.rank1 fresh
         rank-1 experts. `questions` are the train then the dev questions, X (N, C)
         their meta-question embeddings at `layer` (found with the base alone),
-        labels the expert of each train question (cluster.expert_labels, from
+        labels the expert of each train question (cluster.router_inputs, from
         `clusters` for cluster experts); rank-1 routers have none (None).
         Only the gates and mix (and rank-1 experts) train. Returns the
         questions' TaskPriors."""

@@ -11,28 +11,26 @@ Training, in modes that share one loop:
     python train.py --expert algebra --resume    # continue a stopped run
 
 Chapters:
-  1. the settings  TrainConfig, what every mode reads; each mode's own settings
-                   come from its chapter (model.PhiConfig, lora.LoRAConfig,
-                   router.RouterTraining); MODES, the defaults that differ by mode
-  2. the pieces    AdamW, warmup + cosine decay, the loss
-  3. the modes     the questions each trains on, and what trains and is saved: a
-                   new model, a PEFT adapter, the whole base, or a router's gates
+  1. the settings  TrainConfig, what every mode reads; each mode's own settings come
+                   from its chapter (model.Pretrain, lora.LoRAConfig, router.RouterTraining);
+                   MODES, the defaults that differ by mode
+  2. the schedule  warmup + cosine decay (the loss and AdamW are model.py's)
+  3. the modes     the questions each trains on, and what trains and is saved
   4. the loop      setup(), then train_step() to the last step; every --eval-every
                    steps the dev loss and accuracy (4 nearest shots, as the study
-                   evaluates), the best step kept in OUT; every --save-every steps,
-                   at each dev check and on Ctrl-C the whole state, for an exact
-                   --resume; one writer per OUT (a lock)
+                   evaluates) and the best step kept in OUT; the whole state saved
+                   for an exact --resume (every --save-every steps, at each check,
+                   on Ctrl-C); one writer per OUT (a lock)
   5. checks
-Every flag is declared in cli.py; the rows are data/episodes.py's, rebuilt
-exactly per step. Trainable weights are fp32; a frozen base is held in --dtype
-(bf16 by default on CUDA), its matmuls under autocast, as PEFT + transformers
-users do. Data parallel by hand: every process builds the same global batch
-and takes its share of the rows; the loss is a sum over the process's target
-tokens divided by the global count, so the all-reduced gradient is exactly
-that of the global batch.
+Every flag is declared in cli.py; the rows are data/episodes.py's, rebuilt exactly
+per step. Trainable weights are fp32; a frozen base is held in --dtype (bf16 by
+default on CUDA), its matmuls under autocast, as PEFT + transformers users do.
+Data parallel by hand: every process builds the same global batch and takes its
+share of the rows; the loss is summed over its target tokens and divided by the
+global count, so the all-reduced gradient is exactly the global batch's.
 
-References: nanoGPT's train.py (loop, schedule, decay groups); LoRA (Hu et al.
-2021); PyTorch DDP's gradient all-reduce. Left out: gradient accumulation.
+References: nanoGPT's train.py (loop, schedule); LoRA (Hu et al. 2021); PyTorch
+DDP's gradient all-reduce. Left out: gradient accumulation.
 """
 from __future__ import annotations    # TrainConfig's fields `lora` and `router` are named as their modules
 
@@ -46,7 +44,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from tqdm import tqdm
 
 import cli
@@ -77,18 +74,7 @@ MODES = {           # the defaults that differ between modes; --help lists them 
                  save_every=100),
     "router": dict(steps=300, lr=5e-3, seq_len=256, warmup=30, loss="answer", rows="submodule", eval_every=100,
                    save_every=50),
-}
-# LoRA rows mix a skill's submodules because eval.py's prompts do: experts trained on
-# one-submodule rows gained 1.5-2.0 points on arithmetic, numbers and measurement,
-# and 10.5-12.0 with skill rows (docs/results.md).
-
-
-@dataclass
-class Pretrain:
-    """--base: the model to pretrain and its files."""
-    phi: M.PhiConfig           # the architecture; vocab_size and the token ids come from the tokenizer
-    tokenizer: str             # tokenizer.json
-    save_dtype: str            # the dtype of model.safetensors
+}   # LoRA rows mix a skill's submodules as eval.py's prompts do: +10.5-12.0 points, not +1.5-2.0 (docs/results.md)
 
 
 @dataclass
@@ -126,7 +112,7 @@ class TrainConfig:
     # the run's identity: every flag but those a --resume may change (cli.NOT_THE_RUN)
     flags: dict = field(default_factory=dict)
     # each mode's own settings, None in the other modes
-    pretrain: Pretrain | None = None
+    pretrain: M.Pretrain | None = None
     lora: lora.LoRAConfig | None = None
     router: routing.RouterTraining | None = None
 
@@ -143,7 +129,7 @@ def config(argv=None):
         phi = M.PhiConfig(hidden_size=args.n_embd, intermediate_size=4 * args.n_embd, num_hidden_layers=args.n_layer,
                           num_attention_heads=args.n_head, partial_rotary_factor=args.rotary,
                           max_position_embeddings=args.max_pos)
-        cfg.pretrain = Pretrain(phi, args.tokenizer, args.save_dtype)
+        cfg.pretrain = M.Pretrain(phi, args.tokenizer, args.save_dtype)
     elif mode == "lora" and not args.adapter:
         cfg.lora = lora.LoRAConfig(args.rank, args.alpha, args.dropout, tuple(args.targets.split(",")))
     elif mode == "router":
@@ -152,7 +138,7 @@ def config(argv=None):
 
 
 # ---------------------------------------------------------------------------
-# 2. The pieces of the loop
+# 2. The schedule
 # ---------------------------------------------------------------------------
 
 
@@ -162,25 +148,6 @@ def lr_at(step, lr, warmup, total, floor=0.1):
         return lr * (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def make_optimizer(model, lr, weight_decay, device):
-    """AdamW over the trainable parameters; matrices decay, biases, LayerNorms
-    and embeddings don't (nanoGPT's split, less the small embeddings)."""
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    decay = [p for n, p in named if p.dim() == 2 and "embed" not in n]
-    rest = [p for n, p in named if not (p.dim() == 2 and "embed" not in n)]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), fused=device.startswith("cuda"))
-
-
-def lm_loss(model, x, y, n_targets=None):
-    """Summed cross-entropy over the targets of y (-100 = none), divided by
-    n_targets (default: this batch's count; data parallel passes the global one)."""
-    logits = model(x)                                                   # (B, T, V)
-    total = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=-100,
-                            reduction="sum")
-    return total / (n_targets if n_targets is not None else (y != -100).sum().clamp(min=1))
 
 
 # ---------------------------------------------------------------------------
@@ -213,12 +180,8 @@ def learner_of(cfg, model, tok, train_ex, dev_ex, device):
               file=sys.stderr)
         return model, lambda out: M.save(model, tok, out), None
     if cfg.mode == "router":    # the gates and the mix over frozen experts (router.RouterTraining.build)
-        X = labels = layer = None
-        if not cfg.router.rank1:    # the questions' meta-question embeddings and experts, from the base alone
-            layer = cluster.resolve_layer(model.config)
-            X = cluster.meta_embeddings(train_ex + dev_ex, model, tok, layer)       # (N, C)
-            labels = cluster.expert_labels(train_ex, list(adapters.expert_dirs(cfg.router.experts)), cfg.clusters,
-                                           model, tok)
+        X, labels, layer = (cluster.router_inputs(train_ex, dev_ex, cfg.router.experts, cfg.clusters, model, tok)
+                            if not cfg.router.rank1 else (None, None, None))    # rank-1 experts: no task level
         priors = cfg.router.build(model, train_ex + dev_ex, X, labels, layer, cfg.clusters, cfg.seed, device)
         return priors.router, lambda out: save_router(priors.router, out), priors
     if cfg.adapter:             # LoRA, continuing from a saved adapter: its r, alpha, dropout and targets come with it
@@ -352,7 +315,7 @@ def setup(cfg, state=None):
           file=sys.stderr)
     run = Run(cfg=cfg, model=model, learner=learner, save=save, priors=priors,
               train_ex=train_ex, dev_ex=dev_ex, episodes=episodes, dev_episodes=dev_episodes, dev=dev,
-              opt=make_optimizer(learner, cfg.lr, cfg.weight_decay, device),
+              opt=M.make_optimizer(learner, cfg.lr, cfg.weight_decay, device),
               scaler=torch.amp.GradScaler(device.split(":")[0], enabled=dtype == torch.float16),  # fp16: no underflow
               dtype=dtype, device=device, rank=rank, world=world, steps=steps,
               params=[p for p in learner.parameters() if p.requires_grad])
@@ -380,7 +343,7 @@ def train_step(run, fwd):
     if run.priors:
         run.priors.set([run.train_ex[i] for i in first[run.rank::world]])   # the rows' task-level weights
     with run.autocast():
-        loss = lm_loss(fwd, x, y, n_targets)
+        loss = M.lm_loss(fwd, x, y, n_targets)
         if run.priors:
             loss = loss + run.priors.router.aux_loss() / world
     if not torch.isfinite(loss):
@@ -409,7 +372,7 @@ def dev_loss(run, fwd):
         x, y, first = run.dev_episodes.batch(i, run.cfg.batch_size, run.device, with_first=True)
         if run.priors:
             run.priors.set([run.dev_ex[j] for j in first])
-        losses.append(lm_loss(fwd, x, y).item())
+        losses.append(M.lm_loss(fwd, x, y).item())
     return sum(losses) / len(losses)
 
 

@@ -8,7 +8,7 @@ extrapolated to phi-2's 32: what `train.py --expert ... --dtype D` needs.
 Each layer count runs in a fresh process: a random phi-2-width model (hidden
 2560, MLP 10240, 32 heads, vocabulary 51200) with L layers, the frozen base in
 --dtype, train.py's LoRA defaults (rank 8 on q/k/v/dense/fc1/fc2, fp32 LoRA
-weights and AdamW), and two training steps of train.py's lm_loss under
+weights and AdamW), and two training steps of model.lm_loss under
 autocast at train.py's LoRA batch (16 x 256 tokens). The peak is
 torch.cuda.max_memory_allocated on a GPU and the growth of the process's peak
 RSS (VmHWM) on the CPU. Memory is linear in the layer count (every layer holds
@@ -27,7 +27,7 @@ import sys
 CHILD = """
 import json, sys, torch
 sys.path.insert(0, {root!r})
-import lora, model as M, train
+import lora, model as M
 
 def peak():
     if {device!r}.startswith("cuda"):
@@ -54,7 +54,7 @@ opt = torch.optim.AdamW(params, lr=1e-4)
 x = torch.randint(0, 50000, ({batch}, {seq}), device={device!r})
 for _ in range(2):   # the second step holds the AdamW states too
     with torch.autocast({device!r}.split(":")[0], dtype=dtype, enabled=dtype != torch.float32):
-        loss = train.lm_loss(model, x, x)
+        loss = M.lm_loss(model, x, x)
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)

@@ -8,7 +8,7 @@ model alone.
     files, source = weight_files(folder, 32)       # {tensor name: file}, 32 layers checked by name
     state = read_weights(files, source, expected, torch.bfloat16, "cuda")
     tok = read_tokenizer(folder + "/tokenizer.json", 51200, "<|endoftext|>")
-    write_folder("out/model", state, tok, config)  # config.json last, naming the others' sha256
+    write_folder("out/model", state, tok, fields, dtype)  # config.json last, naming the others' sha256
 
 A folder holds config.json, tokenizer.json and model.safetensors, or shards
 listed in model.safetensors.index.json (phi-2 has two). Tensors are read one at
@@ -218,11 +218,18 @@ def read_tokenizer(path, vocab_size, eot):
     return tok
 
 
-def write_folder(out_dir, state, tok, config):
+def write_folder(out_dir, state, tok, fields, dtype):
     """Write model.safetensors (the tensors of `state`), tokenizer.json and, last,
-    config.json, each under a temporary name then renamed. config.json records the
-    sha256 of the other two (SET_KEY), so a crash between files leaves a folder
-    that weight_files refuses rather than a mix of two saves."""
+    config.json, each under a temporary name then renamed. config.json holds the
+    model's `fields` (model.PhiConfig's) and what transformers' PhiForCausalLM
+    also reads, and records the sha256 of the other two files (SET_KEY), so a crash
+    between files leaves a folder that weight_files refuses rather than a mix of
+    two saves."""
+    config = {"architectures": ["PhiForCausalLM"], "model_type": "phi", **fields,
+              "num_key_value_heads": fields["num_attention_heads"], "hidden_act": "gelu_new",
+              "qk_layernorm": False, "tie_word_embeddings": False, "resid_pdrop": 0.0, "embd_pdrop": 0.0,
+              "attention_dropout": 0.0, "initializer_range": 0.02,
+              "torch_dtype": str(dtype).removeprefix("torch."), "use_cache": True}
     os.makedirs(out_dir, exist_ok=True)
     files = {"model.safetensors": lambda p: save_safetensors(state, p, {"format": "pt"}),
              "tokenizer.json": lambda p: tok.save(p)}

@@ -280,7 +280,7 @@ def test_a_question_too_long_for_the_context_is_an_error_not_cut(capsys, monkeyp
 
 def test_nonfinite_loss_stops_training_without_saving(capsys, monkeypatch, tmp_path):
     """A run whose loss turns NaN stops with a message and writes no adapter."""
-    monkeypatch.setattr(train, "lm_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
+    monkeypatch.setattr(train.M, "lm_loss", lambda *a, **k: torch.tensor(float("nan"), requires_grad=True))
     code, err = cli(train.main, ["--expert", "algebra", "--data", DATA, "--steps", "2", "--out",
                                  str(tmp_path / "out")], capsys, monkeypatch)
     assert code == 2 and "step 0: the loss is nan; stopped" in err
