@@ -11,18 +11,23 @@ report of what it has so far (a section whose runs are missing says so).
 Sections:
 
   1. the sizing    the dev curves' table and picture, and the (rank, lr, steps) chosen
-  2. the choices   each expert's kept step and dev accuracy per seed; the mixed
-                   LoRA's rate; the router variants, each by its best dev accuracy
+  2. the choices   each expert's kept step and dev accuracy per seed, and a picture
+                   of every expert's and mixed LoRA's dev curve; the longer curves
+                   (seed 1, up to 1,000 steps or 3 passes) beside the experts; the
+                   mixed LoRA's rate; the router variants, each by its best dev accuracy
   3. the test      one row per configuration: its accuracy per seed (the mean over
                    skills of each skill's accuracy), the mean and range over the
                    seeds, and the paired comparison with the base (4 nearest shots):
-                   every question's verdicts pooled over the seeds, the sign test's
-                   p, and p after Holm's correction over the rows compared
+                   the points it gains over all test questions pooled, with their
+                   paired bootstrap interval; every question's verdicts pooled over
+                   the seeds, the sign test's p, and p after Holm's correction over
+                   the rows compared
   4. the rest      what each expert does to every skill (seed 1), the data curve,
                    the clusters' k, and the test questions phi-tiny saw in pretraining
 
 Columns that average over skills say so; "wins : losses" count questions, pooled
-over all skills. Left out: pictures of the test results (the tables carry them).
+over all skills, and so do the points against the base. Left out: pictures of
+the test results (the tables carry them).
 """
 import glob
 import json
@@ -31,6 +36,7 @@ import sys
 
 from data.lila import load as load_examples, same_question
 from formats.files import UserError, write_json, write_text
+from formats.pictures import pyplot, save_figure
 from study.curves import dev_questions, plateau_step
 from study.report import best_checkpoint, best_run, pct, to_docs
 from study.stats import holm, per_skill, pooled_verdicts, read_log, read_records
@@ -115,13 +121,16 @@ def test_table(base, rows):
                        **pooled_verdicts(base, seeds)}
     for name, p in zip(found, holm([f["p"] for f in found.values()])):
         found[name]["p_holm"] = p
-    lines = ["| configuration | seeds | accuracy per seed (%) | mean (range) | wins : losses | p | p, Holm |",
-             "|---|---:|---|---|---:|---:|---:|",
-             f"| base, 4 nearest shots (the reference) | 1 | {pct(mean_over_skills(base))} | | | | |"]
+    lines = ["| configuration | seeds | accuracy per seed (%) | mean (range) | points against the base, pooled "
+             "(95% interval) | wins : losses | p | p, Holm |",
+             "|---|---:|---|---|---|---:|---:|---:|",
+             f"| base, 4 nearest shots (the reference) | 1 | {pct(mean_over_skills(base))} | | | | | |"]
     for name, f in found.items():
         spread = f" ({pct(min(f['accuracy']))} to {pct(max(f['accuracy']))})" if f["seeds"] > 1 else ""
+        lo, hi = f["interval"]
         lines.append(f"| {name} | {f['seeds']} | {', '.join(map(pct, f['accuracy']))} | {pct(f['mean'])}{spread} "
-                     f"| {f['wins']} : {f['losses']} | {f['p']:.2g} | {f['p_holm']:.2g} |")
+                     f"| {f['points']:+.1f} ({lo:+.1f} to {hi:+.1f}) | {f['wins']} : {f['losses']} | {f['p']:.2g} "
+                     f"| {f['p_holm']:.2g} |")
     return "\n".join(lines), found
 
 
@@ -140,6 +149,54 @@ def experts_table(out, skills):
     lines.append("\nPlateau from: the first check within one standard error of the run's best dev accuracy "
                  "(sqrt(p (1 - p) / n) over its n dev questions); later gains are within the dev set's noise.")
     return "\n".join(lines) if seeds else None
+
+
+def curves_picture(out, skills, path):
+    """Dev accuracy against steps of every expert (a panel per skill, a line per
+    seed and one for the longer curve) and of the mixed LoRA (a last panel, a line
+    per seed); the path, or None if none is drawn."""
+    panels = [(s, {**{f"seed {seed}": os.path.join(out, "experts", f"seed-{seed}", s)
+                      for seed in seeds_of(out, "experts")}, "seed 1, longer": os.path.join(out, "long", s)})
+              for s in skills]
+    panels.append(("mixed LoRA, all skills", {f"seed {seed}": os.path.join(out, "mixed", f"seed-{seed}")
+                                              for seed in seeds_of(out, "mixed")}))
+    checks = [(title, {label: [e for e in read_log(os.path.join(run, "log.json")) if "dev_accuracy" in e]
+                       for label, run in runs.items() if os.path.exists(os.path.join(run, "log.json"))})
+              for title, runs in panels]
+    checks = [(title, by_seed) for title, by_seed in checks if any(by_seed.values())]
+    plt = pyplot() if checks else None
+    if plt is None:
+        return None
+    cols = 3
+    fig, axes = plt.subplots(-(-len(checks) // cols), cols, figsize=(3.4 * cols, 2.6 * -(-len(checks) // cols)),
+                             squeeze=False)
+    for ax, (title, by_seed) in zip(axes.flat, checks):
+        for label, entries in by_seed.items():
+            ax.plot([e["step"] for e in entries], [100 * e["dev_accuracy"] for e in entries], marker=".",
+                    label=label, linestyle=":" if label.endswith("longer") else "-")
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel("dev accuracy (%)", fontsize=8)
+    for ax in axes.flat[len(checks):]:
+        ax.axis("off")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+    return path
+
+
+def longer_table(out, skills):
+    """Each longer curve (seed 1, out/long/SKILL) beside seed 1's expert of the same skill."""
+    rows = []
+    for skill in skills:
+        runs = [os.path.join(out, "experts", "seed-1", skill), os.path.join(out, "long", skill)]
+        if all(os.path.exists(os.path.join(r, "log.json")) for r in runs) and all(map(kept, runs)):
+            rows.append(f"| {skill} | " + " | ".join(f"{steps_of(k)}, {pct(k[2])}" for k in map(kept, runs)) + " |")
+    return "\n".join(["| skill | seed 1's expert: kept step, dev accuracy (%) | the longer run: kept step, dev "
+                      "accuracy (%) |", "|---|---|---|"] + rows + [
+        "\nThe longer runs go to 1,000 steps or 3 passes over the skill's rows, whichever comes first, at the "
+        "experts' rank and rate (a schedule of their own length); the swept skills' longer curves are the "
+        "sizing's runs (section 1)."]) if rows else None
 
 
 def dev_choice(runs, what):
@@ -222,11 +279,18 @@ def report(out, data, docs=None):
     lines = ["# The plateau study", "",
              "Every choice below was made on dev questions (data/plateau's dev split, 4 nearest shots); the "
              "test split was read once per final configuration. Accuracy columns are means over skills of each "
-             "skill's accuracy; wins : losses count test questions over all skills, each question's verdicts "
-             "pooled over the seeds; p is the two-sided sign test, then Holm's correction over the rows.", ""]
+             "skill's accuracy; points against the base are the seeds' mean accuracy minus the base's over "
+             "all test questions pooled (so they differ slightly from the difference of the columns), with a "
+             "paired bootstrap interval; wins : losses count test questions over all skills, each question's "
+             "verdicts pooled over the seeds; p is the two-sided sign test, then Holm's correction over the "
+             "rows.", ""]
     lines += section("Sizing: dev learning curves", open(curves).read() + "\n\n![dev curves](curves/curves.png)"
                      if os.path.exists(curves) else None)
-    lines += section("Experts: kept step and dev accuracy", experts_table(out, skills) if skills else None)
+    table = experts_table(out, skills) if skills else None
+    if table and curves_picture(out, skills, os.path.join(out, "experts", "curves.png")):
+        table += "\n\n![every expert's and mixed LoRA's dev curve](experts/curves.png)"
+    lines += section("Experts: kept step and dev accuracy", table)
+    lines += section("Experts trained longer (seed 1)", longer_table(out, skills))
     lines += section("Mixed LoRA: learning rate", dev_choice(sorted(glob.glob(f"{out}/mixed-lr/lr*")), "rate"))
     lines += section("Mixed LoRA: each seed, as many steps as the experts together",
                      kept_table(out, "mixed/seed-*"))

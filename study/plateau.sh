@@ -24,7 +24,10 @@
 #             passes over the skill's rows, whichever comes first; python -m study
 #             curves draws them and picks the rank, the rate and the experts' steps
 #   experts   every skill's expert at that rank, rate and length, for each of SEEDS,
-#             each keeping the step of its best dev accuracy; beside them the mixed
+#             each keeping the step of its best dev accuracy; the longer curves (seed
+#             1's expert of each skill that was not swept, up to 1,000 steps or 3
+#             passes where the experts stop short of both: does training longer
+#             help?); beside them the mixed
 #             LoRA's rate sweep (one LoRA on all skills at rank 8, runs of
 #             MIXED_SWEEP_STEPS) and the data curve (the swept skills' experts on
 #             1/4 and 1/2 of their rows)
@@ -145,11 +148,17 @@ EXPERT=("${LORA[@]}" --rank "$RANK" --alpha $((2 * RANK)) --lr "$LR" --steps "$S
 
 # The runs that read no choice made after the curves share a stage, longest first,
 # so that both job slots stay busy; a stage ends only where the next reads a choice.
-stage "experts: every skill, each seed; beside them the mixed LoRA's rate sweep and the data curve"
+stage "experts: every skill, each seed, and the longer curves; beside them the mixed LoRA's rate sweep and the data curve"
 for seed in $SEEDS; do
     for s in $SKILLS; do
         job "$PY" train.py --expert "$s" "${EXPERT[@]}" --seed "$seed" --out "$OUT/experts/seed-$seed/$s"
     done
+done
+for s in $SKILLS; do    # the longer curves; the swept skills' are the sizing's runs
+    case " $SWEPT " in *" $s "*) continue ;; esac
+    long=$(steps_for "$s")
+    [ "$long" -le "$STEPS" ] || job "$PY" train.py --expert "$s" "${EXPERT[@]}" --steps "$long" --seed 1 \
+        --out "$OUT/long/$s"
 done
 MIXED=("${LORA[@]}" "${ALL[@]}" --rank 8 --alpha 16)
 for lr in $LRS; do

@@ -7,6 +7,7 @@ compared question by question.
     holm([0.01, 0.04, 0.03])           # [0.03, 0.06, 0.06]: corrected for comparing three with one base
     sign_test(9, 1)                    # 0.021: how likely so uneven a split is by chance
     bootstrap_interval(40, 25, 1600)   # 95% interval of the accuracy difference, in points
+    bootstrap_mean({1/3: 30, -1/3: 10, 0: 60})   # the same for differences pooled over seeds
 
 eval.py --json writes each question's record (skill, question, correct); two runs
 on the same questions differ only where one of them is right and the other is
@@ -31,7 +32,7 @@ the tests, which share the base's answers).
 import json
 import math
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 
 import numpy as np
 
@@ -55,15 +56,24 @@ def sign_test(wins, losses):
 def bootstrap_interval(wins, losses, n, level=0.95, samples=20000, seed=0):
     """Paired bootstrap interval of (model accuracy - base accuracy), in points,
     over n questions of which the model alone gets `wins` right and the base alone
-    `losses`. A resample draws n questions with replacement; its difference is
-    (wins' - losses') / n, so the counts of a resample are one multinomial draw
-    over (win, loss, tie), and 20,000 resamples cost one call.
+    `losses`: bootstrap_mean({+1: wins, -1: losses, 0: ties}).
     Worked example: 40 wins, 25 losses of 1,600 -> +0.94 points, interval about
     (-0.06, +1.94): level within the interval."""
     if n <= 0 or wins < 0 or losses < 0 or wins + losses > n:
         raise UserError(f"expected 0 <= wins + losses <= n questions, got {wins} + {losses} of {n}")
-    draws = np.random.default_rng(seed).multinomial(n, [wins / n, losses / n, 1 - (wins + losses) / n], samples)
-    diff = 100 * (draws[:, 0] - draws[:, 1]) / n
+    return bootstrap_mean({1.0: wins, -1.0: losses, 0.0: n - wins - losses}, level, samples, seed)
+
+
+def bootstrap_mean(counts, level=0.95, samples=20000, seed=0):
+    """Bootstrap interval, in points, of the mean per-question difference, given as
+    {difference: how many questions have it} (each difference in [-1, 1]). A
+    resample draws the questions with replacement, so the counts of a resample are
+    one multinomial draw over the differences, and 20,000 resamples cost one call.
+    Worked example: {+1/3: 30, -1/3: 10, 0: 60} -> +6.7 points, about (+2.7, +10.7)."""
+    values, k = np.array(list(counts), dtype=float), np.array(list(counts.values()), dtype=float)
+    n = k.sum()
+    draws = np.random.default_rng(seed).multinomial(int(n), k / n, samples)
+    diff = 100 * draws @ values / n
     lo, hi = np.quantile(diff, [(1 - level) / 2, (1 + level) / 2])
     return float(lo), float(hi)
 
@@ -90,16 +100,20 @@ def pooled_verdicts(base_records, seeds):
     """A configuration trained with several seeds against one base, question by
     question: each question's verdicts are pooled over the seeds (its mean
     correctness), a win where that mean is above the base's answer and a loss
-    where it is below. Returns {"questions", "wins", "losses", "p"} over the
-    questions that the base and every seed answered. Worked example: a question
-    two of three seeds get right and the base does not is a win; one seed of
-    three right against a right base is a loss."""
+    where it is below. Returns {"questions", "wins", "losses", "p", "points",
+    "interval"} over the questions that the base and every seed answered: points
+    is the mean over them of (the seeds' mean correctness - the base's), the
+    seeds' mean accuracy minus the base's, with its paired bootstrap interval.
+    Worked example: a question two of three seeds get right and the base does
+    not is a win (+2/3); one seed of three right against a right base is a loss
+    (-2/3)."""
     base = {(r["skill"], r["question"]): r["correct"] for r in base_records}
     runs = [{(r["skill"], r["question"]): r["correct"] for r in records} for records in seeds]
     common = [q for q in base if all(q in run for run in runs)]
-    mean = {q: sum(run[q] for run in runs) / len(runs) for q in common}
-    wins, losses = sum(mean[q] > base[q] for q in common), sum(mean[q] < base[q] for q in common)
-    return {"questions": len(common), "wins": wins, "losses": losses, "p": sign_test(wins, losses)}
+    diff = Counter(round(sum(run[q] for run in runs) / len(runs) - base[q], 9) for q in common)
+    wins, losses = sum(k for d, k in diff.items() if d > 0), sum(k for d, k in diff.items() if d < 0)
+    return {"questions": len(common), "wins": wins, "losses": losses, "p": sign_test(wins, losses),
+            "points": 100 * sum(d * k for d, k in diff.items()) / len(common), "interval": bootstrap_mean(diff)}
 
 
 def holm(pvalues):

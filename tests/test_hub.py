@@ -433,7 +433,7 @@ PLATEAU_STUB = """#!/usr/bin/env bash
 # stands in for python in study/plateau.sh: logs each command, answers what the script reads back
 echo "$*" >> "$STUB_DIR/log"
 case "$1" in
-    -) echo 400 ;;                                        # steps_for: 3 passes over a skill's rows
+    -) [ "$4" = calculus ] && echo 400 || echo 1000 ;;    # steps_for: 3 passes over a skill's rows
     -c) echo 3 ;;                                         # the clusters' k, from groups.json
 esac
 if [ "$1 $2 $3" = "-m study curves" ]; then echo "8 1e-3 400"; fi
@@ -475,6 +475,10 @@ def test_plateau_runs_every_stage_and_every_command_parses(tmp_path):
     assert all(f"--data {tmp_path}/fresh" in t or f"--data {out}/rows/data-" in t for t in trains)
     experts = [t for t in trains if "--expert " in t and f"--out {out}/experts/" in t]
     assert len(experts) == 3 * 8 and all("--rank 8 --alpha 16 --lr 1e-3 --steps 400" in t for t in experts)
+    longer = [t for t in trains if f"--out {out}/long/" in t]     # the skills not swept, where 1000 > 400 steps
+    assert sorted(t.split("--expert ")[1].split()[0] for t in longer) == [
+        "algebra", "comparison", "measurement", "numbers", "polynomials", "probability"]
+    assert all(train.config(shlex.split(t)[1:]).steps == 1000 and "--seed 1 " in t for t in longer)
     assert sum(f"--out {out}/mixed/seed-" in t and "--steps-per-skill 400" in t for t in trains) == 3
     assert sum(f"--out {out}/routers/seed-" in t and "/rank1" in t for t in trains) == 3
     assert sum("--expert cluster:" in t for t in trains) == 3

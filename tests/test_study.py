@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import ROOT
@@ -450,7 +451,23 @@ def test_holm_and_pooled_seeds_by_hand():
     base = [{"skill": "a", "question": f"q{i}", "correct": c} for i, c in enumerate([0, 1, 1, 0])]
     seed = lambda *cs: [{"skill": "a", "question": f"q{i}", "correct": c} for i, c in enumerate(cs)]  # noqa: E731
     got = pooled_verdicts(base, [seed(1, 0, 1, 0), seed(1, 1, 1, 0), seed(0, 0, 1, 1)])
-    assert got == {"questions": 4, "wins": 2, "losses": 1, "p": 1.0}     # q0 2/3 > 0, q3 1/3 > 0; q1 1/3 < 1
+    interval = got.pop("interval")
+    assert got == pytest.approx({"questions": 4, "wins": 2, "losses": 1, "p": 1.0,    # q0 2/3 > 0, q3 1/3 > 0; q1 1/3 < 1
+                                 "points": 100 * (2 / 3 - 2 / 3 + 1 / 3) / 4})   # = 7/12 right, less the base's 1/2
+    assert interval[0] < got["points"] < interval[1]
+
+
+def test_bootstrap_of_pooled_differences_matches_resampling_questions():
+    """bootstrap_mean's one multinomial draw is the same as resampling questions one
+    by one (worked example: 30 questions at +1/3, 10 at -1/3, 60 at 0); with +1 and
+    -1 alone it is bootstrap_interval."""
+    from study.stats import bootstrap_interval, bootstrap_mean
+    lo, hi = bootstrap_mean({1 / 3: 30, -1 / 3: 10, 0.0: 60})
+    diffs = np.array([1 / 3] * 30 + [-1 / 3] * 10 + [0.0] * 60)
+    means = 100 * np.random.default_rng(5).choice(diffs, (20000, 100)).mean(axis=1)
+    assert (lo, hi) == pytest.approx(tuple(np.quantile(means, [0.025, 0.975])), abs=0.7)
+    assert (lo, hi) == pytest.approx((2.67, 10.67), abs=0.01)
+    assert bootstrap_mean({1.0: 40, -1.0: 25, 0.0: 1535}) == bootstrap_interval(40, 25, 1600)
 
 
 def test_subset_keeps_a_nested_share_of_each_submodule(tmp_path):
@@ -473,16 +490,29 @@ def test_subset_keeps_a_nested_share_of_each_submodule(tmp_path):
     assert done.returncode == 2 and "--fraction" in done.stderr
 
 
-def test_plateau_report_shows_the_experts_before_the_test_stage(tmp_path):
-    """A study under way: its experts' kept steps are reported before any test evaluation."""
+@pytest.mark.parametrize("matplotlib", [True, False])
+def test_plateau_report_shows_the_experts_before_the_test_stage(tmp_path, monkeypatch, matplotlib):
+    """A study under way: its experts' kept steps are reported before any test
+    evaluation, the longer curve beside seed 1's expert, and their picture where
+    matplotlib draws it."""
+    import study.plateau
     from study.plateau import report as plateau_report
+    if not matplotlib:
+        monkeypatch.setattr(study.plateau, "pyplot", lambda: None)
     out = str(tmp_path / "study")
     os.makedirs(out)
     open(f"{out}/data.sha256", "w").close()
     write(f"{out}/experts/seed-1/algebra/log.json", [{"step": 100, "time": 1.0, "dev_accuracy": 0.25,
                                                        "dev_loss": 1.0, "kept": "best"}, {"step": 110, "time": 2.0, "loss": 1.0}])
+    write(f"{out}/long/algebra/log.json", [{"step": s, "time": 1.0, "dev_accuracy": a, "dev_loss": 1.0,
+                                            **({"kept": "best"} if k else {})}
+                                           for s, a, k in ((100, 0.2, 1), (200, 0.3, 1), (300, 0.25, 0))])
     plateau_report(out, f"{tmp_path}/data")
-    assert "| algebra | 100 of 110, 25.0 |" in open(f"{out}/REPORT.md").read()
+    text = open(f"{out}/REPORT.md").read()
+    assert "| algebra | 100 of 110, 25.0 |" in text
+    assert "| algebra | 100 of 110, 25.0 | 200 of 300, 30.0 |" in text     # the longer run, seed 1
+    assert ("![every expert's and mixed LoRA's dev curve](experts/curves.png)" in text) == bool(matplotlib)
+    assert os.path.exists(f"{out}/experts/curves.png") == bool(matplotlib)
 
 
 def test_plateau_report_pools_the_seeds_and_corrects_for_the_rows(tmp_path):
@@ -524,8 +554,10 @@ def test_plateau_report_pools_the_seeds_and_corrects_for_the_rows(tmp_path):
     text = open(f"{out}/REPORT.md").read()
     assert open(f"{tmp_path}/docs/REPORT.md").read() == text and "![dev curves](curves/curves.png)" in text
     assert open(f"{tmp_path}/docs/curves/curves.png", "rb").read() == b"png"
-    assert "| experts, each on its own skill | 2 | 25.0, 30.0 | 27.5 (25.0 to 30.0) | 6 : 0 | 0.031 | 0.062 |" in text
-    assert "| mixed LoRA, rank 8 | 1 | 5.0 | 5.0 | 1 : 1 | 1 | 1 |" in text
+    # pooled: the seeds get 5 and 6 of the 20 right, the base 1: (5 + 6) / 2 / 20 - 1 / 20 = +22.5 points
+    assert ("| experts, each on its own skill | 2 | 25.0, 30.0 | 27.5 (25.0 to 30.0) | +22.5 (+7.5 to +40.0) | 6 : 0 "
+            "| 0.031 | 0.062 |") in text
+    assert "| mixed LoRA, rank 8 | 1 | 5.0 | 5.0 | +0.0 (-15.0 to +15.0) | 1 : 1 | 1 | 1 |" in text
     assert "| a | +20.0 | +0.0 |" in text and "| b | -10.0 | +20.0 |" in text     # seed 1 on every skill
     assert "| lr1e-3 | 50.0 | 100 of 200 |  |" in text and "| lr2e-3 | 50.0 | 100 of 200 | chosen |" in text
     assert "| mixed/seed-1 | 100 of 200 | 25.0 |" in text
