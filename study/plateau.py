@@ -314,7 +314,9 @@ def report(out, data, docs=None):
     if os.path.exists(sweep):
         s = json.load(open(sweep))
         lines += section("Clusters: k by silhouette", "| k | silhouette |\n|---:|---:|\n" + "\n".join(
-            f"| {r['k']} | {r['silhouette']:.3f} |" for r in s["runs"]) + f"\n\nkept: k = {s['k']}")
+            f"| {r['k']} | {r['silhouette']:.3f} |" for r in s["runs"]) + f"\n\nkept: k = {s['k']}" + (
+            " (the top of the range: the silhouette still rises there, and the range's top caps the number of "
+            "cluster experts)" if s["k"] == max(r["k"] for r in s["runs"]) else ""))
     lines = numbered(lines)
     write_text(os.path.join(out, "REPORT.md"), "\n".join(lines))
     write_json(os.path.join(out, "results.json"), {"test": found})

@@ -35,10 +35,12 @@
 #             the experts together, keeping its own best dev step (its plateau);
 #             beside it ROUTERS, variants of the two-level router over seed 1's
 #             experts, and the clusters: k-means of meta-questions on a uniform
-#             sample of the train split, k chosen by silhouette (no label read),
-#             an expert per cluster (one seed). The mixed LoRA's checks read every
-#             skill's dev questions, each costing as much as about 70 steps: every
-#             2 x EVAL_EVERY steps in the sweep, 4 x in the long runs
+#             sample of the train split, k chosen by silhouette (no label read) in
+#             K_RANGE, whose top caps the number of cluster experts; an expert per
+#             cluster (one seed), the skill experts' steps shared among them (as
+#             much training as one seed's skill experts). The mixed LoRA's checks
+#             read every skill's dev questions, each costing as much as about 70
+#             steps: every 2 x EVAL_EVERY steps in the sweep, 4 x in the long runs
 #   routers   the variant with the best dev accuracy over each seed's experts, and
 #             the best variant that routes over experts over the cluster experts
 #   test      every final configuration on DATA's test split, LIMIT questions per
@@ -199,9 +201,11 @@ done
 [ -e "$OUT/clusters/assignments.json" ] || "$PY" -m study.clusters --k "$K_RANGE" --sample "$SAMPLE" \
     --split train --model "$MODEL" --data "$TRAIN_DATA" --device "$DEVICE" --seed 1 --out "$OUT/clusters"
 K=$("$PY" -c "import json, sys; print(json.load(open(sys.argv[1]))['k'])" "$OUT/clusters/groups.json")
-echo "clusters: k = $K, chosen by silhouette"
+SHARE=$(( N_SKILLS * STEPS / K / EVAL_EVERY * EVAL_EVERY ))   # in whole checks, at least one
+SHARE=$(( SHARE > EVAL_EVERY ? SHARE : EVAL_EVERY ))
+echo "clusters: k = $K, chosen by silhouette; $SHARE steps per cluster expert ($N_SKILLS x $STEPS shared)"
 for ((k = 0; k < K; k++)); do
-    job "$PY" train.py --expert "cluster:$k" --clusters "$OUT/clusters" "${EXPERT[@]}" --seed 1 \
+    job "$PY" train.py --expert "cluster:$k" --clusters "$OUT/clusters" "${EXPERT[@]}" --steps "$SHARE" --seed 1 \
         --out "$OUT/cluster-experts/cluster-$k"
 done
 

@@ -565,3 +565,19 @@ def test_plateau_report_pools_the_seeds_and_corrects_for_the_rows(tmp_path):
     assert "| b | 100 of 100 (the last), 50.0 | 300 of 300 (the last), plateau from 200, 50.0 |" in text
     with pytest.raises(UserError, match="no data.sha256"):
         plateau_report(str(tmp_path), f"{tmp_path}/data")
+
+
+@pytest.mark.parametrize("kept", [3, 4])
+def test_plateau_report_shows_the_k_sweep_and_says_when_k_is_the_range_top(tmp_path, kept):
+    """The clusters' k sweep (study.clusters' sweep.json) is reported with its pick;
+    a pick at the top of the range is named as the range's cap, not as a peak."""
+    from study.plateau import report as plateau_report
+    out = str(tmp_path / "study")
+    os.makedirs(out)
+    open(f"{out}/data.sha256", "w").close()
+    runs = [{"k": k, "silhouette": 0.1 + (0.2 if k == kept else 0.0) + 0.01 * k, "inertia": 1.0} for k in (2, 3, 4)]
+    write(f"{out}/clusters/sweep.json", {"k": kept, "runs": runs})
+    plateau_report(out, f"{tmp_path}/data")
+    text = open(f"{out}/REPORT.md").read()
+    assert f"| {kept} | {runs[kept - 2]['silhouette']:.3f} |" in text and f"kept: k = {kept}" in text
+    assert ("the top of the range" in text) == (kept == 4)
