@@ -31,6 +31,7 @@ the test results (the tables carry them).
 """
 import glob
 import json
+import math
 import os
 import sys
 
@@ -185,18 +186,40 @@ def curves_picture(out, skills, path):
     return path
 
 
+def longer_wins(expert, longer):
+    """Whether a skill's experts train as long as its longer curve: its best dev
+    accuracy beats the expert's p by more than one standard error, sqrt(p (1 - p) / n)
+    over the expert's n dev questions (a change from the length chosen on the
+    sizing needs more than the dev set's noise).
+
+        expert 58.3%, longer 62.0% of 300 questions: 3.7 > 2.8 points -> True"""
+    (_, _, p, _), (_, _, q, _) = kept(expert), kept(longer)
+    n = dev_questions([e for e in read_log(os.path.join(expert, "log.json")) if "dev_accuracy" in e])
+    if n is None:
+        raise UserError(f"{expert}/log.json: no kept check says how many dev questions it read")
+    return q - p > math.sqrt(p * (1 - p) / n)
+
+
 def longer_table(out, skills):
-    """Each longer curve (seed 1, out/long/SKILL) beside seed 1's expert of the same skill."""
+    """Each longer curve (seed 1, out/long/SKILL) beside seed 1's expert of the same
+    skill, whether the skill's experts train that long, and those of other seeds."""
     rows = []
     for skill in skills:
         runs = [os.path.join(out, "experts", "seed-1", skill), os.path.join(out, "long", skill)]
         if all(os.path.exists(os.path.join(r, "log.json")) for r in runs) and all(map(kept, runs)):
-            rows.append(f"| {skill} | " + " | ".join(f"{steps_of(k)}, {pct(k[2])}" for k in map(kept, runs)) + " |")
+            others = [kept(r) for r in sorted(glob.glob(os.path.join(out, "longer", "seed-*", skill)))
+                      if os.path.exists(os.path.join(r, "log.json"))]
+            rows.append(f"| {skill} | " + " | ".join(f"{steps_of(k)}, {pct(k[2])}" for k in map(kept, runs))
+                        + f" | {'yes' if longer_wins(*runs) else 'no'} | "
+                        + "; ".join(f"{steps_of(k)}, {pct(k[2])}" for k in others if k) + " |")
     return "\n".join(["| skill | seed 1's expert: kept step, dev accuracy (%) | the longer run: kept step, dev "
-                      "accuracy (%) |", "|---|---|---|"] + rows + [
+                      "accuracy (%) | its length kept | the other seeds at that length |", "|---|---|---|---|---|"]
+                     + rows + [
         "\nThe longer runs go to 1,000 steps or 3 passes over the skill's rows, whichever comes first, at the "
         "experts' rank and rate (a schedule of their own length); the swept skills' longer curves are the "
-        "sizing's runs (section 1)."]) if rows else None
+        "sizing's runs (section 1). A skill's experts train that long where the longer run's best dev accuracy "
+        "beats seed 1's expert by more than one standard error; the other seeds' runs are in longer/."]) \
+        if rows else None
 
 
 def dev_choice(runs, what):
@@ -290,7 +313,8 @@ def report(out, data, docs=None):
     if table and curves_picture(out, skills, os.path.join(out, "experts", "curves.png")):
         table += "\n\n![every expert's and mixed LoRA's dev curve](experts/curves.png)"
     lines += section("Experts: kept step and dev accuracy", table)
-    lines += section("Experts trained longer (seed 1)", longer_table(out, skills))
+    lines += section("Experts trained longer: the longer curves (seed 1) and the lengths kept",
+                     longer_table(out, skills))
     lines += section("Mixed LoRA: learning rate", dev_choice(sorted(glob.glob(f"{out}/mixed-lr/lr*")), "rate"))
     lines += section("Mixed LoRA: each seed, as many steps as the experts together",
                      kept_table(out, "mixed/seed-*"))

@@ -33,7 +33,10 @@
 #             1/4 and 1/2 of their rows)
 #   mixed     the mixed LoRA at the rate chosen on dev, per seed as many steps as
 #             the experts together, keeping its own best dev step (its plateau);
-#             beside it ROUTERS, variants of the two-level router over seed 1's
+#             beside it the other seeds' experts of each skill whose longer curve
+#             beat seed 1's expert on dev by more than one standard error, trained
+#             that long (OUT/chosen/seed-N links each seed's experts), ROUTERS,
+#             variants of the two-level router over seed 1's
 #             experts, and the clusters: k-means of meta-questions on a uniform
 #             sample of the train split, k chosen by silhouette (no label read) in
 #             K_RANGE, whose top caps the number of cluster experts; an expert per
@@ -131,6 +134,11 @@ rows = Episodes(read_tokenizer(f"{model}/tokenizer.json", math.inf, "<|endoftext
 print(min(most, every * math.ceil(3 * rows / batch / every)))
 EOF
 }
+longer_steps() {   # longer_steps SKILL: the longer curve's steps of a skill not swept, if more than STEPS
+    case " $SWEPT " in *" $1 "*) return ;; esac
+    local n && n=$(steps_for "$1")
+    [ "$n" -le "$STEPS" ] || echo "$n"
+}
 declare -A SWEEP_STEPS
 for s in $SWEPT; do SWEEP_STEPS[$s]=$(steps_for "$s"); echo "$s: ${SWEEP_STEPS[$s]} steps"; done
 for s in $SWEPT; do
@@ -157,10 +165,8 @@ for seed in $SEEDS; do
     done
 done
 for s in $SKILLS; do    # the longer curves; the swept skills' are the sizing's runs
-    case " $SWEPT " in *" $s "*) continue ;; esac
-    long=$(steps_for "$s")
-    [ "$long" -le "$STEPS" ] || job "$PY" train.py --expert "$s" "${EXPERT[@]}" --steps "$long" --seed 1 \
-        --out "$OUT/long/$s"
+    long=$(longer_steps "$s")
+    [ -z "$long" ] || job "$PY" train.py --expert "$s" "${EXPERT[@]}" --steps "$long" --seed 1 --out "$OUT/long/$s"
 done
 MIXED=("${LORA[@]}" "${ALL[@]}" --rank 8 --alpha 16)
 for lr in $LRS; do
@@ -176,20 +182,40 @@ for part in 0.25 0.5; do     # the data curve: the swept skills' experts on 1/4 
     done
 done
 
-stage "mixed: each seed at the rate chosen on dev; beside them the router variants and the clusters"
+stage "mixed: each seed at the rate chosen on dev; beside them the experts trained longer where dev chose it, the router variants and the clusters"
+# Each skill's experts train STEPS, or as long as its longer curve where that beat seed 1's expert on dev
+# by more than one standard error (python -m study longer); OUT/chosen/seed-N/SKILL links to the run
+# that is seed N's expert of the skill, and the routers and the test read the experts there.
+TOTAL=0
+for s in $SKILLS; do
+    long=$(longer_steps "$s")
+    if [ -n "$long" ] && [ "$("$PY" -m study longer "$OUT/experts/seed-1/$s" "$OUT/long/$s")" = "$OUT/long/$s" ]; then
+        echo "$s: its experts train $long steps, as its longer curve, which beat seed 1's expert on dev"
+    else long=""; fi
+    TOTAL=$((TOTAL + ${long:-$STEPS}))
+    for seed in $SEEDS; do
+        mkdir -p "$OUT/chosen/seed-$seed"
+        if [ -z "$long" ]; then target=../../experts/seed-$seed/$s
+        elif [ "$seed" = 1 ]; then target=../../long/$s
+        else target=../../longer/seed-$seed/$s
+            job "$PY" train.py --expert "$s" "${EXPERT[@]}" --steps "$long" --seed "$seed" --out "$OUT/longer/seed-$seed/$s"
+        fi
+        ln -sfn "$target" "$OUT/chosen/seed-$seed/$s"
+    done
+done
 runs=() && for lr in $LRS; do runs+=("$OUT/mixed-lr/lr$lr"); done
 best=$("$PY" -m study best "${runs[@]}")
 LR_MIXED=${best##*/lr}
-echo "mixed LoRA: learning rate $LR_MIXED chosen on dev, $N_SKILLS x $STEPS steps"
+echo "mixed LoRA: learning rate $LR_MIXED chosen on dev, $TOTAL steps (the experts' together)"
 for seed in $SEEDS; do
-    job "$PY" train.py --mixed "${MIXED[@]}" --lr "$LR_MIXED" --steps-per-skill "$STEPS" --seed "$seed" \
+    job "$PY" train.py --mixed "${MIXED[@]}" --lr "$LR_MIXED" --steps "$TOTAL" --seed "$seed" \
         --eval-every $((4 * EVAL_EVERY)) --out "$OUT/mixed/seed-$seed"
 done
 router_flags() {   # router_flags NAME SEED: train.py's flags of a router variant (ROUTERS checked above)
     case $1 in
-        centroid-token) echo --experts "$OUT/experts/seed-$2" ;;
-        learned-token) echo --experts "$OUT/experts/seed-$2" --prior learned ;;
-        centroid-sequence) echo --experts "$OUT/experts/seed-$2" --level sequence ;;
+        centroid-token) echo --experts "$OUT/chosen/seed-$2" ;;
+        learned-token) echo --experts "$OUT/chosen/seed-$2" --prior learned ;;
+        centroid-sequence) echo --experts "$OUT/chosen/seed-$2" --level sequence ;;
         rank1) echo "${RANK1[@]}" ;;     # fresh rank-1 experts (Intuition-MoR1E): the same for every seed
     esac
 }
@@ -201,9 +227,9 @@ done
 [ -e "$OUT/clusters/assignments.json" ] || "$PY" -m study.clusters --k "$K_RANGE" --sample "$SAMPLE" \
     --split train --model "$MODEL" --data "$TRAIN_DATA" --device "$DEVICE" --seed 1 --out "$OUT/clusters"
 K=$("$PY" -c "import json, sys; print(json.load(open(sys.argv[1]))['k'])" "$OUT/clusters/groups.json")
-SHARE=$(( N_SKILLS * STEPS / K / EVAL_EVERY * EVAL_EVERY ))   # in whole checks, at least one
+SHARE=$(( TOTAL / K / EVAL_EVERY * EVAL_EVERY ))   # in whole checks, at least one
 SHARE=$(( SHARE > EVAL_EVERY ? SHARE : EVAL_EVERY ))
-echo "clusters: k = $K, chosen by silhouette; $SHARE steps per cluster expert ($N_SKILLS x $STEPS shared)"
+echo "clusters: k = $K, chosen by silhouette; $SHARE steps per cluster expert (the experts' $TOTAL shared)"
 for ((k = 0; k < K; k++)); do
     job "$PY" train.py --expert "cluster:$k" --clusters "$OUT/clusters" "${EXPERT[@]}" --steps "$SHARE" --seed 1 \
         --out "$OUT/cluster-experts/cluster-$k"
@@ -220,7 +246,7 @@ done
 runs=() && for name in $ROUTERS; do [ "$name" = rank1 ] || runs+=("$OUT/routers/seed-1/$name"); done
 OVER_EXPERTS=$(basename "$("$PY" -m study best "${runs[@]}")")   # the best variant that routes over experts
 echo "over the cluster experts: $OVER_EXPERTS"
-job "$PY" train.py --router $(router_flags "$OVER_EXPERTS" 1 | sed "s|$OUT/experts/seed-1|$OUT/cluster-experts|") \
+job "$PY" train.py --router $(router_flags "$OVER_EXPERTS" 1 | sed "s|$OUT/chosen/seed-1|$OUT/cluster-experts|") \
     --clusters "$OUT/clusters" "${ROUTER[@]}" --seed 1 --out "$OUT/routers/clusters"
 
 stage "test: every final configuration, once, on $LIMIT test questions per skill"
@@ -234,8 +260,8 @@ ev base
 ev base-skill-shots --shots-from skill
 for seed in $SEEDS; do
     for s in $SKILLS; do    # seed 1's experts on every skill (what each forgets), the others on their own
-        if [ "$seed" = 1 ]; then ev "experts/seed-1/$s" --adapter "$OUT/experts/seed-1/$s"
-        else ev "experts/seed-$seed/$s" --adapter "$OUT/experts/seed-$seed/$s" --skills "$s"; fi
+        if [ "$seed" = 1 ]; then ev "experts/seed-1/$s" --adapter "$OUT/chosen/seed-1/$s"
+        else ev "experts/seed-$seed/$s" --adapter "$OUT/chosen/seed-$seed/$s" --skills "$s"; fi
     done
     ev "mixed/seed-$seed" --adapter "$OUT/mixed/seed-$seed"
     ev "routers/seed-$seed" --moe "$OUT/routers/seed-$seed/$CHOSEN" --out "$OUT/routing/seed-$seed"

@@ -438,6 +438,7 @@ case "$1" in
 esac
 if [ "$1 $2 $3" = "-m study curves" ]; then echo "8 1e-3 400"; fi
 if [ "$1 $2 $3" = "-m study best" ]; then echo "${@: -1}"; fi      # the run named last wins
+if [ "$1 $2 $3" = "-m study longer" ]; then case $5 in */numbers) echo "$5" ;; *) echo "$4" ;; esac; fi
 all="$*" && json=${all##*--json } && json=${json%% *}
 if [ "$1" = eval.py ]; then mkdir -p "$(dirname "$json")" && echo '{}' > "$json"; fi
 """
@@ -479,10 +480,23 @@ def test_plateau_runs_every_stage_and_every_command_parses(tmp_path):
     assert sorted(t.split("--expert ")[1].split()[0] for t in longer) == [
         "algebra", "comparison", "measurement", "numbers", "polynomials", "probability"]
     assert all(train.config(shlex.split(t)[1:]).steps == 1000 and "--seed 1 " in t for t in longer)
-    assert sum(f"--out {out}/mixed/seed-" in t and "--steps-per-skill 400" in t for t in trains) == 3
+    # numbers' longer curve wins on dev (the stub says so): its other seeds train 1000 steps too
+    assert sorted(t.split("--out ")[1].split()[0] for t in trains if "/longer/" in t) == [
+        f"{out}/longer/seed-2/numbers", f"{out}/longer/seed-3/numbers"]
+    assert all(train.config(shlex.split(t)[1:]).steps == 1000 for t in trains if "/longer/" in t)
+    links = {f"{seed}/{s}": os.readlink(f"{out}/chosen/seed-{seed}/{s}") for seed in (1, 2, 3) for s in ("algebra", "numbers")}
+    assert links == {"1/algebra": "../../experts/seed-1/algebra", "1/numbers": "../../long/numbers",
+                     "2/algebra": "../../experts/seed-2/algebra", "2/numbers": "../../longer/seed-2/numbers",
+                     "3/algebra": "../../experts/seed-3/algebra", "3/numbers": "../../longer/seed-3/numbers"}
+    assert all(f"--adapter {out}/chosen/seed-" in " ".join(l) for l in lines if l[0] == "eval.py"
+               and "/eval/experts/" in l[l.index("--json") + 1])
+    mixed = [t for t in trains if f"--out {out}/mixed/seed-" in t]      # the experts' 7 x 400 + 1000 steps
+    assert len(mixed) == 3 and all(train.config(shlex.split(t)[1:]).steps == 3800 for t in mixed)
+    assert all(f"--experts {out}/chosen/seed-" in t for t in trains if "--router" in t and "/rank1" not in t
+               and "/clusters" not in t)
     assert sum(f"--out {out}/routers/seed-" in t and "/rank1" in t for t in trains) == 3
-    clustered = [t for t in trains if "--expert cluster:" in t]    # the stub's k = 3 share 8 x 400 steps
-    assert len(clustered) == 3 and all(train.config(shlex.split(t)[1:]).steps == 1000 for t in clustered)
+    clustered = [t for t in trains if "--expert cluster:" in t]    # the stub's k = 3 share the 3800 steps
+    assert len(clustered) == 3 and all(train.config(shlex.split(t)[1:]).steps == 1200 for t in clustered)
     evals = [l[l.index("--json") + 1] for l in lines if l[0] == "eval.py"]
     assert len(evals) == len(set(evals)) and all(f"--data {tmp_path}/data" in " ".join(l)
                                                   for l in lines if l[0] == "eval.py")

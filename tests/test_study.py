@@ -502,15 +502,20 @@ def test_plateau_report_shows_the_experts_before_the_test_stage(tmp_path, monkey
     out = str(tmp_path / "study")
     os.makedirs(out)
     open(f"{out}/data.sha256", "w").close()
+    mark = "best dev accuracy so far, mean over skills of 300 dev questions"
     write(f"{out}/experts/seed-1/algebra/log.json", [{"step": 100, "time": 1.0, "dev_accuracy": 0.25,
-                                                       "dev_loss": 1.0, "kept": "best"}, {"step": 110, "time": 2.0, "loss": 1.0}])
+                                                       "dev_loss": 1.0, "kept": mark}, {"step": 110, "time": 2.0, "loss": 1.0}])
     write(f"{out}/long/algebra/log.json", [{"step": s, "time": 1.0, "dev_accuracy": a, "dev_loss": 1.0,
-                                            **({"kept": "best"} if k else {})}
+                                            **({"kept": mark} if k else {})}
                                            for s, a, k in ((100, 0.2, 1), (200, 0.3, 1), (300, 0.25, 0))])
+    write(f"{out}/longer/seed-2/algebra/log.json", [{"step": 300, "time": 1.0, "dev_accuracy": 0.28,
+                                                     "dev_loss": 1.0, "kept": mark}])
     plateau_report(out, f"{tmp_path}/data")
     text = open(f"{out}/REPORT.md").read()
-    assert "| algebra | 100 of 110, 25.0 |" in text
-    assert "| algebra | 100 of 110, 25.0 | 200 of 300, 30.0 |" in text     # the longer run, seed 1
+    assert "| algebra | 100 of 110, plateau from 100, 25.0 |" in text
+    # the longer run (seed 1) beats the expert by 5 points, more than sqrt(0.25 x 0.75 / 300) = 2.5: kept
+    assert ("| algebra | 100 of 110, plateau from 100, 25.0 | 200 of 300, plateau from 200, 30.0 | yes "
+            "| 300 of 300 (the last), plateau from 300, 28.0 |") in text
     assert ("![every expert's and mixed LoRA's dev curve](experts/curves.png)" in text) == bool(matplotlib)
     assert os.path.exists(f"{out}/experts/curves.png") == bool(matplotlib)
 
@@ -581,3 +586,19 @@ def test_plateau_report_shows_the_k_sweep_and_says_when_k_is_the_range_top(tmp_p
     text = open(f"{out}/REPORT.md").read()
     assert f"| {kept} | {runs[kept - 2]['silhouette']:.3f} |" in text and f"kept: k = {kept}" in text
     assert ("the top of the range" in text) == (kept == 4)
+
+
+def test_longer_wins_by_more_than_one_standard_error(tmp_path):
+    """The docstring's example: 58.3% against 62.0% of 300 dev questions is 3.7 points,
+    more than one standard error (2.8); 60.0% is not. A log that does not say how many
+    dev questions it read is refused."""
+    from study.plateau import longer_wins
+    mark = "best dev accuracy so far, mean over skills of 300 dev questions"
+    for name, acc in (("expert", 0.583), ("long", 0.62), ("near", 0.60)):
+        write(f"{tmp_path}/{name}/log.json", [{"step": 100, "time": 1.0, "dev_accuracy": acc, "dev_loss": 1.0,
+                                               "kept": mark}])
+    assert longer_wins(f"{tmp_path}/expert", f"{tmp_path}/long")
+    assert not longer_wins(f"{tmp_path}/expert", f"{tmp_path}/near")
+    write(f"{tmp_path}/bare/log.json", [{"step": 100, "time": 1.0, "dev_accuracy": 0.5, "dev_loss": 1.0, "kept": "best"}])
+    with pytest.raises(UserError, match="how many dev questions"):
+        longer_wins(f"{tmp_path}/bare", f"{tmp_path}/long")
