@@ -27,17 +27,16 @@
 #             each keeping the step of its best dev accuracy; the longer curves (seed
 #             1's expert of each skill that was not swept, up to 1,000 steps or 3
 #             passes where the experts stop short of both: does training longer
-#             help?); beside them the mixed
-#             LoRA's rate sweep (one LoRA on all skills at rank 8, runs of
-#             MIXED_SWEEP_STEPS) and the data curve (the swept skills' experts on
-#             1/4 and 1/2 of their rows)
+#             help?); beside them the mixed LoRA's rate sweep (one LoRA on all skills
+#             at rank 8, runs of MIXED_SWEEP_STEPS) and the data curve (the swept
+#             skills' experts on 1/4 and 1/2 of their rows)
 #   mixed     the mixed LoRA at the rate chosen on dev, per seed as many steps as
 #             the experts together, keeping its own best dev step (its plateau);
 #             beside it the other seeds' experts of each skill whose longer curve
 #             beat seed 1's expert on dev by more than one standard error, trained
 #             that long (OUT/chosen/seed-N links each seed's experts), ROUTERS,
-#             variants of the two-level router over seed 1's
-#             experts, and the clusters: k-means of meta-questions on a uniform
+#             variants of the two-level router over seed 1's experts, and the
+#             clusters: k-means of meta-questions on a uniform
 #             sample of the train split, k chosen by silhouette (no label read) in
 #             K_RANGE, whose top caps the number of cluster experts; an expert per
 #             cluster (one seed), the skill experts' steps shared among them (as
