@@ -169,8 +169,8 @@ def curves_picture(out, skills, path):
     if plt is None:
         return None
     cols = 3
-    fig, axes = plt.subplots(-(-len(checks) // cols), cols, figsize=(3.4 * cols, 2.6 * -(-len(checks) // cols)),
-                             squeeze=False)
+    rows = -(-len(checks) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 2.6 * rows), squeeze=False)
     for ax, (title, by_seed) in zip(axes.flat, checks):
         for label, entries in by_seed.items():
             ax.plot([e["step"] for e in entries], [100 * e["dev_accuracy"] for e in entries], marker=".",
@@ -206,10 +206,13 @@ def longer_table(out, skills):
     rows = []
     for skill in skills:
         runs = [os.path.join(out, "experts", "seed-1", skill), os.path.join(out, "long", skill)]
-        if all(os.path.exists(os.path.join(r, "log.json")) for r in runs) and all(map(kept, runs)):
+        if not all(os.path.exists(os.path.join(r, "log.json")) for r in runs):
+            continue
+        found = [kept(r) for r in runs]
+        if all(found):
             others = [kept(r) for r in sorted(glob.glob(os.path.join(out, "longer", "seed-*", skill)))
                       if os.path.exists(os.path.join(r, "log.json"))]
-            rows.append(f"| {skill} | " + " | ".join(f"{steps_of(k)}, {pct(k[2])}" for k in map(kept, runs))
+            rows.append(f"| {skill} | " + " | ".join(f"{steps_of(k)}, {pct(k[2])}" for k in found)
                         + f" | {'yes' if longer_wins(*runs) else 'no'} | "
                         + "; ".join(f"{steps_of(k)}, {pct(k[2])}" for k in others if k) + " |")
     return "\n".join(["| skill | seed 1's expert: kept step, dev accuracy (%) | the longer run: kept step, dev "
