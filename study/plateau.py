@@ -34,10 +34,12 @@ import json
 import math
 import os
 import sys
+from typing import NamedTuple
 
 from data.lila import load as load_examples, same_question
 from formats.files import UserError, write_json, write_text
 from formats.pictures import pyplot, save_figure
+from formats.state import read_state
 from study.curves import dev_questions, plateau_step
 from study.report import best_checkpoint, best_run, pct, to_docs
 from study.stats import holm, per_skill, pooled_verdicts, read_log, read_records
@@ -70,24 +72,42 @@ def mean_over_skills(recs):
     return sum(acc.values()) / len(acc)
 
 
+class Kept(NamedTuple):
+    """What kept(run) reads of a train.py run."""
+    step: int | None        # the kept step (the best dev accuracy's), None if no check kept one
+    last: int               # the last step logged
+    steps: int | None       # the steps the run was started for (OUT/train_state.pt), None if unknown
+    best: float             # the best dev accuracy
+    plateau: int | None     # where the plateau starts, None if the log does not say how many dev questions
+
+
 def kept(run):
-    """(kept step, last step, best dev accuracy, plateau step) of a train.py run, or
-    None before its first check; the plateau's start (study.curves.plateau_step)
-    is None where the log does not say how many dev questions a check read."""
+    """Kept(...) of a train.py run, or None before its first check; the plateau's
+    start is study.curves.plateau_step's."""
     log = read_log(os.path.join(run, "log.json"))
     checks = [e for e in log if "dev_accuracy" in e]
     if not checks:
         return None
     marked = [e["step"] for e in checks if "kept" in e]
+    state = os.path.join(run, "train_state.pt")
     n = dev_questions(checks)
-    return (marked[-1] if marked else None, max(e["step"] for e in log), best_checkpoint(run)[0],
-            plateau_step(checks, n) if n else None)
+    return Kept(marked[-1] if marked else None, max(e["step"] for e in log),
+                read_state(state)["steps"] if os.path.exists(state) else None,
+                best_checkpoint(run)[0], plateau_step(checks, n) if n else None)
+
+
+def unfinished(k):
+    """Whether a run stopped before its last step (it resumes with --resume)."""
+    return k.steps is not None and k.last < k.steps
 
 
 def steps_of(k):
-    """A table's cell of kept(run): "600 of 600 (the last), plateau from 300"."""
-    return (f"{k[0]} of {k[1]}{' (the last)' if k[0] == k[1] else ''}"
-            + (f", plateau from {k[3]}" if k[3] is not None else ""))
+    """A table's cell of kept(run): "600 of 600 (the last), plateau from 300", or
+    for a run stopped mid-way "800 so far, at step 801 of 1000"."""
+    if unfinished(k):
+        return f"{k.step} so far, at step {k.last} of {k.steps}"
+    return (f"{k.step} of {k.last}{' (the last)' if k.step == k.last else ''}"
+            + (f", plateau from {k.plateau}" if k.plateau is not None else ""))
 
 
 def configurations(out, skills):
@@ -145,7 +165,7 @@ def experts_table(out, skills):
         for seed in seeds:
             run = os.path.join(out, "experts", f"seed-{seed}", skill)
             k = kept(run) if os.path.exists(os.path.join(run, "log.json")) else None
-            cells.append("-" if k is None else f"{steps_of(k)}, {pct(k[2])}")
+            cells.append("-" if k is None else f"{steps_of(k)}, {pct(k.best)}")
         lines.append(f"| {skill} | " + " | ".join(cells) + " |")
     lines.append("\nPlateau from: the first check within one standard error of the run's best dev accuracy "
                  "(sqrt(p (1 - p) / n) over its n dev questions); later gains are within the dev set's noise.")
@@ -193,7 +213,7 @@ def longer_wins(expert, longer):
     sizing needs more than the dev set's noise).
 
         expert 58.3%, longer 62.0% of 300 questions: 3.7 > 2.8 points -> True"""
-    (_, _, p, _), (_, _, q, _) = kept(expert), kept(longer)
+    p, q = kept(expert).best, kept(longer).best
     n = dev_questions([e for e in read_log(os.path.join(expert, "log.json")) if "dev_accuracy" in e])
     if n is None:
         raise UserError(f"{expert}/log.json: no kept check says how many dev questions it read")
@@ -212,9 +232,9 @@ def longer_table(out, skills):
         if all(found):
             others = [kept(r) for r in sorted(glob.glob(os.path.join(out, "longer", "seed-*", skill)))
                       if os.path.exists(os.path.join(r, "log.json"))]
-            rows.append(f"| {skill} | " + " | ".join(f"{steps_of(k)}, {pct(k[2])}" for k in found)
+            rows.append(f"| {skill} | " + " | ".join(f"{steps_of(k)}, {pct(k.best)}" for k in found)
                         + f" | {'yes' if longer_wins(*runs) else 'no'} | "
-                        + "; ".join(f"{steps_of(k)}, {pct(k[2])}" for k in others if k) + " |")
+                        + "; ".join(f"{steps_of(k)}, {pct(k.best)}" for k in others if k) + " |")
     return "\n".join(["| skill | seed 1's expert: kept step, dev accuracy (%) | the longer run: kept step, dev "
                       "accuracy (%) | its length kept | the other seeds at that length |", "|---|---|---|---|---|"]
                      + rows + [
@@ -227,14 +247,16 @@ def longer_table(out, skills):
 
 def dev_choice(runs, what):
     """A table of runs by their best dev accuracy, the one study/plateau.sh chose
-    marked (study.report.best_run: a tie goes to the lower dev loss)."""
+    marked (study.report.best_run: a tie goes to the lower dev loss); while a run
+    is unfinished the mark says the choice is not made yet."""
     runs = [r for r in runs if os.path.exists(os.path.join(r, "log.json")) and kept(r)]
     if not runs:
         return None
     scored = {os.path.basename(r): kept(r) for r in runs}
     best = os.path.basename(best_run(runs))
+    mark = "leads so far" if any(unfinished(k) for k in scored.values()) else "chosen"
     return "\n".join([f"| {what} | best dev accuracy (%) | kept step | |", "|---|---:|---:|---|"] + [
-        f"| {n} | {pct(k[2])} | {steps_of(k)} | {'chosen' if n == best else ''} |" for n, k in scored.items()])
+        f"| {n} | {pct(k.best)} | {steps_of(k)} | {mark if n == best else ''} |" for n, k in scored.items()])
 
 
 def kept_table(out, *patterns):
@@ -242,7 +264,7 @@ def kept_table(out, *patterns):
     runs = [r for p in patterns for r in sorted(glob.glob(os.path.join(out, p)))
             if os.path.exists(os.path.join(r, "log.json"))]
     found = {os.path.relpath(r, out): kept(r) for r in runs}
-    rows = [f"| {name} | {steps_of(k)} | {pct(k[2])} |" for name, k in found.items() if k]
+    rows = [f"| {name} | {steps_of(k)} | {pct(k.best)} |" for name, k in found.items() if k]
     return "\n".join(["| run | kept step | best dev accuracy (%) |", "|---|---:|---:|"] + rows) if rows else None
 
 

@@ -572,6 +572,32 @@ def test_plateau_report_pools_the_seeds_and_corrects_for_the_rows(tmp_path):
         plateau_report(str(tmp_path), f"{tmp_path}/data")
 
 
+def test_plateau_report_says_which_runs_are_under_way(tmp_path):
+    """A run stopped mid-way (its train_state.pt at step 200 of 1,000) is reported
+    as such, and the rate sweep names its leader, not a choice, until every run is
+    finished (step == steps)."""
+    from formats.state import write_state
+    from study.plateau import report as plateau_report
+    out = str(tmp_path / "study")
+    os.makedirs(out)
+    open(f"{out}/data.sha256", "w").close()
+    for lr, acc, step, steps in (("1e-3", 0.5, 200, 1000), ("2e-3", 0.4, 1000, 1000)):
+        run = f"{out}/mixed-lr/lr{lr}"
+        write(f"{run}/log.json", [{"step": 100, "time": 1.0, "dev_accuracy": acc, "dev_loss": 1.0, "kept": "best"},
+                                  {"step": step, "time": 2.0, "loss": 1.0}])
+        write_state(f"{run}/train_state.pt", {"step": step, "steps": steps, "best": acc, "log": [], "run": {}})
+    plateau_report(out, f"{tmp_path}/data")
+    text = open(f"{out}/REPORT.md").read()
+    assert "| lr1e-3 | 50.0 | 100 so far, at step 200 of 1000 | leads so far |" in text
+    assert "| lr2e-3 | 40.0 | 100 of 1000 |  |" in text
+    write_state(f"{out}/mixed-lr/lr1e-3/train_state.pt", {"step": 1000, "steps": 1000, "best": 0.5, "log": [],
+                                                          "run": {}})
+    write(f"{out}/mixed-lr/lr1e-3/log.json", [{"step": 100, "time": 1.0, "dev_accuracy": 0.5, "dev_loss": 1.0,
+                                               "kept": "best"}, {"step": 1000, "time": 2.0, "loss": 1.0}])
+    plateau_report(out, f"{tmp_path}/data")
+    assert "| lr1e-3 | 50.0 | 100 of 1000 | chosen |" in open(f"{out}/REPORT.md").read()
+
+
 @pytest.mark.parametrize("kept", [3, 4])
 def test_plateau_report_shows_the_k_sweep_and_says_when_k_is_the_range_top(tmp_path, kept):
     """The clusters' k sweep (study.clusters' sweep.json) is reported with its pick;
