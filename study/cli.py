@@ -7,7 +7,7 @@ to every skill, compared question by question.
     python -m study curve out/eval/base-4shot.json out/eval/sequential-lora/*.json   # skill after skill
     python -m study best out/lr/mixed-*                                 # the run with the best dev accuracy
     python -m study curves out/plateau/curves/*/*                       # dev curves; the rank, lr and steps they choose
-    python -m study longer out/experts/seed-1/numbers out/long/numbers  # the run whose length the experts take
+    python -m study beats out/experts/seed-1/numbers out/long/numbers   # the second, if better on dev by > 1 SE
     python -m study plateau checkpoints/phi-tiny-plateau                # that study's REPORT.md, so far
     python -m study subset data/plateau --skills calculus --fraction 0.25 --out out/quarter   # the data curve's rows
     python -m study report out                                          # out/results.md and out/REPORT.md
@@ -30,7 +30,9 @@ It reads only what the runs wrote, so it imports neither torch nor eval.py.
   with the highest dev accuracy as train.py logged it (a tie: the lower dev loss).
 - curves: dev learning curves over steps, learning rates and ranks, and the
   (rank, lr) and steps they choose (study/curves.py).
-- longer: whether a skill's experts train as long as its longer curve (study/plateau.py).
+- beats: whether a run beats another on dev by more than the dev set's noise
+  (study/plateau.py): a longer curve sets its skill's length, and the data
+  curve goes on past all the rows, only where it does.
 - plateau: the report of study/plateau.sh's folder (study/plateau.py).
 - subset: task files with a fraction of their train questions, for the data
   curve (study/curves.py).
@@ -235,10 +237,10 @@ def parser():
     s = sub.add_parser("best", help="print the train.py run with the highest dev accuracy (ties: the lower "
                        "dev loss, then the first named)")
     s.add_argument("runs", nargs="+", help="train.py output folders, e.g. one per learning rate")
-    s = sub.add_parser("longer", help="print LONGER if its best dev accuracy beats EXPERT's by more than one "
-                       "standard error (the skill's experts train that long), else EXPERT")
-    s.add_argument("expert", help="seed 1's expert of a skill (a train.py output folder)")
-    s.add_argument("longer", help="the same expert trained longer")
+    s = sub.add_parser("beats", help="print OTHER if its best dev accuracy beats RUN's by more than one "
+                       "standard error over RUN's dev questions, else RUN")
+    s.add_argument("run", help="a train.py output folder, e.g. seed 1's expert of a skill")
+    s.add_argument("other", help="a run on the same dev questions, e.g. the same expert trained longer")
     s = sub.add_parser("curves", help="dev learning curves of runs that differ in rank and learning rate, "
                        "and the (rank, lr) chosen on dev and the experts' steps, printed as RANK LR STEPS")
     s.add_argument("runs", nargs="+", help="train.py --expert output folders named SKILL/rRANK-lrLR")
@@ -274,8 +276,8 @@ def main():
         report.report(args.root, args.docs)
     elif args.command == "best":
         print(report.best_run(args.runs))
-    elif args.command == "longer":
-        print(args.longer if plateau.longer_wins(args.expert, args.longer) else args.expert)
+    elif args.command == "beats":
+        print(args.other if plateau.beats(args.run, args.other) else args.run)
     elif args.command == "curve":
         curve(args.base, args.stages, args.out)
     elif args.command == "curves":

@@ -40,7 +40,11 @@
 #             sample of the train split, k chosen by silhouette (no label read) in
 #             K_RANGE, whose top caps the number of cluster experts; an expert per
 #             cluster (one seed), the skill experts' steps shared among them (as
-#             much training as one seed's skill experts). The mixed LoRA's checks
+#             much training as one seed's skill experts); and the data curve past
+#             all the rows where it still rises (a swept skill whose expert, seed
+#             1, beat its run on 1/2 of the rows on dev by more than one standard
+#             error): an expert on twice the rows, the fresh draw continued with
+#             its own seed (its rows and as many again). The mixed LoRA's checks
 #             read every skill's dev questions, each costing as much as about 70
 #             steps: every 2 x EVAL_EVERY steps in the sweep, 4 x in the long runs
 #   routers   the variant with the best dev accuracy over each seed's experts, and
@@ -58,12 +62,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."     # the repository root: every path is relative to it
 SKILLS="algebra arithmetic calculus comparison measurement numbers polynomials probability"
 SWEPT="arithmetic calculus"                    # one large skill, one small
-DRAWN=data/lila DRAW=(--train 10000) FRESH=data/plateau FRESH_DRAW=(--train 4000 --dev 100)
+DRAWN=data/lila DRAW=(--train 10000) FRESH=data/plateau FRESH_DRAW=(--train 4000 --dev 100) FRESH_SEED=2468
+MORE_DRAW=(--train 8000 --dev 100)     # the data curve past all the rows: the fresh draw, continued
 MAX_STEPS=1000 RANKS="8 32" RANK1=(--rank1 64 --n-groups 8) K_RANGE=2-16 SAMPLE=2000
 if [ -n "${SMOKE:-}" ]; then    # a check that every stage runs, at toy sizes
     echo "SMOKE=1: a smoke run at toy sizes into ${OUT:-out/plateau-smoke}; its numbers are not results"
     SKILLS="algebra arithmetic numbers" SWEPT="arithmetic numbers"
     DRAWN=data/smoke/lila DRAW=(--train 30 --dev 1 --test 3) FRESH=data/smoke/plateau FRESH_DRAW=(--train 30 --dev 2)
+    MORE_DRAW=(--train 60 --dev 2)
     MAX_STEPS=4 RANKS="2" RANK1=(--rank1 4 --n-groups 2) K_RANGE=2-3 SAMPLE=40
     : "${OUT:=out/plateau-smoke}" "${BATCH:=2}" "${EVAL_EVERY:=2}" "${DEV_QUESTIONS:=3}" "${SEEDS:=1 2}" \
       "${LRS:=1e-3 2e-3}" "${ROUTERS:=centroid-token rank1}" "${ROUTER_STEPS:=2}" "${MIXED_SWEEP_STEPS:=2}" \
@@ -89,6 +95,7 @@ if [ "$DEVICE" = cpu ]; then
     export OMP_NUM_THREADS=${OMP_NUM_THREADS:-$(( n > 0 ? n : 1 ))}
 fi
 PY=${PY:-.venv/bin/python}
+GEN=.venv-gen/bin/python      # DeepMind's generator, in its own environment (make data)
 for name in $ROUTERS; do
     case $name in centroid-token | learned-token | centroid-sequence | rank1) ;;
         *) echo "$0: ROUTERS: unknown variant '$name'; expected centroid-token, learned-token," \
@@ -109,10 +116,9 @@ if ! { have_all "$DATA" && have_all "$TRAIN_DATA"; } && [ -e "$QUESTIONS" ]; the
     tar -xJPf "$QUESTIONS"
 fi
 if [ "$DATA" = "$DRAWN" ]; then   # generated; a LiLA download (DATA=...) is used as it is
-    GEN=.venv-gen/bin/python
     have_all "$DATA" || "$GEN" data/generate.py --out "$DATA" --skills "${SKILLS// /,}" "${DRAW[@]}"
     have_all "$TRAIN_DATA" || "$GEN" data/generate.py --out "$TRAIN_DATA" --skills "${SKILLS// /,}" \
-        "${FRESH_DRAW[@]}" --test 0 --seed 2468 --exclude "$DATA"
+        "${FRESH_DRAW[@]}" --test 0 --seed "$FRESH_SEED" --exclude "$DATA"
 fi
 same_data "$OUT" "$DATA" "$TRAIN_DATA"    # OUT/data.sha256: these questions, or stop
 if [ ! -e "$QUESTIONS" ] && have_all "$DATA" && have_all "$TRAIN_DATA"; then
@@ -181,14 +187,14 @@ for part in 0.25 0.5; do     # the data curve: the swept skills' experts on 1/4 
     done
 done
 
-stage "mixed: each seed at the rate chosen on dev; beside them the experts trained longer where dev chose it, the router variants and the clusters"
+stage "mixed: each seed at the rate chosen on dev; beside them the experts trained longer and the data curve past all the rows where dev chose it, the router variants and the clusters"
 # Each skill's experts train STEPS, or as long as its longer curve where that beat seed 1's expert on dev
-# by more than one standard error (python -m study longer); OUT/chosen/seed-N/SKILL links to the run
+# by more than one standard error (python -m study beats); OUT/chosen/seed-N/SKILL links to the run
 # that is seed N's expert of the skill, and the routers and the test read the experts there.
 TOTAL=0
 for s in $SKILLS; do
     long=$(longer_steps "$s")
-    if [ -n "$long" ] && [ "$("$PY" -m study longer "$OUT/experts/seed-1/$s" "$OUT/long/$s")" = "$OUT/long/$s" ]; then
+    if [ -n "$long" ] && [ "$("$PY" -m study beats "$OUT/experts/seed-1/$s" "$OUT/long/$s")" = "$OUT/long/$s" ]; then
         echo "$s: its experts train $long steps, as its longer curve, which beat seed 1's expert on dev"
     else long=""; fi
     TOTAL=$((TOTAL + ${long:-$STEPS}))
@@ -201,6 +207,16 @@ for s in $SKILLS; do
         fi
         ln -sfn "$target" "$OUT/chosen/seed-$seed/$s"
     done
+done
+for s in $SWEPT; do    # the data curve past all the rows, where all beat half of them on dev
+    [ "$("$PY" -m study beats "$OUT/rows/$s-0.5" "$OUT/experts/seed-1/$s")" = "$OUT/experts/seed-1/$s" ] || continue
+    if [ "$DATA" != "$DRAWN" ] || [ "$TRAIN_DATA" != "$FRESH" ]; then
+        echo "$s: the data curve still rises, but stops at all the rows: TRAIN_DATA was not drawn here"; continue
+    fi
+    echo "$s: the data curve still rises on dev; its expert trains on twice the rows"
+    have_all "$OUT/rows/data-2" "$s" || "$GEN" data/generate.py --out "$OUT/rows/data-2" --skills "$s" \
+        "${MORE_DRAW[@]}" --test 0 --seed "$FRESH_SEED" --exclude "$DATA"
+    job "$PY" train.py --expert "$s" "${EXPERT[@]}" --data "$OUT/rows/data-2" --seed 1 --out "$OUT/rows/$s-2"
 done
 runs=() && for lr in $LRS; do runs+=("$OUT/mixed-lr/lr$lr"); done
 best=$("$PY" -m study best "${runs[@]}")
@@ -233,7 +249,6 @@ for ((k = 0; k < K; k++)); do
     job "$PY" train.py --expert "cluster:$k" --clusters "$OUT/clusters" "${EXPERT[@]}" --steps "$SHARE" --seed 1 \
         --out "$OUT/cluster-experts/cluster-$k"
 done
-
 stage "routers: the variant chosen on dev over each seed's experts, and the best over experts over the clusters'"
 runs=() && for name in $ROUTERS; do runs+=("$OUT/routers/seed-1/$name"); done
 CHOSEN=$(basename "$("$PY" -m study best "${runs[@]}")")
@@ -266,8 +281,10 @@ for seed in $SEEDS; do
     ev "routers/seed-$seed" --moe "$OUT/routers/seed-$seed/$CHOSEN" --out "$OUT/routing/seed-$seed"
 done
 ev routers/clusters --moe "$OUT/routers/clusters" --out "$OUT/routing/clusters"
-for part in 0.25 0.5; do
-    for s in $SWEPT; do ev "rows/$s-$part" --adapter "$OUT/rows/$s-$part" --skills "$s"; done
+for part in 0.25 0.5 2; do     # twice the rows where the data curve went on
+    for s in $SWEPT; do
+        [ ! -e "$OUT/rows/$s-$part" ] || ev "rows/$s-$part" --adapter "$OUT/rows/$s-$part" --skills "$s"
+    done
 done
 stage "the report"
 "$PY" -m study plateau "$OUT" --data "$DATA" ${DOCS:+--docs "$DOCS"}

@@ -598,6 +598,23 @@ def test_plateau_report_says_which_runs_are_under_way(tmp_path):
     assert "| lr1e-3 | 50.0 | 100 of 1000 | chosen |" in open(f"{out}/REPORT.md").read()
 
 
+def test_plateau_report_draws_the_data_curve_with_twice_the_rows_where_trained(tmp_path):
+    """The data curve: each swept skill's test accuracy at 1/4, 1/2 and all of its
+    rows (seed 1's expert), and twice the rows only where that run exists."""
+    from study.plateau import report as plateau_report
+    out = str(tmp_path / "study")
+    os.makedirs(out)
+    open(f"{out}/data.sha256", "w").close()
+    hits = lambda n: [1] * n + [0] * (10 - n)   # noqa: E731
+    for skill, runs in (("a", {"rows/a-0.25": 2, "rows/a-0.5": 4, "experts/seed-1/a": 5, "rows/a-2": 7}),
+                        ("b", {"rows/b-0.25": 3, "rows/b-0.5": 3, "experts/seed-1/b": 3})):
+        for name, n in runs.items():
+            write(f"{out}/eval/{name}.json", eval_json(**{skill: hits(n)}))
+    plateau_report(out, f"{tmp_path}/data")
+    text = open(f"{out}/REPORT.md").read()
+    assert "| a | 20.0 | 40.0 | 50.0 | 70.0 |" in text and "| b | 30.0 | 30.0 | 30.0 | - |" in text
+
+
 @pytest.mark.parametrize("kept", [3, 4])
 def test_plateau_report_shows_the_k_sweep_and_says_when_k_is_the_range_top(tmp_path, kept):
     """The clusters' k sweep (study.clusters' sweep.json) is reported with its pick;
@@ -614,17 +631,17 @@ def test_plateau_report_shows_the_k_sweep_and_says_when_k_is_the_range_top(tmp_p
     assert ("the top of the range" in text) == (kept == 4)
 
 
-def test_longer_wins_by_more_than_one_standard_error(tmp_path):
+def test_beats_by_more_than_one_standard_error(tmp_path):
     """The docstring's example: 58.3% against 62.0% of 300 dev questions is 3.7 points,
     more than one standard error (2.8); 60.0% is not. A log that does not say how many
     dev questions it read is refused."""
-    from study.plateau import longer_wins
+    from study.plateau import beats
     mark = "best dev accuracy so far, mean over skills of 300 dev questions"
     for name, acc in (("expert", 0.583), ("long", 0.62), ("near", 0.60)):
         write(f"{tmp_path}/{name}/log.json", [{"step": 100, "time": 1.0, "dev_accuracy": acc, "dev_loss": 1.0,
                                                "kept": mark}])
-    assert longer_wins(f"{tmp_path}/expert", f"{tmp_path}/long")
-    assert not longer_wins(f"{tmp_path}/expert", f"{tmp_path}/near")
+    assert beats(f"{tmp_path}/expert", f"{tmp_path}/long")
+    assert not beats(f"{tmp_path}/expert", f"{tmp_path}/near")
     write(f"{tmp_path}/bare/log.json", [{"step": 100, "time": 1.0, "dev_accuracy": 0.5, "dev_loss": 1.0, "kept": "best"}])
     with pytest.raises(UserError, match="how many dev questions"):
-        longer_wins(f"{tmp_path}/bare", f"{tmp_path}/long")
+        beats(f"{tmp_path}/bare", f"{tmp_path}/long")
