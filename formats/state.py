@@ -6,7 +6,6 @@ define the run.
 
     write_state(path, record, trained, opt, scaler, device)   # record: step, steps, best, log, run (the flags)
     state = read_state(path, flags)                            # refused if the run's flags differ
-    state = read_state(path)                                   # a report's: the record, whatever the flags
     step, best, log, steps = restore(path, state, learner, opt, scaler, device)
 
 A finished run's state holds its record alone (step == steps, no weights): the
@@ -35,10 +34,10 @@ def write_state(path, record, trained=None, opt=None, scaler=None, device="cpu")
     write_atomic(path, lambda p: torch.save(state, p))
 
 
-def read_state(path, flags=None):
+def read_state(path, flags):
     """OUT/train_state.pt (on the CPU), refused if it is not one, or, naming the
     flags, if the saved run was started with other flags (another skill, targets,
-    lr, ...) than `flags` ({flag: value} of the run-defining flags), if given."""
+    lr, ...) than `flags` ({flag: value} of the run-defining flags)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:     # a truncated zip, a text file, a pickle of something else
@@ -48,8 +47,6 @@ def read_state(path, flags=None):
     if saved is None:
         raise UserError(f"{path}: no run configuration recorded (an older train.py wrote it); "
                         "start again in a new --out")
-    if flags is None:
-        return state
     differ = sorted(k for k in set(saved) | set(flags) if saved.get(k) != flags.get(k)
                     and not (k not in saved and flags[k] in UNSET or k not in flags and saved[k] in UNSET))
     if differ:

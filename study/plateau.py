@@ -30,16 +30,18 @@ over all skills, and so do the points against the base. Left out: pictures of
 the test results (the tables carry them).
 """
 import glob
+import io
 import json
 import math
 import os
+import pickle
 import sys
+import zipfile
 from typing import NamedTuple
 
 from data.lila import load as load_examples, same_question
 from formats.files import UserError, write_json, write_text
 from formats.pictures import pyplot, save_figure
-from formats.state import read_state
 from study.curves import dev_questions, plateau_step
 from study.report import best_checkpoint, best_run, pct, to_docs
 from study.stats import holm, per_skill, pooled_verdicts, read_log, read_records
@@ -89,11 +91,39 @@ def kept(run):
     if not checks:
         return None
     marked = [e["step"] for e in checks if "kept" in e]
-    state = os.path.join(run, "train_state.pt")
     n = dev_questions(checks)
-    return Kept(marked[-1] if marked else None, max(e["step"] for e in log),
-                read_state(state)["steps"] if os.path.exists(state) else None,
+    return Kept(marked[-1] if marked else None, max(e["step"] for e in log), planned_steps(run),
                 best_checkpoint(run)[0], plateau_step(checks, n) if n else None)
+
+
+class _Record(pickle.Unpickler):
+    """Unpickles a train_state.pt's record without torch: every torch object (a
+    tensor, its storage, a dtype) is read as None, and nothing else is built."""
+
+    def find_class(self, module, name):
+        if module == "torch" or module.startswith("torch."):
+            return lambda *args, **kwargs: None
+        if (module, name) == ("collections", "OrderedDict"):
+            return dict
+        raise pickle.UnpicklingError(f"{module}.{name} is not part of a train.py state")
+
+    def persistent_load(self, pid):
+        return None
+
+
+def planned_steps(run):
+    """The steps a train.py run was started for, from its train_state.pt (a
+    torch.save zip whose data.pkl holds the record: formats/state.py), or None
+    without one. Read without torch, as the rest of python -m study."""
+    path = os.path.join(run, "train_state.pt")
+    if not os.path.exists(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as z:
+            pkl = next(n for n in z.namelist() if n.endswith("/data.pkl"))
+            return _Record(io.BytesIO(z.read(pkl))).load()["steps"]
+    except (zipfile.BadZipFile, StopIteration, pickle.UnpicklingError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: not a train.py state ({type(e).__name__}: {e})") from None
 
 
 def unfinished(k):

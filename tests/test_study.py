@@ -575,7 +575,7 @@ def test_plateau_report_pools_the_seeds_and_corrects_for_the_rows(tmp_path):
 def test_plateau_report_says_which_runs_are_under_way(tmp_path):
     """A run stopped mid-way (its train_state.pt at step 200 of 1,000) is reported
     as such, and the rate sweep names its leader, not a choice, until every run is
-    finished (step == steps)."""
+    finished (step == steps). The record is read without torch."""
     from formats.state import write_state
     from study.plateau import report as plateau_report
     out = str(tmp_path / "study")
@@ -596,6 +596,9 @@ def test_plateau_report_says_which_runs_are_under_way(tmp_path):
                                                "kept": "best"}, {"step": 1000, "time": 2.0, "loss": 1.0}])
     plateau_report(out, f"{tmp_path}/data")
     assert "| lr1e-3 | 50.0 | 100 of 1000 | chosen |" in open(f"{out}/REPORT.md").read()
+    open(f"{out}/mixed-lr/lr1e-3/train_state.pt", "w").write("not a zip")      # read without torch, checked
+    with pytest.raises(UserError, match="lr1e-3/train_state.pt: not a train.py state"):
+        plateau_report(out, f"{tmp_path}/data")
 
 
 def test_plateau_report_draws_the_data_curve_with_twice_the_rows_where_trained(tmp_path):
