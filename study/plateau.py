@@ -80,7 +80,8 @@ class Kept(NamedTuple):
     last: int               # the last step logged
     steps: int | None       # the steps the run was started for (OUT/train_state.pt), None if unknown
     best: float             # the best dev accuracy
-    plateau: int | None     # where the plateau starts, None if the log does not say how many dev questions
+    questions: int | None   # the dev questions a check read, None if the log does not say
+    plateau: int | None     # where the plateau starts, None without `questions`
 
 
 def kept(run):
@@ -93,7 +94,7 @@ def kept(run):
     marked = [e["step"] for e in checks if "kept" in e]
     n = dev_questions(checks)
     return Kept(marked[-1] if marked else None, max(e["step"] for e in log), planned_steps(run),
-                best_checkpoint(run)[0], plateau_step(checks, n) if n else None)
+                best_checkpoint(run)[0], n, plateau_step(checks, n) if n else None)
 
 
 class _Record(pickle.Unpickler):
@@ -243,11 +244,10 @@ def beats(run, other):
     data curve) needs more than the dev set's noise.
 
         expert 58.3%, longer run 62.0% of 300 questions: 3.7 > 2.8 points -> True"""
-    p, q = kept(run).best, kept(other).best
-    n = dev_questions([e for e in read_log(os.path.join(run, "log.json")) if "dev_accuracy" in e])
-    if n is None:
+    a, b = kept(run), kept(other)
+    if a.questions is None:
         raise UserError(f"{run}/log.json: no kept check says how many dev questions it read")
-    return q - p > math.sqrt(p * (1 - p) / n)
+    return b.best - a.best > math.sqrt(a.best * (1 - a.best) / a.questions)
 
 
 def longer_table(out, skills):
@@ -279,11 +279,11 @@ def dev_choice(runs, what):
     """A table of runs by their best dev accuracy, the one study/plateau.sh chose
     marked (study.report.best_run: a tie goes to the lower dev loss); while a run
     is unfinished the mark says the choice is not made yet."""
-    runs = [r for r in runs if os.path.exists(os.path.join(r, "log.json")) and kept(r)]
-    if not runs:
+    found = {r: kept(r) for r in runs if os.path.exists(os.path.join(r, "log.json"))}
+    scored = {os.path.basename(r): k for r, k in found.items() if k}
+    if not scored:
         return None
-    scored = {os.path.basename(r): kept(r) for r in runs}
-    best = os.path.basename(best_run(runs))
+    best = os.path.basename(best_run([r for r, k in found.items() if k]))
     mark = "leads so far" if any(unfinished(k) for k in scored.values()) else "chosen"
     return "\n".join([f"| {what} | best dev accuracy (%) | kept step | |", "|---|---:|---:|---|"] + [
         f"| {n} | {pct(k.best)} | {steps_of(k)} | {mark if n == best else ''} |" for n, k in scored.items()])
