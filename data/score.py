@@ -160,6 +160,31 @@ def is_correct(prediction, answers):
     return any(p == normalize(a) for a in answers)
 
 
+def answer_form(answer):
+    """The kind of answer a string is, after normalize: "list", "number", "time",
+    "true/false", "expression" (letters, digits and + - * / ** ( ) only) or
+    "other". A wrong answer of the gold answer's kind has the answer's format and
+    the wrong value; one of another kind missed the format as well.
+
+    >>> [answer_form(a) for a in ("-.50", "3, 1", "09:05PM", "True", "-15*g - 737")]
+    ['number', 'list', 'time', 'true/false', 'expression']
+    >>> answer_form("The answer is 5"), answer_form("")
+    ('other', 'other')
+    """
+    s = normalize(answer)
+    items = _split_top(s, _is_comma)
+    if items is not None and len(items) > 1:
+        return "list"
+    if _number(s) is not None:
+        return "number"
+    if _TIME.fullmatch(s):
+        return "time"
+    if s in ("true", "false"):
+        return "true/false"
+    terms = s.replace(" + ", "+").replace(" - ", "-")      # normalize writes a sum's terms "a + b"
+    return "expression" if s and _EXPRESSION.fullmatch(terms) else "other"
+
+
 # ---------------------------------------------------------------------------
 # Per skill: eval.py's records counted
 # ---------------------------------------------------------------------------

@@ -19,13 +19,17 @@ It reads only what the runs wrote, so it imports neither torch nor eval.py.
 - paired: two runs on the same questions, per skill. Differences of a few
   questions are common, so a question only one run gets right is a win or a
   loss, and an exact sign test says how likely so uneven a split is by chance.
+  A second table says what the difference is made of: questions won or lost
+  with an answer of another kind than the gold answer's (a list for a number),
+  and the rest, right-kind answers with the right or wrong value.
 - forgetting: every expert (eval.py --adapter) on every skill, minus the base.
   The diagonal is what an expert gains on its own skill; the rest is what
   fine-tuning on one skill does to the others ("catastrophic forgetting" when
   negative). In accuracy and in answer NLL, with a heatmap of each.
 - curve: one model fine-tuned skill after skill (train.py --adapter, or --full
   on the previous stage's model), evaluated on every skill after each stage:
-  the forgetting curve, and whether each skill survives the stages after its own.
+  the forgetting curve, and whether each skill survives the stages after its own
+  (and, as in paired, what it loses: the kind of answer or its value).
 - best: of runs that differ in one setting (a learning-rate sweep), the one
   with the highest dev accuracy as train.py logged it (a tie: the lower dev loss).
 - curves: dev learning curves over steps, learning rates and ranks, and the
@@ -51,7 +55,7 @@ from cli import Parser, nonempty, random_seed, share, writable_dir
 from formats.files import UserError, write_json, write_text
 from formats.pictures import heatmap, pyplot, save_figure
 from study import curves, plateau, report
-from study.stats import config_rows, paired, paired_markdown, per_skill, read_records, sign_test
+from study.stats import config_rows, form_markdown, paired, paired_markdown, per_skill, read_records, sign_test
 
 # ---------------------------------------------------------------------------
 # 1. Runs against a reference
@@ -87,6 +91,9 @@ def compare(base_json, others):
                  for t in per.values()]
         ref = per[others[0]]
         lines.append(f"| {skill} | {ref['questions']} | {ref['base']} | " + " | ".join(cells) + " |")
+    lines += ["", "### What the differences are made of: answers of the right kind (a number, an expression, a "
+              "list...) won or lost, and right or wrong values", "",
+              form_markdown(names[0], base, {n: [read_records(p)] for n, p in zip(names[1:], others)})]
     print("\n".join(lines))
     return tables
 
@@ -177,11 +184,13 @@ def curve(base_json, stages, out):
         acc[name], nll[name] = per_skill(records)
     skills = list(acc["base"])
     names, last = list(runs), list(runs)[-1]
-    kept = {}
+    kept, own, then = {}, [], []
     for name in names[1:-1]:
         skill = name.partition("-")[2]
         if skill in skills:    # its stage's skill, right after its stage -> after the last stage
             kept[f"{skill} (stage {name})"] = paired(runs[name], runs[last])[skill]
+            own += [r for r in runs[name] if r["skill"] == skill]
+            then += [r for r in runs[last] if r["skill"] == skill]
     rows = {n: {s: 100 * acc[n][s] if s in acc[n] else None for s in skills} for n in names}
     nll_rows = {n: {s: nll[n].get(s) for s in skills} for n in names}
     text = "\n".join(["### Accuracy (%) after each stage of the sequential fine-tune", "",
@@ -189,7 +198,9 @@ def curve(base_json, stages, out):
                       "### Answer NLL (nats per answer token) after each stage", "",
                       *config_rows(nll_rows, skills, "{:.3f}"), "",
                       paired_markdown(kept, f"Each skill right after its own stage (base) against after the "
-                                            f"last stage, {last} (wins: only the last is right)", "skill")])
+                                            f"last stage, {last} (wins: only the last is right)", "skill"), "",
+                      "### What the forgetting is made of: answers of another kind, or the wrong value", "",
+                      form_markdown("each skill right after its own stage", own, {f"after {last}": [then]})])
     print(text)
     os.makedirs(out, exist_ok=True)
     write_text(os.path.join(out, "curve.md"), text)

@@ -21,7 +21,8 @@ Sections:
                    the points it gains over all test questions pooled, with their
                    paired bootstrap interval; every question's verdicts pooled over
                    the seeds, the sign test's p, and p after Holm's correction over
-                   the rows compared
+                   the rows compared; and what the points are made of: answers of
+                   the right kind (a number, an expression...) or the right value
   4. the rest      what each expert does to every skill (seed 1), the data curve,
                    the clusters' k, and the test questions phi-tiny saw in pretraining
 
@@ -44,7 +45,7 @@ from formats.files import UserError, write_json, write_text
 from formats.pictures import pyplot, save_figure
 from study.curves import dev_questions, plateau_step
 from study.report import best_checkpoint, best_run, pct, to_docs
-from study.stats import holm, per_skill, pooled_verdicts, read_log, read_records
+from study.stats import form_markdown, holm, per_skill, pooled_verdicts, read_log, read_records
 
 BASE = "base"          # eval/base.json: the base with 4 nearest shots, the reference of every paired test
 
@@ -385,8 +386,15 @@ def report(out, data, docs=None):
                      kept_table(out, "routers/seed-[!1]*/*", "routers/clusters", "rows/*-*", "cluster-experts/*"))
     found = {}
     if base:
-        table, found = test_table(base, configurations(out, skills))
+        rows = configurations(out, skills)
+        table, found = test_table(base, rows)
         lines += section(f"Test: {len(base)} questions ({len(skills)} skills)", table)
+        lines += section("What the points are made of: the kind of answer, or its value", form_markdown(
+            "the base, 4 nearest shots", base, rows) + "\n\nThe kind of an answer: a number, an expression, a "
+            "list, a time, true/false or anything else (data.score.answer_form). A question won counts to the "
+            "kind where the base's answer was of another kind than the gold answer, and a question lost where "
+            "the configuration's was; every other question won or lost had an answer of the right kind and "
+            "the wrong value. Pooled over the seeds, as the test's points.")
         lines += section("What each expert does to every skill (seed 1, points against the base)",
                          forgetting_table(out, base, skills))
         seen = seen_in_pretraining(base, data)

@@ -4,6 +4,7 @@ compared question by question.
 
     paired(base_records, records)      # per skill: correct, wins, losses, sign-test p
     pooled_verdicts(base_records, [seed1_records, seed2_records, seed3_records])   # seeds pooled per question
+    form_and_value(base_records, [seed1_records])   # the points from the answer's kind, and from its value
     holm([0.01, 0.04, 0.03])           # [0.03, 0.06, 0.06]: corrected for comparing three with one base
     sign_test(9, 1)                    # 0.021: how likely so uneven a split is by chance
     bootstrap_interval(40, 25, 1600)   # 95% interval of the accuracy difference, in points
@@ -19,6 +20,9 @@ not. Those questions decide every comparison here:
   accuracy, resampling questions; what "level with, within the interval" means.
 - pooled_verdicts: a configuration trained with several seeds, each question's
   verdicts pooled over the seeds before the sign test.
+- form_and_value: whether a configuration's gain over the base comes from
+  answering in the right kind (a number, an expression, a list...) or from the
+  right value.
 - holm: Holm's correction, for several configurations compared with one base.
 - read_records and the checks refuse a report that eval.py did not write
   (edited counts, a repeated question, a NaN), naming the file; load and
@@ -36,7 +40,7 @@ from collections import Counter, defaultdict
 
 import numpy as np
 
-from data.score import accuracy, answer_nlls
+from data.score import accuracy, answer_form, answer_nlls
 from formats.files import UserError
 
 # ---------------------------------------------------------------------------
@@ -116,6 +120,34 @@ def pooled_verdicts(base_records, seeds):
             "points": 100 * sum(d * k for d, k in diff.items()) / len(common), "interval": bootstrap_mean(diff)}
 
 
+def form_and_value(base_records, seeds):
+    """What a configuration's points against the base are made of, over the
+    questions that the base and every seed answered (seeds: each seed's
+    records): {"in_form": % of the seeds' answers of a gold answer's kind
+    (data.score.answer_form), "form": points from questions won where the base's
+    answer was of another kind, less those lost with an answer of another kind,
+    "value": the rest, won or lost with an answer of the right kind}. form +
+    value is pooled_verdicts' points.
+    Worked example: of 100 questions, one seed wins 4 (on one of them the base
+    answered "seconds" where a number was due) and loses 2 (on one of them
+    answering "the answer is 5"): form (1 - 1) = +0.0 points, value (3 - 1) =
+    +2.0 points."""
+    base = {(r["skill"], r["question"]): r for r in base_records}
+    runs = [{(r["skill"], r["question"]): r for r in records} for records in seeds]
+    common = [q for q in base if all(q in run for run in runs)]
+    in_form = lambda r: answer_form(r["prediction"]) in {answer_form(a) for a in r["answers"]}  # noqa: E731
+    total = form = 0
+    for run in runs:
+        for q in common:
+            b, r = base[q], run[q]
+            total += r["correct"] - b["correct"]
+            form += (r["correct"] and not b["correct"] and not in_form(b)) - (
+                b["correct"] and not r["correct"] and not in_form(r))
+    n = len(common) * len(runs)
+    return {"in_form": 100 * sum(in_form(run[q]) for run in runs for q in common) / n,
+            "form": 100 * form / n, "value": 100 * (total - form) / n}
+
+
 def holm(pvalues):
     """Holm's step-down adjustment of the p-values of several comparisons against
     one base (each test at level alpha after adjustment keeps the family-wise
@@ -140,9 +172,23 @@ def paired_markdown(table, title, row_name="skill"):
     return "\n".join(lines)
 
 
+def form_markdown(base_name, base_records, rows):
+    """A table of form_and_value for each row of {name: [each seed's records]},
+    the base's own share of answers of the right kind first."""
+    lines = [f"| configuration | seeds | answers of the right kind (%) | points against {base_name} "
+             "| from the kind of answer | from its value |", "|---|---:|---:|---:|---:|---:|",
+             f"| {base_name} | 1 | {form_and_value(base_records, [base_records])['in_form']:.1f} | | | |"]
+    for name, seeds in rows.items():
+        f = form_and_value(base_records, seeds)
+        lines.append(f"| {name} | {len(seeds)} | {f['in_form']:.1f} | {f['form'] + f['value']:+.1f} "
+                     f"| {f['form']:+.1f} | {f['value']:+.1f} |")
+    return "\n".join(lines)
+
+
 def read_records(path):
-    """The records of an `eval.py --json` run, each with a skill, a question and
-    whether it was answered correctly, no question twice; a clear error otherwise."""
+    """The records of an `eval.py --json` run, each with a skill, a question, the
+    model's prediction, the accepted answers and whether it was answered
+    correctly, no question twice; a clear error otherwise."""
     try:
         with open(path) as f:
             report = json.load(f)
@@ -177,16 +223,18 @@ def config_rows(values, skills, fmt):
 # ---------------------------------------------------------------------------
 
 def check_records(path, records):
-    """eval.py's records: a list of objects with a string skill and question and
-    a true/false correct, each (skill, question) once."""
+    """eval.py's records: a list of objects with a string skill, question and
+    prediction, a list of answers (strings) and a true/false correct, each
+    (skill, question) once."""
     if not isinstance(records, list):
         raise UserError(f"{path}: 'records' is {type(records).__name__}, expected a list")
     seen = set()
     for i, r in enumerate(records):
-        if not (isinstance(r, dict) and isinstance(r.get("skill"), str) and isinstance(r.get("question"), str)
+        if not (isinstance(r, dict) and all(isinstance(r.get(k), str) for k in ("skill", "question", "prediction"))
+                and isinstance(r.get("answers"), list) and r["answers"] and all(isinstance(a, str) for a in r["answers"])
                 and isinstance(r.get("correct"), bool)):
-            raise UserError(f"{path}: record {i} is not one of eval.py's (a skill, a question and a "
-                             "true/false 'correct')")
+            raise UserError(f"{path}: record {i} is not one of eval.py's (a skill, a question, a prediction, "
+                             "a list of answers and a true/false 'correct')")
         if (r["skill"], r["question"]) in seen:
             raise UserError(f"{path}: record {i} repeats a {r['skill']} question: {r['question'][:60]!r}")
         seen.add((r["skill"], r["question"]))

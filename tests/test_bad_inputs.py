@@ -358,7 +358,8 @@ def test_route_weights_too_large_or_small_for_float32_still_normalise():
 
 
 def test_paired_refuses_a_report_whose_accuracy_disagrees_with_its_records(tmp_path, capsys, monkeypatch):
-    good = {"skill": "algebra", "question": "q", "correct": True, "answer_nll": 0.5}
+    good = {"skill": "algebra", "question": "q", "prediction": "1", "answers": ["1"], "correct": True,
+            "answer_nll": 0.5}
     path = tmp_path / "edited.json"
     path.write_text(json.dumps({"accuracy": {"algebra": 0.0}, "answer_nll": {"algebra": 0.5}, "records": [good]}))
     code, err = cli(study.cli.main, ["paired", str(path), str(path)], capsys, monkeypatch)
@@ -366,10 +367,11 @@ def test_paired_refuses_a_report_whose_accuracy_disagrees_with_its_records(tmp_p
 
 
 def test_study_refuses_bad_records_and_reports(tmp_path, capsys, monkeypatch):
-    good = {"skill": "algebra", "question": "q", "correct": True}
+    good = {"skill": "algebra", "question": "q", "prediction": "1", "answers": ["1"], "correct": True}
     cases = [({"records": "x"}, "'records' is str, expected a list"),
              ({"records": [{"skill": "algebra", "question": "q"}]}, "record 0 is not one of eval.py's"),
              ({"records": [dict(good, correct="yes")]}, "record 0 is not one of eval.py's"),
+             ({"records": [dict(good, answers="1")]}, "record 0 is not one of eval.py's"),
              ({"records": [good, good]}, "record 1 repeats a algebra question")]
     for i, (obj, message) in enumerate(cases):
         path = tmp_path / f"r{i}.json"
@@ -454,20 +456,23 @@ def test_cluster_output_is_checked_when_read(name, content, message, tmp_path):
             read_centroids(str(folder), config)
 
 
+ONE = {"skill": "algebra", "question": "q", "prediction": "1", "answers": ["1"], "correct": True}   # an eval.py record
+
+
 @pytest.mark.parametrize("path, content, message", [
     ("experts/algebra/log.json", {"step": 1}, "experts/algebra/log.json: expected train.py's log"),
     ("experts/algebra/log.json", [{"step": 1}], "experts/algebra/log.json: expected train.py's log"),
     ("eval/steer/own-algebra.json", {"accuracy": {"numbers": 0.5}, "answer_nll": {}},
      "own-algebra.json: no accuracy for 'algebra'"),
     ("eval/moe-centroid-token.json", {"accuracy": {"algebra": 1.0}, "answer_nll": {}, "routing": {"experts": ["algebra"]},
-                                      "records": [{"skill": "algebra", "question": "q", "correct": True}]},
+                                      "records": [ONE]},
      "moe-centroid-token.json: a record has no 'routing'"),
     ("eval/mixed-r64.json", {"accuracy": {}, "answer_nll": {"algebra": 0.5}}, "mixed-r64.json: 'accuracy' is empty"),
     ("eval/mixed-r64.json", {"accuracy": {"algebra": 0.99}, "answer_nll": {},
                              "counts": {"algebra": {"correct": 1, "total": 2}}},
      "mixed-r64.json: accuracy of 'algebra' is 0.99, but its counts give 1/2"),
     ("eval/mixed-r64.json", {"accuracy": {"algebra": 0.5}, "answer_nll": {},
-                             "records": [{"skill": "algebra", "question": "q", "correct": True}]},
+                             "records": [ONE]},
      "mixed-r64.json: accuracy of 'algebra' is 0.5, but its records give 1/1"),
 ])
 def test_study_report_names_a_malformed_piece(path, content, message, tmp_path, capsys, monkeypatch):

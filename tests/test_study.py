@@ -38,6 +38,12 @@ def test_sign_test_matches_scipy():
         assert sign_test(wins, losses) == pytest.approx(binomtest(wins, wins + losses).pvalue, rel=1e-9)
 
 
+def record(skill, question, correct, **more):
+    """One of eval.py's records: the answer is "1", the prediction "1" when correct, else "2"."""
+    return {"skill": skill, "question": question, "prediction": "1" if correct else "2", "answers": ["1"],
+            "correct": correct, **more}
+
+
 def test_paired_counts_question_by_question():
     rec = lambda q, ok, skill="algebra": {"question": q, "skill": skill, "correct": ok}  # noqa: E731
     base = [rec("a", True), rec("b", False), rec("c", True), rec("d", False), rec("e", False, "numbers")]
@@ -91,7 +97,7 @@ def test_curve_follows_each_skill_through_the_stages(tmp_path, capsys):
     question by question, with those after the last stage. The table goes to
     stdout, and the last line on stderr says what was written where."""
     from study.cli import curve
-    rec = lambda q, skill, ok: {"question": q, "skill": skill, "correct": ok, "answer_nll": 2.0 - ok}  # noqa: E731
+    rec = lambda q, skill, ok: record(skill, q, ok, answer_nll=2.0 - ok)  # noqa: E731
     runs = {"base": [1, 0, 0, 0], "1-algebra": [1, 1, 0, 0], "2-numbers": [0, 0, 1, 1]}
     paths = []
     for name, ok in runs.items():
@@ -119,8 +125,7 @@ def test_curve_refuses_stages_not_named_in_training_order(tmp_path, names):
     """Stage files are N-SKILL.json, numbered 1, 2, ... in the order given: another
     name would silently drop its skill's 'kept' row. Here the first stage is misnamed."""
     from study.cli import curve
-    records = [{"question": "a1", "skill": "algebra", "correct": True, "answer_nll": 1.0},
-               {"question": "n1", "skill": "numbers", "correct": False, "answer_nll": 2.0}]
+    records = [record("algebra", "a1", True, answer_nll=1.0), record("numbers", "n1", False, answer_nll=2.0)]
     paths = [str(tmp_path / f"{name}.json") for name in ["base", *names]]
     for path in paths:
         acc, nll = per_skill(records)
@@ -133,7 +138,7 @@ def test_report_adds_a_skill_to_seven(tmp_path):
     """The seven-skill router and mixed LoRA against their eight-skill successors,
     per skill and question by question."""
     out = str(tmp_path)
-    rec = lambda q, skill, ok: {"question": q, "skill": skill, "correct": ok, "answer_nll": 1.0}  # noqa: E731
+    rec = lambda q, skill, ok: record(skill, q, ok, answer_nll=1.0)  # noqa: E731
 
     def run(path, a, n):   # a, n: correct answers of the two algebra and two numbers questions
         records = [rec("a1", "algebra", a[0]), rec("a2", "algebra", a[1]),
@@ -244,8 +249,7 @@ def test_best_run_refuses_a_log_with_a_nan_accuracy(tmp_path):
 def eval_json(nll=1.0, **skills):
     """An eval.py --json report of one run: skills as name=[correct per question], questions q0, q1, ...,
     every answer NLL nll."""
-    records = [{"skill": s, "question": f"q{i}", "correct": bool(c), "answer_nll": nll} for s, cs in skills.items()
-               for i, c in enumerate(cs)]
+    records = [record(s, f"q{i}", bool(c), answer_nll=nll) for s, cs in skills.items() for i, c in enumerate(cs)]
     return {"accuracy": {s: sum(cs) / len(cs) for s, cs in skills.items()},
             "answer_nll": {s: nll for s in skills}, "records": records}
 
@@ -457,6 +461,24 @@ def test_holm_and_pooled_seeds_by_hand():
     assert interval[0] < got["points"] < interval[1]
 
 
+def test_the_points_split_into_the_kind_of_answer_and_its_value():
+    """form_and_value's worked example: of 100 questions one seed wins 4 (on one
+    the base answered "seconds" where a number was due) and loses 2 (on one it
+    answered "the answer is 5"). The kind's wins and losses cancel: +2 points,
+    all from values. With a second seed the parts still sum to pooled_verdicts'."""
+    from study.stats import form_and_value, pooled_verdicts
+    base = [record("a", f"q{i}", i >= 4) for i in range(100)]
+    base[0]["prediction"] = "seconds"
+    seed = [record("a", f"q{i}", i < 4 or i >= 6) for i in range(100)]
+    seed[4]["prediction"] = "the answer is 5"
+    assert form_and_value(base, [seed]) == pytest.approx({"in_form": 99.0, "form": 0.0, "value": 2.0})
+    other = [record("a", f"q{i}", i % 3 > 0) for i in range(100)]
+    other[6]["prediction"] = "True"      # a question lost with an answer of another kind
+    split = form_and_value(base, [seed, other])
+    assert split["form"] == pytest.approx(100 * (1 - 1 - 1) / 200)   # per seed's answer: seed's q0 and q4, other's q6
+    assert split["form"] + split["value"] == pytest.approx(pooled_verdicts(base, [seed, other])["points"])
+
+
 def test_bootstrap_of_pooled_differences_matches_resampling_questions():
     """bootstrap_mean's one multinomial draw is the same as resampling questions one
     by one (worked example: 30 questions at +1/3, 10 at -1/3, 60 at 0); with +1 and
@@ -563,6 +585,7 @@ def test_plateau_report_pools_the_seeds_and_corrects_for_the_rows(tmp_path):
     assert ("| experts, each on its own skill | 2 | 25.0, 30.0 | 27.5 (25.0 to 30.0) | +22.5 (+7.5 to +40.0) | 6 : 0 "
             "| 0.031 | 0.062 |") in text
     assert "| mixed LoRA, rank 8 | 1 | 5.0 | 5.0 | +0.0 (-15.0 to +15.0) | 1 : 1 | 1 | 1 |" in text
+    assert "| experts, each on its own skill | 2 | 100.0 | +22.5 | +0.0 | +22.5 |" in text   # every answer a number
     assert "| a | +20.0 | +0.0 |" in text and "| b | -10.0 | +20.0 |" in text     # seed 1 on every skill
     assert "| lr1e-3 | 50.0 | 100 of 200 |  |" in text and "| lr2e-3 | 50.0 | 100 of 200 | chosen |" in text
     assert "| mixed/seed-1 | 100 of 200 | 25.0 |" in text

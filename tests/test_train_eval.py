@@ -193,6 +193,7 @@ def test_forgetting_and_paired_agree_with_the_records(tmp_path):
     """python -m study forgetting (the shipped phi-tiny and two shipped experts, each
     evaluated by eval.py --adapter) and python -m study paired BASE_JSON EXPERT_JSON give
     the same own-skill comparison, and both equal a count over the saved records."""
+    from data.score import answer_form
     experts = os.path.join(ROOT, "checkpoints", "phi-tiny-moe", "experts")
     common = ["--model", os.path.join(ROOT, "checkpoints", "phi-tiny"), "--data", FIXTURE, "--shots", "2",
               "--limit", "4"]
@@ -223,6 +224,9 @@ def test_forgetting_and_paired_agree_with_the_records(tmp_path):
     assert set(forgetting["own_skill"]) == {"algebra", "numbers"}
     row = f"| algebra | {own['questions']} | {own['base']} | {own['model']} ({wins} : {losses}, p "
     assert row in out
+    kind = [answer_form(r["prediction"]) in {answer_form(a) for a in r["answers"]} for r in alg["records"]]
+    points = sum(r["correct"] - by_q[r["question"]] for r in alg["records"]) / len(kind)
+    assert f"| algebra | 1 | {100 * sum(kind) / len(kind):.1f} | {100 * points:+.1f} |" in out   # what they are made of
     bad = subprocess.run([sys.executable, "-m", "study", "paired", str(tmp_path / "base.json"), str(tmp_path / "nope.json")],
                          cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and "nope.json: expected the JSON that `eval.py --json` writes" in bad.stderr
