@@ -352,6 +352,27 @@ def numbered(lines):
     return [f"## {next(n)}. {line[3:]}" if line.startswith("## ") else line for line in lines]
 
 
+def test_sections(out, base, skills, data):
+    """({row: figures}, REPORT.md's lines) of the test stage: every configuration
+    against the base, what its points are made of, what each expert does to every
+    skill, and the test questions in phi-tiny's pretraining rows."""
+    rows = configurations(out, skills)
+    table, found = test_table(base, rows)
+    lines = section(f"Test: {len(base)} questions ({len(skills)} skills)", table)
+    lines += section("What the points are made of: the kind of answer, or its value", form_markdown(
+        "the base, 4 nearest shots", base, rows) + "\n\nThe kind of an answer: a number, an expression, a "
+        "list, a time, true/false or anything else (data.score.answer_form). A question won counts to the "
+        "kind where the base's answer was of another kind than the gold answer, and a question lost where "
+        "the configuration's was; every other question won or lost had an answer of the right kind and "
+        "the wrong value. Pooled over the seeds, as the test's points.")
+    lines += section("What each expert does to every skill (seed 1, points against the base)",
+                     forgetting_table(out, base, skills))
+    seen = seen_in_pretraining(base, data)
+    lines += section("Test questions in phi-tiny's pretraining rows",
+                     f"{len(seen)} of the {len(base)}" + (": " + "; ".join(seen[:5]) if seen else ""))
+    return found, lines
+
+
 def report(out, data, docs=None):
     """OUT/REPORT.md and OUT/results.json of a plateau study folder, from what it
     holds; with docs, REPORT.md and its pictures also go there."""
@@ -384,24 +405,8 @@ def report(out, data, docs=None):
                      dev_choice(sorted(glob.glob(f"{out}/routers/seed-1/*")), "variant"))
     lines += section("The other runs: the chosen router of each seed, the data curve, the cluster experts",
                      kept_table(out, "routers/seed-[!1]*/*", "routers/clusters", "rows/*-*", "cluster-experts/*"))
-    found = {}
-    if base:
-        rows = configurations(out, skills)
-        table, found = test_table(base, rows)
-        lines += section(f"Test: {len(base)} questions ({len(skills)} skills)", table)
-        lines += section("What the points are made of: the kind of answer, or its value", form_markdown(
-            "the base, 4 nearest shots", base, rows) + "\n\nThe kind of an answer: a number, an expression, a "
-            "list, a time, true/false or anything else (data.score.answer_form). A question won counts to the "
-            "kind where the base's answer was of another kind than the gold answer, and a question lost where "
-            "the configuration's was; every other question won or lost had an answer of the right kind and "
-            "the wrong value. Pooled over the seeds, as the test's points.")
-        lines += section("What each expert does to every skill (seed 1, points against the base)",
-                         forgetting_table(out, base, skills))
-        seen = seen_in_pretraining(base, data)
-        lines += section("Test questions in phi-tiny's pretraining rows",
-                         f"{len(seen)} of the {len(base)}" + (": " + "; ".join(seen[:5]) if seen else ""))
-    else:
-        lines += section("Test", None)
+    found, tested = test_sections(out, base, skills, data) if base else ({}, section("Test", None))
+    lines += tested
     lines += section("The data curve (seed 1, test accuracy on the skill, %)", data_curve(out))
     sweep = os.path.join(out, "clusters", "sweep.json")
     if os.path.exists(sweep):
